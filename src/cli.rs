@@ -1,0 +1,209 @@
+//! The command line: argument definitions and dispatch only. Each command's work lives in its
+//! module (`inventory`, `pki`, `bundle`, `phases`, ...).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::diag::{Diagnostics, EXIT_BAD_INPUT, UserError};
+use crate::inventory::{self, Loaded};
+
+#[derive(Parser, Debug)]
+#[command(name = "clusterctl", version, about = "Install and run HA Kubernetes clusters on plain Linux hosts over SSH")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Inventory file (YAML).
+    #[arg(short, long, global = true, env = "CLUSTERCTL_INVENTORY", default_value = "inventory.yaml")]
+    pub inventory: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// More detail (-v, -vv, -vvv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Answer yes to confirmations (destructive steps still print what they do).
+    #[arg(long, global = true)]
+    pub yes: bool,
+    /// Where cluster state (PKI, known_hosts, journal, logs) lives; default: the inventory's
+    /// directory. State goes to `<dir>/clusters/<name>/`.
+    #[arg(long, global = true, env = "CLUSTERCTL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a cluster: PKI, etcd, load balancer, control plane, nodes, add-ons.
+    Init(crate::phases::cmd::RunArgs),
+    /// Add the hosts that are new in the inventory.
+    Join(crate::phases::cmd::RunArgs),
+    /// Roll a new version through the cluster.
+    Upgrade(crate::phases::cmd::RunArgs),
+    /// Re-issue certificates and restart components without dropping the API.
+    RenewCerts(crate::phases::cmd::RunArgs),
+    /// Print, per host and in order, what `init` would do; touches nothing.
+    Plan(crate::phases::cmd::PlanArgs),
+    /// One screen on the cluster's health.
+    Status,
+    /// Certificates: generate locally, report expiry.
+    #[command(subcommand)]
+    Certs(crate::pki::cmd::CertsCmd),
+    /// Snapshot etcd plus the local PKI and inventory into one archive.
+    Backup,
+    /// Restore etcd from a backup archive.
+    Restore { archive: PathBuf },
+    /// Remove what clusterctl installed from hosts.
+    Reset,
+    /// Offline bundles: build, verify, sign, diff, ls.
+    #[command(subcommand)]
+    Bundle(crate::bundle::cmd::BundleCmd),
+    /// Inventory tools.
+    #[command(subcommand)]
+    Inventory(InventoryCmd),
+    /// Print a shell completion script.
+    Completion { shell: clap_complete::Shell },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InventoryCmd {
+    /// Check an inventory; every problem with file:line:column and a fix; exit 2 on errors.
+    Validate,
+    /// Convert another tool's inventory into a clusterctl inventory (YAML on stdout).
+    Import {
+        /// The tool the file comes from.
+        #[arg(long, value_enum)]
+        from: ImportFrom,
+        /// Its inventory file (kubeasz: clusters/<name>/hosts).
+        path: PathBuf,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ImportFrom {
+    Kubeasz,
+}
+
+/// Entry point: parses arguments, runs, prints errors; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &anyhow::Error) -> i32 {
+    if let Some(d) = e.downcast_ref::<Diagnostics>() {
+        eprintln!("{d}");
+        return EXIT_BAD_INPUT;
+    }
+    if let Some(u) = e.downcast_ref::<UserError>() {
+        eprintln!("error: {u}");
+        return u.code;
+    }
+    eprintln!("error: {e:#}");
+    crate::diag::EXIT_FAILED
+}
+
+/// Loads and validates the inventory named by `-i`, printing its warnings to stderr.
+pub fn load_inventory(g: &Global) -> anyhow::Result<Loaded> {
+    let loaded = inventory::load(&g.inventory)?;
+    for w in loaded.warnings.warnings() {
+        eprintln!("{w}");
+    }
+    Ok(loaded)
+}
+
+/// The cluster's state directory for a loaded inventory.
+pub fn state_dir(g: &Global, loaded: &Loaded) -> crate::state::StateDir {
+    let base = match &g.state_dir {
+        Some(d) => d.clone(),
+        None => loaded.path.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    crate::state::StateDir::new(&base, loaded.inventory.name())
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => crate::phases::cmd::run("init", g, &a),
+        Command::Join(a) => crate::phases::cmd::run("join", g, &a),
+        Command::Upgrade(a) => crate::phases::cmd::run("upgrade", g, &a),
+        Command::RenewCerts(a) => crate::phases::cmd::run("renew-certs", g, &a),
+        Command::Plan(a) => crate::phases::cmd::plan(g, &a),
+        Command::Status => Err(UserError::not_built("status", "day-2 issue").into()),
+        Command::Certs(c) => crate::pki::cmd::run(g, c),
+        Command::Backup => Err(UserError::not_built("backup", "day-2 issue").into()),
+        Command::Restore { .. } => Err(UserError::not_built("restore", "day-2 issue").into()),
+        Command::Reset => Err(UserError::not_built("reset", "day-2 issue").into()),
+        Command::Bundle(c) => crate::bundle::cmd::run(g, c),
+        Command::Inventory(InventoryCmd::Validate) => validate_cmd(g),
+        Command::Inventory(InventoryCmd::Import { from: ImportFrom::Kubeasz, path, out }) => {
+            let yaml = inventory::kubeasz::import_file(&path)?;
+            match out {
+                Some(o) => std::fs::write(&o, yaml)?,
+                None => print!("{yaml}"),
+            }
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "clusterctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Version => {
+            let supported = crate::version::KubeVersion::supported_list();
+            match g.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "kubernetesMinors": supported})
+                ),
+                Output::Text => println!("clusterctl {} (Kubernetes {supported})", env!("CARGO_PKG_VERSION")),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn validate_cmd(g: &Global) -> anyhow::Result<()> {
+    match inventory::load(&g.inventory) {
+        Ok(loaded) => {
+            let n = loaded.inventory.spec.hosts.len();
+            match g.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "file": g.inventory, "hosts": n, "diagnostics": loaded.warnings.items})
+                ),
+                Output::Text => {
+                    for w in loaded.warnings.warnings() {
+                        eprintln!("{w}");
+                    }
+                    println!("{}: valid ({n} hosts, {} warning(s))", g.inventory.display(), loaded.warnings.items.len());
+                }
+            }
+            Ok(())
+        }
+        Err(d) => {
+            if g.output == Output::Json {
+                println!("{}", serde_json::json!({"valid": false, "file": g.inventory, "diagnostics": d.items}));
+            }
+            Err(d.into())
+        }
+    }
+}

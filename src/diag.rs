@@ -1,0 +1,143 @@
+//! User-facing problems with a place: file, line:column, field, host, what is wrong, how to fix.
+//!
+//! Validation collects every problem before reporting (`Diagnostics`), so a user fixes an
+//! inventory in one pass. Exit codes: 2 for bad input (nothing touched), 1 for a failed run.
+
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_FAILED: i32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    /// 1-based; None when the problem has no single place (e.g. "no etcd host").
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted path of the field, e.g. `spec.hosts[2].address`.
+    pub field: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, ": {sev}: ")?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        if let Some(h) = &self.host {
+            write!(f, "host {h}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if !self.fix.is_empty() {
+            write!(f, "\n  fix: {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one input, errors and warnings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Diagnostics {
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(|d| d.severity == Severity::Error)
+    }
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items.iter().filter(|d| d.severity == Severity::Error)
+    }
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items.iter().filter(|d| d.severity == Severity::Warning)
+    }
+    pub fn push(&mut self, d: Diagnostic) {
+        self.items.push(d);
+    }
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.items.extend(other.items);
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.items {
+            writeln!(f, "{d}")?;
+        }
+        let e = self.errors().count();
+        let w = self.warnings().count();
+        write!(f, "{e} error(s), {w} warning(s)")
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// An error that carries its own exit code and is printed as is (no "Error:" chain).
+#[derive(Debug)]
+pub struct UserError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl UserError {
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        UserError { code: EXIT_BAD_INPUT, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        UserError { code: EXIT_FAILED, message: message.into() }
+    }
+    /// A command that is designed but not built yet: say so, exit non-zero, touch nothing.
+    pub fn not_built(what: &str, issue: &str) -> Self {
+        UserError {
+            code: EXIT_FAILED,
+            message: format!("`clusterctl {what}` is not built yet ({issue}); nothing was done"),
+        }
+    }
+}
+
+impl fmt::Display for UserError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+/// Convenience for a diagnostic without a place in a file.
+pub fn at_file(file: &Path, severity: Severity, field: &str, message: String, fix: &str) -> Diagnostic {
+    Diagnostic {
+        severity,
+        file: file.to_path_buf(),
+        line: None,
+        column: None,
+        field: field.to_string(),
+        host: None,
+        message,
+        fix: fix.to_string(),
+    }
+}

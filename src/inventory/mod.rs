@@ -1,0 +1,129 @@
+//! The inventory: model, loading (with positions), validation, and imports from other tools.
+
+pub mod kubeasz;
+pub mod lifetime;
+mod load;
+pub mod model;
+pub mod source_map;
+pub mod validate;
+
+pub use load::{load, load_str, Loaded};
+pub use model::*;
+
+use std::net::IpAddr;
+
+use crate::version::KubeVersion;
+
+impl Inventory {
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    pub fn hosts_with(&self, role: Role) -> impl Iterator<Item = &Host> {
+        self.spec.hosts.iter().filter(move |h| h.has(role))
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.spec.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn control_plane_hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts_with(Role::ControlPlane)
+    }
+
+    pub fn etcd_hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts_with(Role::Etcd)
+    }
+
+    /// Hosts that run a kubelet: control-plane hosts (tainted by default) and workers.
+    pub fn node_hosts(&self) -> impl Iterator<Item = &Host> {
+        self.spec.hosts.iter().filter(|h| h.has(Role::ControlPlane) || h.has(Role::Worker))
+    }
+
+    /// Hosts that run keepalived + haproxy in `vip` mode: the `lb` hosts, else the control plane.
+    pub fn lb_hosts(&self) -> Vec<&Host> {
+        let lb: Vec<&Host> = self.hosts_with(Role::Lb).collect();
+        if lb.is_empty() { self.control_plane_hosts().collect() } else { lb }
+    }
+
+    /// Parsed Kubernetes version (validated on load).
+    pub fn kube_version(&self) -> KubeVersion {
+        self.spec.kubernetes_version.parse().expect("validated on load")
+    }
+
+    pub fn service_cidr(&self) -> ipnet::IpNet {
+        self.spec.network.service_cidr.parse().expect("validated on load")
+    }
+
+    pub fn pod_cidr(&self) -> ipnet::IpNet {
+        self.spec.network.pod_cidr.parse().expect("validated on load")
+    }
+
+    /// The `kubernetes` Service IP: first address of the service CIDR.
+    pub fn kubernetes_service_ip(&self) -> IpAddr {
+        nth_addr(&self.service_cidr(), 1)
+    }
+
+    /// The cluster DNS IP: from the inventory, else the 10th address of the service CIDR.
+    pub fn dns_ip(&self) -> IpAddr {
+        match &self.spec.network.dns_ip {
+            Some(s) => s.parse().expect("validated on load"),
+            None => nth_addr(&self.service_cidr(), 10),
+        }
+    }
+
+    /// Where kubelets, kube-proxy and controllers on `host` reach the API.
+    /// vip: the VIP and its port; local-proxy: 127.0.0.1 and the proxy port; external: as given.
+    pub fn apiserver_endpoint_for(&self, _host: &Host) -> (String, u16) {
+        self.apiserver_endpoint_inner(true)
+    }
+
+    /// Where the operator's machine reaches the API (the admin kubeconfig): the VIP or external
+    /// endpoint, or in local-proxy mode the first control-plane host's apiserver.
+    pub fn apiserver_endpoint_for_admin(&self) -> (String, u16) {
+        self.apiserver_endpoint_inner(false)
+    }
+
+    fn apiserver_endpoint_inner(&self, on_node: bool) -> (String, u16) {
+        let ha = &self.spec.ha;
+        match ha.mode {
+            HaMode::Vip => {
+                let vip = ha.vip.as_ref().expect("validated on load");
+                (vip.address.clone(), vip.port)
+            }
+            HaMode::External => {
+                let ep = ha.external_endpoint.as_deref().expect("validated on load");
+                split_endpoint(ep).expect("validated on load")
+            }
+            HaMode::LocalProxy if on_node => ("127.0.0.1".into(), ha.local_proxy_port),
+            HaMode::LocalProxy => {
+                let first = self.control_plane_hosts().next().expect("validated on load");
+                (first.address.to_string(), self.spec.control_plane.apiserver_port)
+            }
+        }
+    }
+
+    /// `https://host:port`, with brackets for IPv6.
+    pub fn url(host: &str, port: u16) -> String {
+        if host.contains(':') { format!("https://[{host}]:{port}") } else { format!("https://{host}:{port}") }
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`).
+pub fn split_endpoint(ep: &str) -> Option<(String, u16)> {
+    let (h, p) = ep.rsplit_once(':')?;
+    let port = p.parse().ok()?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    if h.is_empty() {
+        return None;
+    }
+    Some((h.to_string(), port))
+}
+
+/// The n-th address of a network (n=1: first usable address).
+pub fn nth_addr(net: &ipnet::IpNet, n: u32) -> IpAddr {
+    match net {
+        ipnet::IpNet::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4.network()).wrapping_add(n))),
+        ipnet::IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6.network()).wrapping_add(n as u128))),
+    }
+}

@@ -1,0 +1,544 @@
+//! The inventory: one YAML file that describes a whole cluster.
+//!
+//! Every field has a default except `hosts`; unknown keys are rejected (`deny_unknown_fields`).
+//! Field names are camelCase in YAML, like Kubernetes objects. This module holds types and
+//! defaults only; loading lives in `load.rs`, checks in `validate.rs`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub const API_VERSION: &str = "clusterctl.io/v1alpha1";
+pub const KIND: &str = "Cluster";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Inventory {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ClusterSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// Cluster name: also the name of its state directory `clusters/<name>/`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// e.g. "v1.20.2"; must be one of `crate::version::SUPPORTED_MINORS`.
+    pub kubernetes_version: String,
+    #[serde(default)]
+    pub ssh: SshDefaults,
+    pub hosts: Vec<Host>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub ha: Ha,
+    #[serde(default)]
+    pub pki: Pki,
+    #[serde(default)]
+    pub etcd: Etcd,
+    #[serde(default)]
+    pub control_plane: ControlPlane,
+    #[serde(default)]
+    pub container_runtime: ContainerRuntime,
+    #[serde(default)]
+    pub addons: Addons,
+    /// Path of the offline bundle (`.tar.zst`), relative to the inventory file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Etcd,
+    ControlPlane,
+    Worker,
+    Lb,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Etcd => "etcd",
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+            Role::Lb => "lb",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Host {
+    /// Node name (also the kubelet's node name and the etcd member name).
+    pub name: String,
+    /// IP address used for SSH and for cluster traffic (checked on load; see `Host::ip`).
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Name of an entry in `spec.ssh.bastions`; overrides `spec.ssh.bastion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bastion: Option<String>,
+    pub roles: Vec<Role>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Taints as `key[=value]:Effect`, e.g. `dedicated=infra:NoSchedule`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<String>,
+}
+
+impl Host {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// The host's IP (validated on load).
+    pub fn ip(&self) -> IpAddr {
+        self.address.parse().expect("validated on load")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KnownHostsPolicy {
+    /// Host keys must already be in the known_hosts file (default).
+    #[default]
+    Strict,
+    /// Trust on first use, then pin into the cluster's own known_hosts.
+    AcceptNew,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshDefaults {
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase of an encrypted key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_env: Option<String>,
+    /// Use the ssh-agent at $SSH_AUTH_SOCK.
+    #[serde(default)]
+    pub agent: bool,
+    #[serde(default)]
+    pub known_hosts: KnownHostsPolicy,
+    /// known_hosts file to check; default `~/.ssh/known_hosts` plus the cluster's own
+    /// `clusters/<name>/known_hosts` (where `accept-new` pins keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts_file: Option<PathBuf>,
+    /// Default bastion for every host (name of an entry in `bastions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bastion: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bastions: Vec<Bastion>,
+    /// Prefix privileged commands with `sudo -n` (needed when `user` is not root).
+    #[serde(default)]
+    pub sudo: bool,
+    /// How many hosts are worked on at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Seconds to wait for a TCP connection + SSH handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for SshDefaults {
+    fn default() -> Self {
+        SshDefaults {
+            user: default_user(),
+            port: default_ssh_port(),
+            key_file: None,
+            passphrase_env: None,
+            agent: false,
+            known_hosts: KnownHostsPolicy::default(),
+            known_hosts_file: None,
+            bastion: None,
+            bastions: Vec::new(),
+            sudo: false,
+            concurrency: default_concurrency(),
+            connect_timeout_secs: default_connect_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bastion {
+    pub name: String,
+    /// Host name or IP of the jump host.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cni {
+    /// bridge + host-local on each node and static routes to the other nodes' pod CIDRs
+    /// (like flannel host-gw); hosts must share one L2 segment.
+    #[default]
+    HostRoutes,
+    Flannel,
+    Calico,
+    /// Install no CNI (the user brings one).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    #[default]
+    Iptables,
+    Ipvs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Network {
+    #[serde(default = "default_pod_cidr", rename = "podCIDR")]
+    pub pod_cidr: String,
+    #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
+    pub service_cidr: String,
+    /// Size of each node's slice of the pod CIDR.
+    #[serde(default = "default_node_mask")]
+    pub node_cidr_mask_size: u8,
+    #[serde(default = "default_domain")]
+    pub cluster_domain: String,
+    /// CoreDNS service IP; default: the 10th address of the service CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "dnsIP")]
+    pub dns_ip: Option<String>,
+    #[serde(default)]
+    pub cni: Cni,
+    #[serde(default)]
+    pub proxy_mode: ProxyMode,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            pod_cidr: default_pod_cidr(),
+            service_cidr: default_service_cidr(),
+            node_cidr_mask_size: default_node_mask(),
+            cluster_domain: default_domain(),
+            dns_ip: None,
+            cni: Cni::default(),
+            proxy_mode: ProxyMode::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaMode {
+    /// A haproxy on every node on 127.0.0.1:<localProxyPort> in front of all apiservers.
+    #[default]
+    LocalProxy,
+    /// keepalived VRRP VIP + haproxy on the `lb` hosts (or the control-plane hosts if none).
+    Vip,
+    /// A load balancer the user runs; only its reachability is checked.
+    External,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ha {
+    #[serde(default)]
+    pub mode: HaMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Vip>,
+    /// `host:port` of an external load balancer (mode `external`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_endpoint: Option<String>,
+    /// Port haproxy listens on 127.0.0.1 in `local-proxy` mode.
+    #[serde(default = "default_local_proxy_port")]
+    pub local_proxy_port: u16,
+}
+
+impl Default for Ha {
+    fn default() -> Self {
+        Ha {
+            mode: HaMode::default(),
+            vip: None,
+            external_endpoint: None,
+            local_proxy_port: default_local_proxy_port(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Vip {
+    pub address: String,
+    /// Interface keepalived puts the VIP on; default: the one holding the host's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default = "default_router_id", rename = "routerID")]
+    pub router_id: u8,
+    /// Port haproxy listens on at the VIP (apiservers keep 6443 on their own addresses).
+    #[serde(default = "default_vip_port")]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    Rsa2048,
+    Rsa4096,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pki {
+    #[serde(default)]
+    pub algorithm: KeyAlgorithm,
+    /// Lifetime of the CAs: a number with a unit y/d/h (e.g. `100y`, `3650d`).
+    #[serde(default = "default_ca_validity")]
+    pub ca_validity: String,
+    /// Lifetime of every leaf certificate.
+    #[serde(default = "default_cert_validity")]
+    pub cert_validity: String,
+    /// Extra SANs (IPs or DNS names) for the apiserver serving certificate.
+    #[serde(default, rename = "extraSANs", skip_serializing_if = "Vec::is_empty")]
+    pub extra_sans: Vec<String>,
+    /// Directory holding a user-supplied `ca.crt`/`ca.key` (and optionally `etcd/ca.*`,
+    /// `front-proxy-ca.*`), used instead of generating CAs. Relative to the inventory file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ca_dir: Option<PathBuf>,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki {
+            algorithm: KeyAlgorithm::default(),
+            ca_validity: default_ca_validity(),
+            cert_validity: default_cert_validity(),
+            extra_sans: Vec::new(),
+            external_ca_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Etcd {
+    #[serde(default = "default_etcd_data_dir")]
+    pub data_dir: String,
+    #[serde(default = "default_snapshot_count")]
+    pub snapshot_count: u64,
+    /// Backend quota in bytes (etcd default 2 GiB; 8 GiB is the recommended maximum).
+    #[serde(default = "default_quota_backend")]
+    pub quota_backend_bytes: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_args: BTreeMap<String, String>,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            data_dir: default_etcd_data_dir(),
+            snapshot_count: default_snapshot_count(),
+            quota_backend_bytes: default_quota_backend(),
+            extra_args: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlPlaneMode {
+    /// kube-apiserver & co. as systemd units running the bundle's binaries.
+    #[default]
+    Systemd,
+    /// kubeadm's layout: static pods under /etc/kubernetes/manifests run by the kubelet.
+    StaticPods,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlane {
+    #[serde(default)]
+    pub mode: ControlPlaneMode,
+    #[serde(default = "default_apiserver_port")]
+    pub apiserver_port: u16,
+    /// Encrypt Secrets at rest (aescbc key generated into the PKI directory).
+    #[serde(default = "yes")]
+    pub encrypt_secrets: bool,
+    #[serde(default = "yes")]
+    pub audit_log: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apiserver_extra_args: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub controller_manager_extra_args: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scheduler_extra_args: BTreeMap<String, String>,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        ControlPlane {
+            mode: ControlPlaneMode::default(),
+            apiserver_port: default_apiserver_port(),
+            encrypt_secrets: true,
+            audit_log: true,
+            apiserver_extra_args: BTreeMap::new(),
+            controller_manager_extra_args: BTreeMap::new(),
+            scheduler_extra_args: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Systemd,
+    Cgroupfs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerRuntime {
+    /// Registry host -> mirror endpoints, e.g. `docker.io: [https://mirror.example.cn]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// Default: the pause image of the Kubernetes minor (k8s.gcr.io/pause:3.2 for 1.20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_image: Option<String>,
+    #[serde(default)]
+    pub cgroup_driver: CgroupDriver,
+}
+
+impl Default for ContainerRuntime {
+    fn default() -> Self {
+        ContainerRuntime {
+            registry_mirrors: BTreeMap::new(),
+            sandbox_image: None,
+            cgroup_driver: CgroupDriver::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Addons {
+    #[serde(default)]
+    pub coredns: CoreDns,
+    #[serde(default)]
+    pub metrics_server: Toggle,
+    /// Extra manifests (paths relative to the inventory) applied after the built-in add-ons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_manifests: Vec<PathBuf>,
+}
+
+impl Default for Addons {
+    fn default() -> Self {
+        Addons { coredns: CoreDns::default(), metrics_server: Toggle { enabled: true }, extra_manifests: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CoreDns {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_coredns_replicas")]
+    pub replicas: u32,
+}
+
+impl Default for CoreDns {
+    fn default() -> Self {
+        CoreDns { enabled: true, replicas: default_coredns_replicas() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toggle {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for Toggle {
+    fn default() -> Self {
+        Toggle { enabled: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_user() -> String {
+    "root".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_pod_cidr() -> String {
+    "10.244.0.0/16".into()
+}
+fn default_service_cidr() -> String {
+    "10.96.0.0/12".into()
+}
+fn default_node_mask() -> u8 {
+    24
+}
+fn default_domain() -> String {
+    "cluster.local".into()
+}
+fn default_local_proxy_port() -> u16 {
+    6443
+}
+fn default_router_id() -> u8 {
+    51
+}
+fn default_vip_port() -> u16 {
+    8443
+}
+fn default_ca_validity() -> String {
+    "100y".into()
+}
+fn default_cert_validity() -> String {
+    "50y".into()
+}
+fn default_etcd_data_dir() -> String {
+    "/var/lib/etcd".into()
+}
+fn default_snapshot_count() -> u64 {
+    50000
+}
+fn default_quota_backend() -> u64 {
+    8 * 1024 * 1024 * 1024
+}
+fn default_apiserver_port() -> u16 {
+    6443
+}
+fn default_coredns_replicas() -> u32 {
+    2
+}

@@ -1,0 +1,1 @@
+//! Rendering templates (tera) into the files a host receives.

@@ -1,0 +1,74 @@
+//! Kubernetes versions clusterctl knows how to install, and facts that differ per minor.
+//!
+//! A minor is "supported" when clusterctl has its flag table, templates and a bundle manifest.
+//! 1.20 is the line the lab proves end to end (real binaries built from Debian's source).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Supported minors of Kubernetes 1.x, oldest first.
+pub const SUPPORTED_MINORS: &[u32] = &[20, 31, 32, 33, 34];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KubeVersion {
+    pub fn is_supported(&self) -> bool {
+        self.major == 1 && SUPPORTED_MINORS.contains(&self.minor)
+    }
+
+    /// The pause image the kubelet/containerd of this minor expects by default.
+    pub fn default_sandbox_image(&self) -> &'static str {
+        match self.minor {
+            0..=21 => "k8s.gcr.io/pause:3.2",
+            22..=24 => "k8s.gcr.io/pause:3.6",
+            25..=26 => "registry.k8s.io/pause:3.9",
+            _ => "registry.k8s.io/pause:3.10",
+        }
+    }
+
+    pub fn supported_list() -> String {
+        SUPPORTED_MINORS.iter().map(|m| format!("1.{m}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl FromStr for KubeVersion {
+    type Err = String;
+    /// Accepts `v1.20.2` or `1.20.2` (a pre-release/build suffix such as `-rc.1` is kept out).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().strip_prefix('v').unwrap_or(s.trim());
+        let core = t.split(['-', '+']).next().unwrap_or("");
+        let parts: Vec<&str> = core.split('.').collect();
+        if parts.len() != 3 {
+            return Err(format!("`{s}` is not a version of the form v1.MINOR.PATCH"));
+        }
+        let num = |p: &str| p.parse::<u32>().map_err(|_| format!("`{s}` is not a version of the form v1.MINOR.PATCH"));
+        Ok(KubeVersion { major: num(parts[0])?, minor: num(parts[1])?, patch: num(parts[2])? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_checks_support() {
+        let v: KubeVersion = "v1.20.2".parse().unwrap();
+        assert_eq!(v, KubeVersion { major: 1, minor: 20, patch: 2 });
+        assert!(v.is_supported());
+        assert!("1.19.0".parse::<KubeVersion>().unwrap().is_supported() == false);
+        assert!("v1.20".parse::<KubeVersion>().is_err());
+        assert!("latest".parse::<KubeVersion>().is_err());
+        assert_eq!("v1.31.4-rc.1".parse::<KubeVersion>().unwrap().patch, 4);
+    }
+}
