@@ -287,6 +287,8 @@ impl Default for Ha {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Vip {
+    /// The VIP, optionally with the prefix length of the hosts' subnet (`10.0.0.100/16`);
+    /// without one, /24 (IPv4) or /64 (IPv6) is assumed.
     pub address: String,
     /// Interface keepalived puts the VIP on; default: the one holding the host's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,6 +298,29 @@ pub struct Vip {
     /// Port haproxy listens on at the VIP (apiservers keep 6443 on their own addresses).
     #[serde(default = "default_vip_port")]
     pub port: u16,
+}
+
+impl Vip {
+    /// The VIP's address and the prefix length keepalived puts it on (validated on load).
+    pub fn ip_and_prefix(&self) -> (IpAddr, u8) {
+        parse_ip_prefix(&self.address).expect("validated on load")
+    }
+}
+
+/// `a.b.c.d` or `a.b.c.d/len` -> (address, prefix); default /24 (v4) or /64 (v6).
+pub fn parse_ip_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
+        None if ip.is_ipv4() => 24,
+        None => 64,
+    };
+    Some((ip, len))
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -453,7 +478,11 @@ pub struct Addons {
 
 impl Default for Addons {
     fn default() -> Self {
-        Addons { coredns: CoreDns::default(), metrics_server: Toggle { enabled: true }, extra_manifests: Vec::new() }
+        Addons {
+            coredns: CoreDns::default(),
+            metrics_server: Toggle { enabled: true },
+            extra_manifests: Vec::new(),
+        }
     }
 }
 
@@ -468,7 +497,10 @@ pub struct CoreDns {
 
 impl Default for CoreDns {
     fn default() -> Self {
-        CoreDns { enabled: true, replicas: default_coredns_replicas() }
+        CoreDns {
+            enabled: true,
+            replicas: default_coredns_replicas(),
+        }
     }
 }
 
