@@ -102,6 +102,12 @@ pub enum InventoryCmd {
         /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Kubernetes version, when the kubeasz files do not say (no config.yml with K8S_VER).
+        #[arg(long)]
+        kubernetes_version: Option<String>,
+        /// Cluster name (default: config.yml's CLUSTER_NAME, else the hosts file's directory).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -173,10 +179,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             from: ImportFrom::Kubeasz,
             path,
             out,
+            kubernetes_version,
+            name,
         }) => {
-            let yaml = inventory::kubeasz::import_file(&path)?;
+            let opts = inventory::kubeasz::ImportOptions {
+                kubernetes_version,
+                name,
+            };
+            let (yaml, notes) = inventory::kubeasz::import_to_yaml(&path, &opts)?;
+            for n in &notes {
+                eprintln!("note: {n}");
+            }
+            // Check what we produce with the same rules as `inventory validate`.
+            let shown = out.clone().unwrap_or_else(|| PathBuf::from("<imported>"));
+            if let Err(d) = inventory::load_str(&yaml, &shown) {
+                eprintln!("the imported inventory needs changes before use:\n{d}");
+            }
             match out {
-                Some(o) => std::fs::write(&o, yaml)?,
+                Some(o) => std::fs::write(&o, yaml)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", o.display()))?,
                 None => print!("{yaml}"),
             }
             Ok(())

@@ -84,7 +84,7 @@ mod tests {
             }
         );
         assert!(v.is_supported());
-        assert!("1.19.0".parse::<KubeVersion>().unwrap().is_supported() == false);
+        assert!(!"1.19.0".parse::<KubeVersion>().unwrap().is_supported());
         assert!("v1.20".parse::<KubeVersion>().is_err());
         assert!("latest".parse::<KubeVersion>().is_err());
         assert_eq!("v1.31.4-rc.1".parse::<KubeVersion>().unwrap().patch, 4);

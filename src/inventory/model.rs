@@ -219,7 +219,7 @@ pub struct Network {
     #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
     pub service_cidr: String,
     /// Size of each node's slice of the pod CIDR.
-    #[serde(default = "default_node_mask")]
+    #[serde(default = "default_node_mask", rename = "nodeCIDRMaskSize")]
     pub node_cidr_mask_size: u8,
     #[serde(default = "default_domain")]
     pub cluster_domain: String,
@@ -441,7 +441,7 @@ pub enum CgroupDriver {
     Cgroupfs,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerRuntime {
     /// Registry host -> mirror endpoints, e.g. `docker.io: [https://mirror.example.cn]`.
@@ -454,15 +454,6 @@ pub struct ContainerRuntime {
     pub cgroup_driver: CgroupDriver,
 }
 
-impl Default for ContainerRuntime {
-    fn default() -> Self {
-        ContainerRuntime {
-            registry_mirrors: BTreeMap::new(),
-            sandbox_image: None,
-            cgroup_driver: CgroupDriver::default(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
