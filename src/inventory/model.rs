@@ -454,7 +454,6 @@ pub struct ContainerRuntime {
     pub cgroup_driver: CgroupDriver,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Addons {

@@ -1,12 +1,17 @@
 //! `init`, `join`, `upgrade`, `renew-certs`, `plan`: the commands that run playbooks.
+use std::fmt::Write as _;
+
 use clap::Args;
 
-use crate::cli::Global;
+use super::playbook;
+use super::runner::{Runner, Selection};
+use super::{Action, Context, Order, PhasePlan, Source};
+use crate::cli::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
-    /// Only print what would be done.
+    /// Only print what would be done (reads hosts, changes nothing).
     #[arg(long)]
     pub dry_run: bool,
     /// Skip these phases (comma separated).
@@ -25,12 +30,198 @@ pub struct PlanArgs {
     /// The command to plan.
     #[arg(long, default_value = "init")]
     pub command: String,
+    /// Skip these phases (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub skip_phases: Vec<String>,
+    /// Plan only these phases (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only_phase: Vec<String>,
+    /// Limit to these hosts (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Also print the rendered content of every file.
+    #[arg(long)]
+    pub show_files: bool,
 }
 
-pub fn run(command: &str, _g: &Global, _a: &RunArgs) -> anyhow::Result<()> {
-    Err(UserError::not_built(command, "init issue").into())
+/// Loads inventory, templates and playbook: everything a run needs before touching a host.
+fn prepare(
+    g: &Global,
+    command: &str,
+    skip: &[String],
+    only: &[String],
+    hosts: &[String],
+) -> anyhow::Result<(Context, Runner)> {
+    let loaded = load_inventory(g)?;
+    let state = state_dir(g, &loaded);
+    for h in hosts {
+        if loaded.inventory.host(h).is_none() {
+            return Err(UserError::bad_input(format!(
+                "--hosts: `{h}` is not a host of {} (hosts: {})",
+                loaded.path.display(),
+                loaded
+                    .inventory
+                    .spec
+                    .hosts
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+    }
+    let render = crate::render::Renderer::new(Some(&state.root.join("templates")))?;
+    let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
+    let pb = playbook::load(command, Some(&state.root.join("playbooks")), &known)?;
+    let runner = Runner::new(
+        &pb,
+        &Selection {
+            skip: skip.to_vec(),
+            only: only.to_vec(),
+        },
+    )?;
+    Ok((
+        Context {
+            loaded,
+            state,
+            render,
+            host_filter: hosts.to_vec(),
+        },
+        runner,
+    ))
 }
 
-pub fn plan(_g: &Global, _a: &PlanArgs) -> anyhow::Result<()> {
-    Err(UserError::not_built("plan", "foundation issue").into())
+pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
+    if command != "init" {
+        return Err(UserError::not_built(command, "its issue is open").into());
+    }
+    // Everything is checked before a host is contacted.
+    let _ = prepare(g, command, &a.skip_phases, &a.only_phase, &a.hosts)?;
+    Err(UserError::not_built(
+        "init",
+        "it needs the SSH engine, which is being merged; `clusterctl plan` shows what it will do",
+    )
+    .into())
+}
+
+pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
+    let (ctx, runner) = prepare(g, &a.command, &a.skip_phases, &a.only_phase, &a.hosts)?;
+    let plans = runner.plan(&ctx)?;
+    match g.output {
+        Output::Json => {
+            let v = serde_json::json!({
+                "command": a.command,
+                "cluster": ctx.inv().name(),
+                "kubernetesVersion": ctx.inv().spec.kubernetes_version,
+                "templateOverrides": ctx.render.overrides,
+                "phases": plans,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => print!("{}", render_text(&ctx, &a.command, &plans, a.show_files)),
+    }
+    Ok(())
+}
+
+/// The human form of a plan: phases in order, and under each the hosts and their steps.
+pub fn render_text(ctx: &Context, command: &str, plans: &[PhasePlan], show_files: bool) -> String {
+    let inv = ctx.inv();
+    let mut s = String::new();
+    let (ep_host, ep_port) = inv.apiserver_endpoint_for_admin();
+    let _ = writeln!(
+        s,
+        "clusterctl {command} for cluster {:?}: {} hosts, Kubernetes {}, HA {} ({}), state in {}",
+        inv.name(),
+        inv.spec.hosts.len(),
+        inv.spec.kubernetes_version,
+        serde_json::to_value(inv.spec.ha.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        crate::inventory::Inventory::url(&ep_host, ep_port),
+        ctx.state.root.display()
+    );
+    for o in &ctx.render.overrides {
+        let _ = writeln!(s, "template override: {}", o.display());
+    }
+    for (i, p) in plans.iter().enumerate() {
+        let order = match p.order {
+            Order::Parallel => "hosts in parallel",
+            Order::OneAtATime => "one host at a time",
+        };
+        let _ = writeln!(
+            s,
+            "\nphase {}/{} {}: {} [{order}]",
+            i + 1,
+            plans.len(),
+            p.phase,
+            p.summary
+        );
+        for l in &p.local {
+            let _ = writeln!(s, "  local: {l}");
+        }
+        for n in &p.notes {
+            let _ = writeln!(s, "  note: {n}");
+        }
+        if p.hosts.is_empty() && p.local.is_empty() {
+            let _ = writeln!(s, "  (no host has work in this phase)");
+        }
+        for hp in &p.hosts {
+            let _ = writeln!(s, "  {} ({})", hp.host, hp.address);
+            for a in &hp.actions {
+                let _ = writeln!(s, "    {}", describe(a));
+                if show_files
+                    && let Action::File {
+                        source: Source::Rendered { content, .. },
+                        ..
+                    } = a
+                {
+                    for line in String::from_utf8_lossy(content).lines() {
+                        let _ = writeln!(s, "      | {line}");
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Directory { path, mode } => format!("dir      {path} {mode}"),
+        Action::File {
+            path,
+            mode,
+            source,
+            size,
+            restarts,
+            ..
+        } => {
+            let from = match source {
+                Source::Rendered { template, .. } => format!("template {template}"),
+                Source::Local { path } => format!("local {}", path.display()),
+                Source::Bundle { item } => format!("bundle item {item}"),
+            };
+            let size = size.map(|n| format!(", {n} B")).unwrap_or_default();
+            let restarts = if restarts.is_empty() {
+                String::new()
+            } else {
+                format!("; a change restarts {}", restarts.join(", "))
+            };
+            format!("file     {path} {mode} ({from}{size}){restarts}")
+        }
+        Action::Service { unit } => format!("service  {unit} enabled + running"),
+        Action::Run { description, .. } => format!("run      {description}"),
+        Action::Check {
+            description,
+            warn_only,
+            ..
+        } => {
+            format!(
+                "check    {description}{}",
+                if *warn_only { " (warning only)" } else { "" }
+            )
+        }
+    }
 }

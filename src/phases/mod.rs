@@ -1,3 +1,293 @@
-//! Phases: each command is an ordered list of phases (playbooks/<command>.yaml), each phase one
-//! file implementing `Phase` (plan / apply / verify), all run by one runner.
+//! Phases: each command is an ordered list of phases (`playbooks/<command>.yaml`), each phase one
+//! file here implementing [`Phase`], all run by one [`runner::Runner`].
+//!
+//! A phase does not touch hosts itself. `plan` describes the desired state of each host as
+//! [`Action`]s (files with their content hash, services, commands), and the runner converges
+//! hosts to it through an [`Executor`]. That one path gives:
+//! - `plan` and `--dry-run`: print the actions, change nothing;
+//! - idempotence: a file whose far hash already matches is not sent, a service whose files did
+//!   not change is not restarted;
+//! - the journal: what a phase did on a host, keyed by the hash of its plan.
+//!   Phases add health gates in `verify`.
+
 pub mod cmd;
+pub mod control_plane;
+pub mod etcd;
+pub mod executor;
+pub mod kubeconfig;
+pub mod load_balancer;
+pub mod playbook;
+pub mod preflight;
+pub mod prepare;
+pub mod runner;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::inventory::{Host, Inventory, Loaded};
+use crate::render::Renderer;
+use crate::state::StateDir;
+
+pub use executor::Executor;
+
+/// Everything a phase may read. Built once per run; phases never mutate it.
+pub struct Context {
+    pub loaded: Loaded,
+    pub state: StateDir,
+    pub render: Renderer,
+    /// `--hosts`: limit the run to these hosts (empty: all).
+    pub host_filter: Vec<String>,
+}
+
+impl Context {
+    pub fn inv(&self) -> &Inventory {
+        &self.loaded.inventory
+    }
+
+    /// Hosts selected by `--hosts` that also satisfy `pred`, in inventory order.
+    pub fn hosts_where(&self, pred: impl Fn(&Host) -> bool) -> Vec<&Host> {
+        self.inv()
+            .spec
+            .hosts
+            .iter()
+            .filter(|h| {
+                self.host_filter.is_empty() || self.host_filter.iter().any(|f| f == &h.name)
+            })
+            .filter(|h| pred(h))
+            .collect()
+    }
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "from", rename_all = "kebab-case")]
+pub enum Source {
+    /// Rendered from a template (the name is the template path under templates/).
+    Rendered {
+        template: String,
+        #[serde(skip)]
+        content: Vec<u8>,
+    },
+    /// A file on the operator's machine (e.g. a certificate under clusters/<name>/pki).
+    Local { path: PathBuf },
+    /// An item of the offline bundle, by name.
+    Bundle { item: String },
+}
+
+/// Mode as the usual octal string in plans and JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+/// One piece of desired state on one host.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    /// A directory exists with this mode.
+    Directory { path: String, mode: Mode },
+    /// A file has exactly these bytes (sent only when the far sha256 differs). A change
+    /// restarts the listed units.
+    File {
+        path: String,
+        mode: Mode,
+        source: Source,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        restarts: Vec<String>,
+    },
+    /// A systemd unit is enabled and running; restarted when one of its files changed.
+    Service { unit: String },
+    /// A command that changes the host; skipped when `unless` succeeds (so a re-run is a
+    /// no-op). With `warn_only`, a failure is a warning (e.g. a sysctl a container cannot set).
+    Run {
+        description: String,
+        command: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unless: Option<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        warn_only: bool,
+    },
+    /// A read-only check; a non-zero exit is a problem reported with `description`.
+    Check {
+        description: String,
+        command: String,
+        /// A failed check is a warning, not an error (e.g. a sysctl a container cannot set).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        warn_only: bool,
+    },
+}
+
+impl Action {
+    /// A file rendered from a template: the content hash is known at plan time.
+    pub fn rendered(
+        path: impl Into<String>,
+        mode: u32,
+        template: &str,
+        content: String,
+        restarts: &[&str],
+    ) -> Action {
+        let bytes = content.into_bytes();
+        Action::File {
+            path: path.into(),
+            mode: Mode(mode),
+            sha256: Some(sha256_hex(&bytes)),
+            size: Some(bytes.len() as u64),
+            source: Source::Rendered {
+                template: template.to_string(),
+                content: bytes,
+            },
+            restarts: restarts.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn service(unit: &str) -> Action {
+        Action::Service {
+            unit: unit.to_string(),
+        }
+    }
+
+    pub fn dir(path: &str, mode: u32) -> Action {
+        Action::Directory {
+            path: path.to_string(),
+            mode: Mode(mode),
+        }
+    }
+
+    pub fn check(description: &str, command: &str) -> Action {
+        Action::Check {
+            description: description.into(),
+            command: command.into(),
+            warn_only: false,
+        }
+    }
+
+    pub fn run(description: &str, command: &str, unless: Option<&str>) -> Action {
+        Action::Run {
+            description: description.into(),
+            command: command.into(),
+            unless: unless.map(str::to_string),
+            warn_only: false,
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What a phase will do on one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub address: String,
+    pub actions: Vec<Action>,
+}
+
+/// How the runner walks the hosts of a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// All hosts at once (bounded by the SSH concurrency).
+    Parallel,
+    /// One host after another, each gated by `verify` (e.g. restarting apiservers).
+    OneAtATime,
+}
+
+/// What a phase will do, per host, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhasePlan {
+    pub phase: String,
+    pub summary: String,
+    pub order: Order,
+    pub hosts: Vec<HostPlan>,
+    /// Work done on the operator's machine, before the hosts (e.g. "write admin.conf").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<String>,
+    /// Things the user should know (e.g. "no bundle set: binaries must already be on hosts").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl PhasePlan {
+    pub fn new(phase: &dyn Phase, order: Order) -> PhasePlan {
+        PhasePlan {
+            phase: phase.name().to_string(),
+            summary: phase.summary().to_string(),
+            order,
+            hosts: Vec::new(),
+            local: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn host(&mut self, h: &Host, actions: Vec<Action>) {
+        self.hosts.push(HostPlan {
+            host: h.name.clone(),
+            address: h.address.clone(),
+            actions,
+        });
+    }
+
+    /// Hash of everything this phase will do on `host`: the journal's key for "nothing
+    /// changed". Rendered contents are covered by the sha256 each File action carries.
+    pub fn inputs_hash(&self, host: &str) -> String {
+        let h = self.hosts.iter().find(|h| h.host == host);
+        sha256_hex(&serde_json::to_vec(&(&self.phase, h)).expect("plans serialize"))
+    }
+}
+
+/// One step of a command. Implementations live one per file in this module.
+pub trait Phase: Send + Sync {
+    /// The name used in playbooks, `--skip-phases` and `--only-phase`.
+    fn name(&self) -> &'static str;
+    /// One line for `--help`, plans and progress.
+    fn summary(&self) -> &'static str;
+    /// Desired state of every host this phase touches. Pure: reads the context only.
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan>;
+    /// Work on the operator's machine that `plan.local` describes; runs before the hosts.
+    fn apply_local(&self, _ctx: &Context) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Health gate after the plan has been applied to `host` (e.g. etcd member healthy).
+    /// The runner calls it per host for `Order::OneAtATime`, and once per host after a
+    /// parallel phase. Default: nothing to check.
+    fn verify<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _host: &'a Host,
+        _exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Every phase clusterctl knows, by playbook name.
+pub fn registry() -> Vec<Box<dyn Phase>> {
+    vec![
+        Box::new(preflight::Preflight),
+        Box::new(prepare::Prepare),
+        Box::new(etcd::Etcd),
+        Box::new(load_balancer::LoadBalancer),
+        Box::new(control_plane::ControlPlane),
+        Box::new(kubeconfig::Kubeconfig),
+        Box::new(verify::Verify),
+    ]
+}

@@ -1,1 +1,145 @@
-//! Rendering templates (tera) into the files a host receives.
+//! Rendering the files a host receives from tera templates.
+//!
+//! The templates under `templates/` are compiled into the binary. A user overrides any of them
+//! by putting a file with the same relative path under `clusters/<name>/templates/` (kubeasz's
+//! "find the unit file of a component in seconds and change it"): `plan` lists the overrides.
+
+mod vars;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+pub use vars::{DEFAULT_VIP_INTERFACE, host_vars};
+
+/// Every built-in template, by its path under `templates/`.
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "etcd/etcd.service",
+        include_str!("../../templates/etcd/etcd.service"),
+    ),
+    (
+        "haproxy/haproxy.cfg",
+        include_str!("../../templates/haproxy/haproxy.cfg"),
+    ),
+    (
+        "keepalived/keepalived.conf",
+        include_str!("../../templates/keepalived/keepalived.conf"),
+    ),
+    (
+        "kube-apiserver/kube-apiserver.service",
+        include_str!("../../templates/kube-apiserver/kube-apiserver.service"),
+    ),
+    (
+        "kube-apiserver/audit-policy.yaml",
+        include_str!("../../templates/kube-apiserver/audit-policy.yaml"),
+    ),
+    (
+        "kube-controller-manager/kube-controller-manager.service",
+        include_str!("../../templates/kube-controller-manager/kube-controller-manager.service"),
+    ),
+    (
+        "kube-scheduler/kube-scheduler.service",
+        include_str!("../../templates/kube-scheduler/kube-scheduler.service"),
+    ),
+    (
+        "system/sysctl-kubernetes.conf",
+        include_str!("../../templates/system/sysctl-kubernetes.conf"),
+    ),
+    (
+        "system/modules-kubernetes.conf",
+        include_str!("../../templates/system/modules-kubernetes.conf"),
+    ),
+];
+
+pub struct Renderer {
+    tera: tera::Tera,
+    /// Templates replaced by the user's files.
+    pub overrides: Vec<PathBuf>,
+}
+
+impl Renderer {
+    /// Built-in templates, each replaced by `override_dir/<same path>` when that file exists.
+    pub fn new(override_dir: Option<&Path>) -> anyhow::Result<Renderer> {
+        let mut tera = tera::Tera::new();
+        let mut overrides = Vec::new();
+        for (name, builtin) in BUILTIN {
+            let user = override_dir.map(|d| d.join(name)).filter(|p| p.is_file());
+            let text = match &user {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading template override {}", p.display()))?,
+                None => builtin.to_string(),
+            };
+            tera.add_raw_template(name, &text).map_err(|e| {
+                let origin = user.as_ref().map_or_else(
+                    || format!("built-in template {name}"),
+                    |p| p.display().to_string(),
+                );
+                anyhow::anyhow!("{origin}: {e}")
+            })?;
+            overrides.extend(user);
+        }
+        Ok(Renderer { tera, overrides })
+    }
+
+    pub fn render(&self, name: &str, ctx: &tera::Context) -> anyhow::Result<String> {
+        self.tera
+            .render(name, ctx)
+            .map_err(|e| anyhow::anyhow!("rendering template {name}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_file_is_built_in() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let mut on_disk = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    on_disk.push(
+                        p.strip_prefix(&root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        on_disk.sort();
+        let mut builtin: Vec<String> = BUILTIN.iter().map(|(n, _)| n.to_string()).collect();
+        builtin.sort();
+        assert_eq!(
+            on_disk, builtin,
+            "templates/ and render::BUILTIN must list the same files"
+        );
+    }
+
+    #[test]
+    fn a_user_file_overrides_the_builtin() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("haproxy")).unwrap();
+        std::fs::write(dir.path().join("haproxy/haproxy.cfg"), "custom {{ x }}").unwrap();
+        let r = Renderer::new(Some(dir.path())).unwrap();
+        let mut ctx = tera::Context::new();
+        ctx.insert("x", &1);
+        assert_eq!(r.render("haproxy/haproxy.cfg", &ctx).unwrap(), "custom 1");
+        assert_eq!(r.overrides.len(), 1);
+    }
+
+    #[test]
+    fn a_broken_override_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etcd")).unwrap();
+        std::fs::write(dir.path().join("etcd/etcd.service"), "{% if %}").unwrap();
+        let e = Renderer::new(Some(dir.path())).err().unwrap().to_string();
+        assert!(e.contains("etcd/etcd.service"), "{e}");
+    }
+}

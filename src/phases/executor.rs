@@ -1,0 +1,607 @@
+//! The one gate every change to a host goes through, and the converge loop built on it.
+//!
+//! An [`Executor`] runs read-only queries and changes on a host. The SSH executor does both;
+//! [`DryRun`] wraps any executor, lets queries through and records changes instead of making
+//! them, so `--dry-run` walks exactly the code path of a real run (k0sctl's idea).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context as _, bail};
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use super::{Action, HostPlan, Source};
+use crate::inventory::Host;
+
+#[derive(Debug, Clone, Default)]
+pub struct CmdOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Bytes for a file, resolved from a [`Source`] by the runner.
+#[derive(Debug, Clone)]
+pub enum Blob {
+    Bytes(Vec<u8>),
+    Path(PathBuf),
+}
+
+pub trait Executor: Send + Sync {
+    /// Runs a command that only reads (runs in dry-run too).
+    fn query<'a>(
+        &'a self,
+        host: &'a Host,
+        cmd: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<CmdOutput>>;
+    /// Runs a command that changes the host.
+    fn change<'a>(
+        &'a self,
+        host: &'a Host,
+        cmd: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<CmdOutput>>;
+    /// Writes a file atomically with this mode (owner root). Called only when the far content
+    /// differs; returns the bytes sent.
+    fn put<'a>(
+        &'a self,
+        host: &'a Host,
+        path: &'a str,
+        blob: &'a Blob,
+        sha256: &'a str,
+        mode: u32,
+    ) -> BoxFuture<'a, anyhow::Result<u64>>;
+}
+
+/// Quotes a word for sh.
+pub fn q(s: &str) -> String {
+    shlex::try_quote(s)
+        .map(|c| c.into_owned())
+        .unwrap_or_else(|_| "''".into())
+}
+
+/// What converging one host did: the counts a re-run must show as zero.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HostChanges {
+    pub files_written: usize,
+    pub bytes_sent: u64,
+    pub dirs_made: usize,
+    pub commands_run: usize,
+    pub restarts: Vec<String>,
+    pub started: Vec<String>,
+    /// Failed checks that are only warnings.
+    pub warnings: Vec<String>,
+}
+
+impl HostChanges {
+    pub fn is_noop(&self) -> bool {
+        self.files_written == 0
+            && self.dirs_made == 0
+            && self.commands_run == 0
+            && self.restarts.is_empty()
+            && self.started.is_empty()
+    }
+}
+
+/// The far state of the paths and units a host plan names, read in one round trip.
+#[derive(Debug, Default)]
+struct FarState {
+    sha: BTreeMap<String, String>,
+    dirs: BTreeMap<String, String>,
+    units: BTreeMap<String, (String, String)>,
+}
+
+fn state_query(plan: &HostPlan) -> String {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let mut units = Vec::new();
+    for a in &plan.actions {
+        match a {
+            Action::File { path, .. } => files.push(q(path)),
+            Action::Directory { path, .. } => dirs.push(q(path)),
+            Action::Service { unit } => units.push(q(unit)),
+            _ => {}
+        }
+    }
+    let mut s = String::new();
+    if !files.is_empty() {
+        s += &format!(
+            "for f in {}; do if [ -f \"$f\" ]; then sha256sum \"$f\"; fi; done; ",
+            files.join(" ")
+        );
+    }
+    if !dirs.is_empty() {
+        s += &format!(
+            "for d in {}; do [ -d \"$d\" ] && echo \"dir $(stat -c %a \"$d\") $d\"; done; ",
+            dirs.join(" ")
+        );
+    }
+    if !units.is_empty() {
+        s += &format!(
+            "for u in {}; do echo \"unit $u $(systemctl is-enabled \"$u\" 2>/dev/null || true) $(systemctl is-active \"$u\" 2>/dev/null || true)\"; done; ",
+            units.join(" ")
+        );
+    }
+    s + "true"
+}
+
+fn parse_state(out: &str) -> FarState {
+    let mut st = FarState::default();
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("dir ") {
+            if let Some((mode, path)) = rest.split_once(' ') {
+                st.dirs.insert(path.to_string(), mode.to_string());
+            }
+        } else if let Some(rest) = line.strip_prefix("unit ") {
+            let mut it = rest.split_whitespace();
+            if let (Some(u), e, a) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or("")) {
+                st.units
+                    .insert(u.to_string(), (e.to_string(), a.to_string()));
+            }
+        } else if let Some((sha, path)) = line.split_once("  ") {
+            st.sha.insert(path.to_string(), sha.to_string());
+        }
+    }
+    st
+}
+
+/// Brings one host to its plan: one query for the far state, then only the differences.
+/// `resolve` turns a file's [`Source`] into bytes (rendered content, local file, bundle blob).
+pub async fn converge(
+    exec: &dyn Executor,
+    host: &Host,
+    plan: &HostPlan,
+    resolve: &(dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
+) -> anyhow::Result<HostChanges> {
+    let mut ch = HostChanges::default();
+    let out = exec
+        .query(host, &state_query(plan))
+        .await
+        .context("reading the state of files and services")?;
+    if out.status != 0 {
+        bail!(
+            "reading the state of files and services failed: {}",
+            out.stderr.trim()
+        );
+    }
+    let far = parse_state(&out.stdout);
+    let mut dirty_units: BTreeSet<String> = BTreeSet::new();
+    let mut unit_files_changed = false;
+    let mut failed_checks = Vec::new();
+    for a in &plan.actions {
+        match a {
+            Action::Directory { path, mode } => {
+                if far.dirs.get(path).map(|m| m.trim_start_matches('0'))
+                    != Some(format!("{:o}", mode.0).as_str())
+                {
+                    run_change(exec, host, &format!("install -d -m {mode} {}", q(path))).await?;
+                    ch.dirs_made += 1;
+                }
+            }
+            Action::File {
+                path,
+                mode,
+                source,
+                sha256,
+                restarts,
+                ..
+            } => {
+                let blob = resolve(source).with_context(|| format!("preparing {path}"))?;
+                let want = match sha256 {
+                    Some(s) => s.clone(),
+                    None => blob_sha(&blob)?,
+                };
+                if far.sha.get(path) != Some(&want) {
+                    ch.bytes_sent += exec
+                        .put(host, path, &blob, &want, mode.0)
+                        .await
+                        .with_context(|| format!("writing {path}"))?;
+                    ch.files_written += 1;
+                    dirty_units.extend(restarts.iter().cloned());
+                    if path.starts_with("/etc/systemd/system/")
+                        || path.starts_with("/lib/systemd/system/")
+                    {
+                        unit_files_changed = true;
+                    }
+                }
+            }
+            Action::Service { unit } => {
+                if unit_files_changed {
+                    run_change(exec, host, "systemctl daemon-reload").await?;
+                    unit_files_changed = false;
+                }
+                let (enabled, active) = far.units.get(unit).cloned().unwrap_or_default();
+                if enabled != "enabled" {
+                    run_change(exec, host, &format!("systemctl enable {}", q(unit))).await?;
+                    ch.commands_run += 1;
+                }
+                if active != "active" {
+                    run_change(exec, host, &format!("systemctl start {}", q(unit))).await?;
+                    ch.started.push(unit.clone());
+                    dirty_units.remove(unit);
+                } else if dirty_units.remove(unit) {
+                    run_change(exec, host, &format!("systemctl restart {}", q(unit))).await?;
+                    ch.restarts.push(unit.clone());
+                }
+            }
+            Action::Run {
+                description,
+                command,
+                unless,
+                warn_only,
+            } => {
+                if let Some(u) = unless
+                    && exec.query(host, u).await?.status == 0
+                {
+                    continue;
+                }
+                let o = exec.change(host, command).await?;
+                if o.status == 0 {
+                    ch.commands_run += 1;
+                } else if *warn_only {
+                    ch.warnings
+                        .push(format!("{description}: {}", first_words(&o)));
+                } else {
+                    bail!(
+                        "{description}: `{command}` exited {}: {}",
+                        o.status,
+                        first_words(&o)
+                    );
+                }
+            }
+            Action::Check {
+                description,
+                command,
+                warn_only,
+            } => {
+                let o = exec.query(host, command).await?;
+                if o.status != 0 {
+                    let detail = if o.stderr.trim().is_empty() {
+                        o.stdout.trim()
+                    } else {
+                        o.stderr.trim()
+                    };
+                    let msg = if detail.is_empty() {
+                        description.clone()
+                    } else {
+                        format!("{description}: {detail}")
+                    };
+                    if *warn_only {
+                        ch.warnings.push(msg);
+                    } else {
+                        failed_checks.push(msg);
+                    }
+                }
+            }
+        }
+    }
+    if unit_files_changed {
+        run_change(exec, host, "systemctl daemon-reload").await?;
+    }
+    if !failed_checks.is_empty() {
+        bail!("{}", failed_checks.join("; "));
+    }
+    Ok(ch)
+}
+
+/// The gist of a failed command's output for a message.
+fn first_words(o: &CmdOutput) -> String {
+    let t = if o.stderr.trim().is_empty() {
+        o.stdout.trim()
+    } else {
+        o.stderr.trim()
+    };
+    t.lines().take(3).collect::<Vec<_>>().join(" / ")
+}
+
+async fn run_change(exec: &dyn Executor, host: &Host, cmd: &str) -> anyhow::Result<()> {
+    let o = exec.change(host, cmd).await?;
+    if o.status != 0 {
+        bail!("`{cmd}` exited {}: {}", o.status, o.stderr.trim());
+    }
+    Ok(())
+}
+
+fn blob_sha(blob: &Blob) -> anyhow::Result<String> {
+    Ok(match blob {
+        Blob::Bytes(b) => super::sha256_hex(b),
+        Blob::Path(p) => {
+            use sha2::{Digest, Sha256};
+            use std::io::Read as _;
+            let mut f =
+                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            hex::encode(h.finalize())
+        }
+    })
+}
+
+/// Wraps an executor: queries run, changes are recorded and reported as successful.
+pub struct DryRun<'e> {
+    pub inner: &'e dyn Executor,
+    pub recorded: Mutex<Vec<(String, String)>>,
+}
+
+impl<'e> DryRun<'e> {
+    pub fn new(inner: &'e dyn Executor) -> Self {
+        DryRun {
+            inner,
+            recorded: Mutex::new(Vec::new()),
+        }
+    }
+    fn record(&self, host: &Host, what: String) {
+        self.recorded
+            .lock()
+            .unwrap()
+            .push((host.name.clone(), what));
+    }
+}
+
+impl Executor for DryRun<'_> {
+    fn query<'a>(
+        &'a self,
+        host: &'a Host,
+        cmd: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+        self.inner.query(host, cmd)
+    }
+    fn change<'a>(
+        &'a self,
+        host: &'a Host,
+        cmd: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+        self.record(host, format!("would run: {cmd}"));
+        Box::pin(async { Ok(CmdOutput::default()) })
+    }
+    fn put<'a>(
+        &'a self,
+        host: &'a Host,
+        path: &'a str,
+        _blob: &'a Blob,
+        sha256: &'a str,
+        mode: u32,
+    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+        self.record(
+            host,
+            format!(
+                "would write: {path} mode {mode:04o} sha256 {}",
+                &sha256[..12]
+            ),
+        );
+        Box::pin(async { Ok(0) })
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! An in-memory host for testing the converge logic (what is sent, what restarts). The
+    //! real transport is tested against real sshd in the lab tests.
+    use super::*;
+
+    #[derive(Default)]
+    pub struct FakeHosts {
+        pub files: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+        pub dirs: Mutex<BTreeMap<(String, String), u32>>,
+        pub active: Mutex<BTreeSet<(String, String)>>,
+        pub log: Mutex<Vec<String>>,
+    }
+
+    impl Executor for FakeHosts {
+        fn query<'a>(
+            &'a self,
+            host: &'a Host,
+            cmd: &'a str,
+        ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            // Answers the state query by evaluating it against the in-memory host.
+            let mut out = String::new();
+            for (var, list) in loops(cmd) {
+                for item in list {
+                    let key = (host.name.clone(), item.clone());
+                    match var.as_str() {
+                        "f" => {
+                            if let Some(b) = self.files.lock().unwrap().get(&key) {
+                                out += &format!("{}  {item}\n", crate::phases::sha256_hex(b));
+                            }
+                        }
+                        "d" => {
+                            if let Some(m) = self.dirs.lock().unwrap().get(&key) {
+                                out += &format!("dir {m:o} {item}\n");
+                            }
+                        }
+                        "u" => {
+                            let on = self.active.lock().unwrap().contains(&key);
+                            let s = if on {
+                                "enabled active"
+                            } else {
+                                "disabled inactive"
+                            };
+                            out += &format!("unit {item} {s}\n");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Box::pin(async move {
+                Ok(CmdOutput {
+                    status: 0,
+                    stdout: out,
+                    stderr: String::new(),
+                })
+            })
+        }
+        fn change<'a>(
+            &'a self,
+            host: &'a Host,
+            cmd: &'a str,
+        ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}: {cmd}", host.name));
+            let w = shlex::split(cmd).unwrap_or_default();
+            if w.first().map(String::as_str) == Some("install") && w.len() == 5 {
+                let mode = u32::from_str_radix(&w[3], 8).unwrap();
+                self.dirs
+                    .lock()
+                    .unwrap()
+                    .insert((host.name.clone(), w[4].clone()), mode);
+            }
+            if w.first().map(String::as_str) == Some("systemctl")
+                && (w[1] == "start" || w[1] == "restart")
+            {
+                self.active
+                    .lock()
+                    .unwrap()
+                    .insert((host.name.clone(), w[2].clone()));
+            }
+            Box::pin(async { Ok(CmdOutput::default()) })
+        }
+        fn put<'a>(
+            &'a self,
+            host: &'a Host,
+            path: &'a str,
+            blob: &'a Blob,
+            _sha: &'a str,
+            _mode: u32,
+        ) -> BoxFuture<'a, anyhow::Result<u64>> {
+            let Blob::Bytes(b) = blob else {
+                panic!("fake takes bytes")
+            };
+            self.files
+                .lock()
+                .unwrap()
+                .insert((host.name.clone(), path.to_string()), b.clone());
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}: put {path}", host.name));
+            let n = b.len() as u64;
+            Box::pin(async move { Ok(n) })
+        }
+    }
+
+    /// Extracts `for X in a b c; do` loops from a state query.
+    fn loops(cmd: &str) -> Vec<(String, Vec<String>)> {
+        let mut v = Vec::new();
+        for part in cmd.split("for ").skip(1) {
+            let Some((head, _)) = part.split_once("; do") else {
+                continue;
+            };
+            let Some((var, list)) = head.split_once(" in ") else {
+                continue;
+            };
+            v.push((
+                var.trim().to_string(),
+                shlex::split(list).unwrap_or_default(),
+            ));
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeHosts;
+    use super::*;
+    use crate::phases::{Action, HostPlan};
+
+    fn host() -> Host {
+        Host {
+            name: "h1".into(),
+            address: "10.77.0.11".into(),
+            port: None,
+            user: None,
+            key_file: None,
+            bastion: None,
+            roles: vec![],
+            labels: Default::default(),
+            taints: vec![],
+        }
+    }
+
+    fn plan(unit_body: &str) -> HostPlan {
+        HostPlan {
+            host: "h1".into(),
+            address: "10.77.0.11".into(),
+            actions: vec![
+                Action::dir("/etc/demo dir", 0o700),
+                Action::rendered(
+                    "/etc/systemd/system/demo.service",
+                    0o644,
+                    "demo",
+                    unit_body.into(),
+                    &["demo.service"],
+                ),
+                Action::service("demo.service"),
+            ],
+        }
+    }
+
+    fn resolve(s: &Source) -> anyhow::Result<Blob> {
+        match s {
+            Source::Rendered { content, .. } => Ok(Blob::Bytes(content.clone())),
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn second_converge_changes_nothing_and_a_changed_file_restarts_its_unit() {
+        let fake = FakeHosts::default();
+        let h = host();
+        let first = converge(&fake, &h, &plan("v1"), &resolve).await.unwrap();
+        assert_eq!((first.files_written, first.dirs_made), (1, 1));
+        assert_eq!(first.started, ["demo.service"]);
+        assert!(
+            first.restarts.is_empty(),
+            "a started unit is not also restarted"
+        );
+
+        let again = converge(&fake, &h, &plan("v1"), &resolve).await.unwrap();
+        assert!(again.is_noop(), "{again:?}");
+        assert_eq!(again.bytes_sent, 0);
+
+        fake.log.lock().unwrap().clear();
+        let changed = converge(&fake, &h, &plan("v2"), &resolve).await.unwrap();
+        assert_eq!(changed.files_written, 1);
+        assert_eq!(changed.restarts, ["demo.service"]);
+        let log = fake.log.lock().unwrap().join("\n");
+        assert!(log.contains("systemctl daemon-reload"), "{log}");
+        let reload = log.find("daemon-reload").unwrap();
+        assert!(
+            reload < log.find("restart").unwrap(),
+            "reload before restart:\n{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dry_run_records_changes_and_makes_none() {
+        let fake = FakeHosts::default();
+        let dry = DryRun::new(&fake);
+        let ch = converge(&dry, &host(), &plan("v1"), &resolve)
+            .await
+            .unwrap();
+        assert_eq!(ch.files_written, 1, "the dry run reports what it would do");
+        assert!(fake.files.lock().unwrap().is_empty(), "but changes nothing");
+        let rec = dry.recorded.lock().unwrap();
+        assert!(
+            rec.iter()
+                .any(|(_, w)| w.starts_with("would write: /etc/systemd/system/demo.service")),
+            "{rec:?}"
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(q("/etc/demo dir"), "'/etc/demo dir'");
+        assert_eq!(q("/etc/plain"), "/etc/plain");
+    }
+}

@@ -1,0 +1,99 @@
+//! load-balancer: how everything reaches the apiservers.
+//! - `vip`: keepalived (VRRP) + haproxy on the `lb` hosts, or on the control-plane hosts;
+//! - `local-proxy`: haproxy on every node on 127.0.0.1 in front of all apiservers;
+//! - `external`: the user's balancer; only checked for reachability.
+
+use super::{Action, Context, Order, Phase, PhasePlan};
+use crate::inventory::{HaMode, Role};
+use crate::render::host_vars;
+
+pub struct LoadBalancer;
+
+impl Phase for LoadBalancer {
+    fn name(&self) -> &'static str {
+        "load-balancer"
+    }
+    fn summary(&self) -> &'static str {
+        "VIP (keepalived + haproxy), local proxies, or the external endpoint"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
+        let mut plan = PhasePlan::new(self, Order::Parallel);
+        match inv.spec.ha.mode {
+            HaMode::Vip => {
+                let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
+                if inv
+                    .spec
+                    .ha
+                    .vip
+                    .as_ref()
+                    .is_some_and(|v| v.interface.is_none())
+                {
+                    plan.notes.push(format!(
+                        "spec.ha.vip.interface is not set: keepalived uses {}",
+                        crate::render::DEFAULT_VIP_INTERFACE
+                    ));
+                }
+                for h in ctx.hosts_where(|h| lb.contains(&h.name)) {
+                    let vars = host_vars(inv, h);
+                    let haproxy = ctx.render.render("haproxy/haproxy.cfg", &vars)?;
+                    let keepalived = ctx.render.render("keepalived/keepalived.conf", &vars)?;
+                    plan.host(
+                        h,
+                        vec![
+                            Action::rendered(
+                                "/etc/haproxy/haproxy.cfg",
+                                0o644,
+                                "haproxy/haproxy.cfg",
+                                haproxy,
+                                &["haproxy.service"],
+                            ),
+                            Action::rendered(
+                                "/etc/keepalived/keepalived.conf",
+                                0o644,
+                                "keepalived/keepalived.conf",
+                                keepalived,
+                                &["keepalived.service"],
+                            ),
+                            Action::service("haproxy.service"),
+                            Action::service("keepalived.service"),
+                        ],
+                    );
+                }
+            }
+            HaMode::LocalProxy => {
+                for h in ctx.hosts_where(|h| h.has(Role::ControlPlane) || h.has(Role::Worker)) {
+                    let haproxy = ctx
+                        .render
+                        .render("haproxy/haproxy.cfg", &host_vars(inv, h))?;
+                    plan.host(
+                        h,
+                        vec![
+                            Action::rendered(
+                                "/etc/haproxy/haproxy.cfg",
+                                0o644,
+                                "haproxy/haproxy.cfg",
+                                haproxy,
+                                &["haproxy.service"],
+                            ),
+                            Action::service("haproxy.service"),
+                        ],
+                    );
+                }
+            }
+            HaMode::External => {
+                let (host, port) = inv.apiserver_endpoint_for_admin();
+                for h in ctx.hosts_where(|h| h.has(Role::ControlPlane)) {
+                    plan.host(
+                        h,
+                        vec![Action::check(
+                            &format!("external endpoint {host}:{port} reachable"),
+                            &format!("timeout 3 bash -c '</dev/tcp/{host}/{port}' 2>&1"),
+                        )],
+                    );
+                }
+            }
+        }
+        Ok(plan)
+    }
+}

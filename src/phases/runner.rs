@@ -1,0 +1,361 @@
+//! The one runner behind every command: phase selection, plan, apply with per-host progress,
+//! health gates, and a journal of what was done.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::executor::{Blob, Executor, HostChanges, converge};
+use super::playbook::Playbook;
+use super::{Context, Order, Phase, PhasePlan, Source};
+use crate::diag::UserError;
+use crate::inventory::Host;
+
+/// Which phases of a playbook run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub skip: Vec<String>,
+    pub only: Vec<String>,
+}
+
+pub struct Runner {
+    pub command: String,
+    pub phases: Vec<Box<dyn Phase>>,
+}
+
+impl Runner {
+    /// The playbook's phases in order, minus `--skip-phases`, or only `--only-phase`.
+    /// Naming a phase that is not in the playbook is bad input.
+    pub fn new(playbook: &Playbook, sel: &Selection) -> Result<Runner, UserError> {
+        let listed = &playbook.phases;
+        for name in sel.skip.iter().chain(&sel.only) {
+            if !listed.contains(name) {
+                return Err(UserError::bad_input(format!(
+                    "phase `{name}` is not in {} (its phases: {})",
+                    playbook.origin.display(),
+                    listed.join(", ")
+                )));
+            }
+        }
+        let mut registry = super::registry();
+        let mut phases = Vec::new();
+        for name in listed {
+            if sel.skip.contains(name) || (!sel.only.is_empty() && !sel.only.contains(name)) {
+                continue;
+            }
+            let i = registry
+                .iter()
+                .position(|p| p.name() == name)
+                .expect("playbook names are checked on load");
+            phases.push(registry.swap_remove(i));
+        }
+        Ok(Runner {
+            command: playbook.command.clone(),
+            phases,
+        })
+    }
+
+    pub fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<PhasePlan>> {
+        self.phases
+            .iter()
+            .map(|p| {
+                p.plan(ctx)
+                    .with_context(|| format!("planning phase {}", p.name()))
+            })
+            .collect()
+    }
+
+    /// Plans and applies every selected phase in order. A phase whose host fails stops the run
+    /// after the other hosts finished their current step; the journal says where it stopped.
+    pub async fn apply<'a>(
+        &'a self,
+        ctx: &'a Context,
+        exec: &'a dyn Executor,
+        resolve: &'a (dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
+        progress: &'a dyn Progress,
+        journal: &'a Journal,
+    ) -> anyhow::Result<RunReport> {
+        let mut report = RunReport {
+            command: self.command.clone(),
+            phases: Vec::new(),
+        };
+        let concurrency = ctx.inv().spec.ssh.concurrency.max(1);
+        for phase in &self.phases {
+            let started = Instant::now();
+            let plan = phase
+                .plan(ctx)
+                .with_context(|| format!("planning phase {}", phase.name()))?;
+            progress.phase(&plan);
+            phase
+                .apply_local(ctx)
+                .with_context(|| format!("phase {}: local step", phase.name()))?;
+            let hosts: Vec<(&Host, &super::HostPlan)> = plan
+                .hosts
+                .iter()
+                .filter_map(|hp| ctx.inv().host(&hp.host).map(|h| (h, hp)))
+                .collect();
+            let one = HostRun {
+                command: &self.command,
+                phase: phase.as_ref(),
+                plan: &plan,
+                ctx,
+                exec,
+                resolve,
+                progress,
+                journal,
+            };
+            let results: Vec<(String, HostOutcome)> = match plan.order {
+                Order::Parallel => {
+                    futures::stream::iter(hosts.iter().map(|&(h, hp)| one.run(h, hp)))
+                        .buffer_unordered(concurrency)
+                        .collect()
+                        .await
+                }
+                Order::OneAtATime => {
+                    let mut v = Vec::new();
+                    for (h, hp) in &hosts {
+                        let r = one.run(h, hp).await;
+                        let failed = matches!(r.1, HostOutcome::Failed(_));
+                        v.push(r);
+                        if failed {
+                            break; // the others keep serving; a re-run resumes here
+                        }
+                    }
+                    v
+                }
+            };
+            let hosts: BTreeMap<String, HostOutcome> = results.into_iter().collect();
+            let failed: Vec<String> = hosts
+                .iter()
+                .filter_map(|(h, o)| {
+                    if let HostOutcome::Failed(e) = o {
+                        Some(format!("{h}: {e}"))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            report.phases.push(PhaseReport {
+                phase: plan.phase.clone(),
+                seconds: started.elapsed().as_secs_f64(),
+                hosts,
+            });
+            if !failed.is_empty() {
+                return Err(UserError::failed(format!(
+                    "phase {} failed on {} host(s):\n  {}\nfix the cause and run `clusterctl {}` again: finished steps are not redone",
+                    plan.phase,
+                    failed.len(),
+                    failed.join("\n  "),
+                    self.command
+                ))
+                .into());
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Everything one host's turn in a phase needs.
+#[derive(Clone, Copy)]
+struct HostRun<'a, 'p> {
+    command: &'a str,
+    phase: &'a dyn Phase,
+    plan: &'p PhasePlan,
+    ctx: &'a Context,
+    exec: &'a dyn Executor,
+    resolve: &'a (dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
+    progress: &'a dyn Progress,
+    journal: &'a Journal,
+}
+
+impl HostRun<'_, '_> {
+    /// Converge, then the phase's health gate; progress and journal either way.
+    async fn run(self, h: &Host, hp: &super::HostPlan) -> (String, HostOutcome) {
+        self.progress.host_started(self.plan, h);
+        let t = Instant::now();
+        let r = async {
+            let changes = converge(self.exec, h, hp, self.resolve).await?;
+            self.phase
+                .verify(self.ctx, h, self.exec)
+                .await
+                .context("health gate")?;
+            anyhow::Ok(changes)
+        }
+        .await;
+        let outcome = match r {
+            Ok(c) => HostOutcome::Done(c),
+            Err(e) => HostOutcome::Failed(format!("{e:#}")),
+        };
+        self.progress
+            .host_finished(self.plan, h, &outcome, t.elapsed());
+        self.journal.record(self.command, self.plan, h, &outcome);
+        (h.name.clone(), outcome)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum HostOutcome {
+    Done(HostChanges),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub seconds: f64,
+    pub hosts: BTreeMap<String, HostOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub command: String,
+    pub phases: Vec<PhaseReport>,
+}
+
+impl RunReport {
+    /// Files written, bytes sent and services restarted or started over the whole run.
+    pub fn totals(&self) -> (usize, u64, usize) {
+        let mut t = (0, 0, 0);
+        for p in &self.phases {
+            for o in p.hosts.values() {
+                if let HostOutcome::Done(c) = o {
+                    t.0 += c.files_written;
+                    t.1 += c.bytes_sent;
+                    t.2 += c.restarts.len() + c.started.len();
+                }
+            }
+        }
+        t
+    }
+}
+
+/// Per-host progress. `PlainProgress` prints timestamped lines (CI, pipes); the SSH engine
+/// adds a terminal view.
+pub trait Progress: Send + Sync {
+    fn phase(&self, plan: &PhasePlan);
+    fn host_started(&self, plan: &PhasePlan, host: &Host);
+    fn host_finished(&self, plan: &PhasePlan, host: &Host, outcome: &HostOutcome, took: Duration);
+}
+
+pub struct PlainProgress;
+
+fn stamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:02}:{:02}:{:02}", now.hour(), now.minute(), now.second())
+}
+
+impl Progress for PlainProgress {
+    fn phase(&self, plan: &PhasePlan) {
+        eprintln!(
+            "{} == {}: {} ({} host(s))",
+            stamp(),
+            plan.phase,
+            plan.summary,
+            plan.hosts.len()
+        );
+    }
+    fn host_started(&self, _plan: &PhasePlan, _host: &Host) {}
+    fn host_finished(&self, plan: &PhasePlan, host: &Host, outcome: &HostOutcome, took: Duration) {
+        let what = match outcome {
+            HostOutcome::Done(c) if c.is_noop() => "unchanged".to_string(),
+            HostOutcome::Done(c) => format!(
+                "{} file(s) written ({} B), {} started, {} restarted",
+                c.files_written,
+                c.bytes_sent,
+                c.started.len(),
+                c.restarts.len()
+            ),
+            HostOutcome::Failed(e) => format!("FAILED: {e}"),
+        };
+        eprintln!(
+            "{} {} {}: {what} [{:.1}s]",
+            stamp(),
+            plan.phase,
+            host.name,
+            took.as_secs_f64()
+        );
+    }
+}
+
+/// Append-only record of what each phase did on each host, keyed by the hash of its plan:
+/// `clusters/<name>/journal.jsonl`.
+pub struct Journal {
+    path: Option<PathBuf>,
+    lock: std::sync::Mutex<()>,
+}
+
+#[derive(Serialize, serde::Deserialize, Debug, Clone)]
+pub struct JournalEntry {
+    pub time: String,
+    pub command: String,
+    pub phase: String,
+    pub host: String,
+    pub inputs: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub noop: bool,
+}
+
+impl Journal {
+    pub fn at(path: PathBuf) -> Journal {
+        Journal {
+            path: Some(path),
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// A journal that records nothing (dry runs).
+    pub fn disabled() -> Journal {
+        Journal {
+            path: None,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn record(&self, command: &str, plan: &PhasePlan, host: &Host, outcome: &HostOutcome) {
+        let Some(path) = &self.path else { return };
+        let e = JournalEntry {
+            time: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            command: command.into(),
+            phase: plan.phase.clone(),
+            host: host.name.clone(),
+            inputs: plan.inputs_hash(&host.name),
+            ok: matches!(outcome, HostOutcome::Done(_)),
+            noop: matches!(outcome, HostOutcome::Done(c) if c.is_noop()),
+        };
+        let _g = self.lock.lock().unwrap();
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{}", serde_json::to_string(&e).unwrap_or_default());
+        }
+    }
+
+    /// The last entry per (phase, host).
+    pub fn last(&self) -> BTreeMap<(String, String), JournalEntry> {
+        let mut m = BTreeMap::new();
+        let Some(path) = &self.path else { return m };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return m;
+        };
+        for line in text.lines() {
+            if let Ok(e) = serde_json::from_str::<JournalEntry>(line) {
+                m.insert((e.phase.clone(), e.host.clone()), e);
+            }
+        }
+        m
+    }
+}

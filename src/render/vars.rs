@@ -1,0 +1,259 @@
+//! The variables every template sees, computed from the inventory for one host.
+
+use serde::Serialize;
+
+use crate::inventory::{HaMode, Host, Inventory, ProxyMode, Role};
+
+#[derive(Serialize)]
+struct Vars<'a> {
+    cluster: ClusterVars<'a>,
+    host: HostVars<'a>,
+    network: NetworkVars,
+    etcd: EtcdVars,
+    apiserver: ApiserverVars,
+    controller_manager: ExtraArgs,
+    scheduler: ExtraArgs,
+    control_plane: ControlPlaneVars,
+    apiserver_port: u16,
+    ha: HaVars,
+    lb: LbVars,
+    vip: Option<VipVars>,
+}
+
+#[derive(Serialize)]
+struct ClusterVars<'a> {
+    name: &'a str,
+    version: String,
+    minor: u32,
+}
+
+#[derive(Serialize)]
+struct HostVars<'a> {
+    name: &'a str,
+    address: &'a str,
+    roles: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct NetworkVars {
+    pod_cidr: String,
+    service_cidr: String,
+    node_cidr_mask_size: u8,
+    cluster_domain: String,
+    dns_ip: String,
+    proxy_mode: &'static str,
+}
+
+#[derive(Serialize)]
+struct EtcdVars {
+    data_dir: String,
+    initial_cluster: String,
+    token: String,
+    initial_state: &'static str,
+    snapshot_count: u64,
+    quota_backend_bytes: u64,
+    extra_args: Vec<Arg>,
+}
+
+#[derive(Serialize)]
+struct ApiserverVars {
+    bind_address: String,
+    etcd_servers: String,
+    extra_args: Vec<Arg>,
+}
+
+#[derive(Serialize)]
+struct ExtraArgs {
+    extra_args: Vec<Arg>,
+}
+
+#[derive(Serialize)]
+struct ControlPlaneVars {
+    encrypt_secrets: bool,
+    audit_log: bool,
+}
+
+#[derive(Serialize)]
+struct HaVars {
+    mode: &'static str,
+}
+
+#[derive(Serialize)]
+struct Backend {
+    name: String,
+    address: String,
+}
+
+#[derive(Serialize)]
+struct LbVars {
+    bind_address: &'static str,
+    port: u16,
+    backends: Vec<Backend>,
+}
+
+#[derive(Serialize)]
+struct VipVars {
+    address: String,
+    prefix: u8,
+    interface: String,
+    router_id: u8,
+    priority: u32,
+    state: &'static str,
+    peers: Vec<String>,
+    auth_pass: String,
+}
+
+/// The keepalived interface when the inventory names none.
+pub const DEFAULT_VIP_INTERFACE: &str = "eth0";
+
+#[derive(Serialize)]
+struct Arg {
+    name: String,
+    value: String,
+}
+
+/// User extra args (`--foo: bar` or `foo: bar`) as `--name=value` items.
+fn args(m: &std::collections::BTreeMap<String, String>) -> Vec<Arg> {
+    m.iter()
+        .map(|(k, v)| Arg {
+            name: k.trim_start_matches('-').to_string(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+/// Template variables for `host`.
+pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
+    let spec = &inv.spec;
+    let version = inv.kube_version();
+    let etcd_hosts: Vec<&Host> = inv.etcd_hosts().collect();
+    let initial_cluster = etcd_hosts
+        .iter()
+        .map(|h| format!("{}=https://{}:2380", h.name, h.address))
+        .collect::<Vec<_>>()
+        .join(",");
+    let etcd_servers = etcd_hosts
+        .iter()
+        .map(|h| format!("https://{}:2379", h.address))
+        .collect::<Vec<_>>()
+        .join(",");
+    let apiserver_port = spec.control_plane.apiserver_port;
+    // In local-proxy mode haproxy owns 127.0.0.1:<port> on every node; when that is the
+    // apiserver's port too, the apiserver listens on the host address only.
+    let bind_address =
+        if spec.ha.mode == HaMode::LocalProxy && spec.ha.local_proxy_port == apiserver_port {
+            host.address.clone()
+        } else {
+            "0.0.0.0".to_string()
+        };
+    let lb_port = match (spec.ha.mode, &spec.ha.vip) {
+        (HaMode::Vip, Some(v)) => v.port,
+        _ => spec.ha.local_proxy_port,
+    };
+    let lb_hosts = inv.lb_hosts();
+    let vip = match (spec.ha.mode, &spec.ha.vip) {
+        (HaMode::Vip, Some(v))
+            if host.has(Role::Lb) || lb_hosts.iter().any(|h| h.name == host.name) =>
+        {
+            let (ip, prefix) = v.ip_and_prefix();
+            let idx = lb_hosts
+                .iter()
+                .position(|h| h.name == host.name)
+                .unwrap_or(0);
+            Some(VipVars {
+                address: ip.to_string(),
+                prefix,
+                interface: v
+                    .interface
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_VIP_INTERFACE.into()),
+                router_id: v.router_id,
+                // The first lb host holds the VIP; a failed haproxy costs 60 (track script),
+                // which puts it below every backup (100 - index).
+                priority: if idx == 0 { 150 } else { 100 - idx as u32 },
+                state: if idx == 0 { "MASTER" } else { "BACKUP" },
+                peers: lb_hosts
+                    .iter()
+                    .filter(|h| h.name != host.name)
+                    .map(|h| h.address.clone())
+                    .collect(),
+                auth_pass: crate::phases::sha256_hex(format!("{}/vrrp", inv.name()).as_bytes())
+                    [..8]
+                    .to_string(),
+            })
+        }
+        _ => None,
+    };
+    let vars = Vars {
+        cluster: ClusterVars {
+            name: inv.name(),
+            version: version.to_string(),
+            minor: version.minor,
+        },
+        host: HostVars {
+            name: &host.name,
+            address: &host.address,
+            roles: host.roles.iter().map(|r| r.as_str()).collect(),
+        },
+        network: NetworkVars {
+            pod_cidr: spec.network.pod_cidr.clone(),
+            service_cidr: spec.network.service_cidr.clone(),
+            node_cidr_mask_size: spec.network.node_cidr_mask_size,
+            cluster_domain: spec.network.cluster_domain.clone(),
+            dns_ip: inv.dns_ip().to_string(),
+            proxy_mode: match spec.network.proxy_mode {
+                ProxyMode::Iptables => "iptables",
+                ProxyMode::Ipvs => "ipvs",
+            },
+        },
+        etcd: EtcdVars {
+            data_dir: spec.etcd.data_dir.clone(),
+            initial_cluster,
+            token: format!("etcd-{}", inv.name()),
+            initial_state: "new",
+            snapshot_count: spec.etcd.snapshot_count,
+            quota_backend_bytes: spec.etcd.quota_backend_bytes,
+            extra_args: args(&spec.etcd.extra_args),
+        },
+        apiserver: ApiserverVars {
+            bind_address,
+            etcd_servers,
+            extra_args: args(&spec.control_plane.apiserver_extra_args),
+        },
+        controller_manager: ExtraArgs {
+            extra_args: args(&spec.control_plane.controller_manager_extra_args),
+        },
+        scheduler: ExtraArgs {
+            extra_args: args(&spec.control_plane.scheduler_extra_args),
+        },
+        control_plane: ControlPlaneVars {
+            encrypt_secrets: spec.control_plane.encrypt_secrets,
+            audit_log: spec.control_plane.audit_log,
+        },
+        apiserver_port,
+        ha: HaVars {
+            mode: match spec.ha.mode {
+                HaMode::Vip => "vip",
+                HaMode::LocalProxy => "local-proxy",
+                HaMode::External => "external",
+            },
+        },
+        lb: LbVars {
+            bind_address: if spec.ha.mode == HaMode::LocalProxy {
+                "127.0.0.1"
+            } else {
+                "0.0.0.0"
+            },
+            port: lb_port,
+            backends: inv
+                .control_plane_hosts()
+                .map(|h| Backend {
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                })
+                .collect(),
+        },
+        vip,
+    };
+    tera::Context::from_serialize(&vars).expect("template variables serialize")
+}

@@ -1,0 +1,227 @@
+//! `clusterctl plan`: the ordered per-host plan of `init`, as text and JSON, touching nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+fn plan(inv: &Path, extra: &[&str]) -> (Output, tempfile::TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+    std::fs::write(home.path().join(".ssh/id_ed25519"), "").unwrap();
+    let state = home.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .arg("-i")
+        .arg(inv)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(extra)
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    (out, home)
+}
+
+fn json(inv: &Path) -> serde_json::Value {
+    let (out, home) = plan(inv, &["-o", "json", "plan"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !home.path().join("state").exists(),
+        "plan must not write state"
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn hosts_of(v: &serde_json::Value, phase: &str) -> Vec<String> {
+    let p = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == phase)
+        .unwrap();
+    p["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
+    let v = json(&example("ha-vip.yaml"));
+    let phases: Vec<&str> = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "preflight",
+            "prepare",
+            "etcd",
+            "load-balancer",
+            "control-plane",
+            "kubeconfig",
+            "verify"
+        ]
+    );
+    assert_eq!(hosts_of(&v, "preflight"), ["cp1", "cp2", "cp3", "w1", "w2"]);
+    assert_eq!(hosts_of(&v, "etcd"), ["cp1", "cp2", "cp3"]);
+    assert_eq!(
+        hosts_of(&v, "load-balancer"),
+        ["cp1", "cp2", "cp3"],
+        "no lb hosts: the control plane holds the VIP"
+    );
+    assert_eq!(hosts_of(&v, "control-plane"), ["cp1", "cp2", "cp3"]);
+    // Files carry their target path, mode, origin and hash.
+    let etcd = &v["phases"][2]["hosts"][0]["actions"][1];
+    assert_eq!(etcd["kind"], "file");
+    assert_eq!(etcd["path"], "/etc/systemd/system/etcd.service");
+    assert_eq!(etcd["mode"], "0644");
+    assert_eq!(etcd["source"]["template"], "etcd/etcd.service");
+    assert_eq!(etcd["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(etcd["restarts"][0], "etcd.service");
+    let kubeconfig = &v["phases"][5];
+    assert!(
+        kubeconfig["local"][0]
+            .as_str()
+            .unwrap()
+            .contains("https://192.168.56.10:8443"),
+        "{kubeconfig}"
+    );
+}
+
+#[test]
+fn keepalived_priorities_make_the_first_lb_host_master() {
+    let (out, _h) = plan(
+        &example("ha-vip.yaml"),
+        &["plan", "--only-phase", "load-balancer", "--show-files"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sections: Vec<&str> = text.split("\n  cp").collect();
+    assert!(
+        sections[1].contains("state MASTER") && sections[1].contains("priority 150"),
+        "{text}"
+    );
+    assert!(
+        sections[2].contains("state BACKUP") && sections[2].contains("priority 99"),
+        "{text}"
+    );
+    assert!(text.contains("192.168.56.10/24 dev eth1"));
+}
+
+#[test]
+fn local_proxy_puts_haproxy_on_every_node_and_moves_the_apiserver_off_loopback() {
+    let v = json(&example("local-proxy.yaml"));
+    assert_eq!(
+        hosts_of(&v, "load-balancer"),
+        ["cp1", "cp2", "cp3", "w1", "w2"]
+    );
+    let (out, _h) = plan(
+        &example("local-proxy.yaml"),
+        &[
+            "plan",
+            "--only-phase",
+            "load-balancer,control-plane",
+            "--hosts",
+            "cp1",
+            "--show-files",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bind 127.0.0.1:6443"), "{text}");
+    assert!(text.contains("--bind-address=192.168.56.11"), "{text}");
+    assert!(!text.contains("keepalived.conf"), "{text}");
+}
+
+#[test]
+fn text_plan_lists_hosts_in_order_with_files_and_services() {
+    let (out, _h) = plan(&example("ha-vip.yaml"), &["plan"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let etcd = text.find("phase 3/7 etcd").unwrap();
+    let cp = text.find("phase 5/7 control-plane").unwrap();
+    assert!(etcd < cp);
+    assert!(text.contains("file     /etc/systemd/system/kube-apiserver.service 0644 (template kube-apiserver/kube-apiserver.service"));
+    assert!(text.contains("service  kube-scheduler.service enabled + running"));
+}
+
+#[test]
+fn unknown_phase_or_host_is_bad_input() {
+    let (out, _h) = plan(&example("ha-vip.yaml"), &["plan", "--skip-phases", "etdc"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("phase `etdc` is not in playbooks/init.yaml")
+    );
+    let (out, _h) = plan(&example("ha-vip.yaml"), &["plan", "--hosts", "cp9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`cp9` is not a host"));
+}
+
+#[test]
+fn a_cluster_playbook_override_reorders_phases_and_is_checked() {
+    let (_, home) = plan(&example("ha-vip.yaml"), &["plan"]);
+    let dir = home.path().join("state/clusters/prod/playbooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("init.yaml"),
+        "command: init\nphases:\n  - preflight\n  - etcd\n",
+    )
+    .unwrap();
+    let run = |home: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+            .arg("-i")
+            .arg(example("ha-vip.yaml"))
+            .arg("--state-dir")
+            .arg(home.join("state"))
+            .args(["-o", "json", "plan"])
+            .env("HOME", home)
+            .output()
+            .unwrap()
+    };
+    std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+    std::fs::write(home.path().join(".ssh/id_ed25519"), "").unwrap();
+    let out = run(home.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["phases"].as_array().unwrap().len(), 2);
+    std::fs::write(
+        dir.join("init.yaml"),
+        "command: init\nphases:\n  - preflight\n  - etdc\n",
+    )
+    .unwrap();
+    let out = run(home.path());
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("init.yaml:4:5: error: phases[1]: unknown phase `etdc`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn commands_not_built_say_so_and_fail() {
+    for cmd in [["status"], ["backup"], ["reset"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+            .args(cmd)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not built yet"));
+    }
+}
