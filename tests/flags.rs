@@ -1,0 +1,156 @@
+//! Every flag the templates render exists in the Kubernetes version it is rendered for:
+//! checked against the recorded per-minor flag tables (flags/v1.MINOR/), and in the lab test
+//! against the real v1.20.2 binaries themselves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use clusterctl::inventory::{self, Role};
+use clusterctl::render::{Renderer, host_vars};
+use clusterctl::version::SUPPORTED_MINORS;
+
+const UNITS: &[(&str, &str)] = &[
+    ("kube-apiserver", "kube-apiserver/kube-apiserver.service"),
+    (
+        "kube-controller-manager",
+        "kube-controller-manager/kube-controller-manager.service",
+    ),
+    ("kube-scheduler", "kube-scheduler/kube-scheduler.service"),
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `--name=value` pairs of a unit's ExecStart (continued over `\` lines).
+fn exec_flags(unit: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in unit.lines() {
+        let l = line.trim();
+        if l.starts_with("ExecStart=") {
+            inside = true;
+        }
+        if inside {
+            for tok in l.split_whitespace().filter(|t| t.starts_with("--")) {
+                let t = tok.trim_start_matches("--");
+                let (n, v) = t.split_once('=').unwrap_or((t, ""));
+                out.push((n.to_string(), v.to_string()));
+            }
+            if !l.ends_with('\\') {
+                inside = false;
+            }
+        }
+    }
+    out
+}
+
+/// Rendered flags per component for an inventory at `minor`, over every host of both HA modes.
+fn rendered(minor: u32) -> BTreeMap<&'static str, BTreeSet<(String, String)>> {
+    let mut m: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
+    let r = Renderer::new(None).unwrap();
+    for ex in ["ha-vip.yaml", "local-proxy.yaml"] {
+        let text = std::fs::read_to_string(root().join("examples").join(ex)).unwrap();
+        let mut inv = inventory::load_str(
+            &text.replace(
+                "~/.ssh/id_ed25519",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ),
+            Path::new(ex),
+        )
+        .unwrap()
+        .inventory;
+        inv.spec.kubernetes_version = format!("v1.{minor}.0");
+        for h in inv.hosts_with(Role::ControlPlane) {
+            let vars = host_vars(&inv, h);
+            for (component, tpl) in UNITS {
+                m.entry(component)
+                    .or_default()
+                    .extend(exec_flags(&r.render(tpl, &vars).unwrap()));
+            }
+        }
+    }
+    m
+}
+
+fn table(minor: u32, component: &str) -> BTreeSet<String> {
+    let dir = root().join(format!("flags/v1.{minor}"));
+    let mut s: BTreeSet<String> = std::fs::read_to_string(dir.join(format!("{component}.txt")))
+        .unwrap_or_else(|e| panic!("flags/v1.{minor}/{component}.txt: {e}"))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if let Ok(hidden) = std::fs::read_to_string(dir.join("HIDDEN")) {
+        s.extend(
+            hidden
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.strip_prefix(&format!("{component} ")))
+                .map(str::to_string),
+        );
+    }
+    s
+}
+
+#[test]
+fn every_supported_minor_has_a_flag_table_and_templates_use_only_its_flags() {
+    for &minor in SUPPORTED_MINORS {
+        for (component, flags) in rendered(minor) {
+            let known = table(minor, component);
+            let unknown: Vec<&String> = flags
+                .iter()
+                .map(|(n, _)| n)
+                .filter(|n| !known.contains(*n))
+                .collect();
+            assert!(
+                unknown.is_empty(),
+                "1.{minor} {component} does not have --{unknown:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn flags_removed_in_later_minors_are_not_rendered_for_them() {
+    // --insecure-port (apiserver) and --port (controller-manager, scheduler) are gone in 1.24.
+    let later = rendered(24);
+    assert!(
+        !later["kube-apiserver"]
+            .iter()
+            .any(|(n, _)| n == "insecure-port")
+    );
+    assert!(!later["kube-scheduler"].iter().any(|(n, _)| n == "port"));
+    let v120 = rendered(20);
+    assert!(v120["kube-apiserver"].contains(&("insecure-port".into(), "0".into())));
+}
+
+#[test]
+#[ignore = "lab: run by tests/run.sh (needs the v1.20.2 build, ~5 min the first time)"]
+fn flags_accepted_by_real_binaries() {
+    let out = std::process::Command::new("bash")
+        .arg(root().join("tests/lab/build-kubernetes.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    for (component, flags) in rendered(20) {
+        let mut cmd = std::process::Command::new(bin.join(component));
+        for (n, v) in &flags {
+            cmd.arg(if v.is_empty() {
+                format!("--{n}")
+            } else {
+                format!("--{n}={v}")
+            });
+        }
+        let o = cmd.arg("--help").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() && !err.contains("unknown flag"),
+            "{component} rejects a rendered flag: {err}"
+        );
+    }
+}
