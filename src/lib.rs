@@ -11,4 +11,5 @@ pub mod pki;
 pub mod render;
 pub mod ssh;
 pub mod state;
+pub mod tls;
 pub mod version;

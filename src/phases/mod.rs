@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod control_plane;
 pub mod etcd;
 pub mod executor;
+pub mod health;
 pub mod kubeconfig;
 pub mod load_balancer;
 pub mod playbook;

@@ -1,0 +1,72 @@
+//! Health checks made from the operator's machine over TLS with a client certificate, so they
+//! need no tool on the hosts and test what clients really see (certificates included).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// A client for the cluster's endpoints: trusts only the cluster CA, presents `cert`/`key`.
+pub fn client(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
+    crate::tls::ensure_provider();
+    let mut identity = cert_pem.to_vec();
+    identity.push(b'\n');
+    identity.extend_from_slice(key_pem);
+    reqwest::Client::builder()
+        .tls_certs_only([
+            reqwest::Certificate::from_pem(ca_pem).context("the cluster CA certificate")?
+        ])
+        .identity(reqwest::Identity::from_pem(&identity).context("the client certificate and key")?)
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+        .context("building the HTTPS client")
+}
+
+/// GETs `url`; Ok(body) for a 2xx answer, else an error with the status and body.
+pub async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let r = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {}", error_chain(&e)))?;
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// Polls `url` until it answers 2xx or `within` passes; the last error explains a failure.
+pub async fn wait_ok(
+    client: &reqwest::Client,
+    url: &str,
+    within: Duration,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match get(client, url).await {
+            Ok(b) => return Ok(b),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("not ready after {} s", within.as_secs())));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
