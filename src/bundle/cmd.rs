@@ -14,7 +14,11 @@ pub enum BundleCmd {
 
 pub fn run(_g: &Global, c: BundleCmd) -> anyhow::Result<()> {
     match c {
-        BundleCmd::Build => Err(UserError::not_built("bundle build", "offline bundle issue").into()),
-        BundleCmd::Verify => Err(UserError::not_built("bundle verify", "offline bundle issue").into()),
+        BundleCmd::Build => {
+            Err(UserError::not_built("bundle build", "offline bundle issue").into())
+        }
+        BundleCmd::Verify => {
+            Err(UserError::not_built("bundle verify", "offline bundle issue").into())
+        }
     }
 }
