@@ -1,7 +1,10 @@
 //! `clusterctl certs ...`
+use anyhow::Result;
 use clap::Subcommand;
 
-use crate::cli::Global;
+use super::expiry::{self, CertSource, LocalDir};
+use super::generate::{self, Action, Layout, Settings};
+use crate::cli::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
 
 #[derive(Subcommand, Debug)]
@@ -9,14 +12,90 @@ pub enum CertsCmd {
     /// Generate (or complete) the cluster PKI locally under clusters/<name>/pki.
     Generate,
     /// List every certificate and kubeconfig with its expiry.
-    CheckExpiration,
+    CheckExpiration {
+        /// Warn about certificates that expire within this time (y/d/h/m).
+        #[arg(long, default_value = "180d")]
+        warn_within: String,
+    },
 }
 
-pub fn run(_g: &Global, c: CertsCmd) -> anyhow::Result<()> {
+pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
+    let loaded = load_inventory(g)?;
+    let layout = Layout::new(&state_dir(g, &loaded));
     match c {
-        CertsCmd::Generate => Err(UserError::not_built("certs generate", "PKI issue").into()),
-        CertsCmd::CheckExpiration => {
-            Err(UserError::not_built("certs check-expiration", "PKI issue").into())
+        CertsCmd::Generate => {
+            let settings = Settings::from_inventory(&loaded.inventory, |p| loaded.resolve(p))
+                .map_err(|e| UserError::bad_input(format!("{}: {e:#}", g.inventory.display())))?;
+            let out = generate::generate(&loaded.inventory, &settings, &layout)?;
+            match g.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+                Output::Text => {
+                    for i in out
+                        .items
+                        .iter()
+                        .filter(|i| i.action != Action::Kept || g.verbose > 0)
+                    {
+                        let reason = i
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default();
+                        println!(
+                            "{:<9} {:<30} {}{reason}",
+                            format!("{:?}", i.action).to_lowercase(),
+                            i.name,
+                            i.path.display()
+                        );
+                    }
+                    for b in &out.backups {
+                        println!("backup    {}", b.display());
+                    }
+                    println!(
+                        "{}: {} created, {} re-issued, {} adopted, {} rewritten, {} kept",
+                        layout.root.display(),
+                        out.count(Action::Created),
+                        out.count(Action::Reissued),
+                        out.count(Action::Adopted),
+                        out.count(Action::Rewritten),
+                        out.count(Action::Kept)
+                    );
+                }
+            }
+            Ok(())
+        }
+        CertsCmd::CheckExpiration { warn_within } => {
+            let threshold = crate::inventory::lifetime::parse(&warn_within)
+                .map_err(|e| UserError::bad_input(format!("--warn-within: {e}")))?;
+            let local = LocalDir {
+                pki: layout.pki.clone(),
+                kubeconfig: layout.kubeconfig.clone(),
+            };
+            let sources: [&dyn CertSource; 1] = [&local];
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let rows = expiry::report(&sources, now, threshold.as_secs() as i64)?;
+            if rows.is_empty() {
+                return Err(UserError::failed(format!(
+                    "no certificates under {}: run `clusterctl certs generate` first",
+                    layout.root.display()
+                ))
+                .into());
+            }
+            match g.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"warnWithin": warn_within, "certificates": rows})
+                    )?
+                ),
+                Output::Text => {
+                    print!("{}", expiry::table(&rows, &warn_within));
+                    let n = rows.iter().filter(|r| r.warning).count();
+                    if n > 0 {
+                        eprintln!("warning: {n} certificate(s) expire within {warn_within}");
+                    }
+                }
+            }
+            Ok(())
         }
     }
 }

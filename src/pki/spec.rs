@@ -1,0 +1,572 @@
+//! The whole PKI as one declarative table (kubeadm's `certlist.go` idea).
+//!
+//! `cert_list` turns an inventory into every leaf certificate the cluster needs: its CA, subject,
+//! SANs, usages, where it is kept locally (pki files and/or a kubeconfig) and which hosts get it
+//! at which on-host path. Generation, renewal, expiry reports and `files_for_host` all read this
+//! table; nothing is listed twice.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use crate::inventory::{HaMode, Host, Inventory, Role};
+
+/// The three CAs kubeadm uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ca {
+    /// `ca.crt`/`ca.key`: signs apiserver, kubelet and kubeconfig client certs.
+    Cluster,
+    /// `etcd/ca.crt`/`etcd/ca.key`: signs etcd server/peer/client certs.
+    Etcd,
+    /// `front-proxy-ca.crt`/`front-proxy-ca.key`: signs the aggregation-layer client cert.
+    FrontProxy,
+}
+
+impl Ca {
+    pub const ALL: [Ca; 3] = [Ca::Cluster, Ca::Etcd, Ca::FrontProxy];
+
+    /// File base name under `pki/` (and under `spec.pki.externalCADir`).
+    pub fn base(self) -> &'static str {
+        match self {
+            Ca::Cluster => "ca",
+            Ca::Etcd => "etcd/ca",
+            Ca::FrontProxy => "front-proxy-ca",
+        }
+    }
+
+    /// Common name, as kubeadm sets it.
+    pub fn common_name(self) -> &'static str {
+        match self {
+            Ca::Cluster => "kubernetes",
+            Ca::Etcd => "etcd-ca",
+            Ca::FrontProxy => "front-proxy-ca",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Ca::Cluster => "ca",
+            Ca::Etcd => "etcd-ca",
+            Ca::FrontProxy => "front-proxy-ca",
+        }
+    }
+
+    /// Roles whose hosts get the CA certificate (`/etc/kubernetes/pki/<base>.crt`).
+    fn cert_to(self) -> &'static [Role] {
+        match self {
+            Ca::Cluster => &[Role::ControlPlane, Role::Worker],
+            Ca::Etcd => &[Role::ControlPlane, Role::Etcd],
+            Ca::FrontProxy => &[Role::ControlPlane],
+        }
+    }
+
+    /// Roles whose hosts get the CA key. Only the cluster CA key leaves the operator's machine:
+    /// kube-controller-manager signs kubelet CSRs with it. The etcd and front-proxy CA keys
+    /// are not needed at run time and stay local.
+    fn key_to(self) -> &'static [Role] {
+        match self {
+            Ca::Cluster => &[Role::ControlPlane],
+            Ca::Etcd | Ca::FrontProxy => &[],
+        }
+    }
+}
+
+/// Extended key usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+    /// Server and client (etcd server and peer certs).
+    Both,
+}
+
+impl Usage {
+    pub fn server(self) -> bool {
+        matches!(self, Usage::Server | Usage::Both)
+    }
+    pub fn client(self) -> bool {
+        matches!(self, Usage::Client | Usage::Both)
+    }
+}
+
+/// A subject alternative name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl San {
+    /// An IP if it parses as one, else a DNS name.
+    pub fn parse(s: &str) -> San {
+        match s
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => San::Ip(ip),
+            Err(_) => San::Dns(s.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for San {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            San::Dns(d) => write!(f, "DNS:{d}"),
+            San::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
+}
+
+/// A kubeconfig that embeds a certificate from the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeconfigOut {
+    /// Relative to the local `kubeconfig/` directory, e.g. `admin.conf`, `nodes/w1/kubelet.conf`.
+    pub file: PathBuf,
+    /// `https://host:port` of the apiserver (or the HA endpoint) this client talks to.
+    pub server: String,
+    /// On-host path, e.g. `/etc/kubernetes/kubelet.conf`.
+    pub remote: Option<PathBuf>,
+}
+
+/// Which hosts receive a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deliver {
+    /// Every host that has one of these roles.
+    Roles(&'static [Role]),
+    /// Only this host.
+    Host(String),
+    /// Kept on the operator's machine only.
+    Nowhere,
+}
+
+impl Deliver {
+    fn includes(&self, h: &Host) -> bool {
+        match self {
+            Deliver::Roles(roles) => roles.iter().any(|r| h.has(*r)),
+            Deliver::Host(name) => *name == h.name,
+            Deliver::Nowhere => false,
+        }
+    }
+}
+
+/// One leaf certificate of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    /// Unique name: kubeadm's name, plus `@host` for per-host certs (`etcd-server@cp1`).
+    pub name: String,
+    /// The host a per-host cert belongs to; None for cluster-wide certs.
+    pub host: Option<String>,
+    pub ca: Ca,
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    /// Sorted and deduplicated.
+    pub sans: Vec<San>,
+    pub usage: Usage,
+    /// Local `<base>.crt`/`<base>.key`, relative to `pki/`; None if only in a kubeconfig.
+    pub files: Option<PathBuf>,
+    /// On-host base path of the files (`/etc/kubernetes/pki/apiserver`), if they are shipped.
+    pub remote: Option<PathBuf>,
+    pub kubeconfig: Option<KubeconfigOut>,
+    /// Hosts that get the files and/or the kubeconfig.
+    pub deliver: Deliver,
+}
+
+pub const SA_KEY: &str = "sa.key";
+pub const SA_PUB: &str = "sa.pub";
+const REMOTE_PKI: &str = "/etc/kubernetes/pki";
+const REMOTE_KUBELET_PKI: &str = "/var/lib/kubelet/pki";
+
+/// `pki/nodes/<host>/...`: local base of a per-host file.
+pub fn node_base(host: &str, rel: &str) -> PathBuf {
+    Path::new("nodes").join(host).join(rel)
+}
+
+fn sans(items: impl IntoIterator<Item = San>) -> Vec<San> {
+    items
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn localhost() -> [San; 2] {
+    [
+        San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        San::Dns("localhost".into()),
+    ]
+}
+
+/// SANs of the apiserver serving certificate.
+pub fn apiserver_sans(inv: &Inventory) -> Vec<San> {
+    let domain = &inv.spec.network.cluster_domain;
+    let mut v: Vec<San> = Vec::new();
+    for h in inv.control_plane_hosts() {
+        v.push(San::Ip(h.ip()));
+        v.push(San::Dns(h.name.clone()));
+    }
+    match inv.spec.ha.mode {
+        HaMode::Vip | HaMode::External => v.push(San::parse(&inv.apiserver_endpoint_for_admin().0)),
+        HaMode::LocalProxy => {}
+    }
+    v.extend(localhost());
+    for d in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
+        v.push(San::Dns(d.into()));
+    }
+    v.push(San::Dns(format!("kubernetes.default.svc.{domain}")));
+    v.push(San::Ip(inv.kubernetes_service_ip()));
+    v.extend(inv.spec.pki.extra_sans.iter().map(|s| San::parse(s)));
+    sans(v)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cert(
+    name: &str,
+    host: Option<&Host>,
+    ca: Ca,
+    cn: &str,
+    orgs: &[&str],
+    sans_: Vec<San>,
+    usage: Usage,
+    files: Option<PathBuf>,
+    remote: Option<PathBuf>,
+    kubeconfig: Option<KubeconfigOut>,
+    deliver: Deliver,
+) -> CertSpec {
+    CertSpec {
+        name: match host {
+            Some(h) => format!("{name}@{}", h.name),
+            None => name.to_string(),
+        },
+        host: host.map(|h| h.name.clone()),
+        ca,
+        common_name: cn.to_string(),
+        organizations: orgs.iter().map(|s| s.to_string()).collect(),
+        sans: sans(sans_),
+        usage,
+        files,
+        remote,
+        kubeconfig,
+        deliver,
+    }
+}
+
+fn kc(file: PathBuf, (host, port): (String, u16), remote: Option<&str>) -> Option<KubeconfigOut> {
+    Some(KubeconfigOut {
+        file,
+        server: Inventory::url(&host, port),
+        remote: remote.map(PathBuf::from),
+    })
+}
+
+fn remote(rel: &str) -> Option<PathBuf> {
+    Some(Path::new(REMOTE_PKI).join(rel))
+}
+
+/// Every leaf certificate (and kubeconfig) of the cluster, in a stable order.
+pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
+    use Deliver::Roles;
+    use Usage::{Both, Client, Server};
+    const CP: &[Role] = &[Role::ControlPlane];
+    const ETCD: &[Role] = &[Role::Etcd];
+    let p = |s: &str| Some(PathBuf::from(s));
+    let mut v = vec![
+        cert(
+            "apiserver",
+            None,
+            Ca::Cluster,
+            "kube-apiserver",
+            &[],
+            apiserver_sans(inv),
+            Server,
+            p("apiserver"),
+            remote("apiserver"),
+            None,
+            Roles(CP),
+        ),
+        cert(
+            "apiserver-kubelet-client",
+            None,
+            Ca::Cluster,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            vec![],
+            Client,
+            p("apiserver-kubelet-client"),
+            remote("apiserver-kubelet-client"),
+            None,
+            Roles(CP),
+        ),
+        cert(
+            "apiserver-etcd-client",
+            None,
+            Ca::Etcd,
+            "kube-apiserver-etcd-client",
+            &["system:masters"],
+            vec![],
+            Client,
+            p("apiserver-etcd-client"),
+            remote("apiserver-etcd-client"),
+            None,
+            Roles(CP),
+        ),
+        cert(
+            "front-proxy-client",
+            None,
+            Ca::FrontProxy,
+            "front-proxy-client",
+            &[],
+            vec![],
+            Client,
+            p("front-proxy-client"),
+            remote("front-proxy-client"),
+            None,
+            Roles(CP),
+        ),
+        cert(
+            "etcd-healthcheck-client",
+            None,
+            Ca::Etcd,
+            "kube-etcd-healthcheck-client",
+            &[],
+            vec![],
+            Client,
+            p("etcd/healthcheck-client"),
+            remote("etcd/healthcheck-client"),
+            None,
+            Roles(ETCD),
+        ),
+        cert(
+            "admin.conf",
+            None,
+            Ca::Cluster,
+            "kubernetes-admin",
+            &["system:masters"],
+            vec![],
+            Client,
+            None,
+            None,
+            kc(
+                "admin.conf".into(),
+                inv.apiserver_endpoint_for_admin(),
+                Some("/etc/kubernetes/admin.conf"),
+            ),
+            Roles(CP),
+        ),
+    ];
+    for h in inv.etcd_hosts() {
+        let s = || {
+            sans(
+                [San::Ip(h.ip()), San::Dns(h.name.clone())]
+                    .into_iter()
+                    .chain(localhost()),
+            )
+        };
+        let one = Deliver::Host(h.name.clone());
+        v.push(cert(
+            "etcd-server",
+            Some(h),
+            Ca::Etcd,
+            &h.name,
+            &[],
+            s(),
+            Both,
+            Some(node_base(&h.name, "etcd/server")),
+            remote("etcd/server"),
+            None,
+            one.clone(),
+        ));
+        v.push(cert(
+            "etcd-peer",
+            Some(h),
+            Ca::Etcd,
+            &h.name,
+            &[],
+            s(),
+            Both,
+            Some(node_base(&h.name, "etcd/peer")),
+            remote("etcd/peer"),
+            None,
+            one,
+        ));
+    }
+    for h in inv.control_plane_hosts() {
+        let own = (h.address.clone(), inv.spec.control_plane.apiserver_port);
+        let dir = Path::new("nodes").join(&h.name);
+        let one = Deliver::Host(h.name.clone());
+        v.push(cert(
+            "controller-manager.conf",
+            Some(h),
+            Ca::Cluster,
+            "system:kube-controller-manager",
+            &[],
+            vec![],
+            Client,
+            None,
+            None,
+            kc(
+                dir.join("controller-manager.conf"),
+                own.clone(),
+                Some("/etc/kubernetes/controller-manager.conf"),
+            ),
+            one.clone(),
+        ));
+        v.push(cert(
+            "scheduler.conf",
+            Some(h),
+            Ca::Cluster,
+            "system:kube-scheduler",
+            &[],
+            vec![],
+            Client,
+            None,
+            None,
+            kc(
+                dir.join("scheduler.conf"),
+                own,
+                Some("/etc/kubernetes/scheduler.conf"),
+            ),
+            one,
+        ));
+    }
+    for h in inv.node_hosts() {
+        let ep = inv.apiserver_endpoint_for(h);
+        let dir = Path::new("nodes").join(&h.name);
+        let one = Deliver::Host(h.name.clone());
+        let node_user = format!("system:node:{}", h.name);
+        // The kubelet's client cert lives in its kubeconfig on the host; the local files are
+        // the operator's copy (not shipped separately).
+        v.push(cert(
+            "kubelet-client",
+            Some(h),
+            Ca::Cluster,
+            &node_user,
+            &["system:nodes"],
+            vec![],
+            Client,
+            Some(node_base(&h.name, "kubelet-client")),
+            None,
+            kc(
+                dir.join("kubelet.conf"),
+                ep.clone(),
+                Some("/etc/kubernetes/kubelet.conf"),
+            ),
+            one.clone(),
+        ));
+        v.push(cert(
+            "kubelet",
+            Some(h),
+            Ca::Cluster,
+            &h.name,
+            &[],
+            vec![San::Dns(h.name.clone()), San::Ip(h.ip())],
+            Server,
+            Some(node_base(&h.name, "kubelet")),
+            Some(Path::new(REMOTE_KUBELET_PKI).join("kubelet")),
+            None,
+            one.clone(),
+        ));
+        v.push(cert(
+            "kube-proxy.conf",
+            Some(h),
+            Ca::Cluster,
+            "system:kube-proxy",
+            &[],
+            vec![],
+            Client,
+            None,
+            None,
+            kc(
+                dir.join("kube-proxy.conf"),
+                ep,
+                Some("/etc/kubernetes/kube-proxy.conf"),
+            ),
+            one,
+        ));
+    }
+    debug_assert!(
+        v.iter()
+            .all(|c| c.files.is_some() || c.kubeconfig.is_some())
+    );
+    v
+}
+
+/// One file to copy to a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFile {
+    /// Relative to the cluster's state directory (`clusters/<name>/`), e.g. `pki/apiserver.crt`.
+    pub local: PathBuf,
+    /// Absolute path on the host, kubeadm's layout.
+    pub remote: PathBuf,
+    pub mode: u32,
+}
+
+pub const CERT_MODE: u32 = 0o644;
+pub const KEY_MODE: u32 = 0o600;
+
+fn with_ext(base: &Path, ext: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_os_string();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+pub fn crt_path(base: &Path) -> PathBuf {
+    with_ext(base, "crt")
+}
+
+pub fn key_path(base: &Path) -> PathBuf {
+    with_ext(base, "key")
+}
+
+/// Every PKI file and kubeconfig `host` needs, local (relative to the state dir) to remote.
+/// Workers never get a CA key; etcd-only hosts get only etcd certs; lb-only hosts get nothing.
+pub fn files_for_host(inv: &Inventory, host: &Host) -> Vec<HostFile> {
+    let pki = Path::new("pki");
+    let mut out = Vec::new();
+    let mut add = |local: PathBuf, remote: PathBuf, mode: u32| {
+        out.push(HostFile {
+            local,
+            remote,
+            mode,
+        })
+    };
+    for ca in Ca::ALL {
+        let base = Path::new(ca.base());
+        let rbase = Path::new(REMOTE_PKI).join(ca.base());
+        if ca.cert_to().iter().any(|r| host.has(*r)) {
+            add(pki.join(crt_path(base)), crt_path(&rbase), CERT_MODE);
+        }
+        if ca.key_to().iter().any(|r| host.has(*r)) {
+            add(pki.join(key_path(base)), key_path(&rbase), KEY_MODE);
+        }
+    }
+    if host.has(Role::ControlPlane) {
+        add(
+            pki.join(SA_KEY),
+            Path::new(REMOTE_PKI).join(SA_KEY),
+            KEY_MODE,
+        );
+        add(
+            pki.join(SA_PUB),
+            Path::new(REMOTE_PKI).join(SA_PUB),
+            CERT_MODE,
+        );
+    }
+    for c in cert_list(inv) {
+        if !c.deliver.includes(host) {
+            continue;
+        }
+        if let (Some(files), Some(r)) = (&c.files, &c.remote) {
+            add(pki.join(crt_path(files)), crt_path(r), CERT_MODE);
+            add(pki.join(key_path(files)), key_path(r), KEY_MODE);
+        }
+        if let Some(k) = &c.kubeconfig
+            && let Some(r) = &k.remote
+        {
+            add(Path::new("kubeconfig").join(&k.file), r.clone(), KEY_MODE);
+        }
+    }
+    out
+}
