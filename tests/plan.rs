@@ -69,6 +69,7 @@ fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
         [
             "preflight",
             "prepare",
+            "pki",
             "etcd",
             "load-balancer",
             "control-plane",
@@ -85,20 +86,65 @@ fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
     );
     assert_eq!(hosts_of(&v, "control-plane"), ["cp1", "cp2", "cp3"]);
     // Files carry their target path, mode, origin and hash.
-    let etcd = &v["phases"][2]["hosts"][0]["actions"][1];
+    let etcd = &v["phases"][3]["hosts"][0]["actions"][1];
     assert_eq!(etcd["kind"], "file");
     assert_eq!(etcd["path"], "/etc/systemd/system/etcd.service");
     assert_eq!(etcd["mode"], "0644");
     assert_eq!(etcd["source"]["template"], "etcd/etcd.service");
     assert_eq!(etcd["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(etcd["restarts"][0], "etcd.service");
-    let kubeconfig = &v["phases"][5];
+    let kubeconfig = &v["phases"][6];
     assert!(
         kubeconfig["local"][0]
             .as_str()
             .unwrap()
             .contains("https://192.168.56.10:8443"),
         "{kubeconfig}"
+    );
+}
+
+#[test]
+fn pki_goes_one_host_at_a_time_and_workers_get_no_ca_key() {
+    let v = json(&example("ha-vip.yaml"));
+    let pki = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "pki")
+        .unwrap();
+    assert_eq!(pki["order"], "one-at-a-time");
+    let files = |host: &str| -> Vec<String> {
+        let h = pki["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == host)
+            .unwrap();
+        h["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let cp = files("cp1");
+    assert!(
+        cp.contains(&"/etc/kubernetes/pki/ca.key".to_string()),
+        "{cp:?}"
+    );
+    assert!(
+        cp.contains(&"/etc/kubernetes/pki/etcd/server.crt".to_string()),
+        "{cp:?}"
+    );
+    let w = files("w1");
+    assert!(
+        w.iter()
+            .all(|f| !f.ends_with(".key") || f.contains("kubelet")),
+        "a worker got a CA or service key: {w:?}"
+    );
+    assert!(
+        w.contains(&"/etc/kubernetes/pki/ca.crt".to_string()),
+        "{w:?}"
     );
 }
 
@@ -150,8 +196,8 @@ fn text_plan_lists_hosts_in_order_with_files_and_services() {
     let (out, _h) = plan(&example("ha-vip.yaml"), &["plan"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let etcd = text.find("phase 3/7 etcd").unwrap();
-    let cp = text.find("phase 5/7 control-plane").unwrap();
+    let etcd = text.find("phase 4/8 etcd").unwrap();
+    let cp = text.find("phase 6/8 control-plane").unwrap();
     assert!(etcd < cp);
     assert!(text.contains("file     /etc/systemd/system/kube-apiserver.service 0644 (template kube-apiserver/kube-apiserver.service"));
     assert!(text.contains("service  kube-scheduler.service enabled + running"));

@@ -1,11 +1,41 @@
 //! control-plane: kube-apiserver, kube-controller-manager and kube-scheduler as systemd units
 //! running the bundle's binaries (the static-pod layout comes with the nodes work).
 
-use super::{Action, Context, Order, Phase, PhasePlan, Source};
-use crate::inventory::Role;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+
+use super::{Action, Context, Executor, Order, Phase, PhasePlan, Source};
+use crate::inventory::{Host, Inventory, Role};
 use crate::render::host_vars;
 
 pub struct ControlPlane;
+
+/// An HTTPS client with the admin identity of `clusters/<name>/kubeconfig/admin.conf`.
+pub fn admin_client(ctx: &Context) -> anyhow::Result<reqwest::Client> {
+    let path = ctx.state.root.join("kubeconfig/admin.conf");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let kc = crate::pki::kubeconfig::Kubeconfig::from_yaml(&text, &path.display().to_string())?;
+    let need = |v: Option<String>, what: &str| {
+        v.ok_or_else(|| anyhow::anyhow!("{}: no {what}", path.display()))
+    };
+    super::health::client(
+        need(kc.ca_pem()?, "CA")?.as_bytes(),
+        need(kc.client_cert_pem()?, "client certificate")?.as_bytes(),
+        need(kc.client_key_pem()?, "client key")?.as_bytes(),
+        Duration::from_secs(5),
+    )
+}
+
+/// `https://<host>:<apiserver port>/readyz`
+pub fn readyz_url(inv: &Inventory, host: &Host) -> String {
+    format!(
+        "{}/readyz",
+        Inventory::url(&host.address, inv.spec.control_plane.apiserver_port)
+    )
+}
 
 impl Phase for ControlPlane {
     fn name(&self) -> &'static str {
@@ -78,5 +108,22 @@ impl Phase for ControlPlane {
             plan.host(h, a);
         }
         Ok(plan)
+    }
+    fn verify<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        _exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let client = admin_client(ctx)?;
+            super::health::wait_ok(
+                &client,
+                &readyz_url(ctx.inv(), host),
+                Duration::from_secs(90),
+            )
+            .await?;
+            Ok(())
+        })
     }
 }

@@ -98,12 +98,17 @@ fn state_query(plan: &HostPlan) -> String {
     let mut units = Vec::new();
     for a in &plan.actions {
         match a {
-            Action::File { path, .. } => files.push(q(path)),
+            Action::File { path, restarts, .. } => {
+                files.push(q(path));
+                units.extend(restarts.iter().map(|u| q(u)));
+            }
             Action::Directory { path, .. } => dirs.push(q(path)),
             Action::Service { unit } => units.push(q(unit)),
             _ => {}
         }
     }
+    units.sort();
+    units.dedup();
     let mut s = String::new();
     if !files.is_empty() {
         s += &format!(
@@ -278,6 +283,18 @@ pub async fn converge(
     }
     if unit_files_changed {
         run_change(exec, host, "systemctl daemon-reload").await?;
+    }
+    // Files that changed for a unit this plan does not manage (e.g. a re-issued certificate
+    // of a running etcd): restart the unit if it runs, so it does not keep the old file loaded.
+    for unit in dirty_units {
+        if far
+            .units
+            .get(&unit)
+            .is_some_and(|(_, active)| active == "active")
+        {
+            run_change(exec, host, &format!("systemctl restart {}", q(&unit))).await?;
+            ch.restarts.push(unit);
+        }
     }
     if !failed_checks.is_empty() {
         bail!("{}", failed_checks.join("; "));

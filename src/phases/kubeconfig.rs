@@ -1,6 +1,8 @@
 //! kubeconfig: the user's `clusters/<name>/admin.conf`, pointing at the VIP, the external
 //! endpoint, or (local-proxy mode) the first apiserver.
 
+use anyhow::Context as _;
+
 use super::{Context, Order, Phase, PhasePlan};
 
 pub struct Kubeconfig;
@@ -21,5 +23,18 @@ impl Phase for Kubeconfig {
             crate::inventory::Inventory::url(&host, port)
         ));
         Ok(plan)
+    }
+    fn apply_local(&self, ctx: &Context) -> anyhow::Result<()> {
+        let from = ctx.state.root.join("kubeconfig/admin.conf");
+        let to = ctx.state.admin_kubeconfig();
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        eprintln!(
+            "kubeconfig: {} — use it with: export KUBECONFIG={}",
+            to.display(),
+            to.display()
+        );
+        Ok(())
     }
 }

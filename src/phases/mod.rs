@@ -17,6 +17,7 @@ pub mod executor;
 pub mod health;
 pub mod kubeconfig;
 pub mod load_balancer;
+pub mod pki;
 pub mod playbook;
 pub mod preflight;
 pub mod prepare;
@@ -285,6 +286,7 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
     vec![
         Box::new(preflight::Preflight),
         Box::new(prepare::Prepare),
+        Box::new(pki::Pki),
         Box::new(etcd::Etcd),
         Box::new(load_balancer::LoadBalancer),
         Box::new(control_plane::ControlPlane),
