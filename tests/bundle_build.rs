@@ -87,6 +87,13 @@ async fn faulty(State(ctl): State<Arc<Ctl>>, req: Request, next: Next) -> Respon
                 }
                 futures::future::ready(Some(r))
             });
+            // Let hyper flush what was sent before the cut, as a real network would deliver it.
+            let stream = stream.then(|r| async move {
+                if r.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                }
+                r
+            });
             Response::from_parts(parts, Body::from_stream(stream))
         }
     }
