@@ -1,24 +1,258 @@
 //! `clusterctl bundle ...`
+use std::path::PathBuf;
+
 use clap::Subcommand;
 
-use crate::cli::Global;
+use crate::cli::{Global, Output};
 use crate::diag::UserError;
+
+use super::build::{BuildOptions, build, print_report};
 
 #[derive(Subcommand, Debug)]
 pub enum BundleCmd {
     /// Download every item of a manifest, verify its sha256, and pack a bundle.
-    Build,
+    Build {
+        /// The manifest (YAML), e.g. offline-bundle/kubernetes-1.34.yaml.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The bundle to write (`.tar.zst`); written atomically.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cache of verified downloads (default: $XDG_CACHE_HOME or ~/.cache/clusterctl/downloads).
+        #[arg(long, env = "CLUSTERCTL_DOWNLOAD_CACHE")]
+        cache: Option<PathBuf>,
+        /// Sign the manifest with this ed25519 PKCS#8 PEM private key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Attempts per item when a connection drops (each resumes).
+        #[arg(long, default_value_t = 5)]
+        attempts: u32,
+    },
     /// Verify every hash (and the signature, if any) of a bundle.
-    Verify,
+    Verify {
+        bundle: PathBuf,
+        /// Public key (SPKI PEM) to check the signature with; required for a signed bundle to count as verified.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Also require the manifest's sha256 to be this value (e.g. published next to the bundle).
+        #[arg(long)]
+        manifest_sha256: Option<String>,
+    },
+    /// Sign a bundle's manifest (rewrites the bundle with `manifest.yaml.sig`).
+    Sign {
+        bundle: PathBuf,
+        /// ed25519 private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Create an ed25519 key pair: <PREFIX>.key (PKCS#8 PEM, 0600) and <PREFIX>.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// What changed between two bundles (or manifest files): components, versions, hashes.
+    Diff { a: PathBuf, b: PathBuf },
+    /// List a bundle's (or a manifest's) items.
+    Ls { bundle: PathBuf },
+    /// Write a manifest for local files listed in a TSV file (hashes computed from the files).
+    GenManifest {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        /// Tab-separated: name version kind roles url(file://) install-path mode hash-source [note].
+        #[arg(long)]
+        items: PathBuf,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        platform: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
-pub fn run(_g: &Global, c: BundleCmd) -> anyhow::Result<()> {
+pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
+    let json = g.output == Output::Json;
     match c {
-        BundleCmd::Build => {
-            Err(UserError::not_built("bundle build", "offline bundle issue").into())
+        BundleCmd::Build {
+            manifest,
+            out,
+            cache,
+            key,
+            attempts,
+        } => {
+            let o = BuildOptions {
+                manifest,
+                out,
+                cache: cache.unwrap_or_else(BuildOptions::default_cache),
+                key,
+                attempts,
+                quiet: json,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(build(&o))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_report(&r, &mut std::io::stdout())?;
+            }
+            Ok(())
         }
-        BundleCmd::Verify => {
-            Err(UserError::not_built("bundle verify", "offline bundle issue").into())
+        BundleCmd::Verify {
+            bundle,
+            key,
+            manifest_sha256,
+        } => {
+            let k = key
+                .as_deref()
+                .map(super::keys::load_verifying)
+                .transpose()?;
+            let mut r = super::archive::verify(&bundle, k.as_ref())?;
+            if let Some(want) = manifest_sha256
+                && want.to_ascii_lowercase() != r.manifest_sha256
+            {
+                r.problems.push(format!(
+                    "manifest sha256 is {}, expected {want}",
+                    r.manifest_sha256
+                ));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for p in &r.problems {
+                    eprintln!("  FAIL {p}");
+                }
+                println!(
+                    "{}: {} {} — {} items, {} blobs, {:.1} MB hashed in {:.2} s ({:.0} MB/s of bundle, {:.0} MB/s of data); manifest sha256 {}; signature {}",
+                    bundle.display(),
+                    r.name,
+                    r.version,
+                    r.items,
+                    r.blobs,
+                    r.bytes as f64 / 1e6,
+                    r.seconds,
+                    r.file_mb_per_s(),
+                    r.data_mb_per_s(),
+                    r.manifest_sha256,
+                    r.signature
+                );
+            }
+            if r.ok() {
+                Ok(())
+            } else {
+                Err(UserError::failed(format!(
+                    "{}: verification failed ({} problem(s))",
+                    bundle.display(),
+                    r.problems.len()
+                ))
+                .into())
+            }
+        }
+        BundleCmd::Sign { bundle, key } => {
+            let k = super::keys::load_signing(&key)?;
+            // Only sign what verifies: a signature vouches for the content.
+            let r = super::archive::verify(&bundle, None)?;
+            if !r.ok() {
+                anyhow::bail!(
+                    "{}: not signing a bundle that does not verify:\n  {}",
+                    bundle.display(),
+                    r.problems.join("\n  ")
+                );
+            }
+            let head = super::archive::read_head(&bundle)?;
+            let sig = super::keys::sign(&k, &head.manifest_bytes);
+            super::archive::rewrite_with_signature(&bundle, &sig)?;
+            println!(
+                "{}: signed (manifest sha256 {})",
+                bundle.display(),
+                head.manifest_sha256()
+            );
+            Ok(())
+        }
+        BundleCmd::Keygen { out } => {
+            let private = out.with_extension("key");
+            let public = out.with_extension("pub");
+            super::keys::write_pair(&super::keys::generate(), &private, &public)?;
+            println!("wrote {} and {}", private.display(), public.display());
+            Ok(())
+        }
+        BundleCmd::Diff { a, b } => {
+            let (ma, mb) = (super::load_manifest_any(&a)?, super::load_manifest_any(&b)?);
+            let d = super::diff::diff(&ma, &mb);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else if d.is_empty() {
+                println!("no differences");
+            } else {
+                for c in &d {
+                    println!("{c}");
+                }
+            }
+            Ok(())
+        }
+        BundleCmd::Ls { bundle } => {
+            let m = super::load_manifest_any(&bundle)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+                return Ok(());
+            }
+            println!("{} {} ({} items)", m.name, m.version, m.items.len());
+            println!(
+                "{:26} {:28} {:8} {:>11} {:14} {:30} {:5} SHA256",
+                "NAME", "VERSION", "KIND", "SIZE", "ROLES", "INSTALL", "MODE"
+            );
+            for it in &m.items {
+                let roles = it
+                    .roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sha = match (&it.sha256, &it.hash_missing) {
+                    (Some(s), _) => s[..16].to_string(),
+                    (None, _) => "MISSING".to_string(),
+                };
+                println!(
+                    "{:26} {:28} {:8} {:>11} {:14} {:30} {:5} {sha}",
+                    it.name,
+                    it.version,
+                    it.kind.as_str(),
+                    it.size.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    roles,
+                    it.install.as_ref().map(|i| i.path.as_str()).unwrap_or("-"),
+                    it.install
+                        .as_ref()
+                        .and_then(|i| i.mode.as_deref())
+                        .unwrap_or("-"),
+                );
+                if let Some(n) = &it.note {
+                    println!("    note: {n}");
+                }
+            }
+            Ok(())
+        }
+        BundleCmd::GenManifest {
+            name,
+            version,
+            items,
+            description,
+            platform,
+            out,
+        } => {
+            let tsv = std::fs::read_to_string(&items)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", items.display()))?;
+            let m = super::genmanifest::from_tsv(&tsv, &name, &version, description, platform)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", items.display()))?;
+            let y = m.to_yaml()?;
+            match out {
+                Some(o) => std::fs::write(&o, y)?,
+                None => print!("{y}"),
+            }
+            Ok(())
         }
     }
 }

@@ -1,0 +1,392 @@
+//! The bundle manifest (YAML): what a bundle holds, where each item came from, and where it goes.
+//!
+//! One format serves two uses: the *input* of `bundle build` (sizes may be unknown; an item whose
+//! published hash could not be found carries `hashMissing` and is refused) and the *packed*
+//! manifest inside a bundle (every item has `sha256` and `size`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::Role;
+
+pub const API_VERSION: &str = "clusterctl.io/bundle/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default = "default_api")]
+    pub api_version: String,
+    /// Bundle name, e.g. `kubernetes-1.34` or `lab`.
+    pub name: String,
+    /// Bundle version, e.g. `1.34.2-1`.
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Target platform of the binaries, e.g. `linux/amd64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    pub items: Vec<Item>,
+}
+
+fn default_api() -> String {
+    API_VERSION.to_string()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A single executable, installed at `install.path` with `install.mode`.
+    Binary,
+    /// A Debian package, installed with dpkg.
+    Deb,
+    /// A tar archive (e.g. CNI plugins, containerd release).
+    Archive,
+    /// A container image as an OCI / docker-save tarball.
+    Image,
+    /// A Kubernetes manifest (add-on YAML).
+    Manifest,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Binary => "binary",
+            Kind::Deb => "deb",
+            Kind::Archive => "archive",
+            Kind::Image => "image",
+            Kind::Manifest => "manifest",
+        }
+    }
+}
+
+/// Which hosts need an item: one of the inventory roles, or `all`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Need {
+    All,
+    Etcd,
+    ControlPlane,
+    Worker,
+    Lb,
+}
+
+impl From<Role> for Need {
+    fn from(r: Role) -> Need {
+        match r {
+            Role::Etcd => Need::Etcd,
+            Role::ControlPlane => Need::ControlPlane,
+            Role::Worker => Need::Worker,
+            Role::Lb => Need::Lb,
+        }
+    }
+}
+
+impl Need {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Need::All => "all",
+            Need::Etcd => Role::Etcd.as_str(),
+            Need::ControlPlane => Role::ControlPlane.as_str(),
+            Need::Worker => Role::Worker.as_str(),
+            Need::Lb => Role::Lb.as_str(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Install {
+    /// Absolute path on the host (binaries), or a directory (archives).
+    pub path: String,
+    /// Octal file mode, e.g. `"0755"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Item {
+    pub name: String,
+    pub version: String,
+    pub kind: Kind,
+    /// Where `bundle build` gets it: `https://...`, `http://...`, or `file:///abs/path`.
+    pub url: String,
+    /// Lowercase hex sha256 of the file. Absent only together with `hashMissing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size in bytes; filled in by `bundle build` when the input manifest does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<Install>,
+    pub roles: Vec<Need>,
+    /// Where the hash came from (a published checksum file at a commit, or how it was computed).
+    pub hash_source: String,
+    /// Why no published hash is given; `bundle build` refuses such an item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_missing: Option<String>,
+    /// Anything a reader must know, e.g. that a build is re-stamped with another version string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Item {
+    /// `name version` as shown in messages.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.name, self.version)
+    }
+
+    pub fn needed_by(&self, roles: &[Role]) -> bool {
+        self.roles
+            .iter()
+            .any(|n| *n == Need::All || roles.iter().any(|r| Need::from(*r) == *n))
+    }
+
+    /// The install mode as a number (validated by `Manifest::check`).
+    pub fn mode(&self) -> Option<u32> {
+        self.install
+            .as_ref()?
+            .mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+    }
+
+    /// The blob path inside a bundle.
+    pub fn blob_path(&self) -> Option<String> {
+        self.sha256.as_deref().map(blob_path)
+    }
+}
+
+pub fn blob_path(sha: &str) -> String {
+    format!("blobs/sha256/{sha}")
+}
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// How strictly to check a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Input of `bundle build`: sizes optional; `hashMissing` items allowed (reported by build).
+    Input,
+    /// Inside a bundle: every item has sha256 and size, no `hashMissing`.
+    Packed,
+}
+
+/// A list of problems found in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+impl Manifest {
+    pub fn from_yaml(text: &str) -> anyhow::Result<Manifest> {
+        let m: Manifest =
+            serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
+        Ok(m)
+    }
+
+    pub fn to_yaml(&self) -> anyhow::Result<String> {
+        serde_saphyr::to_string(self)
+            .map_err(|e| anyhow::anyhow!("manifest: cannot serialize: {e}"))
+    }
+
+    /// Every problem of the manifest at once (empty = fine).
+    pub fn check(&self, stage: Stage) -> Result<(), Problems> {
+        let mut p = Vec::new();
+        if self.api_version != API_VERSION {
+            p.push(format!(
+                "apiVersion is `{}`, expected `{API_VERSION}`",
+                self.api_version
+            ));
+        }
+        if self.name.trim().is_empty() {
+            p.push("name is empty".into());
+        }
+        if self.version.trim().is_empty() {
+            p.push("version is empty".into());
+        }
+        if self.items.is_empty() {
+            p.push("no items".into());
+        }
+        let mut keys = BTreeSet::new();
+        for (i, it) in self.items.iter().enumerate() {
+            let at = format!("items[{i}] ({})", it.label());
+            if it.name.trim().is_empty() || it.version.trim().is_empty() {
+                p.push(format!("{at}: name and version must not be empty"));
+            }
+            if !keys.insert((it.name.clone(), it.version.clone())) {
+                p.push(format!("{at}: duplicate item (same name and version)"));
+            }
+            if it.roles.is_empty() {
+                p.push(format!("{at}: roles is empty (use `all` for every host)"));
+            }
+            if it.hash_source.trim().is_empty() {
+                p.push(format!(
+                    "{at}: hashSource is empty: say where the sha256 came from"
+                ));
+            }
+            if !(it.url.starts_with("https://")
+                || it.url.starts_with("http://")
+                || it.url.starts_with("file://"))
+            {
+                p.push(format!(
+                    "{at}: url `{}` must start with https://, http:// or file://",
+                    it.url
+                ));
+            }
+            match (&it.sha256, &it.hash_missing, stage) {
+                (Some(h), None, _) if is_sha256_hex(h) => {}
+                (Some(h), None, _) => {
+                    p.push(format!("{at}: sha256 `{h}` is not 64 lowercase hex digits"))
+                }
+                (None, Some(_), Stage::Input) => {}
+                (Some(_), Some(_), _) => p.push(format!("{at}: has both sha256 and hashMissing")),
+                (None, None, _) => p.push(format!(
+                    "{at}: no sha256 (give it, or hashMissing with the reason)"
+                )),
+                (_, Some(_), Stage::Packed) => {
+                    p.push(format!("{at}: hashMissing in a packed manifest"))
+                }
+            }
+            if stage == Stage::Packed && it.size.is_none() {
+                p.push(format!("{at}: no size in a packed manifest"));
+            }
+            if let Some(inst) = &it.install {
+                if !inst.path.starts_with('/') {
+                    p.push(format!(
+                        "{at}: install.path `{}` must be absolute",
+                        inst.path
+                    ));
+                }
+                if let Some(m) = &inst.mode
+                    && (u32::from_str_radix(m, 8)
+                        .map(|v| v > 0o7777)
+                        .unwrap_or(true))
+                {
+                    p.push(format!(
+                        "{at}: install.mode `{m}` is not an octal mode such as \"0755\""
+                    ));
+                }
+            }
+            if it.kind == Kind::Binary
+                && it.install.as_ref().and_then(|i| i.mode.as_ref()).is_none()
+            {
+                p.push(format!(
+                    "{at}: a binary needs install.path and install.mode"
+                ));
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(p))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let y = r#"
+name: t
+version: "1"
+items:
+  - name: etcd
+    version: 3.4.23
+    kind: binary
+    url: file:///x/etcd
+    sha256: 0000000000000000000000000000000000000000000000000000000000000001
+    size: 3
+    install: {path: /usr/local/bin/etcd, mode: "0755"}
+    roles: [etcd]
+    hashSource: computed
+  - name: haproxy
+    version: 2.6.12
+    kind: deb
+    url: https://deb.example/haproxy.deb
+    sha256: 0000000000000000000000000000000000000000000000000000000000000002
+    size: 4
+    roles: [lb]
+    hashSource: Debian Packages
+  - name: runc
+    version: 1.1.5
+    kind: binary
+    url: https://x/runc
+    roles: [control-plane, worker]
+    hashSource: none
+    hashMissing: no published hash found
+    install: {path: /usr/local/bin/runc, mode: "0755"}
+"#;
+        Manifest::from_yaml(y).unwrap()
+    }
+
+    #[test]
+    fn parses_and_checks_stages() {
+        let m = sample();
+        assert_eq!(m.api_version, API_VERSION);
+        assert_eq!(m.items[0].mode(), Some(0o755));
+        assert!(m.check(Stage::Input).is_ok());
+        let e = m.check(Stage::Packed).unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(e.to_string().contains("runc 1.1.5"));
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let mut m = sample();
+        m.items[0].sha256 = Some("ABC".into());
+        m.items[1].url = "ftp://x".into();
+        m.items[1].install = Some(Install {
+            path: "rel".into(),
+            mode: Some("999".into()),
+        });
+        m.items.push(m.items[0].clone());
+        let e = m.check(Stage::Input).unwrap_err().to_string();
+        assert!(e.contains("not 64 lowercase hex"), "{e}");
+        assert!(e.contains("must start with https://"), "{e}");
+        assert!(e.contains("must be absolute"), "{e}");
+        assert!(e.contains("not an octal mode"), "{e}");
+        assert!(e.contains("duplicate item"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let y = "name: t\nversion: '1'\nitems: []\nbogus: 1\n";
+        assert!(Manifest::from_yaml(y).is_err());
+    }
+
+    #[test]
+    fn yaml_round_trip() {
+        let m = sample();
+        let back = Manifest::from_yaml(&m.to_yaml().unwrap()).unwrap();
+        assert_eq!(m, back);
+    }
+
+    #[test]
+    fn roles_select() {
+        let m = sample();
+        assert!(m.items[0].needed_by(&[Role::Etcd]));
+        assert!(!m.items[0].needed_by(&[Role::Worker]));
+        assert!(m.items[2].needed_by(&[Role::Worker, Role::Lb]));
+    }
+}
