@@ -367,6 +367,9 @@ impl Default for Pki {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Etcd {
+    /// Which etcd of the bundle to install, when it holds several (e.g. "3.4.23").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     #[serde(default = "default_etcd_data_dir")]
     pub data_dir: String,
     #[serde(default = "default_snapshot_count")]
@@ -381,6 +384,7 @@ pub struct Etcd {
 impl Default for Etcd {
     fn default() -> Self {
         Etcd {
+            version: None,
             data_dir: default_etcd_data_dir(),
             snapshot_count: default_snapshot_count(),
             quota_backend_bytes: default_quota_backend(),

@@ -74,6 +74,27 @@ fn prepare(
     let render = crate::render::Renderer::new(Some(&state.root.join("templates")))?;
     let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
     let pb = playbook::load(command, Some(&state.root.join("playbooks")), &known)?;
+    let bundle = match &loaded.inventory.spec.bundle {
+        None => None,
+        Some(p) => {
+            let path = loaded.resolve(p);
+            if !path.is_file() {
+                let pos = loaded.source_map.value("spec.bundle");
+                return Err(UserError::bad_input(format!(
+                    "{}{}: spec.bundle: {} does not exist\n  fix: build it with `clusterctl bundle build` or correct the path (relative to the inventory file)",
+                    loaded.path.display(),
+                    pos.map(|p| format!(":{}:{}", p.line, p.column)).unwrap_or_default(),
+                    path.display()
+                ))
+                .into());
+            }
+            let head = crate::bundle::read_head(&path)?;
+            Some(super::BundleRef {
+                path,
+                manifest: head.manifest,
+            })
+        }
+    };
     let runner = Runner::new(
         &pb,
         &Selection {
@@ -87,6 +108,7 @@ fn prepare(
             state,
             render,
             host_filter: hosts.to_vec(),
+            bundle,
         },
         runner,
     ))

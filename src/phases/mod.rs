@@ -43,6 +43,14 @@ pub struct Context {
     pub render: Renderer,
     /// `--hosts`: limit the run to these hosts (empty: all).
     pub host_filter: Vec<String>,
+    /// The offline bundle named by `spec.bundle`, if any.
+    pub bundle: Option<BundleRef>,
+}
+
+/// An offline bundle: where it is and its manifest (read from its head only).
+pub struct BundleRef {
+    pub path: PathBuf,
+    pub manifest: crate::bundle::Manifest,
 }
 
 impl Context {

@@ -1,6 +1,11 @@
-//! prepare: kernel settings and directories every cluster host needs.
+//! prepare: kernel settings, directories, and the bundle's binaries and packages each host's
+//! roles need (content-addressed: nothing is sent that the host already has).
 
-use super::{Action, Context, Order, Phase, PhasePlan};
+use std::collections::BTreeMap;
+
+use super::{Action, Context, Mode, Order, Phase, PhasePlan, Source};
+use crate::bundle::{Item, Kind};
+use crate::inventory::{HaMode, Host, Inventory, Role};
 use crate::render::host_vars;
 
 pub struct Prepare;
@@ -12,43 +17,213 @@ const MODULES_LIST: &str = "$(grep -v '^#' /etc/modules-load.d/kubernetes.conf)"
 const SYSCTLS_MATCH: &str = "grep -v '^#' /etc/sysctl.d/90-kubernetes.conf | tr -d ' ' | while IFS='=' read -r k v; \
     do [ -z \"$k\" ] || [ \"$(sysctl -n \"$k\" 2>/dev/null)\" = \"$v\" ] || exit 1; done";
 
+/// Where .deb items wait on a host before dpkg installs them.
+pub const DEB_DIR: &str = "/var/cache/clusterctl/debs";
+
+/// Roles used to pick bundle items: a host that runs a load balancer for the HA mode (the VIP
+/// holders, or every node in local-proxy mode) needs the `lb` items too.
+pub fn bundle_roles(inv: &Inventory, h: &Host) -> Vec<Role> {
+    let mut roles = h.roles.clone();
+    let runs_lb = match inv.spec.ha.mode {
+        HaMode::Vip => inv.lb_hosts().iter().any(|l| l.name == h.name),
+        HaMode::LocalProxy => h.has(Role::ControlPlane) || h.has(Role::Worker),
+        HaMode::External => false,
+    };
+    if runs_lb && !roles.contains(&Role::Lb) {
+        roles.push(Role::Lb);
+    }
+    roles
+}
+
+/// Which version of a component to take when the bundle holds several.
+pub fn pins(inv: &Inventory) -> BTreeMap<String, String> {
+    let mut p = BTreeMap::new();
+    let k = inv.spec.kubernetes_version.clone();
+    for c in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+        "kubectl",
+    ] {
+        p.insert(c.to_string(), k.clone());
+    }
+    if let Some(v) = &inv.spec.etcd.version {
+        p.insert("etcd".into(), v.clone());
+        p.insert("etcdctl".into(), v.clone());
+    }
+    p
+}
+
+/// The bundle items `h` needs, in the manifest's order.
+pub fn items_for<'m>(ctx: &'m Context, h: &Host) -> anyhow::Result<Vec<&'m Item>> {
+    let Some(b) = &ctx.bundle else {
+        return Ok(Vec::new());
+    };
+    let inv = ctx.inv();
+    let mut pins = pins(inv);
+    // The manifest may write versions with or without the leading v: accept both.
+    for (name, v) in pins.clone() {
+        if !b
+            .manifest
+            .items
+            .iter()
+            .any(|i| i.name == name && i.version == v)
+        {
+            let alt = v
+                .strip_prefix('v')
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("v{v}"));
+            if b.manifest
+                .items
+                .iter()
+                .any(|i| i.name == name && i.version == alt)
+            {
+                pins.insert(name, alt);
+            } else if !b.manifest.items.iter().any(|i| i.name == name)
+                || b.manifest.items.iter().filter(|i| i.name == name).count() == 1
+            {
+                pins.remove(&name);
+            }
+        }
+    }
+    let mut items = crate::bundle::items_for_roles(&b.manifest, &bundle_roles(inv, h), &pins)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "host {}: {e} (set spec.etcd.version or spec.kubernetesVersion to pick)",
+                h.name
+            )
+        })?;
+    if inv.spec.ha.mode != HaMode::Vip {
+        items.retain(|i| i.name != "keepalived");
+    }
+    Ok(items)
+}
+
+fn bundle_actions(items: &[&Item]) -> Vec<Action> {
+    let mut a = Vec::new();
+    let mut debs = Vec::new();
+    for it in items {
+        match it.kind {
+            Kind::Binary => {
+                let Some(install) = &it.install else { continue };
+                a.push(Action::File {
+                    path: install.path.clone(),
+                    mode: Mode(it.mode().unwrap_or(0o755)),
+                    source: Source::Bundle { item: it.label() },
+                    sha256: it.sha256.clone(),
+                    size: it.size,
+                    restarts: Vec::new(),
+                });
+            }
+            Kind::Deb => {
+                let file = format!(
+                    "{DEB_DIR}/{}_{}.deb",
+                    it.name,
+                    it.version.replace(':', "%3a")
+                );
+                a.push(Action::File {
+                    path: file.clone(),
+                    mode: Mode(0o644),
+                    source: Source::Bundle { item: it.label() },
+                    sha256: it.sha256.clone(),
+                    size: it.size,
+                    restarts: Vec::new(),
+                });
+                debs.push((it.name.clone(), it.version.clone(), file));
+            }
+            // Archives, images and add-on manifests are installed by the phases that use them.
+            _ => {}
+        }
+    }
+    if !debs.is_empty() {
+        let files: Vec<String> = debs.iter().map(|(_, _, f)| super::executor::q(f)).collect();
+        let checks: Vec<String> = debs
+            .iter()
+            .map(|(n, v, _)| format!("[ \"$(dpkg-query -W -f='${{Status}} ${{Version}}' {} 2>/dev/null)\" = 'install ok installed {v}' ]", super::executor::q(n)))
+            .collect();
+        a.push(Action::Run {
+            description: format!(
+                "install {} package(s) from the bundle with dpkg",
+                debs.len()
+            ),
+            command: format!(
+                "DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold {} 2>&1",
+                files.join(" ")
+            ),
+            unless: Some(checks.join(" && ")),
+            warn_only: false,
+        });
+    }
+    a
+}
+
 impl Phase for Prepare {
     fn name(&self) -> &'static str {
         "prepare"
     }
     fn summary(&self) -> &'static str {
-        "sysctls, kernel modules and directories"
+        "sysctls, kernel modules, directories, and the bundle's binaries and packages"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let mut plan = PhasePlan::new(self, Order::Parallel);
+        match &ctx.bundle {
+            None => plan.notes.push(
+                "no bundle (spec.bundle): binaries and packages must already be on the hosts"
+                    .into(),
+            ),
+            Some(b) => plan.notes.push(format!(
+                "bundle {} {} ({})",
+                b.manifest.name,
+                b.manifest.version,
+                b.path.display()
+            )),
+        }
         for h in ctx.hosts_where(|_| true) {
             let vars = host_vars(ctx.inv(), h);
             let sysctl = ctx.render.render("system/sysctl-kubernetes.conf", &vars)?;
             let modules = ctx.render.render("system/modules-kubernetes.conf", &vars)?;
-            plan.host(
-                h,
-                vec![
-                    Action::dir("/etc/kubernetes", 0o755),
-                    Action::dir("/etc/kubernetes/pki", 0o700),
-                    Action::dir("/usr/local/bin", 0o755),
-                    Action::rendered("/etc/modules-load.d/kubernetes.conf", 0o644, "system/modules-kubernetes.conf", modules, &[]),
-                    Action::rendered("/etc/sysctl.d/90-kubernetes.conf", 0o644, "system/sysctl-kubernetes.conf", sysctl, &[]),
-                    // In a container (the lab, LXC) modules cannot be loaded and only net.* sysctls
-                    // can be set: warn, don't fail (`systemd-detect-virt -c` hosts).
-                    Action::Run {
-                        description: "load kernel modules".into(),
-                        command: format!("for m in {MODULES_LIST}; do grep -qw \"^$m\" /proc/modules || modprobe \"$m\" 2>&1 || exit 1; done"),
-                        unless: Some(format!("for m in {MODULES_LIST}; do grep -qw \"^$m\" /proc/modules || exit 1; done")),
-                        warn_only: true,
-                    },
-                    Action::Run {
-                        description: "apply sysctls".into(),
-                        command: "sysctl -q -p /etc/sysctl.d/90-kubernetes.conf 2>&1".into(),
-                        unless: Some(SYSCTLS_MATCH.into()),
-                        warn_only: true,
-                    },
-                ],
-            );
+            let mut actions = vec![
+                Action::dir("/etc/kubernetes", 0o755),
+                Action::dir("/etc/kubernetes/pki", 0o700),
+                Action::dir("/usr/local/bin", 0o755),
+                Action::dir(DEB_DIR, 0o755),
+                Action::rendered(
+                    "/etc/modules-load.d/kubernetes.conf",
+                    0o644,
+                    "system/modules-kubernetes.conf",
+                    modules,
+                    &[],
+                ),
+                Action::rendered(
+                    "/etc/sysctl.d/90-kubernetes.conf",
+                    0o644,
+                    "system/sysctl-kubernetes.conf",
+                    sysctl,
+                    &[],
+                ),
+                // In a container (the lab, LXC) modules cannot be loaded and only net.* sysctls
+                // can be set: warn, don't fail.
+                Action::Run {
+                    description: "load kernel modules".into(),
+                    command: format!(
+                        "for m in {MODULES_LIST}; do grep -qw \"^$m\" /proc/modules || modprobe \"$m\" 2>&1 || exit 1; done"
+                    ),
+                    unless: Some(format!(
+                        "for m in {MODULES_LIST}; do grep -qw \"^$m\" /proc/modules || exit 1; done"
+                    )),
+                    warn_only: true,
+                },
+                Action::Run {
+                    description: "apply sysctls".into(),
+                    command: "sysctl -q -p /etc/sysctl.d/90-kubernetes.conf 2>&1".into(),
+                    unless: Some(SYSCTLS_MATCH.into()),
+                    warn_only: true,
+                },
+            ];
+            actions.extend(bundle_actions(&items_for(ctx, h)?));
+            plan.host(h, actions);
         }
         Ok(plan)
     }
