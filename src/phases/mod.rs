@@ -10,6 +10,7 @@
 //! - the journal: what a phase did on a host, keyed by the hash of its plan.
 //!   Phases add health gates in `verify`.
 
+pub mod blobs;
 pub mod cmd;
 pub mod control_plane;
 pub mod etcd;
