@@ -136,6 +136,7 @@ inotify_restore_if_last() { # called under the lock
 	for d in "$STATE_ROOT"/*/; do
 		[ -d "$d" ] && return 0
 	done
+	for d in "${CG_ROOTS[@]}"; do rmdir "$d" 2>/dev/null || true; done
 	if [ -f "$STATE_ROOT/.inotify-orig" ]; then
 		cat "$STATE_ROOT/.inotify-orig" >/proc/sys/fs/inotify/max_user_instances
 		rm -f "$STATE_ROOT/.inotify-orig"
