@@ -19,6 +19,7 @@
 # /var/cache/clusterctl/lab/, keyed by the sha256 of their recipe (recipes/, layers/).
 # Env: LAB_KEEP_ON_FAILURE=1 leaves a failed `up` in place for debugging.
 set -euo pipefail
+shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE_ROOT=${CLUSTERCTL_LAB_STATE:-/var/lib/clusterctl-lab}
@@ -93,11 +94,11 @@ image_layer() {
 				rm -rf "$t"
 				mkdir -p "$t/upper" "$t/work" "$t/root"
 				mount -t overlay overlay -o "lowerdir=$lower,upperdir=$t/upper,workdir=$t/work" "$t/root"
-				install -m 0755 "$recipe" "$t/root/tmp/lab-layer.sh"
+				install -m 0755 "$recipe" "$t/root/var/tmp/lab-layer.sh"
 				local rc=0
 				systemd-nspawn -q --register=no --keep-unit -D "$t/root" -M "lablayer-$name" \
-					--resolv-conf=replace-host /bin/bash /tmp/lab-layer.sh >"$t/build.log" 2>&1 </dev/null || rc=$?
-				rm -f "$t/root/tmp/lab-layer.sh" "$t/root/etc/resolv.conf"
+					--resolv-conf=replace-host /bin/bash /var/tmp/lab-layer.sh >"$t/build.log" 2>&1 </dev/null || rc=$?
+				rm -f "$t/root/var/tmp/lab-layer.sh" "$t/root/etc/resolv.conf"
 				umount "$t/root"
 				if [ "$rc" != 0 ]; then tail -20 "$t/build.log" >&2; die "layer $name build failed (log: $t/build.log)"; fi
 				# resolv.conf: hosts keep the base's copy (the overlay shows it again once the
