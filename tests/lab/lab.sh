@@ -389,6 +389,7 @@ cmd_up() {
 	done
 	[ "$(id -u)" = 0 ] || die "must run as root"
 	[ "$n" -le 200 ] || die "at most 200 hosts"
+	profile_args "${LAB_PROFILE:-plain}" >/dev/null
 	t0=$SECONDS
 	local lower
 	lower=$(image_chain "${layers[@]}")
