@@ -95,6 +95,7 @@ image_layer() {
 				mkdir -p "$t/upper" "$t/work" "$t/root"
 				mount -t overlay overlay -o "lowerdir=$lower,upperdir=$t/upper,workdir=$t/work" "$t/root"
 				install -m 0755 "$recipe" "$t/root/var/tmp/lab-layer.sh"
+				# shellcheck disable=SC2030,SC2031 # rc lives in this subshell only
 				local rc=0
 				systemd-nspawn -q --register=no --keep-unit -D "$t/root" -M "lablayer-$name" \
 					--resolv-conf=replace-host /bin/bash /var/tmp/lab-layer.sh >"$t/build.log" 2>&1 </dev/null || rc=$?
@@ -162,7 +163,7 @@ reserve() { # reserve LAB N: under the lock; writes the first env (subnet reserv
 	[ -e "$d" ] && die "lab $lab exists ($d): run 'lab.sh down $lab' first"
 	if [ -n "${LAB_SUBNET:-}" ]; then
 		k=$LAB_SUBNET
-		[[ $k =~ ^[0-9]+$ ]] && [ "$k" -le 255 ] || die "LAB_SUBNET must be 0..255"
+		if ! [[ $k =~ ^[0-9]+$ ]] || [ "$k" -gt 255 ]; then die "LAB_SUBNET must be 0..255"; fi
 		subnet_taken "$k" && die "subnet 10.77.$k.0/24 is already in use"
 	else
 		for k in $(seq 0 255); do subnet_taken "$k" || break; done
@@ -287,13 +288,14 @@ host_boot() { # host_boot LAB hI: network, root mount, nspawn (state kept across
 }
 
 ssh_banner() { # ssh_banner IP: true when an SSH server answers there
+	# shellcheck disable=SC2016 # $1 is expanded by the inner bash
 	timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/22" && head -c 4 <&3' _ "$1" 2>/dev/null | grep -q '^SSH-'
 }
 
 wait_sshd() { # wait_sshd LAB TIMEOUT hI...
 	local lab=$1 timeout=$2 h ip deadline
 	shift 2
-	# shellcheck disable=SC1090
+	# shellcheck disable=SC1090,SC1091
 	. "$(labdir "$lab")/env"
 	deadline=$((SECONDS + timeout))
 	local -a pending=("$@")
@@ -325,7 +327,7 @@ verify_ssh() { # every host: root login with strict host key checking (a few tri
 	local lab=$1 h ip opts failed=()
 	shift
 	opts=$(ssh_opts "$lab")
-	# shellcheck disable=SC1090
+	# shellcheck disable=SC1090,SC1091
 	. "$(labdir "$lab")/env"
 	local -A pid_of=()
 	for h in "$@"; do
@@ -397,6 +399,7 @@ cmd_up() {
 	d=$(labdir "$lab")
 	if [ "${LAB_KEEP_ON_FAILURE:-0}" != 1 ]; then
 		# shellcheck disable=SC2064
+		# shellcheck disable=SC2031
 		trap "rc=\$?; if [ \$rc != 0 ]; then log 'up failed: tearing lab $lab down'; cmd_down $lab || true; fi" EXIT
 		trap "exit 130" INT TERM
 	fi
@@ -447,11 +450,9 @@ cg_kill_all() { # kill every process in a cgroup tree, then remove it
 	[ -d "$cg" ] || return 0
 	for tries in $(seq 1 50); do
 		local any=0
-		while IFS= read -r f; do
-			for p in $(cat "$f" 2>/dev/null); do
-				kill -KILL "$p" 2>/dev/null && any=1
-			done
-		done < <(find "$cg" -name cgroup.procs)
+		while IFS= read -r p; do
+			kill -KILL "$p" 2>/dev/null && any=1
+		done < <(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null)
 		[ "$any" = 0 ] && break
 		sleep 0.1
 	done
@@ -590,15 +591,17 @@ cmd_mem() { # PSS of every process of each host, from smaps_rollup
 	d=$(labdir "$lab")
 	[ -d "$d/hosts" ] || die "no lab $lab"
 	printf '%-6s %8s %6s\n' host PSS_MiB procs
-	for h in $(ls "$d/hosts" | sort -V); do
+	local -a hosts
+	mapfile -t hosts < <(find "$d/hosts" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort -V)
+	for h in "${hosts[@]}"; do
 		kb=0
 		local n=0
-		for p in $(find "${CG_ROOTS[0]}/$lab-$h" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u); do
+		while IFS= read -r p; do
 			local v
 			v=$(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || true)
 			kb=$((kb + ${v:-0}))
 			n=$((n + 1))
-		done
+		done < <(find "${CG_ROOTS[0]}/$lab-$h" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
 		total=$((total + kb))
 		printf '%-6s %8s %6d\n' "$h" "$(awk -v k="$kb" 'BEGIN{printf "%.1f", k/1024}')" "$n"
 	done
