@@ -6,6 +6,7 @@ set -euo pipefail
 host=$1 ip=$2
 # shellcheck disable=SC2206
 opts=($BENCH_SSH_OPTS -o ControlMaster=auto -o "ControlPath=$BENCH_CTL/$host" -o ControlPersist=60)
+# shellcheck disable=SC2029 # the commands are meant for the far side
 r() { ssh "${opts[@]}" "root@$ip" "$@"; }
 
 # 10 trivial commands, one channel each

@@ -87,6 +87,7 @@ if [[ " $tools " == *" ansible "* ]]; then VENV=$(ansible_venv); fi
 
 # ---------------------------------------------------------------- helpers over all hosts
 # on_all SCRIPT: run a root shell snippet on every host of the current lab, in parallel
+# shellcheck disable=SC2016 # the sh -c script is expanded by the inner sh
 on_all() {
 	local h ip
 	for h in $LAB_HOSTS; do
@@ -102,6 +103,7 @@ reset_hosts() {
 
 verify_hosts() { # the work really happened on every host
 	local want="$BLOB_SHA active enabled" ok
+	# shellcheck disable=SC2016 # expanded on the hosts
 	ok=$(on_all 'echo "$(sha256sum /opt/bench/blob | cut -d" " -f1) $(systemctl is-active clusterctl-bench.service) $(systemctl is-enabled clusterctl-bench.service)"' |
 		grep -c " $want$" || true)
 	[ "$ok" = "$N" ] || die "$1: the work is done on only $ok of $N hosts"
@@ -109,9 +111,9 @@ verify_hosts() { # the work really happened on every host
 
 now() { date +%s.%N; }
 
-record() { # record TOOL RUN PHASE WALL SENT SKIPPED RESTARTS
-	printf '{"date":"%s","tool":"%s","hosts":%s,"run":%s,"phase":"%s","wall_s":%.3f,"bytes_sent":%s,"bytes_skipped":%s,"restarts":%s}\n' \
-		"$(date -u +%FT%TZ)" "$1" "$N" "$2" "$3" "$4" "$5" "$6" "$7" | tee -a "$results" >&2
+record() { # record TOOL RUN PHASE WALL SENT SKIPPED RESTARTS (load1: the machine's load average)
+	printf '{"date":"%s","tool":"%s","hosts":%s,"run":%s,"phase":"%s","wall_s":%.3f,"bytes_sent":%s,"bytes_skipped":%s,"restarts":%s,"load1":%s}\n' \
+		"$(date -u +%FT%TZ)" "$1" "$N" "$2" "$3" "$4" "$5" "$6" "$7" "$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$results" >&2
 }
 
 # ---------------------------------------------------------------- the three tools
@@ -125,7 +127,7 @@ run_openssh() { # prints "sent skipped restarts"
 	done | BENCH_SSH_OPTS="$SSH_OPTS" BENCH_BLOB="$BLOB" BENCH_BLOB_SHA="$BLOB_SHA" BENCH_UNIT="$UNIT" BENCH_CTL="$ctl" \
 		xargs -P "$N" -n 2 "$root/bench/openssh-host.sh" >"$ctl/out"
 	[ "$(wc -l <"$ctl/out")" = "$N" ] || die "openssh: $(wc -l <"$ctl/out") of $N hosts finished"
-	awk '{s+=$2; k+=$3; r+=$4} END {print s, k, r}' "$ctl/out"
+	awk '{s+=$2; k+=$3; r+=$4} END {printf "%d %d %d\n", s, k, r}' "$ctl/out"
 	rm -rf "$ctl"
 }
 
@@ -135,7 +137,9 @@ run_ansible() {
 	ANSIBLE_CONFIG="$ANS_CFG" ANSIBLE_SSH_CONTROL_PATH_DIR="$ctl" BENCH_BLOB="$BLOB" BENCH_UNIT="$UNIT" \
 		"$VENV/bin/ansible-playbook" -i "$ANS_INV" -f "$N" "$root/bench/ansible/playbook.yml" >"$out/ansible-last.log" 2>&1 || rc=$?
 	local s
-	for s in "$ctl"/*; do [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x >/dev/null 2>&1 || true; done
+	for s in "$ctl"/*; do
+		if [ -S "$s" ]; then ssh -o ControlPath="$s" -O exit x >/dev/null 2>&1 || true; fi
+	done
 	rm -rf "$ctl"
 	[ "$rc" = 0 ] || { tail -30 "$out/ansible-last.log" >&2; die "ansible-playbook failed (rc $rc)"; }
 	# bytes are not reported by Ansible; restarts = hosts where the systemd task changed
