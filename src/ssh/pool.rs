@@ -1,0 +1,618 @@
+//! `Pool`: one SSH session per host for a whole run, many channels on it. Exec, upload with a
+//! far-side sha256 check, and fan-out with a concurrency limit.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use russh::ChannelMsg;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncRead;
+use tokio::sync::{Mutex, Semaphore};
+
+use super::error::{ErrorKind, HostError, HostResult};
+use super::progress::{Progress, ProgressMode};
+use super::session::{self, KeyStore, Session, SessionSettings};
+use super::shell;
+use super::target::Target;
+
+/// How a run connects and reports.
+#[derive(Debug, Clone)]
+pub struct ConnectOpts {
+    /// Trust unknown host keys on first use and pin them, whatever the inventory says (a flag).
+    pub accept_new: bool,
+    /// Extra attempts after a connection error (never after auth or host key errors).
+    pub retries: u32,
+    /// How many hosts connect at once.
+    pub concurrency: usize,
+    pub keepalive: Duration,
+    pub progress: ProgressMode,
+    /// Per-host logs (`StateDir::logs()`); None: no log files.
+    pub logs_dir: Option<PathBuf>,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        ConnectOpts {
+            accept_new: false,
+            retries: 1,
+            concurrency: 64,
+            keepalive: Duration::from_secs(15),
+            progress: ProgressMode::Auto,
+            logs_dir: None,
+        }
+    }
+}
+
+/// How to run one command.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOpts {
+    /// None: no limit.
+    pub timeout: Option<Duration>,
+    /// Run as root (`sudo -n` for a non-root user).
+    pub sudo: bool,
+    /// Attempts after a connection error before the command started (never after it ran).
+    pub retries: u32,
+}
+
+impl ExecOpts {
+    pub fn root() -> Self {
+        ExecOpts { sudo: true, ..Default::default() }
+    }
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: String,
+    pub stderr: String,
+    /// Exit status; 255 with `signal` set when the command was killed.
+    pub status: u32,
+    pub signal: Option<String>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.status == 0 && self.signal.is_none()
+    }
+}
+
+/// What to upload.
+#[derive(Debug, Clone)]
+pub enum UploadSource {
+    Bytes(Vec<u8>),
+    Path(PathBuf),
+}
+
+impl UploadSource {
+    fn describe(&self) -> String {
+        match self {
+            UploadSource::Bytes(b) => format!("{} bytes", b.len()),
+            UploadSource::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// One file to put on a host.
+#[derive(Debug, Clone)]
+pub struct UploadItem {
+    pub source: UploadSource,
+    pub dest: String,
+    pub mode: u32,
+    /// `user` or `user:group`; None: left as the uploading user (root) made it.
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UploadOutcome {
+    pub bytes_sent: u64,
+    pub bytes_skipped: u64,
+    /// The far file already had this content (mode/owner may still have been fixed).
+    pub skipped: bool,
+}
+
+struct HostConn {
+    target: Target,
+    session: Mutex<Arc<Session>>,
+    bastion: Option<Arc<Session>>,
+}
+
+struct Inner {
+    hosts: HashMap<String, HostConn>,
+    failed: HashMap<String, HostError>,
+    order: Vec<String>,
+    keys: KeyStore,
+    settings: SessionSettings,
+    progress: Progress,
+    retries: u32,
+    hashes: std::sync::Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, String)>>,
+}
+
+/// The sessions of a run. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+enum ChanError {
+    /// The channel could not be opened or the command not started: nothing ran.
+    NotStarted(String),
+    /// The command started and the connection broke.
+    Broken(String),
+}
+
+impl Pool {
+    /// Connects to every target in parallel (bastions first, each once). Returns the pool of the
+    /// hosts that answered and the errors of those that did not.
+    pub async fn connect(targets: &[Target], opts: &ConnectOpts) -> (Pool, Vec<HostError>) {
+        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let progress = Progress::new(&names, opts.progress, opts.logs_dir.clone());
+        let keys = KeyStore::load(targets);
+        let settings = SessionSettings { accept_new: opts.accept_new, keepalive: opts.keepalive };
+        progress.step("connect", targets.len());
+
+        // Bastions: each distinct one once.
+        let mut bastions: HashMap<String, Result<Arc<Session>, HostError>> = HashMap::new();
+        for t in targets {
+            if let Some(b) = &t.bastion
+                && !bastions.contains_key(&b.name)
+            {
+                let r = connect_retrying(b, &keys, &settings, None, opts.retries)
+                    .await
+                    .map(|c| Arc::new(c.session))
+                    .map_err(|e| e.with_step(&format!("connect to bastion {}", b.name)));
+                bastions.insert(b.name.clone(), r);
+            }
+        }
+
+        let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        let futs = targets.iter().map(|t| {
+            let sem = sem.clone();
+            let (keys, settings, progress) = (&keys, &settings, &progress);
+            let bastion = t.bastion.as_ref().map(|b| bastions[&b.name].clone());
+            async move {
+                let _permit = sem.acquire().await;
+                progress.host(&t.name, &format!("connecting to {}", t.describe()));
+                let b = match bastion {
+                    None => None,
+                    Some(Ok(b)) => Some(b),
+                    Some(Err(e)) => {
+                        let mut e = e.clone();
+                        e.message = format!("bastion {} ({}) failed: {}", e.host, e.endpoint, e.message);
+                        e.host = t.name.clone();
+                        e.endpoint = t.describe();
+                        return (t, None, Err(e));
+                    }
+                };
+                let r = connect_retrying(t, keys, settings, b.as_deref(), opts.retries).await;
+                (t, b, r)
+            }
+        });
+        let results = futures::future::join_all(futs).await;
+
+        let mut hosts = HashMap::new();
+        let mut failed = HashMap::new();
+        let mut errors = Vec::new();
+        for (t, b, r) in results {
+            match r {
+                Ok(c) => {
+                    let msg = match c.pinned {
+                        Some(fp) => format!("connected; new host key {fp} pinned into {}", t.pin_file.display()),
+                        None => "connected".to_string(),
+                    };
+                    progress.done(&t.name, &msg);
+                    hosts.insert(
+                        t.name.clone(),
+                        HostConn { target: t.clone(), session: Mutex::new(Arc::new(c.session)), bastion: b },
+                    );
+                }
+                Err(e) => {
+                    progress.done(&t.name, &format!("FAILED: {e}"));
+                    failed.insert(t.name.clone(), e.clone());
+                    errors.push(e);
+                }
+            }
+        }
+        let inner = Inner {
+            hosts,
+            failed,
+            order: names,
+            keys,
+            settings,
+            progress,
+            retries: opts.retries,
+            hashes: Default::default(),
+        };
+        (Pool { inner: Arc::new(inner) }, errors)
+    }
+
+    /// Hosts with a session, in target order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.inner.order.iter().filter(|h| self.inner.hosts.contains_key(*h)).cloned().collect()
+    }
+
+    pub fn target(&self, host: &str) -> Option<&Target> {
+        self.inner.hosts.get(host).map(|h| &h.target)
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.inner.progress
+    }
+
+    fn conn(&self, host: &str, step: &str) -> Result<&HostConn, HostError> {
+        self.inner.hosts.get(host).ok_or_else(|| match self.inner.failed.get(host) {
+            Some(e) => e.clone().with_step(&format!("{step} (not connected: {})", e.step)),
+            None => HostError::new(host, "?", step, ErrorKind::Local, "no such host in this run"),
+        })
+    }
+
+    fn err(&self, c: &HostConn, step: &str, kind: ErrorKind, msg: impl Into<String>) -> HostError {
+        HostError::new(&c.target.name, &c.target.describe(), step, kind, msg)
+    }
+
+    /// Reconnects a host whose session died (only after a connection error).
+    async fn reconnect(&self, c: &HostConn, dead: &Arc<Session>) -> Result<(), HostError> {
+        let mut slot = c.session.lock().await;
+        if !Arc::ptr_eq(&slot, dead) && !slot.is_closed() {
+            return Ok(()); // someone else already did
+        }
+        let s = session::connect(&c.target, &self.inner.keys, &self.inner.settings, c.bastion.as_deref()).await?;
+        *slot = Arc::new(s.session);
+        Ok(())
+    }
+
+    /// Runs `cmd` and returns its output, whatever its exit status. Errors: connection, timeout,
+    /// and `sudo -n` wanting a password.
+    pub async fn exec(&self, host: &str, cmd: &str, opts: ExecOpts) -> Result<ExecOutput, HostError> {
+        self.exec_with_input(host, cmd, &opts, None).await
+    }
+
+    /// Like `exec`, and a non-zero exit is an error naming the host with the command's stderr.
+    pub async fn run(&self, host: &str, cmd: &str, opts: ExecOpts) -> Result<ExecOutput, HostError> {
+        let out = self.exec(host, cmd, opts).await?;
+        if out.success() {
+            return Ok(out);
+        }
+        let c = self.conn(host, "exec")?;
+        Err(self
+            .err(c, &short(cmd), ErrorKind::Command, exit_text(&out))
+            .with_stderr(out.stderr.clone()))
+    }
+
+    async fn exec_with_input(
+        &self,
+        host: &str,
+        cmd: &str,
+        opts: &ExecOpts,
+        input: Option<&UploadSource>,
+    ) -> Result<ExecOutput, HostError> {
+        let c = self.conn(host, "exec")?;
+        let full = if opts.sudo { shell::as_root(cmd, &c.target.user) } else { cmd.to_string() };
+        let step = short(cmd);
+        let progress = &self.inner.progress;
+        progress.log(host, &format!("$ {full}"));
+        let started = Instant::now();
+        let mut attempt = 0;
+        let out = loop {
+            let session = c.session.lock().await.clone();
+            let fut = run_channel(&session, &full, input);
+            let r = match opts.timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        progress.log(host, &format!("timed out after {}s", t.as_secs_f64()));
+                        return Err(self
+                            .err(c, &step, ErrorKind::Timeout, format!("no exit after {}s", t.as_secs_f64()))
+                            .with_fix("the command may still be running on the host; raise the timeout or look at the host"));
+                    }
+                },
+                None => fut.await,
+            };
+            match r {
+                Ok(out) => break out,
+                Err(ChanError::NotStarted(m)) if attempt < opts.retries.max(self.inner.retries) && session.is_closed() => {
+                    attempt += 1;
+                    progress.log(host, &format!("connection lost before the command started ({m}); reconnecting"));
+                    self.reconnect(c, &session).await.map_err(|e| e.with_step(&step))?;
+                }
+                Err(ChanError::NotStarted(m)) => {
+                    return Err(self.err(c, &step, ErrorKind::Connect, format!("cannot start the command: {m}")));
+                }
+                Err(ChanError::Broken(m)) => {
+                    return Err(self
+                        .err(c, &step, ErrorKind::Connect, format!("connection lost while the command ran: {m}"))
+                        .with_fix("the command was not retried (it may have run); check the host and run again"));
+                }
+            }
+        };
+        let mut log = String::new();
+        if !out.stdout.is_empty() {
+            log.push_str(&out.stdout);
+            if !log.ends_with('\n') {
+                log.push('\n');
+            }
+        }
+        for l in out.stderr.lines() {
+            log.push_str(&format!("stderr: {l}\n"));
+        }
+        log.push_str(&format!("-> {} ({:.3}s)", exit_text(&out), started.elapsed().as_secs_f64()));
+        progress.log(host, &log);
+        if opts.sudo && c.target.user != "root" && out.status == 1 && shell::sudo_wants_password(&out.stderr) {
+            return Err(self
+                .err(c, &step, ErrorKind::SudoPassword, format!("sudo wants a password for user {}", c.target.user))
+                .with_stderr(out.stderr)
+                .with_fix(format!(
+                    "allow passwordless sudo for {} (e.g. `{} ALL=(ALL) NOPASSWD: ALL` in /etc/sudoers.d/), or connect as root",
+                    c.target.user, c.target.user
+                )));
+        }
+        Ok(out)
+    }
+
+    /// Local sha256 and size of a source (files hashed once per run, keyed by size and mtime).
+    fn local_hash(&self, src: &UploadSource) -> std::io::Result<(u64, String)> {
+        match src {
+            UploadSource::Bytes(b) => Ok((b.len() as u64, hex::encode(Sha256::digest(b)))),
+            UploadSource::Path(p) => {
+                let meta = std::fs::metadata(p)?;
+                let key = (meta.len(), meta.modified().ok());
+                if let Some((len, mtime, h)) = self.inner.hashes.lock().unwrap().get(p)
+                    && (*len, *mtime) == key
+                {
+                    return Ok((*len, h.clone()));
+                }
+                let h = hash_file(p)?;
+                self.inner.hashes.lock().unwrap().insert(p.clone(), (key.0, key.1, h.clone()));
+                Ok((key.0, h))
+            }
+        }
+    }
+
+    /// Puts one file on `host`: skipped when the far file has the same sha256 (mode/owner fixed
+    /// if needed), else streamed into a temp file, checked and renamed.
+    pub async fn upload(
+        &self,
+        host: &str,
+        source: &UploadSource,
+        dest: &str,
+        mode: u32,
+        owner: Option<&str>,
+    ) -> Result<UploadOutcome, HostError> {
+        let item = UploadItem { source: source.clone(), dest: dest.to_string(), mode, owner: owner.map(String::from) };
+        Ok(self.upload_many(host, std::slice::from_ref(&item)).await?[0])
+    }
+
+    /// Several files to one host: one round trip reads every far hash, then one channel per
+    /// changed file streams it.
+    pub async fn upload_many(&self, host: &str, items: &[UploadItem]) -> Result<Vec<UploadOutcome>, HostError> {
+        let c = self.conn(host, "upload")?;
+        let mut local = Vec::with_capacity(items.len());
+        for it in items {
+            let h = self.local_hash(&it.source).map_err(|e| {
+                self.err(c, &format!("upload {}", it.dest), ErrorKind::Local, format!("cannot read {}: {e}", it.source.describe()))
+            })?;
+            local.push(h);
+        }
+        let dests: Vec<&str> = items.iter().map(|i| i.dest.as_str()).collect();
+        let stat = self
+            .run(host, &shell::stat_script(&dests), ExecOpts { sudo: true, ..Default::default() })
+            .await
+            .map_err(|e| e.with_step(&format!("upload: read far hashes of {}", dests.join(", "))))?;
+        let far: Vec<&str> = stat.stdout.lines().collect();
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            let (size, sha) = &local[i];
+            let step = format!("upload {}", it.dest);
+            let far = far.get(i).copied().unwrap_or("-");
+            let mut parts = far.split(' ');
+            let (far_sha, far_mode, far_owner) = (parts.next(), parts.next(), parts.next());
+            if far_sha == Some(sha.as_str()) {
+                let mode_ok = far_mode == Some(format!("{:o}", it.mode & 0o7777).as_str());
+                let owner_ok = match (&it.owner, far_owner) {
+                    (None, _) => true,
+                    (Some(o), Some(f)) if o.contains(':') => o == f,
+                    (Some(o), Some(f)) => f.split(':').next() == Some(o.as_str()),
+                    (Some(_), None) => false,
+                };
+                if !(mode_ok && owner_ok) {
+                    self.run(host, &shell::fix_attrs_script(&it.dest, it.mode, it.owner.as_deref()), ExecOpts::root())
+                        .await
+                        .map_err(|e| e.with_step(&step))?;
+                }
+                self.inner.progress.log(host, &format!("{step}: same sha256 on the host, {size} bytes skipped"));
+                outcomes.push(UploadOutcome { bytes_sent: 0, bytes_skipped: *size, skipped: true });
+                continue;
+            }
+            self.inner.progress.host(host, &format!("{step} ({size} bytes)"));
+            let script = shell::upload_script(&it.dest, sha, it.mode, it.owner.as_deref());
+            let out = self
+                .exec_with_input(host, &script, &ExecOpts::root(), Some(&it.source))
+                .await
+                .map_err(|e| e.with_step(&step))?;
+            if !out.success() {
+                let kind = if out.status == 3 { ErrorKind::Upload } else { ErrorKind::Command };
+                return Err(self.err(c, &step, kind, exit_text(&out)).with_stderr(out.stderr));
+            }
+            outcomes.push(UploadOutcome { bytes_sent: *size, bytes_skipped: 0, skipped: false });
+        }
+        Ok(outcomes)
+    }
+
+    /// Runs `f` on each host with at most `concurrency` at once and returns one result per host,
+    /// in the order given. A failing host does not stop the others: they finish the step.
+    /// Hosts that did not connect get their connection error.
+    pub async fn fan_out<T, F, Fut>(&self, step: &str, hosts: &[String], concurrency: usize, f: F) -> Vec<HostResult<T>>
+    where
+        T: Send + 'static,
+        F: Fn(String, Pool) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, HostError>> + Send + 'static,
+    {
+        let progress = &self.inner.progress;
+        progress.step(step, hosts.len());
+        let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+        let f = Arc::new(f);
+        let mut handles = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            if let Err(e) = self.conn(h, step) {
+                handles.push((h.clone(), Err(e)));
+                continue;
+            }
+            let (sem, f, pool, host, step) = (sem.clone(), f.clone(), self.clone(), h.clone(), step.to_string());
+            handles.push((
+                h.clone(),
+                Ok(tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    pool.inner.progress.host(&host, &format!("{step}…"));
+                    let t0 = Instant::now();
+                    let r = f(host.clone(), pool.clone()).await;
+                    let r = r.map_err(|mut e| {
+                        if e.step.is_empty() {
+                            e.step = step.clone();
+                        } else if !e.step.starts_with(&step) {
+                            e.step = format!("{step}: {}", e.step);
+                        }
+                        e
+                    });
+                    match &r {
+                        Ok(_) => pool.inner.progress.done(&host, &format!("{step}: ok ({:.1}s)", t0.elapsed().as_secs_f64())),
+                        Err(e) => pool.inner.progress.done(&host, &format!("FAILED: {e}")),
+                    }
+                    r
+                })),
+            ));
+        }
+        let mut out = Vec::with_capacity(handles.len());
+        for (host, h) in handles {
+            let result = match h {
+                Err(e) => Err(e),
+                Ok(j) => match j.await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let endpoint = self.target(&host).map(|t| t.describe()).unwrap_or_default();
+                        Err(HostError::new(&host, &endpoint, step, ErrorKind::Local, format!("the step panicked: {e}")))
+                    }
+                },
+            };
+            out.push(HostResult { host, result });
+        }
+        out
+    }
+
+    /// Closes every session (bastions last) and clears the progress bars.
+    pub async fn close(&self) {
+        for c in self.inner.hosts.values() {
+            let s = c.session.lock().await.clone();
+            let _ = s.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+        }
+        self.inner.progress.finish();
+    }
+}
+
+async fn connect_retrying(
+    t: &Target,
+    keys: &KeyStore,
+    settings: &SessionSettings,
+    bastion: Option<&Session>,
+    retries: u32,
+) -> Result<session::Connected, HostError> {
+    let mut attempt = 0;
+    loop {
+        match session::connect(t, keys, settings, bastion).await {
+            Err(e) if e.kind == ErrorKind::Connect && attempt < retries => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(300 * attempt as u64)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn hash_file(p: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn exit_text(out: &ExecOutput) -> String {
+    match &out.signal {
+        Some(s) => format!("killed by signal {s}"),
+        None => format!("exit status {}", out.status),
+    }
+}
+
+/// A command shortened for messages (first line, at most 80 chars).
+fn short(cmd: &str) -> String {
+    let first = cmd.lines().next().unwrap_or_default();
+    let mut s: String = first.chars().take(80).collect();
+    if s.len() < cmd.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// Opens a channel, runs `cmd`, streams `input` to its stdin (then EOF) and collects output.
+async fn run_channel(s: &Session, cmd: &str, input: Option<&UploadSource>) -> Result<ExecOutput, ChanError> {
+    let ch = s.channel_open_session().await.map_err(|e| ChanError::NotStarted(e.to_string()))?;
+    ch.exec(true, cmd).await.map_err(|e| ChanError::NotStarted(e.to_string()))?;
+    let (mut rd, wr) = ch.split();
+    let writer = async {
+        let r: Result<(), String> = match input {
+            None => Ok(()),
+            Some(UploadSource::Bytes(b)) => wr.data(&b[..]).await.map_err(|e| e.to_string()),
+            Some(UploadSource::Path(p)) => match tokio::fs::File::open(p).await {
+                Ok(f) => {
+                    let f: Box<dyn AsyncRead + Unpin + Send> = Box::new(tokio::io::BufReader::with_capacity(1 << 20, f));
+                    wr.data(f).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+            },
+        };
+        let _ = wr.eof().await;
+        r
+    };
+    let reader = async {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let (mut status, mut signal) = (None, None);
+        while let Some(msg) = rd.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),
+                _ => {}
+            }
+        }
+        (stdout, stderr, status, signal)
+    };
+    let (w, (stdout, stderr, status, signal)) = tokio::join!(writer, reader);
+    let (stdout, mut stderr) = (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned());
+    match (status, signal) {
+        (Some(st), sig) => {
+            if let Err(e) = w
+                && st == 0
+            {
+                stderr.push_str(&format!("\nclusterctl: writing stdin failed: {e}"));
+            }
+            Ok(ExecOutput { stdout, stderr, status: st, signal: sig })
+        }
+        (None, Some(sig)) => Ok(ExecOutput { stdout, stderr, status: 255, signal: Some(sig) }),
+        (None, None) => Err(ChanError::Broken(match w {
+            Err(e) => e,
+            Ok(()) => "the channel closed without an exit status".into(),
+        })),
+    }
+}

@@ -1,0 +1,185 @@
+//! Progress and per-host logs: indicatif bars (one line per host and a total) on a terminal,
+//! plain timestamped lines otherwise (CI, env `CI`, pipes: crate notes #8), and the full
+//! per-host log in `logs/<host>.log` under the cluster's state directory.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressMode {
+    /// Bars when stdout and stderr are terminals and `CI` is not set, plain lines otherwise.
+    #[default]
+    Auto,
+    Bars,
+    Plain,
+    /// Only the log files.
+    Quiet,
+}
+
+impl ProgressMode {
+    pub fn resolve(self) -> ProgressMode {
+        match self {
+            ProgressMode::Auto => {
+                let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+                if !ci && std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+                    ProgressMode::Bars
+                } else {
+                    ProgressMode::Plain
+                }
+            }
+            m => m,
+        }
+    }
+}
+
+pub struct Progress {
+    mode: ProgressMode,
+    multi: Option<MultiProgress>,
+    bars: HashMap<String, ProgressBar>,
+    total: Option<ProgressBar>,
+    logs_dir: Option<PathBuf>,
+    files: Mutex<HashMap<String, File>>,
+}
+
+fn timestamp() -> String {
+    let f = time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]");
+    time::OffsetDateTime::now_utc().format(&f).unwrap_or_default()
+}
+
+impl Progress {
+    pub fn new(hosts: &[String], mode: ProgressMode, logs_dir: Option<PathBuf>) -> Progress {
+        let mode = mode.resolve();
+        let (mut multi, mut bars, mut total) = (None, HashMap::new(), None);
+        if mode == ProgressMode::Bars {
+            let m = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let width = hosts.iter().map(|h| h.len()).max().unwrap_or(4);
+            let style = ProgressStyle::with_template(&format!("{{spinner}} {{prefix:<{width}}} {{wide_msg}}"))
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            for h in hosts {
+                let b = m.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(h.clone()));
+                bars.insert(h.clone(), b);
+            }
+            let t = m.add(ProgressBar::new(hosts.len() as u64).with_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ));
+            t.set_prefix("total");
+            total = Some(t);
+            multi = Some(m);
+        }
+        if let Some(d) = &logs_dir {
+            let _ = std::fs::create_dir_all(d);
+        }
+        Progress { mode, multi, bars, total, logs_dir, files: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn mode(&self) -> ProgressMode {
+        self.mode
+    }
+
+    /// Appends to the host's log file only.
+    pub fn log(&self, host: &str, text: &str) {
+        let Some(dir) = &self.logs_dir else { return };
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if !files.contains_key(host) {
+            match OpenOptions::new().create(true).append(true).open(dir.join(format!("{host}.log"))) {
+                Ok(f) => {
+                    files.insert(host.to_string(), f);
+                }
+                Err(_) => return,
+            }
+        }
+        if let Some(f) = files.get_mut(host) {
+            let mut s = String::with_capacity(text.len() + 16);
+            for line in text.lines() {
+                s.push_str(&timestamp());
+                s.push(' ');
+                s.push_str(line);
+                s.push('\n');
+            }
+            let _ = f.write_all(s.as_bytes());
+        }
+    }
+
+    /// Shows what a host is doing now (its bar, or a plain line), and logs it.
+    pub fn host(&self, host: &str, msg: &str) {
+        self.log(host, msg);
+        match self.mode {
+            ProgressMode::Bars => {
+                if let Some(b) = self.bars.get(host) {
+                    b.set_message(msg.to_string());
+                    b.tick();
+                }
+            }
+            ProgressMode::Plain => eprintln!("{} {host}: {msg}", timestamp()),
+            _ => {}
+        }
+    }
+
+    /// A new step on `n` hosts: resets the total.
+    pub fn step(&self, step: &str, n: usize) {
+        match self.mode {
+            ProgressMode::Bars => {
+                if let Some(t) = &self.total {
+                    t.set_length(n as u64);
+                    t.set_position(0);
+                    t.set_message(step.to_string());
+                }
+            }
+            ProgressMode::Plain => eprintln!("{} == {step} on {n} host(s)", timestamp()),
+            _ => {}
+        }
+    }
+
+    /// One host finished the current step.
+    pub fn done(&self, host: &str, msg: &str) {
+        self.host(host, msg);
+        if let Some(t) = &self.total {
+            t.inc(1);
+        }
+    }
+
+    /// Clears the bars (call at the end of a run).
+    pub fn finish(&self) {
+        for b in self.bars.values() {
+            b.finish();
+        }
+        if let Some(t) = &self.total {
+            t.finish();
+        }
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_go_to_one_file_per_host_with_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Progress::new(&["a".into(), "b".into()], ProgressMode::Quiet, Some(dir.path().join("logs")));
+        p.host("a", "step one");
+        p.log("a", "out1\nout2");
+        p.log("b", "other");
+        let a = std::fs::read_to_string(dir.path().join("logs/a.log")).unwrap();
+        assert_eq!(a.lines().count(), 3, "{a}");
+        assert!(a.lines().all(|l| l.as_bytes()[2] == b':'), "{a}");
+        assert!(a.contains(" out2"));
+        assert!(std::fs::read_to_string(dir.path().join("logs/b.log")).unwrap().contains("other"));
+    }
+
+    #[test]
+    fn ci_forces_plain_lines() {
+        // Under `cargo test` stdout is captured (not a terminal): Auto is plain either way.
+        assert_eq!(ProgressMode::Auto.resolve(), ProgressMode::Plain);
+        assert_eq!(ProgressMode::Quiet.resolve(), ProgressMode::Quiet);
+    }
+}

@@ -1,0 +1,133 @@
+//! Building remote shell commands: POSIX quoting, `sudo -n` wrapping, the upload script.
+
+/// Quotes `s` for a POSIX shell: bare when it is made only of safe characters, else in single
+/// quotes with embedded `'` as `'\''`.
+pub fn quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+}
+
+/// Runs `cmd` as root: unchanged for root, else through `sudo -n` (never prompts) and `sh -c`
+/// so pipes, redirections and `&&` all run privileged.
+pub fn as_root(cmd: &str, user: &str) -> String {
+    if user == "root" { cmd.to_string() } else { format!("sudo -n -- sh -c {}", quote(cmd)) }
+}
+
+/// `sudo -n` failed because it wants a password (its messages across versions).
+pub fn sudo_wants_password(stderr: &str) -> bool {
+    stderr.contains("sudo: a password is required")
+        || stderr.contains("sudo: a terminal is required")
+        || (stderr.contains("sudo:") && stderr.contains("password"))
+}
+
+/// One round trip that reports, for each path, `sha256 mode owner:group` or `-` when missing.
+pub fn stat_script(paths: &[&str]) -> String {
+    let mut s = String::from("for f in");
+    for p in paths {
+        s.push(' ');
+        s.push_str(&quote(p));
+    }
+    s.push_str(
+        "; do if [ -f \"$f\" ]; then h=$(sha256sum \"$f\") && echo \"${h%% *} $(stat -c '%a %U:%G' \"$f\")\" \
+         || echo -; else echo -; fi; done",
+    );
+    s
+}
+
+/// Streams stdin into a temp file beside `dest`, checks its sha256, sets mode (and owner) and
+/// renames it over `dest`; the temp file is removed on any failure. Exit 3: hash mismatch.
+pub fn upload_script(dest: &str, sha256: &str, mode: u32, owner: Option<&str>) -> String {
+    let d = quote(dest);
+    let chown = match owner {
+        Some(o) => format!("chown {} \"$t\" && ", quote(o)),
+        None => String::new(),
+    };
+    format!(
+        "set -e; d={d}; dir=$(dirname \"$d\"); mkdir -p \"$dir\"; t=\"$dir/.clusterctl-upload.$$.$(basename \"$d\")\"; \
+         trap 'rm -f \"$t\"' EXIT; cat >\"$t\"; h=$(sha256sum \"$t\"); h=${{h%% *}}; \
+         if [ \"$h\" != {sha256} ]; then echo \"sha256 mismatch on the far side: got $h, want {sha256}\" >&2; exit 3; fi; \
+         {chown}chmod {mode:o} \"$t\" && mv -f \"$t\" \"$d\"; trap - EXIT"
+    )
+}
+
+/// Sets mode and owner of an existing file whose content is already right.
+pub fn fix_attrs_script(dest: &str, mode: u32, owner: Option<&str>) -> String {
+    let mut s = format!("chmod {mode:o} {}", quote(dest));
+    if let Some(o) = owner {
+        s = format!("chown {} {} && {s}", quote(o), quote(dest));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn sh(script: &str) -> std::process::Output {
+        Command::new("sh").arg("-c").arg(script).output().unwrap()
+    }
+
+    #[test]
+    fn quoting_round_trips_through_a_real_shell() {
+        for s in ["plain", "with space", "it's", "$HOME `x` \"q\"", "a\nb", "", "*", "--x;rm"] {
+            let out = sh(&format!("printf %s {}", quote(s)));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), s, "quoting {s:?}");
+        }
+        assert_eq!(quote("/etc/x.conf"), "/etc/x.conf");
+    }
+
+    #[test]
+    fn sudo_wrapping() {
+        assert_eq!(as_root("true", "root"), "true");
+        assert_eq!(as_root("a && b > /x", "deploy"), "sudo -n -- sh -c 'a && b > /x'");
+        assert!(sudo_wants_password("sudo: a password is required\n"));
+        assert!(!sudo_wants_password("ls: cannot access"));
+    }
+
+    #[test]
+    fn stat_and_upload_scripts_work_in_a_local_shell() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("sub dir/it's.txt");
+        let dest_s = dest.to_str().unwrap();
+        let data = b"hello\n";
+        let sha = hex::encode(Sha256::digest(data));
+
+        let out = sh(&stat_script(&[dest_s]));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "-\n");
+
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(upload_script(dest_s, &sha, 0o640, None))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(data).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        let out = String::from_utf8(sh(&stat_script(&[dest_s, "/nonexistent"])).stdout).unwrap();
+        let mut lines = out.lines();
+        let first: Vec<&str> = lines.next().unwrap().split(' ').collect();
+        assert_eq!(first[0], sha);
+        assert_eq!(first[1], "640");
+        assert_eq!(lines.next(), Some("-"));
+
+        // A wrong hash leaves the old file and no temp file behind.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(upload_script(dest_s, &sha, 0o644, None))
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"other").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("sha256 mismatch"));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        assert_eq!(std::fs::read_dir(dest.parent().unwrap()).unwrap().count(), 1);
+    }
+}
