@@ -3,8 +3,11 @@ use std::fmt::Write as _;
 
 use clap::Args;
 
+use super::blobs::Blobs;
+use super::executor::{DryRun, Executor};
 use super::playbook;
-use super::runner::{Runner, Selection};
+use super::runner::{Journal, PlainProgress, Runner, Selection};
+use super::ssh_exec::SshExecutor;
 use super::{Action, Context, Order, PhasePlan, Source};
 use crate::cli::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
@@ -119,12 +122,90 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
         return Err(UserError::not_built(command, "its issue is open").into());
     }
     // Everything is checked before a host is contacted.
-    let _ = prepare(g, command, &a.skip_phases, &a.only_phase, &a.hosts)?;
-    Err(UserError::not_built(
-        "init",
-        "it needs the SSH engine, which is being merged; `clusterctl plan` shows what it will do",
-    )
-    .into())
+    let (ctx, runner) = prepare(g, command, &a.skip_phases, &a.only_phase, &a.hosts)?;
+    let plans = runner.plan(&ctx)?;
+    let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let started = std::time::Instant::now();
+    let report = rt.block_on(async {
+        let targets: Vec<crate::ssh::Target> =
+            crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
+                .into_iter()
+                .filter(|t| ctx.host_filter.is_empty() || ctx.host_filter.contains(&t.name))
+                .collect();
+        let opts = crate::ssh::ConnectOpts {
+            concurrency: ctx.inv().spec.ssh.concurrency,
+            progress: crate::ssh::ProgressMode::Quiet,
+            logs_dir: Some(ctx.state.logs()),
+            ..Default::default()
+        };
+        let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            return Err(UserError::failed(format!(
+                "cannot reach {} host(s); nothing was changed:\n  {}",
+                errors.len(),
+                list.join("\n  ")
+            ))
+            .into());
+        }
+        let ssh = SshExecutor {
+            pool: pool.clone(),
+            timeout: std::time::Duration::from_secs(600),
+        };
+        let dry = DryRun::new(&ssh);
+        let exec: &dyn Executor = if a.dry_run { &dry } else { &ssh };
+        let journal = if a.dry_run {
+            Journal::disabled()
+        } else {
+            Journal::at(ctx.state.journal())
+        };
+        let resolve = |s: &Source| blobs.resolve(s);
+        let r = runner
+            .apply(&ctx, exec, &resolve, &PlainProgress, &journal)
+            .await;
+        pool.close().await;
+        if a.dry_run {
+            for (host, what) in dry.recorded.lock().unwrap().iter() {
+                eprintln!("dry-run {host}: {what}");
+            }
+        }
+        r
+    })?;
+    let (files, bytes, restarts) = report.totals();
+    match g.output {
+        Output::Json => {
+            let v = serde_json::json!({
+                "command": command,
+                "dryRun": a.dry_run,
+                "seconds": started.elapsed().as_secs_f64(),
+                "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
+                "phases": report.phases,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            println!(
+                "{command}{}: done in {:.1}s: {files} file(s) written ({bytes} bytes), {restarts} service start(s)/restart(s)",
+                if a.dry_run {
+                    " (dry run: nothing was changed)"
+                } else {
+                    ""
+                },
+                started.elapsed().as_secs_f64()
+            );
+            for p in &report.phases {
+                println!("  {:<14} {:>6.1}s", p.phase, p.seconds);
+            }
+            if !a.dry_run {
+                println!(
+                    "kubeconfig: export KUBECONFIG={}",
+                    ctx.state.admin_kubeconfig().display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ pub mod playbook;
 pub mod preflight;
 pub mod prepare;
 pub mod runner;
+pub mod ssh_exec;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -16,6 +16,8 @@ declare -A need=(
 	[nsenter]=util-linux
 	[flock]=util-linux
 	[sha256sum]=coreutils
+	[kubectl]=kubernetes-client
+	[openssl]=openssl
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -1,0 +1,73 @@
+//! The executor of a real run: every query, change and file goes over the SSH engine's one
+//! session per host.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::executor::{Blob, CmdOutput, Executor};
+use crate::inventory::Host;
+use crate::ssh::{ExecOpts, Pool, UploadSource};
+
+pub struct SshExecutor {
+    pub pool: Pool,
+    /// Limit for one command (health gates poll with their own deadlines).
+    pub timeout: Duration,
+}
+
+impl SshExecutor {
+    async fn exec(&self, host: &Host, cmd: &str) -> anyhow::Result<CmdOutput> {
+        let o = self
+            .pool
+            .exec(&host.name, cmd, ExecOpts::root().timeout(self.timeout))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(CmdOutput {
+            status: if o.signal.is_some() {
+                255
+            } else {
+                o.status as i32
+            },
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+    }
+}
+
+impl Executor for SshExecutor {
+    fn query<'a>(
+        &'a self,
+        host: &'a Host,
+        cmd: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+        Box::pin(self.exec(host, cmd))
+    }
+    fn change<'a>(
+        &'a self,
+        host: &'a Host,
+        cmd: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+        Box::pin(self.exec(host, cmd))
+    }
+    fn put<'a>(
+        &'a self,
+        host: &'a Host,
+        path: &'a str,
+        blob: &'a Blob,
+        _sha256: &'a str,
+        mode: u32,
+    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move {
+            let src = match blob {
+                Blob::Bytes(b) => UploadSource::Bytes(b.clone()),
+                Blob::Path(p) => UploadSource::Path(p.clone()),
+            };
+            let o = self
+                .pool
+                .upload(&host.name, &src, path, mode, Some("root:root"))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(o.bytes_sent)
+        })
+    }
+}

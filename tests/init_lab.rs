@@ -1,0 +1,256 @@
+//! `clusterctl init` on real nspawn hosts with the real programs from the lab bundle (etcd
+//! 3.4.23, haproxy, keepalived from Debian; Kubernetes v1.20.2 built from Debian's source).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clusterctl::inventory::{HaMode, Inventory, Role, Vip};
+use common::*;
+
+fn init(inv: &Path) -> serde_json::Value {
+    let t = Instant::now();
+    let out = clusterctl(&["-i", inv.to_str().unwrap(), "-o", "json", "init"]);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "init failed: {}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("init -o json prints its report");
+    eprintln!("init took {:.1}s; per phase:", t.elapsed().as_secs_f64());
+    for p in report["phases"].as_array().unwrap() {
+        eprintln!(
+            "  {:<14} {:>6.1}s",
+            p["phase"].as_str().unwrap(),
+            p["seconds"].as_f64().unwrap()
+        );
+    }
+    report
+}
+
+fn totals(report: &serde_json::Value) -> (u64, u64, u64) {
+    let t = &report["totals"];
+    (
+        t["filesWritten"].as_u64().unwrap(),
+        t["bytesSent"].as_u64().unwrap(),
+        t["restarts"].as_u64().unwrap(),
+    )
+}
+
+fn with_bundle(mut inv: Inventory) -> Inventory {
+    inv.spec.bundle = Some(lab_bundle());
+    inv.spec.etcd.version = Some("3.4.23".into());
+    inv
+}
+
+fn vip_inventory(lab: &Lab, lb_hosts: &[&str]) -> Inventory {
+    let mut inv = with_bundle(lab.inventory());
+    for h in &mut inv.spec.hosts {
+        if lb_hosts.contains(&h.name.as_str()) {
+            h.roles = vec![Role::Lb];
+        }
+    }
+    inv.spec.ha.mode = HaMode::Vip;
+    inv.spec.ha.vip = Some(Vip {
+        address: lab.addr(100),
+        interface: Some("eth0".into()),
+        router_id: 51,
+        port: 8443,
+    });
+    inv
+}
+
+fn readyz(admin: &Path) -> bool {
+    let o = kubectl(admin, &["get", "--raw", "/readyz"]);
+    o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok"
+}
+
+fn vip_holder(lab: &Lab, hosts: &[&str], vip: &str) -> Option<String> {
+    hosts
+        .iter()
+        .find(|h| {
+            lab.exec(h, "ip -o -4 addr show dev eth0").status.success()
+                && text(&lab.exec(h, "ip -o -4 addr show dev eth0")).contains(&format!(" {vip}/"))
+        })
+        .map(|h| h.to_string())
+}
+
+/// Every check of a freshly initialised cluster, through its HA endpoint.
+fn check_cluster(lab: &Lab, admin: &Path) {
+    assert!(
+        readyz(admin),
+        "readyz through the endpoint: {}",
+        text(&kubectl(admin, &["get", "--raw", "/readyz"]))
+    );
+    let cs = eventually(Duration::from_secs(60), || {
+        let o = kubectl(admin, &["get", "componentstatuses"]);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        let healthy = t.lines().filter(|l| l.contains("Healthy")).count();
+        (healthy >= 5).then_some(t)
+    });
+    assert!(
+        cs.is_some(),
+        "componentstatuses not all healthy: {}",
+        text(&kubectl(admin, &["get", "componentstatuses"]))
+    );
+    let health = lab.exec_ok(
+        "h1",
+        "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+         --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
+         endpoint health --cluster 2>&1",
+    );
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+}
+
+#[test]
+#[ignore = "lab: run by tests/run.sh"]
+fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
+    let lab = Lab::up("initvip", 3);
+    let inv = vip_inventory(&lab, &[]);
+    let inv_path = lab.write_inventory("inventory-vip.yaml", &inv);
+    let admin = lab.dir.join("clusters/lab-initvip/admin.conf");
+
+    let first = init(&inv_path);
+    assert!(totals(&first).0 > 0);
+    check_cluster(&lab, &admin);
+    let vip = lab.addr(100);
+    let server = std::fs::read_to_string(&admin).unwrap();
+    assert!(
+        server.contains(&format!("https://{vip}:8443")),
+        "admin.conf must point at the VIP"
+    );
+
+    // A second init changes nothing: no byte sent, no restart.
+    let again = init(&inv_path);
+    assert_eq!(
+        totals(&again),
+        (0, 0, 0),
+        "second init was not a no-op: {}",
+        again["totals"]
+    );
+
+    // One apiserver stops: haproxy takes it out; requests keep working.
+    lab.exec_ok("h2", "systemctl stop kube-apiserver");
+    for i in 0..20 {
+        assert!(
+            readyz(&admin),
+            "request {i} failed with h2's apiserver down"
+        );
+    }
+    lab.exec_ok("h2", "systemctl start kube-apiserver");
+
+    // The VIP holder goes down: the VIP moves and kubectl through it keeps working.
+    let holder = vip_holder(&lab, &["h1", "h2", "h3"], &vip).expect("someone holds the VIP");
+    let t = Instant::now();
+    lab.stop_host(&holder);
+    let others: Vec<&str> = ["h1", "h2", "h3"]
+        .into_iter()
+        .filter(|h| *h != holder)
+        .collect();
+    let new = eventually(Duration::from_secs(15), || vip_holder(&lab, &others, &vip))
+        .expect("the VIP did not move");
+    let served = eventually(Duration::from_secs(30), || readyz(&admin).then_some(()));
+    eprintln!(
+        "VIP moved from {holder} to {new}; API answered again after {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        served.is_some(),
+        "no answer through the VIP after {holder} went down"
+    );
+    for i in 0..10 {
+        assert!(readyz(&admin), "request {i} through the moved VIP failed");
+    }
+    lab.start_host(&holder);
+}
+
+#[test]
+#[ignore = "lab: run by tests/run.sh"]
+fn init_vip_on_two_separate_lb_hosts() {
+    let lab = Lab::up("initlb", 5);
+    let inv = vip_inventory(&lab, &["h4", "h5"]);
+    let inv_path = lab.write_inventory("inventory-lb.yaml", &inv);
+    init(&inv_path);
+    let admin = lab.dir.join("clusters/lab-initlb/admin.conf");
+    check_cluster(&lab, &admin);
+    let vip = lab.addr(100);
+    assert_eq!(
+        vip_holder(&lab, &["h4", "h5"], &vip).as_deref(),
+        Some("h4"),
+        "the first lb host holds the VIP"
+    );
+    for h in ["h1", "h2", "h3"] {
+        assert!(
+            !lab.exec(h, "systemctl is-active keepalived")
+                .status
+                .success(),
+            "{h} runs keepalived"
+        );
+    }
+    lab.stop_host("h4");
+    assert_eq!(
+        eventually(Duration::from_secs(15), || vip_holder(&lab, &["h5"], &vip)).as_deref(),
+        Some("h5")
+    );
+    assert!(eventually(Duration::from_secs(30), || readyz(&admin).then_some(())).is_some());
+}
+
+#[test]
+#[ignore = "lab: run by tests/run.sh"]
+fn init_local_proxy_and_converging_after_a_host_dies_mid_run() {
+    let lab = Lab::up("initlp", 4);
+    let mut inv = with_bundle(lab.inventory());
+    inv.spec.ha.mode = HaMode::LocalProxy;
+    let inv_path = lab.write_inventory("inventory-lp.yaml", &inv);
+
+    // Kill h3 while init runs (once etcd is being set up), then bring it back and re-run.
+    let bin = env!("CARGO_BIN_EXE_clusterctl");
+    let mut child = std::process::Command::new(bin)
+        .args(["-i", inv_path.to_str().unwrap(), "init"])
+        .env("CI", "true")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            seen.push(line);
+        }
+        seen
+    });
+    let killed = eventually(Duration::from_secs(300), || {
+        let cached = lab
+            .exec("h3", "test -x /usr/local/bin/etcd")
+            .status
+            .success();
+        cached.then_some(())
+    });
+    assert!(killed.is_some(), "init never installed etcd on h3");
+    lab.stop_host("h3");
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap().join("\n");
+    assert!(!status.success(), "init must fail while h3 is down:\n{log}");
+    assert!(log.contains("h3"), "the failure names the host:\n{log}");
+    lab.start_host("h3");
+    let report = init(&inv_path);
+    let admin = lab.dir.join("clusters/lab-initlp/admin.conf");
+    check_cluster(&lab, &admin);
+    // local-proxy: every node has haproxy on 127.0.0.1:6443 in front of all apiservers.
+    for h in ["h1", "h4"] {
+        let cfg = lab.exec_ok(h, "cat /etc/haproxy/haproxy.cfg");
+        assert!(cfg.contains("bind 127.0.0.1:6443"), "{h}: {cfg}");
+        let code = lab.exec_ok(h, "bash -c '</dev/tcp/127.0.0.1/6443' && echo open");
+        assert_eq!(code, "open", "{h}: nothing listens on 127.0.0.1:6443");
+    }
+    assert_eq!(
+        totals(&init(&inv_path)),
+        (0, 0, 0),
+        "after converging, a re-run is a no-op"
+    );
+    let _ = report;
+}
