@@ -197,7 +197,7 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
             for p in &report.phases {
                 println!("  {:<14} {:>6.1}s", p.phase, p.seconds);
             }
-            if !a.dry_run {
+            if !a.dry_run && ctx.state.admin_kubeconfig().is_file() {
                 println!(
                     "kubeconfig: export KUBECONFIG={}",
                     ctx.state.admin_kubeconfig().display()
