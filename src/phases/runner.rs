@@ -280,6 +280,11 @@ impl Progress for PlainProgress {
             host.name,
             took.as_secs_f64()
         );
+        if let HostOutcome::Done(c) = outcome {
+            for w in &c.warnings {
+                eprintln!("{} {} {}: warning: {w}", stamp(), plan.phase, host.name);
+            }
+        }
     }
 }
 
