@@ -52,6 +52,32 @@ pub trait Executor: Send + Sync {
         sha256: &'a str,
         mode: u32,
     ) -> BoxFuture<'a, anyhow::Result<u64>>;
+    /// Several files to one host; returns the bytes sent. Transports that can batch override it.
+    fn put_many<'a>(
+        &'a self,
+        host: &'a Host,
+        files: &'a [PutFile],
+    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move {
+            let mut sent = 0;
+            for f in files {
+                sent += self
+                    .put(host, &f.path, &f.blob, &f.sha256, f.mode)
+                    .await
+                    .map_err(|e| e.context(format!("writing {}", f.path)))?;
+            }
+            Ok(sent)
+        })
+    }
+}
+
+/// One file of a batch for `put_many`.
+#[derive(Debug, Clone)]
+pub struct PutFile {
+    pub path: String,
+    pub blob: Blob,
+    pub sha256: String,
+    pub mode: u32,
 }
 
 /// Quotes a word for sh.
@@ -174,43 +200,56 @@ pub async fn converge(
     let mut dirty_units: BTreeSet<String> = BTreeSet::new();
     let mut unit_files_changed = false;
     let mut failed_checks = Vec::new();
+    // Directories first, then every file that differs in one batch, then services, commands
+    // and checks in plan order.
+    for a in &plan.actions {
+        if let Action::Directory { path, mode } = a
+            && far.dirs.get(path).map(|m| m.trim_start_matches('0'))
+                != Some(format!("{:o}", mode.0).as_str())
+        {
+            run_change(exec, host, &format!("install -d -m {mode} {}", q(path))).await?;
+            ch.dirs_made += 1;
+        }
+    }
+    let mut batch = Vec::new();
+    for a in &plan.actions {
+        if let Action::File {
+            path,
+            mode,
+            source,
+            sha256,
+            restarts,
+            ..
+        } = a
+        {
+            let blob = resolve(source).with_context(|| format!("preparing {path}"))?;
+            let want = match sha256 {
+                Some(s) => s.clone(),
+                None => blob_sha(&blob)?,
+            };
+            if far.sha.get(path) != Some(&want) {
+                batch.push(PutFile {
+                    path: path.clone(),
+                    blob,
+                    sha256: want,
+                    mode: mode.0,
+                });
+                dirty_units.extend(restarts.iter().cloned());
+                if path.starts_with("/etc/systemd/system/")
+                    || path.starts_with("/lib/systemd/system/")
+                {
+                    unit_files_changed = true;
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        ch.bytes_sent += exec.put_many(host, &batch).await?;
+        ch.files_written += batch.len();
+    }
     for a in &plan.actions {
         match a {
-            Action::Directory { path, mode } => {
-                if far.dirs.get(path).map(|m| m.trim_start_matches('0'))
-                    != Some(format!("{:o}", mode.0).as_str())
-                {
-                    run_change(exec, host, &format!("install -d -m {mode} {}", q(path))).await?;
-                    ch.dirs_made += 1;
-                }
-            }
-            Action::File {
-                path,
-                mode,
-                source,
-                sha256,
-                restarts,
-                ..
-            } => {
-                let blob = resolve(source).with_context(|| format!("preparing {path}"))?;
-                let want = match sha256 {
-                    Some(s) => s.clone(),
-                    None => blob_sha(&blob)?,
-                };
-                if far.sha.get(path) != Some(&want) {
-                    ch.bytes_sent += exec
-                        .put(host, path, &blob, &want, mode.0)
-                        .await
-                        .with_context(|| format!("writing {path}"))?;
-                    ch.files_written += 1;
-                    dirty_units.extend(restarts.iter().cloned());
-                    if path.starts_with("/etc/systemd/system/")
-                        || path.starts_with("/lib/systemd/system/")
-                    {
-                        unit_files_changed = true;
-                    }
-                }
-            }
+            Action::Directory { .. } | Action::File { .. } => {}
             Action::Service { unit } => {
                 if unit_files_changed {
                     run_change(exec, host, "systemctl daemon-reload").await?;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::executor::{Blob, CmdOutput, Executor};
+use super::executor::{Blob, CmdOutput, Executor, PutFile};
 use crate::inventory::Host;
-use crate::ssh::{ExecOpts, Pool, UploadSource};
+use crate::ssh::{ExecOpts, Pool, UploadItem, UploadSource};
 
 pub struct SshExecutor {
     pub pool: Pool,
@@ -58,16 +58,42 @@ impl Executor for SshExecutor {
         mode: u32,
     ) -> BoxFuture<'a, anyhow::Result<u64>> {
         Box::pin(async move {
-            let src = match blob {
-                Blob::Bytes(b) => UploadSource::Bytes(b.clone()),
-                Blob::Path(p) => UploadSource::Path(p.clone()),
-            };
             let o = self
                 .pool
-                .upload(&host.name, &src, path, mode, Some("root:root"))
+                .upload(&host.name, &source(blob), path, mode, Some("root:root"))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(o.bytes_sent)
         })
+    }
+    fn put_many<'a>(
+        &'a self,
+        host: &'a Host,
+        files: &'a [PutFile],
+    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move {
+            let items: Vec<UploadItem> = files
+                .iter()
+                .map(|f| UploadItem {
+                    source: source(&f.blob),
+                    dest: f.path.clone(),
+                    mode: f.mode,
+                    owner: Some("root:root".into()),
+                })
+                .collect();
+            let out = self
+                .pool
+                .upload_many(&host.name, &items)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(out.iter().map(|o| o.bytes_sent).sum())
+        })
+    }
+}
+
+fn source(blob: &Blob) -> UploadSource {
+    match blob {
+        Blob::Bytes(b) => UploadSource::Bytes(b.clone()),
+        Blob::Path(p) => UploadSource::Path(p.clone()),
     }
 }

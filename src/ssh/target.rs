@@ -130,8 +130,19 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::load_str;
     use std::path::Path;
+
+    /// The inventory as parsed, without the checks that need its key files to exist (the
+    /// paths here are only resolved, never read).
+    fn load_str(text: &str, path: &Path) -> Result<crate::inventory::Loaded, String> {
+        let inventory = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        Ok(crate::inventory::Loaded {
+            inventory,
+            path: path.to_path_buf(),
+            source_map: crate::inventory::source_map::SourceMap::default(),
+            warnings: Default::default(),
+        })
+    }
 
     const INV: &str = r#"
 apiVersion: clusterctl.io/v1alpha1
