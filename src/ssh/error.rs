@@ -40,7 +40,13 @@ pub struct HostError {
 }
 
 impl HostError {
-    pub fn new(host: &str, endpoint: &str, step: &str, kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub fn new(
+        host: &str,
+        endpoint: &str,
+        step: &str,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
         HostError {
             host: host.to_string(),
             endpoint: endpoint.to_string(),
@@ -101,12 +107,24 @@ mod tests {
 
     #[test]
     fn display_names_host_step_stderr_and_fix() {
-        let e = HostError::new("cp2", "10.77.0.12:22", "install etcd", ErrorKind::Command, "exit status 1")
-            .with_stderr("line1\nE: no such package\n")
-            .with_fix("check the bundle");
+        let e = HostError::new(
+            "cp2",
+            "10.77.0.12:22",
+            "install etcd",
+            ErrorKind::Command,
+            "exit status 1",
+        )
+        .with_stderr("line1\nE: no such package\n")
+        .with_fix("check the bundle");
         let s = e.to_string();
-        assert!(s.starts_with("host cp2 (10.77.0.12:22): install etcd: exit status 1"), "{s}");
-        assert!(s.contains("stderr: line1\n          E: no such package"), "{s}");
+        assert!(
+            s.starts_with("host cp2 (10.77.0.12:22): install etcd: exit status 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("stderr: line1\n          E: no such package"),
+            "{s}"
+        );
         assert!(s.ends_with("fix: check the bundle"), "{s}");
     }
 }

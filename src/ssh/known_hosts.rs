@@ -40,7 +40,11 @@ pub enum Verdict {
 
 /// The name a host has in known_hosts: `host`, or `[host]:port` when the port is not 22.
 pub fn host_entry_name(host: &str, port: u16) -> String {
-    if port == 22 { host.to_string() } else { format!("[{host}]:{port}") }
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
 }
 
 /// `SHA256:...` like `ssh-keygen -l`.
@@ -53,7 +57,9 @@ pub fn lookup(files: &[PathBuf], host: &str, port: u16) -> Vec<KnownKey> {
     let name = host_entry_name(host, port);
     let mut out = Vec::new();
     for file in files {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         out.extend(lookup_text(&text, file, &name));
     }
     out
@@ -80,12 +86,21 @@ fn lookup_text(text: &str, file: &Path, name: &str) -> Vec<KnownKey> {
                 None => continue,
             };
         }
-        let (Some(_algo), Some(b64)) = (fields.next(), fields.next()) else { continue };
+        let (Some(_algo), Some(b64)) = (fields.next(), fields.next()) else {
+            continue;
+        };
         if !patterns_match(first, name) {
             continue;
         }
-        let Ok(key) = russh::keys::parse_public_key_base64(b64) else { continue };
-        out.push(KnownKey { file: file.to_path_buf(), line: i + 1, key, revoked });
+        let Ok(key) = russh::keys::parse_public_key_base64(b64) else {
+            continue;
+        };
+        out.push(KnownKey {
+            file: file.to_path_buf(),
+            line: i + 1,
+            key,
+            revoked,
+        });
     }
     out
 }
@@ -139,13 +154,19 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
 /// `|1|salt|hash`: HMAC-SHA1 of the name keyed with the salt (OpenSSH `HashKnownHosts`).
 fn hashed_match(entry: &str, name: &str) -> bool {
     let mut parts = entry.split('|').skip(2);
-    let (Some(salt), Some(hash)) = (parts.next(), parts.next()) else { return false };
+    let (Some(salt), Some(hash)) = (parts.next(), parts.next()) else {
+        return false;
+    };
     let b64 = data_encoding::BASE64;
     let (Ok(salt), Ok(hash)) = (b64.decode(salt.as_bytes()), b64.decode(hash.as_bytes())) else {
         return false;
     };
-    let Ok(mac) = <Hmac<Sha1> as KeyInit>::new_from_slice(&salt) else { return false };
-    mac.chain_update(name.as_bytes()).verify_slice(&hash).is_ok()
+    let Ok(mac) = <Hmac<Sha1> as KeyInit>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.chain_update(name.as_bytes())
+        .verify_slice(&hash)
+        .is_ok()
 }
 
 /// Decides what to do with the key `host` presented, from the entries found for it.
@@ -158,7 +179,11 @@ pub fn verdict(entries: &[KnownKey], presented: &PublicKey) -> Verdict {
         return Verdict::Known(k.clone());
     }
     let listed: Vec<KnownKey> = entries.iter().filter(|k| !k.revoked).cloned().collect();
-    if listed.is_empty() { Verdict::Unknown } else { Verdict::Changed(listed) }
+    if listed.is_empty() {
+        Verdict::Unknown
+    } else {
+        Verdict::Changed(listed)
+    }
 }
 
 /// The key algorithms listed for a host, in file order: offered first in the key exchange so the
@@ -183,10 +208,15 @@ pub fn pin(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Resu
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let openssh = key.to_openssh().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let openssh = key
+        .to_openssh()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     // Drop the comment: known_hosts lines are `name algo base64`.
     let mut parts = openssh.split_whitespace();
-    let (algo, b64) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (algo, b64) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let existing = std::fs::read(file).unwrap_or_default();
     let mut line = String::new();
     if !existing.is_empty() && !existing.ends_with(b"\n") {
@@ -251,16 +281,30 @@ mod tests {
     #[test]
     fn verdicts() {
         let f = PathBuf::from("kh");
-        let e = |b64: &str, revoked| KnownKey { file: f.clone(), line: 1, key: key(b64), revoked };
+        let e = |b64: &str, revoked| KnownKey {
+            file: f.clone(),
+            line: 1,
+            key: key(b64),
+            revoked,
+        };
         assert!(matches!(verdict(&[], &key(K1)), Verdict::Unknown));
-        assert!(matches!(verdict(&[e(K1, false)], &key(K1)), Verdict::Known(_)));
+        assert!(matches!(
+            verdict(&[e(K1, false)], &key(K1)),
+            Verdict::Known(_)
+        ));
         match verdict(&[e(K1, false)], &key(K2)) {
             Verdict::Changed(k) => assert_eq!(fingerprint(&k[0].key), fingerprint(&key(K1))),
             v => panic!("want Changed, got {v:?}"),
         }
-        assert!(matches!(verdict(&[e(K2, true), e(K2, false)], &key(K2)), Verdict::Revoked(_)));
+        assert!(matches!(
+            verdict(&[e(K2, true), e(K2, false)], &key(K2)),
+            Verdict::Revoked(_)
+        ));
         // Only a revoked entry: the host is otherwise unknown.
-        assert!(matches!(verdict(&[e(K2, true)], &key(K1)), Verdict::Unknown));
+        assert!(matches!(
+            verdict(&[e(K2, true)], &key(K1)),
+            Verdict::Unknown
+        ));
     }
 
     #[test]
@@ -274,9 +318,18 @@ mod tests {
         let text = std::fs::read_to_string(&file).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         let files = [file];
-        assert!(matches!(verdict(&lookup(&files, "10.0.0.1", 22), &key(K1)), Verdict::Known(_)));
-        assert!(matches!(verdict(&lookup(&files, "10.0.0.2", 2222), &key(K2)), Verdict::Known(_)));
-        assert!(matches!(verdict(&lookup(&files, "10.0.0.2", 22), &key(K2)), Verdict::Unknown));
+        assert!(matches!(
+            verdict(&lookup(&files, "10.0.0.1", 22), &key(K1)),
+            Verdict::Known(_)
+        ));
+        assert!(matches!(
+            verdict(&lookup(&files, "10.0.0.2", 2222), &key(K2)),
+            Verdict::Known(_)
+        ));
+        assert!(matches!(
+            verdict(&lookup(&files, "10.0.0.2", 22), &key(K2)),
+            Verdict::Unknown
+        ));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct ConnectOpts {
     pub progress: ProgressMode,
     /// Per-host logs (`StateDir::logs()`); None: no log files.
     pub logs_dir: Option<PathBuf>,
+    /// Channels open at once per session; sshd refuses more than its `MaxSessions` (10 by
+    /// default), so keep this below it.
+    pub max_channels: usize,
 }
 
 impl Default for ConnectOpts {
@@ -42,6 +45,7 @@ impl Default for ConnectOpts {
             keepalive: Duration::from_secs(15),
             progress: ProgressMode::Auto,
             logs_dir: None,
+            max_channels: 8,
         }
     }
 }
@@ -59,7 +63,10 @@ pub struct ExecOpts {
 
 impl ExecOpts {
     pub fn root() -> Self {
-        ExecOpts { sudo: true, ..Default::default() }
+        ExecOpts {
+            sudo: true,
+            ..Default::default()
+        }
     }
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
@@ -120,6 +127,7 @@ struct HostConn {
     target: Target,
     session: Mutex<Arc<Session>>,
     bastion: Option<Arc<Session>>,
+    channels: Semaphore,
 }
 
 struct Inner {
@@ -130,7 +138,7 @@ struct Inner {
     settings: SessionSettings,
     progress: Progress,
     retries: u32,
-    hashes: std::sync::Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, String)>>,
+    hashes: std::sync::Mutex<HashMap<PathBuf, LocalHash>>,
 }
 
 /// The sessions of a run. Cheap to clone (shared).
@@ -138,6 +146,9 @@ struct Inner {
 pub struct Pool {
     inner: Arc<Inner>,
 }
+
+/// A local file's size, mtime and sha256, computed once per run.
+type LocalHash = (u64, Option<SystemTime>, String);
 
 enum ChanError {
     /// The channel could not be opened or the command not started: nothing ran.
@@ -153,7 +164,10 @@ impl Pool {
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         let progress = Progress::new(&names, opts.progress, opts.logs_dir.clone());
         let keys = KeyStore::load(targets);
-        let settings = SessionSettings { accept_new: opts.accept_new, keepalive: opts.keepalive };
+        let settings = SessionSettings {
+            accept_new: opts.accept_new,
+            keepalive: opts.keepalive,
+        };
         progress.step("connect", targets.len());
 
         // Bastions: each distinct one once.
@@ -183,7 +197,8 @@ impl Pool {
                     Some(Ok(b)) => Some(b),
                     Some(Err(e)) => {
                         let mut e = e.clone();
-                        e.message = format!("bastion {} ({}) failed: {}", e.host, e.endpoint, e.message);
+                        e.message =
+                            format!("bastion {} ({}) failed: {}", e.host, e.endpoint, e.message);
                         e.host = t.name.clone();
                         e.endpoint = t.describe();
                         return (t, None, Err(e));
@@ -202,13 +217,21 @@ impl Pool {
             match r {
                 Ok(c) => {
                     let msg = match c.pinned {
-                        Some(fp) => format!("connected; new host key {fp} pinned into {}", t.pin_file.display()),
+                        Some(fp) => format!(
+                            "connected; new host key {fp} pinned into {}",
+                            t.pin_file.display()
+                        ),
                         None => "connected".to_string(),
                     };
                     progress.done(&t.name, &msg);
                     hosts.insert(
                         t.name.clone(),
-                        HostConn { target: t.clone(), session: Mutex::new(Arc::new(c.session)), bastion: b },
+                        HostConn {
+                            target: t.clone(),
+                            session: Mutex::new(Arc::new(c.session)),
+                            bastion: b,
+                            channels: Semaphore::new(opts.max_channels.max(1)),
+                        },
                     );
                 }
                 Err(e) => {
@@ -228,12 +251,22 @@ impl Pool {
             retries: opts.retries,
             hashes: Default::default(),
         };
-        (Pool { inner: Arc::new(inner) }, errors)
+        (
+            Pool {
+                inner: Arc::new(inner),
+            },
+            errors,
+        )
     }
 
     /// Hosts with a session, in target order.
     pub fn hosts(&self) -> Vec<String> {
-        self.inner.order.iter().filter(|h| self.inner.hosts.contains_key(*h)).cloned().collect()
+        self.inner
+            .order
+            .iter()
+            .filter(|h| self.inner.hosts.contains_key(*h))
+            .cloned()
+            .collect()
     }
 
     pub fn target(&self, host: &str) -> Option<&Target> {
@@ -245,10 +278,21 @@ impl Pool {
     }
 
     fn conn(&self, host: &str, step: &str) -> Result<&HostConn, HostError> {
-        self.inner.hosts.get(host).ok_or_else(|| match self.inner.failed.get(host) {
-            Some(e) => e.clone().with_step(&format!("{step} (not connected: {})", e.step)),
-            None => HostError::new(host, "?", step, ErrorKind::Local, "no such host in this run"),
-        })
+        self.inner
+            .hosts
+            .get(host)
+            .ok_or_else(|| match self.inner.failed.get(host) {
+                Some(e) => e
+                    .clone()
+                    .with_step(&format!("{step} (not connected: {})", e.step)),
+                None => HostError::new(
+                    host,
+                    "?",
+                    step,
+                    ErrorKind::Local,
+                    "no such host in this run",
+                ),
+            })
     }
 
     fn err(&self, c: &HostConn, step: &str, kind: ErrorKind, msg: impl Into<String>) -> HostError {
@@ -261,19 +305,35 @@ impl Pool {
         if !Arc::ptr_eq(&slot, dead) && !slot.is_closed() {
             return Ok(()); // someone else already did
         }
-        let s = session::connect(&c.target, &self.inner.keys, &self.inner.settings, c.bastion.as_deref()).await?;
+        let s = session::connect(
+            &c.target,
+            &self.inner.keys,
+            &self.inner.settings,
+            c.bastion.as_deref(),
+        )
+        .await?;
         *slot = Arc::new(s.session);
         Ok(())
     }
 
     /// Runs `cmd` and returns its output, whatever its exit status. Errors: connection, timeout,
     /// and `sudo -n` wanting a password.
-    pub async fn exec(&self, host: &str, cmd: &str, opts: ExecOpts) -> Result<ExecOutput, HostError> {
+    pub async fn exec(
+        &self,
+        host: &str,
+        cmd: &str,
+        opts: ExecOpts,
+    ) -> Result<ExecOutput, HostError> {
         self.exec_with_input(host, cmd, &opts, None).await
     }
 
     /// Like `exec`, and a non-zero exit is an error naming the host with the command's stderr.
-    pub async fn run(&self, host: &str, cmd: &str, opts: ExecOpts) -> Result<ExecOutput, HostError> {
+    pub async fn run(
+        &self,
+        host: &str,
+        cmd: &str,
+        opts: ExecOpts,
+    ) -> Result<ExecOutput, HostError> {
         let out = self.exec(host, cmd, opts).await?;
         if out.success() {
             return Ok(out);
@@ -292,12 +352,17 @@ impl Pool {
         input: Option<&UploadSource>,
     ) -> Result<ExecOutput, HostError> {
         let c = self.conn(host, "exec")?;
-        let full = if opts.sudo { shell::as_root(cmd, &c.target.user) } else { cmd.to_string() };
+        let full = if opts.sudo {
+            shell::as_root(cmd, &c.target.user)
+        } else {
+            cmd.to_string()
+        };
         let step = short(cmd);
         let progress = &self.inner.progress;
         progress.log(host, &format!("$ {full}"));
         let started = Instant::now();
         let mut attempt = 0;
+        let _channel = c.channels.acquire().await;
         let out = loop {
             let session = c.session.lock().await.clone();
             let fut = run_channel(&session, &full, input);
@@ -315,13 +380,25 @@ impl Pool {
             };
             match r {
                 Ok(out) => break out,
-                Err(ChanError::NotStarted(m)) if attempt < opts.retries.max(self.inner.retries) && session.is_closed() => {
+                Err(ChanError::NotStarted(m))
+                    if attempt < opts.retries.max(self.inner.retries) && session.is_closed() =>
+                {
                     attempt += 1;
-                    progress.log(host, &format!("connection lost before the command started ({m}); reconnecting"));
-                    self.reconnect(c, &session).await.map_err(|e| e.with_step(&step))?;
+                    progress.log(
+                        host,
+                        &format!("connection lost before the command started ({m}); reconnecting"),
+                    );
+                    self.reconnect(c, &session)
+                        .await
+                        .map_err(|e| e.with_step(&step))?;
                 }
                 Err(ChanError::NotStarted(m)) => {
-                    return Err(self.err(c, &step, ErrorKind::Connect, format!("cannot start the command: {m}")));
+                    return Err(self.err(
+                        c,
+                        &step,
+                        ErrorKind::Connect,
+                        format!("cannot start the command: {m}"),
+                    ));
                 }
                 Err(ChanError::Broken(m)) => {
                     return Err(self
@@ -340,9 +417,17 @@ impl Pool {
         for l in out.stderr.lines() {
             log.push_str(&format!("stderr: {l}\n"));
         }
-        log.push_str(&format!("-> {} ({:.3}s)", exit_text(&out), started.elapsed().as_secs_f64()));
+        log.push_str(&format!(
+            "-> {} ({:.3}s)",
+            exit_text(&out),
+            started.elapsed().as_secs_f64()
+        ));
         progress.log(host, &log);
-        if opts.sudo && c.target.user != "root" && out.status == 1 && shell::sudo_wants_password(&out.stderr) {
+        if opts.sudo
+            && c.target.user != "root"
+            && out.status == 1
+            && shell::sudo_wants_password(&out.stderr)
+        {
             return Err(self
                 .err(c, &step, ErrorKind::SudoPassword, format!("sudo wants a password for user {}", c.target.user))
                 .with_stderr(out.stderr)
@@ -367,7 +452,11 @@ impl Pool {
                     return Ok((*len, h.clone()));
                 }
                 let h = hash_file(p)?;
-                self.inner.hashes.lock().unwrap().insert(p.clone(), (key.0, key.1, h.clone()));
+                self.inner
+                    .hashes
+                    .lock()
+                    .unwrap()
+                    .insert(p.clone(), (key.0, key.1, h.clone()));
                 Ok((key.0, h))
             }
         }
@@ -383,26 +472,49 @@ impl Pool {
         mode: u32,
         owner: Option<&str>,
     ) -> Result<UploadOutcome, HostError> {
-        let item = UploadItem { source: source.clone(), dest: dest.to_string(), mode, owner: owner.map(String::from) };
+        let item = UploadItem {
+            source: source.clone(),
+            dest: dest.to_string(),
+            mode,
+            owner: owner.map(String::from),
+        };
         Ok(self.upload_many(host, std::slice::from_ref(&item)).await?[0])
     }
 
     /// Several files to one host: one round trip reads every far hash, then one channel per
     /// changed file streams it.
-    pub async fn upload_many(&self, host: &str, items: &[UploadItem]) -> Result<Vec<UploadOutcome>, HostError> {
+    pub async fn upload_many(
+        &self,
+        host: &str,
+        items: &[UploadItem],
+    ) -> Result<Vec<UploadOutcome>, HostError> {
         let c = self.conn(host, "upload")?;
         let mut local = Vec::with_capacity(items.len());
         for it in items {
             let h = self.local_hash(&it.source).map_err(|e| {
-                self.err(c, &format!("upload {}", it.dest), ErrorKind::Local, format!("cannot read {}: {e}", it.source.describe()))
+                self.err(
+                    c,
+                    &format!("upload {}", it.dest),
+                    ErrorKind::Local,
+                    format!("cannot read {}: {e}", it.source.describe()),
+                )
             })?;
             local.push(h);
         }
         let dests: Vec<&str> = items.iter().map(|i| i.dest.as_str()).collect();
         let stat = self
-            .run(host, &shell::stat_script(&dests), ExecOpts { sudo: true, ..Default::default() })
+            .run(
+                host,
+                &shell::stat_script(&dests),
+                ExecOpts {
+                    sudo: true,
+                    ..Default::default()
+                },
+            )
             .await
-            .map_err(|e| e.with_step(&format!("upload: read far hashes of {}", dests.join(", "))))?;
+            .map_err(|e| {
+                e.with_step(&format!("upload: read far hashes of {}", dests.join(", ")))
+            })?;
         let far: Vec<&str> = stat.stdout.lines().collect();
         let mut outcomes = Vec::with_capacity(items.len());
         for (i, it) in items.iter().enumerate() {
@@ -420,25 +532,48 @@ impl Pool {
                     (Some(_), None) => false,
                 };
                 if !(mode_ok && owner_ok) {
-                    self.run(host, &shell::fix_attrs_script(&it.dest, it.mode, it.owner.as_deref()), ExecOpts::root())
-                        .await
-                        .map_err(|e| e.with_step(&step))?;
+                    self.run(
+                        host,
+                        &shell::fix_attrs_script(&it.dest, it.mode, it.owner.as_deref()),
+                        ExecOpts::root(),
+                    )
+                    .await
+                    .map_err(|e| e.with_step(&step))?;
                 }
-                self.inner.progress.log(host, &format!("{step}: same sha256 on the host, {size} bytes skipped"));
-                outcomes.push(UploadOutcome { bytes_sent: 0, bytes_skipped: *size, skipped: true });
+                self.inner.progress.log(
+                    host,
+                    &format!("{step}: same sha256 on the host, {size} bytes skipped"),
+                );
+                outcomes.push(UploadOutcome {
+                    bytes_sent: 0,
+                    bytes_skipped: *size,
+                    skipped: true,
+                });
                 continue;
             }
-            self.inner.progress.host(host, &format!("{step} ({size} bytes)"));
+            self.inner
+                .progress
+                .host(host, &format!("{step} ({size} bytes)"));
             let script = shell::upload_script(&it.dest, sha, it.mode, it.owner.as_deref());
             let out = self
                 .exec_with_input(host, &script, &ExecOpts::root(), Some(&it.source))
                 .await
                 .map_err(|e| e.with_step(&step))?;
             if !out.success() {
-                let kind = if out.status == 3 { ErrorKind::Upload } else { ErrorKind::Command };
-                return Err(self.err(c, &step, kind, exit_text(&out)).with_stderr(out.stderr));
+                let kind = if out.status == 3 {
+                    ErrorKind::Upload
+                } else {
+                    ErrorKind::Command
+                };
+                return Err(self
+                    .err(c, &step, kind, exit_text(&out))
+                    .with_stderr(out.stderr));
             }
-            outcomes.push(UploadOutcome { bytes_sent: *size, bytes_skipped: 0, skipped: false });
+            outcomes.push(UploadOutcome {
+                bytes_sent: *size,
+                bytes_skipped: 0,
+                skipped: false,
+            });
         }
         Ok(outcomes)
     }
@@ -446,7 +581,13 @@ impl Pool {
     /// Runs `f` on each host with at most `concurrency` at once and returns one result per host,
     /// in the order given. A failing host does not stop the others: they finish the step.
     /// Hosts that did not connect get their connection error.
-    pub async fn fan_out<T, F, Fut>(&self, step: &str, hosts: &[String], concurrency: usize, f: F) -> Vec<HostResult<T>>
+    pub async fn fan_out<T, F, Fut>(
+        &self,
+        step: &str,
+        hosts: &[String],
+        concurrency: usize,
+        f: F,
+    ) -> Vec<HostResult<T>>
     where
         T: Send + 'static,
         F: Fn(String, Pool) -> Fut + Send + Sync + 'static,
@@ -462,7 +603,13 @@ impl Pool {
                 handles.push((h.clone(), Err(e)));
                 continue;
             }
-            let (sem, f, pool, host, step) = (sem.clone(), f.clone(), self.clone(), h.clone(), step.to_string());
+            let (sem, f, pool, host, step) = (
+                sem.clone(),
+                f.clone(),
+                self.clone(),
+                h.clone(),
+                step.to_string(),
+            );
             handles.push((
                 h.clone(),
                 Ok(tokio::spawn(async move {
@@ -479,7 +626,10 @@ impl Pool {
                         e
                     });
                     match &r {
-                        Ok(_) => pool.inner.progress.done(&host, &format!("{step}: ok ({:.1}s)", t0.elapsed().as_secs_f64())),
+                        Ok(_) => pool.inner.progress.done(
+                            &host,
+                            &format!("{step}: ok ({:.1}s)", t0.elapsed().as_secs_f64()),
+                        ),
                         Err(e) => pool.inner.progress.done(&host, &format!("FAILED: {e}")),
                     }
                     r
@@ -494,7 +644,13 @@ impl Pool {
                     Ok(r) => r,
                     Err(e) => {
                         let endpoint = self.target(&host).map(|t| t.describe()).unwrap_or_default();
-                        Err(HostError::new(&host, &endpoint, step, ErrorKind::Local, format!("the step panicked: {e}")))
+                        Err(HostError::new(
+                            &host,
+                            &endpoint,
+                            step,
+                            ErrorKind::Local,
+                            format!("the step panicked: {e}"),
+                        ))
                     }
                 },
             };
@@ -507,7 +663,9 @@ impl Pool {
     pub async fn close(&self) {
         for c in self.inner.hosts.values() {
             let s = c.session.lock().await.clone();
-            let _ = s.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+            let _ = s
+                .disconnect(russh::Disconnect::ByApplication, "", "en")
+                .await;
         }
         self.inner.progress.finish();
     }
@@ -565,9 +723,18 @@ fn short(cmd: &str) -> String {
 }
 
 /// Opens a channel, runs `cmd`, streams `input` to its stdin (then EOF) and collects output.
-async fn run_channel(s: &Session, cmd: &str, input: Option<&UploadSource>) -> Result<ExecOutput, ChanError> {
-    let ch = s.channel_open_session().await.map_err(|e| ChanError::NotStarted(e.to_string()))?;
-    ch.exec(true, cmd).await.map_err(|e| ChanError::NotStarted(e.to_string()))?;
+async fn run_channel(
+    s: &Session,
+    cmd: &str,
+    input: Option<&UploadSource>,
+) -> Result<ExecOutput, ChanError> {
+    let ch = s
+        .channel_open_session()
+        .await
+        .map_err(|e| ChanError::NotStarted(e.to_string()))?;
+    ch.exec(true, cmd)
+        .await
+        .map_err(|e| ChanError::NotStarted(e.to_string()))?;
     let (mut rd, wr) = ch.split();
     let writer = async {
         let r: Result<(), String> = match input {
@@ -575,7 +742,8 @@ async fn run_channel(s: &Session, cmd: &str, input: Option<&UploadSource>) -> Re
             Some(UploadSource::Bytes(b)) => wr.data(&b[..]).await.map_err(|e| e.to_string()),
             Some(UploadSource::Path(p)) => match tokio::fs::File::open(p).await {
                 Ok(f) => {
-                    let f: Box<dyn AsyncRead + Unpin + Send> = Box::new(tokio::io::BufReader::with_capacity(1 << 20, f));
+                    let f: Box<dyn AsyncRead + Unpin + Send> =
+                        Box::new(tokio::io::BufReader::with_capacity(1 << 20, f));
                     wr.data(f).await.map_err(|e| e.to_string())
                 }
                 Err(e) => Err(format!("cannot read {}: {e}", p.display())),
@@ -592,14 +760,19 @@ async fn run_channel(s: &Session, cmd: &str, input: Option<&UploadSource>) -> Re
                 ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
                 ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-                ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    signal = Some(format!("{signal_name:?}"))
+                }
                 _ => {}
             }
         }
         (stdout, stderr, status, signal)
     };
     let (w, (stdout, stderr, status, signal)) = tokio::join!(writer, reader);
-    let (stdout, mut stderr) = (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned());
+    let (stdout, mut stderr) = (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    );
     match (status, signal) {
         (Some(st), sig) => {
             if let Err(e) = w
@@ -607,9 +780,19 @@ async fn run_channel(s: &Session, cmd: &str, input: Option<&UploadSource>) -> Re
             {
                 stderr.push_str(&format!("\nclusterctl: writing stdin failed: {e}"));
             }
-            Ok(ExecOutput { stdout, stderr, status: st, signal: sig })
+            Ok(ExecOutput {
+                stdout,
+                stderr,
+                status: st,
+                signal: sig,
+            })
         }
-        (None, Some(sig)) => Ok(ExecOutput { stdout, stderr, status: 255, signal: Some(sig) }),
+        (None, Some(sig)) => Ok(ExecOutput {
+            stdout,
+            stderr,
+            status: 255,
+            signal: Some(sig),
+        }),
         (None, None) => Err(ChanError::Broken(match w {
             Err(e) => e,
             Ok(()) => "the channel closed without an exit status".into(),

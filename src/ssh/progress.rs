@@ -48,7 +48,9 @@ pub struct Progress {
 
 fn timestamp() -> String {
     let f = time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]");
-    time::OffsetDateTime::now_utc().format(&f).unwrap_or_default()
+    time::OffsetDateTime::now_utc()
+        .format(&f)
+        .unwrap_or_default()
 }
 
 impl Progress {
@@ -58,16 +60,24 @@ impl Progress {
         if mode == ProgressMode::Bars {
             let m = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let width = hosts.iter().map(|h| h.len()).max().unwrap_or(4);
-            let style = ProgressStyle::with_template(&format!("{{spinner}} {{prefix:<{width}}} {{wide_msg}}"))
-                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let style = ProgressStyle::with_template(&format!(
+                "{{spinner}} {{prefix:<{width}}} {{wide_msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
             for h in hosts {
-                let b = m.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(h.clone()));
+                let b = m.add(
+                    ProgressBar::new_spinner()
+                        .with_style(style.clone())
+                        .with_prefix(h.clone()),
+                );
                 bars.insert(h.clone(), b);
             }
-            let t = m.add(ProgressBar::new(hosts.len() as u64).with_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            ));
+            let t = m.add(
+                ProgressBar::new(hosts.len() as u64).with_style(
+                    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ),
+            );
             t.set_prefix("total");
             total = Some(t);
             multi = Some(m);
@@ -75,7 +85,14 @@ impl Progress {
         if let Some(d) = &logs_dir {
             let _ = std::fs::create_dir_all(d);
         }
-        Progress { mode, multi, bars, total, logs_dir, files: Mutex::new(HashMap::new()) }
+        Progress {
+            mode,
+            multi,
+            bars,
+            total,
+            logs_dir,
+            files: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn mode(&self) -> ProgressMode {
@@ -87,7 +104,11 @@ impl Progress {
         let Some(dir) = &self.logs_dir else { return };
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(host) {
-            match OpenOptions::new().create(true).append(true).open(dir.join(format!("{host}.log"))) {
+            match OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{host}.log")))
+            {
                 Ok(f) => {
                     files.insert(host.to_string(), f);
                 }
@@ -165,7 +186,11 @@ mod tests {
     #[test]
     fn logs_go_to_one_file_per_host_with_timestamps() {
         let dir = tempfile::tempdir().unwrap();
-        let p = Progress::new(&["a".into(), "b".into()], ProgressMode::Quiet, Some(dir.path().join("logs")));
+        let p = Progress::new(
+            &["a".into(), "b".into()],
+            ProgressMode::Quiet,
+            Some(dir.path().join("logs")),
+        );
         p.host("a", "step one");
         p.log("a", "out1\nout2");
         p.log("b", "other");
@@ -173,7 +198,11 @@ mod tests {
         assert_eq!(a.lines().count(), 3, "{a}");
         assert!(a.lines().all(|l| l.as_bytes()[2] == b':'), "{a}");
         assert!(a.contains(" out2"));
-        assert!(std::fs::read_to_string(dir.path().join("logs/b.log")).unwrap().contains("other"));
+        assert!(
+            std::fs::read_to_string(dir.path().join("logs/b.log"))
+                .unwrap()
+                .contains("other")
+        );
     }
 
     #[test]

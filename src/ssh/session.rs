@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::{self, AuthResult, Handle};
+use russh::keys::PublicKeyOrCertificate;
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{Algorithm, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
-use russh::keys::PublicKeyOrCertificate;
 use russh::{cipher, compression};
 
 use super::error::{ErrorKind, HostError};
@@ -32,10 +32,15 @@ pub struct Client {
 impl client::Handler for Client {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let t = &self.target;
         let step = "host key";
-        let fail = |kind, msg: String, fix: String| HostError::new(&t.name, &t.endpoint(), step, kind, msg).with_fix(fix);
+        let fail = |kind, msg: String, fix: String| {
+            HostError::new(&t.name, &t.endpoint(), step, kind, msg).with_fix(fix)
+        };
         let key: &PublicKey = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             PublicKeyOrCertificate::Certificate(_) => {
@@ -48,7 +53,12 @@ impl client::Handler for Client {
             }
         };
         let entries = known_hosts::lookup(&t.known_hosts_files, &t.address, t.port);
-        let files = t.known_hosts_files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+        let files = t
+            .known_hosts_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let now = known_hosts::fingerprint(key);
         match known_hosts::verdict(&entries, key) {
             Verdict::Known(_) => Ok(true),
@@ -75,7 +85,11 @@ impl client::Handler for Client {
             Verdict::Revoked(k) => {
                 *self.problem.lock().unwrap() = Some(fail(
                     ErrorKind::HostKeyChanged,
-                    format!("host key {now} is marked @revoked ({}:{})", k.file.display(), k.line),
+                    format!(
+                        "host key {now} is marked @revoked ({}:{})",
+                        k.file.display(),
+                        k.line
+                    ),
                     "give the host a new host key and list it in known_hosts".into(),
                 ));
                 Ok(false)
@@ -140,10 +154,11 @@ impl KeyStore {
         }
         for t in all {
             for path in key_files(t) {
-                if !store.keys.contains_key(&path) {
-                    let k = load_key(&path, t.passphrase_env.as_deref()).map(Arc::new);
-                    store.keys.insert(path, k);
-                }
+                let env = t.passphrase_env.as_deref();
+                store
+                    .keys
+                    .entry(path)
+                    .or_insert_with_key(|p| load_key(p, env).map(Arc::new));
             }
         }
         store
@@ -159,7 +174,9 @@ fn key_files(t: &Target) -> Vec<PathBuf> {
     if let Some(k) = &t.key_file {
         return vec![k.clone()];
     }
-    let Some(home) = std::env::var_os("HOME") else { return vec![] };
+    let Some(home) = std::env::var_os("HOME") else {
+        return vec![];
+    };
     ["id_ed25519", "id_ecdsa", "id_rsa"]
         .iter()
         .map(|n| PathBuf::from(&home).join(".ssh").join(n))
@@ -170,7 +187,8 @@ fn key_files(t: &Target) -> Vec<PathBuf> {
 /// Reads a private key (OpenSSH, PKCS#8 or PEM; ed25519, ECDSA, RSA), decrypting it with the
 /// passphrase from `passphrase_env` or, on a terminal, from a prompt.
 pub fn load_key(path: &Path, passphrase_env: Option<&str>) -> Result<PrivateKey, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
     match russh::keys::decode_secret_key(&text, None) {
         Ok(k) => return Ok(k),
         Err(russh::keys::Error::KeyIsEncrypted) => {}
@@ -181,7 +199,8 @@ pub fn load_key(path: &Path, passphrase_env: Option<&str>) -> Result<PrivateKey,
         None if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => {
             let term = console::Term::stderr();
             let _ = term.write_str(&format!("Passphrase for {}: ", path.display()));
-            term.read_secure_line().map_err(|e| format!("cannot read the passphrase: {e}"))?
+            term.read_secure_line()
+                .map_err(|e| format!("cannot read the passphrase: {e}"))?
         }
         None => {
             return Err(format!(
@@ -189,13 +208,18 @@ pub fn load_key(path: &Path, passphrase_env: Option<&str>) -> Result<PrivateKey,
                 path.display(),
                 match passphrase_env {
                     Some(v) => format!(" (environment variable {v} is not set)"),
-                    None => " (set spec.ssh.passphraseEnv to an environment variable holding it)".into(),
+                    None =>
+                        " (set spec.ssh.passphraseEnv to an environment variable holding it)".into(),
                 }
             ));
         }
     };
-    russh::keys::decode_secret_key(&text, Some(&pass))
-        .map_err(|e| format!("cannot decrypt key file {} with the given passphrase: {e}", path.display()))
+    russh::keys::decode_secret_key(&text, Some(&pass)).map_err(|e| {
+        format!(
+            "cannot decrypt key file {} with the given passphrase: {e}",
+            path.display()
+        )
+    })
 }
 
 /// Settings shared by all connections of a run.
@@ -212,8 +236,12 @@ fn config_for(t: &Target, settings: &SessionSettings) -> Arc<client::Config> {
     // An RSA entry covers the SHA-2 signature variants.
     if algos.iter().any(|a| a.clone().is_rsa()) {
         algos.retain(|a| !a.clone().is_rsa());
-        algos.push(Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha512) });
-        algos.push(Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha256) });
+        algos.push(Algorithm::Rsa {
+            hash: Some(russh::keys::HashAlg::Sha512),
+        });
+        algos.push(Algorithm::Rsa {
+            hash: Some(russh::keys::HashAlg::Sha256),
+        });
     }
     for a in russh::Preferred::DEFAULT.key.iter() {
         if !algos.contains(a) {
@@ -223,7 +251,13 @@ fn config_for(t: &Target, settings: &SessionSettings) -> Arc<client::Config> {
     let preferred = russh::Preferred {
         key: algos.into(),
         // AES-GCM runs on AES-NI through ring: cheaper than ChaCha20 for big uploads.
-        cipher: vec![cipher::AES_128_GCM, cipher::AES_256_GCM, cipher::CHACHA20_POLY1305, cipher::AES_256_CTR].into(),
+        cipher: vec![
+            cipher::AES_128_GCM,
+            cipher::AES_256_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_CTR,
+        ]
+        .into(),
         compression: vec![compression::NONE].into(),
         ..Default::default()
     };
@@ -261,12 +295,15 @@ pub async fn connect(
         pinned: pinned.clone(),
     };
     let config = config_for(t, settings);
-    let conn_err = |msg: String| HostError::new(&t.name, &t.describe(), "connect", ErrorKind::Connect, msg);
+    let conn_err =
+        |msg: String| HostError::new(&t.name, &t.describe(), "connect", ErrorKind::Connect, msg);
     let handshake = async {
         match bastion {
             None => client::connect(config, (t.address.as_str(), t.port), handler).await,
             Some(b) => {
-                let ch = b.channel_open_direct_tcpip(t.address.clone(), t.port as u32, "127.0.0.1", 0).await?;
+                let ch = b
+                    .channel_open_direct_tcpip(t.address.clone(), t.port as u32, "127.0.0.1", 0)
+                    .await?;
                 client::connect_stream(config, ch.into_stream(), handler).await
             }
         }
@@ -283,7 +320,9 @@ pub async fn connect(
                 return Err(p.with_step("connect"));
             }
             let via = match (&t.bastion, bastion) {
-                (Some(b), Some(_)) => format!(" (bastion {} could not open a tunnel to it)", b.name),
+                (Some(b), Some(_)) => {
+                    format!(" (bastion {} could not open a tunnel to it)", b.name)
+                }
                 _ => String::new(),
             };
             return Err(conn_err(format!("{}{via}", describe_russh(&e)))
@@ -306,20 +345,31 @@ fn describe_russh(e: &russh::Error) -> String {
 }
 
 async fn authenticate(s: &mut Session, t: &Target, keys: &KeyStore) -> Result<(), HostError> {
-    let auth_err = |msg: String| HostError::new(&t.name, &t.describe(), "authenticate", ErrorKind::Auth, msg);
+    let auth_err =
+        |msg: String| HostError::new(&t.name, &t.describe(), "authenticate", ErrorKind::Auth, msg);
     let mut tried: Vec<String> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
-    let use_agent = t.agent || (t.key_file.is_none() && std::env::var_os("SSH_AUTH_SOCK").is_some());
+    let use_agent =
+        t.agent || (t.key_file.is_none() && std::env::var_os("SSH_AUTH_SOCK").is_some());
     if use_agent {
         match AgentClient::connect_env().await {
             Err(e) => problems.push(format!("ssh-agent: {e}")),
             Ok(mut agent) => {
                 let ids = agent.request_identities().await.unwrap_or_default();
                 for id in ids {
-                    let AgentIdentity::PublicKey { key, comment } = id else { continue };
-                    let hash = if key.algorithm().is_rsa() { rsa_hash(s).await } else { None };
+                    let AgentIdentity::PublicKey { key, comment } = id else {
+                        continue;
+                    };
+                    let hash = if key.algorithm().is_rsa() {
+                        rsa_hash(s).await
+                    } else {
+                        None
+                    };
                     tried.push(format!("agent key {comment}"));
-                    match s.authenticate_publickey_with(&t.user, key, hash, &mut agent).await {
+                    match s
+                        .authenticate_publickey_with(&t.user, key, hash, &mut agent)
+                        .await
+                    {
                         Ok(AuthResult::Success) => return Ok(()),
                         Ok(AuthResult::Failure { .. }) => {}
                         Err(e) => problems.push(format!("ssh-agent: {e}")),
@@ -333,9 +383,16 @@ async fn authenticate(s: &mut Session, t: &Target, keys: &KeyStore) -> Result<()
             None => {}
             Some(Err(e)) => problems.push(e.clone()),
             Some(Ok(k)) => {
-                let hash = if k.algorithm().is_rsa() { rsa_hash(s).await } else { None };
+                let hash = if k.algorithm().is_rsa() {
+                    rsa_hash(s).await
+                } else {
+                    None
+                };
                 tried.push(path.display().to_string());
-                match s.authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(k.clone(), hash)).await {
+                match s
+                    .authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(k.clone(), hash))
+                    .await
+                {
                     Ok(AuthResult::Success) => return Ok(()),
                     Ok(AuthResult::Failure { .. }) => {}
                     Err(e) => problems.push(format!("{}: {e}", path.display())),
@@ -344,7 +401,10 @@ async fn authenticate(s: &mut Session, t: &Target, keys: &KeyStore) -> Result<()
         }
     }
     let mut msg = if tried.is_empty() {
-        format!("no key to log in as {} (no key file and no agent identity)", t.user)
+        format!(
+            "no key to log in as {} (no key file and no agent identity)",
+            t.user
+        )
     } else {
         format!("user {} was refused with {}", t.user, tried.join(", "))
     };
@@ -398,7 +458,15 @@ mod tests {
         use russh::keys::ssh_key::LineEnding;
         let mut rng = rand::rng();
         let dir = tempfile::tempdir().unwrap();
-        for (i, alg) in [Algorithm::Ed25519, Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 }].into_iter().enumerate() {
+        for (i, alg) in [
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let key = PrivateKey::random(&mut rng, alg).unwrap();
             let path = dir.path().join(format!("k{i}"));
             std::fs::write(&path, key.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();

@@ -4,14 +4,23 @@
 /// quotes with embedded `'` as `'\''`.
 pub fn quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Runs `cmd` as root: unchanged for root, else through `sudo -n` (never prompts) and `sh -c`
 /// so pipes, redirections and `&&` all run privileged.
 pub fn as_root(cmd: &str, user: &str) -> String {
-    if user == "root" { cmd.to_string() } else { format!("sudo -n -- sh -c {}", quote(cmd)) }
+    if user == "root" {
+        cmd.to_string()
+    } else {
+        format!("sudo -n -- sh -c {}", quote(cmd))
+    }
 }
 
 /// `sudo -n` failed because it wants a password (its messages across versions).
@@ -71,7 +80,16 @@ mod tests {
 
     #[test]
     fn quoting_round_trips_through_a_real_shell() {
-        for s in ["plain", "with space", "it's", "$HOME `x` \"q\"", "a\nb", "", "*", "--x;rm"] {
+        for s in [
+            "plain",
+            "with space",
+            "it's",
+            "$HOME `x` \"q\"",
+            "a\nb",
+            "",
+            "*",
+            "--x;rm",
+        ] {
             let out = sh(&format!("printf %s {}", quote(s)));
             assert_eq!(String::from_utf8_lossy(&out.stdout), s, "quoting {s:?}");
         }
@@ -81,7 +99,10 @@ mod tests {
     #[test]
     fn sudo_wrapping() {
         assert_eq!(as_root("true", "root"), "true");
-        assert_eq!(as_root("a && b > /x", "deploy"), "sudo -n -- sh -c 'a && b > /x'");
+        assert_eq!(
+            as_root("a && b > /x", "deploy"),
+            "sudo -n -- sh -c 'a && b > /x'"
+        );
         assert!(sudo_wants_password("sudo: a password is required\n"));
         assert!(!sudo_wants_password("ls: cannot access"));
     }
@@ -128,6 +149,9 @@ mod tests {
         assert_eq!(out.status.code(), Some(3));
         assert!(String::from_utf8_lossy(&out.stderr).contains("sha256 mismatch"));
         assert_eq!(std::fs::read(&dest).unwrap(), data);
-        assert_eq!(std::fs::read_dir(dest.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 }

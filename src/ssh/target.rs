@@ -43,7 +43,12 @@ impl Target {
     /// `address:port via bastion NAME (address:port)` for messages.
     pub fn describe(&self) -> String {
         match &self.bastion {
-            Some(b) => format!("{} via bastion {} ({})", self.endpoint(), b.name, b.endpoint()),
+            Some(b) => format!(
+                "{} via bastion {} ({})",
+                self.endpoint(),
+                b.name,
+                b.endpoint()
+            ),
             None => self.endpoint(),
         }
     }
@@ -159,17 +164,32 @@ spec:
         assert_eq!(t.len(), 2);
         let a = &t[0];
         assert_eq!((a.user.as_str(), a.port), ("admin", 2200));
-        assert_eq!(a.key_file.as_deref(), Some(Path::new("/inv/keys/id_ed25519")));
+        assert_eq!(
+            a.key_file.as_deref(),
+            Some(Path::new("/inv/keys/id_ed25519"))
+        );
         assert_eq!(a.passphrase_env.as_deref(), Some("KEY_PASS"));
         assert_eq!(a.known_hosts, KnownHostsPolicy::AcceptNew);
-        assert_eq!(a.known_hosts_files, vec![PathBuf::from("/inv/kh"), PathBuf::from("/inv/clusters/t/known_hosts")]);
+        assert_eq!(
+            a.known_hosts_files,
+            vec![
+                PathBuf::from("/inv/kh"),
+                PathBuf::from("/inv/clusters/t/known_hosts")
+            ]
+        );
         assert_eq!(a.pin_file, PathBuf::from("/inv/clusters/t/known_hosts"));
         assert!(a.sudo, "non-root user implies sudo");
         assert_eq!(a.connect_timeout, Duration::from_secs(3));
         let j = a.bastion.as_ref().expect("default bastion");
-        assert_eq!((j.name.as_str(), j.address.as_str(), j.user.as_str(), j.port), ("jump", "192.0.2.1", "jumper", 2200));
+        assert_eq!(
+            (j.name.as_str(), j.address.as_str(), j.user.as_str(), j.port),
+            ("jump", "192.0.2.1", "jumper", 2200)
+        );
         assert_eq!(j.key_file.as_deref(), Some(Path::new("/abs/jump_key")));
-        assert_eq!(a.describe(), "10.0.0.1:2200 via bastion jump (192.0.2.1:2200)");
+        assert_eq!(
+            a.describe(),
+            "10.0.0.1:2200 via bastion jump (192.0.2.1:2200)"
+        );
 
         let b = &t[1];
         assert_eq!((b.user.as_str(), b.port), ("root", 22));
@@ -181,7 +201,8 @@ spec:
     #[test]
     fn ipv6_endpoint_has_brackets() {
         let loaded = load_str(INV, Path::new("/inv/cluster.yaml")).unwrap();
-        let mut t = Target::from_inventory(&loaded, &StateDir::new(Path::new("/inv"), "t")).remove(0);
+        let mut t =
+            Target::from_inventory(&loaded, &StateDir::new(Path::new("/inv"), "t")).remove(0);
         t.address = "fd00::1".into();
         assert_eq!(t.endpoint(), "[fd00::1]:2200");
     }
