@@ -505,7 +505,7 @@ impl Pool {
         let stat = self
             .run(
                 host,
-                &shell::stat_script(&dests),
+                &shell::stat_script(&dests, shell::HASH_CACHE_DIR),
                 ExecOpts {
                     sudo: true,
                     ..Default::default()
@@ -554,7 +554,13 @@ impl Pool {
             self.inner
                 .progress
                 .host(host, &format!("{step} ({size} bytes)"));
-            let script = shell::upload_script(&it.dest, sha, it.mode, it.owner.as_deref());
+            let script = shell::upload_script(
+                &it.dest,
+                sha,
+                it.mode,
+                it.owner.as_deref(),
+                shell::HASH_CACHE_DIR,
+            );
             let out = self
                 .exec_with_input(host, &script, &ExecOpts::root(), Some(&it.source))
                 .await
