@@ -465,6 +465,16 @@ async fn upload(lab: &Lab) {
         assert_eq!(o.iter().map(|o| o.bytes_sent).sum::<u64>(), 0, "{}", r.host);
         assert_eq!(o[0].bytes_skipped, 4_000_000);
     }
+    // The far side fails before reading its input (cannot create the directory): a clear error,
+    // no hang on a stream nobody reads.
+    let big_src = UploadSource::Path(big.clone());
+    let up = pool.upload("h1", &big_src, "/proc/clusterctl-no/x", 0o644, None);
+    let e = tokio::time::timeout(Duration::from_secs(30), up)
+        .await
+        .expect("upload hung")
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Command, "{e}");
+    assert!(e.to_string().contains("mkdir"), "{e}");
     // A missing local file: a local error naming the host and the file.
     let e = pool
         .upload(

@@ -774,7 +774,19 @@ async fn run_channel(
         }
         (stdout, stderr, status, signal)
     };
-    let (w, (stdout, stderr, status, signal)) = tokio::join!(writer, reader);
+    // The far side may exit without reading all its input (e.g. it failed early): once the
+    // channel closes, stop waiting for window space that will never come.
+    tokio::pin!(writer);
+    tokio::pin!(reader);
+    let (w, (stdout, stderr, status, signal)) = tokio::select! {
+        w = &mut writer => (w, reader.await),
+        r = &mut reader => {
+            let w = tokio::time::timeout(Duration::from_millis(200), &mut writer)
+                .await
+                .unwrap_or_else(|_| Err("the far side closed before reading all its input".into()));
+            (w, r)
+        }
+    };
     let (stdout, mut stderr) = (
         String::from_utf8_lossy(&stdout).into_owned(),
         String::from_utf8_lossy(&stderr).into_owned(),
