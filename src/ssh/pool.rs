@@ -31,6 +31,9 @@ pub struct ConnectOpts {
     pub progress: ProgressMode,
     /// Per-host logs (`StateDir::logs()`); None: no log files.
     pub logs_dir: Option<PathBuf>,
+    /// Channels open at once per session; sshd refuses more than its `MaxSessions` (10 by
+    /// default), so keep this below it.
+    pub max_channels: usize,
 }
 
 impl Default for ConnectOpts {
@@ -42,6 +45,7 @@ impl Default for ConnectOpts {
             keepalive: Duration::from_secs(15),
             progress: ProgressMode::Auto,
             logs_dir: None,
+            max_channels: 8,
         }
     }
 }
@@ -123,6 +127,7 @@ struct HostConn {
     target: Target,
     session: Mutex<Arc<Session>>,
     bastion: Option<Arc<Session>>,
+    channels: Semaphore,
 }
 
 struct Inner {
@@ -133,7 +138,7 @@ struct Inner {
     settings: SessionSettings,
     progress: Progress,
     retries: u32,
-    hashes: std::sync::Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, String)>>,
+    hashes: std::sync::Mutex<HashMap<PathBuf, LocalHash>>,
 }
 
 /// The sessions of a run. Cheap to clone (shared).
@@ -141,6 +146,9 @@ struct Inner {
 pub struct Pool {
     inner: Arc<Inner>,
 }
+
+/// A local file's size, mtime and sha256, computed once per run.
+type LocalHash = (u64, Option<SystemTime>, String);
 
 enum ChanError {
     /// The channel could not be opened or the command not started: nothing ran.
@@ -222,6 +230,7 @@ impl Pool {
                             target: t.clone(),
                             session: Mutex::new(Arc::new(c.session)),
                             bastion: b,
+                            channels: Semaphore::new(opts.max_channels.max(1)),
                         },
                     );
                 }
@@ -353,6 +362,7 @@ impl Pool {
         progress.log(host, &format!("$ {full}"));
         let started = Instant::now();
         let mut attempt = 0;
+        let _channel = c.channels.acquire().await;
         let out = loop {
             let session = c.session.lock().await.clone();
             let fut = run_channel(&session, &full, input);
@@ -495,7 +505,7 @@ impl Pool {
         let stat = self
             .run(
                 host,
-                &shell::stat_script(&dests),
+                &shell::stat_script(&dests, shell::HASH_CACHE_DIR),
                 ExecOpts {
                     sudo: true,
                     ..Default::default()
@@ -544,7 +554,13 @@ impl Pool {
             self.inner
                 .progress
                 .host(host, &format!("{step} ({size} bytes)"));
-            let script = shell::upload_script(&it.dest, sha, it.mode, it.owner.as_deref());
+            let script = shell::upload_script(
+                &it.dest,
+                sha,
+                it.mode,
+                it.owner.as_deref(),
+                shell::HASH_CACHE_DIR,
+            );
             let out = self
                 .exec_with_input(host, &script, &ExecOpts::root(), Some(&it.source))
                 .await
@@ -758,7 +774,19 @@ async fn run_channel(
         }
         (stdout, stderr, status, signal)
     };
-    let (w, (stdout, stderr, status, signal)) = tokio::join!(writer, reader);
+    // The far side may exit without reading all its input (e.g. it failed early): once the
+    // channel closes, stop waiting for window space that will never come.
+    tokio::pin!(writer);
+    tokio::pin!(reader);
+    let (w, (stdout, stderr, status, signal)) = tokio::select! {
+        w = &mut writer => (w, reader.await),
+        r = &mut reader => {
+            let w = tokio::time::timeout(Duration::from_millis(200), &mut writer)
+                .await
+                .unwrap_or_else(|_| Err("the far side closed before reading all its input".into()));
+            (w, r)
+        }
+    };
     let (stdout, mut stderr) = (
         String::from_utf8_lossy(&stdout).into_owned(),
         String::from_utf8_lossy(&stderr).into_owned(),

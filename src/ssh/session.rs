@@ -154,10 +154,11 @@ impl KeyStore {
         }
         for t in all {
             for path in key_files(t) {
-                if !store.keys.contains_key(&path) {
-                    let k = load_key(&path, t.passphrase_env.as_deref()).map(Arc::new);
-                    store.keys.insert(path, k);
-                }
+                let env = t.passphrase_env.as_deref();
+                store
+                    .keys
+                    .entry(path)
+                    .or_insert_with_key(|p| load_key(p, env).map(Arc::new));
             }
         }
         store

@@ -30,23 +30,52 @@ pub fn sudo_wants_password(stderr: &str) -> bool {
         || (stderr.contains("sudo:") && stderr.contains("password"))
 }
 
+/// Where hosts keep the sha256 of files clusterctl wrote or checked, keyed by the file's size,
+/// mtime, ctime and inode (like git's index): a no-op run re-hashes nothing that did not change.
+/// Any write, chmod, chown or rename changes the ctime, which the kernel sets and no user can.
+pub const HASH_CACHE_DIR: &str = "/var/lib/clusterctl/filehash";
+
+/// The cache entry of a far path: its own name is the sha256 of the path.
+fn cache_entry(cache_dir: &str, path: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!(
+        "{cache_dir}/{}",
+        hex::encode(Sha256::digest(path.as_bytes()))
+    )
+}
+
+/// The far-side identity of a file's content version: size, mtime, ctime (ns) and inode.
+const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
+
 /// One round trip that reports, for each path, `sha256 mode owner:group` or `-` when missing.
-pub fn stat_script(paths: &[&str]) -> String {
-    let mut s = String::from("for f in");
+/// The sha256 comes from the hash cache when the file's stat key still matches, else it is
+/// computed (and cached).
+pub fn stat_script(paths: &[&str], cache_dir: &str) -> String {
+    let mut s = String::new();
     for p in paths {
-        s.push(' ');
-        s.push_str(&quote(p));
+        s.push_str(&format!(
+            "f={}; c={}; if [ -f \"$f\" ]; then set -- $(stat -c '{STAT_KEY} %a %U:%G' \"$f\"); \
+             if [ -f \"$c\" ] && read -r k h <\"$c\" && [ \"$k\" = \"$1\" ]; then :; \
+             else h=$(sha256sum <\"$f\") && h=${{h%% *}} && \
+             {{ mkdir -p {cd} && echo \"$1 $h\" >\"$c\"; }} 2>/dev/null; fi; echo \"$h $2 $3\"; else echo -; fi; ",
+            quote(p),
+            quote(&cache_entry(cache_dir, p)),
+            cd = quote(cache_dir),
+        ));
     }
-    s.push_str(
-        "; do if [ -f \"$f\" ]; then h=$(sha256sum \"$f\") && echo \"${h%% *} $(stat -c '%a %U:%G' \"$f\")\" \
-         || echo -; else echo -; fi; done",
-    );
     s
 }
 
-/// Streams stdin into a temp file beside `dest`, checks its sha256, sets mode (and owner) and
-/// renames it over `dest`; the temp file is removed on any failure. Exit 3: hash mismatch.
-pub fn upload_script(dest: &str, sha256: &str, mode: u32, owner: Option<&str>) -> String {
+/// Streams stdin into a temp file beside `dest`, checks its sha256, sets mode (and owner),
+/// renames it over `dest` and records its hash in the cache; the temp file is removed on any
+/// failure. Exit 3: hash mismatch.
+pub fn upload_script(
+    dest: &str,
+    sha256: &str,
+    mode: u32,
+    owner: Option<&str>,
+    cache_dir: &str,
+) -> String {
     let d = quote(dest);
     let chown = match owner {
         Some(o) => format!("chown {} \"$t\" && ", quote(o)),
@@ -56,7 +85,10 @@ pub fn upload_script(dest: &str, sha256: &str, mode: u32, owner: Option<&str>) -
         "set -e; d={d}; dir=$(dirname \"$d\"); mkdir -p \"$dir\"; t=\"$dir/.clusterctl-upload.$$.$(basename \"$d\")\"; \
          trap 'rm -f \"$t\"' EXIT; cat >\"$t\"; h=$(sha256sum \"$t\"); h=${{h%% *}}; \
          if [ \"$h\" != {sha256} ]; then echo \"sha256 mismatch on the far side: got $h, want {sha256}\" >&2; exit 3; fi; \
-         {chown}chmod {mode:o} \"$t\" && mv -f \"$t\" \"$d\"; trap - EXIT"
+         {chown}chmod {mode:o} \"$t\" && mv -f \"$t\" \"$d\"; trap - EXIT; \
+         {{ mkdir -p {cd} && echo \"$(stat -c '{STAT_KEY}' \"$d\") $h\" >{c}; }} 2>/dev/null || true",
+        cd = quote(cache_dir),
+        c = quote(&cache_entry(cache_dir, dest)),
     )
 }
 
@@ -116,12 +148,14 @@ mod tests {
         let data = b"hello\n";
         let sha = hex::encode(Sha256::digest(data));
 
-        let out = sh(&stat_script(&[dest_s]));
+        let cache_dir = dir.path().join("cache");
+        let cache = cache_dir.to_str().unwrap();
+        let out = sh(&stat_script(&[dest_s], cache));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "-\n");
 
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(upload_script(dest_s, &sha, 0o640, None))
+            .arg(upload_script(dest_s, &sha, 0o640, None, cache))
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -129,7 +163,8 @@ mod tests {
         child.stdin.take().unwrap().write_all(data).unwrap();
         assert!(child.wait().unwrap().success());
         assert_eq!(std::fs::read(&dest).unwrap(), data);
-        let out = String::from_utf8(sh(&stat_script(&[dest_s, "/nonexistent"])).stdout).unwrap();
+        let out =
+            String::from_utf8(sh(&stat_script(&[dest_s, "/nonexistent"], cache)).stdout).unwrap();
         let mut lines = out.lines();
         let first: Vec<&str> = lines.next().unwrap().split(' ').collect();
         assert_eq!(first[0], sha);
@@ -139,7 +174,7 @@ mod tests {
         // A wrong hash leaves the old file and no temp file behind.
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(upload_script(dest_s, &sha, 0o644, None))
+            .arg(upload_script(dest_s, &sha, 0o644, None, cache))
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
