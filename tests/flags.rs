@@ -112,7 +112,8 @@ fn every_supported_minor_has_a_flag_table_and_templates_use_only_its_flags() {
 
 #[test]
 fn flags_removed_in_later_minors_are_not_rendered_for_them() {
-    // --insecure-port (apiserver) and --port (controller-manager, scheduler) are gone in 1.24.
+    // --insecure-port (apiserver) is gone in 1.24, --port/--address (controller-manager,
+    // scheduler: the insecure health ports componentstatuses reads) after 1.21.
     let later = rendered(24);
     assert!(
         !later["kube-apiserver"]

@@ -252,6 +252,7 @@ pub fn render_text(ctx: &Context, command: &str, plans: &[PhasePlan], show_files
         let order = match p.order {
             Order::Parallel => "hosts in parallel",
             Order::OneAtATime => "one host at a time",
+            Order::Rolling => "new hosts together, running ones one at a time",
         };
         let _ = writeln!(
             s,

@@ -46,7 +46,7 @@ impl Phase for ControlPlane {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
-        let mut plan = PhasePlan::new(self, Order::Parallel);
+        let mut plan = PhasePlan::new(self, Order::Rolling);
         let api = ["kube-apiserver.service"];
         for h in ctx.hosts_where(|h| h.has(Role::ControlPlane)) {
             let vars = host_vars(inv, h);

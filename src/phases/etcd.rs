@@ -27,7 +27,7 @@ impl Phase for Etcd {
         "TLS etcd members, started together, health-gated"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
-        let mut plan = PhasePlan::new(self, Order::Parallel);
+        let mut plan = PhasePlan::new(self, Order::Rolling);
         for h in ctx.hosts_where(|h| h.has(Role::Etcd)) {
             let unit = ctx
                 .render

@@ -18,7 +18,7 @@ impl Phase for LoadBalancer {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
-        let mut plan = PhasePlan::new(self, Order::Parallel);
+        let mut plan = PhasePlan::new(self, Order::Rolling);
         match inv.spec.ha.mode {
             HaMode::Vip => {
                 let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();

@@ -221,6 +221,10 @@ pub enum Order {
     Parallel,
     /// One host after another, each gated by `verify` (e.g. restarting apiservers).
     OneAtATime,
+    /// Hosts where none of the phase's services runs yet go in parallel (a first install:
+    /// etcd members must even start together); hosts where they run go one at a time behind
+    /// `verify`, so a change never restarts every member or apiserver at once.
+    Rolling,
 }
 
 /// What a phase will do, per host, in order.

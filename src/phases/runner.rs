@@ -109,16 +109,35 @@ impl Runner {
                 progress,
                 journal,
             };
-            let results: Vec<(String, HostOutcome)> = match plan.order {
-                Order::Parallel => {
-                    futures::stream::iter(hosts.iter().map(|&(h, hp)| one.run(h, hp)))
-                        .buffer_unordered(concurrency)
-                        .collect()
-                        .await
+            // Rolling: split into hosts where the phase's services already run (one at a time)
+            // and fresh hosts (together).
+            let (parallel, serial): (Vec<_>, Vec<_>) = match plan.order {
+                Order::Parallel => (hosts.clone(), Vec::new()),
+                Order::OneAtATime => (Vec::new(), hosts.clone()),
+                Order::Rolling => {
+                    let running = futures::stream::iter(hosts.iter().map(|&(h, hp)| async move {
+                        (h.name.clone(), runs_any(exec, h, hp).await)
+                    }))
+                    .buffer_unordered(concurrency)
+                    .collect::<BTreeMap<String, bool>>()
+                    .await;
+                    hosts
+                        .iter()
+                        .partition(|(h, _)| !running.get(&h.name).copied().unwrap_or(false))
                 }
-                Order::OneAtATime => {
+            };
+            let mut results: Vec<(String, HostOutcome)> =
+                futures::stream::iter(parallel.iter().map(|&(h, hp)| one.run(h, hp)))
+                    .buffer_unordered(concurrency)
+                    .collect()
+                    .await;
+            if !results
+                .iter()
+                .any(|(_, o)| matches!(o, HostOutcome::Failed(_)))
+            {
+                results.extend({
                     let mut v = Vec::new();
-                    for (h, hp) in &hosts {
+                    for (h, hp) in &serial {
                         let r = one.run(h, hp).await;
                         let failed = matches!(r.1, HostOutcome::Failed(_));
                         v.push(r);
@@ -127,8 +146,8 @@ impl Runner {
                         }
                     }
                     v
-                }
-            };
+                });
+            }
             let hosts: BTreeMap<String, HostOutcome> = results.into_iter().collect();
             let failed: Vec<String> = hosts
                 .iter()
@@ -157,6 +176,35 @@ impl Runner {
             }
         }
         Ok(report)
+    }
+}
+
+/// Whether any service the host plan manages is active now (a failed query counts as running,
+/// the safe side).
+async fn runs_any(exec: &dyn Executor, h: &Host, hp: &super::HostPlan) -> bool {
+    let units: Vec<String> = hp
+        .actions
+        .iter()
+        .filter_map(|a| {
+            if let super::Action::Service { unit } = a {
+                Some(super::executor::q(unit))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if units.is_empty() {
+        return false;
+    }
+    match exec
+        .query(
+            h,
+            &format!("systemctl is-active {} 2>/dev/null", units.join(" ")),
+        )
+        .await
+    {
+        Ok(o) => o.stdout.lines().any(|l| l.trim() == "active"),
+        Err(_) => true,
     }
 }
 
