@@ -798,3 +798,30 @@ fn every_host_file_exists_after_generate() {
         }
     }
 }
+
+#[test]
+fn expired_leaves_are_reissued_and_cas_kept() {
+    let mut f = Fixture::example("local-proxy.yaml");
+    f.edit(|t| format!("{t}  pki:\n    certValidity: 1d\n"));
+    let past = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+    generate::generate_at(&f.inv, &f.settings(), &f.layout, past).unwrap();
+    let ca = std::fs::read(f.pki("ca.crt")).unwrap();
+    let out = f.generate();
+    assert_eq!(out.count(Action::Reissued), 33, "{:#?}", out.items);
+    assert!(
+        out.items
+            .iter()
+            .filter(|i| i.action == Action::Reissued)
+            .all(|i| i.reason.as_deref() == Some("expired"))
+    );
+    assert_eq!(std::fs::read(f.pki("ca.crt")).unwrap(), ca);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(f.cert("apiserver.crt").not_after > now);
+    // Old files kept in the backup, new ones chain to the same CA.
+    assert_eq!(
+        out.backups.len(),
+        2 * 21 + 17,
+        "cert+key of 21 file pairs, 17 kubeconfigs"
+    );
+    assert_eq!(verify_all_chains(&f), 33);
+}
