@@ -348,7 +348,12 @@ pub struct Pki {
     pub extra_sans: Vec<String>,
     /// Directory holding a user-supplied `ca.crt`/`ca.key` (and optionally `etcd/ca.*`,
     /// `front-proxy-ca.*`), used instead of generating CAs. Relative to the inventory file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "externalCADir",
+        alias = "externalCaDir",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub external_ca_dir: Option<PathBuf>,
 }
 

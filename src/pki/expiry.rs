@@ -227,3 +227,14 @@ pub fn table(rows: &[Row], threshold: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_residual() {
+        assert_eq!(super::human(-5), "expired");
+        assert_eq!(super::human(60), "1h");
+        assert_eq!(super::human(3 * 86400 + 7200), "3d 2h");
+        assert_eq!(super::human(50 * 365 * 86400 + 86400), "50y 1d");
+    }
+}

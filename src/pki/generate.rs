@@ -235,9 +235,9 @@ impl CaMaterial {
                 crt.display()
             );
         }
-        if !info.is_ca || !info.key_cert_sign {
+        if !info.is_ca || (info.key_usage_present && !info.key_cert_sign) {
             bail!(
-                "{} is not a CA certificate (basicConstraints CA:TRUE and keyCertSign needed)",
+                "{} is not a CA certificate (basicConstraints CA:TRUE, and keyCertSign if it has a keyUsage)",
                 crt.display()
             );
         }

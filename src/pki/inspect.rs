@@ -25,6 +25,8 @@ pub struct CertInfo {
     pub digital_signature: bool,
     pub key_encipherment: bool,
     pub key_cert_sign: bool,
+    /// Whether the certificate has a keyUsage extension at all (none: every usage allowed).
+    pub key_usage_present: bool,
     /// Unix seconds.
     pub not_before: i64,
     pub not_after: i64,
@@ -109,6 +111,7 @@ pub fn from_der(der: &[u8], what: &str) -> Result<CertInfo> {
         digital_signature: ku.is_some_and(|k| k.digital_signature()),
         key_encipherment: ku.is_some_and(|k| k.key_encipherment()),
         key_cert_sign: ku.is_some_and(|k| k.key_cert_sign()),
+        key_usage_present: ku.is_some(),
         not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),
         serial: c.raw_serial_as_string(),

@@ -570,3 +570,167 @@ pub fn files_for_host(inv: &Inventory, host: &Host) -> Vec<HostFile> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::load_str;
+
+    const INV: &str = "apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  kubernetesVersion: v1.20.2
+  hosts:
+    - {name: cp1, address: 10.77.0.11, roles: [control-plane]}
+    - {name: e1, address: 10.77.0.21, roles: [etcd]}
+    - {name: ce, address: 10.77.0.12, roles: [etcd, control-plane]}
+    - {name: w1, address: 10.77.0.31, roles: [worker]}
+    - {name: lb1, address: 10.77.0.41, roles: [lb]}
+  ha: {mode: vip, vip: {address: 10.77.0.10}}
+";
+
+    fn files(host: &str) -> Vec<(String, String, u32)> {
+        let inv = load_str(INV, Path::new("t.yaml"))
+            .unwrap_or_else(|d| panic!("{d}"))
+            .inventory;
+        let h = inv.host(host).unwrap();
+        files_for_host(&inv, h)
+            .into_iter()
+            .map(|f| {
+                (
+                    f.local.display().to_string(),
+                    f.remote.display().to_string(),
+                    f.mode,
+                )
+            })
+            .collect()
+    }
+
+    fn remotes(host: &str) -> Vec<String> {
+        let mut v: Vec<String> = files(host).into_iter().map(|f| f.1).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn worker_gets_its_kubelet_files_and_no_ca_key() {
+        assert_eq!(
+            remotes("w1"),
+            [
+                "/etc/kubernetes/kube-proxy.conf",
+                "/etc/kubernetes/kubelet.conf",
+                "/etc/kubernetes/pki/ca.crt",
+                "/var/lib/kubelet/pki/kubelet.crt",
+                "/var/lib/kubelet/pki/kubelet.key",
+            ]
+        );
+        let f = files("w1");
+        assert!(f.contains(&(
+            "kubeconfig/nodes/w1/kubelet.conf".into(),
+            "/etc/kubernetes/kubelet.conf".into(),
+            0o600
+        )));
+        assert!(f.contains(&(
+            "pki/nodes/w1/kubelet.key".into(),
+            "/var/lib/kubelet/pki/kubelet.key".into(),
+            0o600
+        )));
+        assert!(f.contains(&(
+            "pki/ca.crt".into(),
+            "/etc/kubernetes/pki/ca.crt".into(),
+            0o644
+        )));
+    }
+
+    #[test]
+    fn etcd_only_host_gets_only_etcd_certs() {
+        assert_eq!(
+            remotes("e1"),
+            [
+                "/etc/kubernetes/pki/etcd/ca.crt",
+                "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+                "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+                "/etc/kubernetes/pki/etcd/peer.crt",
+                "/etc/kubernetes/pki/etcd/peer.key",
+                "/etc/kubernetes/pki/etcd/server.crt",
+                "/etc/kubernetes/pki/etcd/server.key",
+            ]
+        );
+        let f = files("e1");
+        assert!(f.contains(&(
+            "pki/nodes/e1/etcd/peer.key".into(),
+            "/etc/kubernetes/pki/etcd/peer.key".into(),
+            0o600
+        )));
+    }
+
+    #[test]
+    fn control_plane_gets_the_control_plane_set() {
+        let cp = remotes("cp1");
+        for want in [
+            "/etc/kubernetes/admin.conf",
+            "/etc/kubernetes/controller-manager.conf",
+            "/etc/kubernetes/scheduler.conf",
+            "/etc/kubernetes/kubelet.conf",
+            "/etc/kubernetes/kube-proxy.conf",
+            "/etc/kubernetes/pki/ca.crt",
+            "/etc/kubernetes/pki/ca.key",
+            "/etc/kubernetes/pki/apiserver.crt",
+            "/etc/kubernetes/pki/apiserver.key",
+            "/etc/kubernetes/pki/apiserver-kubelet-client.crt",
+            "/etc/kubernetes/pki/apiserver-etcd-client.key",
+            "/etc/kubernetes/pki/front-proxy-ca.crt",
+            "/etc/kubernetes/pki/front-proxy-client.key",
+            "/etc/kubernetes/pki/etcd/ca.crt",
+            "/etc/kubernetes/pki/sa.key",
+            "/etc/kubernetes/pki/sa.pub",
+        ] {
+            assert!(cp.iter().any(|r| r == want), "cp1 lacks {want}: {cp:?}");
+        }
+        // Not an etcd member: no etcd serving certs; CA keys other than ca.key stay local.
+        for absent in [
+            "etcd/server",
+            "etcd/peer",
+            "etcd/ca.key",
+            "front-proxy-ca.key",
+            "healthcheck",
+        ] {
+            assert!(
+                !cp.iter().any(|r| r.contains(absent)),
+                "cp1 must not get {absent}"
+            );
+        }
+        let ce = remotes("ce");
+        assert!(
+            ce.iter()
+                .any(|r| r == "/etc/kubernetes/pki/etcd/server.crt")
+        );
+        assert!(ce.iter().any(|r| r == "/etc/kubernetes/pki/apiserver.crt"));
+        assert!(files("ce").contains(&(
+            "pki/nodes/ce/etcd/server.crt".into(),
+            "/etc/kubernetes/pki/etcd/server.crt".into(),
+            0o644
+        )));
+        let remote_set: BTreeSet<_> = ce.iter().collect();
+        assert_eq!(remote_set.len(), ce.len(), "no remote path twice");
+    }
+
+    #[test]
+    fn lb_only_host_gets_nothing() {
+        assert!(files("lb1").is_empty());
+    }
+
+    #[test]
+    fn every_name_is_unique() {
+        let inv = load_str(INV, Path::new("t.yaml")).unwrap().inventory;
+        let list = cert_list(&inv);
+        let names: BTreeSet<_> = list.iter().map(|c| &c.name).collect();
+        assert_eq!(names.len(), list.len());
+        let files: BTreeSet<_> = list.iter().filter_map(|c| c.files.as_ref()).collect();
+        assert_eq!(
+            files.len(),
+            list.iter().filter(|c| c.files.is_some()).count()
+        );
+    }
+}

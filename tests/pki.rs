@@ -1,0 +1,829 @@
+//! PKI generation checked from the outside: `openssl verify` for every chain, x509-parser for
+//! subjects, SANs, usages and dates, byte comparisons for idempotence and backups.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clusterctl::inventory::{self, Inventory};
+use clusterctl::pki::generate::{self, Action, Layout, Select, Settings};
+use clusterctl::pki::inspect::{self, CertInfo};
+use clusterctl::pki::kubeconfig::Kubeconfig;
+use clusterctl::pki::spec::{self, San};
+use clusterctl::state::StateDir;
+
+const YEAR: i64 = 365 * 86400;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    inv: Inventory,
+    layout: Layout,
+}
+
+impl Fixture {
+    fn new(yaml: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.yaml");
+        // The examples name ~/.ssh/id_ed25519; validation wants a key file that exists.
+        std::fs::write(dir.path().join("id_test"), "not read by the PKI\n").unwrap();
+        std::fs::write(&path, yaml.replace("~/.ssh/id_ed25519", "id_test")).unwrap();
+        let loaded = inventory::load(&path).unwrap_or_else(|d| panic!("{d}"));
+        let layout = Layout::new(&StateDir::new(dir.path(), loaded.inventory.name()));
+        Fixture {
+            _dir: dir,
+            path,
+            inv: loaded.inventory,
+            layout,
+        }
+    }
+
+    fn example(name: &str) -> Fixture {
+        Fixture::new(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("examples")
+                    .join(name),
+            )
+            .unwrap(),
+        )
+    }
+
+    /// Replaces the inventory (same state directory).
+    fn edit(&mut self, f: impl Fn(&str) -> String) {
+        let text = f(&std::fs::read_to_string(&self.path).unwrap());
+        std::fs::write(&self.path, text).unwrap();
+        self.inv = inventory::load(&self.path)
+            .unwrap_or_else(|d| panic!("{d}"))
+            .inventory;
+    }
+
+    fn settings(&self) -> Settings {
+        let loaded_dir = self.path.parent().unwrap().to_path_buf();
+        Settings::from_inventory(&self.inv, |p| loaded_dir.join(p)).unwrap()
+    }
+
+    fn generate(&self) -> generate::Outcome {
+        generate::generate(&self.inv, &self.settings(), &self.layout).unwrap()
+    }
+
+    fn pki(&self, rel: &str) -> PathBuf {
+        self.layout.pki.join(rel)
+    }
+
+    fn cert(&self, rel: &str) -> CertInfo {
+        let p = self.pki(rel);
+        inspect::from_pem(
+            &std::fs::read_to_string(&p).unwrap(),
+            &p.display().to_string(),
+        )
+        .unwrap()
+    }
+
+    fn kubeconfig(&self, rel: &str) -> (Kubeconfig, CertInfo) {
+        let p = self.layout.kubeconfig.join(rel);
+        let k = Kubeconfig::from_yaml(&std::fs::read_to_string(&p).unwrap(), rel).unwrap();
+        let c = inspect::from_pem(&k.client_cert_pem().unwrap().unwrap(), rel).unwrap();
+        (k, c)
+    }
+
+    /// Every file under pki/ and kubeconfig/ with its bytes.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(d: &Path, root: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, root, out);
+                } else {
+                    out.insert(
+                        p.strip_prefix(root).unwrap().to_path_buf(),
+                        std::fs::read(&p).unwrap(),
+                    );
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.layout.pki, &self.layout.root, &mut out);
+        walk(&self.layout.kubeconfig, &self.layout.root, &mut out);
+        out
+    }
+}
+
+fn sans(items: &[&str]) -> Vec<San> {
+    let mut v: Vec<San> = items.iter().map(|s| San::parse(s)).collect();
+    v.sort();
+    v
+}
+
+/// `openssl verify -CAfile ca certs...`: every cert must chain to `ca`.
+fn openssl_verify(ca: &Path, certs: &[PathBuf]) {
+    assert!(!certs.is_empty());
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca)
+        .args(certs)
+        .output()
+        .expect("openssl must be installed (apt-get install -y openssl)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for c in certs {
+        assert!(
+            stdout.contains(&format!("{}: OK", c.display())),
+            "not verified: {}\n{stdout}",
+            c.display()
+        );
+    }
+}
+
+/// Every leaf of the table verified against its CA with openssl; kubeconfig certs are written
+/// out to a temp dir first. Returns how many were verified.
+fn verify_all_chains(f: &Fixture) -> usize {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut by_ca: BTreeMap<spec::Ca, Vec<PathBuf>> = BTreeMap::new();
+    for (i, c) in spec::cert_list(&f.inv).iter().enumerate() {
+        let path = match (&c.files, &c.kubeconfig) {
+            (Some(b), _) => f.layout.pki.join(spec::crt_path(b)),
+            (None, Some(k)) => {
+                let (kc, _) = f.kubeconfig(k.file.to_str().unwrap());
+                let p = tmp.path().join(format!("{i}.crt"));
+                std::fs::write(&p, kc.client_cert_pem().unwrap().unwrap()).unwrap();
+                p
+            }
+            (None, None) => unreachable!(),
+        };
+        by_ca.entry(c.ca).or_default().push(path);
+    }
+    let mut n = 0;
+    for (ca, certs) in by_ca {
+        openssl_verify(&f.pki(&format!("{}.crt", ca.base())), &certs);
+        n += certs.len();
+    }
+    n
+}
+
+fn assert_leaf(c: &CertInfo, cn: &str, orgs: &[&str], server: bool, client: bool, issuer_cn: &str) {
+    assert_eq!(c.common_name, cn, "{}", c.subject);
+    assert_eq!(c.organizations, orgs, "{}", c.subject);
+    assert_eq!(
+        (c.server_auth, c.client_auth),
+        (server, client),
+        "EKU of {}",
+        c.subject
+    );
+    assert!(
+        !c.is_ca && !c.key_cert_sign,
+        "{} must not be a CA",
+        c.subject
+    );
+    assert!(c.digital_signature, "{}: DigitalSignature", c.subject);
+    assert!(
+        !c.key_encipherment,
+        "{}: ECDSA leaf must not claim KeyEncipherment",
+        c.subject
+    );
+    assert_eq!(c.issuer, format!("CN={issuer_cn}"));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let left = c.not_after - now;
+    assert!(
+        (50 * YEAR - 3600..=50 * YEAR).contains(&left),
+        "{}: 50y lifetime, got {left}s",
+        c.subject
+    );
+    assert!(c.not_before <= now);
+}
+
+#[test]
+fn ha_vip_every_cert_chains_and_has_the_right_fields() {
+    let f = Fixture::example("ha-vip.yaml");
+    let out = f.generate();
+    assert_eq!(
+        out.count(Action::Created),
+        37,
+        "3 CAs + sa + 33 leaves: {:#?}",
+        out.items
+    );
+    assert_eq!(verify_all_chains(&f), 33);
+
+    // CAs: self-signed, CA:TRUE, keyCertSign, 100 years.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (rel, cn) in [
+        ("ca.crt", "kubernetes"),
+        ("etcd/ca.crt", "etcd-ca"),
+        ("front-proxy-ca.crt", "front-proxy-ca"),
+    ] {
+        let c = f.cert(rel);
+        assert_eq!(
+            (c.common_name.as_str(), c.issuer.as_str()),
+            (cn, format!("CN={cn}").as_str())
+        );
+        assert!(c.is_ca && c.key_cert_sign);
+        assert!((100 * YEAR - 3600..=100 * YEAR).contains(&(c.not_after - now)));
+        openssl_verify(&f.pki(rel), &[f.pki(rel)]);
+    }
+
+    let api = f.cert("apiserver.crt");
+    assert_leaf(&api, "kube-apiserver", &[], true, false, "kubernetes");
+    assert_eq!(
+        api.sans,
+        sans(&[
+            "cp1",
+            "cp2",
+            "cp3",
+            "192.168.56.11",
+            "192.168.56.12",
+            "192.168.56.13",
+            "192.168.56.10",
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "10.96.0.1",
+            "k8s.example.internal",
+        ])
+    );
+    assert_eq!(api.authority_key_id, f.cert("ca.crt").subject_key_id);
+    assert_leaf(
+        &f.cert("apiserver-kubelet-client.crt"),
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+        false,
+        true,
+        "kubernetes",
+    );
+    assert_leaf(
+        &f.cert("apiserver-etcd-client.crt"),
+        "kube-apiserver-etcd-client",
+        &["system:masters"],
+        false,
+        true,
+        "etcd-ca",
+    );
+    assert_leaf(
+        &f.cert("front-proxy-client.crt"),
+        "front-proxy-client",
+        &[],
+        false,
+        true,
+        "front-proxy-ca",
+    );
+    assert_leaf(
+        &f.cert("etcd/healthcheck-client.crt"),
+        "kube-etcd-healthcheck-client",
+        &[],
+        false,
+        true,
+        "etcd-ca",
+    );
+    for (h, ip) in [
+        ("cp1", "192.168.56.11"),
+        ("cp2", "192.168.56.12"),
+        ("cp3", "192.168.56.13"),
+    ] {
+        for kind in ["server", "peer"] {
+            let c = f.cert(&format!("nodes/{h}/etcd/{kind}.crt"));
+            assert_leaf(&c, h, &[], true, true, "etcd-ca");
+            assert_eq!(c.sans, sans(&[h, ip, "127.0.0.1", "localhost"]));
+        }
+        let (k, c) = f.kubeconfig(&format!("nodes/{h}/controller-manager.conf"));
+        assert_leaf(
+            &c,
+            "system:kube-controller-manager",
+            &[],
+            false,
+            true,
+            "kubernetes",
+        );
+        assert_eq!(
+            k.current_cluster().unwrap().server,
+            format!("https://{ip}:6443")
+        );
+        let (k, c) = f.kubeconfig(&format!("nodes/{h}/scheduler.conf"));
+        assert_leaf(&c, "system:kube-scheduler", &[], false, true, "kubernetes");
+        assert_eq!(
+            k.current_cluster().unwrap().server,
+            format!("https://{ip}:6443")
+        );
+    }
+    assert!(
+        !f.pki("nodes/w1/etcd").exists(),
+        "workers are no etcd members"
+    );
+    for (h, ip) in [
+        ("cp1", "192.168.56.11"),
+        ("w1", "192.168.56.21"),
+        ("w2", "192.168.56.22"),
+    ] {
+        let serving = f.cert(&format!("nodes/{h}/kubelet.crt"));
+        assert_leaf(&serving, h, &[], true, false, "kubernetes");
+        assert_eq!(serving.sans, sans(&[h, ip]));
+        let client = f.cert(&format!("nodes/{h}/kubelet-client.crt"));
+        assert_leaf(
+            &client,
+            &format!("system:node:{h}"),
+            &["system:nodes"],
+            false,
+            true,
+            "kubernetes",
+        );
+        let (k, embedded) = f.kubeconfig(&format!("nodes/{h}/kubelet.conf"));
+        assert_eq!(
+            embedded, client,
+            "kubelet.conf embeds the kubelet-client cert"
+        );
+        assert_eq!(
+            k.current_cluster().unwrap().server,
+            "https://192.168.56.10:8443"
+        );
+        let (k, c) = f.kubeconfig(&format!("nodes/{h}/kube-proxy.conf"));
+        assert_leaf(&c, "system:kube-proxy", &[], false, true, "kubernetes");
+        assert_eq!(
+            k.current_cluster().unwrap().server,
+            "https://192.168.56.10:8443"
+        );
+    }
+    let (k, admin) = f.kubeconfig("admin.conf");
+    assert_leaf(
+        &admin,
+        "kubernetes-admin",
+        &["system:masters"],
+        false,
+        true,
+        "kubernetes",
+    );
+    assert_eq!(
+        k.current_cluster().unwrap().server,
+        "https://192.168.56.10:8443"
+    );
+    assert_eq!(
+        k.ca_pem().unwrap().unwrap(),
+        std::fs::read_to_string(f.pki("ca.crt")).unwrap()
+    );
+
+    // Random, distinct serials (rcgen would otherwise derive them from the key).
+    let serials: BTreeSet<String> = spec::cert_list(&f.inv)
+        .iter()
+        .map(|c| match (&c.files, &c.kubeconfig) {
+            (Some(b), _) => f.cert(spec::crt_path(b).to_str().unwrap()).serial,
+            (None, Some(k)) => f.kubeconfig(k.file.to_str().unwrap()).1.serial,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(serials.len(), 33);
+    assert!(
+        serials.iter().all(|s| s.len() == 16 * 3 - 1),
+        "16-byte serials: {serials:?}"
+    );
+
+    // Modes: keys and kubeconfigs 0600, certs 0644, directories 0700.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for (rel, _) in f.snapshot() {
+        let p = f.layout.root.join(&rel);
+        let s = rel.to_str().unwrap();
+        let want = if s.ends_with(".key") || s.ends_with(".conf") {
+            0o600
+        } else {
+            0o644
+        };
+        assert_eq!(mode(&p), want, "{s}");
+        assert_eq!(
+            mode(p.parent().unwrap()),
+            0o700,
+            "{}",
+            p.parent().unwrap().display()
+        );
+    }
+    assert_eq!(mode(&f.layout.pki), 0o700);
+}
+
+#[test]
+fn local_proxy_endpoints() {
+    let f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    assert_eq!(verify_all_chains(&f), 33);
+    let api = f.cert("apiserver.crt");
+    assert_eq!(
+        api.sans,
+        sans(&[
+            "cp1",
+            "cp2",
+            "cp3",
+            "192.168.56.11",
+            "192.168.56.12",
+            "192.168.56.13",
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "10.96.0.1",
+        ])
+    );
+    for h in ["cp1", "cp2", "w1", "w2"] {
+        for conf in ["kubelet.conf", "kube-proxy.conf"] {
+            let (k, _) = f.kubeconfig(&format!("nodes/{h}/{conf}"));
+            assert_eq!(
+                k.current_cluster().unwrap().server,
+                "https://127.0.0.1:6443",
+                "{h} {conf}"
+            );
+        }
+    }
+    let (k, _) = f.kubeconfig("nodes/cp3/controller-manager.conf");
+    assert_eq!(
+        k.current_cluster().unwrap().server,
+        "https://192.168.56.13:6443"
+    );
+    // The operator's machine has no local proxy: admin.conf goes to the first control plane.
+    let (k, _) = f.kubeconfig("admin.conf");
+    assert_eq!(
+        k.current_cluster().unwrap().server,
+        "https://192.168.56.11:6443"
+    );
+}
+
+#[test]
+fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
+    let mut f = Fixture::example("ha-vip.yaml");
+    f.generate();
+    let first = f.snapshot();
+    let out = f.generate();
+    assert_eq!(out.count(Action::Kept), 37, "{:#?}", out.items);
+    assert!(out.backups.is_empty());
+    assert!(f.snapshot() == first, "a second run changes no byte");
+
+    // A new extra SAN: only the apiserver serving cert changes; the old one is backed up.
+    f.edit(|t| {
+        t.replace(
+            "extraSANs: [k8s.example.internal]",
+            "extraSANs: [k8s.example.internal, 10.0.0.99]",
+        )
+    });
+    let out = f.generate();
+    let changed: Vec<&str> = out
+        .items
+        .iter()
+        .filter(|i| i.action != Action::Kept)
+        .map(|i| i.name.as_str())
+        .collect();
+    assert_eq!(changed, ["apiserver"]);
+    let reason = out
+        .items
+        .iter()
+        .find(|i| i.name == "apiserver")
+        .unwrap()
+        .reason
+        .clone()
+        .unwrap();
+    assert!(reason.contains("SANs"), "{reason}");
+    let second = f.snapshot();
+    let diff: Vec<&PathBuf> = first.keys().filter(|k| first[*k] != second[*k]).collect();
+    assert_eq!(
+        diff,
+        [
+            Path::new("pki/apiserver.crt"),
+            Path::new("pki/apiserver.key")
+        ]
+    );
+    assert!(
+        f.cert("apiserver.crt")
+            .sans
+            .contains(&San::parse("10.0.0.99"))
+    );
+    assert_eq!(out.backups.len(), 2);
+    for b in &out.backups {
+        let rel = b.strip_prefix(&f.layout.root).unwrap();
+        let mut parts = rel.iter();
+        assert_eq!(parts.next().unwrap(), "pki-backup");
+        parts.next(); // timestamp
+        let orig: PathBuf = parts.collect();
+        assert_eq!(
+            std::fs::read(b).unwrap(),
+            first[&orig],
+            "backup of {} holds the old bytes",
+            orig.display()
+        );
+    }
+
+    // A fourth control-plane host: the apiserver gets its SANs, cp4 gets its own certs and
+    // kubeconfigs, nothing else moves (in particular no CA).
+    f.edit(|t| {
+        t.replace(
+            "    - name: w1\n",
+            "    - name: cp4\n      address: 192.168.56.14\n      roles: [control-plane]\n    - name: w1\n",
+        )
+    });
+    let before = f.snapshot();
+    let out = f.generate();
+    let mut changed: Vec<(String, Action)> = out
+        .items
+        .iter()
+        .filter(|i| i.action != Action::Kept)
+        .map(|i| (i.name.clone(), i.action))
+        .collect();
+    changed.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, Action)> = [
+        ("apiserver", Action::Reissued),
+        ("controller-manager.conf@cp4", Action::Created),
+        ("kube-proxy.conf@cp4", Action::Created),
+        ("kubelet-client@cp4", Action::Created),
+        ("kubelet@cp4", Action::Created),
+        ("scheduler.conf@cp4", Action::Created),
+    ]
+    .iter()
+    .map(|(n, a)| (n.to_string(), *a))
+    .collect();
+    assert_eq!(changed, want);
+    let after = f.snapshot();
+    for (k, v) in &before {
+        if !k.to_str().unwrap().starts_with("pki/apiserver.") {
+            assert!(&after[k] == v, "{} must not change", k.display());
+        }
+    }
+    assert!(f.cert("apiserver.crt").sans.contains(&San::parse("cp4")));
+    verify_all_chains(&f);
+}
+
+#[test]
+fn renew_gives_new_serials_from_the_same_ca() {
+    let f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    let before = f.snapshot();
+    let old_api = f.cert("apiserver.crt");
+    let (_, old_admin) = f.kubeconfig("admin.conf");
+
+    let names = vec!["apiserver".to_string(), "admin.conf".to_string()];
+    let out = generate::renew(&f.inv, &f.settings(), &f.layout, Select::Names(&names)).unwrap();
+    assert_eq!(out.count(Action::Reissued), 2);
+    let api = f.cert("apiserver.crt");
+    assert_ne!(api.serial, old_api.serial);
+    assert_ne!(api.spki, old_api.spki, "a renewed cert gets a new key");
+    assert_eq!(
+        (api.subject.as_str(), &api.sans),
+        (old_api.subject.as_str(), &old_api.sans)
+    );
+    assert!(api.not_after >= old_api.not_after);
+    let (_, admin) = f.kubeconfig("admin.conf");
+    assert_ne!(admin.serial, old_admin.serial);
+    assert_eq!(admin.subject, old_admin.subject);
+    let after = f.snapshot();
+    for ca in [
+        "pki/ca.crt",
+        "pki/ca.key",
+        "pki/etcd/ca.crt",
+        "pki/etcd/ca.key",
+        "pki/front-proxy-ca.crt",
+        "pki/sa.key",
+    ] {
+        assert_eq!(before[Path::new(ca)], after[Path::new(ca)], "{ca} is kept");
+    }
+    assert_eq!(
+        before[Path::new("pki/nodes/w1/kubelet.crt")],
+        after[Path::new("pki/nodes/w1/kubelet.crt")]
+    );
+
+    // Everything: every leaf re-issued with a new serial, still chaining to the same CAs.
+    let out = generate::renew(&f.inv, &f.settings(), &f.layout, Select::All).unwrap();
+    assert_eq!(out.count(Action::Reissued), 33);
+    assert_eq!(out.count(Action::Kept), 4, "3 CAs and the SA key");
+    let last = f.snapshot();
+    for (k, v) in &after {
+        let s = k.to_str().unwrap();
+        let is_ca = s.contains("ca.") || s.starts_with("pki/sa.");
+        assert_eq!(is_ca, &last[k] == v, "{s}: only CA files and sa.* stay");
+    }
+    assert_eq!(verify_all_chains(&f), 33);
+
+    let bad = generate::renew(
+        &f.inv,
+        &f.settings(),
+        &f.layout,
+        Select::Names(&["nope".to_string()]),
+    );
+    assert!(format!("{:#}", bad.err().unwrap()).contains("no certificate named `nope`"));
+}
+
+#[test]
+fn renew_needs_existing_cas() {
+    let f = Fixture::example("local-proxy.yaml");
+    let err = generate::renew(&f.inv, &f.settings(), &f.layout, Select::All).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("run `clusterctl certs generate` first"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn a_ca_is_never_replaced_silently() {
+    let f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    let ca = std::fs::read(f.pki("ca.crt")).unwrap();
+    std::fs::remove_file(f.pki("ca.key")).unwrap();
+    let err = generate::generate(&f.inv, &f.settings(), &f.layout).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("ca.key") && msg.contains("never replaces a CA"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(f.pki("ca.crt")).unwrap(), ca);
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn external_ca_is_used_instead_of_generating() {
+    let mut f = Fixture::example("local-proxy.yaml");
+    let ext = f.path.parent().unwrap().join("external");
+    std::fs::create_dir_all(ext.join("etcd")).unwrap();
+    let e = |p: &str| ext.join(p).to_str().unwrap().to_string();
+    // Cluster CA: OpenSSL's SEC1 `EC PRIVATE KEY`; etcd CA: kubeadm-style PKCS#1 RSA key.
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &e("ca.key"),
+    ]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &e("ca.key"),
+        "-subj",
+        "/CN=corp-k8s-ca",
+        "-days",
+        "3650",
+        "-out",
+        &e("ca.crt"),
+    ]);
+    openssl(&["genrsa", "-traditional", "-out", &e("etcd/ca.key"), "2048"]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &e("etcd/ca.key"),
+        "-subj",
+        "/CN=corp-etcd-ca",
+        "-days",
+        "3650",
+        "-out",
+        &e("etcd/ca.crt"),
+    ]);
+    assert!(
+        std::fs::read_to_string(ext.join("etcd/ca.key"))
+            .unwrap()
+            .starts_with("-----BEGIN RSA PRIVATE KEY")
+    );
+    f.edit(|t| format!("{t}  pki:\n    externalCADir: external\n"));
+
+    let out = f.generate();
+    assert_eq!(out.action_of("ca"), Some(Action::Adopted));
+    assert_eq!(out.action_of("etcd-ca"), Some(Action::Adopted));
+    assert_eq!(
+        out.action_of("front-proxy-ca"),
+        Some(Action::Created),
+        "not supplied: generated"
+    );
+    assert_eq!(
+        std::fs::read(f.pki("ca.crt")).unwrap(),
+        std::fs::read(ext.join("ca.crt")).unwrap()
+    );
+    assert_eq!(f.cert("apiserver.crt").issuer, "CN=corp-k8s-ca");
+    assert_eq!(
+        f.cert("apiserver-etcd-client.crt").issuer,
+        "CN=corp-etcd-ca"
+    );
+    assert_eq!(verify_all_chains(&f), 33);
+    assert_eq!(
+        f.generate().count(Action::Kept),
+        37,
+        "second run keeps the adopted CAs"
+    );
+
+    // A different external CA while a local one exists: refused, nothing replaced.
+    let local_ca = std::fs::read(f.pki("ca.crt")).unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &e("ca.key"),
+        "-subj",
+        "/CN=other-ca",
+        "-days",
+        "3650",
+        "-out",
+        &e("ca.crt"),
+    ]);
+    let msg = format!(
+        "{:#}",
+        generate::generate(&f.inv, &f.settings(), &f.layout).unwrap_err()
+    );
+    assert!(msg.contains("never replaces a CA silently"), "{msg}");
+    assert_eq!(std::fs::read(f.pki("ca.crt")).unwrap(), local_ca);
+
+    // The cluster CA is mandatory in an external CA dir.
+    std::fs::remove_file(ext.join("ca.key")).unwrap();
+    let msg = format!(
+        "{:#}",
+        generate::generate(&f.inv, &f.settings(), &f.layout).unwrap_err()
+    );
+    assert!(
+        msg.contains("externalCADir") && msg.contains("ca.key is missing"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn rsa_keys_when_asked() {
+    // One control-plane host keeps the number of (slow, in debug builds) RSA keys small.
+    let f = Fixture::new(
+        "apiVersion: clusterctl.io/v1alpha1\nkind: Cluster\nmetadata: {name: r}\nspec:\n  kubernetesVersion: v1.20.2\n  \
+         hosts:\n    - {name: cp1, address: 10.77.0.11, roles: [etcd, control-plane]}\n  \
+         ha: {mode: local-proxy}\n  pki: {algorithm: rsa2048, certValidity: 400d}\n",
+    );
+    f.generate();
+    assert_eq!(verify_all_chains(&f), 13);
+    let api = f.cert("apiserver.crt");
+    assert!(
+        api.digital_signature && api.key_encipherment,
+        "RSA leaf: DigitalSignature + KeyEncipherment"
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((400 * 86400 - 3600..=400 * 86400).contains(&(api.not_after - now)));
+    let out = Command::new("openssl")
+        .args(["pkey", "-in"])
+        .arg(f.pki("apiserver.key"))
+        .args(["-noout", "-text"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Private-Key: (2048 bit"),
+        "2048-bit RSA key"
+    );
+    assert_eq!(
+        f.generate().count(Action::Kept),
+        17,
+        "RSA keys reload for the idempotence check"
+    );
+}
+
+#[test]
+fn every_host_file_exists_after_generate() {
+    let f = Fixture::example("ha-vip.yaml");
+    f.generate();
+    for h in &f.inv.spec.hosts {
+        let files = spec::files_for_host(&f.inv, h);
+        assert!(!files.is_empty());
+        for hf in files {
+            let p = f.layout.root.join(&hf.local);
+            assert!(p.is_file(), "{}: {} missing", h.name, p.display());
+        }
+    }
+}
+
+#[test]
+fn expired_leaves_are_reissued_and_cas_kept() {
+    let mut f = Fixture::example("local-proxy.yaml");
+    f.edit(|t| format!("{t}  pki:\n    certValidity: 1d\n"));
+    let past = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+    generate::generate_at(&f.inv, &f.settings(), &f.layout, past).unwrap();
+    let ca = std::fs::read(f.pki("ca.crt")).unwrap();
+    let out = f.generate();
+    assert_eq!(out.count(Action::Reissued), 33, "{:#?}", out.items);
+    assert!(
+        out.items
+            .iter()
+            .filter(|i| i.action == Action::Reissued)
+            .all(|i| i.reason.as_deref() == Some("expired"))
+    );
+    assert_eq!(std::fs::read(f.pki("ca.crt")).unwrap(), ca);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(f.cert("apiserver.crt").not_after > now);
+    // Old files kept in the backup, new ones chain to the same CA.
+    assert_eq!(
+        out.backups.len(),
+        2 * 21 + 17,
+        "cert+key of 21 file pairs, 17 kubeconfigs"
+    );
+    assert_eq!(verify_all_chains(&f), 33);
+}

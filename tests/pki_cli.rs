@@ -1,0 +1,162 @@
+//! `clusterctl certs generate` and `certs check-expiration` through the binary.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn setup(validity: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ha-vip.yaml"))
+            .unwrap();
+    // The example names ~/.ssh/id_ed25519; validation wants a key file that exists.
+    std::fs::write(dir.path().join("id_test"), "not read by the PKI\n").unwrap();
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        text.replace("certValidity: 50y", &format!("certValidity: {validity}"))
+            .replace("~/.ssh/id_ed25519", "id_test"),
+    )
+    .unwrap();
+    dir
+}
+
+fn cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::cargo_bin("clusterctl").unwrap();
+    c.current_dir(dir)
+        .env_remove("CLUSTERCTL_STATE_DIR")
+        .arg("-i")
+        .arg("inventory.yaml")
+        .args(args);
+    c
+}
+
+fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = cmd(dir, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn generate_then_check_expiration_table_and_json() {
+    let dir = setup("50y");
+    let out = cmd(dir.path(), &["certs", "generate"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("37 created, 0 re-issued"), "{text}");
+    assert!(dir.path().join("clusters/prod/pki/ca.crt").is_file());
+
+    let again = json(dir.path(), &["certs", "generate", "-o", "json"]);
+    let items = again["items"].as_array().unwrap();
+    assert_eq!(items.len(), 37);
+    assert!(items.iter().all(|i| i["action"] == "kept"), "{again}");
+
+    let out = cmd(dir.path(), &["certs", "check-expiration"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("CERTIFICATE") && lines[0].contains("RESIDUAL"),
+        "{table}"
+    );
+    // 24 certificate files (3 CAs) + 17 kubeconfigs.
+    assert_eq!(lines.len(), 1 + 24 + 17, "{table}");
+    let api = lines.iter().find(|l| l.starts_with("apiserver ")).unwrap();
+    assert!(
+        api.contains("CN=kube-apiserver")
+            && api.contains("CN=kubernetes")
+            && (api.contains("49y 364d") || api.contains("50y 0d")),
+        "{api}"
+    );
+    let admin = lines.iter().find(|l| l.starts_with("admin.conf ")).unwrap();
+    assert!(
+        admin.contains("kubeconfig") && admin.contains("O=system:masters"),
+        "{admin}"
+    );
+    assert!(!table.contains("expires within"), "{table}");
+
+    let v = json(dir.path(), &["certs", "check-expiration", "-o", "json"]);
+    let certs = v["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 41);
+    assert!(certs.iter().all(|c| c["warning"] == false));
+    let ca = certs.iter().find(|c| c["name"] == "ca").unwrap();
+    assert_eq!(ca["isCa"], true);
+    assert!(ca["notAfter"].as_str().unwrap().starts_with("21"), "{ca}");
+}
+
+#[test]
+fn short_lived_certs_are_flagged() {
+    let dir = setup("30d");
+    cmd(dir.path(), &["certs", "generate"]).assert().success();
+    let out = cmd(dir.path(), &["certs", "check-expiration"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let flagged: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains("expires within 180d"))
+        .collect();
+    assert_eq!(
+        flagged.len(),
+        38,
+        "every leaf and kubeconfig, no CA:\n{table}"
+    );
+    assert!(
+        !flagged
+            .iter()
+            .any(|l| l.starts_with("ca ") || l.contains("etcd/ca "))
+    );
+    assert!(
+        stderr.contains("38 certificate(s) expire within 180d"),
+        "{stderr}"
+    );
+
+    let v = json(dir.path(), &["certs", "check-expiration", "-o", "json"]);
+    let certs = v["certificates"].as_array().unwrap();
+    let api = certs.iter().find(|c| c["name"] == "apiserver").unwrap();
+    assert_eq!(api["warning"], true);
+    let left = api["residualSeconds"].as_i64().unwrap();
+    assert!((29 * 86400..=30 * 86400).contains(&left), "{left}");
+
+    // A threshold below the lifetime: nothing flagged.
+    let out = cmd(
+        dir.path(),
+        &["certs", "check-expiration", "--warn-within", "7d"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        !String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("expires within")
+    );
+}
+
+#[test]
+fn bad_threshold_and_missing_pki_are_clear_errors() {
+    let dir = setup("50y");
+    cmd(dir.path(), &["certs", "check-expiration"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains(
+            "run `clusterctl certs generate` first",
+        ));
+    cmd(
+        dir.path(),
+        &["certs", "check-expiration", "--warn-within", "soon"],
+    )
+    .assert()
+    .code(2)
+    .stderr(predicates::str::contains("--warn-within"));
+}
