@@ -103,7 +103,7 @@ if [ -f "$out" ]; then
 fi
 
 # --- fetch .debs, checking each against the SHA256 of Debian's Packages index -----------------
-# fetch SUITE PKG VERSION -> prints the .deb path; sets DEB_SHA
+# fetch SUITE PKG VERSION -> prints the path of the .deb (checked against the index)
 fetch() {
 	local suite=$1 p=$2 v=$3 opts want f
 	if [ "$suite" = trixie ]; then opts=("${T[@]}"); else opts=("${B[@]}"); fi
@@ -118,8 +118,9 @@ fetch() {
 			[ "$(dpkg-deb -f "$c" Version)" = "$v" ] && echo "$c"; done | head -1)
 	fi
 	[ -n "$f" ] || die "download of $p $v failed"
-	DEB_SHA=$(sha256sum "$f" | cut -d' ' -f1)
-	[ "$DEB_SHA" = "$want" ] || die "$f: sha256 $DEB_SHA, but Debian's $suite index says $want"
+	local got
+	got=$(sha256sum "$f" | cut -d" " -f1)
+	[ "$got" = "$want" ] || die "$f: sha256 $got, but Debian's $suite index says $want"
 	echo "$f"
 }
 
@@ -132,7 +133,7 @@ check_bin() {
 	local f=$1 libs need
 	libs=$(ldd "$f" 2>/dev/null | awk '{print $1}' | grep -v -E '^(linux-vdso|libc\.so\.6|/lib64/ld-linux-x86-64\.so\.2|not|statically)' || true)
 	[ -z "$libs" ] || die "$f needs more than libc: $libs"
-	need=$(objdump -T "$f" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+	need=$( (objdump -T "$f" 2>/dev/null || true) | (grep -o 'GLIBC_[0-9.]*' || true) | sed 's/GLIBC_//' | sort -uV | tail -1)
 	if [ -n "$need" ] && [ "$(printf '%s\n%s\n' "$need" "$glibc_max" | sort -V | tail -1)" != "$glibc_max" ]; then
 		die "$f needs GLIBC_$need, bookworm has $glibc_max"
 	fi
@@ -142,11 +143,12 @@ check_bin() {
 extract() {
 	local suite=$1 p=$2 inpath=$3 name=$4 uver=$5 roles=$6 expect=$7; shift 7
 	local v=${V[$suite/$p]} deb dir
-	deb=$(fetch "$suite" "$p" "$v")
+	deb=$(fetch "$suite" "$p" "$v"); DEB_SHA=$(sha256sum "$deb" | cut -d" " -f1)
 	dir="$work/bin/${p}_$v"
 	[ -d "$dir" ] || { dpkg -x "$deb" "$dir.tmp" && mv "$dir.tmp" "$dir"; }
 	check_bin "$dir/$inpath"
-	"$dir/$inpath" "$@" 2>&1 | grep -q -- "$expect" || die "$dir/$inpath $*: does not report $expect"
+	vout=$("$dir/$inpath" "$@" 2>&1 || true)
+	grep -q -- "$expect" <<<"$vout" || die "$dir/$inpath $*: does not report $expect"
 	row "$name" "$uver" binary "$roles" "file://$dir/$inpath" "/usr/local/bin/$name" 0755 \
 		"computed by tests/lab/build-bundle.sh from /$inpath of Debian $suite package $p $v (that .deb matched the $suite Packages index, sha256 $DEB_SHA)" -
 }
@@ -165,7 +167,8 @@ kube_rows() {
 	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
 		sum=$(sha256sum "$bin/$b" | cut -d' ' -f1)
 		grep -q "^$sum  $b\$" "$bin/../BUILD-INFO" || die "$bin/$b does not match its BUILD-INFO"
-		"$bin/$b" --version 2>&1 | grep -q "Kubernetes $ver" || die "$bin/$b --version is not $ver"
+		vout=$("$bin/$b" --version 2>&1 || true)
+		grep -q "Kubernetes $ver" <<<"$vout" || die "$bin/$b --version is not $ver"
 		case $b in kubelet | kube-proxy) r=control-plane,worker ;; *) r=control-plane ;; esac
 		row "$b" "${ver#v}" binary "$r" "file://$bin/$b" "/usr/local/bin/$b" 0755 \
 			"computed by tests/lab/build-bundle.sh from tests/lab/build-kubernetes.sh's build ($src); equals the sha256 in its BUILD-INFO" "$note"
@@ -178,7 +181,7 @@ fi
 
 # CNI plugins: a reproducible tar.gz of /usr/lib/cni from the Debian package, for /opt/cni/bin.
 cv=${V[bookworm/containernetworking-plugins]}
-cdeb=$(fetch bookworm containernetworking-plugins "$cv")
+cdeb=$(fetch bookworm containernetworking-plugins "$cv"); DEB_SHA=$(sha256sum "$cdeb" | cut -d" " -f1)
 cdir="$work/bin/containernetworking-plugins_$cv"
 [ -d "$cdir" ] || { dpkg -x "$cdeb" "$cdir.tmp" && mv "$cdir.tmp" "$cdir"; }
 for f in "$cdir"/usr/lib/cni/*; do check_bin "$f"; done
