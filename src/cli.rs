@@ -9,11 +9,7 @@ use crate::diag::{Diagnostics, EXIT_BAD_INPUT, UserError};
 use crate::inventory::{self, Loaded};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "clusterctl",
-    version,
-    about = "Install and run HA Kubernetes clusters on plain Linux hosts over SSH"
-)]
+#[command(name = "clusterctl", version, about = "Install and run HA Kubernetes clusters on plain Linux hosts over SSH")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -24,13 +20,7 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// Inventory file (YAML).
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "CLUSTERCTL_INVENTORY",
-        default_value = "inventory.yaml"
-    )]
+    #[arg(short, long, global = true, env = "CLUSTERCTL_INVENTORY", default_value = "inventory.yaml")]
     pub inventory: PathBuf,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
@@ -145,11 +135,7 @@ pub fn load_inventory(g: &Global) -> anyhow::Result<Loaded> {
 pub fn state_dir(g: &Global, loaded: &Loaded) -> crate::state::StateDir {
     let base = match &g.state_dir {
         Some(d) => d.clone(),
-        None => loaded
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
+        None => loaded.path.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     crate::state::StateDir::new(&base, loaded.inventory.name())
 }
@@ -169,11 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reset => Err(UserError::not_built("reset", "day-2 issue").into()),
         Command::Bundle(c) => crate::bundle::cmd::run(g, c),
         Command::Inventory(InventoryCmd::Validate) => validate_cmd(g),
-        Command::Inventory(InventoryCmd::Import {
-            from: ImportFrom::Kubeasz,
-            path,
-            out,
-        }) => {
+        Command::Inventory(InventoryCmd::Import { from: ImportFrom::Kubeasz, path, out }) => {
             let yaml = inventory::kubeasz::import_file(&path)?;
             match out {
                 Some(o) => std::fs::write(&o, yaml)?,
@@ -182,12 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "clusterctl",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(shell, &mut Cli::command(), "clusterctl", &mut std::io::stdout());
             Ok(())
         }
         Command::Version => {
@@ -197,10 +174,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "kubernetesMinors": supported})
                 ),
-                Output::Text => println!(
-                    "clusterctl {} (Kubernetes {supported})",
-                    env!("CARGO_PKG_VERSION")
-                ),
+                Output::Text => println!("clusterctl {} (Kubernetes {supported})", env!("CARGO_PKG_VERSION")),
             }
             Ok(())
         }
@@ -220,21 +194,14 @@ fn validate_cmd(g: &Global) -> anyhow::Result<()> {
                     for w in loaded.warnings.warnings() {
                         eprintln!("{w}");
                     }
-                    println!(
-                        "{}: valid ({n} hosts, {} warning(s))",
-                        g.inventory.display(),
-                        loaded.warnings.items.len()
-                    );
+                    println!("{}: valid ({n} hosts, {} warning(s))", g.inventory.display(), loaded.warnings.items.len());
                 }
             }
             Ok(())
         }
         Err(d) => {
             if g.output == Output::Json {
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "file": g.inventory, "diagnostics": d.items})
-                );
+                println!("{}", serde_json::json!({"valid": false, "file": g.inventory, "diagnostics": d.items}));
             }
             Err(d.into())
         }

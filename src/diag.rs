@@ -74,9 +74,7 @@ impl Diagnostics {
         self.items.iter().filter(|d| d.severity == Severity::Error)
     }
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.items
-            .iter()
-            .filter(|d| d.severity == Severity::Warning)
+        self.items.iter().filter(|d| d.severity == Severity::Warning)
     }
     pub fn push(&mut self, d: Diagnostic) {
         self.items.push(d);
@@ -108,16 +106,10 @@ pub struct UserError {
 
 impl UserError {
     pub fn bad_input(message: impl Into<String>) -> Self {
-        UserError {
-            code: EXIT_BAD_INPUT,
-            message: message.into(),
-        }
+        UserError { code: EXIT_BAD_INPUT, message: message.into() }
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        UserError {
-            code: EXIT_FAILED,
-            message: message.into(),
-        }
+        UserError { code: EXIT_FAILED, message: message.into() }
     }
     /// A command that is designed but not built yet: say so, exit non-zero, touch nothing.
     pub fn not_built(what: &str, issue: &str) -> Self {
@@ -137,13 +129,7 @@ impl fmt::Display for UserError {
 impl std::error::Error for UserError {}
 
 /// Convenience for a diagnostic without a place in a file.
-pub fn at_file(
-    file: &Path,
-    severity: Severity,
-    field: &str,
-    message: String,
-    fix: &str,
-) -> Diagnostic {
+pub fn at_file(file: &Path, severity: Severity, field: &str, message: String, fix: &str) -> Diagnostic {
     Diagnostic {
         severity,
         file: file.to_path_buf(),

@@ -11,9 +11,7 @@ pub struct StateDir {
 impl StateDir {
     /// `<base>/clusters/<name>`; base defaults to the inventory file's directory.
     pub fn new(base: &Path, cluster: &str) -> StateDir {
-        StateDir {
-            root: base.join("clusters").join(cluster),
-        }
+        StateDir { root: base.join("clusters").join(cluster) }
     }
     pub fn pki(&self) -> PathBuf {
         self.root.join("pki")

@@ -32,11 +32,7 @@ impl KubeVersion {
     }
 
     pub fn supported_list() -> String {
-        SUPPORTED_MINORS
-            .iter()
-            .map(|m| format!("1.{m}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        SUPPORTED_MINORS.iter().map(|m| format!("1.{m}")).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -56,15 +52,8 @@ impl FromStr for KubeVersion {
         if parts.len() != 3 {
             return Err(format!("`{s}` is not a version of the form v1.MINOR.PATCH"));
         }
-        let num = |p: &str| {
-            p.parse::<u32>()
-                .map_err(|_| format!("`{s}` is not a version of the form v1.MINOR.PATCH"))
-        };
-        Ok(KubeVersion {
-            major: num(parts[0])?,
-            minor: num(parts[1])?,
-            patch: num(parts[2])?,
-        })
+        let num = |p: &str| p.parse::<u32>().map_err(|_| format!("`{s}` is not a version of the form v1.MINOR.PATCH"));
+        Ok(KubeVersion { major: num(parts[0])?, minor: num(parts[1])?, patch: num(parts[2])? })
     }
 }
 
@@ -75,14 +64,7 @@ mod tests {
     #[test]
     fn parses_and_checks_support() {
         let v: KubeVersion = "v1.20.2".parse().unwrap();
-        assert_eq!(
-            v,
-            KubeVersion {
-                major: 1,
-                minor: 20,
-                patch: 2
-            }
-        );
+        assert_eq!(v, KubeVersion { major: 1, minor: 20, patch: 2 });
         assert!(v.is_supported());
         assert!("1.19.0".parse::<KubeVersion>().unwrap().is_supported() == false);
         assert!("v1.20".parse::<KubeVersion>().is_err());

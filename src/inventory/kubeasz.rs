@@ -2,9 +2,5 @@
 use std::path::Path;
 
 pub fn import_file(path: &Path) -> anyhow::Result<String> {
-    Err(crate::diag::UserError::not_built(
-        &format!("inventory import {}", path.display()),
-        "foundation issue",
-    )
-    .into())
+    Err(crate::diag::UserError::not_built(&format!("inventory import {}", path.display()), "foundation issue").into())
 }

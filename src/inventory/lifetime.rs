@@ -9,25 +9,19 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("`{s}` is not a lifetime: write a whole number and a unit, e.g. 100y, 3650d, 8760h")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a lifetime: write a whole number and a unit, e.g. 100y, 3650d, 8760h"))?;
     let secs = match unit {
         "y" => n.checked_mul(365 * DAY),
         "d" => n.checked_mul(DAY),
         "h" => n.checked_mul(3600),
         "m" => n.checked_mul(60),
-        _ => {
-            return Err(format!(
-                "`{s}` has no known unit: use y, d, h or m (e.g. 100y, 3650d)"
-            ));
-        }
+        _ => return Err(format!("`{s}` has no known unit: use y, d, h or m (e.g. 100y, 3650d)")),
     }
     .ok_or_else(|| format!("`{s}` is too long"))?;
     if secs == 0 {
-        return Err(format!(
-            "`{s}` is zero: a certificate must live for some time"
-        ));
+        return Err(format!("`{s}` is zero: a certificate must live for some time"));
     }
     Ok(Duration::from_secs(secs))
 }

@@ -72,12 +72,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
     if diags.has_errors() {
         return Err(diags);
     }
-    Ok(Loaded {
-        inventory,
-        path: path.to_path_buf(),
-        source_map,
-        warnings: diags,
-    })
+    Ok(Loaded { inventory, path: path.to_path_buf(), source_map, warnings: diags })
 }
 
 fn serde_error(e: &serde_saphyr::Error, path: &Path) -> Diagnostic {

@@ -7,7 +7,7 @@ pub mod model;
 pub mod source_map;
 pub mod validate;
 
-pub use load::{Loaded, load, load_str};
+pub use load::{load, load_str, Loaded};
 pub use model::*;
 
 use std::net::IpAddr;
@@ -37,44 +37,26 @@ impl Inventory {
 
     /// Hosts that run a kubelet: control-plane hosts (tainted by default) and workers.
     pub fn node_hosts(&self) -> impl Iterator<Item = &Host> {
-        self.spec
-            .hosts
-            .iter()
-            .filter(|h| h.has(Role::ControlPlane) || h.has(Role::Worker))
+        self.spec.hosts.iter().filter(|h| h.has(Role::ControlPlane) || h.has(Role::Worker))
     }
 
     /// Hosts that run keepalived + haproxy in `vip` mode: the `lb` hosts, else the control plane.
     pub fn lb_hosts(&self) -> Vec<&Host> {
         let lb: Vec<&Host> = self.hosts_with(Role::Lb).collect();
-        if lb.is_empty() {
-            self.control_plane_hosts().collect()
-        } else {
-            lb
-        }
+        if lb.is_empty() { self.control_plane_hosts().collect() } else { lb }
     }
 
     /// Parsed Kubernetes version (validated on load).
     pub fn kube_version(&self) -> KubeVersion {
-        self.spec
-            .kubernetes_version
-            .parse()
-            .expect("validated on load")
+        self.spec.kubernetes_version.parse().expect("validated on load")
     }
 
     pub fn service_cidr(&self) -> ipnet::IpNet {
-        self.spec
-            .network
-            .service_cidr
-            .parse()
-            .expect("validated on load")
+        self.spec.network.service_cidr.parse().expect("validated on load")
     }
 
     pub fn pod_cidr(&self) -> ipnet::IpNet {
-        self.spec
-            .network
-            .pod_cidr
-            .parse()
-            .expect("validated on load")
+        self.spec.network.pod_cidr.parse().expect("validated on load")
     }
 
     /// The `kubernetes` Service IP: first address of the service CIDR.
@@ -115,25 +97,15 @@ impl Inventory {
             }
             HaMode::LocalProxy if on_node => ("127.0.0.1".into(), ha.local_proxy_port),
             HaMode::LocalProxy => {
-                let first = self
-                    .control_plane_hosts()
-                    .next()
-                    .expect("validated on load");
-                (
-                    first.address.to_string(),
-                    self.spec.control_plane.apiserver_port,
-                )
+                let first = self.control_plane_hosts().next().expect("validated on load");
+                (first.address.to_string(), self.spec.control_plane.apiserver_port)
             }
         }
     }
 
     /// `https://host:port`, with brackets for IPv6.
     pub fn url(host: &str, port: u16) -> String {
-        if host.contains(':') {
-            format!("https://[{host}]:{port}")
-        } else {
-            format!("https://{host}:{port}")
-        }
+        if host.contains(':') { format!("https://[{host}]:{port}") } else { format!("https://{host}:{port}") }
     }
 }
 
@@ -151,11 +123,7 @@ pub fn split_endpoint(ep: &str) -> Option<(String, u16)> {
 /// The n-th address of a network (n=1: first usable address).
 pub fn nth_addr(net: &ipnet::IpNet, n: u32) -> IpAddr {
     match net {
-        ipnet::IpNet::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(
-            u32::from(v4.network()).wrapping_add(n),
-        )),
-        ipnet::IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(v6.network()).wrapping_add(n as u128),
-        )),
+        ipnet::IpNet::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4.network()).wrapping_add(n))),
+        ipnet::IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6.network()).wrapping_add(n as u128))),
     }
 }

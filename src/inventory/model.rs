@@ -453,11 +453,7 @@ pub struct Addons {
 
 impl Default for Addons {
     fn default() -> Self {
-        Addons {
-            coredns: CoreDns::default(),
-            metrics_server: Toggle { enabled: true },
-            extra_manifests: Vec::new(),
-        }
+        Addons { coredns: CoreDns::default(), metrics_server: Toggle { enabled: true }, extra_manifests: Vec::new() }
     }
 }
 
@@ -472,10 +468,7 @@ pub struct CoreDns {
 
 impl Default for CoreDns {
     fn default() -> Self {
-        CoreDns {
-            enabled: true,
-            replicas: default_coredns_replicas(),
-        }
+        CoreDns { enabled: true, replicas: default_coredns_replicas() }
     }
 }
 

@@ -24,23 +24,12 @@ pub struct SourceMap {
 }
 
 enum Frame {
-    Map {
-        path: String,
-        pending_key: Option<(String, Pos)>,
-        expecting_key: bool,
-    },
-    Seq {
-        path: String,
-        index: usize,
-    },
+    Map { path: String, pending_key: Option<(String, Pos)>, expecting_key: bool },
+    Seq { path: String, index: usize },
 }
 
 fn child(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_string()
-    } else {
-        format!("{parent}.{key}")
-    }
+    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
 }
 
 impl SourceMap {
@@ -50,17 +39,10 @@ impl SourceMap {
         let mut stack: Vec<Frame> = Vec::new();
         let mut parser = Parser::new_from_str(text);
         while let Some(Ok((event, span))) = parser.next_event() {
-            let pos = Pos {
-                line: span.start.line(),
-                column: span.start.col() + 1,
-            };
+            let pos = Pos { line: span.start.line(), column: span.start.col() + 1 };
             // Where does this node go? Decide its path from the enclosing frame.
             let node_path = match stack.last_mut() {
-                Some(Frame::Map {
-                    path,
-                    pending_key,
-                    expecting_key,
-                }) => {
+                Some(Frame::Map { path, pending_key, expecting_key }) => {
                     if *expecting_key {
                         None // this event is a key
                     } else {
@@ -79,12 +61,7 @@ impl SourceMap {
             match event {
                 Event::Scalar(value, ..) => match node_path {
                     None => {
-                        if let Some(Frame::Map {
-                            path,
-                            pending_key,
-                            expecting_key,
-                        }) = stack.last_mut()
-                        {
+                        if let Some(Frame::Map { path, pending_key, expecting_key }) = stack.last_mut() {
                             let p = child(path, &value);
                             map.keys.insert(p, pos);
                             *pending_key = Some((value.into_owned(), pos));
@@ -101,12 +78,7 @@ impl SourceMap {
                         Some(p) => p,
                         None => {
                             // A complex key: not used by the inventory; give it a throwaway path.
-                            if let Some(Frame::Map {
-                                pending_key,
-                                expecting_key,
-                                ..
-                            }) = stack.last_mut()
-                            {
+                            if let Some(Frame::Map { pending_key, expecting_key, .. }) = stack.last_mut() {
                                 *pending_key = Some(("?".into(), pos));
                                 *expecting_key = false;
                             }
@@ -116,11 +88,7 @@ impl SourceMap {
                     map.keys.entry(p.clone()).or_insert(pos);
                     map.values.insert(p.clone(), pos);
                     if matches!(event, Event::MappingStart(..)) {
-                        stack.push(Frame::Map {
-                            path: p,
-                            pending_key: None,
-                            expecting_key: true,
-                        });
+                        stack.push(Frame::Map { path: p, pending_key: None, expecting_key: true });
                     } else {
                         stack.push(Frame::Seq { path: p, index: 0 });
                     }
@@ -174,35 +142,11 @@ mod tests {
         let text = "a: 1\nspec:\n  hosts:\n    - name: h1\n      address: 10.0.0.1\n    - name: h2\n      address: 10.0.0.2\n  list: [x, y]\n";
         let m = SourceMap::build(text);
         assert_eq!(m.value("a"), Some(Pos { line: 1, column: 4 }));
-        assert_eq!(
-            m.key("spec.hosts[1].address"),
-            Some(Pos { line: 7, column: 7 })
-        );
-        assert_eq!(
-            m.value("spec.hosts[1].address"),
-            Some(Pos {
-                line: 7,
-                column: 16
-            })
-        );
-        assert_eq!(
-            m.value("spec.hosts[0].name"),
-            Some(Pos {
-                line: 4,
-                column: 13
-            })
-        );
-        assert_eq!(
-            m.value("spec.list[1]"),
-            Some(Pos {
-                line: 8,
-                column: 13
-            })
-        );
+        assert_eq!(m.key("spec.hosts[1].address"), Some(Pos { line: 7, column: 7 }));
+        assert_eq!(m.value("spec.hosts[1].address"), Some(Pos { line: 7, column: 16 }));
+        assert_eq!(m.value("spec.hosts[0].name"), Some(Pos { line: 4, column: 13 }));
+        assert_eq!(m.value("spec.list[1]"), Some(Pos { line: 8, column: 13 }));
         // Missing field: falls back to its parent.
-        assert_eq!(
-            m.value("spec.hosts[1].port"),
-            Some(Pos { line: 6, column: 7 })
-        );
+        assert_eq!(m.value("spec.hosts[1].port"), Some(Pos { line: 6, column: 7 }));
     }
 }

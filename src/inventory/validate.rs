@@ -8,11 +8,7 @@ use super::source_map::SourceMap;
 use crate::diag::{Diagnostic, Diagnostics, Severity};
 
 pub fn validate(inv: &Inventory, file: &Path, map: &SourceMap) -> Diagnostics {
-    let mut v = Validator {
-        file,
-        map,
-        out: Diagnostics::default(),
-    };
+    let mut v = Validator { file, map, out: Diagnostics::default() };
     v.header(inv);
     v.out
 }
@@ -24,14 +20,7 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn report(
-        &mut self,
-        severity: Severity,
-        field: &str,
-        host: Option<&str>,
-        message: String,
-        fix: &str,
-    ) {
+    fn report(&mut self, severity: Severity, field: &str, host: Option<&str>, message: String, fix: &str) {
         let pos = self.map.value(field);
         self.out.push(Diagnostic {
             severity,
@@ -51,20 +40,10 @@ impl Validator<'_> {
 
     fn header(&mut self, inv: &Inventory) {
         if inv.api_version != API_VERSION {
-            self.error(
-                "apiVersion",
-                None,
-                format!("unsupported apiVersion `{}`", inv.api_version),
-                &format!("set `apiVersion: {API_VERSION}`"),
-            );
+            self.error("apiVersion", None, format!("unsupported apiVersion `{}`", inv.api_version), &format!("set `apiVersion: {API_VERSION}`"));
         }
         if inv.kind != KIND {
-            self.error(
-                "kind",
-                None,
-                format!("unsupported kind `{}`", inv.kind),
-                &format!("set `kind: {KIND}`"),
-            );
+            self.error("kind", None, format!("unsupported kind `{}`", inv.kind), &format!("set `kind: {KIND}`"));
         }
     }
 }

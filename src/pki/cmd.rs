@@ -15,8 +15,6 @@ pub enum CertsCmd {
 pub fn run(_g: &Global, c: CertsCmd) -> anyhow::Result<()> {
     match c {
         CertsCmd::Generate => Err(UserError::not_built("certs generate", "PKI issue").into()),
-        CertsCmd::CheckExpiration => {
-            Err(UserError::not_built("certs check-expiration", "PKI issue").into())
-        }
+        CertsCmd::CheckExpiration => Err(UserError::not_built("certs check-expiration", "PKI issue").into()),
     }
 }
