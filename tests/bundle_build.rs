@@ -436,3 +436,28 @@ async fn a_wrong_local_file_is_refused() {
     assert_eq!(mm.actual, hex::encode(Sha256::digest(b"not etcd")));
     assert!(out_dir_entries(work.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_cache_entry_is_downloaded_again() {
+    let srv = Server::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let (u1, s1) = srv.put("kubectl", &data(80_000, 5));
+    let m = write_manifest(
+        work.path(),
+        vec![item(
+            "kubectl",
+            &u1,
+            &s1,
+            Kind::Binary,
+            &[Need::ControlPlane],
+        )],
+    );
+    let o = opts(work.path(), m);
+    build(&o).await.unwrap();
+    std::fs::write(o.cache.join("sha256").join(&s1), b"bit rot").unwrap();
+    std::fs::remove_file(&o.out).unwrap();
+    let r = build(&o).await.unwrap();
+    assert_eq!(r.items[0].origin, Origin::Downloaded);
+    assert_eq!(srv.requests("kubectl").len(), 2);
+    assert!(clusterctl::bundle::verify(&o.out, None).unwrap().ok());
+}

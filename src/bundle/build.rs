@@ -246,11 +246,20 @@ async fn fetch(
         return Ok(done(path, size, Origin::Local, 0));
     }
     let final_path = blobs.join(&sha);
-    if let Ok(md) = std::fs::metadata(&final_path)
-        && it.size.is_none_or(|s| s == md.len())
-    {
-        // Re-hashed while packing, so a damaged cache entry is caught there.
-        return Ok(done(final_path, md.len(), Origin::Cached, 0));
+    if final_path.exists() {
+        // A cache entry is trusted only after re-hashing it; a damaged one is replaced.
+        let p2 = final_path.clone();
+        let (got, size) = tokio::task::spawn_blocking(move || archive::hash_file(&p2)).await??;
+        if got == sha && it.size.is_none_or(|s| s == size) {
+            return Ok(done(final_path, size, Origin::Cached, 0));
+        }
+        if !o.quiet {
+            eprintln!(
+                "  .. {}: cached copy is damaged (sha256 {got}); downloading again",
+                it.label()
+            );
+        }
+        std::fs::remove_file(&final_path)?;
     }
     let partial = blobs.join(format!("{sha}.partial"));
     let mut requests = 0u32;
