@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use russh::ChannelMsg;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncRead;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::error::{ErrorKind, HostError, HostResult};
@@ -737,6 +736,9 @@ fn short(cmd: &str) -> String {
     s
 }
 
+/// Upload read size: one `data_bytes` call per chunk.
+const CHUNK: usize = 1 << 20;
+
 /// Opens a channel, runs `cmd`, streams `input` to its stdin (then EOF) and collects output.
 async fn run_channel(
     s: &Session,
@@ -754,12 +756,33 @@ async fn run_channel(
     let writer = async {
         let r: Result<(), String> = match input {
             None => Ok(()),
-            Some(UploadSource::Bytes(b)) => wr.data(&b[..]).await.map_err(|e| e.to_string()),
+            // Whole chunks through `data_bytes`: russh cuts them into packets without copying.
+            // (`data(reader)` goes through tokio::io::copy's 8 KiB buffer: 4x the packets of
+            // OpenSSH's 32 KiB, half the throughput.)
+            Some(UploadSource::Bytes(b)) => {
+                wr.data_bytes(b.clone()).await.map_err(|e| e.to_string())
+            }
             Some(UploadSource::Path(p)) => match tokio::fs::File::open(p).await {
-                Ok(f) => {
-                    let f: Box<dyn AsyncRead + Unpin + Send> =
-                        Box::new(tokio::io::BufReader::with_capacity(1 << 20, f));
-                    wr.data(f).await.map_err(|e| e.to_string())
+                Ok(mut f) => {
+                    use tokio::io::AsyncReadExt;
+                    let mut r = Ok(());
+                    loop {
+                        let mut buf = Vec::with_capacity(CHUNK);
+                        match (&mut f).take(CHUNK as u64).read_to_end(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(_) => {
+                                if let Err(e) = wr.data_bytes(buf).await {
+                                    r = Err(e.to_string());
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                r = Err(format!("cannot read {}: {e}", p.display()));
+                                break;
+                            }
+                        }
+                    }
+                    r
                 }
                 Err(e) => Err(format!("cannot read {}: {e}", p.display())),
             },
