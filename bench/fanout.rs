@@ -2,7 +2,8 @@
 //! Per host, on one session: `true` x10 as separate execs; BLOB to /opt/bench/blob (0644,
 //! skipped when the far sha256 matches); the clusterctl-bench.service unit (skipped when the
 //! same); `systemctl daemon-reload && enable --now` only when the unit changed or the service is
-//! not active. Prints one JSON line:
+//! not active. Independent work of a host runs as concurrent channels on its one session (the
+//! trues, the blob, the unit and its reload); `--sequential` runs the trues one at a time. Prints one JSON line:
 //! `{"hosts":N,"wall_s":F,"bytes_sent":B,"bytes_skipped":S,"restarts":R}`.
 //!
 //! Usage: fanout --inventory INV --file BLOB [--concurrency N] [--sequential]
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use clusterctl::inventory;
-use clusterctl::ssh::{ConnectOpts, ExecOpts, Pool, Target, UploadItem, UploadSource};
+use clusterctl::ssh::{ConnectOpts, ExecOpts, Pool, Target, UploadSource};
 use clusterctl::state::StateDir;
 
 const UNIT: &str = "[Unit]\nDescription=clusterctl bench\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
@@ -70,44 +71,50 @@ async fn main() -> ExitCode {
     let sequential = args.sequential;
     let results = pool
         .fan_out("bench", &pool.hosts(), args.concurrency, move |host, pool| {
-            let blob = blob.clone();
+            let blob = UploadSource::Path(blob.clone());
             async move {
                 // 10 separate execs, each its own channel on the one session; by default as
                 // parallel channels (the engine's normal way), --sequential for one at a time.
-                if sequential {
-                    for _ in 0..10 {
-                        pool.run(&host, "true", ExecOpts::default()).await?;
+                let trues = async {
+                    if sequential {
+                        for _ in 0..10 {
+                            pool.run(&host, "true", ExecOpts::default()).await?;
+                        }
+                        Ok(())
+                    } else {
+                        let trues = (0..10).map(|_| pool.run(&host, "true", ExecOpts::default()));
+                        futures::future::try_join_all(trues).await.map(|_| ())
                     }
-                } else {
-                    let trues = (0..10).map(|_| pool.run(&host, "true", ExecOpts::default()));
-                    futures::future::try_join_all(trues).await?;
-                }
-                let items = [
-                    UploadItem { source: UploadSource::Path(blob), dest: "/opt/bench/blob".into(), mode: 0o644, owner: None },
-                    UploadItem {
-                        source: UploadSource::Bytes(UNIT.as_bytes().to_vec()),
-                        dest: "/etc/systemd/system/clusterctl-bench.service".into(),
-                        mode: 0o644,
-                        owner: None,
-                    },
-                ];
-                // The far hashes and the service state in one go (two channels on the session).
-                let (up, active) = tokio::join!(
-                    pool.upload_many(&host, &items),
-                    pool.exec(&host, "systemctl is-active clusterctl-bench.service", ExecOpts::root())
-                );
-                let up = up?;
-                let active = active?.stdout.trim() == "active";
-                let mut t = Tally::default();
-                for o in &up {
-                    t.sent += o.bytes_sent;
-                    t.skipped += o.bytes_skipped;
-                }
-                if !up[1].skipped || !active {
-                    pool.run(&host, "systemctl daemon-reload && systemctl enable --now clusterctl-bench.service", ExecOpts::root())
+                };
+                // The blob, and independently the unit with its reload: concurrent channels.
+                let blob = pool.upload(&host, &blob, "/opt/bench/blob", 0o644, None);
+                let unit = async {
+                    let src = UploadSource::Bytes(UNIT.as_bytes().to_vec());
+                    let (up, active) = tokio::join!(
+                        pool.upload(&host, &src, "/etc/systemd/system/clusterctl-bench.service", 0o644, None),
+                        pool.exec(&host, "systemctl is-active clusterctl-bench.service", ExecOpts::root())
+                    );
+                    let up = up?;
+                    let mut restarts = 0;
+                    if !up.skipped || active?.stdout.trim() != "active" {
+                        pool.run(
+                            &host,
+                            "systemctl daemon-reload && systemctl enable --now clusterctl-bench.service",
+                            ExecOpts::root(),
+                        )
                         .await?;
-                    t.restarts = 1;
-                }
+                        restarts = 1;
+                    }
+                    Ok::<_, clusterctl::ssh::HostError>((up, restarts))
+                };
+                let (trues, blob, unit) = tokio::join!(trues, blob, unit);
+                trues?;
+                let (blob, (unit, restarts)) = (blob?, unit?);
+                let t = Tally {
+                    sent: blob.bytes_sent + unit.bytes_sent,
+                    skipped: blob.bytes_skipped + unit.bytes_skipped,
+                    restarts,
+                };
                 Ok(t)
             }
         })

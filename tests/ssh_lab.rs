@@ -305,6 +305,7 @@ async fn auth_methods(lab: &Lab) {
         .arg("-D")
         .arg("-a")
         .arg(&sock)
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     for _ in 0..50 {
