@@ -17,7 +17,8 @@ fn lab_dir() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 fn stdout(out: &Output) -> String {
@@ -63,10 +64,27 @@ fn ssh(user: &str, ip: &str, command: &str) -> Output {
     run(Command::new("ssh")
         .args(["-F", "/dev/null", "-i"])
         .arg(dir.join("id_ed25519"))
-        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
         .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", dir.join("known_hosts").display()))
-        .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=3", "-o", "LogLevel=ERROR"])
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            dir.join("known_hosts").display()
+        ))
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "LogLevel=ERROR",
+        ])
         .arg(format!("{user}@{ip}"))
         .arg(command))
 }
@@ -83,11 +101,18 @@ fn ssh_ok(user: &str, ip: &str, command: &str) -> String {
 }
 
 fn lines_matching(cmd: &mut Command, needle: &str) -> Vec<String> {
-    stdout(&run(cmd)).lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+    stdout(&run(cmd))
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
 }
 
 fn inotify_instances() -> String {
-    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances").unwrap().trim().to_string()
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn other_labs() -> Vec<String> {
@@ -113,11 +138,17 @@ fn lab_up_ssh_stop_start_down_leaves_nothing() {
     let t0 = Instant::now();
     lab_ok(&["up", LAB, "3"]);
     eprintln!("lab up (3 hosts) in {:?}", t0.elapsed());
-    assert!(inotify_instances().parse::<u64>().unwrap() >= 8192, "inotify instances not raised");
+    assert!(
+        inotify_instances().parse::<u64>().unwrap() >= 8192,
+        "inotify instances not raised"
+    );
 
     let hosts = env_value("LAB_HOSTS");
     assert_eq!(hosts, "h1 h2 h3");
-    let ips: Vec<String> = ["h1", "h2", "h3"].iter().map(|h| env_value(&format!("LAB_IP_{h}"))).collect();
+    let ips: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| env_value(&format!("LAB_IP_{h}")))
+        .collect();
     let subnet = env_value("LAB_SUBNET");
     for (i, ip) in ips.iter().enumerate() {
         assert_eq!(ip, &format!("10.77.{subnet}.{}", 11 + i));
@@ -125,8 +156,16 @@ fn lab_up_ssh_stop_start_down_leaves_nothing() {
 
     // The inventory is a valid clusterctl inventory naming those hosts.
     let inv = lab_dir().join("inventory.yaml");
-    let out = run(Command::new(env!("CARGO_BIN_EXE_clusterctl")).arg("-i").arg(&inv).args(["inventory", "validate"]));
-    assert!(out.status.success(), "inventory invalid: {}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .arg("-i")
+        .arg(&inv)
+        .args(["inventory", "validate"]));
+    assert!(
+        out.status.success(),
+        "inventory invalid: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let inv_text = std::fs::read_to_string(&inv).unwrap();
     for ip in &ips {
         assert!(inv_text.contains(ip.as_str()), "inventory lacks {ip}");
@@ -134,7 +173,11 @@ fn lab_up_ssh_stop_start_down_leaves_nothing() {
 
     // Real systemd, real sshd, each host its own identity; strict host keys accepted.
     for (i, ip) in ips.iter().enumerate() {
-        let got = ssh_ok("root", ip, "hostname; systemctl is-system-running --wait; cat /etc/machine-id");
+        let got = ssh_ok(
+            "root",
+            ip,
+            "hostname; systemctl is-system-running --wait; cat /etc/machine-id",
+        );
         let lines: Vec<&str> = got.lines().collect();
         assert_eq!(lines[0], format!("h{}", i + 1));
         assert_eq!(lines[1], "running", "systemd state on h{}", i + 1);
@@ -148,12 +191,22 @@ fn lab_up_ssh_stop_start_down_leaves_nothing() {
     let out = run(Command::new("ssh")
         .args(["-F", "/dev/null", "-i"])
         .arg(lab_dir().join("id_ed25519"))
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null"])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+        ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", bad_kh.display()))
         .arg(format!("root@{}", ips[0]))
         .arg("true"));
-    assert!(!out.status.success(), "ssh accepted a host key that is not h1's");
+    assert!(
+        !out.status.success(),
+        "ssh accepted a host key that is not h1's"
+    );
 
     // deploy: passwordless sudo; nopw: sudo wants a password.
     assert_eq!(ssh_ok("deploy", &ips[0], "sudo -n id -u"), "0");
@@ -163,7 +216,12 @@ fn lab_up_ssh_stop_start_down_leaves_nothing() {
 
     // exec without SSH, exit status passed through.
     assert_eq!(lab_ok(&["exec", LAB, "h3", "--", "hostname"]).trim(), "h3");
-    assert_eq!(lab(&["exec", LAB, "h3", "--", "sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_eq!(
+        lab(&["exec", LAB, "h3", "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
 
     // stop-host: h2 is down (no answer), the others are not; start-host: back with its state.
     ssh_ok("root", &ips[1], "echo kept > /root/marker");
@@ -178,27 +236,68 @@ fn lab_up_ssh_stop_start_down_leaves_nothing() {
     assert_eq!(ssh_ok("root", &ips[1], "cat /root/marker"), "kept");
 
     // down: nothing of this lab is left.
-    let nspawn_pids = lines_matching(Command::new("pgrep").args(["-af", "systemd-nspawn"]), &format!("-M {LAB}-h"));
-    assert_eq!(nspawn_pids.len(), 3, "expected 3 nspawn processes: {nspawn_pids:?}");
+    let nspawn_pids = lines_matching(
+        Command::new("pgrep").args(["-af", "systemd-nspawn"]),
+        &format!("-M {LAB}-h"),
+    );
+    assert_eq!(
+        nspawn_pids.len(),
+        3,
+        "expected 3 nspawn processes: {nspawn_pids:?}"
+    );
     drop(guard);
     let t0 = Instant::now();
     lab_ok(&["down", LAB]); // idempotent
     assert!(t0.elapsed() < Duration::from_secs(10));
 
-    assert!(lines_matching(Command::new("ip").args(["netns", "list"]), &format!("clab-{LAB}-")).is_empty());
     assert!(
-        lines_matching(Command::new("ip").args(["-o", "link", "show", "type", "bridge"]), &format!("clbr-{LAB}")).is_empty()
+        lines_matching(
+            Command::new("ip").args(["netns", "list"]),
+            &format!("clab-{LAB}-")
+        )
+        .is_empty()
     );
-    assert!(lines_matching(Command::new("ip").args(["-o", "link", "show"]), &format!("clv{LAB}-")).is_empty());
     assert!(
-        lines_matching(Command::new("findmnt").args(["-rn", "-t", "overlay", "-o", "TARGET"]), &lab_dir().display().to_string())
-            .is_empty()
+        lines_matching(
+            Command::new("ip").args(["-o", "link", "show", "type", "bridge"]),
+            &format!("clbr-{LAB}")
+        )
+        .is_empty()
     );
-    assert!(lines_matching(Command::new("pgrep").args(["-af", "systemd-nspawn"]), &format!("-M {LAB}-h")).is_empty());
-    for pid in nspawn_pids.iter().map(|l| l.split_whitespace().next().unwrap()) {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "nspawn {pid} still alive");
+    assert!(
+        lines_matching(
+            Command::new("ip").args(["-o", "link", "show"]),
+            &format!("clv{LAB}-")
+        )
+        .is_empty()
+    );
+    assert!(
+        lines_matching(
+            Command::new("findmnt").args(["-rn", "-t", "overlay", "-o", "TARGET"]),
+            &lab_dir().display().to_string()
+        )
+        .is_empty()
+    );
+    assert!(
+        lines_matching(
+            Command::new("pgrep").args(["-af", "systemd-nspawn"]),
+            &format!("-M {LAB}-h")
+        )
+        .is_empty()
+    );
+    for pid in nspawn_pids
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+    {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "nspawn {pid} still alive"
+        );
     }
-    for root in ["/sys/fs/cgroup/unified/clusterctl-lab", "/sys/fs/cgroup/systemd/clusterctl-lab"] {
+    for root in [
+        "/sys/fs/cgroup/unified/clusterctl-lab",
+        "/sys/fs/cgroup/systemd/clusterctl-lab",
+    ] {
         for h in ["h1", "h2", "h3"] {
             assert!(!Path::new(root).join(format!("{LAB}-{h}")).exists());
         }
@@ -209,6 +308,10 @@ fn lab_up_ssh_stop_start_down_leaves_nothing() {
     }
     assert!(!lab_dir().exists());
     if labs_before.is_empty() && other_labs().is_empty() {
-        assert_eq!(inotify_instances(), inotify_before, "inotify limit not restored by the last down");
+        assert_eq!(
+            inotify_instances(),
+            inotify_before,
+            "inotify limit not restored by the last down"
+        );
     }
 }
