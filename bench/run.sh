@@ -8,6 +8,7 @@
 # enabled and active) so a failing tool cannot look fast.
 #
 # Usage: bench/run.sh [--hosts "5 50"] [--runs 3] [--tools "openssh ansible clusterctl"]
+# Env: BENCH_FANOUT=/path/to/fanout uses an already built fanout example instead of building it.
 # Results: bench/results/<UTC date>/results.jsonl and summary.md (medians and ratios).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
 	--hosts) host_counts=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--tools) tools=$2; shift 2 ;;
-	*) sed -n '11p' "$0" >&2; exit 2 ;;
+	*) sed -n '11,12p' "$0" >&2; exit 2 ;;
 	esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: must run as root (the lab)" >&2; exit 1; }
@@ -71,8 +72,8 @@ ansible_venv() { # ansible-core from PyPI in a venv keyed by its spec and the Py
 	echo "$dir"
 }
 
-FANOUT=""
-if [[ " $tools " == *" clusterctl "* ]]; then
+FANOUT=${BENCH_FANOUT:-}
+if [[ " $tools " == *" clusterctl "* ]] && [ -z "$FANOUT" ]; then
 	if [ -f "$root/bench/fanout.rs" ] && grep -q 'name = "fanout"' "$root/Cargo.toml"; then
 		log "building the fanout example (release)"
 		(cd "$root" && cargo build -q --release --example fanout) >&2
