@@ -10,7 +10,7 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 walls = defaultdict(list)
 for r in rows:
     walls[(r["hosts"], r["phase"], r["tool"])].append(r["wall_s"])
-tools = [t for t in ("clusterctl", "ansible", "openssh") if any(k[2] == t for k in walls)]
+tools = [t for t in ("clusterctl", "clusterctl-seq", "ansible", "openssh") if any(k[2] == t for k in walls)]
 both = "clusterctl" in tools and "ansible" in tools
 print("| hosts | phase | " + " | ".join(f"{t} (s)" for t in tools) + " | runs | "
       + " | ".join(f"{t}/openssh" for t in tools if t != "openssh")
