@@ -8,6 +8,8 @@
 # enabled and active) so a failing tool cannot look fast.
 #
 # Usage: bench/run.sh [--hosts "5 50"] [--runs 3] [--tools "openssh ansible clusterctl"]
+#   (tool clusterctl-seq: fanout --sequential, its 10 commands one after the other)
+# Env: BENCH_FANOUT=/path/to/fanout uses an already built fanout example instead of building it.
 # Results: bench/results/<UTC date>/results.jsonl and summary.md (medians and ratios).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
 	--hosts) host_counts=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--tools) tools=$2; shift 2 ;;
-	*) sed -n '11p' "$0" >&2; exit 2 ;;
+	*) sed -n '10,13p' "$0" >&2; exit 2 ;;
 	esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: must run as root (the lab)" >&2; exit 1; }
@@ -71,14 +73,15 @@ ansible_venv() { # ansible-core from PyPI in a venv keyed by its spec and the Py
 	echo "$dir"
 }
 
-FANOUT=""
-if [[ " $tools " == *" clusterctl "* ]]; then
+FANOUT=${BENCH_FANOUT:-}
+if [[ " $tools " == *" clusterctl"* ]] && [ -z "$FANOUT" ]; then
 	if [ -f "$root/bench/fanout.rs" ] && grep -q 'name = "fanout"' "$root/Cargo.toml"; then
 		log "building the fanout example (release)"
 		(cd "$root" && cargo build -q --release --example fanout) >&2
 		FANOUT="$root/target/release/examples/fanout"
 	else
 		log "bench/fanout.rs (the clusterctl side) is not there yet: skipping clusterctl"
+		tools=${tools//clusterctl-seq/}
 		tools=${tools//clusterctl/}
 	fi
 fi
@@ -148,12 +151,16 @@ run_ansible() {
 	echo "- - $changed"
 }
 
-run_clusterctl() {
+run_clusterctl() { # extra arguments go to fanout
 	local line
-	line=$("$FANOUT" --inventory "$LAB_INVENTORY" --file "$BLOB" --concurrency "$N" | tail -1)
+	line=$("$FANOUT" --inventory "$LAB_INVENTORY" --file "$BLOB" --concurrency "$N" "$@" | tail -1)
 	echo "$line" >>"$out/fanout.jsonl"
 	/usr/bin/python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes_sent"], d["bytes_skipped"], d["restarts"])' "$line"
 }
+
+# clusterctl-seq: the 10 commands one after the other (as Ansible and the floor do) instead of
+# as parallel channels on the host's session (fanout's default).
+run_clusterctl-seq() { run_clusterctl --sequential; }
 
 # ---------------------------------------------------------------- main
 labs_up=()

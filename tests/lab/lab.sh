@@ -54,7 +54,8 @@ with_lock() { # with_lock CMD...: serialise against other lab.sh runs (subnets, 
 }
 
 # ---------------------------------------------------------------- images
-recipe_key() { sha256sum "$@" | sha256sum | cut -c1-16; }
+# content only: the same recipe in another checkout must hit the same cache entry
+recipe_key() { cat "$@" | sha256sum | cut -c1-16; }
 
 image_base() { # prints the base rootfs dir
 	local key dir
