@@ -6,38 +6,60 @@ use crate::inventory::{HaMode, Host, Role};
 
 pub struct Preflight;
 
-/// Ports each role needs free (or held by the component that belongs there, on a re-run).
-fn ports(ctx: &Context, h: &Host) -> Vec<(u16, &'static str)> {
+/// Listening sockets each role needs (address, port, program): free, or held by that same
+/// program on a re-run. The addresses match what the templates bind: in local-proxy mode
+/// haproxy owns 127.0.0.1:<port> and, when the ports are equal, the apiserver the host address.
+fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
     let spec = &ctx.inv().spec;
+    let any = || "0.0.0.0".to_string();
     let mut p = Vec::new();
     if h.has(Role::Etcd) {
-        p.extend([(2379, "etcd"), (2380, "etcd")]);
+        p.extend([(any(), 2379, "etcd"), (any(), 2380, "etcd")]);
     }
+    let local_proxy = spec.ha.mode == HaMode::LocalProxy;
     if h.has(Role::ControlPlane) {
+        let apiserver_port = spec.control_plane.apiserver_port;
+        let apiserver_addr = if local_proxy && spec.ha.local_proxy_port == apiserver_port {
+            h.address.clone()
+        } else {
+            any()
+        };
         p.extend([
-            (spec.control_plane.apiserver_port, "kube-apiserver"),
-            (10257, "kube-controller"),
-            (10259, "kube-scheduler"),
+            (apiserver_addr, apiserver_port, "kube-apiserver"),
+            (any(), 10257, "kube-controller"),
+            (any(), 10259, "kube-scheduler"),
         ]);
     }
     if h.has(Role::ControlPlane) || h.has(Role::Worker) {
-        p.push((10250, "kubelet"));
+        p.push((any(), 10250, "kubelet"));
     }
     match spec.ha.mode {
         HaMode::Vip if ctx.inv().lb_hosts().iter().any(|l| l.name == h.name) => {
-            p.push((spec.ha.vip.as_ref().map_or(8443, |v| v.port), "haproxy"));
+            p.push((
+                any(),
+                spec.ha.vip.as_ref().map_or(8443, |v| v.port),
+                "haproxy",
+            ));
         }
-        HaMode::LocalProxy
-            if (h.has(Role::ControlPlane) || h.has(Role::Worker))
-                && spec.ha.local_proxy_port != spec.control_plane.apiserver_port =>
-        {
-            p.push((spec.ha.local_proxy_port, "haproxy"));
+        HaMode::LocalProxy if h.has(Role::ControlPlane) || h.has(Role::Worker) => {
+            p.push(("127.0.0.1".into(), spec.ha.local_proxy_port, "haproxy"));
         }
         _ => {}
     }
     p.sort();
-    p.dedup_by_key(|x| x.0);
+    p.dedup();
     p
+}
+
+/// A shell check that nothing but `owner` listens where `addr:port` would bind: the same
+/// address, a wildcard, or (when `addr` is the wildcard) any address.
+fn port_check(addr: &str, port: u16, owner: &str) -> String {
+    format!(
+        "ss -Hltnp 'sport = :{port}' | awk -v want={addr} -v owner='\"{owner}' \
+         '{{ a = $4; sub(/:[0-9]+$/, \"\", a); gsub(/[][]/, \"\", a); \
+            if (index($0, owner) == 0 && (want == \"0.0.0.0\" || a == want || a == \"0.0.0.0\" || a == \"*\" || a == \"::\")) \
+              {{ print \"in use: \" $0; bad = 1 }} }} END {{ exit bad }}'"
+    )
 }
 
 impl Phase for Preflight {
@@ -79,21 +101,83 @@ impl Phase for Preflight {
                     warn_only: true,
                 },
             ];
-            for (port, owner) in ports(ctx, h) {
+            for (addr, port, owner) in ports(ctx, h) {
                 a.push(Action::check(
-                    &format!("port {port} free for {owner}"),
-                    &format!("! ss -Hltnp 'sport = :{port}' | grep -v '\"{owner}' | grep -q . || {{ echo \"in use: $(ss -Hltnp 'sport = :{port}' | head -1)\"; exit 1; }}"),
+                    &format!("{addr}:{port} free for {owner}"),
+                    &port_check(&addr, port, owner),
                 ));
             }
             for m in ["overlay", "br_netfilter"] {
                 a.push(Action::Check {
                     description: format!("kernel module {m} available"),
-                    command: format!("grep -qw ^{m} /proc/modules || modprobe -n {m} 2>&1"),
+                    // /sys/module lists loaded and built-in modules, and is readable in a container.
+                    command: format!("[ -d /sys/module/{m} ] || modprobe -n {m} 2>&1"),
                     warn_only: true,
                 });
             }
             plan.host(h, a);
         }
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_check;
+    use std::process::Command;
+
+    /// Runs the check against a fake `ss` that prints `listeners`; true when the port is free.
+    fn free(listeners: &str, addr: &str, port: u16, owner: &str) -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let ss = dir.path().join("ss");
+        std::fs::write(&ss, format!("#!/bin/sh\ncat <<'X'\n{listeners}X\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ss, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap());
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(port_check(addr, port, owner))
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+        )
+    }
+
+    const HAPROXY_LO: &str = "LISTEN 0 4096 127.0.0.1:6443 0.0.0.0:* users:((\"haproxy\",pid=1440,fd=6))\n";
+    const APISERVER_H3: &str = "LISTEN 0 4096 10.77.0.13:6443 0.0.0.0:* users:((\"kube-apiserver\",pid=1357,fd=7))\n";
+
+    #[test]
+    fn nothing_listening_is_free() {
+        assert!(free("", "0.0.0.0", 2379, "etcd").0);
+    }
+
+    #[test]
+    fn the_owner_itself_on_a_rerun_is_fine() {
+        assert!(free(APISERVER_H3, "10.77.0.13", 6443, "kube-apiserver").0);
+        assert!(free(HAPROXY_LO, "127.0.0.1", 6443, "haproxy").0);
+    }
+
+    #[test]
+    fn local_proxy_and_apiserver_share_a_port_on_different_addresses() {
+        let both = format!("{HAPROXY_LO}{APISERVER_H3}");
+        assert!(free(&both, "10.77.0.13", 6443, "kube-apiserver").0);
+        assert!(free(&both, "127.0.0.1", 6443, "haproxy").0);
+    }
+
+    #[test]
+    fn another_program_on_the_address_or_a_wildcard_is_reported() {
+        let (ok, msg) = free(HAPROXY_LO, "0.0.0.0", 6443, "kube-apiserver");
+        assert!(!ok);
+        assert!(msg.contains("in use:") && msg.contains("haproxy"), "{msg}");
+        let nginx = "LISTEN 0 511 *:6443 *:* users:((\"nginx\",pid=9,fd=6))\n";
+        assert!(!free(nginx, "10.77.0.13", 6443, "kube-apiserver").0);
+        let v6 = "LISTEN 0 511 [::]:2379 [::]:* users:((\"other\",pid=9,fd=6))\n";
+        assert!(!free(v6, "0.0.0.0", 2379, "etcd").0);
+        // A different specific address does not collide with ours.
+        let other = "LISTEN 0 511 10.77.0.99:6443 0.0.0.0:* users:((\"nginx\",pid=9,fd=6))\n";
+        assert!(free(other, "10.77.0.13", 6443, "kube-apiserver").0);
     }
 }

@@ -208,10 +208,10 @@ impl Phase for Prepare {
                 Action::Run {
                     description: "load kernel modules".into(),
                     command: format!(
-                        "for m in {MODULES_LIST}; do grep -qw \"^$m\" /proc/modules || modprobe \"$m\" 2>&1 || exit 1; done"
+                        "for m in {MODULES_LIST}; do [ -d \"/sys/module/$m\" ] || modprobe \"$m\" 2>&1 || exit 1; done"
                     ),
                     unless: Some(format!(
-                        "for m in {MODULES_LIST}; do grep -qw \"^$m\" /proc/modules || exit 1; done"
+                        "for m in {MODULES_LIST}; do [ -d \"/sys/module/$m\" ] || exit 1; done"
                     )),
                     warn_only: true,
                 },
