@@ -112,6 +112,54 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     let first = init(&inv_path);
     assert!(totals(&first).0 > 0);
     check_cluster(&lab, &admin);
+    // The verify phase's report: every etcd member agreeing on one leader, every apiserver
+    // and the VIP ready, both leader leases held by a control-plane host.
+    let verify = first["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "verify")
+        .expect("a verify phase");
+    let lines: Vec<&str> = verify["hosts"]["h1"]["report"]
+        .as_array()
+        .expect("verify reports lines")
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let leaders: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("etcd h"))
+        .map(|l| {
+            l.split("leader ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("etcd h")).count(),
+        3,
+        "{lines:?}"
+    );
+    assert_eq!(leaders.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(": readyz ok; cert expires"))
+            .count(),
+        4,
+        "{lines:?}"
+    );
+    for lease in ["kube-controller-manager", "kube-scheduler"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("lease {lease}: held by h"))),
+            "{lines:?}"
+        );
+    }
     let vip = lab.addr(100);
     let server = std::fs::read_to_string(&admin).unwrap();
     assert!(

@@ -114,7 +114,7 @@ impl Phase for ControlPlane {
         ctx: &'a Context,
         host: &'a Host,
         _exec: &'a dyn Executor,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let client = admin_client(ctx)?;
             super::health::wait_ok(
@@ -123,7 +123,7 @@ impl Phase for ControlPlane {
                 Duration::from_secs(90),
             )
             .await?;
-            Ok(())
+            Ok(vec![])
         })
     }
 }

@@ -54,14 +54,14 @@ impl Phase for Etcd {
         _ctx: &'a Context,
         host: &'a Host,
         exec: &'a dyn Executor,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let cmd = health_command(host);
             let mut last = String::new();
             for _ in 0..30 {
                 let o = exec.query(host, &cmd).await?;
                 if o.status == 0 {
-                    return Ok(());
+                    return Ok(vec![]);
                 }
                 last = format!("{}{}", o.stdout.trim(), o.stderr.trim());
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -98,6 +98,9 @@ pub struct HostChanges {
     pub started: Vec<String>,
     /// Failed checks that are only warnings.
     pub warnings: Vec<String>,
+    /// What the phase's check read and reports (the verify phase's report).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub report: Vec<String>,
 }
 
 impl HostChanges {

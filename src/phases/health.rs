@@ -23,23 +23,42 @@ pub fn client(
         .identity(reqwest::Identity::from_pem(&identity).context("the client certificate and key")?)
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(3))
+        .tls_info(true)
         .build()
         .context("building the HTTPS client")
 }
 
 /// GETs `url`; Ok(body) for a 2xx answer, else an error with the status and body.
 pub async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
-    let r = client
-        .get(url)
+    Ok(send(client.get(url), url).await?.body)
+}
+
+/// An answer and the certificate the endpoint served with it.
+pub struct Served {
+    pub body: String,
+    /// When the served leaf certificate expires, if one was seen and parsed.
+    pub not_after: Option<time::OffsetDateTime>,
+}
+
+/// Sends `req`; Ok for a 2xx answer (with the served certificate's expiry), else an error
+/// with the URL, status and body.
+pub async fn send(req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Served> {
+    let r = req
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("{url}: {}", error_chain(&e)))?;
+    let not_after = r
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, c)| c.validity().not_after.to_datetime());
     let status = r.status();
     let body = r.text().await.unwrap_or_default();
     if !status.is_success() {
         anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
     }
-    Ok(body)
+    Ok(Served { body, not_after })
 }
 
 /// Polls `url` until it answers 2xx or `within` passes; the last error explains a failure.

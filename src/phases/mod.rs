@@ -284,14 +284,15 @@ pub trait Phase: Send + Sync {
     }
     /// Health gate after the plan has been applied to `host` (e.g. etcd member healthy).
     /// The runner calls it per host for `Order::OneAtATime`, and once per host after a
-    /// parallel phase. Default: nothing to check.
+    /// parallel phase. Returns lines worth reporting (the verify phase's report). Default:
+    /// nothing to check.
     fn verify<'a>(
         &'a self,
         _ctx: &'a Context,
         _host: &'a Host,
         _exec: &'a dyn Executor,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async { Ok(()) })
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
     }
 }
 

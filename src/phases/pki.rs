@@ -162,7 +162,7 @@ impl Phase for Pki {
         ctx: &'a Context,
         host: &'a Host,
         exec: &'a dyn Executor,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         // Whatever runs on the host must be healthy again before the next host is touched.
         Box::pin(async move {
             let o = exec
@@ -180,7 +180,7 @@ impl Phase for Pki {
                     .verify(ctx, host, exec)
                     .await?;
             }
-            Ok(())
+            Ok(vec![])
         })
     }
 }

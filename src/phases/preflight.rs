@@ -1,8 +1,36 @@
 //! preflight: read-only checks on every host before anything changes; every problem of every
 //! host is reported together. Sysctls a container cannot set are warnings, not failures.
 
+use futures::future::BoxFuture;
+
+use super::executor::Executor;
 use super::{Action, Context, Order, Phase, PhasePlan};
 use crate::inventory::{HaMode, Host, Role};
+
+/// Largest clock difference allowed between a host and the operator's machine: certificates
+/// are dated by this machine, and etcd and leader election need agreeing clocks.
+const MAX_SKEW_SECS: f64 = 1.0;
+
+/// Seconds since the epoch, with fractions.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Judges a host's clock read between `sent` and `answered` (operator's clock): the host's
+/// time is compared with the midpoint, and the round trip's half is the measurement's slack.
+fn clock_skew(sent: f64, host: f64, answered: f64) -> Result<f64, String> {
+    let skew = host - (sent + answered) / 2.0;
+    let slack = (answered - sent) / 2.0;
+    if skew.abs() > MAX_SKEW_SECS + slack {
+        return Err(format!(
+            "clock is {skew:+.2} s off this machine's (limit {MAX_SKEW_SECS} s): \
+             synchronise both with chrony or systemd-timesyncd"
+        ));
+    }
+    Ok(skew)
+}
 
 pub struct Preflight;
 
@@ -101,6 +129,11 @@ impl Phase for Preflight {
                     warn_only: true,
                 },
             ];
+            a.push(Action::Check {
+                description: "hostname resolves (getent hosts)".into(),
+                command: "getent hosts \"$(hostname)\" >/dev/null || { echo \"$(hostname) does not resolve: add it to /etc/hosts or DNS\"; exit 1; }".into(),
+                warn_only: true,
+            });
             for (addr, port, owner) in ports(ctx, h) {
                 a.push(Action::check(
                     &format!("{addr}:{port} free for {owner}"),
@@ -117,13 +150,46 @@ impl Phase for Preflight {
             }
             plan.host(h, a);
         }
+        plan.local.push(format!(
+            "each host's clock within {MAX_SKEW_SECS} s of this machine's"
+        ));
         Ok(plan)
+    }
+    fn verify<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let sent = now_secs();
+            let o = exec.query(host, "date +%s.%N").await?;
+            let answered = now_secs();
+            let theirs: f64 = o
+                .stdout
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("date +%s.%N printed {:?}", o.stdout.trim()))?;
+            clock_skew(sent, theirs, answered).map_err(anyhow::Error::msg)?;
+            Ok(vec![])
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::port_check;
+    use super::{clock_skew, port_check};
+
+    #[test]
+    fn clock_skew_is_judged_against_the_round_trip_midpoint() {
+        assert!((clock_skew(100.0, 100.25, 100.5).unwrap()).abs() < 1e-9);
+        assert!(clock_skew(100.0, 101.15, 100.2).is_ok_and(|s| (s - 1.05).abs() < 1e-9));
+        let e = clock_skew(100.0, 98.0, 100.2).unwrap_err();
+        assert!(e.contains("-2.10 s off"), "{e}");
+        // A slow answer widens the slack: 3 s off with a 4 s round trip cannot be told apart.
+        assert!(clock_skew(100.0, 105.0, 104.0).is_ok());
+        assert!(clock_skew(100.0, 104.0, 100.1).is_err());
+    }
     use std::process::Command;
 
     /// Runs the check against a fake `ss` that prints `listeners`; true when the port is free.
@@ -133,7 +199,11 @@ mod tests {
         std::fs::write(&ss, format!("#!/bin/sh\ncat <<'X'\n{listeners}X\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&ss, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap());
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap()
+        );
         let out = Command::new("sh")
             .arg("-c")
             .arg(port_check(addr, port, owner))
@@ -146,8 +216,10 @@ mod tests {
         )
     }
 
-    const HAPROXY_LO: &str = "LISTEN 0 4096 127.0.0.1:6443 0.0.0.0:* users:((\"haproxy\",pid=1440,fd=6))\n";
-    const APISERVER_H3: &str = "LISTEN 0 4096 10.77.0.13:6443 0.0.0.0:* users:((\"kube-apiserver\",pid=1357,fd=7))\n";
+    const HAPROXY_LO: &str =
+        "LISTEN 0 4096 127.0.0.1:6443 0.0.0.0:* users:((\"haproxy\",pid=1440,fd=6))\n";
+    const APISERVER_H3: &str =
+        "LISTEN 0 4096 10.77.0.13:6443 0.0.0.0:* users:((\"kube-apiserver\",pid=1357,fd=7))\n";
 
     #[test]
     fn nothing_listening_is_free() {

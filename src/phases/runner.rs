@@ -227,11 +227,12 @@ impl HostRun<'_, '_> {
         self.progress.host_started(self.plan, h);
         let t = Instant::now();
         let r = async {
-            let changes = converge(self.exec, h, hp, self.resolve).await?;
-            self.phase
+            let mut changes = converge(self.exec, h, hp, self.resolve).await?;
+            changes.report = self
+                .phase
                 .verify(self.ctx, h, self.exec)
                 .await
-                .context("health gate")?;
+                .with_context(|| format!("{} check", self.phase.name()))?;
             anyhow::Ok(changes)
         }
         .await;
@@ -331,6 +332,9 @@ impl Progress for PlainProgress {
         if let HostOutcome::Done(c) = outcome {
             for w in &c.warnings {
                 eprintln!("{} {} {}: warning: {w}", stamp(), plan.phase, host.name);
+            }
+            for r in &c.report {
+                eprintln!("{} {}: {r}", stamp(), plan.phase);
             }
         }
     }
