@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod diag;
+pub mod hashing;
 pub mod inventory;
 pub mod phases;
 pub mod pki;

@@ -19,43 +19,7 @@ pub const SIGNATURE: &str = "manifest.yaml.sig";
 const ZSTD_LEVEL: i32 = 3;
 const BUF: usize = 1 << 20;
 
-/// A reader that hashes what passes through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-    /// Hex digest and byte count of everything read so far.
-    pub fn finish(self) -> (String, u64) {
-        (hex::encode(self.hasher.finalize()), self.count)
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-/// sha256 (hex) and size of a file, streamed.
-pub fn hash_file(path: &Path) -> anyhow::Result<(String, u64)> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut r = HashingReader::new(f);
-    io::copy(&mut r, &mut io::sink()).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(r.finish())
-}
+pub use crate::hashing::{HashingReader, hash_file};
 
 fn header(path: &str, size: u64, mode: u32) -> anyhow::Result<tar::Header> {
     let mut h = tar::Header::new_gnu();
@@ -144,6 +108,21 @@ fn open_tar(path: &Path) -> anyhow::Result<tar::Archive<zstd::Decoder<'static, B
     Ok(tar::Archive::new(dec))
 }
 
+/// The bytes of the archive's first entry, which must be the manifest.
+fn manifest_entry(entries: &mut tar::Entries<'_, impl Read>, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut first = entries
+        .next()
+        .with_context(|| format!("{}: empty archive", path.display()))??;
+    if entry_path(&first)? != MANIFEST {
+        bail!(
+            "{}: the first entry is `{}`, expected {MANIFEST}: not a clusterctl bundle",
+            path.display(),
+            entry_path(&first)?
+        );
+    }
+    read_all(&mut first, MANIFEST, 64 << 20)
+}
+
 fn entry_path(e: &tar::Entry<'_, impl Read>) -> anyhow::Result<String> {
     Ok(e.path()?.to_string_lossy().into_owned())
 }
@@ -185,18 +164,7 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> anyhow::Result<Manifest> {
 pub fn read_head(path: &Path) -> anyhow::Result<Head> {
     let mut ar = open_tar(path)?;
     let mut entries = ar.entries()?;
-    let mut first = entries
-        .next()
-        .with_context(|| format!("{}: empty archive", path.display()))??;
-    if entry_path(&first)? != MANIFEST {
-        bail!(
-            "{}: the first entry is `{}`, expected {MANIFEST}: not a clusterctl bundle",
-            path.display(),
-            entry_path(&first)?
-        );
-    }
-    let manifest_bytes = read_all(&mut first, MANIFEST, 64 << 20)?;
-    drop(first);
+    let manifest_bytes = manifest_entry(&mut entries, path)?;
     let manifest = parse_manifest(&manifest_bytes, path)?;
     let mut signature = None;
     if let Some(e) = entries.next() {
@@ -269,18 +237,7 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> anyhow::Result<VerifyR
     let mut entries = ar.entries()?;
     let mut problems = Vec::new();
 
-    let mut first = entries
-        .next()
-        .with_context(|| format!("{}: empty archive", path.display()))??;
-    if entry_path(&first)? != MANIFEST {
-        bail!(
-            "{}: the first entry is `{}`, expected {MANIFEST}: not a clusterctl bundle",
-            path.display(),
-            entry_path(&first)?
-        );
-    }
-    let manifest_bytes = read_all(&mut first, MANIFEST, 64 << 20)?;
-    drop(first);
+    let manifest_bytes = manifest_entry(&mut entries, path)?;
     let manifest = parse_manifest(&manifest_bytes, path)?;
     let manifest_sha256 = hex::encode(Sha256::digest(&manifest_bytes));
 

@@ -30,7 +30,6 @@ use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::inventory::{Host, Inventory, Loaded};
 use crate::render::Renderer;
@@ -201,9 +200,7 @@ impl Action {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::hashing::sha256_hex;
 
 /// What a phase will do on one host.
 #[derive(Debug, Clone, Serialize)]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -460,9 +460,11 @@ impl Pool {
                     return Ok((*len, h.clone()));
                 }
                 let path = p.clone();
-                let h = tokio::task::spawn_blocking(move || hash_file(&path))
+                let h = tokio::task::spawn_blocking(move || crate::hashing::hash_file(&path))
                     .await
-                    .map_err(std::io::Error::other)??;
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?
+                    .0;
                 *slot = Some((key.0, key.1, h.clone()));
                 Ok((key.0, h))
             }
@@ -704,20 +706,6 @@ async fn connect_retrying(
     }
 }
 
-fn hash_file(p: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
 
 fn exit_text(out: &ExecOutput) -> String {
     match &out.signal {
