@@ -130,8 +130,10 @@ impl Phase for Preflight {
                 },
             ];
             a.push(Action::Check {
-                description: "hostname resolves (getent hosts)".into(),
-                command: "getent hosts \"$(hostname)\" >/dev/null || { echo \"$(hostname) does not resolve: add it to /etc/hosts or DNS\"; exit 1; }".into(),
+                description: "hostname resolves".into(),
+                // getaddrinfo, as the components use; `getent hosts` asks DNS for IPv6 first
+                // and waits out its timeout even when /etc/hosts has the name.
+                command: "timeout 3 getent ahosts \"$(hostname)\" >/dev/null || { echo \"$(hostname) does not resolve within 3 s: add it to /etc/hosts or DNS\"; exit 1; }".into(),
                 warn_only: true,
             });
             for (addr, port, owner) in ports(ctx, h) {
