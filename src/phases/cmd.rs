@@ -12,20 +12,27 @@ use super::{Action, Context, Order, PhasePlan, Source};
 use crate::cli::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
 
+/// Which phases and hosts a run or plan covers.
 #[derive(Args, Debug, Clone, Default)]
-pub struct RunArgs {
-    /// Only print what would be done (reads hosts, changes nothing).
-    #[arg(long)]
-    pub dry_run: bool,
+pub struct Scope {
     /// Skip these phases (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub skip_phases: Vec<String>,
-    /// Run only these phases (comma separated).
+    /// Only these phases (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub only_phase: Vec<String>,
     /// Limit to these hosts (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Only print what would be done (reads hosts, changes nothing).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub scope: Scope,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -33,28 +40,24 @@ pub struct PlanArgs {
     /// The command to plan.
     #[arg(long, default_value = "init")]
     pub command: String,
-    /// Skip these phases (comma separated).
-    #[arg(long, value_delimiter = ',')]
-    pub skip_phases: Vec<String>,
-    /// Plan only these phases (comma separated).
-    #[arg(long, value_delimiter = ',')]
-    pub only_phase: Vec<String>,
-    /// Limit to these hosts (comma separated).
-    #[arg(long, value_delimiter = ',')]
-    pub hosts: Vec<String>,
+    #[command(flatten)]
+    pub scope: Scope,
     /// Also print the rendered content of every file.
     #[arg(long)]
     pub show_files: bool,
+    /// Connect to the hosts (read only) and show what would change on each: new files,
+    /// unified diffs of changed text files, services to start and commands to run.
+    #[arg(long)]
+    pub diff: bool,
 }
 
 /// Loads inventory, templates and playbook: everything a run needs before touching a host.
-fn prepare(
-    g: &Global,
-    command: &str,
-    skip: &[String],
-    only: &[String],
-    hosts: &[String],
-) -> anyhow::Result<(Context, Runner)> {
+fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Context, Runner)> {
+    let Scope {
+        skip_phases: skip,
+        only_phase: only,
+        hosts,
+    } = scope;
     let loaded = load_inventory(g)?;
     let state = state_dir(g, &loaded);
     for h in hosts {
@@ -122,7 +125,7 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
         return Err(UserError::not_built(command, "its issue is open").into());
     }
     // Everything is checked before a host is contacted.
-    let (ctx, runner) = prepare(g, command, &a.skip_phases, &a.only_phase, &a.hosts)?;
+    let (ctx, runner) = prepare(g, command, &a.scope)?;
     let plans = runner.plan(&ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -165,19 +168,20 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
             .apply(&ctx, exec, &resolve, &PlainProgress, &journal)
             .await;
         pool.close().await;
-        if a.dry_run {
-            for (host, what) in dry.recorded.lock().unwrap().iter() {
-                eprintln!("dry-run {host}: {what}");
-            }
-        }
-        r
+        let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());
+        r.map(|r| (r, recorded))
     })?;
+    let (report, recorded) = report;
     let (files, bytes, restarts) = report.totals();
     match g.output {
         Output::Json => {
             let v = serde_json::json!({
                 "command": command,
                 "dryRun": a.dry_run,
+                "wouldChange": recorded
+                    .iter()
+                    .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
+                    .collect::<Vec<_>>(),
                 "seconds": started.elapsed().as_secs_f64(),
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
@@ -185,6 +189,9 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Text => {
+            for (host, what) in &recorded {
+                println!("{host}: {what}");
+            }
             println!(
                 "{command}{}: done in {:.1}s: {files} file(s) written ({bytes} bytes), {restarts} service start(s)/restart(s)",
                 if a.dry_run {
@@ -209,7 +216,19 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
 }
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
-    let (ctx, runner) = prepare(g, &a.command, &a.skip_phases, &a.only_phase, &a.hosts)?;
+    if a.diff {
+        // The dry run walks the real code path against the hosts and records, not makes,
+        // every change.
+        return run(
+            &a.command,
+            g,
+            &RunArgs {
+                dry_run: true,
+                scope: a.scope.clone(),
+            },
+        );
+    }
+    let (ctx, runner) = prepare(g, &a.command, &a.scope)?;
     let plans = runner.plan(&ctx)?;
     match g.output {
         Output::Json => {

@@ -52,6 +52,11 @@ pub trait Executor: Send + Sync {
         sha256: &'a str,
         mode: u32,
     ) -> BoxFuture<'a, anyhow::Result<u64>>;
+    /// True when changes are only recorded: health gates, which wait for changes to take
+    /// effect, are skipped.
+    fn is_dry_run(&self) -> bool {
+        false
+    }
     /// Several files to one host; returns the bytes sent. Transports that can batch override it.
     fn put_many<'a>(
         &'a self,
@@ -365,22 +370,7 @@ async fn run_change(exec: &dyn Executor, host: &Host, cmd: &str) -> anyhow::Resu
 fn blob_sha(blob: &Blob) -> anyhow::Result<String> {
     Ok(match blob {
         Blob::Bytes(b) => super::sha256_hex(b),
-        Blob::Path(p) => {
-            use sha2::{Digest, Sha256};
-            use std::io::Read as _;
-            let mut f =
-                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            hex::encode(h.finalize())
-        }
+        Blob::Path(p) => crate::hashing::hash_file(p)?.0,
     })
 }
 
@@ -425,18 +415,64 @@ impl Executor for DryRun<'_> {
         &'a self,
         host: &'a Host,
         path: &'a str,
-        _blob: &'a Blob,
+        blob: &'a Blob,
         sha256: &'a str,
         mode: u32,
     ) -> BoxFuture<'a, anyhow::Result<u64>> {
-        self.record(
-            host,
-            format!(
-                "would write: {path} mode {mode:04o} sha256 {}",
-                &sha256[..12]
-            ),
-        );
-        Box::pin(async { Ok(0) })
+        Box::pin(async move {
+            let head = format!("would write: {path} mode {mode:04o} sha256 {}", &sha256[..12]);
+            let what = self.describe_write(host, path, blob, mode).await?;
+            self.record(host, format!("{head} {what}"));
+            Ok(0)
+        })
+    }
+    fn is_dry_run(&self) -> bool {
+        true
+    }
+}
+
+/// Largest file whose changes a dry run shows as a diff.
+const DIFF_MAX: usize = 64 * 1024;
+
+impl DryRun<'_> {
+    /// "(new file)", or for a changed readable text file a unified diff against what the host
+    /// has. Files only root may read (keys, kubeconfigs) are never shown.
+    async fn describe_write(
+        &self,
+        host: &Host,
+        path: &str,
+        blob: &Blob,
+        mode: u32,
+    ) -> anyhow::Result<String> {
+        let p = q(path);
+        let exists = self.inner.query(host, &format!("test -e {p}")).await?.status == 0;
+        if !exists {
+            return Ok("(new file)".into());
+        }
+        let new = match blob {
+            Blob::Bytes(b) if b.len() <= DIFF_MAX && mode & 0o004 != 0 => {
+                std::str::from_utf8(b).ok()
+            }
+            _ => None,
+        };
+        let Some(new) = new else {
+            return Ok(if mode & 0o004 == 0 {
+                "(changed; content not shown: only root may read it)".into()
+            } else {
+                "(changed; binary or large: content not shown)".into()
+            });
+        };
+        let old = self
+            .inner
+            .query(host, &format!("head -c {} {p}", DIFF_MAX + 1))
+            .await?
+            .stdout;
+        let diff = similar::TextDiff::from_lines(old.as_str(), new)
+            .unified_diff()
+            .context_radius(2)
+            .header(&format!("{}:{path}", host.name), "planned")
+            .to_string();
+        Ok(format!("(changed)\n{}", diff.trim_end()))
     }
 }
 
@@ -460,7 +496,37 @@ pub mod fake {
             host: &'a Host,
             cmd: &'a str,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
-            // Answers the state query by evaluating it against the in-memory host.
+            // `test -e` and `head -c` (what a dry run reads to show diffs) on the in-memory
+            // files; anything else is taken for the state query and evaluated against them.
+            let words = shlex::split(cmd).unwrap_or_default();
+            let file = |i: usize| {
+                words.get(i).and_then(|p| {
+                    self.files
+                        .lock()
+                        .unwrap()
+                        .get(&(host.name.clone(), p.clone()))
+                        .cloned()
+                })
+            };
+            let answer = match words.first().map(String::as_str) {
+                Some("test") => Some(match file(2) {
+                    Some(_) => (0, String::new()),
+                    None => (1, String::new()),
+                }),
+                Some("head") => {
+                    file(3).map(|b| (0, String::from_utf8_lossy(&b).into_owned()))
+                }
+                _ => None,
+            };
+            if let Some((status, stdout)) = answer {
+                return Box::pin(async move {
+                    Ok(CmdOutput {
+                        status,
+                        stdout,
+                        stderr: String::new(),
+                    })
+                });
+            }
             let mut out = String::new();
             for (var, list) in loops(cmd) {
                 for item in list {
@@ -655,6 +721,54 @@ mod tests {
             rec.iter()
                 .any(|(_, w)| w.starts_with("would write: /etc/systemd/system/demo.service")),
             "{rec:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dry_run_shows_a_diff_for_readable_text_and_nothing_of_secrets() {
+        let fake = FakeHosts::default();
+        let h = host();
+        converge(&fake, &h, &plan("[Service]\nExecStart=/bin/demo --old\n"), &resolve)
+            .await
+            .unwrap();
+        let dry = DryRun::new(&fake);
+        let mut p = plan("[Service]\nExecStart=/bin/demo --new\n");
+        p.actions.push(Action::rendered(
+            "/etc/demo dir/secret.key",
+            0o600,
+            "key",
+            "PRIVATE KEY v1".into(),
+            &[],
+        ));
+        converge(&dry, &h, &p, &resolve).await.unwrap();
+        let rec = dry.recorded.lock().unwrap().clone();
+        let unit = rec
+            .iter()
+            .find(|(_, w)| w.contains("demo.service"))
+            .map(|(_, w)| w.as_str())
+            .unwrap();
+        assert!(unit.contains("(changed)"), "{unit}");
+        assert!(unit.contains("-ExecStart=/bin/demo --old"), "{unit}");
+        assert!(unit.contains("+ExecStart=/bin/demo --new"), "{unit}");
+        assert!(
+            rec.iter().any(|(_, w)| w.contains("secret.key") && w.ends_with("(new file)")),
+            "{rec:?}"
+        );
+        // Now the key exists and differs: said so, never shown.
+        fake.files.lock().unwrap().insert(
+            (h.name.clone(), "/etc/demo dir/secret.key".into()),
+            b"PRIVATE KEY v0".to_vec(),
+        );
+        let dry = DryRun::new(&fake);
+        converge(&dry, &h, &p, &resolve).await.unwrap();
+        let rec = dry.recorded.lock().unwrap().clone();
+        let key = rec.iter().find(|(_, w)| w.contains("secret.key")).unwrap();
+        assert!(key.1.contains("only root may read it"), "{key:?}");
+        assert!(!rec.iter().any(|(_, w)| w.contains("PRIVATE")), "{rec:?}");
+        assert_eq!(
+            fake.files.lock().unwrap()[&(h.name.clone(), "/etc/systemd/system/demo.service".into())],
+            b"[Service]\nExecStart=/bin/demo --old\n",
+            "a dry run changes nothing"
         );
     }
 

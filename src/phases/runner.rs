@@ -228,6 +228,9 @@ impl HostRun<'_, '_> {
         let t = Instant::now();
         let r = async {
             let mut changes = converge(self.exec, h, hp, self.resolve).await?;
+            if self.exec.is_dry_run() {
+                return anyhow::Ok(changes);
+            }
             changes.report = self
                 .phase
                 .verify(self.ctx, h, self.exec)
