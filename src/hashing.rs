@@ -66,7 +66,10 @@ mod tests {
         let p = dir.path().join("f");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
-        assert_eq!(hash_file(&p).unwrap(), (sha256_hex(&data), data.len() as u64));
+        assert_eq!(
+            hash_file(&p).unwrap(),
+            (sha256_hex(&data), data.len() as u64)
+        );
         assert_eq!(
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -109,7 +109,10 @@ fn open_tar(path: &Path) -> anyhow::Result<tar::Archive<zstd::Decoder<'static, B
 }
 
 /// The bytes of the archive's first entry, which must be the manifest.
-fn manifest_entry(entries: &mut tar::Entries<'_, impl Read>, path: &Path) -> anyhow::Result<Vec<u8>> {
+fn manifest_entry(
+    entries: &mut tar::Entries<'_, impl Read>,
+    path: &Path,
+) -> anyhow::Result<Vec<u8>> {
     let mut first = entries
         .next()
         .with_context(|| format!("{}: empty archive", path.display()))??;

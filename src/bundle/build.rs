@@ -209,6 +209,28 @@ pub async fn build(o: &BuildOptions) -> anyhow::Result<BuildReport> {
     })
 }
 
+/// sha256 and size of `path`, computed off the async threads.
+async fn hash_blocking(path: &Path) -> anyhow::Result<(String, u64)> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || archive::hash_file(&p)).await?
+}
+
+/// Ok(size) when `path` holds the item's bytes; else the mismatch, naming both hashes.
+async fn hash_matching(path: &Path, it: &Item, sha: &str) -> anyhow::Result<u64> {
+    let (got, size) = hash_blocking(path).await?;
+    if got != sha {
+        return Err(HashMismatch {
+            item: it.label(),
+            url: it.url.clone(),
+            expected: sha.to_string(),
+            actual: got,
+            size,
+        }
+        .into());
+    }
+    Ok(size)
+}
+
 /// Returns the path holding the verified bytes.
 async fn fetch(
     http: &reqwest::Client,
@@ -231,25 +253,13 @@ async fn fetch(
     };
     if let Some(rest) = it.url.strip_prefix("file://") {
         let path = PathBuf::from(rest);
-        let p2 = path.clone();
-        let (got, size) = tokio::task::spawn_blocking(move || archive::hash_file(&p2)).await??;
-        if got != sha {
-            return Err(HashMismatch {
-                item: it.label(),
-                url: it.url.clone(),
-                expected: sha,
-                actual: got,
-                size,
-            }
-            .into());
-        }
+        let size = hash_matching(&path, it, &sha).await?;
         return Ok(done(path, size, Origin::Local, 0));
     }
     let final_path = blobs.join(&sha);
     if final_path.exists() {
         // A cache entry is trusted only after re-hashing it; a damaged one is replaced.
-        let p2 = final_path.clone();
-        let (got, size) = tokio::task::spawn_blocking(move || archive::hash_file(&p2)).await??;
+        let (got, size) = hash_blocking(&final_path).await?;
         if got == sha && it.size.is_none_or(|s| s == size) {
             return Ok(done(final_path, size, Origin::Cached, 0));
         }
@@ -268,20 +278,13 @@ async fn fetch(
         requests += 1;
         match download_once(http, it, &partial).await {
             Ok(Step::Complete) => {
-                let p2 = partial.clone();
-                let (got, size) =
-                    tokio::task::spawn_blocking(move || archive::hash_file(&p2)).await??;
-                if got != sha {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(HashMismatch {
-                        item: it.label(),
-                        url: it.url.clone(),
-                        expected: sha,
-                        actual: got,
-                        size,
+                let size = match hash_matching(&partial, it, &sha).await {
+                    Ok(size) => size,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&partial);
+                        return Err(e);
                     }
-                    .into());
-                }
+                };
                 std::fs::rename(&partial, &final_path)?;
                 return Ok(done(final_path, size, Origin::Downloaded, requests));
             }

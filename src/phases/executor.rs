@@ -420,7 +420,10 @@ impl Executor for DryRun<'_> {
         mode: u32,
     ) -> BoxFuture<'a, anyhow::Result<u64>> {
         Box::pin(async move {
-            let head = format!("would write: {path} mode {mode:04o} sha256 {}", &sha256[..12]);
+            let head = format!(
+                "would write: {path} mode {mode:04o} sha256 {}",
+                &sha256[..12]
+            );
             let what = self.describe_write(host, path, blob, mode).await?;
             self.record(host, format!("{head} {what}"));
             Ok(0)
@@ -445,7 +448,12 @@ impl DryRun<'_> {
         mode: u32,
     ) -> anyhow::Result<String> {
         let p = q(path);
-        let exists = self.inner.query(host, &format!("test -e {p}")).await?.status == 0;
+        let exists = self
+            .inner
+            .query(host, &format!("test -e {p}"))
+            .await?
+            .status
+            == 0;
         if !exists {
             return Ok("(new file)".into());
         }
@@ -513,9 +521,7 @@ pub mod fake {
                     Some(_) => (0, String::new()),
                     None => (1, String::new()),
                 }),
-                Some("head") => {
-                    file(3).map(|b| (0, String::from_utf8_lossy(&b).into_owned()))
-                }
+                Some("head") => file(3).map(|b| (0, String::from_utf8_lossy(&b).into_owned())),
                 _ => None,
             };
             if let Some((status, stdout)) = answer {
@@ -728,9 +734,14 @@ mod tests {
     async fn dry_run_shows_a_diff_for_readable_text_and_nothing_of_secrets() {
         let fake = FakeHosts::default();
         let h = host();
-        converge(&fake, &h, &plan("[Service]\nExecStart=/bin/demo --old\n"), &resolve)
-            .await
-            .unwrap();
+        converge(
+            &fake,
+            &h,
+            &plan("[Service]\nExecStart=/bin/demo --old\n"),
+            &resolve,
+        )
+        .await
+        .unwrap();
         let dry = DryRun::new(&fake);
         let mut p = plan("[Service]\nExecStart=/bin/demo --new\n");
         p.actions.push(Action::rendered(
@@ -751,7 +762,8 @@ mod tests {
         assert!(unit.contains("-ExecStart=/bin/demo --old"), "{unit}");
         assert!(unit.contains("+ExecStart=/bin/demo --new"), "{unit}");
         assert!(
-            rec.iter().any(|(_, w)| w.contains("secret.key") && w.ends_with("(new file)")),
+            rec.iter()
+                .any(|(_, w)| w.contains("secret.key") && w.ends_with("(new file)")),
             "{rec:?}"
         );
         // Now the key exists and differs: said so, never shown.
@@ -766,7 +778,8 @@ mod tests {
         assert!(key.1.contains("only root may read it"), "{key:?}");
         assert!(!rec.iter().any(|(_, w)| w.contains("PRIVATE")), "{rec:?}");
         assert_eq!(
-            fake.files.lock().unwrap()[&(h.name.clone(), "/etc/systemd/system/demo.service".into())],
+            fake.files.lock().unwrap()
+                [&(h.name.clone(), "/etc/systemd/system/demo.service".into())],
             b"[Service]\nExecStart=/bin/demo --old\n",
             "a dry run changes nothing"
         );

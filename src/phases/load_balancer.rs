@@ -9,6 +9,22 @@ use crate::render::host_vars;
 
 pub struct LoadBalancer;
 
+/// `/etc/<template>` rendered from `templates/<template>`; a change restarts `<program>`.
+fn config(
+    ctx: &Context,
+    vars: &tera::Context,
+    program: &str,
+    template: &str,
+) -> anyhow::Result<Action> {
+    Ok(Action::rendered(
+        format!("/etc/{template}"),
+        0o644,
+        template,
+        ctx.render.render(template, vars)?,
+        &[&format!("{program}.service")],
+    ))
+}
+
 impl Phase for LoadBalancer {
     fn name(&self) -> &'static str {
         "load-balancer"
@@ -36,25 +52,11 @@ impl Phase for LoadBalancer {
                 }
                 for h in ctx.hosts_where(|h| lb.contains(&h.name)) {
                     let vars = host_vars(inv, h);
-                    let haproxy = ctx.render.render("haproxy/haproxy.cfg", &vars)?;
-                    let keepalived = ctx.render.render("keepalived/keepalived.conf", &vars)?;
                     plan.host(
                         h,
                         vec![
-                            Action::rendered(
-                                "/etc/haproxy/haproxy.cfg",
-                                0o644,
-                                "haproxy/haproxy.cfg",
-                                haproxy,
-                                &["haproxy.service"],
-                            ),
-                            Action::rendered(
-                                "/etc/keepalived/keepalived.conf",
-                                0o644,
-                                "keepalived/keepalived.conf",
-                                keepalived,
-                                &["keepalived.service"],
-                            ),
+                            config(ctx, &vars, "haproxy", "haproxy/haproxy.cfg")?,
+                            config(ctx, &vars, "keepalived", "keepalived/keepalived.conf")?,
                             Action::service("haproxy.service"),
                             Action::service("keepalived.service"),
                         ],
@@ -63,19 +65,11 @@ impl Phase for LoadBalancer {
             }
             HaMode::LocalProxy => {
                 for h in ctx.hosts_where(|h| h.has(Role::ControlPlane) || h.has(Role::Worker)) {
-                    let haproxy = ctx
-                        .render
-                        .render("haproxy/haproxy.cfg", &host_vars(inv, h))?;
+                    let vars = host_vars(inv, h);
                     plan.host(
                         h,
                         vec![
-                            Action::rendered(
-                                "/etc/haproxy/haproxy.cfg",
-                                0o644,
-                                "haproxy/haproxy.cfg",
-                                haproxy,
-                                &["haproxy.service"],
-                            ),
+                            config(ctx, &vars, "haproxy", "haproxy/haproxy.cfg")?,
                             Action::service("haproxy.service"),
                         ],
                     );

@@ -706,7 +706,6 @@ async fn connect_retrying(
     }
 }
 
-
 fn exit_text(out: &ExecOutput) -> String {
     match &out.signal {
         Some(s) => format!("killed by signal {s}"),
