@@ -31,13 +31,20 @@ pub struct Lab {
 
 impl Lab {
     pub fn up(name: &str, n: usize) -> Lab {
+        Lab::up_profile(name, n, "plain")
+    }
+
+    /// `n` hosts booted with lab.sh's profile (`plain`, or `k8s` for kubelet + containerd).
+    pub fn up_profile(name: &str, n: usize, profile: &str) -> Lab {
         let lab = Lab {
             name: name.to_string(),
             dir: PathBuf::from("/var/lib/clusterctl-lab").join(name),
         };
         let _ = lab.sh(&["down", name]); // leftovers of an interrupted run
         let t = Instant::now();
-        let out = lab.sh(&["up", name, &n.to_string()]);
+        let out = run(Command::new(root().join("tests/lab/lab.sh"))
+            .args(["up", name, &n.to_string()])
+            .env("LAB_PROFILE", profile));
         assert!(out.status.success(), "lab up {name} {n}: {}", text(&out));
         eprintln!(
             "lab {name}: {n} hosts up in {:.1}s",

@@ -198,13 +198,67 @@ leader_pid() { # the container's PID 1 (child of nspawn)
 	done
 }
 
-# Extra nspawn options by profile. Only "plain" exists now; a later "k8s" profile adds the
-# cgroup remount unit, /dev/kmsg, @keyring, ext4 binds (lab-notes "Kubernetes nodes in the lab").
+# Extra nspawn options by profile (LAB_PROFILE): "plain" (sshd, etcd, haproxy, keepalived,
+# the control plane) or "k8s", which also runs kubelet + containerd + runc. Each k8s option is
+# in lab-notes "Kubernetes nodes in the lab", with the error seen without it: /dev/kmsg and
+# CAP_SYSLOG (kubelet's OOM watcher), @keyring (runc joins a session keyring), and the
+# containerd/kubelet data directories on the machine's ext4 (overlayfs cannot hold containerd's
+# overlay snapshots). profile_args PROFILE [HOSTDIR]
 profile_args() {
 	case "$1" in
 	plain) ;;
-	*) die "unknown profile $1" ;;
+	k8s)
+		echo "--bind=/dev/kmsg"
+		echo "--capability=CAP_SYSLOG"
+		echo "--system-call-filter=@keyring"
+		if [ -n "${2:-}" ]; then
+			echo "--bind=$2/data/containerd:/var/lib/containerd"
+			echo "--bind=$2/data/kubelet:/var/lib/kubelet"
+		fi
+		;;
+	*) die "unknown profile $1 (plain or k8s)" ;;
 	esac
+}
+
+# k8s profile, inside the host before containerd and kubelet: the cgroup v1 controllers that
+# nspawn mounts read-only made writable (this host's subtree only), and the three kernel
+# settings kubelet insists on shown with the values it wants, through files bind-mounted over
+# the /proc/sys entries (the machine's own values stay untouched).
+k8s_prep() { # k8s_prep ROOT HOSTDIR
+	local root=$1 hd=$2
+	mkdir -p "$hd/data/containerd" "$hd/data/kubelet"
+	cat >"$root/usr/local/sbin/lab-k8s-prep" <<'PREP'
+#!/bin/sh
+set -e
+for m in $(awk '$3 == "cgroup" { print $2 }' /proc/self/mounts); do
+	mount -o remount,bind,rw "$m"
+done
+mkdir -p /run/lab-sysctl
+for kv in vm/overcommit_memory=1 kernel/panic=10 kernel/panic_on_oops=1; do
+	k=${kv%=*}
+	f=/run/lab-sysctl/$(echo "$k" | tr / _)
+	echo "${kv#*=}" >"$f"
+	mount --bind "$f" "/proc/sys/$k"
+done
+PREP
+	chmod 0755 "$root/usr/local/sbin/lab-k8s-prep"
+	cat >"$root/etc/systemd/system/lab-k8s-prep.service" <<'UNIT'
+[Unit]
+Description=lab: writable cgroup controllers and kubelet's kernel settings (nspawn)
+DefaultDependencies=no
+After=local-fs.target
+Before=containerd.service kubelet.service sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/lab-k8s-prep
+
+[Install]
+WantedBy=sysinit.target
+UNIT
+	mkdir -p "$root/etc/systemd/system/sysinit.target.wants"
+	ln -sf ../lab-k8s-prep.service "$root/etc/systemd/system/sysinit.target.wants/lab-k8s-prep.service"
 }
 
 # First-boot identity of a host, written into its merged root: hostname, machine-id, hosts,
@@ -259,13 +313,14 @@ host_boot() { # host_boot LAB hI: network, root mount, nspawn (state kept across
 	mount -t overlay overlay -o "lowerdir=$LAB_LOWER,upperdir=$hd/upper,workdir=$hd/work" "$hd/root"
 	if [ ! -f "$hd/identity.done" ]; then
 		host_identity "$lab" "$h" "$hd"
+		[ "${LAB_PROFILE:-plain}" != k8s ] || k8s_prep "$hd/root" "$hd"
 		touch "$hd/identity.done"
 	fi
 	local -a cgs
 	mapfile -t cgs < <(cg_of "$lab" "$h")
 	mkdir -p "${cgs[@]}"
 	local -a extra
-	mapfile -t extra < <(profile_args "${LAB_PROFILE:-plain}")
+	mapfile -t extra < <(profile_args "${LAB_PROFILE:-plain}" "$hd")
 	(
 		for cg in "${cgs[@]}"; do echo "$BASHPID" >"$cg/cgroup.procs"; done
 		SYSTEMD_NSPAWN_API_VFS_WRITABLE=network exec setsid systemd-nspawn -q -D "$hd/root" \
