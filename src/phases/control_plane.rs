@@ -123,6 +123,16 @@ impl Phase for ControlPlane {
                 Duration::from_secs(90),
             )
             .await?;
+            // Then through what clients use: the balancers take a backend in only after its
+            // /readyz has passed their own check.
+            let (ep_host, ep_port) = ctx.inv().apiserver_endpoint_for_admin();
+            super::health::wait_ok(
+                &client,
+                &format!("{}/readyz", Inventory::url(&ep_host, ep_port)),
+                Duration::from_secs(30),
+            )
+            .await
+            .context("through the cluster endpoint")?;
             Ok(vec![])
         })
     }
