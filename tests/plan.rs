@@ -104,7 +104,7 @@ fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
 }
 
 #[test]
-fn pki_goes_one_host_at_a_time_and_workers_get_no_ca_key() {
+fn pki_rolls_and_workers_get_no_ca_key() {
     let v = json(&example("ha-vip.yaml"));
     let pki = v["phases"]
         .as_array()
@@ -112,7 +112,10 @@ fn pki_goes_one_host_at_a_time_and_workers_get_no_ca_key() {
         .iter()
         .find(|p| p["phase"] == "pki")
         .unwrap();
-    assert_eq!(pki["order"], "one-at-a-time");
+    assert_eq!(
+        pki["order"], "rolling",
+        "fresh hosts together, running ones one at a time"
+    );
     let files = |host: &str| -> Vec<String> {
         let h = pki["hosts"]
             .as_array()
@@ -262,7 +265,7 @@ fn a_cluster_playbook_override_reorders_phases_and_is_checked() {
 
 #[test]
 fn commands_not_built_say_so_and_fail() {
-    for cmd in [["status"], ["backup"], ["reset"]] {
+    for cmd in [["join"], ["backup"], ["reset"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
             .args(cmd)
             .output()
@@ -270,4 +273,19 @@ fn commands_not_built_say_so_and_fail() {
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("is not built yet"));
     }
+}
+
+#[test]
+fn status_before_init_says_what_to_do_and_touches_nothing() {
+    let (out, home) = plan(&example("ha-vip.yaml"), &["status"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(e.contains("run `clusterctl init` first"), "{e}");
+    assert!(
+        !home.path().join("state").join("clusters").exists()
+            || std::fs::read_dir(home.path().join("state/clusters"))
+                .unwrap()
+                .all(|d| !d.unwrap().path().join("kubeconfig/admin.conf").exists()),
+        "status created credentials"
+    );
 }

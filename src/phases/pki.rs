@@ -108,7 +108,9 @@ impl Phase for Pki {
         "certificates and kubeconfigs: generated or kept locally, each host gets what it needs"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
-        let mut plan = PhasePlan::new(self, Order::OneAtATime);
+        // Hosts where nothing that reads these files runs yet get them together; where etcd or
+        // an apiserver runs, one host at a time behind its health gate.
+        let mut plan = PhasePlan::new(self, Order::Rolling);
         plan.local.push(format!(
             "generate or complete the PKI in {} (valid certificates are kept, changed ones re-issued after a backup; CAs are never replaced)",
             ctx.state.pki().display()

@@ -179,20 +179,21 @@ impl Runner {
     }
 }
 
-/// Whether any service the host plan manages is active now (a failed query counts as running,
-/// the safe side).
+/// Whether any service the host plan manages, or would restart, is active now (a failed query
+/// counts as running, the safe side).
 async fn runs_any(exec: &dyn Executor, h: &Host, hp: &super::HostPlan) -> bool {
-    let units: Vec<String> = hp
+    let mut units: Vec<String> = hp
         .actions
         .iter()
-        .filter_map(|a| {
-            if let super::Action::Service { unit } = a {
-                Some(super::executor::q(unit))
-            } else {
-                None
-            }
+        .flat_map(|a| match a {
+            super::Action::Service { unit } => vec![unit.as_str()],
+            super::Action::File { restarts, .. } => restarts.iter().map(String::as_str).collect(),
+            _ => vec![],
         })
+        .map(super::executor::q)
         .collect();
+    units.sort();
+    units.dedup();
     if units.is_empty() {
         return false;
     }
