@@ -238,8 +238,26 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     );
     assert!(ok >= 10, "only {ok} probes ran during the roll");
 
+    // `status` reads the same report at any time; healthy now.
+    let inv_arg = inv_path.to_str().unwrap();
+    let st = clusterctl(&["-i", inv_arg, "status"]);
+    assert!(st.status.success(), "status: {}", text(&st));
+    assert!(
+        text(&st).contains("ok       etcd h1: version 3.4.23"),
+        "{}",
+        text(&st)
+    );
+
     // One apiserver stops: haproxy takes it out; requests keep working.
     lab.exec_ok("h2", "systemctl stop kube-apiserver");
+    let st = clusterctl(&["-i", inv_arg, "status"]);
+    assert_eq!(
+        st.status.code(),
+        Some(1),
+        "status with h2 down: {}",
+        text(&st)
+    );
+    assert!(text(&st).contains("PROBLEM  apiserver h2"), "{}", text(&st));
     for i in 0..20 {
         assert!(
             readyz(&admin),

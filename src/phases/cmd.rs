@@ -215,6 +215,41 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `status`: the verify phase's report, read now from the live cluster over HTTPS (no SSH).
+pub fn status(g: &Global) -> anyhow::Result<()> {
+    let (ctx, _) = prepare(g, "init", &Scope::default())?;
+    if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
+        return Err(UserError::bad_input(format!(
+            "no admin credentials in {}: run `clusterctl init` first (status reads the cluster with them)",
+            ctx.state.root.display()
+        ))
+        .into());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let h = rt.block_on(super::verify::health(&ctx, 0))?;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&h)?),
+        Output::Text => {
+            for l in &h.healthy {
+                println!("ok       {l}");
+            }
+            for p in &h.problems {
+                println!("PROBLEM  {p}");
+            }
+        }
+    }
+    if h.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(UserError::failed(format!(
+            "cluster {}: {} problem(s)",
+            ctx.inv().name(),
+            h.problems.len()
+        ))
+        .into())
+    }
+}
+
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
     if a.diff {
         // The dry run walks the real code path against the hosts and records, not makes,

@@ -89,7 +89,31 @@ async fn lease(api: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::V
     Ok(v["spec"].clone())
 }
 
+/// What the live cluster says of itself: lines that are fine, and problems.
+#[derive(Debug, serde::Serialize)]
+pub struct Health {
+    pub healthy: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// The verify phase's gate: Ok(report lines) when healthy.
 async fn report(ctx: &Context) -> anyhow::Result<Vec<String>> {
+    // A fresh cluster elects its leaders within seconds: wait that long for the leases.
+    let h = health(ctx, 20).await?;
+    if h.problems.is_empty() {
+        Ok(h.healthy)
+    } else {
+        anyhow::bail!(
+            "the cluster is not healthy:\n  {}\nwhat was fine:\n  {}",
+            h.problems.join("\n  "),
+            h.healthy.join("\n  ")
+        )
+    }
+}
+
+/// Reads the cluster's health over HTTPS from this machine (`status`, and the verify phase),
+/// waiting up to `lease_wait` seconds for the leader leases to appear.
+pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
     let inv = ctx.inv();
     let mut lines = Vec::new();
     let mut problems = Vec::new();
@@ -184,9 +208,8 @@ async fn report(ctx: &Context) -> anyhow::Result<Vec<String>> {
     for name in ["kube-controller-manager", "kube-scheduler"] {
         let url =
             format!("{endpoint}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{name}");
-        // A fresh cluster elects within seconds; give it that long.
         let mut got = lease(&api, &url).await;
-        for _ in 0..20 {
+        for _ in 0..lease_wait {
             if got.is_ok() {
                 break;
             }
@@ -213,13 +236,8 @@ async fn report(ctx: &Context) -> anyhow::Result<Vec<String>> {
         }
     }
 
-    if problems.is_empty() {
-        Ok(lines)
-    } else {
-        anyhow::bail!(
-            "the cluster is not healthy:\n  {}\nwhat was fine:\n  {}",
-            problems.join("\n  "),
-            lines.join("\n  ")
-        )
-    }
+    Ok(Health {
+        healthy: lines,
+        problems,
+    })
 }
