@@ -2,6 +2,8 @@
 //! hash came from, and items without a published hash make `bundle build` refuse (before any
 //! network access).
 
+mod common;
+
 use std::path::PathBuf;
 
 use assert_cmd::Command;
@@ -9,14 +11,7 @@ use clusterctl::bundle::manifest::{Manifest, Stage};
 use predicates::prelude::*;
 
 fn manifests() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("offline-bundle");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    v.sort();
-    v
+    common::yaml_files("offline-bundle")
 }
 
 #[test]

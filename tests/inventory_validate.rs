@@ -1,7 +1,9 @@
 //! `clusterctl inventory validate` against every fixture: each broken inventory declares, in
 //! `# expect: LINE:COL message` comments at its end, the diagnostics it must produce.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 fn bin() -> Command {
@@ -35,20 +37,10 @@ fn validate(file: &Path, home: &Path) -> (i32, String, String) {
     )
 }
 
-fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn every_broken_inventory_gets_its_precise_errors_and_exit_2() {
     let home = fake_home();
-    let files = fixtures("tests/fixtures/invalid");
+    let files = common::yaml_files("tests/fixtures/invalid");
     assert!(
         files.len() >= 20,
         "expected 20+ broken fixtures, found {}",
@@ -113,8 +105,8 @@ fn all_problems_are_reported_at_once() {
 #[test]
 fn good_inventories_validate() {
     let home = fake_home();
-    let mut files = fixtures("tests/fixtures/valid");
-    files.extend(fixtures("examples"));
+    let mut files = common::yaml_files("tests/fixtures/valid");
+    files.extend(common::yaml_files("examples"));
     for f in files {
         let (code, stdout, stderr) = validate(&f, home.path());
         assert_eq!(code, 0, "{}:\n{stderr}", f.display());

@@ -1,5 +1,5 @@
-//! Shared by the lab tests: bring a lab up and down (tests/lab/lab.sh), read its outputs, run
-//! commands inside its hosts, and run clusterctl against it.
+//! Shared by the tests: bring a lab up and down (tests/lab/lab.sh), read its outputs, run
+//! commands inside its hosts, run clusterctl against it; list the repository's YAML files.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -8,6 +8,17 @@ use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `*.yaml` files of a directory of the repository, sorted.
+pub fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
 }
 
 pub fn run(cmd: &mut Command) -> Output {
