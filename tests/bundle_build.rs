@@ -165,6 +165,7 @@ fn item(name: &str, url: &str, sha: &str, kind: Kind, roles: &[Need]) -> Item {
         roles: roles.to_vec(),
         hash_source: "computed by the test".into(),
         hash_missing: None,
+        image: None,
         note: None,
     }
 }

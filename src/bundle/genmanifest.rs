@@ -4,6 +4,8 @@
 //!
 //! Columns (tab-separated; `-` for none; `#` starts a comment line):
 //! `name  version  kind  roles(comma)  url(file://...)  install-path  mode  hash-source  note`
+//! For `kind` image, the install-path column holds the image reference instead (e.g.
+//! `k8s.gcr.io/pause:3.2`).
 
 use std::path::Path;
 
@@ -61,10 +63,15 @@ pub fn from_tsv(
             bail!("line {n}: gen-manifest hashes local files only; `{url}` is not a file:// URL");
         };
         let (sha, size) = hash_file(Path::new(path)).with_context(|| format!("line {n}"))?;
-        let install = field(&cols, 5).map(|p| Install {
-            path: p.to_string(),
-            mode: field(&cols, 6).map(str::to_string),
-        });
+        let (install, image) = if kind == Kind::Image {
+            (None, field(&cols, 5).map(str::to_string))
+        } else {
+            let install = field(&cols, 5).map(|p| Install {
+                path: p.to_string(),
+                mode: field(&cols, 6).map(str::to_string),
+            });
+            (install, None)
+        };
         items.push(Item {
             name: cols[0].trim().to_string(),
             version: cols[1].trim().to_string(),
@@ -73,6 +80,7 @@ pub fn from_tsv(
             sha256: Some(sha),
             size: Some(size),
             install,
+            image,
             roles,
             hash_source: cols[7].trim().to_string(),
             hash_missing: None,

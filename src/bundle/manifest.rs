@@ -121,6 +121,10 @@ pub struct Item {
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<Install>,
+    /// For `kind: image`: the reference the tarball's image is tagged with (e.g.
+    /// `k8s.gcr.io/pause:3.2`), which nodes check before importing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub roles: Vec<Need>,
     /// Where the hash came from (a published checksum file at a commit, or how it was computed).
     pub hash_source: String,
@@ -286,6 +290,20 @@ impl Manifest {
                     ));
                 }
             }
+            match (it.kind, &it.image) {
+                (Kind::Image, None) => p.push(format!(
+                    "{at}: an image needs `image`, the reference its tarball is tagged with"
+                )),
+                (Kind::Image, Some(r))
+                    if r.trim().is_empty() || r.contains(char::is_whitespace) =>
+                {
+                    p.push(format!("{at}: image `{r}` is not an image reference"))
+                }
+                (k, Some(_)) if k != Kind::Image => {
+                    p.push(format!("{at}: only an item of kind image has `image`"))
+                }
+                _ => {}
+            }
             if it.kind == Kind::Binary
                 && it.install.as_ref().and_then(|i| i.mode.as_ref()).is_none()
             {
@@ -367,6 +385,24 @@ items:
         assert!(e.contains("must be absolute"), "{e}");
         assert!(e.contains("not an octal mode"), "{e}");
         assert!(e.contains("duplicate item"), "{e}");
+    }
+
+    #[test]
+    fn images_need_a_reference_and_only_images_have_one() {
+        let mut m = sample();
+        m.items[1].kind = Kind::Image;
+        m.items[0].image = Some("k8s.gcr.io/etcd:3.4.23".into());
+        let e = m.check(Stage::Input).unwrap_err().to_string();
+        assert!(e.contains("haproxy 2.6.12): an image needs `image`"), "{e}");
+        assert!(
+            e.contains("etcd 3.4.23): only an item of kind image"),
+            "{e}"
+        );
+        m.items[0].image = None;
+        m.items[1].image = Some("k8s.gcr.io/pause:3.2".into());
+        assert!(m.check(Stage::Input).is_ok());
+        let back = Manifest::from_yaml(&m.to_yaml().unwrap()).unwrap();
+        assert_eq!(back.items[1].image.as_deref(), Some("k8s.gcr.io/pause:3.2"));
     }
 
     #[test]
