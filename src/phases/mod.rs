@@ -291,6 +291,16 @@ pub trait Phase: Send + Sync {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
     }
+    /// Work through the cluster's API after every host of the phase converged and passed its
+    /// gate (e.g. apply add-ons, label nodes). With `dry_run` it must change nothing and say
+    /// what it would do. Returns lines for the run's report. Default: nothing.
+    fn apply_cluster<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _dry_run: bool,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
+    }
 }
 
 /// Every phase clusterctl knows, by playbook name.

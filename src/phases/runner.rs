@@ -159,10 +159,38 @@ impl Runner {
                     }
                 })
                 .collect();
+            let cluster = if failed.is_empty() {
+                let r = phase
+                    .apply_cluster(ctx, exec.is_dry_run())
+                    .await
+                    .with_context(|| format!("phase {}: cluster step", phase.name()));
+                match r {
+                    Ok(lines) => {
+                        progress.cluster_finished(&plan, &lines);
+                        lines
+                    }
+                    Err(e) => {
+                        report.phases.push(PhaseReport {
+                            phase: plan.phase.clone(),
+                            seconds: started.elapsed().as_secs_f64(),
+                            hosts,
+                            cluster: vec![],
+                        });
+                        return Err(UserError::failed(format!(
+                            "{e:#}\nfix the cause and run `clusterctl {}` again: finished steps are not redone",
+                            self.command
+                        ))
+                        .into());
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             report.phases.push(PhaseReport {
                 phase: plan.phase.clone(),
                 seconds: started.elapsed().as_secs_f64(),
                 hosts,
+                cluster,
             });
             if !failed.is_empty() {
                 return Err(UserError::failed(format!(
@@ -263,6 +291,9 @@ pub struct PhaseReport {
     pub phase: String,
     pub seconds: f64,
     pub hosts: BTreeMap<String, HostOutcome>,
+    /// What the phase's cluster step (`Phase::apply_cluster`) reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -294,6 +325,12 @@ pub trait Progress: Send + Sync {
     fn phase(&self, plan: &PhasePlan);
     fn host_started(&self, plan: &PhasePlan, host: &Host);
     fn host_finished(&self, plan: &PhasePlan, host: &Host, outcome: &HostOutcome, took: Duration);
+    /// The phase's cluster step is done; `lines` is what it reported.
+    fn cluster_finished(&self, plan: &PhasePlan, lines: &[String]) {
+        for l in lines {
+            eprintln!("{} {}: {l}", stamp(), plan.phase);
+        }
+    }
 }
 
 pub struct PlainProgress;
