@@ -32,6 +32,27 @@ impl KubeVersion {
         }
     }
 
+    /// Labels kubeadm of this minor puts on control-plane nodes.
+    pub fn control_plane_labels(&self) -> &'static [&'static str] {
+        if self.minor < 24 {
+            &[
+                "node-role.kubernetes.io/master",
+                "node-role.kubernetes.io/control-plane",
+            ]
+        } else {
+            &["node-role.kubernetes.io/control-plane"]
+        }
+    }
+
+    /// The taint kubeadm of this minor puts on control-plane nodes.
+    pub fn control_plane_taint(&self) -> &'static str {
+        if self.minor < 24 {
+            "node-role.kubernetes.io/master:NoSchedule"
+        } else {
+            "node-role.kubernetes.io/control-plane:NoSchedule"
+        }
+    }
+
     pub fn supported_list() -> String {
         SUPPORTED_MINORS
             .iter()

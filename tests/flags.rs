@@ -16,6 +16,8 @@ const UNITS: &[(&str, &str)] = &[
         "kube-controller-manager/kube-controller-manager.service",
     ),
     ("kube-scheduler", "kube-scheduler/kube-scheduler.service"),
+    ("kubelet", "kubelet/kubelet.service"),
+    ("kube-proxy", "kube-proxy/kube-proxy.service"),
 ];
 
 fn root() -> PathBuf {

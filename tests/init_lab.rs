@@ -104,7 +104,7 @@ fn check_cluster(lab: &Lab, admin: &Path) {
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
 fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
-    let lab = Lab::up("initvip", 3);
+    let lab = Lab::up_profile("initvip", 3, "k8s");
     let inv = vip_inventory(&lab, &[]);
     let inv_path = lab.write_inventory("inventory-vip.yaml", &inv);
     let admin = lab.dir.join("clusters/lab-initvip/admin.conf");
@@ -294,7 +294,7 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
 fn init_vip_on_two_separate_lb_hosts() {
-    let lab = Lab::up("initlb", 5);
+    let lab = Lab::up_profile("initlb", 5, "k8s");
     let inv = vip_inventory(&lab, &["h4", "h5"]);
     let inv_path = lab.write_inventory("inventory-lb.yaml", &inv);
     init(&inv_path);
@@ -325,7 +325,7 @@ fn init_vip_on_two_separate_lb_hosts() {
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
 fn init_local_proxy_and_converging_after_a_host_dies_mid_run() {
-    let lab = Lab::up("initlp", 4);
+    let lab = Lab::up_profile("initlp", 4, "k8s");
     let mut inv = with_bundle(lab.inventory());
     inv.spec.ha.mode = HaMode::LocalProxy;
     let inv_path = lab.write_inventory("inventory-lp.yaml", &inv);

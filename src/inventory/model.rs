@@ -230,6 +230,10 @@ pub struct Network {
     pub cni: Cni,
     #[serde(default)]
     pub proxy_mode: ProxyMode,
+    /// Let kube-proxy raise the kernel's conntrack limits and timeouts (as it does by
+    /// default). Turn off where they are not writable (hosts that are containers).
+    #[serde(default = "yes")]
+    pub proxy_manages_conntrack: bool,
 }
 
 impl Default for Network {
@@ -242,6 +246,7 @@ impl Default for Network {
             dns_ip: None,
             cni: Cni::default(),
             proxy_mode: ProxyMode::default(),
+            proxy_manages_conntrack: true,
         }
     }
 }
@@ -420,6 +425,9 @@ pub struct ControlPlane {
     pub encrypt_secrets: bool,
     #[serde(default = "yes")]
     pub audit_log: bool,
+    /// Taint control-plane nodes `NoSchedule` (kubeadm's default), so workloads go to workers.
+    #[serde(default = "yes")]
+    pub taint_nodes: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub apiserver_extra_args: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -435,6 +443,7 @@ impl Default for ControlPlane {
             apiserver_port: default_apiserver_port(),
             encrypt_secrets: true,
             audit_log: true,
+            taint_nodes: true,
             apiserver_extra_args: BTreeMap::new(),
             controller_manager_extra_args: BTreeMap::new(),
             scheduler_extra_args: BTreeMap::new(),
@@ -461,6 +470,10 @@ pub struct ContainerRuntime {
     pub sandbox_image: Option<String>,
     #[serde(default)]
     pub cgroup_driver: CgroupDriver,
+    /// containerd's CRI `restrict_oom_score_adj`: needed where the machine lacks
+    /// CAP_SYS_RESOURCE (containers such as LXC or systemd-nspawn), harmless elsewhere.
+    #[serde(default, rename = "restrictOOMScoreAdj")]
+    pub restrict_oom_score_adj: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

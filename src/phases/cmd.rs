@@ -120,12 +120,94 @@ fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Context,
     ))
 }
 
+/// Hosts that a run of `init` or `join` already set up (an ok entry in the journal).
+fn joined_hosts(journal: &Journal) -> std::collections::BTreeSet<String> {
+    journal
+        .last()
+        .into_values()
+        .filter(|e| e.ok && (e.command == "init" || e.command == "join"))
+        .map(|e| e.host)
+        .collect()
+}
+
+/// `join`: the hosts that are new in the inventory (or those of `--hosts`, which must be new)
+/// join the cluster. The run covers the cluster's hosts plus those: phases converge each host
+/// to the inventory, so the existing ones change only where a new host concerns them (routes
+/// to its pods, a load balancer backend, the apiserver certificate's SANs), one at a time
+/// behind the health gates. New hosts the user did not select are left out entirely.
+fn scope_join(ctx: &mut Context) -> anyhow::Result<Vec<String>> {
+    let joined = joined_hosts(&Journal::at(ctx.state.journal()));
+    let inv_path = ctx.loaded.path.display().to_string();
+    if joined.is_empty() {
+        return Err(UserError::bad_input(format!(
+            "{inv_path}: no host of this cluster was set up yet (no journal in {}): run `clusterctl init` first",
+            ctx.state.root.display()
+        ))
+        .into());
+    }
+    let new: Vec<String> = ctx
+        .inv()
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| !joined.contains(&h.name))
+        .map(|h| h.name.clone())
+        .collect();
+    let selected: Vec<String> = if ctx.host_filter.is_empty() {
+        new.clone()
+    } else {
+        for h in &ctx.host_filter {
+            if !new.contains(h) {
+                return Err(UserError::bad_input(format!(
+                    "--hosts: `{h}` is already part of the cluster; `join` adds new hosts (new in {inv_path}: {}); `clusterctl init` converges existing ones",
+                    if new.is_empty() { "none".to_string() } else { new.join(", ") }
+                ))
+                .into());
+            }
+        }
+        ctx.host_filter.clone()
+    };
+    let etcd: Vec<&String> = selected
+        .iter()
+        .filter(|n| {
+            ctx.inv()
+                .host(n)
+                .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
+        })
+        .collect();
+    if !etcd.is_empty() {
+        return Err(UserError::bad_input(format!(
+            "{inv_path}: new host(s) {} have the etcd role: adding etcd members to a running cluster is not built yet (it is part of the day-2 issue); join them without the etcd role",
+            etcd.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+        .into());
+    }
+    ctx.loaded
+        .inventory
+        .spec
+        .hosts
+        .retain(|h| joined.contains(&h.name) || selected.contains(&h.name));
+    ctx.host_filter.clear();
+    Ok(selected)
+}
+
 pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
-    if command != "init" {
+    if command != "init" && command != "join" {
         return Err(UserError::not_built(command, "its issue is open").into());
     }
     // Everything is checked before a host is contacted.
-    let (ctx, runner) = prepare(g, command, &a.scope)?;
+    let (mut ctx, runner) = prepare(g, command, &a.scope)?;
+    if command == "join" {
+        let selected = scope_join(&mut ctx)?;
+        if selected.is_empty() {
+            println!(
+                "join: nothing to do: every host of {} is already part of the cluster",
+                ctx.loaded.path.display()
+            );
+            return Ok(());
+        }
+        eprintln!("join: adding {}", selected.join(", "));
+    }
     let plans = runner.plan(&ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -16,13 +16,17 @@ pub mod control_plane;
 pub mod etcd;
 pub mod executor;
 pub mod health;
+pub mod kube_proxy;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod load_balancer;
+pub mod network;
 pub mod pki;
 pub mod playbook;
 pub mod preflight;
 pub mod prepare;
 pub mod runner;
+pub mod runtime;
 pub mod ssh_exec;
 pub mod verify;
 
@@ -313,6 +317,10 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(load_balancer::LoadBalancer),
         Box::new(control_plane::ControlPlane),
         Box::new(kubeconfig::Kubeconfig),
+        Box::new(runtime::Runtime),
+        Box::new(network::Network),
+        Box::new(kubelet::Kubelet),
+        Box::new(kube_proxy::KubeProxy),
         Box::new(verify::Verify),
     ]
 }

@@ -8,7 +8,10 @@ use serde::Deserialize;
 use crate::diag::{Diagnostic, Diagnostics, Severity};
 use crate::inventory::source_map::SourceMap;
 
-pub const BUILTIN: &[(&str, &str)] = &[("init", include_str!("../../playbooks/init.yaml"))];
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("init", include_str!("../../playbooks/init.yaml")),
+    ("join", include_str!("../../playbooks/join.yaml")),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

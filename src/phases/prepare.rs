@@ -101,6 +101,106 @@ pub fn items_for<'m>(ctx: &'m Context, h: &Host) -> anyhow::Result<Vec<&'m Item>
     Ok(items)
 }
 
+/// Where archive items wait on a host before they are unpacked.
+pub const ARCHIVE_DIR: &str = "/var/cache/clusterctl/archives";
+/// Where image tarballs wait on a host; markers of imported ones are in `IMAGE_MARKS`.
+pub const IMAGE_DIR: &str = "/var/cache/clusterctl/images";
+pub const IMAGE_MARKS: &str = "/var/lib/clusterctl/images";
+
+fn cache_name(it: &Item, ext: &str) -> String {
+    format!("{}_{}.{ext}", it.name, it.version.replace(':', "%3a"))
+}
+
+/// An archive item unpacked into its `install.path`: sent once (content-addressed), unpacked
+/// unless the marker of this exact archive is there.
+pub fn archive_actions(it: &Item) -> anyhow::Result<Vec<Action>> {
+    let (Some(install), Some(sha)) = (&it.install, &it.sha256) else {
+        anyhow::bail!(
+            "bundle item {}: an archive needs install.path and sha256",
+            it.label()
+        );
+    };
+    let ext = if it.url.ends_with(".tar") {
+        "tar"
+    } else {
+        "tar.gz"
+    };
+    let file = format!("{ARCHIVE_DIR}/{}", cache_name(it, ext));
+    let mark = format!("{}/.clusterctl-{}-{}", install.path, it.name, &sha[..16]);
+    let q = super::executor::q;
+    Ok(vec![
+        Action::dir(ARCHIVE_DIR, 0o755),
+        Action::dir(&install.path, 0o755),
+        Action::File {
+            path: file.clone(),
+            mode: Mode(0o644),
+            source: Source::Bundle { item: it.label() },
+            sha256: it.sha256.clone(),
+            size: it.size,
+            restarts: Vec::new(),
+        },
+        Action::run(
+            &format!("unpack {} into {}", it.label(), install.path),
+            &format!(
+                "tar -xf {} -C {} --no-same-owner 2>&1 && rm -f {}/.clusterctl-{}-* && touch {}",
+                q(&file),
+                q(&install.path),
+                q(&install.path),
+                q(&it.name),
+                q(&mark)
+            ),
+            Some(&format!("test -e {}", q(&mark))),
+        ),
+    ])
+}
+
+/// Image items imported into containerd's `k8s.io` namespace (where the kubelet's images
+/// live): each tarball sent once, imported unless this exact tarball was imported before and
+/// its reference is still there. Needs containerd running.
+pub fn image_actions(items: &[&Item]) -> anyhow::Result<Vec<Action>> {
+    let q = super::executor::q;
+    let mut a = Vec::new();
+    if items.is_empty() {
+        return Ok(a);
+    }
+    a.push(Action::dir(IMAGE_DIR, 0o755));
+    a.push(Action::dir(IMAGE_MARKS, 0o755));
+    for it in items {
+        let (Some(image), Some(sha)) = (&it.image, &it.sha256) else {
+            anyhow::bail!(
+                "bundle item {}: an image needs `image` and sha256",
+                it.label()
+            );
+        };
+        let file = format!("{IMAGE_DIR}/{}", cache_name(it, "tar"));
+        let mark = format!("{IMAGE_MARKS}/{sha}");
+        a.push(Action::File {
+            path: file.clone(),
+            mode: Mode(0o644),
+            source: Source::Bundle { item: it.label() },
+            sha256: it.sha256.clone(),
+            size: it.size,
+            restarts: Vec::new(),
+        });
+        a.push(Action::run(
+            &format!("import image {image}"),
+            &format!(
+                "ctr -n k8s.io images import {} 2>&1 && ctr -n k8s.io images ls -q | grep -qxF {} && echo {} > {}",
+                q(&file),
+                q(image),
+                q(image),
+                q(&mark)
+            ),
+            Some(&format!(
+                "test -e {} && ctr -n k8s.io images ls -q | grep -qxF {}",
+                q(&mark),
+                q(image)
+            )),
+        ));
+    }
+    Ok(a)
+}
+
 fn bundle_actions(items: &[&Item]) -> Vec<Action> {
     let mut a = Vec::new();
     let mut debs = Vec::new();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-pub use vars::{DEFAULT_VIP_INTERFACE, host_vars};
+pub use vars::{DEFAULT_VIP_INTERFACE, host_vars, node_taints};
 
 /// Every built-in template, by its path under `templates/`.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -49,6 +49,42 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "system/modules-kubernetes.conf",
         include_str!("../../templates/system/modules-kubernetes.conf"),
+    ),
+    (
+        "containerd/config.toml",
+        include_str!("../../templates/containerd/config.toml"),
+    ),
+    (
+        "containerd/hosts.toml",
+        include_str!("../../templates/containerd/hosts.toml"),
+    ),
+    (
+        "kubelet/kubelet-config.yaml",
+        include_str!("../../templates/kubelet/kubelet-config.yaml"),
+    ),
+    (
+        "kubelet/kubelet.service",
+        include_str!("../../templates/kubelet/kubelet.service"),
+    ),
+    (
+        "kube-proxy/kube-proxy-config.yaml",
+        include_str!("../../templates/kube-proxy/kube-proxy-config.yaml"),
+    ),
+    (
+        "kube-proxy/kube-proxy.service",
+        include_str!("../../templates/kube-proxy/kube-proxy.service"),
+    ),
+    (
+        "network/10-clusterctl.conflist",
+        include_str!("../../templates/network/10-clusterctl.conflist"),
+    ),
+    (
+        "network/pod-routes.sh",
+        include_str!("../../templates/network/pod-routes.sh"),
+    ),
+    (
+        "network/clusterctl-pod-routes.service",
+        include_str!("../../templates/network/clusterctl-pod-routes.service"),
     ),
 ];
 
@@ -141,5 +177,96 @@ mod tests {
         std::fs::write(dir.path().join("etcd/etcd.service"), "{% if %}").unwrap();
         let e = Renderer::new(Some(dir.path())).err().unwrap().to_string();
         assert!(e.contains("etcd/etcd.service"), "{e}");
+    }
+
+    fn example(name: &str) -> crate::inventory::Inventory {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "~/.ssh/id_ed25519",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        );
+        crate::inventory::load_str(&text, &path).unwrap().inventory
+    }
+
+    #[test]
+    fn node_templates_follow_the_inventory() {
+        let mut inv = example("ha-vip.yaml");
+        inv.spec.container_runtime.cgroup_driver = crate::inventory::CgroupDriver::Cgroupfs;
+        inv.spec.container_runtime.restrict_oom_score_adj = true;
+        inv.spec.network.proxy_manages_conntrack = false;
+        inv.spec.hosts[3].taints = vec!["dedicated=infra:NoSchedule".into()];
+        let r = Renderer::new(None).unwrap();
+        let cp = inv.host("cp1").unwrap().clone();
+        let w1 = inv.host("w1").unwrap().clone();
+        let (cp, w1) = (&cp, &w1);
+        let cfg = r
+            .render("containerd/config.toml", &host_vars(&inv, cp))
+            .unwrap();
+        assert!(
+            cfg.contains("sandbox_image = \"k8s.gcr.io/pause:3.2\""),
+            "{cfg}"
+        );
+        assert!(cfg.contains("restrict_oom_score_adj = true"), "{cfg}");
+        assert!(cfg.contains("SystemdCgroup = false"), "{cfg}");
+        let kubelet = r
+            .render("kubelet/kubelet-config.yaml", &host_vars(&inv, w1))
+            .unwrap();
+        assert!(kubelet.contains("cgroupDriver: cgroupfs"), "{kubelet}");
+        assert!(kubelet.contains("  - 10.96.0.10"), "{kubelet}");
+        // Control-plane nodes get kubeadm's taint; workers only the inventory's.
+        let unit = r
+            .render("kubelet/kubelet.service", &host_vars(&inv, cp))
+            .unwrap();
+        assert!(
+            unit.contains("--register-with-taints=node-role.kubernetes.io/master:NoSchedule"),
+            "{unit}"
+        );
+        assert!(unit.contains("--container-runtime=remote"), "{unit}");
+        let unit = r
+            .render("kubelet/kubelet.service", &host_vars(&inv, w1))
+            .unwrap();
+        assert!(
+            unit.contains("--register-with-taints=dedicated=infra:NoSchedule \\"),
+            "{unit}"
+        );
+        inv.spec.control_plane.taint_nodes = false;
+        let unit = r
+            .render("kubelet/kubelet.service", &host_vars(&inv, cp))
+            .unwrap();
+        assert!(!unit.contains("register-with-taints"), "{unit}");
+        let proxy = r
+            .render("kube-proxy/kube-proxy-config.yaml", &host_vars(&inv, w1))
+            .unwrap();
+        assert!(
+            proxy.contains("maxPerCore: 0") && proxy.contains("mode: iptables"),
+            "{proxy}"
+        );
+        // Both are YAML a kubelet / kube-proxy can parse.
+        serde_saphyr::from_str::<serde_json::Value>(&kubelet).unwrap();
+        serde_saphyr::from_str::<serde_json::Value>(&proxy).unwrap();
+    }
+
+    #[test]
+    fn registry_mirrors_become_hosts_toml() {
+        let mut inv = example("ha-vip.yaml");
+        inv.spec
+            .container_runtime
+            .registry_mirrors
+            .insert("docker.io".into(), vec!["https://mirror.example.cn".into()]);
+        let r = Renderer::new(None).unwrap();
+        let mut v = host_vars(&inv, inv.host("w1").unwrap());
+        v.insert(
+            "mirror",
+            &serde_json::json!({"registry": "docker.io", "server": "https://registry-1.docker.io",
+                                "endpoints": ["https://mirror.example.cn"]}),
+        );
+        let t = r.render("containerd/hosts.toml", &v).unwrap();
+        assert!(
+            t.contains("server = \"https://registry-1.docker.io\""),
+            "{t}"
+        );
+        assert!(t.contains("[host.\"https://mirror.example.cn\"]"), "{t}");
     }
 }

@@ -2,7 +2,22 @@
 
 use serde::Serialize;
 
-use crate::inventory::{HaMode, Host, Inventory, ProxyMode, Role};
+use crate::inventory::{CgroupDriver, Cni, HaMode, Host, Inventory, ProxyMode, Role};
+
+/// The taints a node registers with: the inventory's, plus kubeadm's control-plane taint on
+/// control-plane hosts unless `controlPlane.taintNodes` is off (or the inventory already
+/// sets a taint with that key).
+pub fn node_taints(inv: &Inventory, host: &Host) -> Vec<String> {
+    let mut t = host.taints.clone();
+    if host.has(Role::ControlPlane) && inv.spec.control_plane.taint_nodes {
+        let cp = inv.kube_version().control_plane_taint();
+        let key = cp.split(':').next().unwrap_or(cp);
+        if !t.iter().any(|x| x.split([':', '=']).next() == Some(key)) {
+            t.push(cp.to_string());
+        }
+    }
+    t
+}
 
 #[derive(Serialize)]
 struct Vars<'a> {
@@ -18,6 +33,39 @@ struct Vars<'a> {
     ha: HaVars,
     lb: LbVars,
     vip: Option<VipVars>,
+    runtime: RuntimeVars,
+    kubelet: KubeletVars,
+    proxy: ProxyVars,
+}
+
+#[derive(Serialize)]
+struct RuntimeVars {
+    sandbox_image: String,
+    cgroup_driver: &'static str,
+    restrict_oom_score_adj: bool,
+    /// Registries with mirrors: containerd `certs.d/<registry>/hosts.toml`.
+    mirrors: Vec<Mirror>,
+}
+
+#[derive(Serialize)]
+struct Mirror {
+    registry: String,
+    /// `https://registry-1.docker.io` for docker.io, else `https://<registry>`.
+    server: String,
+    endpoints: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct KubeletVars {
+    /// `--register-with-taints`: the inventory's taints, plus the control-plane taint.
+    taints: String,
+    /// `https://endpoint:port` the node's kubelet and kube-proxy use.
+    server: String,
+}
+
+#[derive(Serialize)]
+struct ProxyVars {
+    manages_conntrack: bool,
 }
 
 #[derive(Serialize)]
@@ -42,6 +90,10 @@ struct NetworkVars {
     cluster_domain: String,
     dns_ip: String,
     proxy_mode: &'static str,
+    cni: &'static str,
+    /// The controller-manager hands out node pod CIDRs, except with host-routes, where
+    /// clusterctl allocates them (clusters/<name>/pod-cidrs.yaml) and sets them on the nodes.
+    allocate_node_cidrs: bool,
 }
 
 #[derive(Serialize)]
@@ -205,6 +257,13 @@ pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
                 ProxyMode::Iptables => "iptables",
                 ProxyMode::Ipvs => "ipvs",
             },
+            cni: match spec.network.cni {
+                Cni::HostRoutes => "host-routes",
+                Cni::Flannel => "flannel",
+                Cni::Calico => "calico",
+                Cni::None => "none",
+            },
+            allocate_node_cidrs: spec.network.cni != Cni::HostRoutes,
         },
         etcd: EtcdVars {
             data_dir: spec.etcd.data_dir.clone(),
@@ -254,6 +313,42 @@ pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
                 .collect(),
         },
         vip,
+        runtime: RuntimeVars {
+            sandbox_image: spec
+                .container_runtime
+                .sandbox_image
+                .clone()
+                .unwrap_or_else(|| version.default_sandbox_image().to_string()),
+            cgroup_driver: match spec.container_runtime.cgroup_driver {
+                CgroupDriver::Systemd => "systemd",
+                CgroupDriver::Cgroupfs => "cgroupfs",
+            },
+            restrict_oom_score_adj: spec.container_runtime.restrict_oom_score_adj,
+            mirrors: spec
+                .container_runtime
+                .registry_mirrors
+                .iter()
+                .map(|(reg, eps)| Mirror {
+                    registry: reg.clone(),
+                    server: if reg == "docker.io" {
+                        "https://registry-1.docker.io".into()
+                    } else {
+                        format!("https://{reg}")
+                    },
+                    endpoints: eps.clone(),
+                })
+                .collect(),
+        },
+        kubelet: KubeletVars {
+            taints: node_taints(inv, host).join(","),
+            server: {
+                let (h, p) = inv.apiserver_endpoint_for(host);
+                Inventory::url(&h, p)
+            },
+        },
+        proxy: ProxyVars {
+            manages_conntrack: spec.network.proxy_manages_conntrack,
+        },
     };
     tera::Context::from_serialize(&vars).expect("template variables serialize")
 }

@@ -38,7 +38,7 @@ if [ -z "${CLUSTERCTL:-}" ]; then
 fi
 export CLUSTERCTL
 bundle=$(bash "$here/build-bundle.sh" | tail -1)
-bash "$here/lab.sh" up "$lab" "$n" >/dev/null
+LAB_PROFILE=k8s bash "$here/lab.sh" up "$lab" "$n" >/dev/null
 d=/var/lib/clusterctl-lab/$lab
 # shellcheck disable=SC1091
 . "$d/env"

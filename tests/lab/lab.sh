@@ -423,6 +423,11 @@ write_outputs() { # env, known_hosts, inventory.yaml
 		echo "    keyFile: $d/id_ed25519"
 		echo "    knownHosts: strict"
 		echo "    knownHostsFile: $d/known_hosts"
+		echo "  # Lab hosts are containers: kubelet and containerd use cgroupfs (the host's systemd does"
+		echo "  # not own the cgroup v1 controllers), containerd cannot lower OOM scores below the"
+		echo "  # machine's, and kube-proxy must leave the machine's conntrack limits alone."
+		echo "  containerRuntime: { cgroupDriver: cgroupfs, restrictOOMScoreAdj: true }"
+		echo "  network: { proxyManagesConntrack: false }"
 		echo "  hosts:"
 		for i in $(seq 1 "$n"); do
 			h="h$i"

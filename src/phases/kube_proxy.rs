@@ -1,0 +1,80 @@
+//! kube-proxy: Services on every node (iptables or ipvs, `spec.network.proxyMode`), with the
+//! `system:kube-proxy` kubeconfig the pki phase delivered. Gate: its rules are in place.
+
+use futures::future::BoxFuture;
+
+use super::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::inventory::{Host, Role};
+use crate::render::host_vars;
+
+pub struct KubeProxy;
+
+fn is_node(h: &Host) -> bool {
+    h.has(Role::ControlPlane) || h.has(Role::Worker)
+}
+
+impl Phase for KubeProxy {
+    fn name(&self) -> &'static str {
+        "kube-proxy"
+    }
+    fn summary(&self) -> &'static str {
+        "kube-proxy on every node; gate: its Service rules are programmed"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
+        let mut plan = PhasePlan::new(self, Order::Rolling);
+        let unit = "kube-proxy.service";
+        for h in ctx.hosts_where(is_node) {
+            let vars = host_vars(inv, h);
+            plan.host(
+                h,
+                vec![
+                    Action::dir("/var/lib/kube-proxy", 0o755),
+                    Action::rendered(
+                        "/var/lib/kube-proxy/config.yaml",
+                        0o644,
+                        "kube-proxy/kube-proxy-config.yaml",
+                        ctx.render
+                            .render("kube-proxy/kube-proxy-config.yaml", &vars)?,
+                        &[unit],
+                    ),
+                    Action::rendered(
+                        format!("/etc/systemd/system/{unit}"),
+                        0o644,
+                        "kube-proxy/kube-proxy.service",
+                        ctx.render.render("kube-proxy/kube-proxy.service", &vars)?,
+                        &[unit],
+                    ),
+                    Action::service(unit),
+                ],
+            );
+        }
+        Ok(plan)
+    }
+    fn verify<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            // kube-proxy answers /healthz once it has synced its rules with the API.
+            let script = "for i in $(seq 60); do \
+                   if exec 3<>/dev/tcp/127.0.0.1/10256; then \
+                     printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3; head -1 <&3 | grep -q ' 200 ' && exit 0; \
+                     exec 3<&- 3>&-; fi 2>/dev/null; sleep 0.5; done; \
+                 systemctl status --no-pager -n 5 kube-proxy 2>&1; exit 1";
+            let o = exec
+                .query(host, &format!("bash -c {}", super::executor::q(script)))
+                .await?;
+            if o.status != 0 {
+                anyhow::bail!(
+                    "kube-proxy on {} not healthy after 30 s: {}",
+                    host.name,
+                    o.stdout.trim()
+                );
+            }
+            Ok(vec![])
+        })
+    }
+}

@@ -1,0 +1,319 @@
+//! kubelet: the node agent on every control-plane and worker host, with the client and serving
+//! certificates the pki phase delivered, registering with the inventory's taints (control-plane
+//! nodes tainted by default). Gate: the node is `Ready` in the API. The cluster step then puts
+//! the inventory's labels (and kubeadm's control-plane role labels, which a kubelet may not set
+//! on itself) on each node, and with host-routes its pod CIDR.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::inventory::{Cni, Host, Inventory, Role};
+use crate::render::{host_vars, node_taints};
+
+pub struct Kubelet;
+
+fn is_node(h: &Host) -> bool {
+    h.has(Role::ControlPlane) || h.has(Role::Worker)
+}
+
+/// The labels clusterctl keeps on `h`'s node: the inventory's, plus the control-plane role
+/// labels of the version.
+pub fn node_labels(inv: &Inventory, h: &Host) -> BTreeMap<String, String> {
+    let mut l = h.labels.clone();
+    if h.has(Role::ControlPlane) {
+        for k in inv.kube_version().control_plane_labels() {
+            l.entry(k.to_string()).or_default();
+        }
+    }
+    l
+}
+
+/// `key[=value]:Effect` as the API's taint object.
+fn taint_json(t: &str) -> Value {
+    let (kv, effect) = t.rsplit_once(':').unwrap_or((t, "NoSchedule"));
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    let mut o = json!({"key": key, "effect": effect});
+    if !value.is_empty() {
+        o["value"] = json!(value);
+    }
+    o
+}
+
+/// The merge patch that brings `node` (the API object) to the wanted labels, taints and pod
+/// CIDR, or None when it has them. Labels and taints clusterctl does not manage are kept; a
+/// pod CIDR is only set on a node that has none (the API refuses to change it).
+pub fn node_patch(
+    node: &Value,
+    labels: &BTreeMap<String, String>,
+    taints: &[String],
+    pod_cidr: Option<&str>,
+) -> Option<Value> {
+    let mut patch = json!({});
+    let have = &node["metadata"]["labels"];
+    let missing: serde_json::Map<String, Value> = labels
+        .iter()
+        .filter(|(k, v)| have[k.as_str()].as_str() != Some(v.as_str()))
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if !missing.is_empty() {
+        patch["metadata"] = json!({"labels": missing});
+    }
+    let current: Vec<Value> = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut merged = current.clone();
+    for t in taints.iter().map(|t| taint_json(t)) {
+        let same = |c: &Value| c["key"] == t["key"] && c["effect"] == t["effect"];
+        match merged.iter_mut().find(|c| same(c)) {
+            Some(c) if c.get("value") != t.get("value") => *c = t.clone(),
+            Some(_) => {}
+            None => merged.push(t),
+        }
+    }
+    if merged != current {
+        patch["spec"] = json!({"taints": merged});
+    }
+    if let Some(c) = pod_cidr
+        && node["spec"]["podCIDR"].as_str().unwrap_or("").is_empty()
+    {
+        let spec = patch
+            .as_object_mut()
+            .expect("an object")
+            .entry("spec")
+            .or_insert_with(|| json!({}));
+        spec["podCIDR"] = json!(c);
+        spec["podCIDRs"] = json!([c]);
+    }
+    (patch != json!({})).then_some(patch)
+}
+
+/// Whether the node object says `Ready=True`.
+pub fn is_ready(node: &Value) -> bool {
+    node["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn api_base(ctx: &Context) -> String {
+    let (h, p) = ctx.inv().apiserver_endpoint_for_admin();
+    Inventory::url(&h, p)
+}
+
+async fn get_node(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<Value> {
+    let url = format!("{base}/api/v1/nodes/{name}");
+    let body = super::health::get(client, &url).await?;
+    serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))
+}
+
+impl Phase for Kubelet {
+    fn name(&self) -> &'static str {
+        "kubelet"
+    }
+    fn summary(&self) -> &'static str {
+        "kubelet on every node; gate: the node is Ready"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
+        let mut plan = PhasePlan::new(self, Order::Rolling);
+        let unit = "kubelet.service";
+        for h in ctx.hosts_where(is_node) {
+            let vars = host_vars(inv, h);
+            plan.host(
+                h,
+                vec![
+                    Action::dir("/var/lib/kubelet", 0o700),
+                    Action::dir("/etc/kubernetes/manifests", 0o755),
+                    Action::rendered(
+                        "/var/lib/kubelet/config.yaml",
+                        0o644,
+                        "kubelet/kubelet-config.yaml",
+                        ctx.render.render("kubelet/kubelet-config.yaml", &vars)?,
+                        &[unit],
+                    ),
+                    Action::rendered(
+                        format!("/etc/systemd/system/{unit}"),
+                        0o644,
+                        "kubelet/kubelet.service",
+                        ctx.render.render("kubelet/kubelet.service", &vars)?,
+                        &[unit],
+                    ),
+                    Action::service(unit),
+                ],
+            );
+            let labels = node_labels(inv, h);
+            if !labels.is_empty() {
+                plan.local.push(format!(
+                    "label node {}: {}",
+                    h.name,
+                    labels.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        Ok(plan)
+    }
+    fn verify<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        _exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let client = super::control_plane::admin_client(ctx)?;
+            let base = api_base(ctx);
+            let within = Duration::from_secs(120);
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                let last = match get_node(&client, &base, &host.name).await {
+                    Ok(n) if is_ready(&n) => return Ok(vec![]),
+                    Ok(n) => {
+                        let why: Vec<String> = n["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|c| c["type"] == "Ready")
+                            .map(|c| format!("{}: {}", c["reason"], c["message"]))
+                            .collect();
+                        format!("not Ready ({})", why.join("; "))
+                    }
+                    Err(e) => format!("{e:#}"),
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "node {} not Ready after {} s: {last} (see `journalctl -u kubelet` on it)",
+                        host.name,
+                        within.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+    fn apply_cluster<'a>(
+        &'a self,
+        ctx: &'a Context,
+        dry_run: bool,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let inv = ctx.inv();
+            let cidrs = if inv.spec.network.cni == Cni::HostRoutes {
+                super::network::pod_cidrs(ctx)?
+            } else {
+                BTreeMap::new()
+            };
+            let client = super::control_plane::admin_client(ctx)?;
+            let base = api_base(ctx);
+            let mut report = Vec::new();
+            for h in ctx.hosts_where(is_node) {
+                let node = match get_node(&client, &base, &h.name).await {
+                    Ok(n) => n,
+                    Err(e) if dry_run => {
+                        report.push(format!(
+                            "{}: would label and taint the node ({e:#})",
+                            h.name
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let cidr = cidrs.get(&h.name).map(|c| c.to_string());
+                let Some(patch) = node_patch(
+                    &node,
+                    &node_labels(inv, h),
+                    &node_taints(inv, h),
+                    cidr.as_deref(),
+                ) else {
+                    continue;
+                };
+                if dry_run {
+                    report.push(format!("{}: would patch the node: {patch}", h.name));
+                    continue;
+                }
+                let url = format!("{base}/api/v1/nodes/{}", h.name);
+                super::health::send(
+                    client
+                        .patch(&url)
+                        .header("Content-Type", "application/merge-patch+json")
+                        .body(patch.to_string()),
+                    &url,
+                )
+                .await
+                .with_context(|| format!("patching node {}", h.name))?;
+                report.push(format!(
+                    "{}: node labels/taints/podCIDR set: {patch}",
+                    h.name
+                ));
+            }
+            Ok(report)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_adds_only_what_is_missing_and_keeps_the_rest() {
+        let node = json!({
+            "metadata": {"labels": {"kubernetes.io/hostname": "w1", "disk": "hdd"}},
+            "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}
+        });
+        let mut labels = BTreeMap::new();
+        labels.insert("disk".to_string(), "ssd".to_string());
+        let p = node_patch(
+            &node,
+            &labels,
+            &["dedicated=infra:NoSchedule".to_string()],
+            Some("10.244.3.0/24"),
+        )
+        .unwrap();
+        assert_eq!(p["metadata"]["labels"], json!({"disk": "ssd"}));
+        assert_eq!(
+            p["spec"]["taints"],
+            json!([
+                {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+                {"key": "dedicated", "value": "infra", "effect": "NoSchedule"}
+            ])
+        );
+        assert_eq!(p["spec"]["podCIDR"], "10.244.3.0/24");
+        assert_eq!(p["spec"]["podCIDRs"], json!(["10.244.3.0/24"]));
+    }
+
+    #[test]
+    fn no_patch_when_the_node_has_everything() {
+        let node = json!({
+            "metadata": {"labels": {"node-role.kubernetes.io/master": ""}},
+            "spec": {"podCIDR": "10.244.0.0/24",
+                     "taints": [{"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}]}
+        });
+        let mut labels = BTreeMap::new();
+        labels.insert("node-role.kubernetes.io/master".to_string(), String::new());
+        assert!(
+            node_patch(
+                &node,
+                &labels,
+                &["node-role.kubernetes.io/master:NoSchedule".to_string()],
+                Some("10.244.9.0/24"), // a set podCIDR is never changed
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn ready_condition() {
+        assert!(is_ready(
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+        ));
+        assert!(!is_ready(
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+        ));
+        assert!(!is_ready(&json!({})));
+    }
+}

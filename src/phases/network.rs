@@ -1,0 +1,302 @@
+//! network: pod networking (`spec.network.cni`).
+//!
+//! `host-routes` (the default; flannel's host-gw without a daemon): clusterctl gives each node
+//! a slice of the pod CIDR, recorded in `clusters/<name>/pod-cidrs.yaml` so a slice never
+//! moves; each node gets a CNI `bridge` + `host-local` config for its slice and routes to every
+//! other node's slice via that node's address (all nodes on one L2 segment). The kubelet phase
+//! then sets each node's `spec.podCIDR` to its slice. The CNI plugins come from the bundle's
+//! `cni-plugins` archive. `flannel`/`calico` get the plugins here; their manifests are applied
+//! through the API. `none` installs nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use ipnet::IpNet;
+
+use super::{Action, Context, Order, Phase, PhasePlan};
+use crate::bundle::Kind;
+use crate::inventory::{Cni, Host, Inventory, Role};
+use crate::render::host_vars;
+
+pub struct Network;
+
+/// The file under the state dir that records each node's pod CIDR.
+pub const POD_CIDRS_FILE: &str = "pod-cidrs.yaml";
+
+fn is_node(h: &Host) -> bool {
+    h.has(Role::ControlPlane) || h.has(Role::Worker)
+}
+
+/// Gives every node in `nodes` without a slice the lowest free `/mask` of `cluster`. Slices
+/// already recorded (also those of nodes that left the inventory) are kept and never reused.
+pub fn allocate(
+    cluster: IpNet,
+    mask: u8,
+    recorded: &BTreeMap<String, IpNet>,
+    nodes: &[&str],
+    origin: &str,
+) -> anyhow::Result<BTreeMap<String, IpNet>> {
+    let mut out = recorded.clone();
+    for (node, net) in recorded {
+        if !cluster.contains(net) || net.prefix_len() != mask {
+            bail!(
+                "{origin}: node {node} has pod CIDR {net}, which is not a /{mask} of spec.network.podCIDR {cluster}; \
+                 the pod network of a running cluster cannot change (restore the inventory's podCIDR and nodeCIDRMaskSize)"
+            );
+        }
+    }
+    let mut free = cluster
+        .subnets(mask)
+        .with_context(|| format!("spec.network.podCIDR {cluster} cannot hold /{mask} slices"))?
+        .filter(|s| !recorded.values().any(|r| r == s));
+    for n in nodes {
+        if out.contains_key(*n) {
+            continue;
+        }
+        let Some(net) = free.next() else {
+            bail!(
+                "spec.network.podCIDR {cluster} has no free /{mask} left for node {n}: use a larger podCIDR or a larger nodeCIDRMaskSize"
+            );
+        };
+        out.insert(n.to_string(), net);
+    }
+    Ok(out)
+}
+
+/// Every node's pod CIDR: the recorded ones plus new allocations (not yet written).
+pub fn pod_cidrs(ctx: &Context) -> anyhow::Result<BTreeMap<String, IpNet>> {
+    let inv = ctx.inv();
+    let path = ctx.state.root.join(POD_CIDRS_FILE);
+    let recorded = read_recorded(&path)?;
+    let nodes: Vec<&str> = inv.node_hosts().map(|h| h.name.as_str()).collect();
+    allocate(
+        inv.pod_cidr(),
+        inv.spec.network.node_cidr_mask_size,
+        &recorded,
+        &nodes,
+        &path.display().to_string(),
+    )
+}
+
+fn read_recorded(path: &PathBuf) -> anyhow::Result<BTreeMap<String, IpNet>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let m: BTreeMap<String, String> =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    m.into_iter()
+        .map(|(k, v)| {
+            let net: IpNet = v.parse().map_err(|_| {
+                anyhow::anyhow!("{}: node {k}: `{v}` is not a CIDR", path.display())
+            })?;
+            Ok((k, net))
+        })
+        .collect()
+}
+
+/// Succeeds when the routes clusterctl owns (protocol 77) are exactly `routes`.
+fn routes_check(routes: &[serde_json::Value]) -> String {
+    let mut want: Vec<String> = routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["cidr"].as_str().unwrap_or_default(),
+                r["via"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    want.sort();
+    format!(
+        "[ \"$(ip -4 route show proto 77 | awk '{{print $1\" \"$3}}' | sort)\" = {} ]",
+        super::executor::q(&want.join("\n"))
+    )
+}
+
+/// Routes from `h` to the other nodes' slices, in inventory order.
+fn routes(inv: &Inventory, h: &Host, cidrs: &BTreeMap<String, IpNet>) -> Vec<serde_json::Value> {
+    inv.node_hosts()
+        .filter(|n| n.name != h.name)
+        .filter_map(|n| {
+            cidrs.get(&n.name).map(
+                |c| serde_json::json!({"cidr": c.to_string(), "via": n.address, "host": n.name}),
+            )
+        })
+        .collect()
+}
+
+impl Phase for Network {
+    fn name(&self) -> &'static str {
+        "network"
+    }
+    fn summary(&self) -> &'static str {
+        "CNI plugins; host-routes: a bridge per node and routes to the other nodes' pods"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
+        let mut plan = PhasePlan::new(self, Order::Parallel);
+        let cni = inv.spec.network.cni;
+        if cni == Cni::None {
+            plan.notes
+                .push("spec.network.cni is none: bring your own pod network".into());
+            return Ok(plan);
+        }
+        let cidrs = if cni == Cni::HostRoutes {
+            let c = pod_cidrs(ctx)?;
+            plan.local.push(format!(
+                "record each node's pod CIDR in {}",
+                ctx.state.root.join(POD_CIDRS_FILE).display()
+            ));
+            c
+        } else {
+            BTreeMap::new()
+        };
+        for h in ctx.hosts_where(is_node) {
+            let mut a = vec![Action::dir("/etc/cni/net.d", 0o755)];
+            let items = super::prepare::items_for(ctx, h)?;
+            match items
+                .iter()
+                .find(|i| i.kind == Kind::Archive && i.name == "cni-plugins")
+            {
+                Some(it) => a.extend(super::prepare::archive_actions(it)?),
+                None if ctx.bundle.is_some() => bail!(
+                    "host {}: the bundle has no cni-plugins archive for its roles",
+                    h.name
+                ),
+                None => plan.notes.push(format!(
+                    "{}: no bundle: the CNI plugins must already be in /opt/cni/bin",
+                    h.name
+                )),
+            }
+            if cni == Cni::HostRoutes {
+                let cidr = cidrs.get(&h.name).expect("every node is allocated");
+                let mut vars = host_vars(inv, h);
+                vars.insert("pod", &serde_json::json!({"cidr": cidr.to_string()}));
+                let routes = routes(inv, h, &cidrs);
+                vars.insert("routes", &routes);
+                let unit = "clusterctl-pod-routes.service";
+                a.push(Action::dir("/etc/clusterctl", 0o755));
+                // containerd reads the CNI config on each pod sandbox: no restart.
+                a.push(Action::rendered(
+                    "/etc/cni/net.d/10-clusterctl.conflist",
+                    0o644,
+                    "network/10-clusterctl.conflist",
+                    ctx.render.render("network/10-clusterctl.conflist", &vars)?,
+                    &[],
+                ));
+                // The script is applied in place (no restart of anything): a node joining
+                // adds one route on every other node. The unit re-applies it at boot.
+                a.push(Action::rendered(
+                    "/etc/clusterctl/pod-routes.sh",
+                    0o755,
+                    "network/pod-routes.sh",
+                    ctx.render.render("network/pod-routes.sh", &vars)?,
+                    &[],
+                ));
+                a.push(Action::rendered(
+                    format!("/etc/systemd/system/{unit}"),
+                    0o644,
+                    "network/clusterctl-pod-routes.service",
+                    ctx.render
+                        .render("network/clusterctl-pod-routes.service", &vars)?,
+                    &[],
+                ));
+                a.push(Action::service(unit));
+                let want = routes_check(&routes);
+                a.push(Action::run(
+                    &format!("routes to the pods of {} other node(s)", routes.len()),
+                    "sh /etc/clusterctl/pod-routes.sh 2>&1",
+                    Some(&want),
+                ));
+                a.push(Action::check(
+                    "the routes to the other nodes' pods are in place",
+                    &want,
+                ));
+            }
+            plan.host(h, a);
+        }
+        Ok(plan)
+    }
+    fn apply_local(&self, ctx: &Context) -> anyhow::Result<()> {
+        if ctx.inv().spec.network.cni != Cni::HostRoutes {
+            return Ok(());
+        }
+        let cidrs = pod_cidrs(ctx)?;
+        let path = ctx.state.root.join(POD_CIDRS_FILE);
+        if read_recorded(&path)? == cidrs {
+            return Ok(());
+        }
+        let m: BTreeMap<&String, String> = cidrs.iter().map(|(k, v)| (k, v.to_string())).collect();
+        let text = format!(
+            "# Each node's pod CIDR, allocated by clusterctl (spec.network.cni: host-routes).\n\
+             # Never edit an existing line: pods and routes on the nodes use these.\n{}",
+            serde_saphyr::to_string(&m).context("writing the pod CIDRs")?
+        );
+        std::fs::create_dir_all(&ctx.state.root)?;
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn allocates_lowest_free_and_keeps_recorded() {
+        let mut rec = BTreeMap::new();
+        rec.insert("w1".to_string(), net("10.244.1.0/24"));
+        rec.insert("gone".to_string(), net("10.244.0.0/24"));
+        let got = allocate(net("10.244.0.0/16"), 24, &rec, &["cp1", "w1", "w2"], "f").unwrap();
+        assert_eq!(got["w1"], net("10.244.1.0/24"));
+        assert_eq!(
+            got["gone"],
+            net("10.244.0.0/24"),
+            "a departed node's slice is not reused"
+        );
+        assert_eq!(got["cp1"], net("10.244.2.0/24"));
+        assert_eq!(got["w2"], net("10.244.3.0/24"));
+        // Deterministic: the same input gives the same answer.
+        assert_eq!(
+            got,
+            allocate(net("10.244.0.0/16"), 24, &rec, &["cp1", "w1", "w2"], "f").unwrap()
+        );
+    }
+
+    #[test]
+    fn refuses_a_changed_pod_cidr_and_exhaustion() {
+        let mut rec = BTreeMap::new();
+        rec.insert("w1".to_string(), net("10.1.0.0/24"));
+        let e = allocate(
+            net("10.244.0.0/16"),
+            24,
+            &rec,
+            &["w1"],
+            "clusters/x/pod-cidrs.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("clusters/x/pod-cidrs.yaml: node w1 has pod CIDR 10.1.0.0/24"),
+            "{e}"
+        );
+        let e = allocate(
+            net("10.244.0.0/23"),
+            24,
+            &BTreeMap::new(),
+            &["a", "b", "c"],
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no free /24 left for node c"), "{e}");
+    }
+}

@@ -1,0 +1,97 @@
+//! runtime: containerd (and runc) on every node, configured from `templates/containerd/`:
+//! the kubelet's cgroup driver, the sandbox image, registry mirrors; then the bundle's images
+//! imported offline into the `k8s.io` namespace. The packages themselves come with `prepare`.
+
+use super::{Action, Context, Order, Phase, PhasePlan};
+use crate::bundle::Kind;
+use crate::inventory::{ControlPlaneMode, Host, Role};
+use crate::render::host_vars;
+
+pub struct Runtime;
+
+/// Waits up to 10 s for containerd's socket to answer.
+const WAIT_CONTAINERD: &str = "for i in 1 2 3 4 5 6 7 8 9 10; do ctr -n k8s.io version >/dev/null 2>&1 && exit 0; sleep 1; done; ctr -n k8s.io version 2>&1";
+
+/// Images of the static-pod control plane: imported only in that mode.
+const STATIC_POD_IMAGES: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+fn is_node(h: &Host) -> bool {
+    h.has(Role::ControlPlane) || h.has(Role::Worker)
+}
+
+impl Phase for Runtime {
+    fn name(&self) -> &'static str {
+        "runtime"
+    }
+    fn summary(&self) -> &'static str {
+        "containerd configured for the kubelet, images imported from the bundle"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
+        // A restart of containerd leaves running containers alone, but nodes that run it
+        // still go one at a time behind the gate.
+        let mut plan = PhasePlan::new(self, Order::Rolling);
+        let static_pods = inv.spec.control_plane.mode == ControlPlaneMode::StaticPods;
+        for h in ctx.hosts_where(is_node) {
+            let vars = host_vars(inv, h);
+            let mut a = vec![
+                Action::dir("/etc/containerd", 0o755),
+                Action::dir("/etc/containerd/certs.d", 0o755),
+                Action::rendered(
+                    "/etc/containerd/config.toml",
+                    0o644,
+                    "containerd/config.toml",
+                    ctx.render.render("containerd/config.toml", &vars)?,
+                    &["containerd.service"],
+                ),
+            ];
+            for (registry, endpoints) in &inv.spec.container_runtime.registry_mirrors {
+                let mut v = vars.clone();
+                v.insert(
+                    "mirror",
+                    &serde_json::json!({
+                        "registry": registry,
+                        "server": if registry == "docker.io" { "https://registry-1.docker.io".to_string() } else { format!("https://{registry}") },
+                        "endpoints": endpoints,
+                    }),
+                );
+                let dir = format!("/etc/containerd/certs.d/{registry}");
+                a.push(Action::dir(&dir, 0o755));
+                // containerd reads hosts.toml on each pull: no restart.
+                a.push(Action::rendered(
+                    format!("{dir}/hosts.toml"),
+                    0o644,
+                    "containerd/hosts.toml",
+                    ctx.render.render("containerd/hosts.toml", &v)?,
+                    &[],
+                ));
+            }
+            a.push(Action::service("containerd.service"));
+            // Right after a (re)start the socket takes a moment: the imports need it.
+            a.push(Action::check(
+                "containerd answers on /run/containerd/containerd.sock",
+                WAIT_CONTAINERD,
+            ));
+            let items = super::prepare::items_for(ctx, h)?;
+            let images: Vec<_> = items
+                .into_iter()
+                .filter(|i| i.kind == Kind::Image)
+                .filter(|i| static_pods || !STATIC_POD_IMAGES.contains(&i.name.as_str()))
+                .collect();
+            a.extend(super::prepare::image_actions(&images)?);
+            plan.host(h, a);
+        }
+        if ctx.bundle.is_none() {
+            plan.notes.push(
+                "no bundle: containerd and runc must already be installed, images are pulled"
+                    .into(),
+            );
+        }
+        Ok(plan)
+    }
+}

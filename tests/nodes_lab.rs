@@ -1,0 +1,408 @@
+//! Nodes end to end on real nspawn hosts (k8s profile): containerd + runc from Debian, kubelet
+//! and kube-proxy v1.20.2 built from Debian's source, the CNI plugins from Debian, images from
+//! the lab bundle imported offline. 3 control-plane hosts behind a keepalived VIP + 2 workers:
+//! nodes Ready, pods spread over the workers, pod-to-pod across nodes, a ClusterIP Service from
+//! a pod, a NodePort from the machine, `kubectl logs`/`exec` through the VIP; then `join` of a
+//! worker (nothing else restarts) and of a 4th control-plane host (SANs, VIP backends).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clusterctl::inventory::{HaMode, Host, Inventory, Role, Vip};
+use common::*;
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let t = Instant::now();
+    let out = clusterctl(args);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?} failed: {}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("-o json prints the report");
+    eprintln!(
+        "{args:?} took {:.1}s; per phase:",
+        t.elapsed().as_secs_f64()
+    );
+    for p in report["phases"].as_array().unwrap() {
+        eprintln!(
+            "  {:<14} {:>6.1}s",
+            p["phase"].as_str().unwrap(),
+            p["seconds"].as_f64().unwrap()
+        );
+    }
+    report
+}
+
+fn kubectl_ok(admin: &Path, args: &[&str]) -> String {
+    let o = kubectl(admin, args);
+    assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn kubectl_json(admin: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl_ok(admin, &a)).unwrap()
+}
+
+fn apply(admin: &Path, yaml: &str) {
+    let mut c = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(admin)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "kubectl apply: {}", text(&o));
+}
+
+/// The test workload image of the lab bundle (Debian's busybox-static as an image).
+fn busybox_ref(bundle: &Path) -> String {
+    let out = clusterctl(&["bundle", "ls", bundle.to_str().unwrap(), "-o", "json"]);
+    assert!(out.status.success(), "bundle ls: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = v["items"].as_array().or_else(|| v.as_array()).unwrap();
+    items
+        .iter()
+        .find(|i| i["name"] == "busybox" && i["kind"] == "image")
+        .and_then(|i| i["image"].as_str())
+        .expect("the lab bundle has a busybox image")
+        .to_string()
+}
+
+fn node_ready(n: &serde_json::Value) -> bool {
+    n["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// Nodes that are Ready, by name.
+fn ready_nodes(admin: &Path) -> Vec<String> {
+    let o = kubectl(admin, &["get", "nodes", "-o", "json"]);
+    if !o.status.success() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| node_ready(n))
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Per host, each component unit's restart count and start time: equal before and after
+/// means the unit was neither restarted nor started.
+fn unit_stamps(lab: &Lab, hosts: &[&str]) -> BTreeMap<String, String> {
+    let units = "etcd kube-apiserver kube-controller-manager kube-scheduler haproxy keepalived containerd kubelet kube-proxy";
+    hosts
+        .iter()
+        .map(|h| {
+            let out = lab.exec_ok(
+                h,
+                &format!(
+                    "for u in {units}; do echo \"$u $(systemctl show -p NRestarts -p ExecMainStartTimestampMonotonic --value $u | tr '\\n' ' ')\"; done"
+                ),
+            );
+            (h.to_string(), out)
+        })
+        .collect()
+}
+
+/// Sends a GET to `ip:port` from inside `pod` with busybox nc; the first line of the answer.
+fn get_from_pod(admin: &Path, pod: &str, ip: &str, port: u16) -> String {
+    let cmd = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}");
+    eventually(Duration::from_secs(30), || {
+        let o = kubectl(admin, &["exec", pod, "--", "sh", "-c", &cmd]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && out.contains("200 OK")).then_some(out)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "GET {ip}:{port} from {pod}: {}",
+            text(&kubectl(admin, &["exec", pod, "--", "sh", "-c", &cmd]))
+        )
+    })
+}
+
+fn web_yaml(image: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: default}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: web}}}}}}
+      containers:
+        - name: web
+          image: {image}
+          imagePullPolicy: Never
+          command: [sh, -c, 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && echo web-started-on-$(hostname) && exec busybox httpd -f -v -p 8080 -h /www']
+          ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-np, namespace: default}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+"#
+    )
+}
+
+fn http_get(addr: &str) -> Option<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.0 200").then_some(out)
+}
+
+#[test]
+#[ignore = "lab: run by tests/run.sh"]
+fn nodes_pods_services_and_join() {
+    let lab = Lab::up_profile("nodes", 7, "k8s");
+    let bundle = lab_bundle();
+    let mut inv: Inventory = lab.inventory();
+    inv.spec.bundle = Some(bundle.clone());
+    inv.spec.etcd.version = Some("3.4.23".into());
+    inv.spec.ha.mode = HaMode::Vip;
+    inv.spec.ha.vip = Some(Vip {
+        address: lab.addr(100),
+        interface: Some("eth0".into()),
+        router_id: 51,
+        port: 8443,
+    });
+    // h6 (a worker) and h7 (a 4th control-plane host) join later.
+    let later: Vec<Host> = inv.spec.hosts.drain(5..).collect();
+    let inv_path = lab.write_inventory("inventory.yaml", &inv);
+    let admin = lab.dir.join("clusters/lab-nodes/admin.conf");
+    let inv_arg = inv_path.to_str().unwrap();
+
+    let first = run_json(&["-i", inv_arg, "-o", "json", "init"]);
+    // Every node Ready right after init (the kubelet phase's gate), through the VIP.
+    let nodes = kubectl_json(&admin, &["get", "nodes"]);
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "{nodes}");
+    for n in items {
+        let name = n["metadata"]["name"].as_str().unwrap();
+        assert!(node_ready(n), "{name} not Ready: {}", n["status"]);
+        assert!(
+            n["spec"]["podCIDR"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("10.244.")),
+            "{name} has no pod CIDR"
+        );
+        let taints = n["spec"]["taints"].to_string();
+        let labels = &n["metadata"]["labels"];
+        if ["h1", "h2", "h3"].contains(&name) {
+            assert!(
+                taints.contains("node-role.kubernetes.io/master"),
+                "{name}: {taints}"
+            );
+            assert!(
+                labels
+                    .get("node-role.kubernetes.io/control-plane")
+                    .is_some(),
+                "{name}"
+            );
+        } else {
+            assert!(!taints.contains("node-role"), "{name}: {taints}");
+        }
+    }
+    let _ = first;
+
+    // A Deployment of 4 spread over the two workers (control-plane nodes are tainted).
+    let busybox = busybox_ref(&bundle);
+    apply(&admin, &web_yaml(&busybox));
+    let t = Instant::now();
+    let pods = eventually(Duration::from_secs(120), || {
+        let v = kubectl_json(&admin, &["get", "pods", "-l", "app=web"]);
+        let items = v["items"].as_array().unwrap().clone();
+        let running = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+            .count();
+        (running == 4).then_some(items)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "4 web pods not Running: {}",
+            kubectl_ok(&admin, &["get", "pods", "-o", "wide"])
+        )
+    });
+    eprintln!(
+        "4 pods Running {:.1}s after apply",
+        t.elapsed().as_secs_f64()
+    );
+    let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for p in &pods {
+        by_node
+            .entry(p["spec"]["nodeName"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                p["metadata"]["name"].as_str().unwrap().to_string(),
+                p["status"]["podIP"].as_str().unwrap().to_string(),
+            ));
+    }
+    assert_eq!(
+        by_node.keys().cloned().collect::<Vec<_>>(),
+        vec!["h4".to_string(), "h5".to_string()],
+        "pods spread over the workers only"
+    );
+    let (p4, _) = by_node["h4"][0].clone();
+    let (p5, ip5) = by_node["h5"][0].clone();
+
+    // Pod to pod across nodes, by IP (bridge + routes, no overlay).
+    let answer = get_from_pod(&admin, &p4, &ip5, 8080);
+    assert!(answer.contains(&format!("hello from {p5}")), "{answer}");
+    // A ClusterIP Service from a pod.
+    let svc = kubectl_json(&admin, &["get", "service", "web"]);
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let answer = get_from_pod(&admin, &p4, &cluster_ip, 80);
+    assert!(answer.contains("hello from web-"), "{answer}");
+    // A NodePort from the machine, on a worker and on a control-plane node.
+    for h in ["h4", "h1"] {
+        let addr = format!("{}:30080", lab.ip(h));
+        let got = eventually(Duration::from_secs(30), || http_get(&addr));
+        assert!(
+            got.is_some_and(|a| a.contains("hello from web-")),
+            "NodePort {addr}"
+        );
+    }
+    // kubectl logs and exec through the VIP (the admin kubeconfig's server).
+    let kc = std::fs::read_to_string(&admin).unwrap();
+    assert!(
+        kc.contains(&format!("https://{}:8443", lab.addr(100))),
+        "{kc}"
+    );
+    let logs = kubectl_ok(&admin, &["logs", &p5]);
+    assert!(logs.contains(&format!("web-started-on-{p5}")), "{logs}");
+    let exec = kubectl_ok(&admin, &["exec", &p5, "--", "cat", "/www/index.html"]);
+    assert_eq!(exec.trim(), format!("hello from {p5}"));
+
+    // join h6 (a worker): Ready, and nothing on the other hosts restarts.
+    let old = ["h1", "h2", "h3", "h4", "h5"];
+    let before = unit_stamps(&lab, &old);
+    inv.spec.hosts.push(later[0].clone());
+    lab.write_inventory("inventory.yaml", &inv);
+    let join = run_json(&["-i", inv_arg, "-o", "json", "join"]);
+    assert!(ready_nodes(&admin).contains(&"h6".to_string()));
+    assert_eq!(
+        before,
+        unit_stamps(&lab, &old),
+        "join of a worker restarted something"
+    );
+    for p in join["phases"].as_array().unwrap() {
+        for h in old {
+            if let Some(o) = p["hosts"].get(h) {
+                assert!(
+                    o["restarts"].as_array().is_none_or(|r| r.is_empty())
+                        && o["started"].as_array().is_none_or(|r| r.is_empty()),
+                    "join: phase {} restarted or started something on {h}: {o}",
+                    p["phase"]
+                );
+            }
+        }
+    }
+    // The existing pods reach a pod on the new node: pin one there.
+    apply(
+        &admin,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: on-h6, namespace: default}}
+spec:
+  nodeName: h6
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: web
+      image: {busybox}
+      imagePullPolicy: Never
+      command: [sh, -c, 'mkdir -p /www && echo hello from h6 > /www/index.html && exec busybox httpd -f -p 8080 -h /www']
+"#
+        ),
+    );
+    let ip6 = eventually(Duration::from_secs(60), || {
+        let v = kubectl_json(&admin, &["get", "pod", "on-h6"]);
+        (v["status"]["phase"] == "Running")
+            .then(|| v["status"]["podIP"].as_str().map(str::to_string))
+            .flatten()
+    })
+    .expect("a pod on the joined node runs");
+    assert!(get_from_pod(&admin, &p4, &ip6, 8080).contains("hello from h6"));
+
+    // join h7 (a 4th control-plane host): in the apiserver certificate and the VIP backends.
+    let mut h7 = later[1].clone();
+    h7.roles = vec![Role::ControlPlane];
+    inv.spec.hosts.push(h7);
+    lab.write_inventory("inventory.yaml", &inv);
+    run_json(&["-i", inv_arg, "-o", "json", "join", "--hosts", "h7"]);
+    assert!(ready_nodes(&admin).contains(&"h7".to_string()));
+    let ip7 = lab.ip("h7");
+    for h in ["h1", "h2", "h3", "h7"] {
+        let cfg = lab.exec_ok(h, "cat /etc/haproxy/haproxy.cfg");
+        assert!(
+            cfg.contains(&format!("{ip7}:6443")),
+            "{h}: haproxy has no h7 backend:\n{cfg}"
+        );
+    }
+    let crt = lab.dir.join("clusters/lab-nodes/pki/apiserver.crt");
+    let sans = sh(&format!(
+        "openssl x509 -noout -ext subjectAltName -in {}",
+        crt.display()
+    ));
+    assert!(
+        sans.contains(&format!("IP Address:{ip7}")),
+        "apiserver certificate SANs lack h7: {sans}"
+    );
+    // Every apiserver serves the certificate with h7 (the rolling restart loaded it).
+    for h in ["h1", "h2", "h3", "h7"] {
+        let served = served_sans(&lab.ip(h));
+        assert!(
+            served.contains(&format!("IP Address:{ip7}")),
+            "{h} serves a certificate without h7: {served}"
+        );
+    }
+    let o = kubectl(&admin, &["get", "--raw", "/readyz"]);
+    assert!(o.status.success(), "readyz through the VIP: {}", text(&o));
+}
+
+fn sh(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The SANs of the certificate the apiserver at `ip:6443` serves.
+fn served_sans(ip: &str) -> String {
+    sh(&format!(
+        "openssl s_client -connect {ip}:6443 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+    ))
+}
