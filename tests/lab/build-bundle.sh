@@ -7,8 +7,10 @@
 #   kubelet, kube-proxy v1.20.2                          package by build-kubernetes.sh (cached)
 #   kubectl 1.20.2                                        extracted from kubernetes-client
 #   CNI plugins                                           reproducible tar.gz of containernetworking-plugins
-#   containerd, runc, haproxy, keepalived                 .debs, plus every .deb they need that a
-#                                                         minbase bookworm (the lab base) lacks
+#   containerd, runc, iptables, conntrack, ipset,         .debs, plus every .deb they need that a
+#   haproxy, keepalived                                   minbase bookworm (the lab base) lacks
+#                                                         (kube-proxy needs iptables and conntrack,
+#                                                         its ipvs mode ipset)
 #   crictl: absent (Debian bookworm and trixie have no cri-tools package).
 #
 # The extracted Debian binaries are dynamically linked against libc only (checked below, with
@@ -75,9 +77,12 @@ closure() { # prints "pkg version" lines missing from the base
 	sim $required $includes "$@" | join -v1 - "$work/base.txt"
 }
 closure haproxy keepalived >"$work/lb.txt"
-closure containerd runc >"$work/node.txt"
+# kube-proxy needs iptables and conntrack (ipset too in its ipvs mode); none is in minbase.
+node_pkgs="containerd runc iptables conntrack ipset"
+# shellcheck disable=SC2086
+closure $node_pkgs >"$work/node.txt"
 grep -q '^haproxy ' "$work/lb.txt" && grep -q '^keepalived ' "$work/lb.txt" || die "haproxy/keepalived not resolvable"
-grep -q '^containerd ' "$work/node.txt" && grep -q '^runc ' "$work/node.txt" || die "containerd/runc not resolvable"
+for p in $node_pkgs; do grep -q "^$p " "$work/node.txt" || die "$p not resolvable in bookworm"; done
 
 pkgver() {
 	local suite=$1 p=$2 opts
@@ -202,17 +207,21 @@ done <"$work/node.txt"
 # Dependencies first, the named packages last (dpkg -i of the whole set orders them anyway).
 for pv in $(printf '%s\n' "${!ROLES[@]}" | tr ' ' '=' | sort); do
 	p=${pv%%=*}; v=${pv#*=}
-	case $p in haproxy | keepalived | containerd | runc) continue ;; esac
+	case " haproxy keepalived $node_pkgs " in *" $p "*) continue ;; esac
 	f=$(fetch bookworm "$p" "$v")
 	row "$p" "$v" deb "${ROLES["$p $v"]}" "file://$f" - - \
 		"Debian bookworm Packages index (SHA256 of ${p}_$v); checked against the downloaded .deb by tests/lab/build-bundle.sh" \
 		"dependency not in a minbase bookworm host"
 done
-for p in containerd runc haproxy keepalived; do
+declare -A WHY=([iptables]="kube-proxy's iptables mode (and the CNI bridge plugin's masquerade rules)"
+	[conntrack]="kube-proxy clears stale conntrack entries of UDP services with it"
+	[ipset]="kube-proxy's ipvs mode")
+# shellcheck disable=SC2086
+for p in $node_pkgs haproxy keepalived; do
 	v=$(awk -v p="$p" '$1==p{print $2}' "$work/lb.txt" "$work/node.txt" | head -1)
 	f=$(fetch bookworm "$p" "$v")
 	row "$p" "$v" deb "${ROLES["$p $v"]}" "file://$f" - - \
-		"Debian bookworm Packages index (SHA256 of ${p}_$v); checked against the downloaded .deb by tests/lab/build-bundle.sh" -
+		"Debian bookworm Packages index (SHA256 of ${p}_$v); checked against the downloaded .deb by tests/lab/build-bundle.sh" "${WHY[$p]:--}"
 done
 
 manifest="$LAB_CACHE/bundles/lab-$key.yaml"
