@@ -7,8 +7,20 @@
 #   kubelet, kube-proxy v1.20.2                          package by build-kubernetes.sh (cached)
 #   kubectl 1.20.2                                        extracted from kubernetes-client
 #   CNI plugins                                           reproducible tar.gz of containernetworking-plugins
-#   containerd, runc, haproxy, keepalived                 .debs, plus every .deb they need that a
-#                                                         minbase bookworm (the lab base) lacks
+#   containerd, runc, iptables, conntrack, ipset,         .debs, plus every .deb they need that a
+#   haproxy, keepalived                                   minbase bookworm (the lab base) lacks
+#                                                         (kube-proxy needs iptables and conntrack,
+#                                                         its ipvs mode ipset)
+#   images (kind image; "docker save" tarballs by images/docker-save.py, plain tar, deterministic):
+#     pause 3.2           k8s.gcr.io/pause:3.2            images/pause.c, gcc -static (control-plane,worker)
+#     busybox 1.35.0      docker.io/library/busybox:1.35.0  bookworm busybox-static, /bin symlink per
+#                                                         applet, Cmd sh (control-plane,worker; test workloads)
+#     kube-apiserver-image, kube-controller-manager-image, kube-scheduler-image 1.20.2
+#                         k8s.gcr.io/<name>:v1.20.2       the bundle's own binary (control-plane)
+#     etcd-image 3.4.23-0 k8s.gcr.io/etcd:3.4.23-0        bookworm etcd + its loader and libc from
+#                                                         bookworm libc6 (etcd)
+#     Image items have their own names (NAME-image): a pin like etcd=3.4.23 picks among items of one
+#     name, so the binaries and their images must not share one.
 #   crictl: absent (Debian bookworm and trixie have no cri-tools package).
 #
 # The extracted Debian binaries are dynamically linked against libc only (checked below, with
@@ -16,8 +28,11 @@
 # runc and containerd come as .debs because runc also needs libseccomp2.
 #
 # Output: $CLUSTERCTL_CACHE/bundles/lab-<key>.tar.zst (default /var/cache/clusterctl), where
-# <key> hashes every input (package versions, the Kubernetes build, these scripts), so a second
-# run with the same inputs only re-verifies the bundle (a few seconds).
+# <key> hashes every input (package versions, the Kubernetes build, these scripts, pause.c,
+# docker-save.py, the gcc/libc6-dev/python3 used for the images), so a second run with the same
+# inputs only re-verifies the bundle (~10 s). Inputs are cached in $CLUSTERCTL_CACHE/bundles/inputs
+# (images/ holds the image tarballs, each keyed by what shapes its bytes).
+# Needs root (apt, chroot for the image checks); installs gcc/libc6-dev/python3 if missing.
 #
 # Usage: build-bundle.sh [--restamped vX.Y.Z]
 #   --restamped also adds the Kubernetes server binaries of `build-kubernetes.sh --stamp vX.Y.Z`
@@ -75,9 +90,12 @@ closure() { # prints "pkg version" lines missing from the base
 	sim $required $includes "$@" | join -v1 - "$work/base.txt"
 }
 closure haproxy keepalived >"$work/lb.txt"
-closure containerd runc >"$work/node.txt"
+# kube-proxy needs iptables and conntrack (ipset too in its ipvs mode); none is in minbase.
+node_pkgs="containerd runc iptables conntrack ipset"
+# shellcheck disable=SC2086
+closure $node_pkgs >"$work/node.txt"
 grep -q '^haproxy ' "$work/lb.txt" && grep -q '^keepalived ' "$work/lb.txt" || die "haproxy/keepalived not resolvable"
-grep -q '^containerd ' "$work/node.txt" && grep -q '^runc ' "$work/node.txt" || die "containerd/runc not resolvable"
+for p in $node_pkgs; do grep -q "^$p " "$work/node.txt" || die "$p not resolvable in bookworm"; done
 
 pkgver() {
 	local suite=$1 p=$2 opts
@@ -85,12 +103,27 @@ pkgver() {
 	apt-cache "${opts[@]}" policy "$p" 2>/dev/null | awk '/Candidate:/{print $2; exit}'
 }
 declare -A V
-for p in etcd-server etcd-client kubernetes-client containernetworking-plugins; do V[bookworm/$p]=$(pkgver bookworm "$p"); done
+for p in etcd-server etcd-client kubernetes-client containernetworking-plugins busybox-static libc6; do V[bookworm/$p]=$(pkgver bookworm "$p"); done
 for p in etcd-server etcd-client; do V[trixie/$p]=$(pkgver trixie "$p"); done
 for k in "${!V[@]}"; do [ -n "${V[$k]}" ] && [ "${V[$k]}" != "(none)" ] || die "no candidate for $k"; done
 
+# The images' tools, from the machine's bookworm (like prereqs.sh, installed when missing): gcc
+# links the static pause against libc6-dev's libc.a; Debian's python3 (not whatever `python3`
+# is first in PATH) runs docker-save.py. Their versions are part of the key: they shape the bytes.
+tools=()
+command -v gcc >/dev/null 2>&1 || tools+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || tools+=(libc6-dev)
+[ -x /usr/bin/python3 ] || tools+=(python3)
+if [ "${#tools[@]}" -gt 0 ]; then
+	log "installing ${tools[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${tools[@]}" >&2
+fi
+PY=/usr/bin/python3
+toolchain=$(gcc --version | head -1; ld --version | head -1; "$PY" --version; dpkg-query -W libc6-dev)
+
 key=$( {
-	cat "$0" "$here/build-kubernetes.sh" "$here/apt-private.sh"
+	cat "$0" "$here/build-kubernetes.sh" "$here/apt-private.sh" "$here/images/pause.c" "$here/images/docker-save.py"
+	echo "$toolchain"
 	for k in $(printf '%s\n' "${!V[@]}" | sort); do echo "$k=${V[$k]}"; done
 	cat "$work/lb.txt" "$work/node.txt" "$kbin/../BUILD-INFO"
 	[ -z "$kbin_re" ] || cat "$kbin_re/../BUILD-INFO"
@@ -202,18 +235,126 @@ done <"$work/node.txt"
 # Dependencies first, the named packages last (dpkg -i of the whole set orders them anyway).
 for pv in $(printf '%s\n' "${!ROLES[@]}" | tr ' ' '=' | sort); do
 	p=${pv%%=*}; v=${pv#*=}
-	case $p in haproxy | keepalived | containerd | runc) continue ;; esac
+	case " haproxy keepalived $node_pkgs " in *" $p "*) continue ;; esac
 	f=$(fetch bookworm "$p" "$v")
 	row "$p" "$v" deb "${ROLES["$p $v"]}" "file://$f" - - \
 		"Debian bookworm Packages index (SHA256 of ${p}_$v); checked against the downloaded .deb by tests/lab/build-bundle.sh" \
 		"dependency not in a minbase bookworm host"
 done
-for p in containerd runc haproxy keepalived; do
+declare -A WHY=([iptables]="kube-proxy's iptables mode (and the CNI bridge plugin's masquerade rules)"
+	[conntrack]="kube-proxy clears stale conntrack entries of UDP services with it"
+	[ipset]="kube-proxy's ipvs mode")
+# shellcheck disable=SC2086
+for p in $node_pkgs haproxy keepalived; do
 	v=$(awk -v p="$p" '$1==p{print $2}' "$work/lb.txt" "$work/node.txt" | head -1)
 	f=$(fetch bookworm "$p" "$v")
 	row "$p" "$v" deb "${ROLES["$p $v"]}" "file://$f" - - \
-		"Debian bookworm Packages index (SHA256 of ${p}_$v); checked against the downloaded .deb by tests/lab/build-bundle.sh" -
+		"Debian bookworm Packages index (SHA256 of ${p}_$v); checked against the downloaded .deb by tests/lab/build-bundle.sh" "${WHY[$p]:--}"
 done
+
+# --- container images (kind image): "docker save" tarballs by images/docker-save.py -------------
+# Plain tar, not gzip: the bundle is one zstd stream that compresses every blob anyway (a gzip
+# inside would only cost build time and hide the bytes from zstd), and ctr imports either. Each
+# tarball is cached in $work/images/ under a key of all that shapes its bytes, so a rebuild gives
+# the same sha256. The references are what Kubernetes 1.20 asks for, but the bytes are the lab's.
+mkdir -p "$work/images"
+# check_image TAR EXPECT ARGV...: runs ARGV in a chroot of the image's layer; output must match EXPECT
+# (EXPECT "@pause": must keep running until SIGTERM, then exit 0).
+check_image() {
+	local tar=$1 expect=$2 t vout; shift 2
+	t=$(mktemp -d "$work/images/check.XXXXXX")
+	mkdir "$t/outer" "$t/root"
+	tar -xf "$tar" -C "$t/outer"
+	tar -xf "$t/outer"/*/layer.tar -C "$t/root"
+	if [ "$expect" = @pause ]; then
+		timeout --preserve-status 1 chroot "$t/root" "$@" || { rm -rf "$t"; die "$tar: $* did not run until SIGTERM and exit 0"; }
+	else
+		vout=$(chroot "$t/root" "$@" 2>&1 || true)
+		grep -qE -- "$expect" <<<"$vout" || { rm -rf "$t"; die "$tar: $* in the image gave: $vout"; }
+	fi
+	rm -rf "$t"
+}
+# image NAME VERSION REF ROLES HASH-SOURCE NOTE CHECK ENTRYPOINT [--cmd CMD] SPEC...
+#   CHECK is "EXPECT|ARGV" (ARGV split on spaces) for check_image; SPEC as docker-save.py takes.
+image() {
+	local name=$1 ver=$2 ref=$3 roles=$4 hsrc=$5 note=$6 check=$7 entry=$8 cmdopt=() ikey out s
+	shift 8
+	if [ "${1:-}" = --cmd ]; then cmdopt=(--cmd "$2"); shift 2; fi
+	ikey=$( {
+		cat "$here/images/docker-save.py"; echo "$toolchain"
+		printf '%s\n' "$ref" "$entry" "${cmdopt[@]}" "$@"
+		for s in "$@"; do case $s in *'->'*) ;; *) sha256sum <"${s%%:*}" ;; esac; done
+	} | sha256sum | cut -c1-16)
+	out="$work/images/$name-$ver-$ikey.tar"
+	if [ ! -f "$out" ]; then
+		log "image $ref"
+		"$PY" "$here/images/docker-save.py" "${cmdopt[@]}" "$out.tmp" "$ref" "$entry" "$@"
+		# shellcheck disable=SC2086
+		check_image "$out.tmp" "${check%%|*}" ${check#*|}
+		mv "$out.tmp" "$out"
+	fi
+	row "$name" "$ver" image "$roles" "file://$out" "$ref" - "$hsrc" "$note"
+}
+
+# pause 3.2 (Kubernetes 1.20's sandbox image): images/pause.c, static, as /pause.
+psum=$(sha256sum <"$here/images/pause.c" | cut -c1-64)
+pbin="$work/images/pause-$(echo "$psum $toolchain" | sha256sum | cut -c1-16)"
+if [ ! -f "$pbin" ]; then
+	# From the source's own directory, so no path of this machine ends up in the binary.
+	(cd "$here/images" && gcc -static -O2 -s -o "$pbin.tmp" pause.c)
+	mv "$pbin.tmp" "$pbin"
+fi
+file "$pbin" | grep -q 'statically linked' || die "$pbin is not static"
+image pause 3.2 k8s.gcr.io/pause:3.2 control-plane,worker \
+	"computed by tests/lab/build-bundle.sh: docker-save.py of tests/lab/images/pause.c (sha256 $psum) built with gcc -static -O2 -s ($(gcc --version | head -1), $(dpkg-query -W libc6-dev | tr '\t' ' ')) as /pause" \
+	"the lab's own pause (tests/lab/images/pause.c), not upstream's image; for containerd's sandbox_image, which Kubernetes 1.20 expects to be k8s.gcr.io/pause:3.2" \
+	"@pause|/pause" /pause "$pbin:/pause:0755"
+
+# busybox from Debian's busybox-static: /bin/busybox and a /bin symlink per applet, Cmd ["sh"]
+# (no Entrypoint), as Docker's busybox image. Its wget segfaults (exit 139) when it must resolve a
+# name through DNS (static glibc; by IP or an /etc/hosts name it works); nc fails cleanly instead.
+bv=${V[bookworm/busybox-static]}
+bdeb=$(fetch bookworm busybox-static "$bv"); BDEB_SHA=$(sha256sum "$bdeb" | cut -d" " -f1)
+bdir="$work/bin/busybox-static_${bv//:/%3a}"
+[ -d "$bdir" ] || { dpkg -x "$bdeb" "$bdir.tmp" && mv "$bdir.tmp" "$bdir"; }
+file -L "$bdir/bin/busybox" | grep -q 'statically linked' || die "$bdir/bin/busybox is not static"
+mapfile -t applets < <("$bdir/bin/busybox" --list | grep -vx busybox | sort -u)
+[ "${#applets[@]}" -gt 100 ] && printf '%s\n' "${applets[@]}" | grep -qx sh && printf '%s\n' "${applets[@]}" | grep -qx httpd ||
+	die "$bdir/bin/busybox --list lacks sh or httpd"
+links=(); for a in "${applets[@]}"; do links+=("/bin/$a->busybox"); done
+image busybox "$(uv "$bv")" "docker.io/library/busybox:$(uv "$bv")" control-plane,worker \
+	"computed by tests/lab/build-bundle.sh: docker-save.py of /bin/busybox from Debian bookworm package busybox-static $bv (that .deb matched the bookworm Packages index, sha256 $BDEB_SHA), with a /bin symlink per applet (${#applets[@]})" \
+	"lab test workload image (sh, nc, httpd, ...); its wget segfaults on a DNS name lookup (by IP it works): use nc; built from Debian's busybox-static, not Docker Hub's image" \
+	"^/\$|/bin/sh -c pwd" - --cmd sh "$bdir/bin/busybox:/bin/busybox:0755" "${links[@]}"
+
+# Static-pod control-plane images from the very binaries the bundle ships, each the only file.
+ksrc=$(sed -n 's/^source: //p' "$kbin/../BUILD-INFO")
+for b in kube-apiserver kube-controller-manager kube-scheduler; do
+	file "$kbin/$b" | grep -q 'statically linked' || die "$kbin/$b is not static"
+	image "$b-image" 1.20.2 "k8s.gcr.io/$b:v1.20.2" control-plane \
+		"computed by tests/lab/build-bundle.sh: docker-save.py of tests/lab/build-kubernetes.sh's $b ($ksrc; sha256 $(sha256sum <"$kbin/$b" | cut -c1-64), as in its BUILD-INFO) as /usr/local/bin/$b" \
+		"static-pod image built by the lab from the bundle's $b binary (its only file), not upstream's image" \
+		"Kubernetes v1\\.20\\.2|/usr/local/bin/$b --version" "/usr/local/bin/$b" "$kbin/$b:/usr/local/bin/$b:0755"
+done
+
+# etcd 3.4.23-0 (the -0 as in upstream's etcd image tags) from bookworm's etcd-server. That etcd is
+# a dynamic (cgo) binary needing only libc (check_bin above), so the image also holds glibc's
+# loader and libc.so.6 from bookworm's libc6 .deb, at the paths the binary and the loader look in.
+ev=${V[bookworm/etcd-server]}; edir="$work/bin/etcd-server_$ev"
+EDEB_SHA=$(sha256sum "$(fetch bookworm etcd-server "$ev")" | cut -d" " -f1)
+lv=${V[bookworm/libc6]}
+ldeb=$(fetch bookworm libc6 "$lv"); LDEB_SHA=$(sha256sum "$ldeb" | cut -d" " -f1)
+ldir="$work/bin/libc6_${lv//:/%3a}"
+[ -d "$ldir" ] || { dpkg -x "$ldeb" "$ldir.tmp" && mv "$ldir.tmp" "$ldir"; }
+ml=lib/x86_64-linux-gnu
+for f in "$ml/ld-linux-x86-64.so.2" "$ml/libc.so.6"; do [ -f "$ldir/$f" ] && [ ! -L "$ldir/$f" ] || die "$ldir/$f: not a file"; done
+[ "$(readelf -l "$edir/usr/bin/etcd" | sed -n 's/.*interpreter: \(.*\)]/\1/p')" = /lib64/ld-linux-x86-64.so.2 ] || die "etcd's interpreter is not /lib64/ld-linux-x86-64.so.2"
+image etcd-image "$e34-0" "k8s.gcr.io/etcd:$e34-0" etcd \
+	"computed by tests/lab/build-bundle.sh: docker-save.py of /usr/bin/etcd from Debian bookworm package etcd-server $ev (that .deb matched the bookworm Packages index, sha256 $EDEB_SHA) as /usr/local/bin/etcd, with /$ml/ld-linux-x86-64.so.2 (and /lib64's symlink to it) and /$ml/libc.so.6 from Debian bookworm package libc6 $lv (that .deb matched the bookworm Packages index, sha256 $LDEB_SHA)" \
+	"static-pod image built by the lab from Debian's etcd $e34 (the bundle's etcd binary) plus the loader and libc it links against, not upstream's image" \
+	"etcd Version: $e34|/usr/local/bin/etcd --version" /usr/local/bin/etcd \
+	"$edir/usr/bin/etcd:/usr/local/bin/etcd:0755" "$ldir/$ml/ld-linux-x86-64.so.2:/$ml/ld-linux-x86-64.so.2:0755" \
+	"$ldir/$ml/libc.so.6:/$ml/libc.so.6:0755" "/lib64/ld-linux-x86-64.so.2->../$ml/ld-linux-x86-64.so.2"
 
 manifest="$LAB_CACHE/bundles/lab-$key.yaml"
 "$CLUSTERCTL" bundle gen-manifest --name lab --version "$key" --platform linux/amd64 \
