@@ -269,11 +269,11 @@ pub async fn converge(
                     ch.commands_run += 1;
                 }
                 if active != "active" {
-                    run_change(exec, host, &format!("systemctl start {}", q(unit))).await?;
+                    unit_change(exec, host, "start", unit).await?;
                     ch.started.push(unit.clone());
                     dirty_units.remove(unit);
                 } else if dirty_units.remove(unit) {
-                    run_change(exec, host, &format!("systemctl restart {}", q(unit))).await?;
+                    unit_change(exec, host, "restart", unit).await?;
                     ch.restarts.push(unit.clone());
                 }
             }
@@ -363,6 +363,33 @@ async fn run_change(exec: &dyn Executor, host: &Host, cmd: &str) -> anyhow::Resu
     let o = exec.change(host, cmd).await?;
     if o.status != 0 {
         bail!("`{cmd}` exited {}: {}", o.status, o.stderr.trim());
+    }
+    Ok(())
+}
+
+/// `systemctl start|restart UNIT`; a failure says why with the unit's last journal lines.
+async fn unit_change(
+    exec: &dyn Executor,
+    host: &Host,
+    verb: &str,
+    unit: &str,
+) -> anyhow::Result<()> {
+    let cmd = format!("systemctl {verb} {}", q(unit));
+    let o = exec.change(host, &cmd).await?;
+    if o.status != 0 {
+        let log = exec
+            .query(
+                host,
+                &format!("journalctl -u {} -n 8 --no-pager -o cat 2>&1", q(unit)),
+            )
+            .await
+            .map(|l| l.stdout)
+            .unwrap_or_default();
+        bail!(
+            "`{cmd}` exited {}; the unit's last log lines:\n    {}",
+            o.status,
+            log.trim().lines().collect::<Vec<_>>().join("\n    ")
+        );
     }
     Ok(())
 }

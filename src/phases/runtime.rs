@@ -12,13 +12,22 @@ pub struct Runtime;
 /// Waits up to 10 s for containerd's socket to answer.
 const WAIT_CONTAINERD: &str = "for i in 1 2 3 4 5 6 7 8 9 10; do ctr -n k8s.io version >/dev/null 2>&1 && exit 0; sleep 1; done; ctr -n k8s.io version 2>&1";
 
-/// Images of the static-pod control plane: imported only in that mode.
-const STATIC_POD_IMAGES: &[&str] = &[
+/// Repositories of the static-pod control plane's images: imported only in that mode.
+const STATIC_POD_REPOS: &[&str] = &[
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
 ];
+
+/// `k8s.gcr.io/kube-apiserver:v1.20.2` -> true: the repository's last path element is one
+/// of the control plane's.
+fn is_static_pod_image(reference: &str) -> bool {
+    let repo = reference.split('@').next().unwrap_or("");
+    let last = repo.rsplit('/').next().unwrap_or("");
+    let name = last.split(':').next().unwrap_or("");
+    STATIC_POD_REPOS.contains(&name)
+}
 
 fn is_node(h: &Host) -> bool {
     h.has(Role::ControlPlane) || h.has(Role::Worker)
@@ -81,7 +90,7 @@ impl Phase for Runtime {
             let images: Vec<_> = items
                 .into_iter()
                 .filter(|i| i.kind == Kind::Image)
-                .filter(|i| static_pods || !STATIC_POD_IMAGES.contains(&i.name.as_str()))
+                .filter(|i| static_pods || !is_static_pod_image(i.image.as_deref().unwrap_or("")))
                 .collect();
             a.extend(super::prepare::image_actions(&images)?);
             plan.host(h, a);
@@ -93,5 +102,22 @@ impl Phase for Runtime {
             );
         }
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn static_pod_images_by_repository() {
+        assert!(super::is_static_pod_image(
+            "k8s.gcr.io/kube-apiserver:v1.20.2"
+        ));
+        assert!(super::is_static_pod_image(
+            "registry.example.cn:5000/k8s/etcd:3.4.23-0"
+        ));
+        assert!(!super::is_static_pod_image("k8s.gcr.io/pause:3.2"));
+        assert!(!super::is_static_pod_image(
+            "docker.io/library/busybox:1.35.0"
+        ));
     }
 }
