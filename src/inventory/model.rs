@@ -49,6 +49,8 @@ pub struct ClusterSpec {
     #[serde(default)]
     pub container_runtime: ContainerRuntime,
     #[serde(default)]
+    pub kubelet: Kubelet,
+    #[serde(default)]
     pub addons: Addons,
     /// Path of the offline bundle (`.tar.zst`), relative to the inventory file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -474,6 +476,19 @@ pub struct ContainerRuntime {
     /// CAP_SYS_RESOURCE (containers such as LXC or systemd-nspawn), harmless elsewhere.
     #[serde(default, rename = "restrictOOMScoreAdj")]
     pub restrict_oom_score_adj: bool,
+}
+
+/// Kubelet settings beyond clusterctl's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kubelet {
+    /// KubeletConfiguration `evictionHard`, e.g. `imagefs.available: 5%`, `memory.available:
+    /// 200Mi`. Empty: the kubelet's defaults (nodefs 10%, imagefs 15%, memory 100Mi).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eviction_hard: BTreeMap<String, String>,
+    /// Extra kubelet flags (`name: value`), checked against the version's flag table by tests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_args: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -779,6 +779,32 @@ impl Validator<'_> {
                 );
             }
         }
+        const SIGNALS: &[&str] = &[
+            "memory.available",
+            "nodefs.available",
+            "nodefs.inodesFree",
+            "imagefs.available",
+            "imagefs.inodesFree",
+            "pid.available",
+        ];
+        for (k, v) in &spec.kubelet.eviction_hard {
+            let field = format!("spec.kubelet.evictionHard.{k}");
+            if !SIGNALS.contains(&k.as_str()) {
+                self.error(
+                    &field,
+                    None,
+                    format!("`{k}` is not an eviction signal"),
+                    &format!("use one of {}", SIGNALS.join(", ")),
+                );
+            } else if !is_threshold(v) {
+                self.error(
+                    &field,
+                    None,
+                    format!("`{v}` is not a threshold"),
+                    "write a percentage (`5%`) or a quantity (`500Mi`, `2Gi`)",
+                );
+            }
+        }
         for (reg, mirrors) in &spec.container_runtime.registry_mirrors {
             for (i, m) in mirrors.iter().enumerate() {
                 if !(m.starts_with("https://") || m.starts_with("http://")) {
@@ -792,6 +818,18 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// An eviction threshold: `N%` (0-100) or a quantity such as `500Mi`, `2Gi`, `1000`.
+fn is_threshold(v: &str) -> bool {
+    if let Some(p) = v.strip_suffix('%') {
+        return p.parse::<f64>().is_ok_and(|p| (0.0..=100.0).contains(&p));
+    }
+    let digits = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &v[digits.len()..];
+    !digits.is_empty()
+        && digits.parse::<f64>().is_ok_and(|n| n >= 0.0)
+        && ["", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&unit)
 }
 
 /// `key[=value]:Effect`
