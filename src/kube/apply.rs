@@ -129,10 +129,19 @@ pub fn change_between(before: Option<&Value>, after: &Value) -> Change {
     }
 }
 
+/// Kinds whose server-side apply makes kube-apiserver up to 1.20 panic ("FieldManager must be
+/// installed to run apply": the aggregator serving APIServices has no OpenAPI models,
+/// kubernetes/kubernetes#89264, fixed in 1.21 by #98576). They are created, or merge-patched
+/// with the manifest's fields, instead: the same result for objects clusterctl alone writes.
+fn ssa_unsupported(res: &ApiResource) -> bool {
+    res.api_version.starts_with("apiregistration.k8s.io/") && res.kind == "APIService"
+}
+
 /// The body sent for `obj` served by `res`: namespaced objects get `default` when they name
 /// no namespace (as kubectl does); cluster-scoped ones lose a stray namespace.
 fn body_for(obj: &Object, res: &ApiResource) -> (Value, Option<String>) {
     let mut body = obj.value.clone();
+    default_port_protocols(&mut body);
     let meta = body
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -144,6 +153,56 @@ fn body_for(obj: &Object, res: &ApiResource) -> (Value, Option<String>) {
     } else {
         meta.remove("namespace");
         (body, None)
+    }
+}
+
+/// Sets `protocol: TCP` (the API's own default) on Service ports and container ports that
+/// omit it. Server-side apply in Kubernetes 1.20 rejects such a port: `protocol` is a key of
+/// those lists and had no default for it ("associative list with keys has an element that
+/// omits key field \"protocol\"", kubernetes-sigs/structured-merge-diff#130 and #183), which
+/// many published manifests trip over. Built-in kinds only: a custom resource's schema is its
+/// own.
+fn default_port_protocols(body: &mut Value) {
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or("");
+    let api = body.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let builtin = !api.contains('/') || api.starts_with("apps/") || api.starts_with("batch/");
+    if !builtin {
+        return;
+    }
+    let set_tcp = |ports: Option<&mut Value>| {
+        for p in ports.and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(p) = p.as_object_mut() {
+                p.entry("protocol").or_insert_with(|| Value::from("TCP"));
+            }
+        }
+    };
+    if kind == "Service" {
+        set_tcp(body.pointer_mut("/spec/ports"));
+        return;
+    }
+    let pod_spec = match kind {
+        "Pod" => "/spec",
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController" => "/spec/template/spec",
+        "CronJob" => "/spec/jobTemplate/spec/template/spec",
+        "PodTemplate" => "/template/spec",
+        _ => return,
+    };
+    if let Some(spec) = body.pointer_mut(pod_spec) {
+        for list in ["containers", "initContainers", "ephemeralContainers"] {
+            for c in spec
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                set_tcp(c.get_mut("ports"));
+            }
+        }
     }
 }
 
@@ -199,17 +258,41 @@ impl Client {
         let (body, ns) = body_for(obj, res);
         let path = res.object_path(ns.as_deref(), obj.name());
         let before = self.get_opt(&path).await?;
-        let query = format!(
-            "?fieldManager={FIELD_MANAGER}&force=true{}",
-            if dry_run { "&dryRun=All" } else { "" }
-        );
-        let (_, live) = self
-            .patch(
-                &format!("{path}{query}"),
+        let dry = if dry_run { "&dryRun=All" } else { "" };
+        let live = if ssa_unsupported(res) {
+            match &before {
+                None => {
+                    let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+                    self.request(
+                        reqwest::Method::POST,
+                        &format!(
+                            "{}?fieldManager={FIELD_MANAGER}{dry}",
+                            res.collection_path(ns.as_deref())
+                        ),
+                        Some(("application/json", bytes)),
+                    )
+                    .await?
+                    .1
+                }
+                Some(_) => {
+                    self.patch(
+                        &format!("{path}?fieldManager={FIELD_MANAGER}{dry}"),
+                        "application/merge-patch+json",
+                        &body,
+                    )
+                    .await?
+                    .1
+                }
+            }
+        } else {
+            self.patch(
+                &format!("{path}?fieldManager={FIELD_MANAGER}&force=true{dry}"),
                 "application/apply-patch+yaml",
                 &body,
             )
-            .await?;
+            .await?
+            .1
+        };
         let object = match &ns {
             Some(ns) => format!("{} {ns}/{}", obj.kind(), obj.name()),
             None => format!("{} {}", obj.kind(), obj.name()),
@@ -409,6 +492,28 @@ mod tests {
         let (body, ns) = body_for(&objs[1], &cr);
         assert_eq!(ns, None);
         assert!(body["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn ports_without_protocol_get_tcp_on_builtin_kinds_only() {
+        let mut svc = json!({"apiVersion": "v1", "kind": "Service",
+            "spec": {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 80}]}});
+        default_port_protocols(&mut svc);
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
+        assert_eq!(svc["spec"]["ports"][1]["protocol"], "TCP");
+        let mut cj = json!({"apiVersion": "batch/v1beta1", "kind": "CronJob",
+            "spec": {"jobTemplate": {"spec": {"template": {"spec": {
+                "initContainers": [{"name": "i", "ports": [{"containerPort": 1}]}],
+                "containers": [{"name": "c", "ports": [{"containerPort": 2}]}]}}}}}});
+        default_port_protocols(&mut cj);
+        let spec = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(spec["initContainers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(spec["containers"][0]["ports"][0]["protocol"], "TCP");
+        let mut cr = json!({"apiVersion": "example.com/v1", "kind": "Service",
+            "spec": {"ports": [{"port": 80}]}});
+        let before = cr.clone();
+        default_port_protocols(&mut cr);
+        assert_eq!(cr, before);
     }
 
     #[test]

@@ -124,8 +124,9 @@ impl Client {
         &self.base
     }
 
-    /// Sends one request; Ok((status, JSON body or Null)) for a 2xx answer, else an
-    /// [`ApiError`] (or a transport error naming the URL).
+    /// Sends one request; Ok((status, body)) for a 2xx answer, else an [`ApiError`] (or a
+    /// transport error naming the URL). The body is the parsed JSON, `Null` when empty, or a
+    /// string for a text answer (`/readyz`).
     pub async fn request(
         &self,
         method: Method,
@@ -145,6 +146,11 @@ impl Client {
             .await
             .map_err(|e| anyhow::anyhow!("{method} {url}: {}", error_chain(&e)))?;
         let status = resp.status().as_u16();
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
         let text = resp
             .text()
             .await
@@ -155,9 +161,12 @@ impl Client {
         }
         let v = if text.trim().is_empty() {
             Value::Null
-        } else {
+        } else if is_json {
             serde_json::from_str(&text)
-                .with_context(|| format!("{method} {path}: the answer is not JSON"))?
+                .with_context(|| format!("{method} {path}: the answer is not valid JSON"))?
+        } else {
+            // Plain-text endpoints (/readyz, /healthz, /livez).
+            Value::String(text)
         };
         Ok((status, v))
     }
