@@ -1,4 +1,6 @@
-//! Server-side apply (beta and on by default since Kubernetes 1.16, GA in 1.22): the API
+//! Server-side apply (beta and on by default since Kubernetes 1.16, so in 1.20; GA in 1.22:
+//! kubernetes.io/blog/2021/08/06/server-side-apply-ga, and cert-manager's upgrade notes
+//! "enabled by default on supported versions before v1.22"): the API
 //! server merges our fields into the live object and records us as their manager, so a
 //! re-apply of the same manifest writes nothing, and fields others own (a Service's allocated
 //! clusterIP, an HPA's replicas) are left alone.
