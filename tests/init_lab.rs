@@ -10,21 +10,7 @@ use clusterctl::inventory::{HaMode, Inventory, Role, Vip};
 use common::*;
 
 fn init(inv: &Path) -> serde_json::Value {
-    let t = Instant::now();
-    let out = clusterctl(&["-i", inv.to_str().unwrap(), "-o", "json", "init"]);
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "init failed: {}", text(&out));
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("init -o json prints its report");
-    eprintln!("init took {:.1}s; per phase:", t.elapsed().as_secs_f64());
-    for p in report["phases"].as_array().unwrap() {
-        eprintln!(
-            "  {:<14} {:>6.1}s",
-            p["phase"].as_str().unwrap(),
-            p["seconds"].as_f64().unwrap()
-        );
-    }
-    report
+    run_report(&["-i", inv.to_str().unwrap(), "-o", "json", "init"])
 }
 
 fn totals(report: &serde_json::Value) -> (u64, u64, u64) {

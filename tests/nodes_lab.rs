@@ -16,27 +16,6 @@ use std::time::{Duration, Instant};
 use clusterctl::inventory::{HaMode, Host, Inventory, Role, Vip};
 use common::*;
 
-fn run_json(args: &[&str]) -> serde_json::Value {
-    let t = Instant::now();
-    let out = clusterctl(args);
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{args:?} failed: {}", text(&out));
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("-o json prints the report");
-    eprintln!(
-        "{args:?} took {:.1}s; per phase:",
-        t.elapsed().as_secs_f64()
-    );
-    for p in report["phases"].as_array().unwrap() {
-        eprintln!(
-            "  {:<14} {:>6.1}s",
-            p["phase"].as_str().unwrap(),
-            p["seconds"].as_f64().unwrap()
-        );
-    }
-    report
-}
-
 fn kubectl_ok(admin: &Path, args: &[&str]) -> String {
     let o = kubectl(admin, args);
     assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
@@ -213,7 +192,7 @@ fn nodes_pods_services_and_join() {
     let admin = lab.dir.join("clusters/lab-nodes/admin.conf");
     let inv_arg = inv_path.to_str().unwrap();
 
-    let first = run_json(&["-i", inv_arg, "-o", "json", "init"]);
+    let first = run_report(&["-i", inv_arg, "-o", "json", "init"]);
     // Every node Ready right after init (the kubelet phase's gate), through the VIP.
     let nodes = kubectl_json(&admin, &["get", "nodes"]);
     let items = nodes["items"].as_array().unwrap();
@@ -348,7 +327,7 @@ fn nodes_pods_services_and_join() {
     let before = unit_stamps(&lab, &old);
     inv.spec.hosts.push(later[0].clone());
     lab.write_inventory("inventory.yaml", &inv);
-    let join = run_json(&["-i", inv_arg, "-o", "json", "join"]);
+    let join = run_report(&["-i", inv_arg, "-o", "json", "join"]);
     assert!(ready_nodes(&admin).contains(&"h6".to_string()));
     assert_eq!(
         before,
@@ -399,7 +378,7 @@ spec:
     h7.roles = vec![Role::ControlPlane];
     inv.spec.hosts.push(h7);
     lab.write_inventory("inventory.yaml", &inv);
-    run_json(&["-i", inv_arg, "-o", "json", "join", "--hosts", "h7"]);
+    run_report(&["-i", inv_arg, "-o", "json", "join", "--hosts", "h7"]);
     assert!(ready_nodes(&admin).contains(&"h7".to_string()));
     let ip7 = lab.ip("h7");
     for h in ["h1", "h2", "h3", "h7"] {

@@ -141,10 +141,9 @@ impl Client {
         if let Some((content_type, bytes)) = body {
             req = req.header("Content-Type", content_type).body(bytes);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("{method} {url}: {}", error_chain(&e)))?;
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!("{method} {url}: {}", crate::phases::health::error_chain(&e))
+        })?;
         let status = resp.status().as_u16();
         let is_json = resp
             .headers()
@@ -246,17 +245,6 @@ where
         }
         tokio::time::sleep(poll).await;
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -79,7 +79,8 @@ pub async fn wait_ok(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line (reqwest hides the useful part in the sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

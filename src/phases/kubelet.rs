@@ -101,15 +101,8 @@ pub fn is_ready(node: &Value) -> bool {
     })
 }
 
-fn api_base(ctx: &Context) -> String {
-    let (h, p) = ctx.inv().apiserver_endpoint_for_admin();
-    Inventory::url(&h, p)
-}
-
-async fn get_node(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<Value> {
-    let url = format!("{base}/api/v1/nodes/{name}");
-    let body = super::health::get(client, &url).await?;
-    serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))
+fn node_path(name: &str) -> String {
+    format!("/api/v1/nodes/{name}")
 }
 
 impl Phase for Kubelet {
@@ -165,12 +158,11 @@ impl Phase for Kubelet {
         _exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let client = super::control_plane::admin_client(ctx)?;
-            let base = api_base(ctx);
+            let api = crate::kube::Client::admin(ctx)?;
             let within = Duration::from_secs(120);
             let deadline = tokio::time::Instant::now() + within;
             loop {
-                let last = match get_node(&client, &base, &host.name).await {
+                let last = match api.get(&node_path(&host.name)).await {
                     Ok(n) if is_ready(&n) => return Ok(vec![]),
                     Ok(n) => {
                         let why: Vec<String> = n["status"]["conditions"]
@@ -207,11 +199,10 @@ impl Phase for Kubelet {
             } else {
                 BTreeMap::new()
             };
-            let client = super::control_plane::admin_client(ctx)?;
-            let base = api_base(ctx);
+            let api = crate::kube::Client::admin(ctx)?;
             let mut report = Vec::new();
             for h in ctx.hosts_where(is_node) {
-                let node = match get_node(&client, &base, &h.name).await {
+                let node = match api.get(&node_path(&h.name)).await {
                     Ok(n) => n,
                     Err(e) if dry_run => {
                         report.push(format!(
@@ -235,16 +226,9 @@ impl Phase for Kubelet {
                     report.push(format!("{}: would patch the node: {patch}", h.name));
                     continue;
                 }
-                let url = format!("{base}/api/v1/nodes/{}", h.name);
-                super::health::send(
-                    client
-                        .patch(&url)
-                        .header("Content-Type", "application/merge-patch+json")
-                        .body(patch.to_string()),
-                    &url,
-                )
-                .await
-                .with_context(|| format!("patching node {}", h.name))?;
+                api.merge_patch(&node_path(&h.name), &patch)
+                    .await
+                    .with_context(|| format!("patching node {}", h.name))?;
                 report.push(format!(
                     "{}: node labels/taints/podCIDR set: {patch}",
                     h.name

@@ -107,6 +107,18 @@ pub const ARCHIVE_DIR: &str = "/var/cache/clusterctl/archives";
 pub const IMAGE_DIR: &str = "/var/cache/clusterctl/images";
 pub const IMAGE_MARKS: &str = "/var/lib/clusterctl/images";
 
+/// The bundle item `it` as the file `path` on a host (sent only when its sha256 differs).
+fn item_file(it: &Item, path: &str, mode: u32) -> Action {
+    Action::File {
+        path: path.to_string(),
+        mode: Mode(mode),
+        source: Source::Bundle { item: it.label() },
+        sha256: it.sha256.clone(),
+        size: it.size,
+        restarts: Vec::new(),
+    }
+}
+
 fn cache_name(it: &Item, ext: &str) -> String {
     format!("{}_{}.{ext}", it.name, it.version.replace(':', "%3a"))
 }
@@ -131,14 +143,7 @@ pub fn archive_actions(it: &Item) -> anyhow::Result<Vec<Action>> {
     Ok(vec![
         Action::dir(ARCHIVE_DIR, 0o755),
         Action::dir(&install.path, 0o755),
-        Action::File {
-            path: file.clone(),
-            mode: Mode(0o644),
-            source: Source::Bundle { item: it.label() },
-            sha256: it.sha256.clone(),
-            size: it.size,
-            restarts: Vec::new(),
-        },
+        item_file(it, &file, 0o644),
         Action::run(
             &format!("unpack {} into {}", it.label(), install.path),
             &format!(
@@ -174,14 +179,7 @@ pub fn image_actions(items: &[&Item]) -> anyhow::Result<Vec<Action>> {
         };
         let file = format!("{IMAGE_DIR}/{}", cache_name(it, "tar"));
         let mark = format!("{IMAGE_MARKS}/{sha}");
-        a.push(Action::File {
-            path: file.clone(),
-            mode: Mode(0o644),
-            source: Source::Bundle { item: it.label() },
-            sha256: it.sha256.clone(),
-            size: it.size,
-            restarts: Vec::new(),
-        });
+        a.push(item_file(it, &file, 0o644));
         a.push(Action::run(
             &format!("import image {image}"),
             &format!(
@@ -208,14 +206,7 @@ fn bundle_actions(items: &[&Item]) -> Vec<Action> {
         match it.kind {
             Kind::Binary => {
                 let Some(install) = &it.install else { continue };
-                a.push(Action::File {
-                    path: install.path.clone(),
-                    mode: Mode(it.mode().unwrap_or(0o755)),
-                    source: Source::Bundle { item: it.label() },
-                    sha256: it.sha256.clone(),
-                    size: it.size,
-                    restarts: Vec::new(),
-                });
+                a.push(item_file(it, &install.path, it.mode().unwrap_or(0o755)));
             }
             Kind::Deb => {
                 let file = format!(
@@ -223,14 +214,7 @@ fn bundle_actions(items: &[&Item]) -> Vec<Action> {
                     it.name,
                     it.version.replace(':', "%3a")
                 );
-                a.push(Action::File {
-                    path: file.clone(),
-                    mode: Mode(0o644),
-                    source: Source::Bundle { item: it.label() },
-                    sha256: it.sha256.clone(),
-                    size: it.size,
-                    restarts: Vec::new(),
-                });
+                a.push(item_file(it, &file, 0o644));
                 debs.push((it.name.clone(), it.version.clone(), file));
             }
             // Archives, images and add-on manifests are installed by the phases that use them.

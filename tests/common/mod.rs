@@ -182,3 +182,26 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .arg("--request-timeout=5s")
         .args(args))
 }
+
+/// Runs clusterctl with `args` (which include `-o json`), requires success, prints stderr and
+/// the per-phase times, and returns the JSON report.
+pub fn run_report(args: &[&str]) -> serde_json::Value {
+    let t = Instant::now();
+    let out = clusterctl(args);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?} failed: {}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("-o json prints the report");
+    eprintln!(
+        "{args:?} took {:.1}s; per phase:",
+        t.elapsed().as_secs_f64()
+    );
+    for p in report["phases"].as_array().unwrap() {
+        eprintln!(
+            "  {:<14} {:>6.1}s",
+            p["phase"].as_str().unwrap(),
+            p["seconds"].as_f64().unwrap()
+        );
+    }
+    report
+}
