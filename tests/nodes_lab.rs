@@ -378,7 +378,40 @@ spec:
     h7.roles = vec![Role::ControlPlane];
     inv.spec.hosts.push(h7);
     lab.write_inventory("inventory.yaml", &inv);
-    run_report(&["-i", inv_arg, "-o", "json", "join", "--hosts", "h7"]);
+    let lb_stamps = |lab: &Lab| -> Vec<String> {
+        unit_stamps(lab, &["h1", "h2", "h3"])
+            .into_iter()
+            .flat_map(|(h, s)| {
+                s.lines()
+                    .filter(|l| l.starts_with("haproxy ") || l.starts_with("keepalived "))
+                    .map(|l| format!("{h} {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let lb_before = lb_stamps(&lab);
+    let cp_join = run_report(&["-i", inv_arg, "-o", "json", "join", "--hosts", "h7"]);
+    // The balancers took the new backend by reloading: no restart, the VIP stayed put.
+    assert_eq!(
+        lb_before,
+        lb_stamps(&lab),
+        "haproxy/keepalived were restarted"
+    );
+    let lb = cp_join["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "load-balancer")
+        .unwrap();
+    for h in ["h1", "h2", "h3"] {
+        let o = &lb["hosts"][h];
+        assert_eq!(
+            o["reloads"],
+            serde_json::json!(["haproxy.service", "keepalived.service"]),
+            "{h}: {o}"
+        );
+        assert_eq!(o["restarts"], serde_json::json!([]), "{h}: {o}");
+    }
     assert!(ready_nodes(&admin).contains(&"h7".to_string()));
     let ip7 = lab.ip("h7");
     for h in ["h1", "h2", "h3", "h7"] {

@@ -451,7 +451,7 @@ fn describe(a: &Action) -> String {
             };
             format!("file     {path} {mode} ({from}{size}){restarts}")
         }
-        Action::Service { unit } => format!("service  {unit} enabled + running"),
+        Action::Service { unit, .. } => format!("service  {unit} enabled + running"),
         Action::Run { description, .. } => format!("run      {description}"),
         Action::Check {
             description,

@@ -100,6 +100,9 @@ pub struct HostChanges {
     pub dirs_made: usize,
     pub commands_run: usize,
     pub restarts: Vec<String>,
+    /// Units that took a changed file by reloading (no restart).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reloads: Vec<String>,
     pub started: Vec<String>,
     /// Failed checks that are only warnings.
     pub warnings: Vec<String>,
@@ -114,6 +117,7 @@ impl HostChanges {
             && self.dirs_made == 0
             && self.commands_run == 0
             && self.restarts.is_empty()
+            && self.reloads.is_empty()
             && self.started.is_empty()
     }
 }
@@ -137,7 +141,7 @@ fn state_query(plan: &HostPlan) -> String {
                 units.extend(restarts.iter().map(|u| q(u)));
             }
             Action::Directory { path, .. } => dirs.push(q(path)),
-            Action::Service { unit } => units.push(q(unit)),
+            Action::Service { unit, .. } => units.push(q(unit)),
             _ => {}
         }
     }
@@ -258,7 +262,7 @@ pub async fn converge(
     for a in &plan.actions {
         match a {
             Action::Directory { .. } | Action::File { .. } => {}
-            Action::Service { unit } => {
+            Action::Service { unit, reload } => {
                 if unit_files_changed {
                     run_change(exec, host, "systemctl daemon-reload").await?;
                     unit_files_changed = false;
@@ -273,8 +277,13 @@ pub async fn converge(
                     ch.started.push(unit.clone());
                     dirty_units.remove(unit);
                 } else if dirty_units.remove(unit) {
-                    unit_change(exec, host, "restart", unit).await?;
-                    ch.restarts.push(unit.clone());
+                    if *reload {
+                        unit_change(exec, host, "reload", unit).await?;
+                        ch.reloads.push(unit.clone());
+                    } else {
+                        unit_change(exec, host, "restart", unit).await?;
+                        ch.restarts.push(unit.clone());
+                    }
                 }
             }
             Action::Run {
@@ -738,6 +747,30 @@ mod tests {
             reload < log.find("restart").unwrap(),
             "reload before restart:\n{log}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_service_takes_a_changed_config_by_reload() {
+        let fake = FakeHosts::default();
+        let h = host();
+        let lb = |cfg: &str| HostPlan {
+            host: "h1".into(),
+            address: "10.77.0.11".into(),
+            actions: vec![
+                Action::rendered("/etc/lb.cfg", 0o644, "lb", cfg.into(), &["lb.service"]),
+                Action::reloaded_service("lb.service"),
+            ],
+        };
+        let first = converge(&fake, &h, &lb("a"), &resolve).await.unwrap();
+        assert_eq!(first.started, ["lb.service"]);
+        fake.log.lock().unwrap().clear();
+        let changed = converge(&fake, &h, &lb("b"), &resolve).await.unwrap();
+        assert_eq!(changed.reloads, ["lb.service"]);
+        assert!(changed.restarts.is_empty(), "{changed:?}");
+        assert!(!changed.is_noop());
+        let log = fake.log.lock().unwrap().join("\n");
+        assert!(log.contains("systemctl reload lb.service"), "{log}");
+        assert!(!log.contains("systemctl restart"), "{log}");
     }
 
     #[tokio::test]

@@ -9,7 +9,9 @@ use crate::render::host_vars;
 
 pub struct LoadBalancer;
 
-/// `/etc/<template>` rendered from `templates/<template>`; a change restarts `<program>`.
+/// `/etc/<template>` rendered from `templates/<template>`; a change reloads `<program>`
+/// (haproxy's master starts new workers and lets the old ones finish their connections;
+/// keepalived re-reads its config and keeps the VIP where it is).
 fn config(
     ctx: &Context,
     vars: &tera::Context,
@@ -57,8 +59,8 @@ impl Phase for LoadBalancer {
                         vec![
                             config(ctx, &vars, "haproxy", "haproxy/haproxy.cfg")?,
                             config(ctx, &vars, "keepalived", "keepalived/keepalived.conf")?,
-                            Action::service("haproxy.service"),
-                            Action::service("keepalived.service"),
+                            Action::reloaded_service("haproxy.service"),
+                            Action::reloaded_service("keepalived.service"),
                         ],
                     );
                 }
@@ -70,7 +72,7 @@ impl Phase for LoadBalancer {
                         h,
                         vec![
                             config(ctx, &vars, "haproxy", "haproxy/haproxy.cfg")?,
-                            Action::service("haproxy.service"),
+                            Action::reloaded_service("haproxy.service"),
                         ],
                     );
                 }

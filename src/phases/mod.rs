@@ -129,8 +129,14 @@ pub enum Action {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         restarts: Vec<String>,
     },
-    /// A systemd unit is enabled and running; restarted when one of its files changed.
-    Service { unit: String },
+    /// A systemd unit is enabled and running; restarted when one of its files changed, or
+    /// with `reload`, reloaded (`systemctl reload`: haproxy and keepalived take a new config
+    /// without dropping connections or the VIP).
+    Service {
+        unit: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        reload: bool,
+    },
     /// A command that changes the host; skipped when `unless` succeeds (so a re-run is a
     /// no-op). With `warn_only`, a failure is a warning (e.g. a sysctl a container cannot set).
     Run {
@@ -177,6 +183,15 @@ impl Action {
     pub fn service(unit: &str) -> Action {
         Action::Service {
             unit: unit.to_string(),
+            reload: false,
+        }
+    }
+
+    /// A service that takes a changed file by reloading, not restarting.
+    pub fn reloaded_service(unit: &str) -> Action {
+        Action::Service {
+            unit: unit.to_string(),
+            reload: true,
         }
     }
 

@@ -214,7 +214,7 @@ async fn runs_any(exec: &dyn Executor, h: &Host, hp: &super::HostPlan) -> bool {
         .actions
         .iter()
         .flat_map(|a| match a {
-            super::Action::Service { unit } => vec![unit.as_str()],
+            super::Action::Service { unit, .. } => vec![unit.as_str()],
             super::Action::File { restarts, .. } => restarts.iter().map(String::as_str).collect(),
             _ => vec![],
         })
@@ -355,11 +355,16 @@ impl Progress for PlainProgress {
         let what = match outcome {
             HostOutcome::Done(c) if c.is_noop() => "unchanged".to_string(),
             HostOutcome::Done(c) => format!(
-                "{} file(s) written ({} B), {} started, {} restarted",
+                "{} file(s) written ({} B), {} started, {} restarted{}",
                 c.files_written,
                 c.bytes_sent,
                 c.started.len(),
-                c.restarts.len()
+                c.restarts.len(),
+                if c.reloads.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} reloaded", c.reloads.len())
+                }
             ),
             HostOutcome::Failed(e) => format!("FAILED: {e}"),
         };
