@@ -8,9 +8,16 @@ use futures::future::BoxFuture;
 
 use super::{Action, Context, Executor, Order, Phase, PhasePlan, Source};
 use crate::inventory::{Host, Inventory, Role};
-use crate::render::host_vars;
+use crate::render::{component_vars, host_vars};
 
 pub struct ControlPlane;
+
+/// The control plane's programs, in start order.
+pub const COMPONENTS: [&str; 3] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
 /// An HTTPS client with the admin identity of `clusters/<name>/kubeconfig/admin.conf`.
 pub fn admin_client(ctx: &Context) -> anyhow::Result<reqwest::Client> {
@@ -75,27 +82,18 @@ impl Phase for ControlPlane {
                     restarts: vec![api[0].into()],
                 });
             }
-            for (tpl, unit) in [
-                (
-                    "kube-apiserver/kube-apiserver.service",
-                    "kube-apiserver.service",
-                ),
-                (
-                    "kube-controller-manager/kube-controller-manager.service",
-                    "kube-controller-manager.service",
-                ),
-                (
-                    "kube-scheduler/kube-scheduler.service",
-                    "kube-scheduler.service",
-                ),
-            ] {
-                let text = ctx.render.render(tpl, &vars)?;
+            for c in COMPONENTS {
+                let tpl = format!("{c}/{c}.service");
+                let unit = format!("{c}.service");
+                let text = ctx
+                    .render
+                    .render(&tpl, &component_vars(&ctx.render, inv, h, c)?)?;
                 a.push(Action::rendered(
                     format!("/etc/systemd/system/{unit}"),
                     0o644,
-                    tpl,
+                    &tpl,
                     text,
-                    &[unit],
+                    &[&unit],
                 ));
             }
             for unit in [

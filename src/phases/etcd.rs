@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 
 use super::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Role};
-use crate::render::host_vars;
+use crate::render::component_vars;
 
 pub struct Etcd;
 
@@ -29,9 +29,8 @@ impl Phase for Etcd {
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let mut plan = PhasePlan::new(self, Order::Rolling);
         for h in ctx.hosts_where(|h| h.has(Role::Etcd)) {
-            let unit = ctx
-                .render
-                .render("etcd/etcd.service", &host_vars(ctx.inv(), h))?;
+            let vars = component_vars(&ctx.render, ctx.inv(), h, "etcd")?;
+            let unit = ctx.render.render("etcd/etcd.service", &vars)?;
             plan.host(
                 h,
                 vec![

@@ -12,11 +12,25 @@ use anyhow::Context as _;
 
 pub use vars::{DEFAULT_VIP_INTERFACE, host_vars, node_taints};
 
+/// The components whose flags live in one template, `<name>/<name>.flags` (one flag a line),
+/// rendered into both the systemd unit `<name>/<name>.service` and the static pod
+/// `<name>/<name>.yaml` as the variable `flags`: the two modes cannot drift apart.
+pub const FLAG_COMPONENTS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
 /// Every built-in template, by its path under `templates/`.
 pub const BUILTIN: &[(&str, &str)] = &[
     (
         "etcd/etcd.service",
         include_str!("../../templates/etcd/etcd.service"),
+    ),
+    (
+        "etcd/etcd.flags",
+        include_str!("../../templates/etcd/etcd.flags"),
     ),
     (
         "haproxy/haproxy.cfg",
@@ -31,6 +45,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-apiserver/kube-apiserver.service"),
     ),
     (
+        "kube-apiserver/kube-apiserver.flags",
+        include_str!("../../templates/kube-apiserver/kube-apiserver.flags"),
+    ),
+    (
         "kube-apiserver/audit-policy.yaml",
         include_str!("../../templates/kube-apiserver/audit-policy.yaml"),
     ),
@@ -39,8 +57,16 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-controller-manager/kube-controller-manager.service"),
     ),
     (
+        "kube-controller-manager/kube-controller-manager.flags",
+        include_str!("../../templates/kube-controller-manager/kube-controller-manager.flags"),
+    ),
+    (
         "kube-scheduler/kube-scheduler.service",
         include_str!("../../templates/kube-scheduler/kube-scheduler.service"),
+    ),
+    (
+        "kube-scheduler/kube-scheduler.flags",
+        include_str!("../../templates/kube-scheduler/kube-scheduler.flags"),
     ),
     (
         "system/sysctl-kubernetes.conf",
@@ -123,6 +149,31 @@ impl Renderer {
             .render(name, ctx)
             .map_err(|e| anyhow::anyhow!("rendering template {name}: {e}"))
     }
+
+    /// The flags of one of [`FLAG_COMPONENTS`]: its `.flags` template's lines, without blank
+    /// lines and `#` comments.
+    pub fn flags(&self, component: &str, vars: &tera::Context) -> anyhow::Result<Vec<String>> {
+        let text = self.render(&format!("{component}/{component}.flags"), vars)?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+/// Template variables for one of [`FLAG_COMPONENTS`] on `host`: [`host_vars`] plus `flags`.
+pub fn component_vars(
+    r: &Renderer,
+    inv: &crate::inventory::Inventory,
+    host: &crate::inventory::Host,
+    component: &str,
+) -> anyhow::Result<tera::Context> {
+    let mut v = host_vars(inv, host);
+    let flags = r.flags(component, &v)?;
+    v.insert("flags", &flags);
+    Ok(v)
 }
 
 #[cfg(test)]
