@@ -42,7 +42,11 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
     let any = || "0.0.0.0".to_string();
     let mut p = Vec::new();
     if h.has(Role::Etcd) {
-        p.extend([(any(), 2379, "etcd"), (any(), 2380, "etcd")]);
+        p.extend([
+            (any(), 2379, "etcd"),
+            (any(), 2380, "etcd"),
+            ("127.0.0.1".into(), 2381, "etcd"),
+        ]);
     }
     let local_proxy = spec.ha.mode == HaMode::LocalProxy;
     if h.has(Role::ControlPlane) {
