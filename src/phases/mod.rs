@@ -140,7 +140,9 @@ pub enum Action {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         warn_only: bool,
     },
-    /// A read-only check; a non-zero exit is a problem reported with `description`.
+    /// A read-only check; a non-zero exit is a problem reported with `description`. Checks
+    /// that open a host's plan are guards: they run before anything on the host changes, and
+    /// a failed one leaves the host untouched.
     Check {
         description: String,
         command: String,
