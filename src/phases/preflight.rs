@@ -62,7 +62,7 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
             (any(), 10259, "kube-scheduler"),
         ]);
     }
-    if h.has(Role::ControlPlane) || h.has(Role::Worker) {
+    if ctx.inv().runs_kubelet(h) {
         p.push((any(), 10250, "kubelet"));
     }
     match spec.ha.mode {
@@ -73,7 +73,7 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
                 "haproxy",
             ));
         }
-        HaMode::LocalProxy if h.has(Role::ControlPlane) || h.has(Role::Worker) => {
+        HaMode::LocalProxy if ctx.inv().runs_kubelet(h) => {
             p.push(("127.0.0.1".into(), spec.ha.local_proxy_port, "haproxy"));
         }
         _ => {}

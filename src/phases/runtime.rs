@@ -4,7 +4,7 @@
 
 use super::{Action, Context, Order, Phase, PhasePlan};
 use crate::bundle::Kind;
-use crate::inventory::{ControlPlaneMode, Host, Role};
+use crate::inventory::ControlPlaneMode;
 use crate::render::host_vars;
 
 pub struct Runtime;
@@ -29,10 +29,6 @@ fn is_static_pod_image(reference: &str) -> bool {
     STATIC_POD_REPOS.contains(&name)
 }
 
-fn is_node(h: &Host) -> bool {
-    h.has(Role::ControlPlane) || h.has(Role::Worker)
-}
-
 impl Phase for Runtime {
     fn name(&self) -> &'static str {
         "runtime"
@@ -46,7 +42,7 @@ impl Phase for Runtime {
         // still go one at a time behind the gate.
         let mut plan = PhasePlan::new(self, Order::Rolling);
         let static_pods = inv.spec.control_plane.mode == ControlPlaneMode::StaticPods;
-        for h in ctx.hosts_where(is_node) {
+        for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
             let vars = host_vars(inv, h);
             let mut a = vec![
                 Action::dir("/etc/containerd", 0o755),

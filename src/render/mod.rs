@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-pub use vars::{DEFAULT_VIP_INTERFACE, host_vars, node_taints};
+pub use vars::{DEFAULT_VIP_INTERFACE, ETCD_NODE_LABEL, ETCD_NODE_TAINT, host_vars, node_taints};
 
 /// The components whose flags live in one template, `<name>/<name>.flags` (one flag a line),
 /// rendered into both the systemd unit `<name>/<name>.service` and the static pod
