@@ -112,6 +112,37 @@ async fn get_node(client: &reqwest::Client, base: &str, name: &str) -> anyhow::R
     serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))
 }
 
+/// The kubelet on `h`: its config, its unit, running. The kubelet phase plans this on every
+/// node; in static-pods mode the etcd and control-plane phases plan the same actions first on
+/// their hosts (the kubelet runs their static pods from /etc/kubernetes/manifests), so the
+/// kubelet phase finds nothing left to do there but its gate.
+pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
+    let vars = host_vars(ctx.inv(), h);
+    let unit = "kubelet.service";
+    Ok(vec![
+        Action::dir("/var/lib/kubelet", 0o700),
+        Action::dir(MANIFESTS, 0o755),
+        Action::rendered(
+            "/var/lib/kubelet/config.yaml",
+            0o644,
+            "kubelet/kubelet-config.yaml",
+            ctx.render.render("kubelet/kubelet-config.yaml", &vars)?,
+            &[unit],
+        ),
+        Action::rendered(
+            format!("/etc/systemd/system/{unit}"),
+            0o644,
+            "kubelet/kubelet.service",
+            ctx.render.render("kubelet/kubelet.service", &vars)?,
+            &[unit],
+        ),
+        Action::service(unit),
+    ])
+}
+
+/// The kubelet's `staticPodPath`.
+pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
+
 impl Phase for Kubelet {
     fn name(&self) -> &'static str {
         "kubelet"
@@ -122,31 +153,8 @@ impl Phase for Kubelet {
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::Rolling);
-        let unit = "kubelet.service";
         for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
-            let vars = host_vars(inv, h);
-            plan.host(
-                h,
-                vec![
-                    Action::dir("/var/lib/kubelet", 0o700),
-                    Action::dir("/etc/kubernetes/manifests", 0o755),
-                    Action::rendered(
-                        "/var/lib/kubelet/config.yaml",
-                        0o644,
-                        "kubelet/kubelet-config.yaml",
-                        ctx.render.render("kubelet/kubelet-config.yaml", &vars)?,
-                        &[unit],
-                    ),
-                    Action::rendered(
-                        format!("/etc/systemd/system/{unit}"),
-                        0o644,
-                        "kubelet/kubelet.service",
-                        ctx.render.render("kubelet/kubelet.service", &vars)?,
-                        &[unit],
-                    ),
-                    Action::service(unit),
-                ],
-            );
+            plan.host(h, host_actions(ctx, h)?);
             let labels = node_labels(inv, h);
             if !labels.is_empty() {
                 plan.local.push(format!(
