@@ -28,6 +28,7 @@ pub mod prepare;
 pub mod runner;
 pub mod runtime;
 pub mod ssh_exec;
+pub mod static_pods;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -33,6 +33,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/etcd/etcd.flags"),
     ),
     (
+        "etcd/etcd.yaml",
+        include_str!("../../templates/etcd/etcd.yaml"),
+    ),
+    (
         "haproxy/haproxy.cfg",
         include_str!("../../templates/haproxy/haproxy.cfg"),
     ),
@@ -49,6 +53,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-apiserver/kube-apiserver.flags"),
     ),
     (
+        "kube-apiserver/kube-apiserver.yaml",
+        include_str!("../../templates/kube-apiserver/kube-apiserver.yaml"),
+    ),
+    (
         "kube-apiserver/audit-policy.yaml",
         include_str!("../../templates/kube-apiserver/audit-policy.yaml"),
     ),
@@ -61,12 +69,20 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-controller-manager/kube-controller-manager.flags"),
     ),
     (
+        "kube-controller-manager/kube-controller-manager.yaml",
+        include_str!("../../templates/kube-controller-manager/kube-controller-manager.yaml"),
+    ),
+    (
         "kube-scheduler/kube-scheduler.service",
         include_str!("../../templates/kube-scheduler/kube-scheduler.service"),
     ),
     (
         "kube-scheduler/kube-scheduler.flags",
         include_str!("../../templates/kube-scheduler/kube-scheduler.flags"),
+    ),
+    (
+        "kube-scheduler/kube-scheduler.yaml",
+        include_str!("../../templates/kube-scheduler/kube-scheduler.yaml"),
     ),
     (
         "system/sysctl-kubernetes.conf",
@@ -124,6 +140,11 @@ impl Renderer {
     /// Built-in templates, each replaced by `override_dir/<same path>` when that file exists.
     pub fn new(override_dir: Option<&Path>) -> anyhow::Result<Renderer> {
         let mut tera = tera::Tera::new();
+        // A string as a double-quoted YAML scalar (JSON's string syntax is YAML's): flags and
+        // paths in manifests, whatever characters a user's extra argument holds.
+        tera.register_filter("yaml_str", |s: &str, _: tera::Kwargs, _: &tera::State| {
+            serde_json::to_string(s).expect("a string serializes")
+        });
         let mut overrides = Vec::new();
         for (name, builtin) in BUILTIN {
             let user = override_dir.map(|d| d.join(name)).filter(|p| p.is_file());
