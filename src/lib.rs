@@ -7,6 +7,7 @@ pub mod cli;
 pub mod diag;
 pub mod hashing;
 pub mod inventory;
+pub mod kube;
 pub mod phases;
 pub mod pki;
 pub mod render;

@@ -74,6 +74,19 @@ impl KubeVersion {
         }
     }
 
+    /// The CoreDNS image kubeadm installs for this minor (coredns/deployment's
+    /// CoreDNS-k8s_version.md: v1.20 -> CoreDNS 1.7.0). Minors outside `SUPPORTED_MINORS` are
+    /// refused on load; a minor added there adds its line here.
+    pub fn default_coredns_image(&self) -> &'static str {
+        "k8s.gcr.io/coredns:1.7.0"
+    }
+
+    /// The metrics-server release whose manifest `templates/addons/metrics-server.yaml` follows
+    /// (v0.5.x serves metrics.k8s.io/v1beta1 and supports Kubernetes 1.8+).
+    pub fn default_metrics_server_image(&self) -> &'static str {
+        "k8s.gcr.io/metrics-server/metrics-server:v0.5.2"
+    }
+
     pub fn supported_list() -> String {
         SUPPORTED_MINORS
             .iter()

@@ -74,10 +74,20 @@ fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
             "load-balancer",
             "control-plane",
             "kubeconfig",
+            "runtime",
+            "network",
+            "kubelet",
+            "kube-proxy",
+            "addons",
             "verify"
         ]
     );
     assert_eq!(hosts_of(&v, "preflight"), ["cp1", "cp2", "cp3", "w1", "w2"]);
+    // Every control-plane host and worker is a node; add-ons touch no host.
+    for p in ["runtime", "network", "kubelet", "kube-proxy"] {
+        assert_eq!(hosts_of(&v, p), ["cp1", "cp2", "cp3", "w1", "w2"], "{p}");
+    }
+    assert!(hosts_of(&v, "addons").is_empty());
     assert_eq!(hosts_of(&v, "etcd"), ["cp1", "cp2", "cp3"]);
     assert_eq!(
         hosts_of(&v, "load-balancer"),
@@ -86,7 +96,13 @@ fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
     );
     assert_eq!(hosts_of(&v, "control-plane"), ["cp1", "cp2", "cp3"]);
     // Files carry their target path, mode, origin and hash.
-    let etcd = &v["phases"][3]["hosts"][0]["actions"][1];
+    let actions = v["phases"][3]["hosts"][0]["actions"].as_array().unwrap();
+    // First the guard against an etcd of the other control-plane mode.
+    assert_eq!(actions[0]["kind"], "check");
+    let etcd = actions
+        .iter()
+        .find(|a| a["path"] == "/etc/systemd/system/etcd.service")
+        .unwrap();
     assert_eq!(etcd["kind"], "file");
     assert_eq!(etcd["path"], "/etc/systemd/system/etcd.service");
     assert_eq!(etcd["mode"], "0644");
@@ -199,8 +215,8 @@ fn text_plan_lists_hosts_in_order_with_files_and_services() {
     let (out, _h) = plan(&example("ha-vip.yaml"), &["plan"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let etcd = text.find("phase 4/8 etcd").unwrap();
-    let cp = text.find("phase 6/8 control-plane").unwrap();
+    let etcd = text.find("phase 4/13 etcd").unwrap();
+    let cp = text.find("phase 6/13 control-plane").unwrap();
     assert!(etcd < cp);
     assert!(text.contains("file     /etc/systemd/system/kube-apiserver.service 0644 (template kube-apiserver/kube-apiserver.service"));
     assert!(text.contains("service  kube-scheduler.service enabled + running"));
@@ -265,7 +281,7 @@ fn a_cluster_playbook_override_reorders_phases_and_is_checked() {
 
 #[test]
 fn commands_not_built_say_so_and_fail() {
-    for cmd in [["join"], ["backup"], ["reset"]] {
+    for cmd in [["upgrade"], ["backup"], ["reset"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
             .args(cmd)
             .output()
@@ -288,4 +304,63 @@ fn status_before_init_says_what_to_do_and_touches_nothing() {
                 .all(|d| !d.unwrap().path().join("kubeconfig/admin.conf").exists()),
         "status created credentials"
     );
+}
+
+/// `join` decides from the journal which hosts are already part of the cluster, and refuses
+/// what it cannot do before any host is contacted.
+#[test]
+fn join_refuses_before_init_existing_hosts_and_new_etcd_members() {
+    let (out, _home) = plan(&example("ha-vip.yaml"), &["join"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(e.contains("run `clusterctl init` first"), "{e}");
+
+    // A journal in which cp1..cp3 and w1 were set up: w2 is new.
+    let run = |extra: &[&str], journal_hosts: &[&str]| {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+        std::fs::write(home.path().join(".ssh/id_ed25519"), "").unwrap();
+        let dir = home.path().join("state/clusters/prod");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines: String = journal_hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{{\"time\":\"2026-11-24T00:00:00Z\",\"command\":\"init\",\"phase\":\"prepare\",\"host\":\"{h}\",\"inputs\":\"x\",\"ok\":true}}\n"
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("journal.jsonl"), lines).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+            .arg("-i")
+            .arg(example("ha-vip.yaml"))
+            .arg("--state-dir")
+            .arg(home.path().join("state"))
+            .arg("join")
+            .args(extra)
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        (out, home)
+    };
+    let (out, _h) = run(&["--hosts", "cp1"], &["cp1", "cp2", "cp3", "w1"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("`cp1` is already part of the cluster")
+            && e.contains("new in")
+            && e.contains("w2"),
+        "{e}"
+    );
+    let (out, _h) = run(&[], &["cp1", "cp2", "w1", "w2"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(e.contains("cp3 have the etcd role"), "{e}");
+    let (out, _h) = run(&[], &["cp1", "cp2", "cp3", "w1", "w2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("join: nothing to do"));
 }

@@ -203,7 +203,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
             println!("{} {} ({} items)", m.name, m.version, m.items.len());
             println!(
                 "{:26} {:28} {:8} {:>11} {:14} {:30} {:5} SHA256",
-                "NAME", "VERSION", "KIND", "SIZE", "ROLES", "INSTALL", "MODE"
+                "NAME", "VERSION", "KIND", "SIZE", "ROLES", "INSTALL / IMAGE", "MODE"
             );
             for it in &m.items {
                 let roles = it
@@ -223,7 +223,11 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                     it.kind.as_str(),
                     it.size.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
                     roles,
-                    it.install.as_ref().map(|i| i.path.as_str()).unwrap_or("-"),
+                    it.install
+                        .as_ref()
+                        .map(|i| i.path.as_str())
+                        .or(it.image.as_deref())
+                        .unwrap_or("-"),
                     it.install
                         .as_ref()
                         .and_then(|i| i.mode.as_deref())

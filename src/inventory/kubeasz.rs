@@ -387,6 +387,7 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
                 etcd,
                 control_plane,
                 container_runtime: ContainerRuntime::default(),
+                kubelet: Default::default(),
                 addons,
                 bundle: None,
             },

@@ -107,6 +107,30 @@ impl Inventory {
         }
     }
 
+    /// The CoreDNS image: the inventory's, else the one kubeadm uses for this minor.
+    pub fn coredns_image(&self) -> String {
+        self.spec
+            .addons
+            .coredns
+            .image
+            .clone()
+            .unwrap_or_else(|| self.kube_version().default_coredns_image().to_string())
+    }
+
+    /// The metrics-server image: the inventory's, else the default for this minor.
+    pub fn metrics_server_image(&self) -> String {
+        self.spec
+            .addons
+            .metrics_server
+            .image
+            .clone()
+            .unwrap_or_else(|| {
+                self.kube_version()
+                    .default_metrics_server_image()
+                    .to_string()
+            })
+    }
+
     /// Where kubelets, kube-proxy and controllers on `host` reach the API.
     /// vip: the VIP and its port; local-proxy: 127.0.0.1 and the proxy port; external: as given.
     pub fn apiserver_endpoint_for(&self, _host: &Host) -> (String, u16) {

@@ -49,6 +49,8 @@ pub struct ClusterSpec {
     #[serde(default)]
     pub container_runtime: ContainerRuntime,
     #[serde(default)]
+    pub kubelet: Kubelet,
+    #[serde(default)]
     pub addons: Addons,
     /// Path of the offline bundle (`.tar.zst`), relative to the inventory file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -476,26 +478,61 @@ pub struct ContainerRuntime {
     pub restrict_oom_score_adj: bool,
 }
 
+/// Kubelet settings beyond clusterctl's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kubelet {
+    /// KubeletConfiguration `evictionHard`, e.g. `imagefs.available: 5%`, `memory.available:
+    /// 200Mi`. Empty: the kubelet's defaults (nodefs 10%, imagefs 15%, memory 100Mi).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eviction_hard: BTreeMap<String, String>,
+    /// Extra kubelet flags (`name: value`), checked against the version's flag table by tests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_args: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Addons {
     #[serde(default)]
     pub coredns: CoreDns,
     #[serde(default)]
-    pub metrics_server: Toggle,
+    pub metrics_server: MetricsServer,
     /// Extra manifests (paths relative to the inventory) applied after the built-in add-ons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_manifests: Vec<PathBuf>,
+    /// Whether `init` waits for the built-in add-ons' Deployments to become Available.
+    #[serde(default)]
+    pub wait_for_pods: WaitForPods,
+    /// How long to wait for each add-on Deployment, in seconds.
+    #[serde(default = "default_addon_wait")]
+    pub wait_timeout_secs: u64,
 }
 
 impl Default for Addons {
     fn default() -> Self {
         Addons {
             coredns: CoreDns::default(),
-            metrics_server: Toggle { enabled: true },
+            metrics_server: MetricsServer::default(),
             extra_manifests: Vec::new(),
+            wait_for_pods: WaitForPods::default(),
+            wait_timeout_secs: default_addon_wait(),
         }
     }
+}
+
+/// When to wait for an add-on's pods to run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitForPods {
+    /// Only when the add-on's image is an image item of the offline bundle (so it can run
+    /// without a registry); otherwise say why the run does not wait.
+    #[default]
+    Auto,
+    /// Always (the images come from a registry or mirror the nodes can reach).
+    Always,
+    /// Never: apply the objects only.
+    Never,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -505,6 +542,10 @@ pub struct CoreDns {
     pub enabled: bool,
     #[serde(default = "default_coredns_replicas")]
     pub replicas: u32,
+    /// Image reference; default: the one kubeadm uses for the Kubernetes minor
+    /// (`KubeVersion::default_coredns_image`). Set it to use a registry mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl Default for CoreDns {
@@ -512,20 +553,27 @@ impl Default for CoreDns {
         CoreDns {
             enabled: true,
             replicas: default_coredns_replicas(),
+            image: None,
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Toggle {
+pub struct MetricsServer {
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Image reference; default `KubeVersion::default_metrics_server_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
-impl Default for Toggle {
+impl Default for MetricsServer {
     fn default() -> Self {
-        Toggle { enabled: true }
+        MetricsServer {
+            enabled: true,
+            image: None,
+        }
     }
 }
 
@@ -585,4 +633,7 @@ fn default_apiserver_port() -> u16 {
 }
 fn default_coredns_replicas() -> u32 {
     2
+}
+fn default_addon_wait() -> u64 {
+    300
 }

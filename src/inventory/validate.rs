@@ -765,14 +765,7 @@ impl Validator<'_> {
                 "use 6443 (default)",
             );
         }
-        if spec.addons.coredns.enabled && spec.addons.coredns.replicas == 0 {
-            self.warning(
-                "spec.addons.coredns.replicas",
-                None,
-                "CoreDNS is enabled with 0 replicas".into(),
-                "use 2 (default) or disable it",
-            );
-        }
+        self.addons(&spec.addons);
         for (i, m) in spec.addons.extra_manifests.iter().enumerate() {
             let r = resolve_path(file, m);
             if !r.is_file() {
@@ -781,6 +774,32 @@ impl Validator<'_> {
                     None,
                     format!("manifest {} does not exist", r.display()),
                     "fix the path (relative to the inventory file)",
+                );
+            }
+        }
+        const SIGNALS: &[&str] = &[
+            "memory.available",
+            "nodefs.available",
+            "nodefs.inodesFree",
+            "imagefs.available",
+            "imagefs.inodesFree",
+            "pid.available",
+        ];
+        for (k, v) in &spec.kubelet.eviction_hard {
+            let field = format!("spec.kubelet.evictionHard.{k}");
+            if !SIGNALS.contains(&k.as_str()) {
+                self.error(
+                    &field,
+                    None,
+                    format!("`{k}` is not an eviction signal"),
+                    &format!("use one of {}", SIGNALS.join(", ")),
+                );
+            } else if !is_threshold(v) {
+                self.error(
+                    &field,
+                    None,
+                    format!("`{v}` is not a threshold"),
+                    "write a percentage (`5%`) or a quantity (`500Mi`, `2Gi`)",
                 );
             }
         }
@@ -799,6 +818,132 @@ impl Validator<'_> {
     }
 }
 
+/// An eviction threshold: `N%` (0-100) or a quantity such as `500Mi`, `2Gi`, `1000`.
+fn is_threshold(v: &str) -> bool {
+    if let Some(p) = v.strip_suffix('%') {
+        return p.parse::<f64>().is_ok_and(|p| (0.0..=100.0).contains(&p));
+    }
+    let digits = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &v[digits.len()..];
+    !digits.is_empty()
+        && digits.parse::<f64>().is_ok_and(|n| n >= 0.0)
+        && ["", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&unit)
+}
+
+impl Validator<'_> {
+    fn addons(&mut self, a: &Addons) {
+        if a.coredns.enabled && a.coredns.replicas == 0 {
+            self.error(
+                "spec.addons.coredns.replicas",
+                None,
+                "CoreDNS is enabled with 0 replicas: the cluster would have no DNS".into(),
+                "use 1 or more (default 2), or set `enabled: false`",
+            );
+        }
+        for (field, image) in [
+            ("spec.addons.coredns.image", &a.coredns.image),
+            ("spec.addons.metricsServer.image", &a.metrics_server.image),
+        ] {
+            if let Some(img) = image
+                && let Err(e) = check_image_reference(img)
+            {
+                self.error(
+                    field,
+                    None,
+                    format!("`{img}` is not an image reference: {e}"),
+                    "write [registry/]repository[:tag][@sha256:digest], e.g. registry.example.cn/coredns:1.7.0",
+                );
+            }
+        }
+        if a.wait_timeout_secs == 0 {
+            self.error(
+                "spec.addons.waitTimeoutSecs",
+                None,
+                "a wait timeout of 0 s would fail every wait".into(),
+                "use a positive number of seconds (default 300); `waitForPods: never` skips waiting",
+            );
+        }
+    }
+}
+
+/// A container image reference as containerd parses it (distribution's reference grammar,
+/// simplified): `[host[:port]/]path[:tag][@algo:hex]`, path components lowercase.
+pub fn check_image_reference(r: &str) -> Result<(), String> {
+    if r.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(c) = r.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("it contains {c:?}"));
+    }
+    let (name_tag, digest) = match r.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (r, None),
+    };
+    if let Some(d) = digest {
+        let (algo, hex) = d
+            .split_once(':')
+            .ok_or_else(|| format!("digest `{d}` is not algorithm:hex"))?;
+        if algo.is_empty()
+            || hex.len() < 32
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(format!("digest `{d}` is not algorithm:hex"));
+        }
+    }
+    // A tag is after the last ':' that follows the last '/' (a ':' before it is a port).
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
+        None => (name_tag, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+        if !ok {
+            return Err(format!("tag `{t}` is not valid"));
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first part is a registry host when it looks like one (a dot, a port, or localhost).
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        let (h, port) = match host.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        };
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            || port.is_some_and(|p| p.parse::<u16>().is_err())
+        {
+            return Err(format!("registry `{host}` is not host[:port]"));
+        }
+    }
+    for p in &parts {
+        let ok = !p.is_empty()
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+            && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && p.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(format!(
+                "repository component `{p}` must be lowercase letters, digits and . _ -"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `key[=value]:Effect`
 fn check_taint(t: &str) -> Result<(), String> {
     let (kv, effect) = t
@@ -812,4 +957,36 @@ fn check_taint(t: &str) -> Result<(), String> {
         return Err(format!("taint `{t}` has no key"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_image_reference as check;
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "k8s.gcr.io/coredns:1.7.0",
+            "k8s.gcr.io/metrics-server/metrics-server:v0.5.2",
+            "registry.example.cn:5000/google_containers/coredns:1.7.0",
+            "coredns/coredns",
+            "busybox",
+            "localhost/pause:3.2",
+            "k8s.gcr.io/pause@sha256:927d98197ec1141a368550822d18fa1c60bdae27b78b0c004f705f548c07814f",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("k8s.gcr.io/coredns 1.7.0", "contains"),
+            ("k8s.gcr.io/CoreDNS:1.7.0", "lowercase"),
+            ("k8s.gcr.io/coredns:", "tag"),
+            ("k8s.gcr.io//coredns", "component"),
+            ("k8s.gcr.io/coredns@sha256:xyz", "digest"),
+            ("reg.example:port/x:1", "registry"),
+        ] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! - the journal: what a phase did on a host, keyed by the hash of its plan.
 //!   Phases add health gates in `verify`.
 
+pub mod addons;
 pub mod blobs;
 pub mod cmd;
 pub mod control_plane;
@@ -325,5 +326,6 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(kubelet::Kubelet),
         Box::new(kube_proxy::KubeProxy),
         Box::new(verify::Verify),
+        Box::new(addons::Addons),
     ]
 }

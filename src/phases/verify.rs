@@ -31,7 +31,7 @@ impl Phase for Verify {
             plan.host(h, vec![]);
             plan.local.push(
                 "read etcd status and members, every apiserver's /readyz and the endpoint's, \
-                 leader leases, and each served certificate's expiry"
+                 leader leases, each served certificate's expiry, and the nodes"
                     .into(),
             );
         }
@@ -234,6 +234,46 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
             }
             Err(e) => problems.push(format!("lease {name}: {e:#}")),
         }
+    }
+
+    // Nodes: every control-plane and worker host registered and Ready.
+    let url = format!("{endpoint}/api/v1/nodes");
+    match health::get(&api, &url)
+        .await
+        .and_then(|b| Ok(serde_json::from_str::<serde_json::Value>(&b)?))
+    {
+        Ok(list) => {
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            for h in inv.node_hosts() {
+                match items
+                    .iter()
+                    .find(|n| n["metadata"]["name"] == h.name.as_str())
+                {
+                    None => problems.push(format!("node {}: not registered", h.name)),
+                    Some(n) => {
+                        let line = format!(
+                            "node {}: {}, kubelet {}, pods {}",
+                            h.name,
+                            if super::kubelet::is_ready(n) {
+                                "Ready"
+                            } else {
+                                "NotReady"
+                            },
+                            n["status"]["nodeInfo"]["kubeletVersion"]
+                                .as_str()
+                                .unwrap_or("?"),
+                            n["spec"]["podCIDR"].as_str().unwrap_or("-"),
+                        );
+                        if super::kubelet::is_ready(n) {
+                            lines.push(line);
+                        } else {
+                            problems.push(line);
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => problems.push(format!("nodes: {e:#}")),
     }
 
     Ok(Health {

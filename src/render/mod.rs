@@ -4,6 +4,7 @@
 //! by putting a file with the same relative path under `clusters/<name>/templates/` (kubeasz's
 //! "find the unit file of a component in seconds and change it"): `plan` lists the overrides.
 
+pub mod addons;
 mod vars;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,14 @@ pub const FLAG_COMPONENTS: [&str; 4] = [
 
 /// Every built-in template, by its path under `templates/`.
 pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "addons/coredns.yaml",
+        include_str!("../../templates/addons/coredns.yaml"),
+    ),
+    (
+        "addons/metrics-server.yaml",
+        include_str!("../../templates/addons/metrics-server.yaml"),
+    ),
     (
         "etcd/etcd.service",
         include_str!("../../templates/etcd/etcd.service"),

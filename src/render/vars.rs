@@ -75,6 +75,8 @@ struct KubeletVars {
     taints: String,
     /// `https://endpoint:port` the node's kubelet and kube-proxy use.
     server: String,
+    eviction_hard: Vec<Arg>,
+    extra_args: Vec<Arg>,
 }
 
 #[derive(Serialize)]
@@ -359,6 +361,16 @@ pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
                 let (h, p) = inv.apiserver_endpoint_for(host);
                 Inventory::url(&h, p)
             },
+            eviction_hard: spec
+                .kubelet
+                .eviction_hard
+                .iter()
+                .map(|(k, v)| Arg {
+                    name: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            extra_args: args(&spec.kubelet.extra_args),
         },
         proxy: ProxyVars {
             manages_conntrack: spec.network.proxy_manages_conntrack,

@@ -125,6 +125,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::env::var_os("LAB_KEEP_AFTER_TEST").is_some() {
+            eprintln!("LAB_KEEP_AFTER_TEST: leaving lab {} up", self.name);
+            return;
+        }
         let o = self.sh(&["down", &self.name]);
         if !o.status.success() {
             eprintln!("lab down {}: {}", self.name, text(&o));
