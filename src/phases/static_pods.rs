@@ -197,7 +197,10 @@ pub fn mode_guard(inv: &Inventory, components: &[&str]) -> Action {
     let list = components.join(" ");
     if inv.static_pods() {
         Action::check(
-            "spec.controlPlane.mode is static-pods, but this host runs the control plane as systemd units (mode systemd); switching a host between modes is not supported: keep `mode: systemd` for this cluster, or reset the host",
+            &format!(
+                "no {} systemd unit here (spec.controlPlane.mode is static-pods, and clusterctl does not switch a host between modes: keep `mode: systemd` for this cluster, or reset the host)",
+                components.join("/")
+            ),
             &format!(
                 "bad=; for c in {list}; do if systemctl is-active --quiet \"$c.service\" || [ -e \"/etc/systemd/system/$c.service\" ]; then bad=\"$bad $c.service\"; fi; done; \
                  [ -z \"$bad\" ] || {{ echo \"found$bad\"; exit 1; }}"
@@ -205,7 +208,10 @@ pub fn mode_guard(inv: &Inventory, components: &[&str]) -> Action {
         )
     } else {
         Action::check(
-            "spec.controlPlane.mode is systemd, but this host runs the control plane as static pods (mode static-pods); switching a host between modes is not supported: keep `mode: static-pods` for this cluster, or reset the host",
+            &format!(
+                "no {} static pod here (spec.controlPlane.mode is systemd, and clusterctl does not switch a host between modes: keep `mode: static-pods` for this cluster, or reset the host)",
+                components.join("/")
+            ),
             &format!(
                 "bad=; for c in {list}; do [ -e \"{MANIFESTS}/$c.yaml\" ] && bad=\"$bad {MANIFESTS}/$c.yaml\"; done; \
                  [ -z \"$bad\" ] || {{ echo \"found$bad\"; exit 1; }}"
@@ -922,7 +928,8 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("switching a host between modes is not supported"),
+            e.starts_with("no etcd systemd unit here")
+                && e.contains("does not switch a host between modes"),
             "{e}"
         );
         assert!(e.ends_with("found etcd.service"), "{e}");
