@@ -146,6 +146,13 @@ impl Phase for ControlPlane {
         }
         Ok(plan)
     }
+    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
+        // Static pods: the control plane runs where its manifests are (on etcd hosts the
+        // kubelet runs already: fresh apiservers still start together).
+        ctx.inv()
+            .static_pods()
+            .then(|| static_pods::running_check(&COMPONENTS))
+    }
     fn verify<'a>(
         &'a self,
         ctx: &'a Context,

@@ -68,6 +68,13 @@ impl Phase for Etcd {
         }
         Ok(plan)
     }
+    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
+        // Static pods: a member runs where its manifest is (containerd and the kubelet may
+        // run on a fresh host already; the members of a new cluster must start together).
+        ctx.inv()
+            .static_pods()
+            .then(|| static_pods::running_check(&["etcd"]))
+    }
     fn verify<'a>(
         &'a self,
         ctx: &'a Context,

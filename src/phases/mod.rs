@@ -299,6 +299,14 @@ pub trait Phase: Send + Sync {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
     }
+    /// For `Order::Rolling`: a read-only shell command that succeeds when what this phase runs
+    /// already runs on `host`, which then goes one at a time behind the gate. None (default):
+    /// one of the units the host's plan manages or restarts is active. A phase whose program
+    /// is no unit of its own (a static pod) says what counts instead: containerd, which the
+    /// bundle's package starts on install, does not make an etcd member "running".
+    fn running_check(&self, _ctx: &Context, _host: &Host) -> Option<String> {
+        None
+    }
     /// Work through the cluster's API after every host of the phase converged and passed its
     /// gate (e.g. apply add-ons, label nodes). With `dry_run` it must change nothing and say
     /// what it would do. Returns lines for the run's report. Default: nothing.

@@ -220,6 +220,15 @@ pub fn mode_guard(inv: &Inventory, components: &[&str]) -> Action {
     }
 }
 
+/// For the rolling order: succeeds when one of `components` has a manifest on the host.
+pub fn running_check(components: &[&str]) -> String {
+    components
+        .iter()
+        .map(|c| format!("[ -e {} ]", q(&manifest_path(c))))
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
 /// The shell script behind [`wait_replaced`]: succeeds once every component with a manifest
 /// has a process (its command line starts with the program's name, as the manifests run it)
 /// and every such process started no earlier than the manifest's last change.
@@ -813,6 +822,18 @@ spec:
             "{p:?}"
         );
         assert!(p.iter().any(|p| p.contains("pause")), "{p:?}");
+        // Rolling: a host counts as running where the manifests are, not where containerd is.
+        let cp1 = c.inv().host("cp1").unwrap();
+        assert_eq!(
+            Etcd.running_check(&c, cp1).unwrap(),
+            "[ -e /etc/kubernetes/manifests/etcd.yaml ]"
+        );
+        assert!(
+            ControlPlane
+                .running_check(&c, cp1)
+                .unwrap()
+                .contains(" || [ -e /etc/kubernetes/manifests/kube-scheduler.yaml ]")
+        );
         assert!(
             etcd.notes
                 .iter()
@@ -845,6 +866,10 @@ spec:
                 "/etc/systemd/system/etcd.service",
                 "etcd.service"
             ]
+        );
+        assert!(
+            Etcd.running_check(&c, c.inv().host("cp1").unwrap())
+                .is_none()
         );
         let p = paths(&actions(&ControlPlane.plan(&c).unwrap(), "cp1"));
         assert!(p.contains(&"/etc/systemd/system/kube-apiserver.service".to_string()));
