@@ -23,10 +23,7 @@ const STATIC_POD_REPOS: &[&str] = &[
 /// `k8s.gcr.io/kube-apiserver:v1.20.2` -> true: the repository's last path element is one
 /// of the control plane's.
 fn is_static_pod_image(reference: &str) -> bool {
-    let repo = reference.split('@').next().unwrap_or("");
-    let last = repo.rsplit('/').next().unwrap_or("");
-    let name = last.split(':').next().unwrap_or("");
-    STATIC_POD_REPOS.contains(&name)
+    STATIC_POD_REPOS.contains(&super::static_pods::repo_and_tag(reference).0)
 }
 
 /// containerd on `h`, configured, running and answering, with the bundle's images the host
