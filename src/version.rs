@@ -32,6 +32,27 @@ impl KubeVersion {
         }
     }
 
+    /// The image kubeadm of this minor runs `component` (etcd or a kube-* program) from in its
+    /// static pods: the fallback when the bundle has no image of that repository.
+    pub fn default_image(&self, component: &str) -> String {
+        let registry = if self.minor >= 25 {
+            "registry.k8s.io"
+        } else {
+            "k8s.gcr.io"
+        };
+        if component == "etcd" {
+            // kubeadm's etcd of the minor; recorded for the supported minors only (a minor is
+            // added with its flag table: add its etcd here too).
+            let tag = match self.minor {
+                0..=21 => "3.4.13-0",
+                _ => "3.5.15-0",
+            };
+            format!("{registry}/etcd:{tag}")
+        } else {
+            format!("{registry}/{component}:{self}")
+        }
+    }
+
     /// Labels kubeadm of this minor puts on control-plane nodes.
     pub fn control_plane_labels(&self) -> &'static [&'static str] {
         if self.minor < 24 {
@@ -123,5 +144,15 @@ mod tests {
         assert!("v1.20".parse::<KubeVersion>().is_err());
         assert!("latest".parse::<KubeVersion>().is_err());
         assert_eq!("v1.31.4-rc.1".parse::<KubeVersion>().unwrap().patch, 4);
+    }
+
+    #[test]
+    fn kubeadm_default_images() {
+        let v: KubeVersion = "v1.20.2".parse().unwrap();
+        assert_eq!(
+            v.default_image("kube-apiserver"),
+            "k8s.gcr.io/kube-apiserver:v1.20.2"
+        );
+        assert_eq!(v.default_image("etcd"), "k8s.gcr.io/etcd:3.4.13-0");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use clusterctl::inventory::{self, Role};
-use clusterctl::render::{Renderer, host_vars};
+use clusterctl::render::{FLAG_COMPONENTS, Renderer, component_vars, host_vars};
 use clusterctl::version::SUPPORTED_MINORS;
 
 const UNITS: &[(&str, &str)] = &[
@@ -64,8 +64,13 @@ fn rendered(minor: u32) -> BTreeMap<&'static str, BTreeSet<(String, String)>> {
         .inventory;
         inv.spec.kubernetes_version = format!("v1.{minor}.0");
         for h in inv.hosts_with(Role::ControlPlane) {
-            let vars = host_vars(&inv, h);
             for (component, tpl) in UNITS {
+                // The control plane's units take their flags from `<component>.flags`.
+                let vars = if FLAG_COMPONENTS.contains(component) {
+                    component_vars(&r, &inv, h, component).unwrap()
+                } else {
+                    host_vars(&inv, h)
+                };
                 m.entry(component)
                     .or_default()
                     .extend(exec_flags(&r.render(tpl, &vars).unwrap()));

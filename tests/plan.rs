@@ -96,7 +96,13 @@ fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
     );
     assert_eq!(hosts_of(&v, "control-plane"), ["cp1", "cp2", "cp3"]);
     // Files carry their target path, mode, origin and hash.
-    let etcd = &v["phases"][3]["hosts"][0]["actions"][1];
+    let actions = v["phases"][3]["hosts"][0]["actions"].as_array().unwrap();
+    // First the guard against an etcd of the other control-plane mode.
+    assert_eq!(actions[0]["kind"], "check");
+    let etcd = actions
+        .iter()
+        .find(|a| a["path"] == "/etc/systemd/system/etcd.service")
+        .unwrap();
     assert_eq!(etcd["kind"], "file");
     assert_eq!(etcd["path"], "/etc/systemd/system/etcd.service");
     assert_eq!(etcd["mode"], "0644");

@@ -35,12 +35,29 @@ impl Inventory {
         self.hosts_with(Role::Etcd)
     }
 
-    /// Hosts that run a kubelet: control-plane hosts (tainted by default) and workers.
+    /// Hosts that run a kubelet (see [`Inventory::runs_kubelet`]): the cluster's nodes.
     pub fn node_hosts(&self) -> impl Iterator<Item = &Host> {
-        self.spec
-            .hosts
-            .iter()
-            .filter(|h| h.has(Role::ControlPlane) || h.has(Role::Worker))
+        self.spec.hosts.iter().filter(|h| self.runs_kubelet(h))
+    }
+
+    /// `spec.controlPlane.mode: static-pods`: etcd and the control plane run as static pods.
+    pub fn static_pods(&self) -> bool {
+        self.spec.control_plane.mode == ControlPlaneMode::StaticPods
+    }
+
+    /// Whether `host` runs a kubelet and registers as a node: control-plane hosts (tainted by
+    /// default) and workers, and in static-pods mode etcd-only hosts too, whose kubelet runs
+    /// the etcd static pod (kubeadm runs a kubelet on every host it sets up). Such a node is
+    /// tainted like a control-plane node, so workloads stay off it.
+    pub fn runs_kubelet(&self, host: &Host) -> bool {
+        host.has(Role::ControlPlane)
+            || host.has(Role::Worker)
+            || (self.static_pods() && host.has(Role::Etcd))
+    }
+
+    /// An etcd host that is a node only because of static-pods mode (no other node role).
+    pub fn is_etcd_only_node(&self, host: &Host) -> bool {
+        self.runs_kubelet(host) && !host.has(Role::ControlPlane) && !host.has(Role::Worker)
     }
 
     /// Hosts that run keepalived + haproxy in `vip` mode: the `lb` hosts, else the control plane.

@@ -356,7 +356,12 @@ impl Validator<'_> {
                 let nodes = spec
                     .hosts
                     .iter()
-                    .filter(|h| h.has(Role::ControlPlane) || h.has(Role::Worker))
+                    .filter(|h| {
+                        h.has(Role::ControlPlane)
+                            || h.has(Role::Worker)
+                            || (spec.control_plane.mode == ControlPlaneMode::StaticPods
+                                && h.has(Role::Etcd))
+                    })
                     .count() as u64;
                 if nodes > capacity {
                     self.error(

@@ -1,16 +1,24 @@
 //! control-plane: kube-apiserver, kube-controller-manager and kube-scheduler as systemd units
-//! running the bundle's binaries (the static-pod layout comes with the nodes work).
+//! running the bundle's binaries, or in static-pods mode as static pods run by the host's
+//! kubelet (which this phase then sets up first, with containerd and the images).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 
-use super::{Action, Context, Executor, Order, Phase, PhasePlan, Source};
+use super::{Action, Context, Executor, Order, Phase, PhasePlan, Source, static_pods};
 use crate::inventory::{Host, Inventory, Role};
-use crate::render::host_vars;
+use crate::render::{component_vars, host_vars};
 
 pub struct ControlPlane;
+
+/// The control plane's programs, in start order.
+pub const COMPONENTS: [&str; 3] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
 /// An HTTPS client with the admin identity of `clusters/<name>/kubeconfig/admin.conf`.
 pub fn admin_client(ctx: &Context) -> anyhow::Result<reqwest::Client> {
@@ -46,76 +54,119 @@ impl Phase for ControlPlane {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
+        let static_pods = inv.static_pods();
         let mut plan = PhasePlan::new(self, Order::Rolling);
-        let api = ["kube-apiserver.service"];
+        // In systemd mode a changed policy or key restarts the apiserver's unit; in static-pods
+        // mode it changes the manifest (its inputs hash), and the kubelet replaces the pod.
+        let api: &[&str] = if static_pods {
+            &[]
+        } else {
+            &["kube-apiserver.service"]
+        };
         for h in ctx.hosts_where(|h| h.has(Role::ControlPlane)) {
             let vars = host_vars(inv, h);
-            let mut a = vec![Action::dir("/var/log/kubernetes", 0o750)];
+            let mut a = vec![static_pods::mode_guard(inv, &COMPONENTS)];
+            if static_pods {
+                // Their kubelet runs the control plane: containerd (with the images) and the
+                // kubelet first (already there on etcd hosts: no change).
+                a.extend(super::runtime::host_actions(ctx, h)?);
+                a.extend(super::kubelet::host_actions(ctx, h)?);
+            }
+            a.push(Action::dir("/var/log/kubernetes", 0o750));
+            let mut rendered = Vec::new();
             if inv.spec.control_plane.audit_log {
                 let policy = ctx
                     .render
                     .render("kube-apiserver/audit-policy.yaml", &vars)?;
-                a.push(Action::rendered(
+                let f = Action::rendered(
                     "/etc/kubernetes/audit-policy.yaml",
                     0o600,
                     "kube-apiserver/audit-policy.yaml",
                     policy,
-                    &api,
-                ));
+                    api,
+                );
+                if let Action::File {
+                    path,
+                    sha256: Some(sha),
+                    ..
+                } = &f
+                {
+                    rendered.push((path.clone(), sha.clone()));
+                }
+                a.push(f);
             }
             if inv.spec.control_plane.encrypt_secrets {
                 a.push(Action::File {
                     path: "/etc/kubernetes/encryption-config.yaml".into(),
                     mode: super::Mode(0o600),
                     source: Source::Local {
-                        path: ctx.state.pki().join("encryption-config.yaml"),
+                        path: ctx.state.pki().join(super::pki::ENCRYPTION_CONFIG),
                     },
                     sha256: None,
                     size: None,
-                    restarts: vec![api[0].into()],
+                    restarts: api.iter().map(|u| u.to_string()).collect(),
                 });
             }
-            for (tpl, unit) in [
-                (
-                    "kube-apiserver/kube-apiserver.service",
-                    "kube-apiserver.service",
-                ),
-                (
-                    "kube-controller-manager/kube-controller-manager.service",
-                    "kube-controller-manager.service",
-                ),
-                (
-                    "kube-scheduler/kube-scheduler.service",
-                    "kube-scheduler.service",
-                ),
-            ] {
-                let text = ctx.render.render(tpl, &vars)?;
+            for c in COMPONENTS {
+                if static_pods {
+                    let inputs: &[(String, String)] = if c == "kube-apiserver" {
+                        &rendered
+                    } else {
+                        &[]
+                    };
+                    a.push(static_pods::manifest(ctx, h, c, inputs)?);
+                    continue;
+                }
+                let tpl = format!("{c}/{c}.service");
+                let unit = format!("{c}.service");
+                let text = ctx
+                    .render
+                    .render(&tpl, &component_vars(&ctx.render, inv, h, c)?)?;
                 a.push(Action::rendered(
                     format!("/etc/systemd/system/{unit}"),
                     0o644,
-                    tpl,
+                    &tpl,
                     text,
-                    &[unit],
+                    &[&unit],
                 ));
             }
-            for unit in [
-                "kube-apiserver.service",
-                "kube-controller-manager.service",
-                "kube-scheduler.service",
-            ] {
-                a.push(Action::service(unit));
+            if !static_pods {
+                for c in COMPONENTS {
+                    a.push(Action::service(&format!("{c}.service")));
+                }
             }
             plan.host(h, a);
         }
+        if static_pods && !plan.hosts.is_empty() {
+            plan.notes.push(
+                "static-pods mode: containerd and the kubelet start here first; the kubelet runs the control plane from /etc/kubernetes/manifests".into(),
+            );
+            plan.notes
+                .extend(static_pods::image_notes(ctx, &COMPONENTS)?);
+        }
         Ok(plan)
+    }
+    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
+        // Static pods: the control plane runs where its manifests are (on etcd hosts the
+        // kubelet runs already: fresh apiservers still start together).
+        ctx.inv()
+            .static_pods()
+            .then(|| static_pods::running_check(&COMPONENTS))
     }
     fn verify<'a>(
         &'a self,
         ctx: &'a Context,
         host: &'a Host,
-        _exec: &'a dyn Executor,
+        exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
+            if ctx.inv().static_pods() {
+                // The kubelet replaces a changed pod on its own time (after the old one's
+                // grace period): wait for the new processes, else the old apiserver would
+                // answer /readyz and the next host would go while this one restarts.
+                static_pods::wait_replaced(exec, host, &COMPONENTS, Duration::from_secs(120))
+                    .await?;
+            }
             let client = admin_client(ctx)?;
             super::health::wait_ok(
                 &client,

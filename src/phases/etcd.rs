@@ -1,11 +1,15 @@
 //! etcd: one TLS member per `etcd` host, all started together (a member waits for a quorum),
-//! then a health gate over TLS with the healthcheck-client certificate.
+//! then a health gate over TLS with the healthcheck-client certificate. A systemd unit, or in
+//! static-pods mode a static pod run by the host's kubelet (which this phase then sets up
+//! first, with containerd).
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{Action, Context, Executor, Order, Phase, PhasePlan};
+use super::{Action, Context, Executor, Order, Phase, PhasePlan, static_pods};
 use crate::inventory::{Host, Role};
-use crate::render::host_vars;
+use crate::render::component_vars;
 
 pub struct Etcd;
 
@@ -27,15 +31,23 @@ impl Phase for Etcd {
         "TLS etcd members, started together, health-gated"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::Rolling);
+        let data_dir = &inv.spec.etcd.data_dir;
         for h in ctx.hosts_where(|h| h.has(Role::Etcd)) {
-            let unit = ctx
-                .render
-                .render("etcd/etcd.service", &host_vars(ctx.inv(), h))?;
-            plan.host(
-                h,
-                vec![
-                    Action::dir(&ctx.inv().spec.etcd.data_dir, 0o700),
+            let mut a = vec![static_pods::mode_guard(inv, &["etcd"])];
+            if inv.static_pods() {
+                // The kubelet runs the member: containerd (with the etcd image) and the kubelet
+                // first, then the manifest (the data directory made before, with etcd's mode).
+                a.extend(super::runtime::host_actions(ctx, h)?);
+                a.extend(super::kubelet::host_actions(ctx, h)?);
+                a.push(Action::dir(data_dir, 0o700));
+                a.push(static_pods::manifest(ctx, h, "etcd", &[])?);
+            } else {
+                let vars = component_vars(&ctx.render, inv, h, "etcd")?;
+                let unit = ctx.render.render("etcd/etcd.service", &vars)?;
+                a.extend([
+                    Action::dir(data_dir, 0o700),
                     Action::rendered(
                         "/etc/systemd/system/etcd.service",
                         0o644,
@@ -44,18 +56,37 @@ impl Phase for Etcd {
                         &["etcd.service"],
                     ),
                     Action::service("etcd.service"),
-                ],
+                ]);
+            }
+            plan.host(h, a);
+        }
+        if inv.static_pods() && !plan.hosts.is_empty() {
+            plan.notes.push(
+                "static-pods mode: containerd and the kubelet start here first; the kubelet runs etcd from /etc/kubernetes/manifests/etcd.yaml".into(),
             );
+            plan.notes.extend(static_pods::image_notes(ctx, &["etcd"])?);
         }
         Ok(plan)
     }
+    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
+        // Static pods: a member runs where its manifest is (containerd and the kubelet may
+        // run on a fresh host already; the members of a new cluster must start together).
+        ctx.inv()
+            .static_pods()
+            .then(|| static_pods::running_check(&["etcd"]))
+    }
     fn verify<'a>(
         &'a self,
-        _ctx: &'a Context,
+        ctx: &'a Context,
         host: &'a Host,
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
+            if ctx.inv().static_pods() {
+                // The kubelet starts (or replaces) the pod on its own time: wait for the new
+                // process before asking the member, else the old one would answer.
+                static_pods::wait_replaced(exec, host, &["etcd"], Duration::from_secs(120)).await?;
+            }
             let cmd = health_command(host);
             let mut last = String::new();
             for _ in 0..30 {
@@ -64,7 +95,7 @@ impl Phase for Etcd {
                     return Ok(vec![]);
                 }
                 last = format!("{}{}", o.stdout.trim(), o.stderr.trim());
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             anyhow::bail!(
                 "etcd member on {} not healthy after 30 s: {last}",

@@ -212,8 +212,37 @@ pub async fn converge(
     let mut dirty_units: BTreeSet<String> = BTreeSet::new();
     let mut unit_files_changed = false;
     let mut failed_checks = Vec::new();
-    // Directories first, then every file that differs in one batch, then services, commands
-    // and checks in plan order.
+    // Checks that open the plan are guards: they run before anything changes, and a failed
+    // one stops the host untouched (e.g. a component already running under the other
+    // control-plane mode). Then directories, every file that differs in one batch, then
+    // services, commands and the other checks in plan order.
+    let guards = plan
+        .actions
+        .iter()
+        .take_while(|a| matches!(a, Action::Check { .. }))
+        .count();
+    for a in &plan.actions[..guards] {
+        if let Action::Check {
+            description,
+            command,
+            warn_only,
+        } = a
+        {
+            check(
+                exec,
+                host,
+                description,
+                command,
+                *warn_only,
+                &mut ch,
+                &mut failed_checks,
+            )
+            .await?;
+        }
+    }
+    if !failed_checks.is_empty() {
+        bail!("{}", failed_checks.join("; "));
+    }
     for a in &plan.actions {
         if let Action::Directory { path, mode } = a
             && far.dirs.get(path).map(|m| m.trim_start_matches('0'))
@@ -259,7 +288,7 @@ pub async fn converge(
         ch.bytes_sent += exec.put_many(host, &batch).await?;
         ch.files_written += batch.len();
     }
-    for a in &plan.actions {
+    for a in &plan.actions[guards..] {
         match a {
             Action::Directory { .. } | Action::File { .. } => {}
             Action::Service { unit, reload } => {
@@ -316,24 +345,16 @@ pub async fn converge(
                 command,
                 warn_only,
             } => {
-                let o = exec.query(host, command).await?;
-                if o.status != 0 {
-                    let detail = if o.stderr.trim().is_empty() {
-                        o.stdout.trim()
-                    } else {
-                        o.stderr.trim()
-                    };
-                    let msg = if detail.is_empty() {
-                        description.clone()
-                    } else {
-                        format!("{description}: {detail}")
-                    };
-                    if *warn_only {
-                        ch.warnings.push(msg);
-                    } else {
-                        failed_checks.push(msg);
-                    }
-                }
+                check(
+                    exec,
+                    host,
+                    description,
+                    command,
+                    *warn_only,
+                    &mut ch,
+                    &mut failed_checks,
+                )
+                .await?;
             }
         }
     }
@@ -356,6 +377,37 @@ pub async fn converge(
         bail!("{}", failed_checks.join("; "));
     }
     Ok(ch)
+}
+
+/// Runs one check: a failure becomes a warning (`warn_only`) or joins `failed`.
+async fn check(
+    exec: &dyn Executor,
+    host: &Host,
+    description: &str,
+    command: &str,
+    warn_only: bool,
+    ch: &mut HostChanges,
+    failed: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let o = exec.query(host, command).await?;
+    if o.status != 0 {
+        let detail = if o.stderr.trim().is_empty() {
+            o.stdout.trim()
+        } else {
+            o.stderr.trim()
+        };
+        let msg = if detail.is_empty() {
+            description.to_string()
+        } else {
+            format!("{description}: {detail}")
+        };
+        if warn_only {
+            ch.warnings.push(msg);
+        } else {
+            failed.push(msg);
+        }
+    }
+    Ok(())
 }
 
 /// The gist of a failed command's output for a message.
@@ -843,6 +895,39 @@ mod tests {
             b"[Service]\nExecStart=/bin/demo --old\n",
             "a dry run changes nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_leading_check_stops_the_host_before_any_change() {
+        let fake = FakeHosts::default();
+        let h = host();
+        let mut p = plan("v1");
+        p.actions.insert(
+            0,
+            Action::check("no old unit here", "test -e /etc/guard-ok"),
+        );
+        let e = converge(&fake, &h, &p, &resolve).await.unwrap_err();
+        assert!(e.to_string().contains("no old unit here"), "{e}");
+        assert!(fake.files.lock().unwrap().is_empty(), "nothing written");
+        assert!(fake.dirs.lock().unwrap().is_empty(), "no directory made");
+        assert!(fake.log.lock().unwrap().is_empty(), "no command run");
+        // The same check later in the plan runs after the changes (and still fails the host).
+        let mut p = plan("v1");
+        p.actions
+            .push(Action::check("no old unit here", "test -e /etc/guard-ok"));
+        assert!(converge(&fake, &h, &p, &resolve).await.is_err());
+        assert_eq!(fake.files.lock().unwrap().len(), 1);
+        // Once it holds, the guarded plan converges.
+        fake.files
+            .lock()
+            .unwrap()
+            .insert((h.name.clone(), "/etc/guard-ok".into()), vec![]);
+        let mut p = plan("v1");
+        p.actions.insert(
+            0,
+            Action::check("no old unit here", "test -e /etc/guard-ok"),
+        );
+        assert!(converge(&fake, &h, &p, &resolve).await.is_ok());
     }
 
     #[test]

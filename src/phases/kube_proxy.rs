@@ -4,14 +4,10 @@
 use futures::future::BoxFuture;
 
 use super::{Action, Context, Executor, Order, Phase, PhasePlan};
-use crate::inventory::{Host, Role};
+use crate::inventory::Host;
 use crate::render::host_vars;
 
 pub struct KubeProxy;
-
-fn is_node(h: &Host) -> bool {
-    h.has(Role::ControlPlane) || h.has(Role::Worker)
-}
 
 impl Phase for KubeProxy {
     fn name(&self) -> &'static str {
@@ -24,7 +20,7 @@ impl Phase for KubeProxy {
         let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::Rolling);
         let unit = "kube-proxy.service";
-        for h in ctx.hosts_where(is_node) {
+        for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
             let vars = host_vars(inv, h);
             plan.host(
                 h,

@@ -17,18 +17,18 @@ use crate::render::{host_vars, node_taints};
 
 pub struct Kubelet;
 
-fn is_node(h: &Host) -> bool {
-    h.has(Role::ControlPlane) || h.has(Role::Worker)
-}
-
 /// The labels clusterctl keeps on `h`'s node: the inventory's, plus the control-plane role
-/// labels of the version.
+/// labels of the version (or the etcd role label on an etcd-only node).
 pub fn node_labels(inv: &Inventory, h: &Host) -> BTreeMap<String, String> {
     let mut l = h.labels.clone();
     if h.has(Role::ControlPlane) {
         for k in inv.kube_version().control_plane_labels() {
             l.entry(k.to_string()).or_default();
         }
+    }
+    if inv.is_etcd_only_node(h) {
+        l.entry(crate::render::ETCD_NODE_LABEL.to_string())
+            .or_default();
     }
     l
 }
@@ -105,6 +105,37 @@ fn node_path(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
 
+/// The kubelet on `h`: its config, its unit, running. The kubelet phase plans this on every
+/// node; in static-pods mode the etcd and control-plane phases plan the same actions first on
+/// their hosts (the kubelet runs their static pods from /etc/kubernetes/manifests), so the
+/// kubelet phase finds nothing left to do there but its gate.
+pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
+    let vars = host_vars(ctx.inv(), h);
+    let unit = "kubelet.service";
+    Ok(vec![
+        Action::dir("/var/lib/kubelet", 0o700),
+        Action::dir(MANIFESTS, 0o755),
+        Action::rendered(
+            "/var/lib/kubelet/config.yaml",
+            0o644,
+            "kubelet/kubelet-config.yaml",
+            ctx.render.render("kubelet/kubelet-config.yaml", &vars)?,
+            &[unit],
+        ),
+        Action::rendered(
+            format!("/etc/systemd/system/{unit}"),
+            0o644,
+            "kubelet/kubelet.service",
+            ctx.render.render("kubelet/kubelet.service", &vars)?,
+            &[unit],
+        ),
+        Action::service(unit),
+    ])
+}
+
+/// The kubelet's `staticPodPath`.
+pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
+
 impl Phase for Kubelet {
     fn name(&self) -> &'static str {
         "kubelet"
@@ -115,31 +146,8 @@ impl Phase for Kubelet {
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::Rolling);
-        let unit = "kubelet.service";
-        for h in ctx.hosts_where(is_node) {
-            let vars = host_vars(inv, h);
-            plan.host(
-                h,
-                vec![
-                    Action::dir("/var/lib/kubelet", 0o700),
-                    Action::dir("/etc/kubernetes/manifests", 0o755),
-                    Action::rendered(
-                        "/var/lib/kubelet/config.yaml",
-                        0o644,
-                        "kubelet/kubelet-config.yaml",
-                        ctx.render.render("kubelet/kubelet-config.yaml", &vars)?,
-                        &[unit],
-                    ),
-                    Action::rendered(
-                        format!("/etc/systemd/system/{unit}"),
-                        0o644,
-                        "kubelet/kubelet.service",
-                        ctx.render.render("kubelet/kubelet.service", &vars)?,
-                        &[unit],
-                    ),
-                    Action::service(unit),
-                ],
-            );
+        for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
+            plan.host(h, host_actions(ctx, h)?);
             let labels = node_labels(inv, h);
             if !labels.is_empty() {
                 plan.local.push(format!(
@@ -201,7 +209,7 @@ impl Phase for Kubelet {
             };
             let api = crate::kube::Client::admin(ctx)?;
             let mut report = Vec::new();
-            for h in ctx.hosts_where(is_node) {
+            for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
                 let node = match api.get(&node_path(&h.name)).await {
                     Ok(n) => n,
                     Err(e) if dry_run => {
@@ -287,6 +295,55 @@ mod tests {
                 Some("10.244.9.0/24"), // a set podCIDR is never changed
             )
             .is_none()
+        );
+    }
+
+    #[test]
+    fn an_etcd_only_host_is_a_tainted_etcd_node_in_static_pods_mode_only() {
+        let text = |mode: &str| {
+            format!(
+                "apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {{name: t}}
+spec:
+  kubernetesVersion: v1.20.2
+  controlPlane: {{mode: {mode}}}
+  hosts:
+    - {{name: cp1, address: 10.77.0.11, roles: [control-plane]}}
+    - {{name: e1, address: 10.77.0.21, roles: [etcd]}}
+    - {{name: w1, address: 10.77.0.31, roles: [worker]}}
+"
+            )
+        };
+        let load = |mode: &str| {
+            crate::inventory::load_str(&text(mode), std::path::Path::new("t.yaml"))
+                .unwrap()
+                .inventory
+        };
+        let inv = load("static-pods");
+        let e1 = inv.host("e1").unwrap();
+        let names: Vec<&str> = inv.node_hosts().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["cp1", "e1", "w1"]);
+        assert_eq!(
+            node_labels(&inv, e1).keys().collect::<Vec<_>>(),
+            ["node-role.kubernetes.io/etcd"]
+        );
+        assert_eq!(
+            node_taints(&inv, e1),
+            ["node-role.kubernetes.io/etcd:NoSchedule"]
+        );
+        assert_eq!(
+            crate::phases::prepare::bundle_roles(&inv, e1),
+            [Role::Etcd, Role::Lb, Role::Worker],
+            "a node's bundle items, and (local-proxy, the default) its haproxy to reach the API"
+        );
+        assert!(node_taints(&inv, inv.host("w1").unwrap()).is_empty());
+        let inv = load("systemd");
+        let names: Vec<&str> = inv.node_hosts().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["cp1", "w1"]);
+        assert_eq!(
+            crate::phases::prepare::bundle_roles(&inv, inv.host("e1").unwrap()),
+            [Role::Etcd]
         );
     }
 

@@ -66,7 +66,7 @@ impl Phase for LoadBalancer {
                 }
             }
             HaMode::LocalProxy => {
-                for h in ctx.hosts_where(|h| h.has(Role::ControlPlane) || h.has(Role::Worker)) {
+                for h in ctx.hosts_where(|h| inv.runs_kubelet(h)) {
                     let vars = host_vars(inv, h);
                     plan.host(
                         h,

@@ -29,6 +29,7 @@ pub mod prepare;
 pub mod runner;
 pub mod runtime;
 pub mod ssh_exec;
+pub mod static_pods;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -147,7 +148,9 @@ pub enum Action {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         warn_only: bool,
     },
-    /// A read-only check; a non-zero exit is a problem reported with `description`.
+    /// A read-only check; a non-zero exit is a problem reported with `description`. Checks
+    /// that open a host's plan are guards: they run before anything on the host changes, and
+    /// a failed one leaves the host untouched.
     Check {
         description: String,
         command: String,
@@ -310,6 +313,14 @@ pub trait Phase: Send + Sync {
         _exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
+    }
+    /// For `Order::Rolling`: a read-only shell command that succeeds when what this phase runs
+    /// already runs on `host`, which then goes one at a time behind the gate. None (default):
+    /// one of the units the host's plan manages or restarts is active. A phase whose program
+    /// is no unit of its own (a static pod) says what counts instead: containerd, which the
+    /// bundle's package starts on install, does not make an etcd member "running".
+    fn running_check(&self, _ctx: &Context, _host: &Host) -> Option<String> {
+        None
     }
     /// Work through the cluster's API after every host of the phase converged and passed its
     /// gate (e.g. apply add-ons, label nodes). With `dry_run` it must change nothing and say

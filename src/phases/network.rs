@@ -16,17 +16,13 @@ use ipnet::IpNet;
 
 use super::{Action, Context, Order, Phase, PhasePlan};
 use crate::bundle::Kind;
-use crate::inventory::{Cni, Host, Inventory, Role};
+use crate::inventory::{Cni, Host, Inventory};
 use crate::render::host_vars;
 
 pub struct Network;
 
 /// The file under the state dir that records each node's pod CIDR.
 pub const POD_CIDRS_FILE: &str = "pod-cidrs.yaml";
-
-fn is_node(h: &Host) -> bool {
-    h.has(Role::ControlPlane) || h.has(Role::Worker)
-}
 
 /// Gives every node in `nodes` without a slice the lowest free `/mask` of `cluster`. Slices
 /// already recorded (also those of nodes that left the inventory) are kept and never reused.
@@ -154,7 +150,7 @@ impl Phase for Network {
         } else {
             BTreeMap::new()
         };
-        for h in ctx.hosts_where(is_node) {
+        for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
             let mut a = vec![Action::dir("/etc/cni/net.d", 0o755)];
             let items = super::prepare::items_for(ctx, h)?;
             match items

@@ -19,7 +19,7 @@ pub struct Pki;
 pub const ENCRYPTION_CONFIG: &str = "encryption-config.yaml";
 
 /// Units that must reload when a PKI file at `remote` changes.
-fn units_for(remote: &Path) -> Vec<&'static str> {
+pub(crate) fn units_for(remote: &Path) -> Vec<&'static str> {
     let p = remote.to_string_lossy();
     let name = remote
         .file_name()
@@ -165,19 +165,22 @@ impl Phase for Pki {
         host: &'a Host,
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
-        // Whatever runs on the host must be healthy again before the next host is touched.
+        // Whatever runs on the host must be healthy again before the next host is touched: a
+        // unit that is active, or (static-pods mode) a static pod with a manifest.
         Box::pin(async move {
             let o = exec
                 .query(
                     host,
-                    "systemctl is-active etcd.service kube-apiserver.service 2>/dev/null; true",
+                    "for c in etcd kube-apiserver; do \
+                       if systemctl is-active --quiet $c.service || [ -e /etc/kubernetes/manifests/$c.yaml ]; \
+                       then echo \"$c runs\"; fi; done",
                 )
                 .await?;
-            let mut lines = o.stdout.lines();
-            if lines.next() == Some("active") {
+            let runs = |c: &str| o.stdout.lines().any(|l| l == format!("{c} runs"));
+            if runs("etcd") {
                 super::etcd::Etcd.verify(ctx, host, exec).await?;
             }
-            if lines.next() == Some("active") {
+            if runs("kube-apiserver") {
                 super::control_plane::ControlPlane
                     .verify(ctx, host, exec)
                     .await?;

@@ -42,7 +42,11 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
     let any = || "0.0.0.0".to_string();
     let mut p = Vec::new();
     if h.has(Role::Etcd) {
-        p.extend([(any(), 2379, "etcd"), (any(), 2380, "etcd")]);
+        p.extend([
+            (any(), 2379, "etcd"),
+            (any(), 2380, "etcd"),
+            ("127.0.0.1".into(), 2381, "etcd"),
+        ]);
     }
     let local_proxy = spec.ha.mode == HaMode::LocalProxy;
     if h.has(Role::ControlPlane) {
@@ -58,7 +62,7 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
             (any(), 10259, "kube-scheduler"),
         ]);
     }
-    if h.has(Role::ControlPlane) || h.has(Role::Worker) {
+    if ctx.inv().runs_kubelet(h) {
         p.push((any(), 10250, "kubelet"));
     }
     match spec.ha.mode {
@@ -69,7 +73,7 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
                 "haproxy",
             ));
         }
-        HaMode::LocalProxy if h.has(Role::ControlPlane) || h.has(Role::Worker) => {
+        HaMode::LocalProxy if ctx.inv().runs_kubelet(h) => {
             p.push(("127.0.0.1".into(), spec.ha.local_proxy_port, "haproxy"));
         }
         _ => {}

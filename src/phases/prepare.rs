@@ -21,16 +21,22 @@ const SYSCTLS_MATCH: &str = "grep -v '^#' /etc/sysctl.d/90-kubernetes.conf | tr 
 pub const DEB_DIR: &str = "/var/cache/clusterctl/debs";
 
 /// Roles used to pick bundle items: a host that runs a load balancer for the HA mode (the VIP
-/// holders, or every node in local-proxy mode) needs the `lb` items too.
+/// holders, or every node in local-proxy mode) needs the `lb` items too, an etcd-only node
+/// (static-pods mode) the worker's.
 pub fn bundle_roles(inv: &Inventory, h: &Host) -> Vec<Role> {
     let mut roles = h.roles.clone();
     let runs_lb = match inv.spec.ha.mode {
         HaMode::Vip => inv.lb_hosts().iter().any(|l| l.name == h.name),
-        HaMode::LocalProxy => h.has(Role::ControlPlane) || h.has(Role::Worker),
+        HaMode::LocalProxy => inv.runs_kubelet(h),
         HaMode::External => false,
     };
     if runs_lb && !roles.contains(&Role::Lb) {
         roles.push(Role::Lb);
+    }
+    // An etcd-only node of static-pods mode needs what every node needs (containerd, runc,
+    // kubelet, kube-proxy, CNI plugins, pause): the worker's items.
+    if inv.is_etcd_only_node(h) {
+        roles.push(Role::Worker);
     }
     roles
 }

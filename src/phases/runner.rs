@@ -116,7 +116,12 @@ impl Runner {
                 Order::OneAtATime => (Vec::new(), hosts.clone()),
                 Order::Rolling => {
                     let running = futures::stream::iter(hosts.iter().map(|&(h, hp)| async move {
-                        (h.name.clone(), runs_any(exec, h, hp).await)
+                        let runs = match phase.running_check(ctx, h) {
+                            // A failed query counts as running, the safe side.
+                            Some(cmd) => exec.query(h, &cmd).await.map_or(true, |o| o.status == 0),
+                            None => runs_any(exec, h, hp).await,
+                        };
+                        (h.name.clone(), runs)
                     }))
                     .buffer_unordered(concurrency)
                     .collect::<BTreeMap<String, bool>>()

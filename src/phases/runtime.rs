@@ -4,7 +4,7 @@
 
 use super::{Action, Context, Order, Phase, PhasePlan};
 use crate::bundle::Kind;
-use crate::inventory::{ControlPlaneMode, Host, Role};
+use crate::inventory::Host;
 use crate::render::host_vars;
 
 pub struct Runtime;
@@ -23,14 +23,64 @@ const STATIC_POD_REPOS: &[&str] = &[
 /// `k8s.gcr.io/kube-apiserver:v1.20.2` -> true: the repository's last path element is one
 /// of the control plane's.
 fn is_static_pod_image(reference: &str) -> bool {
-    let repo = reference.split('@').next().unwrap_or("");
-    let last = repo.rsplit('/').next().unwrap_or("");
-    let name = last.split(':').next().unwrap_or("");
-    STATIC_POD_REPOS.contains(&name)
+    STATIC_POD_REPOS.contains(&super::static_pods::repo_and_tag(reference).0)
 }
 
-fn is_node(h: &Host) -> bool {
-    h.has(Role::ControlPlane) || h.has(Role::Worker)
+/// containerd on `h`, configured, running and answering, with the bundle's images the host
+/// needs imported (the static-pod images only in static-pods mode). The runtime phase plans
+/// this on every node; in static-pods mode the etcd and control-plane phases plan the same
+/// actions first on their hosts (their kubelet runs the static pods), so the runtime phase
+/// finds nothing left to do there.
+pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
+    let inv = ctx.inv();
+    let vars = host_vars(inv, h);
+    let mut a = vec![
+        Action::dir("/etc/containerd", 0o755),
+        Action::dir("/etc/containerd/certs.d", 0o755),
+        Action::rendered(
+            "/etc/containerd/config.toml",
+            0o644,
+            "containerd/config.toml",
+            ctx.render.render("containerd/config.toml", &vars)?,
+            &["containerd.service"],
+        ),
+    ];
+    for (registry, endpoints) in &inv.spec.container_runtime.registry_mirrors {
+        let mut v = vars.clone();
+        v.insert(
+            "mirror",
+            &serde_json::json!({
+                "registry": registry,
+                "server": if registry == "docker.io" { "https://registry-1.docker.io".to_string() } else { format!("https://{registry}") },
+                "endpoints": endpoints,
+            }),
+        );
+        let dir = format!("/etc/containerd/certs.d/{registry}");
+        a.push(Action::dir(&dir, 0o755));
+        // containerd reads hosts.toml on each pull: no restart.
+        a.push(Action::rendered(
+            format!("{dir}/hosts.toml"),
+            0o644,
+            "containerd/hosts.toml",
+            ctx.render.render("containerd/hosts.toml", &v)?,
+            &[],
+        ));
+    }
+    a.push(Action::service("containerd.service"));
+    // Right after a (re)start the socket takes a moment: the imports need it.
+    a.push(Action::check(
+        "containerd answers on /run/containerd/containerd.sock",
+        WAIT_CONTAINERD,
+    ));
+    let static_pods = inv.static_pods();
+    let items = super::prepare::items_for(ctx, h)?;
+    let images: Vec<_> = items
+        .into_iter()
+        .filter(|i| i.kind == Kind::Image)
+        .filter(|i| static_pods || !is_static_pod_image(i.image.as_deref().unwrap_or("")))
+        .collect();
+    a.extend(super::prepare::image_actions(&images)?);
+    Ok(a)
 }
 
 impl Phase for Runtime {
@@ -41,59 +91,11 @@ impl Phase for Runtime {
         "containerd configured for the kubelet, images imported from the bundle"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
-        let inv = ctx.inv();
         // A restart of containerd leaves running containers alone, but nodes that run it
         // still go one at a time behind the gate.
         let mut plan = PhasePlan::new(self, Order::Rolling);
-        let static_pods = inv.spec.control_plane.mode == ControlPlaneMode::StaticPods;
-        for h in ctx.hosts_where(is_node) {
-            let vars = host_vars(inv, h);
-            let mut a = vec![
-                Action::dir("/etc/containerd", 0o755),
-                Action::dir("/etc/containerd/certs.d", 0o755),
-                Action::rendered(
-                    "/etc/containerd/config.toml",
-                    0o644,
-                    "containerd/config.toml",
-                    ctx.render.render("containerd/config.toml", &vars)?,
-                    &["containerd.service"],
-                ),
-            ];
-            for (registry, endpoints) in &inv.spec.container_runtime.registry_mirrors {
-                let mut v = vars.clone();
-                v.insert(
-                    "mirror",
-                    &serde_json::json!({
-                        "registry": registry,
-                        "server": if registry == "docker.io" { "https://registry-1.docker.io".to_string() } else { format!("https://{registry}") },
-                        "endpoints": endpoints,
-                    }),
-                );
-                let dir = format!("/etc/containerd/certs.d/{registry}");
-                a.push(Action::dir(&dir, 0o755));
-                // containerd reads hosts.toml on each pull: no restart.
-                a.push(Action::rendered(
-                    format!("{dir}/hosts.toml"),
-                    0o644,
-                    "containerd/hosts.toml",
-                    ctx.render.render("containerd/hosts.toml", &v)?,
-                    &[],
-                ));
-            }
-            a.push(Action::service("containerd.service"));
-            // Right after a (re)start the socket takes a moment: the imports need it.
-            a.push(Action::check(
-                "containerd answers on /run/containerd/containerd.sock",
-                WAIT_CONTAINERD,
-            ));
-            let items = super::prepare::items_for(ctx, h)?;
-            let images: Vec<_> = items
-                .into_iter()
-                .filter(|i| i.kind == Kind::Image)
-                .filter(|i| static_pods || !is_static_pod_image(i.image.as_deref().unwrap_or("")))
-                .collect();
-            a.extend(super::prepare::image_actions(&images)?);
-            plan.host(h, a);
+        for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
+            plan.host(h, host_actions(ctx, h)?);
         }
         if ctx.bundle.is_none() {
             plan.notes.push(

@@ -521,7 +521,8 @@ pub fn key_path(base: &Path) -> PathBuf {
 }
 
 /// Every PKI file and kubeconfig `host` needs, local (relative to the state dir) to remote.
-/// Workers never get a CA key; etcd-only hosts get only etcd certs; lb-only hosts get nothing.
+/// Workers never get a CA key; etcd-only hosts get only etcd certs (in static-pods mode also
+/// what their kubelet and kube-proxy need: they are nodes); lb-only hosts get nothing.
 pub fn files_for_host(inv: &Inventory, host: &Host) -> Vec<HostFile> {
     let pki = Path::new("pki");
     let mut out = Vec::new();
@@ -535,7 +536,10 @@ pub fn files_for_host(inv: &Inventory, host: &Host) -> Vec<HostFile> {
     for ca in Ca::ALL {
         let base = Path::new(ca.base());
         let rbase = Path::new(REMOTE_PKI).join(ca.base());
-        if ca.cert_to().iter().any(|r| host.has(*r)) {
+        // Every kubelet verifies clients against the cluster CA.
+        if ca.cert_to().iter().any(|r| host.has(*r))
+            || (ca == Ca::Cluster && inv.runs_kubelet(host))
+        {
             add(pki.join(crt_path(base)), crt_path(&rbase), CERT_MODE);
         }
         if ca.key_to().iter().any(|r| host.has(*r)) {
@@ -714,6 +718,53 @@ spec:
         )));
         let remote_set: BTreeSet<_> = ce.iter().collect();
         assert_eq!(remote_set.len(), ce.len(), "no remote path twice");
+    }
+
+    #[test]
+    fn etcd_only_host_of_static_pods_mode_is_a_node() {
+        let text = INV.replace(
+            "  ha: {mode: vip",
+            "  controlPlane: {mode: static-pods}\n  ha: {mode: vip",
+        );
+        let inv = load_str(&text, Path::new("t.yaml")).unwrap().inventory;
+        let e1 = inv.host("e1").unwrap();
+        assert!(inv.runs_kubelet(e1) && inv.is_etcd_only_node(e1));
+        let mut got: Vec<String> = files_for_host(&inv, e1)
+            .into_iter()
+            .map(|f| f.remote.display().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "/etc/kubernetes/kube-proxy.conf",
+                "/etc/kubernetes/kubelet.conf",
+                "/etc/kubernetes/pki/ca.crt",
+                "/etc/kubernetes/pki/etcd/ca.crt",
+                "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+                "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+                "/etc/kubernetes/pki/etcd/peer.crt",
+                "/etc/kubernetes/pki/etcd/peer.key",
+                "/etc/kubernetes/pki/etcd/server.crt",
+                "/etc/kubernetes/pki/etcd/server.key",
+                "/var/lib/kubelet/pki/kubelet.crt",
+                "/var/lib/kubelet/pki/kubelet.key",
+            ]
+        );
+        // Its kubelet's client certificate names the node, like every other node's.
+        let list = cert_list(&inv);
+        let kc = list.iter().find(|c| c.name == "kubelet-client@e1").unwrap();
+        assert_eq!(kc.common_name, "system:node:e1");
+        assert_eq!(kc.organizations, ["system:nodes"]);
+        // Control-plane and worker hosts get the same files in both modes.
+        let systemd = load_str(INV, Path::new("t.yaml")).unwrap().inventory;
+        for h in ["cp1", "ce", "w1", "lb1"] {
+            assert_eq!(
+                files_for_host(&inv, inv.host(h).unwrap()),
+                files_for_host(&systemd, systemd.host(h).unwrap()),
+                "{h}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-pub use vars::{DEFAULT_VIP_INTERFACE, host_vars, node_taints};
+pub use vars::{DEFAULT_VIP_INTERFACE, ETCD_NODE_LABEL, ETCD_NODE_TAINT, host_vars, node_taints};
+
+/// The components whose flags live in one template, `<name>/<name>.flags` (one flag a line),
+/// rendered into both the systemd unit `<name>/<name>.service` and the static pod
+/// `<name>/<name>.yaml` as the variable `flags`: the two modes cannot drift apart.
+pub const FLAG_COMPONENTS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
 /// Every built-in template, by its path under `templates/`.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -28,6 +38,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/etcd/etcd.service"),
     ),
     (
+        "etcd/etcd.flags",
+        include_str!("../../templates/etcd/etcd.flags"),
+    ),
+    (
+        "etcd/etcd.yaml",
+        include_str!("../../templates/etcd/etcd.yaml"),
+    ),
+    (
         "haproxy/haproxy.cfg",
         include_str!("../../templates/haproxy/haproxy.cfg"),
     ),
@@ -40,6 +58,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-apiserver/kube-apiserver.service"),
     ),
     (
+        "kube-apiserver/kube-apiserver.flags",
+        include_str!("../../templates/kube-apiserver/kube-apiserver.flags"),
+    ),
+    (
+        "kube-apiserver/kube-apiserver.yaml",
+        include_str!("../../templates/kube-apiserver/kube-apiserver.yaml"),
+    ),
+    (
         "kube-apiserver/audit-policy.yaml",
         include_str!("../../templates/kube-apiserver/audit-policy.yaml"),
     ),
@@ -48,8 +74,24 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-controller-manager/kube-controller-manager.service"),
     ),
     (
+        "kube-controller-manager/kube-controller-manager.flags",
+        include_str!("../../templates/kube-controller-manager/kube-controller-manager.flags"),
+    ),
+    (
+        "kube-controller-manager/kube-controller-manager.yaml",
+        include_str!("../../templates/kube-controller-manager/kube-controller-manager.yaml"),
+    ),
+    (
         "kube-scheduler/kube-scheduler.service",
         include_str!("../../templates/kube-scheduler/kube-scheduler.service"),
+    ),
+    (
+        "kube-scheduler/kube-scheduler.flags",
+        include_str!("../../templates/kube-scheduler/kube-scheduler.flags"),
+    ),
+    (
+        "kube-scheduler/kube-scheduler.yaml",
+        include_str!("../../templates/kube-scheduler/kube-scheduler.yaml"),
     ),
     (
         "system/sysctl-kubernetes.conf",
@@ -107,6 +149,11 @@ impl Renderer {
     /// Built-in templates, each replaced by `override_dir/<same path>` when that file exists.
     pub fn new(override_dir: Option<&Path>) -> anyhow::Result<Renderer> {
         let mut tera = tera::Tera::new();
+        // A string as a double-quoted YAML scalar (JSON's string syntax is YAML's): flags and
+        // paths in manifests, whatever characters a user's extra argument holds.
+        tera.register_filter("yaml_str", |s: &str, _: tera::Kwargs, _: &tera::State| {
+            serde_json::to_string(s).expect("a string serializes")
+        });
         let mut overrides = Vec::new();
         for (name, builtin) in BUILTIN {
             let user = override_dir.map(|d| d.join(name)).filter(|p| p.is_file());
@@ -132,6 +179,31 @@ impl Renderer {
             .render(name, ctx)
             .map_err(|e| anyhow::anyhow!("rendering template {name}: {e}"))
     }
+
+    /// The flags of one of [`FLAG_COMPONENTS`]: its `.flags` template's lines, without blank
+    /// lines and `#` comments.
+    pub fn flags(&self, component: &str, vars: &tera::Context) -> anyhow::Result<Vec<String>> {
+        let text = self.render(&format!("{component}/{component}.flags"), vars)?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+/// Template variables for one of [`FLAG_COMPONENTS`] on `host`: [`host_vars`] plus `flags`.
+pub fn component_vars(
+    r: &Renderer,
+    inv: &crate::inventory::Inventory,
+    host: &crate::inventory::Host,
+    component: &str,
+) -> anyhow::Result<tera::Context> {
+    let mut v = host_vars(inv, host);
+    let flags = r.flags(component, &v)?;
+    v.insert("flags", &flags);
+    Ok(v)
 }
 
 #[cfg(test)]

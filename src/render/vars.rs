@@ -4,13 +4,27 @@ use serde::Serialize;
 
 use crate::inventory::{CgroupDriver, Cni, HaMode, Host, Inventory, ProxyMode, Role};
 
+/// The role label of an etcd-only node (static-pods mode): `kubectl get nodes` shows `etcd`.
+pub const ETCD_NODE_LABEL: &str = "node-role.kubernetes.io/etcd";
+/// The taint of an etcd-only node (static-pods mode), so workloads stay off it.
+pub const ETCD_NODE_TAINT: &str = "node-role.kubernetes.io/etcd:NoSchedule";
+
 /// The taints a node registers with: the inventory's, plus kubeadm's control-plane taint on
-/// control-plane hosts unless `controlPlane.taintNodes` is off (or the inventory already
-/// sets a taint with that key).
+/// control-plane hosts (and [`ETCD_NODE_TAINT`] on etcd-only nodes of static-pods mode)
+/// unless `controlPlane.taintNodes` is off (or the inventory already sets a taint with that
+/// key).
 pub fn node_taints(inv: &Inventory, host: &Host) -> Vec<String> {
     let mut t = host.taints.clone();
-    if host.has(Role::ControlPlane) && inv.spec.control_plane.taint_nodes {
-        let cp = inv.kube_version().control_plane_taint();
+    let role_taint = if host.has(Role::ControlPlane) {
+        Some(inv.kube_version().control_plane_taint())
+    } else if inv.is_etcd_only_node(host) {
+        Some(ETCD_NODE_TAINT)
+    } else {
+        None
+    };
+    if let Some(cp) = role_taint
+        && inv.spec.control_plane.taint_nodes
+    {
         let key = cp.split(':').next().unwrap_or(cp);
         if !t.iter().any(|x| x.split([':', '=']).next() == Some(key)) {
             t.push(cp.to_string());

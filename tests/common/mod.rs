@@ -183,8 +183,13 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .args(args))
 }
 
-/// Runs clusterctl with `args` (which include `-o json`), requires success, prints stderr and
-/// the per-phase times, and returns the JSON report.
+// Kubernetes helpers shared by the lab tests that run workloads (nodes_lab, static_pods_lab).
+
+use std::io::{Read as _, Write as _};
+use std::process::Stdio;
+
+/// Runs clusterctl with `args` (`-o json` among them), asserts it succeeded, prints how long it
+/// took per phase; returns its report.
 pub fn run_report(args: &[&str]) -> serde_json::Value {
     let t = Instant::now();
     let out = clusterctl(args);
@@ -204,4 +209,148 @@ pub fn run_report(args: &[&str]) -> serde_json::Value {
         );
     }
     report
+}
+
+/// `kubectl ARGS` that must succeed: its stdout.
+pub fn kubectl_ok(admin: &Path, args: &[&str]) -> String {
+    let o = kubectl(admin, args);
+    assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `kubectl ARGS -o json`, parsed.
+pub fn kubectl_json(admin: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl_ok(admin, &a)).unwrap()
+}
+
+/// `kubectl apply -f -` of `yaml`, which must succeed.
+pub fn apply(admin: &Path, yaml: &str) {
+    let mut c = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(admin)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "kubectl apply: {}", text(&o));
+}
+
+/// The test workload image of the lab bundle (Debian's busybox-static as an image).
+pub fn busybox_ref(bundle: &Path) -> String {
+    let out = clusterctl(&["bundle", "ls", bundle.to_str().unwrap(), "-o", "json"]);
+    assert!(out.status.success(), "bundle ls: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = v["items"].as_array().or_else(|| v.as_array()).unwrap();
+    items
+        .iter()
+        .find(|i| i["name"] == "busybox" && i["kind"] == "image")
+        .and_then(|i| i["image"].as_str())
+        .expect("the lab bundle has a busybox image")
+        .to_string()
+}
+
+/// Whether a node object says Ready=True.
+pub fn node_ready(n: &serde_json::Value) -> bool {
+    n["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// Nodes that are Ready, by name.
+pub fn ready_nodes(admin: &Path) -> Vec<String> {
+    let o = kubectl(admin, &["get", "nodes", "-o", "json"]);
+    if !o.status.success() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| node_ready(n))
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Sends a GET to `ip:port` from inside `pod` with busybox nc; the first line of the answer.
+pub fn get_from_pod(admin: &Path, pod: &str, ip: &str, port: u16) -> String {
+    let cmd = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}");
+    eventually(Duration::from_secs(30), || {
+        let o = kubectl(admin, &["exec", pod, "--", "sh", "-c", &cmd]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && out.contains("200 OK")).then_some(out)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "GET {ip}:{port} from {pod}: {}",
+            text(&kubectl(admin, &["exec", pod, "--", "sh", "-c", &cmd]))
+        )
+    })
+}
+
+/// A Deployment `web` of 4 busybox httpd pods on :8080 spread over the untainted nodes, a
+/// ClusterIP Service `web` (80) and a NodePort Service `web-np` (30080) in front of it.
+pub fn web_yaml(image: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: default}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      # Spread over the nodes that can take them: in 1.20 the spread also counts tainted
+      # nodes as domains unless the pod's node affinity leaves them out.
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+              - matchExpressions: [{{key: node-role.kubernetes.io/master, operator: DoesNotExist}}]
+      topologySpreadConstraints:
+        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: web}}}}}}
+      containers:
+        - name: web
+          image: {image}
+          imagePullPolicy: Never
+          command: [sh, -c, 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && echo web-started-on-$(hostname) && exec busybox httpd -f -v -p 8080 -h /www']
+          ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-np, namespace: default}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+"#
+    )
+}
+
+/// A plain HTTP/1.0 GET to `addr` (ip:port) from this machine: the answer when it is a 200.
+pub fn http_get(addr: &str) -> Option<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (out.starts_with("HTTP/1.") && out.lines().next()?.contains(" 200 ")).then_some(out)
 }
