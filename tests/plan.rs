@@ -364,3 +364,20 @@ fn join_refuses_before_init_existing_hosts_and_new_etcd_members() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("join: nothing to do"));
 }
+
+#[test]
+fn flannel_without_its_manifest_in_a_bundle_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example("ha-vip.yaml"))
+        .unwrap()
+        .replace("cni: host-routes", "cni: flannel");
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(&inv, text).unwrap();
+    let (out, _h) = plan(&inv, &["plan"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains("spec.network.cni is flannel") && e.contains("extraManifests"),
+        "{e}"
+    );
+}

@@ -5,14 +5,20 @@
 //! moves; each node gets a CNI `bridge` + `host-local` config for its slice and routes to every
 //! other node's slice via that node's address (all nodes on one L2 segment). The kubelet phase
 //! then sets each node's `spec.podCIDR` to its slice. The CNI plugins come from the bundle's
-//! `cni-plugins` archive. `flannel`/`calico` get the plugins here; their manifests are applied
-//! through the API. `none` installs nothing.
+//! `cni-plugins` archive. `flannel`/`calico` get the plugins here, then their manifest — the
+//! bundle's item of kind `manifest` named `flannel` or `calico`, e.g. the upstream release file
+//! with its sha256 — is applied through the API with the inventory's pod CIDR set in it (its
+//! images come from the bundle's image items or through the registry mirrors). `none`
+//! installs nothing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
 
 use super::{Action, Context, Order, Phase, PhasePlan};
 use crate::bundle::Kind;
@@ -112,6 +118,69 @@ fn routes_check(routes: &[serde_json::Value]) -> String {
     )
 }
 
+/// The bundle's manifest item for a CNI that comes as a manifest.
+fn cni_manifest_name(cni: Cni) -> Option<&'static str> {
+    match cni {
+        Cni::Flannel => Some("flannel"),
+        Cni::Calico => Some("calico"),
+        Cni::HostRoutes | Cni::None => None,
+    }
+}
+
+/// Sets the cluster's pod CIDR where the CNI's manifest keeps it: flannel's
+/// `kube-flannel-cfg` ConfigMap (`net-conf.json` → `Network`), calico's `calico-node`
+/// container (`CALICO_IPV4POOL_CIDR`, added when the manifest leaves it commented out).
+/// Fails when the manifest has no such place (not the manifest it claims to be).
+pub fn set_pod_cidr(
+    cni: Cni,
+    objects: &mut [crate::kube::manifest::Object],
+    cidr: &str,
+) -> anyhow::Result<()> {
+    let mut found = false;
+    for o in objects.iter_mut() {
+        match cni {
+            Cni::Flannel if o.kind() == "ConfigMap" && o.name() == "kube-flannel-cfg" => {
+                let conf = o.value["data"]["net-conf.json"]
+                    .as_str()
+                    .ok_or_else(|| anyhow::anyhow!("{}: no data.net-conf.json", o.source))?;
+                let mut v: Value = serde_json::from_str(conf)
+                    .with_context(|| format!("{}: net-conf.json is not JSON", o.source))?;
+                v["Network"] = json!(cidr);
+                o.value["data"]["net-conf.json"] =
+                    json!(serde_json::to_string_pretty(&v).expect("JSON values serialize"));
+                found = true;
+            }
+            Cni::Calico if o.kind() == "DaemonSet" && o.name() == "calico-node" => {
+                let containers = o.value["spec"]["template"]["spec"]["containers"]
+                    .as_array_mut()
+                    .ok_or_else(|| anyhow::anyhow!("{}: no containers", o.source))?;
+                for c in containers.iter_mut().filter(|c| c["name"] == "calico-node") {
+                    if !c["env"].is_array() {
+                        c["env"] = json!([]);
+                    }
+                    let env = c["env"].as_array_mut().expect("an array");
+                    env.retain(|e| e["name"] != "CALICO_IPV4POOL_CIDR");
+                    env.push(json!({"name": "CALICO_IPV4POOL_CIDR", "value": cidr}));
+                    found = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    if !found {
+        bail!(
+            "the {} manifest has no {} to set the pod CIDR in",
+            cni_manifest_name(cni).unwrap_or("CNI"),
+            if cni == Cni::Flannel {
+                "ConfigMap kube-flannel-cfg with net-conf.json"
+            } else {
+                "DaemonSet calico-node with a calico-node container"
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Routes from `h` to the other nodes' slices, in inventory order.
 fn routes(inv: &Inventory, h: &Host, cidrs: &BTreeMap<String, IpNet>) -> Vec<serde_json::Value> {
     inv.node_hosts()
@@ -139,6 +208,29 @@ impl Phase for Network {
             plan.notes
                 .push("spec.network.cni is none: bring your own pod network".into());
             return Ok(plan);
+        }
+        if let Some(name) = cni_manifest_name(cni) {
+            let b = ctx.bundle.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "spec.network.cni is {name}: its manifest comes from the bundle (an item of kind manifest named {name}); set spec.bundle, or use cni: none and list the manifest in spec.addons.extraManifests"
+                )
+            })?;
+            let Some(it) = b
+                .manifest
+                .items
+                .iter()
+                .find(|i| i.kind == Kind::Manifest && i.name == name)
+            else {
+                bail!(
+                    "spec.network.cni is {name}, but the bundle {} has no item of kind manifest named {name}: add the {name} release manifest (with its sha256) to the bundle",
+                    b.path.display()
+                );
+            };
+            plan.local.push(format!(
+                "apply {} with podCIDR {} through the API",
+                it.label(),
+                inv.spec.network.pod_cidr
+            ));
         }
         let cidrs = if cni == Cni::HostRoutes {
             let c = pod_cidrs(ctx)?;
@@ -216,6 +308,37 @@ impl Phase for Network {
         }
         Ok(plan)
     }
+    fn apply_cluster<'a>(
+        &'a self,
+        ctx: &'a Context,
+        dry_run: bool,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let cni = ctx.inv().spec.network.cni;
+            let (Some(name), Some(b)) = (cni_manifest_name(cni), ctx.bundle.as_ref()) else {
+                return Ok(vec![]);
+            };
+            let it = b
+                .manifest
+                .items
+                .iter()
+                .find(|i| i.kind == Kind::Manifest && i.name == name)
+                .expect("checked by plan");
+            let bytes = crate::bundle::archive::read_item(&b.path, it)?;
+            let origin = format!("bundle item {}", it.label());
+            let text = String::from_utf8(bytes).with_context(|| format!("{origin}: not UTF-8"))?;
+            let mut objects = crate::kube::manifest::parse(&text, &origin)?;
+            set_pod_cidr(cni, &mut objects, &ctx.inv().spec.network.pod_cidr)
+                .with_context(|| origin.clone())?;
+            let api = crate::kube::Client::admin(ctx)?;
+            let applied = api.apply_objects(&objects, dry_run).await?;
+            Ok(vec![format!(
+                "{name}: {}{}",
+                crate::kube::apply::Summary::of(&applied),
+                if dry_run { " (dry run)" } else { "" }
+            )])
+        })
+    }
     fn apply_local(&self, ctx: &Context) -> anyhow::Result<()> {
         if ctx.inv().spec.network.cni != Cni::HostRoutes {
             return Ok(());
@@ -241,6 +364,55 @@ impl Phase for Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FLANNEL: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: kube-flannel-cfg, namespace: kube-flannel}
+data:
+  net-conf.json: |
+    {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: kube-flannel-ds, namespace: kube-flannel}
+spec: {template: {spec: {containers: [{name: kube-flannel, image: flannel}]}}}
+"#;
+
+    #[test]
+    fn flannel_and_calico_get_the_inventory_pod_cidr() {
+        let mut objs = crate::kube::manifest::parse(FLANNEL, "flannel").unwrap();
+        set_pod_cidr(Cni::Flannel, &mut objs, "10.42.0.0/16").unwrap();
+        let conf: Value =
+            serde_json::from_str(objs[0].value["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+        assert_eq!(conf["Network"], "10.42.0.0/16");
+        assert_eq!(conf["Backend"]["Type"], "vxlan", "the rest is kept");
+
+        let calico = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: calico-node, namespace: kube-system}
+spec:
+  template:
+    spec:
+      containers:
+        - name: calico-node
+          env: [{name: CALICO_IPV4POOL_CIDR, value: 192.168.0.0/16}, {name: IP, value: autodetect}]
+"#;
+        let mut objs = crate::kube::manifest::parse(calico, "calico").unwrap();
+        set_pod_cidr(Cni::Calico, &mut objs, "10.42.0.0/16").unwrap();
+        let env = &objs[0].value["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(
+            env,
+            &json!([{"name": "IP", "value": "autodetect"}, {"name": "CALICO_IPV4POOL_CIDR", "value": "10.42.0.0/16"}])
+        );
+        // A manifest that is not what it claims to be is refused.
+        let mut objs = crate::kube::manifest::parse(FLANNEL, "x").unwrap();
+        let e = set_pod_cidr(Cni::Calico, &mut objs, "10.42.0.0/16")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DaemonSet calico-node"), "{e}");
+    }
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
