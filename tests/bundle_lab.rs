@@ -76,9 +76,10 @@ fn lab_bundle_builds_from_debian_packages_and_verifies() {
         ("etcdctl".to_string(), "3.5.16".to_string()),
     ]);
     let etcd = items_for_roles(&m, &[Role::Etcd], &pins).unwrap();
+    // ... and get the etcd image for static-pods mode (built from 3.4.23, its own name).
     assert_eq!(
         etcd.iter().map(|i| i.label()).collect::<Vec<_>>(),
-        ["etcd 3.5.16", "etcdctl 3.5.16"]
+        ["etcd 3.5.16", "etcdctl 3.5.16", "etcd-image 3.4.23-0"]
     );
     // One item's bytes out of the bundle: the etcdctl 3.5.16 binary, byte for byte.
     let bytes = read_item(&path, etcd[1]).unwrap();
