@@ -191,27 +191,9 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     let unit = lab.exec_ok("h1", "cat /etc/systemd/system/kube-apiserver.service");
     assert!(!unit.contains("watch-cache"), "plan --diff changed a host");
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = {
-        let (stop, admin) = (stop.clone(), admin.clone());
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // A real read through the VIP (a stopping apiserver fails /readyz on
-                // purpose while it still serves requests, so /readyz is not the probe).
-                let o = kubectl(&admin, &["get", "--raw", "/api/v1/namespaces/kube-system"]);
-                if o.status.success() {
-                    ok += 1;
-                } else {
-                    failed.push(text(&o));
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let probe = ReadProbe::start(&admin);
     let rolled = init(&changed_path);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = probe.join().unwrap();
+    let (ok, failed) = probe.finish();
     eprintln!(
         "rolling apiserver restart: {ok} requests answered, {} failed",
         failed.len()

@@ -289,25 +289,9 @@ fn static_pod_control_plane() {
         .apiserver_extra_args
         .insert("default-watch-cache-size".into(), "200".into());
     let changed_path = lab.write_inventory("inventory-flag.yaml", &changed);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = {
-        let (stop, admin) = (stop.clone(), admin.clone());
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let o = kubectl(&admin, &["get", "--raw", "/api/v1/namespaces/kube-system"]);
-                if o.status.success() {
-                    ok += 1;
-                } else {
-                    failed.push(text(&o));
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let probe = ReadProbe::start(&admin);
     let rolled = run_report(&["-i", changed_path.to_str().unwrap(), "-o", "json", "init"]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = probe.join().unwrap();
+    let (ok, failed) = probe.finish();
     eprintln!(
         "rolling apiserver replacement: {ok} requests answered, {} failed",
         failed.len()

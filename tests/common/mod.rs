@@ -354,3 +354,37 @@ pub fn http_get(addr: &str) -> Option<String> {
     s.read_to_string(&mut out).ok()?;
     (out.starts_with("HTTP/1.") && out.lines().next()?.contains(" 200 ")).then_some(out)
 }
+
+/// The read probe of the rolling tests: a real read through the cluster endpoint in a loop
+/// (a stopping apiserver fails `/readyz` on purpose while it still serves requests, so
+/// `/readyz` is not the probe), counting answers and failures until `finish`.
+pub struct ReadProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl ReadProbe {
+    pub fn start(admin: &Path) -> ReadProbe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, admin) = (stop.clone(), admin.to_path_buf());
+        let handle = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let o = kubectl(&admin, &["get", "--raw", "/api/v1/namespaces/kube-system"]);
+                if o.status.success() {
+                    ok += 1;
+                } else {
+                    failed.push(text(&o));
+                }
+            }
+            (ok, failed)
+        });
+        ReadProbe { stop, handle }
+    }
+
+    /// Stops the probe: (requests answered, failures).
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
