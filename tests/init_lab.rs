@@ -6,42 +6,20 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clusterctl::inventory::{HaMode, Inventory, Role, Vip};
+use clusterctl::inventory::{HaMode, Inventory, Role};
 use common::*;
 
 fn init(inv: &Path) -> serde_json::Value {
     run_report(&["-i", inv.to_str().unwrap(), "-o", "json", "init"])
 }
 
-fn totals(report: &serde_json::Value) -> (u64, u64, u64) {
-    let t = &report["totals"];
-    (
-        t["filesWritten"].as_u64().unwrap(),
-        t["bytesSent"].as_u64().unwrap(),
-        t["restarts"].as_u64().unwrap(),
-    )
-}
-
-fn with_bundle(mut inv: Inventory) -> Inventory {
-    inv.spec.bundle = Some(lab_bundle());
-    inv.spec.etcd.version = Some("3.4.23".into());
-    inv
-}
-
 fn vip_inventory(lab: &Lab, lb_hosts: &[&str]) -> Inventory {
-    let mut inv = with_bundle(lab.inventory());
+    let mut inv = lab.vip_inventory(&lab_bundle());
     for h in &mut inv.spec.hosts {
         if lb_hosts.contains(&h.name.as_str()) {
             h.roles = vec![Role::Lb];
         }
     }
-    inv.spec.ha.mode = HaMode::Vip;
-    inv.spec.ha.vip = Some(Vip {
-        address: lab.addr(100),
-        interface: Some("eth0".into()),
-        router_id: 51,
-        port: 8443,
-    });
     inv
 }
 
@@ -294,7 +272,7 @@ fn init_vip_on_two_separate_lb_hosts() {
 #[ignore = "lab: run by tests/run.sh"]
 fn init_local_proxy_and_converging_after_a_host_dies_mid_run() {
     let lab = Lab::up_profile("initlp", 4, "k8s");
-    let mut inv = with_bundle(lab.inventory());
+    let mut inv = lab.inventory_with_bundle(&lab_bundle());
     inv.spec.ha.mode = HaMode::LocalProxy;
     let inv_path = lab.write_inventory("inventory-lp.yaml", &inv);
 

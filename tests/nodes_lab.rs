@@ -9,9 +9,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clusterctl::inventory::{HaMode, Host, Inventory, Role, Vip};
+use clusterctl::inventory::{Host, Inventory, Role};
 use common::*;
 
 /// Per host, each component unit's restart count and start time: equal before and after
@@ -37,16 +37,7 @@ fn unit_stamps(lab: &Lab, hosts: &[&str]) -> BTreeMap<String, String> {
 fn nodes_pods_services_and_join() {
     let lab = Lab::up_profile("nodes", 7, "k8s");
     let bundle = lab_bundle();
-    let mut inv: Inventory = lab.inventory();
-    inv.spec.bundle = Some(bundle.clone());
-    inv.spec.etcd.version = Some("3.4.23".into());
-    inv.spec.ha.mode = HaMode::Vip;
-    inv.spec.ha.vip = Some(Vip {
-        address: lab.addr(100),
-        interface: Some("eth0".into()),
-        router_id: 51,
-        port: 8443,
-    });
+    let mut inv: Inventory = lab.vip_inventory(&bundle);
     // h6 (a worker) and h7 (a 4th control-plane host) join later.
     let later: Vec<Host> = inv.spec.hosts.drain(5..).collect();
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
@@ -114,74 +105,9 @@ fn nodes_pods_services_and_join() {
     );
     kubectl_json(&admin, &["get", "apiservice", "v1beta1.metrics.k8s.io"]);
 
-    // A Deployment of 4 spread over the two workers (control-plane nodes are tainted).
-    let busybox = busybox_ref(&bundle);
-    apply(&admin, &web_yaml(&busybox));
-    let t = Instant::now();
-    let pods = eventually(Duration::from_secs(120), || {
-        let v = kubectl_json(&admin, &["get", "pods", "-l", "app=web"]);
-        let items = v["items"].as_array().unwrap().clone();
-        let running = items
-            .iter()
-            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
-            .count();
-        (running == 4).then_some(items)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "4 web pods not Running: {}",
-            kubectl_ok(&admin, &["get", "pods", "-o", "wide"])
-        )
-    });
-    eprintln!(
-        "4 pods Running {:.1}s after apply",
-        t.elapsed().as_secs_f64()
-    );
-    let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for p in &pods {
-        by_node
-            .entry(p["spec"]["nodeName"].as_str().unwrap().to_string())
-            .or_default()
-            .push((
-                p["metadata"]["name"].as_str().unwrap().to_string(),
-                p["status"]["podIP"].as_str().unwrap().to_string(),
-            ));
-    }
-    assert_eq!(
-        by_node.keys().cloned().collect::<Vec<_>>(),
-        vec!["h4".to_string(), "h5".to_string()],
-        "pods spread over the workers only"
-    );
+    // The workload checks: 4 pods over the workers, pod to pod, ClusterIP, NodePort, logs, exec.
+    let by_node = check_web_workload(&lab, &admin, &bundle);
     let (p4, _) = by_node["h4"][0].clone();
-    let (p5, ip5) = by_node["h5"][0].clone();
-
-    // Pod to pod across nodes, by IP (bridge + routes, no overlay).
-    let answer = get_from_pod(&admin, &p4, &ip5, 8080);
-    assert!(answer.contains(&format!("hello from {p5}")), "{answer}");
-    // A ClusterIP Service from a pod.
-    let svc = kubectl_json(&admin, &["get", "service", "web"]);
-    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
-    let answer = get_from_pod(&admin, &p4, &cluster_ip, 80);
-    assert!(answer.contains("hello from web-"), "{answer}");
-    // A NodePort from the machine, on a worker and on a control-plane node.
-    for h in ["h4", "h1"] {
-        let addr = format!("{}:30080", lab.ip(h));
-        let got = eventually(Duration::from_secs(30), || http_get(&addr));
-        assert!(
-            got.is_some_and(|a| a.contains("hello from web-")),
-            "NodePort {addr}"
-        );
-    }
-    // kubectl logs and exec through the VIP (the admin kubeconfig's server).
-    let kc = std::fs::read_to_string(&admin).unwrap();
-    assert!(
-        kc.contains(&format!("https://{}:8443", lab.addr(100))),
-        "{kc}"
-    );
-    let logs = kubectl_ok(&admin, &["logs", &p5]);
-    assert!(logs.contains(&format!("web-started-on-{p5}")), "{logs}");
-    let exec = kubectl_ok(&admin, &["exec", &p5, "--", "cat", "/www/index.html"]);
-    assert_eq!(exec.trim(), format!("hello from {p5}"));
 
     // join h6 (a worker): Ready, and nothing on the other hosts restarts.
     let old = ["h1", "h2", "h3", "h4", "h5"];
@@ -208,6 +134,7 @@ fn nodes_pods_services_and_join() {
         }
     }
     // The existing pods reach a pod on the new node: pin one there.
+    let busybox = busybox_ref(&bundle);
     apply(
         &admin,
         &format!(

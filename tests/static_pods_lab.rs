@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clusterctl::inventory::{ControlPlaneMode, HaMode, Inventory, Vip};
+use clusterctl::inventory::{ControlPlaneMode, Inventory};
 use common::*;
 
 const CONTROL_PLANE: [&str; 3] = ["h1", "h2", "h3"];
@@ -23,15 +23,6 @@ const COMPONENTS: [&str; 4] = [
     "kube-controller-manager",
     "kube-scheduler",
 ];
-
-fn totals(report: &serde_json::Value) -> (u64, u64, u64) {
-    let t = &report["totals"];
-    (
-        t["filesWritten"].as_u64().unwrap(),
-        t["bytesSent"].as_u64().unwrap(),
-        t["restarts"].as_u64().unwrap(),
-    )
-}
 
 /// The mirror pods of the control plane, by name: (phase, ready, the kubelet's hash of the
 /// manifest it runs, restart count).
@@ -73,17 +64,8 @@ fn static_pod_control_plane() {
     let t0 = Instant::now();
     let lab = Lab::up_profile("static", 5, "k8s");
     let bundle = lab_bundle();
-    let mut inv: Inventory = lab.inventory();
-    inv.spec.bundle = Some(bundle.clone());
-    inv.spec.etcd.version = Some("3.4.23".into());
+    let mut inv: Inventory = lab.vip_inventory(&bundle);
     inv.spec.control_plane.mode = ControlPlaneMode::StaticPods;
-    inv.spec.ha.mode = HaMode::Vip;
-    inv.spec.ha.vip = Some(Vip {
-        address: lab.addr(100),
-        interface: Some("eth0".into()),
-        router_id: 51,
-        port: 8443,
-    });
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
     let admin = lab.dir.join("clusters/lab-static/admin.conf");
@@ -171,74 +153,9 @@ fn static_pod_control_plane() {
         t0.elapsed().as_secs_f64()
     );
 
-    // A Deployment of 4 spread over the two workers.
-    let busybox = busybox_ref(&bundle);
-    apply(&admin, &web_yaml(&busybox));
-    let t = Instant::now();
-    let web = eventually(Duration::from_secs(120), || {
-        let v = kubectl_json(&admin, &["get", "pods", "-l", "app=web"]);
-        let items = v["items"].as_array().unwrap().clone();
-        let running = items
-            .iter()
-            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
-            .count();
-        (running == 4).then_some(items)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "4 web pods not Running: {}",
-            kubectl_ok(&admin, &["get", "pods", "-o", "wide"])
-        )
-    });
-    eprintln!(
-        "4 pods Running {:.1}s after apply",
-        t.elapsed().as_secs_f64()
-    );
-    let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for p in &web {
-        by_node
-            .entry(p["spec"]["nodeName"].as_str().unwrap().to_string())
-            .or_default()
-            .push((
-                p["metadata"]["name"].as_str().unwrap().to_string(),
-                p["status"]["podIP"].as_str().unwrap().to_string(),
-            ));
-    }
-    assert_eq!(
-        by_node.keys().cloned().collect::<Vec<_>>(),
-        ["h4", "h5"],
-        "pods spread over the workers only"
-    );
+    // The same workload checks as in systemd mode.
+    let by_node = check_web_workload(&lab, &admin, &bundle);
     assert_eq!(by_node["h4"].len(), 2, "{by_node:?}");
-    let (p4, _) = by_node["h4"][0].clone();
-    let (p5, ip5) = by_node["h5"][0].clone();
-    // Pod to pod across nodes, by IP.
-    let answer = get_from_pod(&admin, &p4, &ip5, 8080);
-    assert!(answer.contains(&format!("hello from {p5}")), "{answer}");
-    // A ClusterIP Service from a pod.
-    let svc = kubectl_json(&admin, &["get", "service", "web"]);
-    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
-    let answer = get_from_pod(&admin, &p4, &cluster_ip, 80);
-    assert!(answer.contains("hello from web-"), "{answer}");
-    // A NodePort from the machine, on a worker and on a control-plane node.
-    for h in ["h4", "h1"] {
-        let addr = format!("{}:30080", lab.ip(h));
-        let got = eventually(Duration::from_secs(30), || http_get(&addr));
-        assert!(
-            got.is_some_and(|a| a.contains("hello from web-")),
-            "NodePort {addr}"
-        );
-    }
-    // kubectl logs and exec through the VIP (the admin kubeconfig's server).
-    let kc = std::fs::read_to_string(&admin).unwrap();
-    assert!(
-        kc.contains(&format!("https://{}:8443", lab.addr(100))),
-        "{kc}"
-    );
-    let logs = kubectl_ok(&admin, &["logs", &p5]);
-    assert!(logs.contains(&format!("web-started-on-{p5}")), "{logs}");
-    let exec = kubectl_ok(&admin, &["exec", &p5, "--", "cat", "/www/index.html"]);
-    assert_eq!(exec.trim(), format!("hello from {p5}"));
     // The apiserver's own logs come from its container, through the kubelet of h1.
     let api_logs = kubectl_ok(
         &admin,

@@ -115,6 +115,27 @@ impl Lab {
             .inventory
     }
 
+    /// The lab's inventory with the lab bundle and etcd 3.4.23 pinned: where init tests start.
+    pub fn inventory_with_bundle(&self, bundle: &Path) -> clusterctl::inventory::Inventory {
+        let mut inv = self.inventory();
+        inv.spec.bundle = Some(bundle.to_path_buf());
+        inv.spec.etcd.version = Some("3.4.23".into());
+        inv
+    }
+
+    /// The same behind a keepalived VIP at `addr(100)`:8443 on eth0.
+    pub fn vip_inventory(&self, bundle: &Path) -> clusterctl::inventory::Inventory {
+        let mut inv = self.inventory_with_bundle(bundle);
+        inv.spec.ha.mode = clusterctl::inventory::HaMode::Vip;
+        inv.spec.ha.vip = Some(clusterctl::inventory::Vip {
+            address: self.addr(100),
+            interface: Some("eth0".into()),
+            router_id: 51,
+            port: 8443,
+        });
+        inv
+    }
+
     /// Writes an inventory next to the lab's and returns its path.
     pub fn write_inventory(&self, name: &str, inv: &clusterctl::inventory::Inventory) -> PathBuf {
         let p = self.dir.join(name);
@@ -387,4 +408,94 @@ impl ReadProbe {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.join().unwrap()
     }
+}
+
+/// The workload checks of the nodes lab tests, on a cluster whose workers are h4 and h5 and
+/// whose admin kubeconfig points at the VIP (`addr(100)`:8443): a Deployment of 4 busybox web
+/// pods spread over the workers reaches Running; a pod on h4 reaches a pod on h5 by IP and the
+/// ClusterIP Service; the NodePort answers the machine on h4 and h1; `kubectl logs` and `exec`
+/// work. Returns the pods by node: (name, IP).
+pub fn check_web_workload(
+    lab: &Lab,
+    admin: &Path,
+    bundle: &Path,
+) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    let busybox = busybox_ref(bundle);
+    apply(admin, &web_yaml(&busybox));
+    let t = Instant::now();
+    let pods = eventually(Duration::from_secs(120), || {
+        let v = kubectl_json(admin, &["get", "pods", "-l", "app=web"]);
+        let items = v["items"].as_array().unwrap().clone();
+        let running = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+            .count();
+        (running == 4).then_some(items)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "4 web pods not Running: {}",
+            kubectl_ok(admin, &["get", "pods", "-o", "wide"])
+        )
+    });
+    eprintln!(
+        "4 pods Running {:.1}s after apply",
+        t.elapsed().as_secs_f64()
+    );
+    let mut by_node: std::collections::BTreeMap<String, Vec<(String, String)>> =
+        std::collections::BTreeMap::new();
+    for p in &pods {
+        by_node
+            .entry(p["spec"]["nodeName"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                p["metadata"]["name"].as_str().unwrap().to_string(),
+                p["status"]["podIP"].as_str().unwrap().to_string(),
+            ));
+    }
+    assert_eq!(
+        by_node.keys().cloned().collect::<Vec<_>>(),
+        ["h4", "h5"],
+        "pods spread over the workers only"
+    );
+    let (p4, _) = by_node["h4"][0].clone();
+    let (p5, ip5) = by_node["h5"][0].clone();
+    // Pod to pod across nodes, by IP.
+    let answer = get_from_pod(admin, &p4, &ip5, 8080);
+    assert!(answer.contains(&format!("hello from {p5}")), "{answer}");
+    // A ClusterIP Service from a pod.
+    let svc = kubectl_json(admin, &["get", "service", "web"]);
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let answer = get_from_pod(admin, &p4, &cluster_ip, 80);
+    assert!(answer.contains("hello from web-"), "{answer}");
+    // A NodePort from the machine, on a worker and on a control-plane node.
+    for h in ["h4", "h1"] {
+        let addr = format!("{}:30080", lab.ip(h));
+        let got = eventually(Duration::from_secs(30), || http_get(&addr));
+        assert!(
+            got.is_some_and(|a| a.contains("hello from web-")),
+            "NodePort {addr}"
+        );
+    }
+    // kubectl logs and exec through the VIP (the admin kubeconfig's server).
+    let kc = std::fs::read_to_string(admin).unwrap();
+    assert!(
+        kc.contains(&format!("https://{}:8443", lab.addr(100))),
+        "{kc}"
+    );
+    let logs = kubectl_ok(admin, &["logs", &p5]);
+    assert!(logs.contains(&format!("web-started-on-{p5}")), "{logs}");
+    let exec = kubectl_ok(admin, &["exec", &p5, "--", "cat", "/www/index.html"]);
+    assert_eq!(exec.trim(), format!("hello from {p5}"));
+    by_node
+}
+
+/// (files written, bytes sent, restarts) of a `-o json` report.
+pub fn totals(report: &serde_json::Value) -> (u64, u64, u64) {
+    let t = &report["totals"];
+    (
+        t["filesWritten"].as_u64().unwrap(),
+        t["bytesSent"].as_u64().unwrap(),
+        t["restarts"].as_u64().unwrap(),
+    )
 }
