@@ -93,14 +93,6 @@ pub fn node_patch(
     (patch != json!({})).then_some(patch)
 }
 
-/// Whether the node object says `Ready=True`.
-pub fn is_ready(node: &Value) -> bool {
-    node["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
-
 fn node_path(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
@@ -167,32 +159,22 @@ impl Phase for Kubelet {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let api = crate::kube::Client::admin(ctx)?;
-            let within = Duration::from_secs(120);
-            let deadline = tokio::time::Instant::now() + within;
-            loop {
-                let last = match api.get(&node_path(&host.name)).await {
-                    Ok(n) if is_ready(&n) => return Ok(vec![]),
-                    Ok(n) => {
-                        let why: Vec<String> = n["status"]["conditions"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter(|c| c["type"] == "Ready")
-                            .map(|c| format!("{}: {}", c["reason"], c["message"]))
-                            .collect();
-                        format!("not Ready ({})", why.join("; "))
-                    }
-                    Err(e) => format!("{e:#}"),
-                };
-                if tokio::time::Instant::now() >= deadline {
-                    anyhow::bail!(
-                        "node {} not Ready after {} s: {last} (see `journalctl -u kubelet` on it)",
-                        host.name,
-                        within.as_secs()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let path = node_path(&host.name);
+            crate::kube::wait_until(
+                &format!("node {} Ready", host.name),
+                Duration::from_secs(120),
+                Duration::from_millis(500),
+                || async {
+                    let n = crate::kube::nodes::Node::from_json(&api.get(&path).await?)?;
+                    Ok(match n.not_ready_because {
+                        None => crate::kube::Wait::Done(()),
+                        Some(why) => crate::kube::Wait::Pending(format!("not Ready ({why})")),
+                    })
+                },
+            )
+            .await
+            .context("see `journalctl -u kubelet` on the node")?;
+            Ok(vec![])
         })
     }
     fn apply_cluster<'a>(
@@ -345,16 +327,5 @@ spec:
             crate::phases::prepare::bundle_roles(&inv, inv.host("e1").unwrap()),
             [Role::Etcd]
         );
-    }
-
-    #[test]
-    fn ready_condition() {
-        assert!(is_ready(
-            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-        ));
-        assert!(!is_ready(
-            &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
-        ));
-        assert!(!is_ready(&json!({})));
     }
 }

@@ -251,20 +251,19 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
                 {
                     None => problems.push(format!("node {}: not registered", h.name)),
                     Some(n) => {
+                        let node = crate::kube::nodes::Node::from_json(n)?;
                         let line = format!(
                             "node {}: {}, kubelet {}, pods {}",
                             h.name,
-                            if super::kubelet::is_ready(n) {
-                                "Ready"
+                            if node.ready { "Ready" } else { "NotReady" },
+                            if node.kubelet_version.is_empty() {
+                                "?"
                             } else {
-                                "NotReady"
+                                &node.kubelet_version
                             },
-                            n["status"]["nodeInfo"]["kubeletVersion"]
-                                .as_str()
-                                .unwrap_or("?"),
                             n["spec"]["podCIDR"].as_str().unwrap_or("-"),
                         );
-                        if super::kubelet::is_ready(n) {
+                        if node.ready {
                             lines.push(line);
                         } else {
                             problems.push(line);
