@@ -45,16 +45,10 @@ pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
             &["containerd.service"],
         ),
     ];
-    for (registry, endpoints) in &inv.spec.container_runtime.registry_mirrors {
+    for m in crate::render::registry_mirrors(inv) {
         let mut v = vars.clone();
-        v.insert(
-            "mirror",
-            &serde_json::json!({
-                "registry": registry,
-                "server": if registry == "docker.io" { "https://registry-1.docker.io".to_string() } else { format!("https://{registry}") },
-                "endpoints": endpoints,
-            }),
-        );
+        v.insert("mirror", &m);
+        let registry = &m.registry;
         let dir = format!("/etc/containerd/certs.d/{registry}");
         a.push(Action::dir(&dir, 0o755));
         // containerd reads hosts.toml on each pull: no restart.

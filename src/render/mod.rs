@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-pub use vars::{DEFAULT_VIP_INTERFACE, ETCD_NODE_LABEL, ETCD_NODE_TAINT, host_vars, node_taints};
+pub use vars::{
+    DEFAULT_VIP_INTERFACE, ETCD_NODE_LABEL, ETCD_NODE_TAINT, Mirror, host_vars, node_taints,
+    registry_mirrors,
+};
 
 /// The components whose flags live in one template, `<name>/<name>.flags` (one flag a line),
 /// rendered into both the systemd unit `<name>/<name>.service` and the static pod
@@ -338,11 +341,7 @@ mod tests {
             .insert("docker.io".into(), vec!["https://mirror.example.cn".into()]);
         let r = Renderer::new(None).unwrap();
         let mut v = host_vars(&inv, inv.host("w1").unwrap());
-        v.insert(
-            "mirror",
-            &serde_json::json!({"registry": "docker.io", "server": "https://registry-1.docker.io",
-                                "endpoints": ["https://mirror.example.cn"]}),
-        );
+        v.insert("mirror", &registry_mirrors(&inv)[0]);
         let t = r.render("containerd/hosts.toml", &v).unwrap();
         assert!(
             t.contains("server = \"https://registry-1.docker.io\""),

@@ -61,12 +61,32 @@ struct RuntimeVars {
     mirrors: Vec<Mirror>,
 }
 
+/// A registry with mirrors (`spec.containerRuntime.registryMirrors`): one containerd
+/// `certs.d/<registry>/hosts.toml`, rendered with it as `mirror`.
 #[derive(Serialize)]
-struct Mirror {
-    registry: String,
+pub struct Mirror {
+    pub registry: String,
     /// `https://registry-1.docker.io` for docker.io, else `https://<registry>`.
-    server: String,
-    endpoints: Vec<String>,
+    pub server: String,
+    pub endpoints: Vec<String>,
+}
+
+/// The inventory's registry mirrors, in registry order.
+pub fn registry_mirrors(inv: &Inventory) -> Vec<Mirror> {
+    inv.spec
+        .container_runtime
+        .registry_mirrors
+        .iter()
+        .map(|(reg, eps)| Mirror {
+            registry: reg.clone(),
+            server: if reg == "docker.io" {
+                "https://registry-1.docker.io".into()
+            } else {
+                format!("https://{reg}")
+            },
+            endpoints: eps.clone(),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -340,20 +360,7 @@ pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
                 CgroupDriver::Cgroupfs => "cgroupfs",
             },
             restrict_oom_score_adj: spec.container_runtime.restrict_oom_score_adj,
-            mirrors: spec
-                .container_runtime
-                .registry_mirrors
-                .iter()
-                .map(|(reg, eps)| Mirror {
-                    registry: reg.clone(),
-                    server: if reg == "docker.io" {
-                        "https://registry-1.docker.io".into()
-                    } else {
-                        format!("https://{reg}")
-                    },
-                    endpoints: eps.clone(),
-                })
-                .collect(),
+            mirrors: registry_mirrors(inv),
         },
         kubelet: KubeletVars {
             taints: node_taints(inv, host).join(","),
