@@ -72,10 +72,11 @@ pub enum Command {
     /// Certificates: generate locally, report expiry.
     #[command(subcommand)]
     Certs(crate::pki::cmd::CertsCmd),
-    /// Snapshot etcd plus the local PKI and inventory into one archive.
-    Backup,
-    /// Restore etcd from a backup archive.
-    Restore { archive: PathBuf },
+    /// Snapshot etcd plus the local PKI and inventory into one archive (or, with --schedule,
+    /// install a snapshot timer on the etcd hosts).
+    Backup(crate::ops::BackupArgs),
+    /// Restore etcd from a backup archive: every member rebuilt from the snapshot.
+    Restore(crate::ops::RestoreArgs),
     /// Remove what clusterctl installed from hosts.
     Reset,
     /// Offline bundles: build, verify, sign, diff, ls.
@@ -172,8 +173,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(a) => crate::phases::cmd::plan(g, &a),
         Command::Status => crate::phases::cmd::status(g),
         Command::Certs(c) => crate::pki::cmd::run(g, c),
-        Command::Backup => Err(UserError::not_built("backup", "day-2 issue").into()),
-        Command::Restore { .. } => Err(UserError::not_built("restore", "day-2 issue").into()),
+        Command::Backup(a) => crate::ops::backup::run(g, &a),
+        Command::Restore(a) => crate::ops::restore::run(g, &a),
         Command::Reset => Err(UserError::not_built("reset", "day-2 issue").into()),
         Command::Bundle(c) => crate::bundle::cmd::run(g, c),
         Command::Inventory(InventoryCmd::Validate) => validate_cmd(g),

@@ -49,6 +49,18 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/etcd/etcd.yaml"),
     ),
     (
+        "etcd/etcd-backup.sh",
+        include_str!("../../templates/etcd/etcd-backup.sh"),
+    ),
+    (
+        "etcd/etcd-backup.service",
+        include_str!("../../templates/etcd/etcd-backup.service"),
+    ),
+    (
+        "etcd/etcd-backup.timer",
+        include_str!("../../templates/etcd/etcd-backup.timer"),
+    ),
+    (
         "haproxy/haproxy.cfg",
         include_str!("../../templates/haproxy/haproxy.cfg"),
     ),

@@ -594,6 +594,101 @@ impl Pool {
         Ok(outcomes)
     }
 
+    /// Copies the far file `remote` (read as root) to `local`, byte for byte: streamed into
+    /// `local` (created 0600, replaced), then its sha256 compared with the far one. Returns
+    /// (bytes, sha256).
+    pub async fn download(
+        &self,
+        host: &str,
+        remote: &str,
+        local: &std::path::Path,
+    ) -> Result<(u64, String), HostError> {
+        let step = format!("download {remote}");
+        let c = self.conn(host, &step)?;
+        let far = self
+            .run(
+                host,
+                &format!("sha256sum < {}", shell::quote(remote)),
+                ExecOpts::root(),
+            )
+            .await
+            .map_err(|e| e.with_step(&step))?;
+        let far_sha = far
+            .stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let local_err = |e: std::io::Error| {
+            self.err(
+                c,
+                &step,
+                ErrorKind::Local,
+                format!("{}: {e}", local.display()),
+            )
+        };
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(local)
+                .map_err(local_err)?;
+            tokio::fs::File::from_std(f)
+        };
+        let cmd = shell::as_root(&format!("cat -- {}", shell::quote(remote)), &c.target.user);
+        let _channel = c.channels.acquire().await;
+        let session = c.session.lock().await.clone();
+        let ch = session
+            .channel_open_session()
+            .await
+            .map_err(|e| self.err(c, &step, ErrorKind::Connect, e.to_string()))?;
+        ch.exec(true, cmd.as_str())
+            .await
+            .map_err(|e| self.err(c, &step, ErrorKind::Connect, e.to_string()))?;
+        let (mut rd, _wr) = ch.split();
+        let (mut hasher, mut n, mut stderr, mut status) = (Sha256::new(), 0u64, Vec::new(), None);
+        while let Some(msg) = rd.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    use tokio::io::AsyncWriteExt;
+                    hasher.update(&data);
+                    n += data.len() as u64;
+                    file.write_all(&data).await.map_err(local_err)?;
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                _ => {}
+            }
+        }
+        file.sync_all().await.map_err(local_err)?;
+        let sha = hex::encode(hasher.finalize());
+        if status != Some(0) {
+            return Err(self
+                .err(
+                    c,
+                    &step,
+                    ErrorKind::Command,
+                    format!("cat exited {status:?}"),
+                )
+                .with_stderr(String::from_utf8_lossy(&stderr).into_owned()));
+        }
+        if sha != far_sha {
+            return Err(self.err(
+                c,
+                &step,
+                ErrorKind::Upload,
+                format!("{n} bytes received with sha256 {sha}, the host has {far_sha}"),
+            ));
+        }
+        self.inner
+            .progress
+            .log(host, &format!("{step}: {n} bytes, sha256 {sha}"));
+        Ok((n, sha))
+    }
+
     /// Runs `f` on each host with at most `concurrency` at once and returns one result per host,
     /// in the order given. A failing host does not stop the others: they finish the step.
     /// Hosts that did not connect get their connection error.
