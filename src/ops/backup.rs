@@ -316,10 +316,11 @@ pub fn schedule_actions(
     ])
 }
 
-/// Removes the timer, its service and script (the snapshots stay); nothing when not there.
-const UNSCHEDULE: &str = "if [ -e /etc/systemd/system/etcd-backup.timer ] || [ -e /etc/systemd/system/etcd-backup.service ] || [ -e /usr/local/lib/clusterctl/etcd-backup.sh ]; then \
-     systemctl disable --now etcd-backup.timer 2>/dev/null || true; \
-     rm -f /etc/systemd/system/etcd-backup.timer /etc/systemd/system/etcd-backup.service /usr/local/lib/clusterctl/etcd-backup.sh && systemctl daemon-reload; fi";
+/// Succeeds when a scheduled backup is installed on the host.
+const INSTALLED: &str = "[ -e /etc/systemd/system/etcd-backup.timer ] || [ -e /etc/systemd/system/etcd-backup.service ] || [ -e /usr/local/lib/clusterctl/etcd-backup.sh ]";
+/// Removes the timer, its service and script (the snapshots stay).
+const UNSCHEDULE: &str = "systemctl disable --now etcd-backup.timer 2>/dev/null || true; \
+     rm -f /etc/systemd/system/etcd-backup.timer /etc/systemd/system/etcd-backup.service /usr/local/lib/clusterctl/etcd-backup.sh && systemctl daemon-reload";
 
 /// `backup --schedule CALENDAR --keep N` (or `off`) on every etcd host, through the converge
 /// loop: idempotent, and `--dry-run` shows what would change.
@@ -369,15 +370,32 @@ fn schedule(
                 other => anyhow::bail!("unexpected source {other:?}"),
             }
         };
+        // A calendar systemd cannot read is bad input: said before any host changes.
+        if !off && let Some(h) = hosts.first() {
+            let o = exec
+                .query(h, &format!("systemd-analyze calendar {} 2>&1", quote(calendar)))
+                .await?;
+            if o.status != 0 {
+                pool.close().await;
+                return Err(UserError::bad_input(format!(
+                    "--schedule {calendar:?} is not a systemd calendar ({} on {}); e.g. `daily`, `hourly`, `*-*-* 02:30:00` (see `man systemd.time`); nothing was changed",
+                    o.stdout.trim(),
+                    h.name
+                ))
+                .into());
+            }
+        }
         let futs = hosts.iter().zip(&plans).map(|(h, p)| async move {
             if off {
-                let o = exec.change(h, UNSCHEDULE).await?;
-                anyhow::ensure!(
-                    o.status == 0,
-                    "{}: removing the timer: {}",
-                    h.name,
-                    o.stderr.trim()
-                );
+                if exec.query(h, INSTALLED).await?.status == 0 {
+                    let o = exec.change(h, UNSCHEDULE).await?;
+                    anyhow::ensure!(
+                        o.status == 0,
+                        "{}: removing the timer: {}",
+                        h.name,
+                        o.stderr.trim()
+                    );
+                }
                 return Ok(format!(
                     "{}: no scheduled backup (snapshots kept in {})",
                     h.name,

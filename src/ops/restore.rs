@@ -313,7 +313,7 @@ async fn restore_on(
 ) -> anyhow::Result<Report> {
     let inv = ctx.inv();
     let when = stamp(time::OffsetDateTime::now_utc());
-    let token = format!("etcd-{}-restore-{}", inv.name(), when.to_lowercase());
+    let token = format!("etcd-{}-restore-{when}", inv.name());
     let data = inv.spec.etcd.data_dir.clone();
     let aside = format!("{data}.before-restore-{when}");
     let remote = format!("{REMOTE_DIR}/{}-{when}.db", inv.name());

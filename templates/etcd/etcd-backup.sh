@@ -1,5 +1,5 @@
 #!/bin/sh
-{#- The scheduled etcd snapshot of {{ host.name }} (clusterctl backup --schedule): the local
+{# The scheduled etcd snapshot of {{ host.name }} (clusterctl backup --schedule): the local
     member over TLS, checked offline, kept as the newest {{ backup.keep }}. -#}
 # etcd snapshot of the member on {{ host.name }}, written by clusterctl (backup --schedule).
 # Keeps the newest {{ backup.keep }} snapshots in {{ backup.dir }}.
