@@ -59,6 +59,7 @@ pub fn context(g: &Global) -> anyhow::Result<Context> {
         render,
         host_filter: vec![],
         bundle: None,
+        options: Default::default(),
     })
 }
 
