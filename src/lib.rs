@@ -8,6 +8,7 @@ pub mod diag;
 pub mod hashing;
 pub mod inventory;
 pub mod kube;
+pub mod ops;
 pub mod phases;
 pub mod pki;
 pub mod render;

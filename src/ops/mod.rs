@@ -1,0 +1,3 @@
+pub mod members;
+pub mod reset;
+pub mod status;
