@@ -65,8 +65,9 @@ pub enum Command {
     RenewCerts(crate::phases::cmd::RunArgs),
     /// Print, per host and in order, what `init` would do; touches nothing.
     Plan(crate::phases::cmd::PlanArgs),
-    /// The cluster's health, read now over HTTPS (no SSH): etcd members and leader, each
-    /// apiserver and the endpoint, leader leases, served certificates' expiry. Exit 1 when
+    /// The cluster's health on one screen (or -o json), read now: etcd members (leader, DB
+    /// size, health, version), each apiserver's readyz, the VIP holder, nodes and their
+    /// versions, the nearest certificate expiry, what differs from the inventory. Exit 1 when
     /// anything is unhealthy.
     Status,
     /// Certificates: generate locally, report expiry.
@@ -170,7 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upgrade(a) => crate::phases::cmd::run("upgrade", g, &a),
         Command::RenewCerts(a) => crate::phases::cmd::run("renew-certs", g, &a),
         Command::Plan(a) => crate::phases::cmd::plan(g, &a),
-        Command::Status => crate::phases::cmd::status(g),
+        Command::Status => crate::ops::status::run(g),
         Command::Certs(c) => crate::pki::cmd::run(g, c),
         Command::Backup => Err(UserError::not_built("backup", "day-2 issue").into()),
         Command::Restore { .. } => Err(UserError::not_built("restore", "day-2 issue").into()),

@@ -351,12 +351,30 @@ pub async fn add_member(ctx: &Context, h: &Host) -> anyhow::Result<String> {
                 ))
                 .into());
             }
-            let v = etcd
-                .call_any("/v3/cluster/member/add", &json!({"peerURLs": [peer]}))
-                .await
-                .map_err(|e| {
-                    UserError::failed(format!("etcd member add {} ({peer}): {e:#}", h.name))
-                })?;
+            // etcd refuses a reconfiguration ("unhealthy cluster") until every member has
+            // been connected for 5 s: right after the previous member joined, wait for that.
+            let v = crate::kube::wait_until(
+                &format!("etcd member add {} ({peer})", h.name),
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+                || async {
+                    match etcd
+                        .call_any("/v3/cluster/member/add", &json!({"peerURLs": [peer]}))
+                        .await
+                    {
+                        Ok(v) => Ok(crate::kube::Wait::Done(Ok(v))),
+                        Err(e) if format!("{e:#}").contains("unhealthy cluster") => {
+                            Ok(crate::kube::Wait::Pending(format!("{e:#}")))
+                        }
+                        Err(e) => Ok(crate::kube::Wait::Done(Err(e))),
+                    }
+                },
+            )
+            .await
+            .and_then(|r| r)
+            .map_err(|e| {
+                UserError::failed(format!("etcd member add {} ({peer}): {e:#}", h.name))
+            })?;
             let id = v["member"]["ID"].as_str().unwrap_or("?").to_string();
             let after = parse_members(&v);
             record.members.insert(

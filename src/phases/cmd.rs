@@ -52,7 +52,7 @@ pub struct PlanArgs {
 }
 
 /// Loads inventory, templates and playbook: everything a run needs before touching a host.
-fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Context, Runner)> {
+pub fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Context, Runner)> {
     let Scope {
         skip_phases: skip,
         only_phase: only,
@@ -357,6 +357,12 @@ fn grow_etcd(
             .filter(|n| !new_etcd.contains(n) || n == name || done.contains(n))
             .collect();
         sub.loaded.inventory.spec.hosts.retain(|h| keep.contains(&h.name));
+        // Only the etcd hosts take part: the others have nothing to do with a new member.
+        sub.host_filter = sub
+            .inv()
+            .etcd_hosts()
+            .map(|h| h.name.clone())
+            .collect();
         let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
         let pb = playbook::load("join", Some(&sub.state.root.join("playbooks")), &known)?;
         if !pb.phases.iter().any(|p| p == "etcd") {
@@ -387,41 +393,6 @@ fn grow_etcd(
         out.push((name.clone(), t.elapsed().as_secs_f64(), lines, r));
     }
     Ok(out)
-}
-
-/// `status`: the verify phase's report, read now from the live cluster over HTTPS (no SSH).
-pub fn status(g: &Global) -> anyhow::Result<()> {
-    let (ctx, _) = prepare(g, "init", &Scope::default())?;
-    if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
-        return Err(UserError::bad_input(format!(
-            "no admin credentials in {}: run `clusterctl init` first (status reads the cluster with them)",
-            ctx.state.root.display()
-        ))
-        .into());
-    }
-    let rt = tokio::runtime::Runtime::new()?;
-    let h = rt.block_on(super::verify::health(&ctx, 0))?;
-    match g.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&h)?),
-        Output::Text => {
-            for l in &h.healthy {
-                println!("ok       {l}");
-            }
-            for p in &h.problems {
-                println!("PROBLEM  {p}");
-            }
-        }
-    }
-    if h.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(UserError::failed(format!(
-            "cluster {}: {} problem(s)",
-            ctx.inv().name(),
-            h.problems.len()
-        ))
-        .into())
-    }
 }
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
