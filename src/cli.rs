@@ -77,8 +77,9 @@ pub enum Command {
     Backup,
     /// Restore etcd from a backup archive.
     Restore { archive: PathBuf },
-    /// Remove what clusterctl installed from hosts.
-    Reset,
+    /// Take hosts out of the cluster (drain + delete the node, etcd member remove) and remove
+    /// what clusterctl installed on them; data is deleted only after a confirmation (--yes).
+    Reset(crate::ops::reset::ResetArgs),
     /// Offline bundles: build, verify, sign, diff, ls.
     #[command(subcommand)]
     Bundle(crate::bundle::cmd::BundleCmd),
@@ -175,7 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(c) => crate::pki::cmd::run(g, c),
         Command::Backup => Err(UserError::not_built("backup", "day-2 issue").into()),
         Command::Restore { .. } => Err(UserError::not_built("restore", "day-2 issue").into()),
-        Command::Reset => Err(UserError::not_built("reset", "day-2 issue").into()),
+        Command::Reset(a) => crate::ops::reset::run(g, &a),
         Command::Bundle(c) => crate::bundle::cmd::run(g, c),
         Command::Inventory(InventoryCmd::Validate) => validate_cmd(g),
         Command::Inventory(InventoryCmd::Import {

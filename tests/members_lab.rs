@@ -91,7 +91,10 @@ fn etcd_grows_to_five_status_and_reset() {
         failures.len()
     );
     assert!(answered > 20, "the probe barely ran: {answered}");
-    assert!(failures.is_empty(), "reads failed during join: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "reads failed during join: {failures:?}"
+    );
     // The existing members' units did not change (no restart for a grown initial cluster).
     let flags_after: Vec<String> = ["h1", "h2", "h3"]
         .iter()
@@ -137,7 +140,11 @@ fn etcd_grows_to_five_status_and_reset() {
         "h4",
         "ls -d /etc/kubernetes /var/lib/kubelet/pki /etc/cni/net.d/10-clusterctl.conflist /usr/local/bin/kubelet 2>/dev/null; iptables-save | grep -c KUBE- ; true",
     );
-    assert_eq!(left.trim(), "0", "h4 keeps clusterctl files or KUBE-* rules: {left}");
+    assert_eq!(
+        left.trim(),
+        "0",
+        "h4 keeps clusterctl files or KUBE-* rules: {left}"
+    );
     let remains = lab.exec_ok("h4", "ls /var/backups/clusterctl 2>/dev/null; true");
     eprintln!("h4 after reset: backups: {remains}");
     assert!(text(&out).contains("remains on h4"), "{}", text(&out));

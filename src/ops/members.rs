@@ -300,13 +300,18 @@ impl Etcd {
 /// records how it starts. Refuses when another added member has not started, or when a
 /// member is down (the new one would count against a quorum that is not there).
 pub async fn add_member(ctx: &Context, h: &Host) -> anyhow::Result<String> {
-    let etcd = Etcd::new(ctx)?;
-    let members = etcd.members().await.map_err(|e| {
+    let etcd = Etcd::new(ctx);
+    let members = match &etcd {
+        Ok(etcd) => etcd.members().await,
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    }
+    .map_err(|e| {
         UserError::failed(format!(
             "cannot read etcd's member list to add {}: {e:#}",
             h.name
         ))
     })?;
+    let etcd = etcd?;
     let peer = peer_url(h);
     let mut record = Membership::load(ctx)?.unwrap_or_default();
     let mine = members.iter().find(|m| m.peer_urls.contains(&peer));
@@ -419,17 +424,16 @@ pub async fn wait_started(ctx: &Context, h: &Host) -> anyhow::Result<String> {
             etcd.status(&url).await?;
             let ms = etcd.members().await?;
             let started = ms.iter().filter(|m| m.started()).count();
-            let mine = ms.iter().any(|m| m.peer_urls.contains(&peer) && m.started());
+            let mine = ms
+                .iter()
+                .any(|m| m.peer_urls.contains(&peer) && m.started());
             Ok(if mine && started == ms.len() {
                 crate::kube::Wait::Done(format!(
                     "etcd: {} joined; {started} members, all started",
                     h.name
                 ))
             } else {
-                crate::kube::Wait::Pending(format!(
-                    "{started} of {} members started",
-                    ms.len()
-                ))
+                crate::kube::Wait::Pending(format!("{started} of {} members started", ms.len()))
             })
         },
     )

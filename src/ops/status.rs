@@ -461,7 +461,11 @@ pub fn render_text(s: &Status) -> String {
         let _ = writeln!(
             o,
             "  {:<10} {:<28} {:<9} {:<7} v{:<8} db {:>8}{}",
-            if m.name.is_empty() { "(unstarted)" } else { &m.name },
+            if m.name.is_empty() {
+                "(unstarted)"
+            } else {
+                &m.name
+            },
             m.client_url,
             if m.healthy { "healthy" } else { "UNHEALTHY" },
             if m.leader { "leader" } else { "" },

@@ -127,12 +127,16 @@ fn joined_hosts(ctx: &Context) -> std::collections::BTreeSet<String> {
     let journal = ctx.state.journal();
     let any = crate::ops::members::set_up_in_phase(&journal, "");
     let etcd = crate::ops::members::set_up_in_phase(&journal, "etcd");
+    // (A journal where no host ran the etcd phase, e.g. one that only ran some phases, is
+    // read as before: any ok entry.)
     any.into_iter()
         .filter(|n| {
-            !ctx.inv()
-                .host(n)
-                .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
+            etcd.is_empty()
                 || etcd.contains(n)
+                || !ctx
+                    .inv()
+                    .host(n)
+                    .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
         })
         .collect()
 }
@@ -224,14 +228,17 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
         }
     }
     let (mut report, recorded) = execute(&rt, &ctx, &runner, a.dry_run)?;
+    // The members' own runs come first in the report, their phases named `phase@host`.
     let mut joins = Vec::new();
-    for (host, seconds, lines, r) in grown {
-        joins.push(serde_json::json!({"host": host, "seconds": seconds, "etcd": lines}));
-        report.phases.splice(0..0, r.phases.into_iter().map(|mut p| {
-            p.phase = format!("{}@{host}", p.phase);
+    let mut first = Vec::new();
+    for j in grown {
+        joins.push(serde_json::json!({"host": j.host, "seconds": j.seconds, "etcd": j.lines}));
+        first.extend(j.report.phases.into_iter().map(|mut p| {
+            p.phase = format!("{}@{}", p.phase, j.host);
             p
         }));
     }
+    report.phases.splice(0..0, first);
     let (files, bytes, restarts) = report.totals();
     match g.output {
         Output::Json => {
@@ -328,6 +335,14 @@ fn execute(
     })
 }
 
+/// One etcd member added by `join`: its host, how long it took, what etcd said, the run.
+struct EtcdJoin {
+    host: String,
+    seconds: f64,
+    lines: Vec<String>,
+    report: super::runner::RunReport,
+}
+
 /// The phases that bring up a new etcd member (the rest of `join` runs once all are in).
 const ETCD_JOIN_PHASES: [&str; 4] = ["preflight", "prepare", "pki", "etcd"];
 
@@ -342,7 +357,7 @@ fn grow_etcd(
     rt: &tokio::runtime::Runtime,
     ctx: &Context,
     new_etcd: &[String],
-) -> anyhow::Result<Vec<(String, f64, Vec<String>, super::runner::RunReport)>> {
+) -> anyhow::Result<Vec<EtcdJoin>> {
     let mut done = Vec::new();
     let mut out = Vec::new();
     for name in new_etcd {
@@ -356,13 +371,13 @@ fn grow_etcd(
             .map(|h| h.name.clone())
             .filter(|n| !new_etcd.contains(n) || n == name || done.contains(n))
             .collect();
-        sub.loaded.inventory.spec.hosts.retain(|h| keep.contains(&h.name));
+        sub.loaded
+            .inventory
+            .spec
+            .hosts
+            .retain(|h| keep.contains(&h.name));
         // Only the etcd hosts take part: the others have nothing to do with a new member.
-        sub.host_filter = sub
-            .inv()
-            .etcd_hosts()
-            .map(|h| h.name.clone())
-            .collect();
+        sub.host_filter = sub.inv().etcd_hosts().map(|h| h.name.clone()).collect();
         let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
         let pb = playbook::load("join", Some(&sub.state.root.join("playbooks")), &known)?;
         if !pb.phases.iter().any(|p| p == "etcd") {
@@ -382,7 +397,11 @@ fn grow_etcd(
                 .collect(),
         };
         let runner = Runner::new(&pb, &sel)?;
-        let host = sub.inv().host(name).expect("selected hosts are in the inventory").clone();
+        let host = sub
+            .inv()
+            .host(name)
+            .expect("selected hosts are in the inventory")
+            .clone();
         let mut lines = vec![rt.block_on(crate::ops::members::add_member(&sub, &host))?];
         eprintln!("join: etcd: {}", lines[0]);
         let (r, _) = execute(rt, &sub, &runner, false)?;
@@ -390,7 +409,12 @@ fn grow_etcd(
         eprintln!("join: {gate} [{:.1}s]", t.elapsed().as_secs_f64());
         lines.push(gate);
         done.push(name.clone());
-        out.push((name.clone(), t.elapsed().as_secs_f64(), lines, r));
+        out.push(EtcdJoin {
+            host: name.clone(),
+            seconds: t.elapsed().as_secs_f64(),
+            lines,
+            report: r,
+        });
     }
     Ok(out)
 }

@@ -216,7 +216,11 @@ pub fn etcd_component_vars(
     with_flags(r, host_vars_etcd(inv, host, start), "etcd")
 }
 
-fn with_flags(r: &Renderer, mut v: tera::Context, component: &str) -> anyhow::Result<tera::Context> {
+fn with_flags(
+    r: &Renderer,
+    mut v: tera::Context,
+    component: &str,
+) -> anyhow::Result<tera::Context> {
     let flags = r.flags(component, &v)?;
     v.insert("flags", &flags);
     Ok(v)
