@@ -626,13 +626,26 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
     }
     let mut notes = Vec::new();
     if !whole {
+        let mut drops = Vec::new();
+        if selected.iter().any(|h| inv.runs_kubelet(h)) {
+            drops.push("the routes to its pods");
+        }
+        if selected.iter().any(|h| h.has(Role::ControlPlane)) {
+            drops.push("its load balancer backend");
+        }
+        if selected.iter().any(|h| h.has(Role::Etcd)) {
+            drops.push("the removed etcd member(s) from the apiservers' --etcd-servers");
+        }
         notes.push(format!(
-            "remove {} from {inv_path}, then run `clusterctl init`: the other hosts then drop {}",
+            "remove {} from {inv_path}{}",
             names.iter().copied().collect::<Vec<_>>().join(", "),
-            if selected.iter().any(|h| h.has(Role::Etcd)) {
-                "the routes to its pods, its load balancer backend and the removed etcd member(s) from the apiservers' --etcd-servers"
+            if drops.is_empty() {
+                String::new()
             } else {
-                "the routes to its pods and its load balancer backend"
+                format!(
+                    ", then run `clusterctl init`: the other hosts then drop {}",
+                    drops.join(", ")
+                )
             }
         ));
     }
