@@ -391,7 +391,7 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
         hosts: a.hosts.clone(),
         ..Default::default()
     };
-    let (ctx, runner) = prepare(g, "init", &scope)?;
+    let (ctx, runner) = prepare(g, "init", &scope, Default::default())?;
     let inv = ctx.inv();
     let selected: Vec<&Host> = ctx.hosts_where(|_| true);
     let names: BTreeSet<&str> = selected.iter().map(|h| h.name.as_str()).collect();

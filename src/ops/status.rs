@@ -557,7 +557,7 @@ pub fn render_text(s: &Status) -> String {
 }
 
 pub fn run(g: &Global) -> anyhow::Result<()> {
-    let (ctx, _) = crate::phases::cmd::prepare(g, "init", &Default::default())?;
+    let (ctx, _) = crate::phases::cmd::prepare(g, "init", &Default::default(), Default::default())?;
     if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
         return Err(UserError::bad_input(format!(
             "no admin credentials in {}: run `clusterctl init` first (status reads the cluster with them)",
