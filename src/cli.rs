@@ -67,8 +67,9 @@ pub enum Command {
     RenewCerts(crate::phases::cmd::RenewArgs),
     /// Print, per host and in order, what `init` would do; touches nothing.
     Plan(crate::phases::cmd::PlanArgs),
-    /// The cluster's health, read now over HTTPS (no SSH): etcd members and leader, each
-    /// apiserver and the endpoint, leader leases, served certificates' expiry. Exit 1 when
+    /// The cluster's health on one screen (or -o json), read now: etcd members (leader, DB
+    /// size, health, version), each apiserver's readyz, the VIP holder, nodes and their
+    /// versions, the nearest certificate expiry, what differs from the inventory. Exit 1 when
     /// anything is unhealthy.
     Status,
     /// Certificates: generate locally, report expiry.
@@ -79,8 +80,9 @@ pub enum Command {
     Backup(crate::ops::BackupArgs),
     /// Restore etcd from a backup archive: every member rebuilt from the snapshot.
     Restore(crate::ops::RestoreArgs),
-    /// Remove what clusterctl installed from hosts.
-    Reset,
+    /// Take hosts out of the cluster (drain + delete the node, etcd member remove) and remove
+    /// what clusterctl installed on them; data is deleted only after a confirmation (--yes).
+    Reset(crate::ops::reset::ResetArgs),
     /// Offline bundles: build, verify, sign, diff, ls.
     #[command(subcommand)]
     Bundle(crate::bundle::cmd::BundleCmd),
@@ -173,11 +175,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upgrade(a) => crate::phases::cmd::run("upgrade", g, &a),
         Command::RenewCerts(a) => crate::phases::cmd::renew_certs(g, &a),
         Command::Plan(a) => crate::phases::cmd::plan(g, &a),
-        Command::Status => crate::phases::cmd::status(g),
+        Command::Status => crate::ops::status::run(g),
         Command::Certs(c) => crate::pki::cmd::run(g, c),
         Command::Backup(a) => crate::ops::backup::run(g, &a),
         Command::Restore(a) => crate::ops::restore::run(g, &a),
-        Command::Reset => Err(UserError::not_built("reset", "day-2 issue").into()),
+        Command::Reset(a) => crate::ops::reset::run(g, &a),
         Command::Bundle(c) => crate::bundle::cmd::run(g, c),
         Command::Inventory(InventoryCmd::Validate) => validate_cmd(g),
         Command::Inventory(InventoryCmd::Import {

@@ -1,4 +1,5 @@
-//! Day-2 operations on etcd that are not playbooks: `backup` (a snapshot over TLS plus the
+//! Day-2 operations that are not playbooks: `status`, `reset`, growing etcd in `join`
+//! (`members`), `backup` (a snapshot over TLS plus the
 //! local PKI and inventory in one checksummed archive; `--schedule` installs a systemd timer
 //! on the etcd hosts) and `restore` (every member rebuilt from a snapshot with a new cluster
 //! token, the old data directories kept). `backup::take_backup` is the library entry point
@@ -6,7 +7,10 @@
 
 pub mod archive;
 pub mod backup;
+pub mod members;
+pub mod reset;
 pub mod restore;
+pub mod status;
 
 use std::path::PathBuf;
 

@@ -66,7 +66,7 @@ pub struct PlanArgs {
 }
 
 /// Loads inventory, templates and playbook: everything a run needs before touching a host.
-fn prepare(
+pub fn prepare(
     g: &Global,
     command: &str,
     scope: &Scope,
@@ -140,13 +140,24 @@ fn prepare(
     ))
 }
 
-/// Hosts that a run of `init` or `join` already set up (an ok entry in the journal).
-fn joined_hosts(journal: &Journal) -> std::collections::BTreeSet<String> {
-    journal
-        .last()
-        .into_values()
-        .filter(|e| e.ok && (e.command == "init" || e.command == "join"))
-        .map(|e| e.host)
+/// Hosts that a run of `init` or `join` already set up (an ok entry in the journal since the
+/// host's last `reset`). An etcd host counts only once its member ran (an ok `etcd` entry), so
+/// a `join` that stopped before it resumes it.
+fn joined_hosts(ctx: &Context) -> std::collections::BTreeSet<String> {
+    let journal = ctx.state.journal();
+    let any = crate::ops::members::set_up_in_phase(&journal, "");
+    let etcd = crate::ops::members::set_up_in_phase(&journal, "etcd");
+    // (A journal where no host ran the etcd phase, e.g. one that only ran some phases, is
+    // read as before: any ok entry.)
+    any.into_iter()
+        .filter(|n| {
+            etcd.is_empty()
+                || etcd.contains(n)
+                || !ctx
+                    .inv()
+                    .host(n)
+                    .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
+        })
         .collect()
 }
 
@@ -154,9 +165,10 @@ fn joined_hosts(journal: &Journal) -> std::collections::BTreeSet<String> {
 /// join the cluster. The run covers the cluster's hosts plus those: phases converge each host
 /// to the inventory, so the existing ones change only where a new host concerns them (routes
 /// to its pods, a load balancer backend, the apiserver certificate's SANs), one at a time
-/// behind the health gates. New hosts the user did not select are left out entirely.
+/// behind the health gates. New hosts the user did not select are left out entirely. New etcd
+/// hosts are members to add (see [`grow_etcd`]).
 fn scope_join(ctx: &mut Context) -> anyhow::Result<Vec<String>> {
-    let joined = joined_hosts(&Journal::at(ctx.state.journal()));
+    let joined = joined_hosts(ctx);
     let inv_path = ctx.loaded.path.display().to_string();
     if joined.is_empty() {
         return Err(UserError::bad_input(format!(
@@ -187,21 +199,6 @@ fn scope_join(ctx: &mut Context) -> anyhow::Result<Vec<String>> {
         }
         ctx.host_filter.clone()
     };
-    let etcd: Vec<&String> = selected
-        .iter()
-        .filter(|n| {
-            ctx.inv()
-                .host(n)
-                .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
-        })
-        .collect();
-    if !etcd.is_empty() {
-        return Err(UserError::bad_input(format!(
-            "{inv_path}: new host(s) {} have the etcd role: adding etcd members to a running cluster is not built yet (it is part of the day-2 issue); join them without the etcd role",
-            etcd.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        ))
-        .into());
-    }
     ctx.loaded
         .inventory
         .spec
@@ -257,6 +254,9 @@ fn run_with(
 ) -> anyhow::Result<()> {
     // Everything is checked before a host is contacted.
     let (mut ctx, runner) = prepare(g, command, &a.scope, options)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let started = std::time::Instant::now();
+    let mut grown = Vec::new();
     if command == "join" {
         let selected = scope_join(&mut ctx)?;
         if selected.is_empty() {
@@ -267,53 +267,38 @@ fn run_with(
             return Ok(());
         }
         eprintln!("join: adding {}", selected.join(", "));
-    }
-    let plans = runner.plan(&ctx)?;
-    let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let started = std::time::Instant::now();
-    let report = rt.block_on(async {
-        let targets: Vec<crate::ssh::Target> =
-            crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
-                .into_iter()
-                .filter(|t| ctx.host_filter.is_empty() || ctx.host_filter.contains(&t.name))
-                .collect();
-        let opts = crate::ssh::ConnectOpts {
-            concurrency: ctx.inv().spec.ssh.concurrency,
-            progress: crate::ssh::ProgressMode::Quiet,
-            logs_dir: Some(ctx.state.logs()),
-            ..Default::default()
-        };
-        let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
-        if !errors.is_empty() {
-            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            return Err(UserError::failed(format!(
-                "cannot reach {} host(s); nothing was changed:\n  {}",
-                errors.len(),
-                list.join("\n  ")
-            ))
-            .into());
+        let new_etcd: Vec<String> = selected
+            .iter()
+            .filter(|n| {
+                ctx.inv()
+                    .host(n)
+                    .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
+            })
+            .cloned()
+            .collect();
+        if !new_etcd.is_empty() {
+            if a.dry_run {
+                return Err(UserError::bad_input(format!(
+                    "join --dry-run: {} would become etcd member(s), which needs `member add` on the running cluster first; nothing was done. `clusterctl plan --command join` shows their steps",
+                    new_etcd.join(", ")
+                ))
+                .into());
+            }
+            grown = grow_etcd(g, &rt, &ctx, &new_etcd)?;
         }
-        let ssh = SshExecutor {
-            pool: pool.clone(),
-            timeout: std::time::Duration::from_secs(600),
-        };
-        let dry = DryRun::new(&ssh);
-        let exec: &dyn Executor = if a.dry_run { &dry } else { &ssh };
-        let journal = if a.dry_run {
-            Journal::disabled()
-        } else {
-            Journal::at(ctx.state.journal())
-        };
-        let resolve = |s: &Source| blobs.resolve(s);
-        let r = runner
-            .apply(&ctx, exec, &resolve, &PlainProgress, &journal)
-            .await;
-        pool.close().await;
-        let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());
-        r.map(|r| (r, recorded))
-    })?;
-    let (report, recorded) = report;
+    }
+    let (mut report, recorded) = execute(&rt, &ctx, &runner, a.dry_run)?;
+    // The members' own runs come first in the report, their phases named `phase@host`.
+    let mut joins = Vec::new();
+    let mut first = Vec::new();
+    for j in grown {
+        joins.push(serde_json::json!({"host": j.host, "seconds": j.seconds, "etcd": j.lines}));
+        first.extend(j.report.phases.into_iter().map(|mut p| {
+            p.phase = format!("{}@{}", p.phase, j.host);
+            p
+        }));
+    }
+    report.phases.splice(0..0, first);
     let (files, bytes, restarts) = report.totals();
     match g.output {
         Output::Json => {
@@ -325,6 +310,7 @@ fn run_with(
                     .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
                     .collect::<Vec<_>>(),
                 "seconds": started.elapsed().as_secs_f64(),
+                "etcdJoins": joins,
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
             });
@@ -357,39 +343,140 @@ fn run_with(
     Ok(())
 }
 
-/// `status`: the verify phase's report, read now from the live cluster over HTTPS (no SSH).
-pub fn status(g: &Global) -> anyhow::Result<()> {
-    let (ctx, _) = prepare(g, "init", &Scope::default(), Default::default())?;
-    if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
-        return Err(UserError::bad_input(format!(
-            "no admin credentials in {}: run `clusterctl init` first (status reads the cluster with them)",
-            ctx.state.root.display()
-        ))
-        .into());
-    }
-    let rt = tokio::runtime::Runtime::new()?;
-    let h = rt.block_on(super::verify::health(&ctx, 0))?;
-    match g.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&h)?),
-        Output::Text => {
-            for l in &h.healthy {
-                println!("ok       {l}");
-            }
-            for p in &h.problems {
-                println!("PROBLEM  {p}");
-            }
+/// Plans and applies `runner` on the hosts of `ctx` (or records what it would change).
+fn execute(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Context,
+    runner: &Runner,
+    dry_run: bool,
+) -> anyhow::Result<(super::runner::RunReport, Vec<(String, String)>)> {
+    let plans = runner.plan(ctx)?;
+    let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+    rt.block_on(async {
+        let targets: Vec<crate::ssh::Target> =
+            crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
+                .into_iter()
+                .filter(|t| ctx.host_filter.is_empty() || ctx.host_filter.contains(&t.name))
+                .collect();
+        let opts = crate::ssh::ConnectOpts {
+            concurrency: ctx.inv().spec.ssh.concurrency,
+            progress: crate::ssh::ProgressMode::Quiet,
+            logs_dir: Some(ctx.state.logs()),
+            ..Default::default()
+        };
+        let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            return Err(UserError::failed(format!(
+                "cannot reach {} host(s); nothing was changed:\n  {}",
+                errors.len(),
+                list.join("\n  ")
+            ))
+            .into());
         }
+        let ssh = SshExecutor {
+            pool: pool.clone(),
+            timeout: std::time::Duration::from_secs(600),
+        };
+        let dry = DryRun::new(&ssh);
+        let exec: &dyn Executor = if dry_run { &dry } else { &ssh };
+        let journal = if dry_run {
+            Journal::disabled()
+        } else {
+            Journal::at(ctx.state.journal())
+        };
+        let resolve = |s: &Source| blobs.resolve(s);
+        let r = runner
+            .apply(ctx, exec, &resolve, &PlainProgress, &journal)
+            .await;
+        pool.close().await;
+        let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());
+        r.map(|r| (r, recorded))
+    })
+}
+
+/// One etcd member added by `join`: its host, how long it took, what etcd said, the run.
+struct EtcdJoin {
+    host: String,
+    seconds: f64,
+    lines: Vec<String>,
+    report: super::runner::RunReport,
+}
+
+/// The phases that bring up a new etcd member (the rest of `join` runs once all are in).
+const ETCD_JOIN_PHASES: [&str; 4] = ["preflight", "prepare", "pki", "etcd"];
+
+/// Adds new etcd hosts one at a time: `member add` through etcd's API, then the host's
+/// certificates and member (started with `--initial-cluster-state=existing` and the members
+/// of that time plus itself; the existing members' flags do not change), then the gate: it
+/// answers and every member started. Each step runs the cluster's hosts plus the new one, so
+/// the next member is added to a cluster that includes the previous. Returns per member
+/// (host, seconds, what etcd said, the run's report).
+fn grow_etcd(
+    g: &Global,
+    rt: &tokio::runtime::Runtime,
+    ctx: &Context,
+    new_etcd: &[String],
+) -> anyhow::Result<Vec<EtcdJoin>> {
+    let mut done = Vec::new();
+    let mut out = Vec::new();
+    for name in new_etcd {
+        let t = std::time::Instant::now();
+        let (mut sub, _) = prepare(g, "join", &Scope::default(), Default::default())?;
+        let keep: std::collections::BTreeSet<String> = ctx
+            .inv()
+            .spec
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|n| !new_etcd.contains(n) || n == name || done.contains(n))
+            .collect();
+        sub.loaded
+            .inventory
+            .spec
+            .hosts
+            .retain(|h| keep.contains(&h.name));
+        // Only the etcd hosts take part: the others have nothing to do with a new member.
+        sub.host_filter = sub.inv().etcd_hosts().map(|h| h.name.clone()).collect();
+        let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
+        let pb = playbook::load("join", Some(&sub.state.root.join("playbooks")), &known)?;
+        if !pb.phases.iter().any(|p| p == "etcd") {
+            return Err(UserError::bad_input(format!(
+                "{}: has no etcd phase, so it cannot start the new etcd member(s) {}: add `- etcd` after `- pki`",
+                pb.origin.display(),
+                new_etcd.join(", ")
+            ))
+            .into());
+        }
+        let sel = Selection {
+            skip: Vec::new(),
+            only: ETCD_JOIN_PHASES
+                .iter()
+                .filter(|p| pb.phases.iter().any(|q| q == *p))
+                .map(|p| p.to_string())
+                .collect(),
+        };
+        let runner = Runner::new(&pb, &sel)?;
+        let host = sub
+            .inv()
+            .host(name)
+            .expect("selected hosts are in the inventory")
+            .clone();
+        let mut lines = vec![rt.block_on(crate::ops::members::add_member(&sub, &host))?];
+        eprintln!("join: etcd: {}", lines[0]);
+        let (r, _) = execute(rt, &sub, &runner, false)?;
+        let gate = rt.block_on(crate::ops::members::wait_started(&sub, &host))?;
+        eprintln!("join: {gate} [{:.1}s]", t.elapsed().as_secs_f64());
+        lines.push(gate);
+        done.push(name.clone());
+        out.push(EtcdJoin {
+            host: name.clone(),
+            seconds: t.elapsed().as_secs_f64(),
+            lines,
+            report: r,
+        });
     }
-    if h.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(UserError::failed(format!(
-            "cluster {}: {} problem(s)",
-            ctx.inv().name(),
-            h.problems.len()
-        ))
-        .into())
-    }
+    Ok(out)
 }
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {

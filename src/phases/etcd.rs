@@ -9,9 +9,17 @@ use futures::future::BoxFuture;
 
 use super::{Action, Context, Executor, Order, Phase, PhasePlan, static_pods};
 use crate::inventory::{Host, Role};
-use crate::render::component_vars;
+use crate::ops::members::{Membership, start_for};
+use crate::render::etcd_component_vars;
 
 pub struct Etcd;
+
+/// The template variables of the member on `h`, with the flags it starts with (those it was
+/// first started with; see [`crate::ops::members`]).
+pub fn vars(ctx: &Context, h: &Host) -> anyhow::Result<tera::Context> {
+    let (start, _) = start_for(ctx, h)?;
+    etcd_component_vars(&ctx.render, ctx.inv(), h, &start)
+}
 
 /// `etcdctl endpoint health` against the member on this host, over TLS.
 pub fn health_command(host: &Host) -> String {
@@ -36,6 +44,24 @@ impl Phase for Etcd {
         let data_dir = &inv.spec.etcd.data_dir;
         for h in ctx.hosts_where(|h| h.has(Role::Etcd)) {
             let mut a = vec![static_pods::mode_guard(inv, &["etcd"])];
+            if !start_for(ctx, h)?.1 {
+                // A member of a running cluster starts only after `member add`, which `join`
+                // does first (one member at a time); `init` would start it to no avail.
+                a.insert(
+                    0,
+                    Action::check(
+                        &format!(
+                            "{} is a new etcd member of a running cluster: add it with `clusterctl join` (member add, then start)",
+                            h.name
+                        ),
+                        "false",
+                    ),
+                );
+                plan.notes.push(format!(
+                    "{}: a new member of the running etcd cluster: `clusterctl join` adds it (member add) before it starts",
+                    h.name
+                ));
+            }
             if inv.static_pods() {
                 // The kubelet runs the member: containerd (with the etcd image) and the kubelet
                 // first, then the manifest (the data directory made before, with etcd's mode).
@@ -44,7 +70,7 @@ impl Phase for Etcd {
                 a.push(Action::dir(data_dir, 0o700));
                 a.push(static_pods::manifest(ctx, h, "etcd", &[])?);
             } else {
-                let vars = component_vars(&ctx.render, inv, h, "etcd")?;
+                let vars = vars(ctx, h)?;
                 let unit = ctx.render.render("etcd/etcd.service", &vars)?;
                 a.extend([
                     Action::dir(data_dir, 0o700),
@@ -67,6 +93,41 @@ impl Phase for Etcd {
             plan.notes.extend(static_pods::image_notes(ctx, &["etcd"])?);
         }
         Ok(plan)
+    }
+    fn apply_cluster<'a>(
+        &'a self,
+        ctx: &'a Context,
+        dry_run: bool,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            // The first run records how every member started, so that adding one later
+            // changes no existing member's flags.
+            let path = Membership::path(ctx);
+            if dry_run || path.is_file() || ctx.inv().etcd_hosts().next().is_none() {
+                return Ok(vec![]);
+            }
+            let m = match Membership::load(ctx)? {
+                Some(m) => m,
+                None => Membership {
+                    members: ctx
+                        .hosts_where(|h| h.has(Role::Etcd))
+                        .into_iter()
+                        .map(|h| {
+                            (
+                                h.name.clone(),
+                                crate::render::EtcdStart::new_cluster(ctx.inv()),
+                            )
+                        })
+                        .collect(),
+                },
+            };
+            m.save(ctx)?;
+            Ok(vec![format!(
+                "recorded how the {} etcd member(s) started in {}",
+                m.members.len(),
+                path.display()
+            )])
+        })
     }
     fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
         // Static pods: a member runs where its manifest is (containerd and the kubelet may

@@ -175,7 +175,11 @@ pub fn manifest(
     component: &str,
     rendered: &[(String, String)],
 ) -> anyhow::Result<Action> {
-    let mut vars = component_vars(&ctx.render, ctx.inv(), h, component)?;
+    let mut vars = if component == "etcd" {
+        super::etcd::vars(ctx, h)?
+    } else {
+        component_vars(&ctx.render, ctx.inv(), h, component)?
+    };
     vars.insert("image", &image(ctx, component)?);
     vars.insert("inputs", &inputs_hash(ctx, h, component, rendered)?);
     let tpl = format!("{component}/{component}.yaml");

@@ -57,7 +57,8 @@ fn expiry(s: &Served) -> String {
     }
 }
 
-fn etcd_client(ctx: &Context) -> anyhow::Result<reqwest::Client> {
+/// A client for etcd's JSON gateway, with the healthcheck-client certificate.
+pub fn etcd_client(ctx: &Context) -> anyhow::Result<reqwest::Client> {
     let pki = ctx.state.pki();
     let read = |f: &str| {
         let p = pki.join(f);

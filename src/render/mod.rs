@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 pub use vars::{
-    DEFAULT_VIP_INTERFACE, ETCD_NODE_LABEL, ETCD_NODE_TAINT, Mirror, host_vars, node_taints,
-    registry_mirrors,
+    DEFAULT_VIP_INTERFACE, ETCD_NODE_LABEL, ETCD_NODE_TAINT, EtcdStart, Mirror, host_vars,
+    host_vars_etcd, node_taints, peer_url, registry_mirrors,
 };
 
 /// The components whose flags live in one template, `<name>/<name>.flags` (one flag a line),
@@ -215,7 +215,24 @@ pub fn component_vars(
     host: &crate::inventory::Host,
     component: &str,
 ) -> anyhow::Result<tera::Context> {
-    let mut v = host_vars(inv, host);
+    with_flags(r, host_vars(inv, host), component)
+}
+
+/// [`component_vars`] for etcd, the member starting with `start` (see [`EtcdStart`]).
+pub fn etcd_component_vars(
+    r: &Renderer,
+    inv: &crate::inventory::Inventory,
+    host: &crate::inventory::Host,
+    start: &EtcdStart,
+) -> anyhow::Result<tera::Context> {
+    with_flags(r, host_vars_etcd(inv, host, start), "etcd")
+}
+
+fn with_flags(
+    r: &Renderer,
+    mut v: tera::Context,
+    component: &str,
+) -> anyhow::Result<tera::Context> {
     let flags = r.flags(component, &v)?;
     v.insert("flags", &flags);
     Ok(v)

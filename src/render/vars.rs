@@ -137,7 +137,7 @@ struct EtcdVars {
     data_dir: String,
     initial_cluster: String,
     token: String,
-    initial_state: &'static str,
+    initial_state: String,
     snapshot_count: u64,
     quota_backend_bytes: u64,
     extra_args: Vec<Arg>,
@@ -211,16 +211,47 @@ fn args(m: &std::collections::BTreeMap<String, String>) -> Vec<Arg> {
         .collect()
 }
 
-/// Template variables for `host`.
+/// How an etcd member starts: `--initial-cluster` and `--initial-cluster-state`. A member of
+/// a new cluster starts with every etcd host of the inventory and `new`; one added later
+/// (`member add`) with the members of that time plus itself and `existing`. Each member keeps
+/// the flags it started with (clusters/<name>/etcd-members.json), so a grown cluster does not
+/// change, and so restart, the units of the members that were there before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdStart {
+    pub initial_cluster: String,
+    pub initial_state: String,
+}
+
+impl EtcdStart {
+    /// A member of a new cluster: every etcd host of the inventory, `new`.
+    pub fn new_cluster(inv: &Inventory) -> EtcdStart {
+        EtcdStart {
+            initial_cluster: inv
+                .etcd_hosts()
+                .map(|h| format!("{}={}", h.name, peer_url(h)))
+                .collect::<Vec<_>>()
+                .join(","),
+            initial_state: "new".into(),
+        }
+    }
+}
+
+/// The peer URL of the etcd member on `h`.
+pub fn peer_url(h: &Host) -> String {
+    Inventory::url(&h.address, 2380)
+}
+
+/// Template variables for `host`, its etcd member starting as a member of a new cluster.
 pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
+    host_vars_etcd(inv, host, &EtcdStart::new_cluster(inv))
+}
+
+/// Template variables for `host`, its etcd member starting with `start`.
+pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::Context {
     let spec = &inv.spec;
     let version = inv.kube_version();
     let etcd_hosts: Vec<&Host> = inv.etcd_hosts().collect();
-    let initial_cluster = etcd_hosts
-        .iter()
-        .map(|h| format!("{}=https://{}:2380", h.name, h.address))
-        .collect::<Vec<_>>()
-        .join(",");
     let etcd_servers = etcd_hosts
         .iter()
         .map(|h| format!("https://{}:2379", h.address))
@@ -304,9 +335,9 @@ pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
         },
         etcd: EtcdVars {
             data_dir: spec.etcd.data_dir.clone(),
-            initial_cluster,
+            initial_cluster: start.initial_cluster.clone(),
             token: format!("etcd-{}", inv.name()),
-            initial_state: "new",
+            initial_state: start.initial_state.clone(),
             snapshot_count: spec.etcd.snapshot_count,
             quota_backend_bytes: spec.etcd.quota_backend_bytes,
             extra_args: args(&spec.etcd.extra_args),

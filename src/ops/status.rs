@@ -1,0 +1,584 @@
+//! `clusterctl status`: one screen (or `-o json`) read now from the live cluster, every query
+//! in parallel with short timeouts: etcd members (name, URLs, leader, DB size, health,
+//! version), each apiserver's `/readyz` and the endpoint's, the VIP holder (vip mode, over
+//! SSH), nodes with their kubelet versions and readiness, the nearest certificate expiry of
+//! the local PKI, and what differs from the inventory. Exit 1 when something is unhealthy.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::members::{Etcd, Member};
+use crate::cli::{Global, Output};
+use crate::diag::UserError;
+use crate::inventory::{HaMode, Inventory};
+use crate::phases::Context;
+use crate::phases::health;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMember {
+    pub name: String,
+    pub id: String,
+    pub peer_url: String,
+    pub client_url: String,
+    pub started: bool,
+    pub healthy: bool,
+    pub leader: bool,
+    pub version: String,
+    pub db_size_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub name: String,
+    pub url: String,
+    pub ready: bool,
+    pub readyz: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    pub ready: bool,
+    pub kubelet_version: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vip {
+    pub address: String,
+    /// Hosts that carry the address now (one when healthy).
+    pub holders: Vec<String>,
+    /// Balancer hosts that could not be asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertExpiry {
+    pub name: String,
+    pub location: String,
+    pub not_after: String,
+    pub days: i64,
+}
+
+/// What differs between the inventory and the live cluster.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    pub inventory_hosts_not_nodes: Vec<String>,
+    pub nodes_not_in_inventory: Vec<String>,
+    pub inventory_etcd_hosts_not_members: Vec<String>,
+    pub etcd_members_not_in_inventory: Vec<String>,
+}
+
+impl Drift {
+    fn is_empty(&self) -> bool {
+        self.inventory_hosts_not_nodes.is_empty()
+            && self.nodes_not_in_inventory.is_empty()
+            && self.inventory_etcd_hosts_not_members.is_empty()
+            && self.etcd_members_not_in_inventory.is_empty()
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub cluster: String,
+    pub healthy: bool,
+    pub seconds: f64,
+    pub etcd: EtcdStatus,
+    pub apiservers: Vec<Endpoint>,
+    pub endpoint: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Vip>,
+    pub nodes: Vec<NodeStatus>,
+    pub nearest_certificate_expiry: Option<CertExpiry>,
+    pub drift: Drift,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdStatus {
+    pub members: Vec<EtcdMember>,
+    pub leader: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// etcd: the member list from any member, then each member's own status.
+async fn etcd_status(ctx: &Context) -> EtcdStatus {
+    let etcd = match Etcd::new(ctx) {
+        Ok(mut e) => {
+            // Ask every inventory etcd host, not only the recorded members.
+            for h in ctx.inv().etcd_hosts() {
+                let u = Inventory::url(&h.address, 2379);
+                if !e.endpoints.contains(&u) {
+                    e.endpoints.push(u);
+                }
+            }
+            e
+        }
+        Err(err) => {
+            return EtcdStatus {
+                members: vec![],
+                leader: None,
+                error: Some(format!("{err:#}")),
+            };
+        }
+    };
+    let members: Vec<Member> = match etcd.members().await {
+        Ok(m) => m,
+        Err(err) => {
+            return EtcdStatus {
+                members: vec![],
+                leader: None,
+                error: Some(format!("{err:#}")),
+            };
+        }
+    };
+    let statuses = futures::future::join_all(members.iter().map(|m| async {
+        match m.client_urls.first() {
+            Some(u) => etcd.status(u).await.map_err(|e| format!("{e:#}")),
+            None => Err("added but not started (no client URL)".to_string()),
+        }
+    }))
+    .await;
+    let leader_id = statuses
+        .iter()
+        .flatten()
+        .filter_map(|v| v["leader"].as_str())
+        .find(|l| *l != "0")
+        .map(str::to_string);
+    let mut out = Vec::new();
+    for (m, st) in members.iter().zip(statuses) {
+        let (healthy, version, db, error) = match &st {
+            Ok(v) => {
+                let has_leader = v["leader"].as_str().is_some_and(|l| l != "0");
+                (
+                    has_leader,
+                    v["version"].as_str().unwrap_or_default().to_string(),
+                    v["dbSize"].as_str().and_then(|n| n.parse().ok()),
+                    (!has_leader).then(|| "no leader".to_string()),
+                )
+            }
+            Err(e) => (false, String::new(), None, Some(e.clone())),
+        };
+        out.push(EtcdMember {
+            name: if m.started() {
+                m.name.clone()
+            } else {
+                String::new()
+            },
+            id: m.id.clone(),
+            peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
+            client_url: m.client_urls.first().cloned().unwrap_or_default(),
+            started: m.started(),
+            healthy,
+            leader: leader_id.as_deref() == Some(m.id.as_str()),
+            version,
+            db_size_bytes: db,
+            error,
+        });
+    }
+    out.sort_by(|a, b| (a.name.is_empty(), &a.name).cmp(&(b.name.is_empty(), &b.name)));
+    let leader = out.iter().find(|m| m.leader).map(|m| m.name.clone());
+    EtcdStatus {
+        members: out,
+        leader,
+        error: None,
+    }
+}
+
+async fn readyz(api: &reqwest::Client, name: String, base: String) -> Endpoint {
+    let url = format!("{base}/readyz");
+    match health::send(api.get(&url), &url).await {
+        Ok(s) => Endpoint {
+            name,
+            url: base,
+            ready: true,
+            readyz: s.body.trim().to_string(),
+        },
+        Err(e) => Endpoint {
+            name,
+            url: base,
+            ready: false,
+            readyz: format!("{e:#}"),
+        },
+    }
+}
+
+/// Which balancer hosts carry the VIP now: `ip -o addr` over SSH on each, in parallel.
+async fn vip_holders(ctx: &Context) -> Option<Vip> {
+    let inv = ctx.inv();
+    let (HaMode::Vip, Some(v)) = (inv.spec.ha.mode, &inv.spec.ha.vip) else {
+        return None;
+    };
+    let (ip, _) = v.ip_and_prefix();
+    let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
+    let targets: Vec<crate::ssh::Target> =
+        crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
+            .into_iter()
+            .filter(|t| lb.contains(&t.name))
+            .collect();
+    let opts = crate::ssh::ConnectOpts {
+        retries: 0,
+        progress: crate::ssh::ProgressMode::Quiet,
+        ..Default::default()
+    };
+    let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
+    let needle = format!(" {ip}/");
+    let answers = futures::future::join_all(pool.hosts().into_iter().map(|h| {
+        let pool = &pool;
+        let needle = &needle;
+        async move {
+            let o = pool
+                .exec(
+                    &h,
+                    "ip -o addr show",
+                    crate::ssh::ExecOpts::root().timeout(Duration::from_secs(3)),
+                )
+                .await;
+            (h, o.ok().map(|o| o.stdout.contains(needle.as_str())))
+        }
+    }))
+    .await;
+    pool.close().await;
+    let mut holders = Vec::new();
+    let mut asked = BTreeSet::new();
+    for (h, has) in answers {
+        if let Some(has) = has {
+            asked.insert(h.clone());
+            if has {
+                holders.push(h);
+            }
+        }
+    }
+    Some(Vip {
+        address: ip.to_string(),
+        holders,
+        unknown: lb.into_iter().filter(|h| !asked.contains(h)).collect(),
+    })
+}
+
+/// The certificate of the local PKI (and kubeconfigs) that expires first.
+fn nearest_expiry(ctx: &Context) -> anyhow::Result<Option<CertExpiry>> {
+    let local = crate::pki::expiry::LocalDir {
+        pki: ctx.state.pki(),
+        kubeconfig: ctx.state.root.join("kubeconfig"),
+    };
+    let sources: [&dyn crate::pki::expiry::CertSource; 1] = [&local];
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let rows = crate::pki::expiry::report(&sources, now, 0)?;
+    Ok(rows
+        .into_iter()
+        .min_by_key(|r| r.residual_seconds)
+        .map(|r| CertExpiry {
+            name: r.name,
+            location: r.location,
+            not_after: r.not_after,
+            days: r.residual_seconds.div_euclid(86_400),
+        }))
+}
+
+/// Reads everything in parallel and judges it.
+pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
+    let started = Instant::now();
+    let inv = ctx.inv();
+    let api = crate::phases::control_plane::admin_client(ctx)?;
+    let port = inv.spec.control_plane.apiserver_port;
+    let (ep_host, ep_port) = inv.apiserver_endpoint_for_admin();
+    let endpoint_url = Inventory::url(&ep_host, ep_port);
+    let apiservers = futures::future::join_all(
+        inv.control_plane_hosts()
+            .map(|h| readyz(&api, h.name.clone(), Inventory::url(&h.address, port))),
+    );
+    let nodes_url = format!("{endpoint_url}/api/v1/nodes");
+    let nodes = async {
+        let body = health::get(&api, &nodes_url).await?;
+        let v: Value = serde_json::from_str(&body)?;
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(crate::kube::nodes::Node::from_json)
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let (etcd, apiservers, endpoint, nodes, vip) = tokio::join!(
+        etcd_status(ctx),
+        apiservers,
+        readyz(&api, "endpoint".into(), endpoint_url.clone()),
+        nodes,
+        vip_holders(ctx),
+    );
+    let mut problems = Vec::new();
+    if let Some(e) = &etcd.error {
+        problems.push(format!("etcd: {e}"));
+    }
+    for m in &etcd.members {
+        if !m.healthy {
+            problems.push(format!(
+                "etcd member {} ({}): {}",
+                if m.name.is_empty() { "?" } else { &m.name },
+                m.peer_url,
+                m.error.as_deref().unwrap_or("unhealthy")
+            ));
+        }
+    }
+    if etcd.error.is_none() && etcd.leader.is_none() {
+        problems.push("etcd has no leader".into());
+    }
+    for a in apiservers.iter().chain([&endpoint]) {
+        if !a.ready {
+            problems.push(format!("{} {}: {}", a.name, a.url, a.readyz));
+        }
+    }
+    if let Some(v) = &vip {
+        match v.holders.len() {
+            1 => {}
+            0 if !v.unknown.is_empty() => problems.push(format!(
+                "VIP {}: no host seen with it ({} could not be asked)",
+                v.address,
+                v.unknown.join(", ")
+            )),
+            0 => problems.push(format!("VIP {}: no balancer holds it", v.address)),
+            _ => problems.push(format!(
+                "VIP {}: held by {} hosts at once: {}",
+                v.address,
+                v.holders.len(),
+                v.holders.join(", ")
+            )),
+        }
+    }
+    let nodes = match nodes {
+        Ok(n) => n,
+        Err(e) => {
+            problems.push(format!("nodes: {e:#}"));
+            vec![]
+        }
+    };
+    let nodes: Vec<NodeStatus> = nodes
+        .into_iter()
+        .map(|n| NodeStatus {
+            name: n.name.clone(),
+            ready: n.ready,
+            kubelet_version: n.kubelet_version.clone(),
+        })
+        .collect();
+    for n in &nodes {
+        if !n.ready {
+            problems.push(format!("node {}: NotReady", n.name));
+        }
+    }
+    let cert = match nearest_expiry(ctx) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("local PKI: {e:#}"));
+            None
+        }
+    };
+    if let Some(c) = &cert
+        && c.days < 0
+    {
+        problems.push(format!("certificate {} expired {}", c.name, c.not_after));
+    }
+    // What differs from the inventory (reported; not a health problem by itself).
+    let mut drift = Drift::default();
+    let node_names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let inv_nodes: BTreeSet<&str> = inv.node_hosts().map(|h| h.name.as_str()).collect();
+    if problems.iter().all(|p| !p.starts_with("nodes:")) {
+        drift.inventory_hosts_not_nodes = inv_nodes
+            .difference(&node_names)
+            .map(|s| s.to_string())
+            .collect();
+        drift.nodes_not_in_inventory = node_names
+            .difference(&inv_nodes)
+            .map(|s| s.to_string())
+            .collect();
+    }
+    if etcd.error.is_none() {
+        let member_peers: BTreeSet<&str> =
+            etcd.members.iter().map(|m| m.peer_url.as_str()).collect();
+        drift.inventory_etcd_hosts_not_members = inv
+            .etcd_hosts()
+            .filter(|h| !member_peers.contains(crate::render::peer_url(h).as_str()))
+            .map(|h| h.name.clone())
+            .collect();
+        let inv_peers: BTreeSet<String> = inv.etcd_hosts().map(crate::render::peer_url).collect();
+        drift.etcd_members_not_in_inventory = etcd
+            .members
+            .iter()
+            .filter(|m| !inv_peers.contains(&m.peer_url))
+            .map(|m| {
+                if m.name.is_empty() {
+                    m.peer_url.clone()
+                } else {
+                    m.name.clone()
+                }
+            })
+            .collect();
+    }
+    Ok(Status {
+        cluster: inv.name().to_string(),
+        healthy: problems.is_empty(),
+        seconds: started.elapsed().as_secs_f64(),
+        etcd,
+        apiservers,
+        endpoint: Some(endpoint),
+        vip,
+        nodes,
+        nearest_certificate_expiry: cert,
+        drift,
+        problems,
+    })
+}
+
+/// The one-screen form.
+pub fn render_text(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "cluster {}: {} (read in {:.1}s)",
+        s.cluster,
+        if s.healthy { "healthy" } else { "UNHEALTHY" },
+        s.seconds
+    );
+    let _ = writeln!(o, "\netcd members ({}):", s.etcd.members.len());
+    if let Some(e) = &s.etcd.error {
+        let _ = writeln!(o, "  cannot read: {e}");
+    }
+    for m in &s.etcd.members {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<28} {:<9} {:<7} v{:<8} db {:>8}{}",
+            if m.name.is_empty() {
+                "(unstarted)"
+            } else {
+                &m.name
+            },
+            m.client_url,
+            if m.healthy { "healthy" } else { "UNHEALTHY" },
+            if m.leader { "leader" } else { "" },
+            m.version,
+            m.db_size_bytes
+                .map(|b| format!("{} KiB", b / 1024))
+                .unwrap_or_else(|| "?".into()),
+            m.error
+                .as_ref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(o, "\napiservers:");
+    for a in s.apiservers.iter().chain(&s.endpoint) {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<28} {}",
+            a.name,
+            a.url,
+            if a.ready {
+                format!("readyz {}", a.readyz)
+            } else {
+                format!("NOT READY: {}", a.readyz)
+            }
+        );
+    }
+    if let Some(v) = &s.vip {
+        let _ = writeln!(
+            o,
+            "\nVIP {}: held by {}{}",
+            v.address,
+            if v.holders.is_empty() {
+                "nobody".to_string()
+            } else {
+                v.holders.join(", ")
+            },
+            if v.unknown.is_empty() {
+                String::new()
+            } else {
+                format!(" (not asked: {})", v.unknown.join(", "))
+            }
+        );
+    }
+    let _ = writeln!(o, "\nnodes ({}):", s.nodes.len());
+    for n in &s.nodes {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<8} kubelet {}",
+            n.name,
+            if n.ready { "Ready" } else { "NotReady" },
+            n.kubelet_version
+        );
+    }
+    if let Some(c) = &s.nearest_certificate_expiry {
+        let _ = writeln!(
+            o,
+            "\nnearest certificate expiry: {} ({}) on {}, in {} days",
+            c.name, c.location, c.not_after, c.days
+        );
+    }
+    if !s.drift.is_empty() {
+        let d = &s.drift;
+        let _ = writeln!(o, "\ndiffers from the inventory:");
+        for (what, v) in [
+            ("in the inventory, not a node", &d.inventory_hosts_not_nodes),
+            ("a node, not in the inventory", &d.nodes_not_in_inventory),
+            (
+                "an etcd host of the inventory, not a member",
+                &d.inventory_etcd_hosts_not_members,
+            ),
+            (
+                "an etcd member, not in the inventory",
+                &d.etcd_members_not_in_inventory,
+            ),
+        ] {
+            if !v.is_empty() {
+                let _ = writeln!(o, "  {what}: {}", v.join(", "));
+            }
+        }
+    }
+    if !s.problems.is_empty() {
+        let _ = writeln!(o, "\nproblems:");
+        for p in &s.problems {
+            let _ = writeln!(o, "  {p}");
+        }
+    }
+    o
+}
+
+pub fn run(g: &Global) -> anyhow::Result<()> {
+    let (ctx, _) = crate::phases::cmd::prepare(g, "init", &Default::default(), Default::default())?;
+    if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
+        return Err(UserError::bad_input(format!(
+            "no admin credentials in {}: run `clusterctl init` first (status reads the cluster with them)",
+            ctx.state.root.display()
+        ))
+        .into());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let s = rt.block_on(read(&ctx))?;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Output::Text => print!("{}", render_text(&s)),
+    }
+    if s.healthy {
+        Ok(())
+    } else {
+        Err(UserError::failed(format!(
+            "cluster {}: {} problem(s)",
+            s.cluster,
+            s.problems.len()
+        ))
+        .into())
+    }
+}
