@@ -16,6 +16,7 @@ pub mod certs;
 pub mod cmd;
 pub mod control_plane;
 pub mod etcd;
+pub mod etcd_backup;
 pub mod executor;
 pub mod health;
 pub mod kube_proxy;
@@ -362,6 +363,7 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(kube_proxy::KubeProxy),
         Box::new(verify::Verify),
         Box::new(addons::Addons),
+        Box::new(etcd_backup::EtcdBackup),
         Box::new(certs::Certs(certs::Step::Renew)),
         Box::new(certs::Certs(certs::Step::Etcd)),
         Box::new(certs::Certs(certs::Step::Apiserver)),
