@@ -279,18 +279,6 @@ fn a_cluster_playbook_override_reorders_phases_and_is_checked() {
     );
 }
 
-#[test]
-fn commands_not_built_say_so_and_fail() {
-    for cmd in [["upgrade"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
-            .args(cmd)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("is not built yet"));
-    }
-}
-
 /// `reset` deletes data: without --yes and without a terminal to ask on, it refuses before
 /// contacting a host; hosts that are not in the inventory are bad input.
 #[test]
