@@ -60,7 +60,7 @@ pub enum Command {
     /// Add the hosts that are new in the inventory.
     Join(crate::phases::cmd::RunArgs),
     /// Roll a new version through the cluster.
-    Upgrade(crate::phases::cmd::RunArgs),
+    Upgrade(crate::upgrade::UpgradeArgs),
     /// Re-issue certificates and restart components without dropping the API.
     RenewCerts(crate::phases::cmd::RunArgs),
     /// Print, per host and in order, what `init` would do; touches nothing.
@@ -167,7 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => crate::phases::cmd::run("init", g, &a),
         Command::Join(a) => crate::phases::cmd::run("join", g, &a),
-        Command::Upgrade(a) => crate::phases::cmd::run("upgrade", g, &a),
+        Command::Upgrade(a) => crate::upgrade::run(g, &a),
         Command::RenewCerts(a) => crate::phases::cmd::run("renew-certs", g, &a),
         Command::Plan(a) => crate::phases::cmd::plan(g, &a),
         Command::Status => crate::phases::cmd::status(g),

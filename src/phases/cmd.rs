@@ -52,7 +52,7 @@ pub struct PlanArgs {
 }
 
 /// Loads inventory, templates and playbook: everything a run needs before touching a host.
-fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Context, Runner)> {
+pub fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Context, Runner)> {
     let Scope {
         skip_phases: skip,
         only_phase: only,
@@ -197,6 +197,7 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
     }
     // Everything is checked before a host is contacted.
     let (mut ctx, runner) = prepare(g, command, &a.scope)?;
+    crate::upgrade::record::check_inventory(&ctx, command)?;
     if command == "join" {
         let selected = scope_join(&mut ctx)?;
         if selected.is_empty() {
@@ -254,6 +255,9 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
         r.map(|r| (r, recorded))
     })?;
     let (report, recorded) = report;
+    if !a.dry_run {
+        crate::upgrade::record::record_converged(&ctx)?;
+    }
     let (files, bytes, restarts) = report.totals();
     match g.output {
         Output::Json => {

@@ -350,5 +350,8 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(kube_proxy::KubeProxy),
         Box::new(verify::Verify),
         Box::new(addons::Addons),
+        Box::new(crate::upgrade::etcd::UpgradeEtcd),
+        Box::new(crate::upgrade::control_plane::UpgradeControlPlane),
+        Box::new(crate::upgrade::nodes::UpgradeNodes),
     ]
 }
