@@ -442,9 +442,33 @@ async fn needs_change(env: &Env<'_>, plan: &PhasePlan, h: &Host) -> anyhow::Resu
 struct StageReport {
     stage: String,
     seconds: f64,
+    #[serde(serialize_with = "outcomes")]
     hosts: BTreeMap<String, HostOutcome>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     drains: BTreeMap<String, serde_json::Value>,
+}
+
+/// Host outcomes as JSON objects: `{"result": "done", ...counts}` or `{"result": "failed",
+/// "error": ...}` (serde's internal tagging cannot put a tag beside a bare string).
+fn outcomes<S: serde::Serializer>(
+    m: &BTreeMap<String, HostOutcome>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let v: BTreeMap<&String, serde_json::Value> = m
+        .iter()
+        .map(|(h, o)| {
+            let j = match o {
+                HostOutcome::Done(c) => {
+                    let mut j = serde_json::to_value(c).unwrap_or_default();
+                    j["result"] = "done".into();
+                    j
+                }
+                HostOutcome::Failed(e) => serde_json::json!({"result": "failed", "error": e}),
+            };
+            (h, j)
+        })
+        .collect();
+    v.serialize(s)
 }
 
 fn failed_hosts(r: &StageReport) -> Vec<String> {
