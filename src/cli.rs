@@ -61,8 +61,10 @@ pub enum Command {
     Join(crate::phases::cmd::RunArgs),
     /// Roll a new version through the cluster.
     Upgrade(crate::upgrade::UpgradeArgs),
-    /// Re-issue certificates and restart components without dropping the API.
-    RenewCerts(crate::phases::cmd::RunArgs),
+    /// Re-issue certificates from the existing CAs and restart what loads them, one host at a
+    /// time in a safe order (etcd, apiservers, controller-managers, schedulers, nodes), without
+    /// dropping the API; running containers are not restarted.
+    RenewCerts(crate::phases::cmd::RenewArgs),
     /// Print, per host and in order, what `init` would do; touches nothing.
     Plan(crate::phases::cmd::PlanArgs),
     /// The cluster's health, read now over HTTPS (no SSH): etcd members and leader, each
@@ -168,7 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(a) => crate::phases::cmd::run("init", g, &a),
         Command::Join(a) => crate::phases::cmd::run("join", g, &a),
         Command::Upgrade(a) => crate::upgrade::run(g, &a),
-        Command::RenewCerts(a) => crate::phases::cmd::run("renew-certs", g, &a),
+        Command::RenewCerts(a) => crate::phases::cmd::renew_certs(g, &a),
         Command::Plan(a) => crate::phases::cmd::plan(g, &a),
         Command::Status => crate::phases::cmd::status(g),
         Command::Certs(c) => crate::pki::cmd::run(g, c),

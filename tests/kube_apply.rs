@@ -153,6 +153,7 @@ fn context(dir: &Path) -> Context {
         render: Renderer::new(None).unwrap(),
         host_filter: vec![],
         bundle: None,
+        options: Default::default(),
     }
 }
 

@@ -58,7 +58,7 @@ fn generate_then_check_expiration_table_and_json() {
     assert_eq!(items.len(), 37);
     assert!(items.iter().all(|i| i["action"] == "kept"), "{again}");
 
-    let out = cmd(dir.path(), &["certs", "check-expiration"])
+    let out = cmd(dir.path(), &["certs", "check-expiration", "--local-only"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -84,7 +84,10 @@ fn generate_then_check_expiration_table_and_json() {
     );
     assert!(!table.contains("expires within"), "{table}");
 
-    let v = json(dir.path(), &["certs", "check-expiration", "-o", "json"]);
+    let v = json(
+        dir.path(),
+        &["certs", "check-expiration", "--local-only", "-o", "json"],
+    );
     let certs = v["certificates"].as_array().unwrap();
     assert_eq!(certs.len(), 41);
     assert!(certs.iter().all(|c| c["warning"] == false));
@@ -97,7 +100,7 @@ fn generate_then_check_expiration_table_and_json() {
 fn short_lived_certs_are_flagged() {
     let dir = setup("30d");
     cmd(dir.path(), &["certs", "generate"]).assert().success();
-    let out = cmd(dir.path(), &["certs", "check-expiration"])
+    let out = cmd(dir.path(), &["certs", "check-expiration", "--local-only"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -122,7 +125,10 @@ fn short_lived_certs_are_flagged() {
         "{stderr}"
     );
 
-    let v = json(dir.path(), &["certs", "check-expiration", "-o", "json"]);
+    let v = json(
+        dir.path(),
+        &["certs", "check-expiration", "--local-only", "-o", "json"],
+    );
     let certs = v["certificates"].as_array().unwrap();
     let api = certs.iter().find(|c| c["name"] == "apiserver").unwrap();
     assert_eq!(api["warning"], true);
@@ -132,7 +138,13 @@ fn short_lived_certs_are_flagged() {
     // A threshold below the lifetime: nothing flagged.
     let out = cmd(
         dir.path(),
-        &["certs", "check-expiration", "--warn-within", "7d"],
+        &[
+            "certs",
+            "check-expiration",
+            "--local-only",
+            "--warn-within",
+            "7d",
+        ],
     )
     .output()
     .unwrap();
@@ -146,7 +158,7 @@ fn short_lived_certs_are_flagged() {
 #[test]
 fn bad_threshold_and_missing_pki_are_clear_errors() {
     let dir = setup("50y");
-    cmd(dir.path(), &["certs", "check-expiration"])
+    cmd(dir.path(), &["certs", "check-expiration", "--local-only"])
         .assert()
         .code(1)
         .stderr(predicates::str::contains(
@@ -154,7 +166,13 @@ fn bad_threshold_and_missing_pki_are_clear_errors() {
         ));
     cmd(
         dir.path(),
-        &["certs", "check-expiration", "--warn-within", "soon"],
+        &[
+            "certs",
+            "check-expiration",
+            "--local-only",
+            "--warn-within",
+            "soon",
+        ],
     )
     .assert()
     .code(2)

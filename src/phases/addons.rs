@@ -355,6 +355,7 @@ mod context_tests {
             render: crate::render::Renderer::new(None).unwrap(),
             host_filter: vec![],
             bundle,
+            options: Default::default(),
         };
         (dir, ctx)
     }

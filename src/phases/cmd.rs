@@ -35,6 +35,20 @@ pub struct RunArgs {
     pub scope: Scope,
 }
 
+/// `renew-certs`: which certificates.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RenewArgs {
+    /// Every leaf certificate and kubeconfig (the default when no --component is given).
+    #[arg(long, conflicts_with = "component")]
+    pub all: bool,
+    /// Only these components' certificates (comma separated): etcd, apiserver,
+    /// controller-manager, scheduler, kubelet, kube-proxy, admin.
+    #[arg(long, value_delimiter = ',')]
+    pub component: Vec<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct PlanArgs {
     /// The command to plan.
@@ -52,7 +66,12 @@ pub struct PlanArgs {
 }
 
 /// Loads inventory, templates and playbook: everything a run needs before touching a host.
-pub fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Context, Runner)> {
+pub fn prepare(
+    g: &Global,
+    command: &str,
+    scope: &Scope,
+    options: super::RunOptions,
+) -> anyhow::Result<(Context, Runner)> {
     let Scope {
         skip_phases: skip,
         only_phase: only,
@@ -115,6 +134,7 @@ pub fn prepare(g: &Global, command: &str, scope: &Scope) -> anyhow::Result<(Cont
             render,
             host_filter: hosts.to_vec(),
             bundle,
+            options,
         },
         runner,
     ))
@@ -191,13 +211,55 @@ fn scope_join(ctx: &mut Context) -> anyhow::Result<Vec<String>> {
     Ok(selected)
 }
 
+/// `renew-certs`: the renew-certs playbook with the chosen components.
+pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
+    let inv_path = g.inventory.display().to_string();
+    for c in &a.component {
+        if !super::certs::COMPONENTS.iter().any(|(n, _)| n == c) {
+            return Err(UserError::bad_input(format!(
+                "--component: `{c}` is not a component (components: {}); {inv_path} was not read",
+                super::certs::COMPONENTS.map(|(n, _)| n).join(", ")
+            ))
+            .into());
+        }
+    }
+    run_with(
+        "renew-certs",
+        g,
+        &a.run,
+        super::RunOptions {
+            dry_run: a.run.dry_run,
+            renew_components: a.component.clone(),
+        },
+    )
+}
+
 pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
     if command != "init" && command != "join" {
         return Err(UserError::not_built(command, "its issue is open").into());
     }
+    run_with(
+        command,
+        g,
+        a,
+        super::RunOptions {
+            dry_run: a.dry_run,
+            ..Default::default()
+        },
+    )
+}
+
+fn run_with(
+    command: &str,
+    g: &Global,
+    a: &RunArgs,
+    options: super::RunOptions,
+) -> anyhow::Result<()> {
     // Everything is checked before a host is contacted.
-    let (mut ctx, runner) = prepare(g, command, &a.scope)?;
-    crate::upgrade::record::check_inventory(&ctx, command)?;
+    let (mut ctx, runner) = prepare(g, command, &a.scope, options)?;
+    if command == "init" || command == "join" {
+        crate::upgrade::record::check_inventory(&ctx, command)?;
+    }
     if command == "join" {
         let selected = scope_join(&mut ctx)?;
         if selected.is_empty() {
@@ -255,7 +317,7 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
         r.map(|r| (r, recorded))
     })?;
     let (report, recorded) = report;
-    if !a.dry_run {
+    if !a.dry_run && (command == "init" || command == "join") {
         crate::upgrade::record::record_converged(&ctx)?;
     }
     let (files, bytes, restarts) = report.totals();
@@ -303,7 +365,7 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
 
 /// `status`: the verify phase's report, read now from the live cluster over HTTPS (no SSH).
 pub fn status(g: &Global) -> anyhow::Result<()> {
-    let (ctx, _) = prepare(g, "init", &Scope::default())?;
+    let (ctx, _) = prepare(g, "init", &Scope::default(), Default::default())?;
     if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
         return Err(UserError::bad_input(format!(
             "no admin credentials in {}: run `clusterctl init` first (status reads the cluster with them)",
@@ -349,7 +411,7 @@ pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
             },
         );
     }
-    let (ctx, runner) = prepare(g, &a.command, &a.scope)?;
+    let (ctx, runner) = prepare(g, &a.command, &a.scope, Default::default())?;
     let plans = runner.plan(&ctx)?;
     match g.output {
         Output::Json => {

@@ -197,6 +197,35 @@ pub async fn converge(
     plan: &HostPlan,
     resolve: &(dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
 ) -> anyhow::Result<HostChanges> {
+    converge_guarded(exec, host, plan, resolve, &NoGuard).await
+}
+
+/// Work to do before a change restarts or replaces something that runs on a host (e.g. take
+/// an apiserver out of the balancers). Returns warnings for the host's report.
+pub trait BeforeRestart: Send + Sync {
+    /// `running`: the running units the change restarts, and the static-pod manifests of
+    /// running pods it replaces.
+    fn before<'a>(&'a self, host: &'a Host, running: &'a [String]) -> BoxFuture<'a, Vec<String>>;
+}
+
+/// Nothing to do before restarts.
+pub struct NoGuard;
+
+impl BeforeRestart for NoGuard {
+    fn before<'a>(&'a self, _: &'a Host, _: &'a [String]) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// [`converge`], calling `guard` once before the first change that restarts a running unit or
+/// replaces a running static pod.
+pub async fn converge_guarded(
+    exec: &dyn Executor,
+    host: &Host,
+    plan: &HostPlan,
+    resolve: &(dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
+    guard: &dyn BeforeRestart,
+) -> anyhow::Result<HostChanges> {
     let mut ch = HostChanges::default();
     let out = exec
         .query(host, &state_query(plan))
@@ -283,6 +312,25 @@ pub async fn converge(
                 }
             }
         }
+    }
+    // What the batch will restart or replace that runs now: the guard goes first.
+    let running: Vec<String> = dirty_units
+        .iter()
+        .filter(|u| far.units.get(*u).is_some_and(|(_, a)| a == "active"))
+        .cloned()
+        .chain(
+            batch
+                .iter()
+                .filter(|f| {
+                    f.path
+                        .starts_with(&format!("{}/", super::kubelet::MANIFESTS))
+                        && far.sha.contains_key(&f.path)
+                })
+                .map(|f| f.path.clone()),
+        )
+        .collect();
+    if !running.is_empty() && !exec.is_dry_run() {
+        ch.warnings.extend(guard.before(host, &running).await);
     }
     if !batch.is_empty() {
         ch.bytes_sent += exec.put_many(host, &batch).await?;

@@ -3,8 +3,8 @@
 //! - `local-proxy`: haproxy on every node on 127.0.0.1 in front of all apiservers;
 //! - `external`: the user's balancer; only checked for reachability.
 
-use super::{Action, Context, Order, Phase, PhasePlan};
-use crate::inventory::{HaMode, Role};
+use super::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::inventory::{HaMode, Host, Role};
 use crate::render::host_vars;
 
 pub struct LoadBalancer;
@@ -91,5 +91,158 @@ impl Phase for LoadBalancer {
             }
         }
         Ok(plan)
+    }
+}
+
+/// haproxy's runtime API on every balancer (a Unix socket, root only; see haproxy.cfg).
+pub const ADMIN_SOCKET: &str = "/run/haproxy-admin.sock";
+
+/// The hosts whose haproxy balances the apiservers: the VIP's balancers, or every node in
+/// local-proxy mode; none with an external balancer.
+pub fn balancers(inv: &crate::inventory::Inventory) -> Vec<&Host> {
+    match inv.spec.ha.mode {
+        HaMode::Vip => inv.lb_hosts(),
+        HaMode::LocalProxy => inv
+            .spec
+            .hosts
+            .iter()
+            .filter(|h| inv.runs_kubelet(h))
+            .collect(),
+        HaMode::External => Vec::new(),
+    }
+}
+
+/// A shell command that sends `command` to the local haproxy's runtime API (perl is on every
+/// Debian/Ubuntu host: perl-base is essential; no socat needed). Exits 0 with a note when the
+/// host's haproxy has no socket yet (not installed, or its config predates the socket); exits
+/// 1 with haproxy's answer when haproxy refuses the command (its answer is empty on success).
+pub fn runtime_api_command(command: &str) -> String {
+    let q = super::executor::q;
+    format!(
+        "if [ ! -S {sock} ]; then echo 'no haproxy runtime API socket'; exit 0; fi; \
+         perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"$ARGV[0]: $!\\n\"; \
+         print $s \"$ARGV[1]\\n\"; $r = join(\"\", <$s>); $r =~ s/\\s+$//; if ($r ne \"\") {{ print \"$r\\n\"; exit 1 }}' {sock} {cmd}",
+        sock = q(ADMIN_SOCKET),
+        cmd = q(command),
+    )
+}
+
+/// Takes an apiserver out of every balancer's rotation before a change restarts it, and puts
+/// it back after its health gate: no new request meets a stopping or starting apiserver (its
+/// own `/readyz`-based health check alone would leave ~2 s where new connections still reach
+/// it while it fails `/readyz` on purpose). Used by the runner for every phase.
+pub struct Rotation<'a> {
+    ctx: &'a Context,
+    exec: &'a dyn Executor,
+    out: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl<'a> Rotation<'a> {
+    pub fn new(ctx: &'a Context, exec: &'a dyn Executor) -> Rotation<'a> {
+        Rotation {
+            ctx,
+            exec,
+            out: Default::default(),
+        }
+    }
+
+    /// Sets the state of `host`'s backend on every balancer; returns the balancers that did
+    /// not take it (with why), which the caller reports as warnings: their own health checks
+    /// still take a stopped apiserver out within ~2 s.
+    async fn set(&self, host: &Host, state: &str) -> Vec<String> {
+        let cmd = runtime_api_command(&format!(
+            "set server kube-apiserver/{} state {state}",
+            host.name
+        ));
+        let all = futures::future::join_all(balancers(self.ctx.inv()).into_iter().map(|b| {
+            let cmd = cmd.clone();
+            async move {
+                match self.exec.change(b, &cmd).await {
+                    Ok(o) if o.status == 0 => None,
+                    Ok(o) => Some(format!("{}: {}", b.name, o.stdout.trim())),
+                    Err(e) => Some(format!("{}: {e:#}", b.name)),
+                }
+            }
+        }))
+        .await;
+        all.into_iter().flatten().collect()
+    }
+
+    /// Whether `units` (what a change on a host is about to restart or replace) include its
+    /// apiserver: its unit, or its static pod's manifest.
+    pub fn concerns(units: &[String]) -> bool {
+        units
+            .iter()
+            .any(|u| u == "kube-apiserver.service" || u.ends_with("/manifests/kube-apiserver.yaml"))
+    }
+
+    /// Before a change that restarts `host`'s apiserver: out of rotation (only when other
+    /// apiservers can take the requests).
+    pub async fn take_out(&self, host: &Host) -> Vec<String> {
+        if self.ctx.inv().control_plane_hosts().count() < 2 {
+            return Vec::new();
+        }
+        self.out.lock().unwrap().insert(host.name.clone());
+        self.set(host, "maint")
+            .await
+            .into_iter()
+            .map(|w| format!("taking {} out of the balancer: {w}", host.name))
+            .collect()
+    }
+
+    /// After the host's gate (passed or not): back in rotation, where haproxy's health check
+    /// decides again. A no-op for a host that was not taken out.
+    pub async fn put_back(&self, host: &Host) -> Vec<String> {
+        if !self.out.lock().unwrap().remove(&host.name) {
+            return Vec::new();
+        }
+        self.set(host, "ready")
+            .await
+            .into_iter()
+            .map(|w| format!("putting {} back into the balancer: {w}", host.name))
+            .collect()
+    }
+}
+
+impl super::executor::BeforeRestart for Rotation<'_> {
+    fn before<'b>(
+        &'b self,
+        host: &'b Host,
+        running: &'b [String],
+    ) -> futures::future::BoxFuture<'b, Vec<String>> {
+        Box::pin(async move {
+            if Self::concerns(running) {
+                self.take_out(host).await
+            } else {
+                Vec::new()
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apiserver_changes_are_recognised() {
+        assert!(Rotation::concerns(&["kube-apiserver.service".into()]));
+        assert!(Rotation::concerns(&[
+            "/etc/kubernetes/manifests/kube-apiserver.yaml".into()
+        ]));
+        assert!(!Rotation::concerns(&[
+            "etcd.service".into(),
+            "kube-scheduler.service".into()
+        ]));
+    }
+
+    #[test]
+    fn runtime_api_command_quotes_its_argument() {
+        let c = runtime_api_command("set server kube-apiserver/h1 state maint");
+        assert!(
+            c.contains("'set server kube-apiserver/h1 state maint'"),
+            "{c}"
+        );
+        assert!(c.contains(ADMIN_SOCKET));
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod addons;
 pub mod blobs;
+pub mod certs;
 pub mod cmd;
 pub mod control_plane;
 pub mod etcd;
@@ -52,6 +53,17 @@ pub struct Context {
     pub host_filter: Vec<String>,
     /// The offline bundle named by `spec.bundle`, if any.
     pub bundle: Option<BundleRef>,
+    /// What the command line asked beyond hosts and phases.
+    pub options: RunOptions,
+}
+
+/// Command-line choices phases may read.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--dry-run`: local steps must not change anything either.
+    pub dry_run: bool,
+    /// `renew-certs --component`: the components whose certificates are renewed (empty: all).
+    pub renew_components: Vec<String>,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).
@@ -350,6 +362,13 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(kube_proxy::KubeProxy),
         Box::new(verify::Verify),
         Box::new(addons::Addons),
+        Box::new(certs::Certs(certs::Step::Renew)),
+        Box::new(certs::Certs(certs::Step::Etcd)),
+        Box::new(certs::Certs(certs::Step::Apiserver)),
+        Box::new(certs::Certs(certs::Step::ControllerManager)),
+        Box::new(certs::Certs(certs::Step::Scheduler)),
+        Box::new(certs::Certs(certs::Step::Nodes)),
+        Box::new(certs::Certs(certs::Step::Served)),
         Box::new(crate::upgrade::etcd::UpgradeEtcd),
         Box::new(crate::upgrade::control_plane::UpgradeControlPlane),
         Box::new(crate::upgrade::nodes::UpgradeNodes),

@@ -11,6 +11,10 @@ use crate::inventory::source_map::SourceMap;
 pub const BUILTIN: &[(&str, &str)] = &[
     ("init", include_str!("../../playbooks/init.yaml")),
     ("join", include_str!("../../playbooks/join.yaml")),
+    (
+        "renew-certs",
+        include_str!("../../playbooks/renew-certs.yaml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]

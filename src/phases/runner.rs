@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::executor::{Blob, Executor, HostChanges, converge};
+use super::executor::{Blob, Executor, HostChanges, converge_guarded};
 use super::playbook::Playbook;
 use super::{Context, Order, Phase, PhasePlan, Source};
 use crate::diag::UserError;
@@ -85,6 +85,7 @@ impl Runner {
             phases: Vec::new(),
         };
         let concurrency = ctx.inv().spec.ssh.concurrency.max(1);
+        let rotation = super::load_balancer::Rotation::new(ctx, exec);
         for phase in &self.phases {
             let started = Instant::now();
             let plan = phase
@@ -108,6 +109,7 @@ impl Runner {
                 resolve,
                 progress,
                 journal,
+                rotation: &rotation,
             };
             // Rolling: split into hosts where the phase's services already run (one at a time)
             // and fresh hosts (together).
@@ -253,6 +255,8 @@ struct HostRun<'a, 'p> {
     resolve: &'a (dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
     progress: &'a dyn Progress,
     journal: &'a Journal,
+    /// Takes an apiserver out of the balancers before a change restarts it.
+    rotation: &'a super::load_balancer::Rotation<'a>,
 }
 
 impl HostRun<'_, '_> {
@@ -261,7 +265,8 @@ impl HostRun<'_, '_> {
         self.progress.host_started(self.plan, h);
         let t = Instant::now();
         let r = async {
-            let mut changes = converge(self.exec, h, hp, self.resolve).await?;
+            let mut changes =
+                converge_guarded(self.exec, h, hp, self.resolve, self.rotation).await?;
             if self.exec.is_dry_run() {
                 return anyhow::Ok(changes);
             }
@@ -273,6 +278,13 @@ impl HostRun<'_, '_> {
             anyhow::Ok(changes)
         }
         .await;
+        // Back into the balancers once the gate passed; after a failure too, where their own
+        // health checks keep a broken apiserver out.
+        let back = self.rotation.put_back(h).await;
+        let r = r.map(|mut c| {
+            c.warnings.extend(back);
+            c
+        });
         let outcome = match r {
             Ok(c) => HostOutcome::Done(c),
             Err(e) => HostOutcome::Failed(format!("{e:#}")),

@@ -441,6 +441,7 @@ spec:
             render: crate::render::Renderer::new(None).unwrap(),
             host_filter: vec![],
             bundle: Some(bundle()),
+            options: Default::default(),
         }
     }
 

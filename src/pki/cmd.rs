@@ -11,11 +11,20 @@ use crate::diag::UserError;
 pub enum CertsCmd {
     /// Generate (or complete) the cluster PKI locally under clusters/<name>/pki.
     Generate,
-    /// List every certificate and kubeconfig with its expiry.
+    /// List every certificate and kubeconfig with its expiry: the local PKI, the files on every
+    /// host (over SSH; keys are never read) and what every etcd, apiserver and kubelet endpoint
+    /// serves (over TLS). Exit 1 when a host's file differs from the local PKI (not distributed)
+    /// or an endpoint serves another certificate than its file (a renewal not loaded).
     CheckExpiration {
         /// Warn about certificates that expire within this time (y/d/h/m).
         #[arg(long, default_value = "180d")]
         warn_within: String,
+        /// Only these hosts (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Only the local PKI: no SSH, no TLS.
+        #[arg(long, conflicts_with = "hosts")]
+        local_only: bool,
     },
 }
 
@@ -63,7 +72,20 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
             }
             Ok(())
         }
-        CertsCmd::CheckExpiration { warn_within } => {
+        CertsCmd::CheckExpiration {
+            warn_within,
+            hosts,
+            local_only,
+        } => {
+            for h in &hosts {
+                if loaded.inventory.host(h).is_none() {
+                    return Err(UserError::bad_input(format!(
+                        "--hosts: `{h}` is not a host of {}",
+                        loaded.path.display()
+                    ))
+                    .into());
+                }
+            }
             let threshold = crate::inventory::lifetime::parse(&warn_within)
                 .map_err(|e| UserError::bad_input(format!("--warn-within: {e}")))?;
             let local = LocalDir {
@@ -80,20 +102,47 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                 ))
                 .into());
             }
+            let (host_files, served) = if local_only {
+                (Vec::new(), Vec::new())
+            } else {
+                let state = state_dir(g, &loaded);
+                let rt = tokio::runtime::Runtime::new()?;
+                rt.block_on(super::hosts::inspect_hosts(
+                    &loaded,
+                    &state,
+                    &hosts,
+                    now,
+                    threshold.as_secs() as i64,
+                ))?
+            };
             match g.output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"warnWithin": warn_within, "certificates": rows})
-                    )?
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "warnWithin": warn_within,
+                        "certificates": rows,
+                        "hostFiles": host_files,
+                        "served": served,
+                    }))?
                 ),
                 Output::Text => {
                     print!("{}", expiry::table(&rows, &warn_within));
-                    let n = rows.iter().filter(|r| r.warning).count();
+                    if !local_only {
+                        print!("{}", super::hosts::table(&host_files, &served));
+                    }
+                    let n = rows.iter().filter(|r| r.warning).count()
+                        + host_files.iter().filter(|r| r.warning).count();
                     if n > 0 {
                         eprintln!("warning: {n} certificate(s) expire within {warn_within}");
                     }
                 }
+            }
+            let problems = super::hosts::problems(&host_files, &served);
+            if problems > 0 {
+                return Err(UserError::failed(format!(
+                    "{problems} problem(s): host files that differ from the local PKI, or endpoints that do not serve their file (see above; `clusterctl renew-certs` or `clusterctl init --only-phase pki` puts them right)"
+                ))
+                .into());
             }
             Ok(())
         }

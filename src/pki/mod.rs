@@ -7,6 +7,7 @@
 pub mod cmd;
 pub mod expiry;
 pub mod generate;
+pub mod hosts;
 pub mod inspect;
 pub mod keys;
 pub mod kubeconfig;

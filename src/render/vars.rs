@@ -175,6 +175,7 @@ struct Backend {
 #[derive(Serialize)]
 struct LbVars {
     bind_address: &'static str,
+    admin_socket: &'static str,
     port: u16,
     backends: Vec<Backend>,
 }
@@ -339,6 +340,7 @@ pub fn host_vars(inv: &Inventory, host: &Host) -> tera::Context {
             } else {
                 "0.0.0.0"
             },
+            admin_socket: crate::phases::load_balancer::ADMIN_SOCKET,
             port: lb_port,
             backends: inv
                 .control_plane_hosts()

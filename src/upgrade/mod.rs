@@ -40,7 +40,7 @@ use crate::diag::UserError;
 use crate::inventory::{Host, Role};
 use crate::phases::blobs::Blobs;
 use crate::phases::cmd::Scope;
-use crate::phases::executor::{Blob, DryRun, Executor, HostChanges, converge};
+use crate::phases::executor::{Blob, DryRun, Executor, HostChanges, converge, converge_guarded};
 use crate::phases::runner::{HostOutcome, Journal, PlainProgress, Progress};
 use crate::phases::ssh_exec::SshExecutor;
 use crate::phases::{Context, HostPlan, Phase, PhasePlan, Source};
@@ -365,6 +365,9 @@ struct Env<'a> {
     resolve: &'a (dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
     journal: &'a Journal,
     progress: PlainProgress,
+    /// Takes an apiserver out of every balancer before a change restarts it (back after the
+    /// gate): the runner's rotation, used the same way.
+    rotation: crate::phases::load_balancer::Rotation<'a>,
 }
 
 /// One host's turn in a stage: keep the current binaries, converge the rest, then the gate;
@@ -391,7 +394,7 @@ async fn host_step(env: &Env<'_>, phase: &dyn Phase, plan: &PhasePlan, h: &Host)
                 .context("keeping the current binaries")?;
             ch.commands_run += k.commands_run;
         }
-        let c = converge(env.exec, h, &part(rest), env.resolve).await?;
+        let c = converge_guarded(env.exec, h, &part(rest), env.resolve, &env.rotation).await?;
         ch.files_written += c.files_written;
         ch.bytes_sent += c.bytes_sent;
         ch.dirs_made += c.dirs_made;
@@ -409,6 +412,13 @@ async fn host_step(env: &Env<'_>, phase: &dyn Phase, plan: &PhasePlan, h: &Host)
         anyhow::Ok(ch)
     }
     .await;
+    // Back into the balancers after the gate; after a failure too (their own health checks
+    // keep a broken apiserver out).
+    let back = env.rotation.put_back(h).await;
+    let r = r.map(|mut c| {
+        c.warnings.extend(back);
+        c
+    });
     let outcome = match r {
         Ok(c) => HostOutcome::Done(c),
         Err(e) => HostOutcome::Failed(format!("{e:#}")),
@@ -645,7 +655,15 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         Some(UpgradeCmd::Plan { to }) => to.clone().or(a.to.clone()),
         None => a.to.clone(),
     };
-    let (mut ctx, runner) = crate::phases::cmd::prepare(g, "upgrade", &a.scope)?;
+    let (mut ctx, runner) = crate::phases::cmd::prepare(
+        g,
+        "upgrade",
+        &a.scope,
+        crate::phases::RunOptions {
+            dry_run: a.dry_run,
+            ..Default::default()
+        },
+    )?;
     let inv_path = ctx.loaded.path.display().to_string();
     if ctx.inv().static_pods() {
         return Err(UserError::not_built(
@@ -767,6 +785,7 @@ async fn upgrade(
         resolve: &resolve,
         journal: &journal,
         progress: PlainProgress,
+        rotation: crate::phases::load_balancer::Rotation::new(ctx, exec),
     };
     let t = targets(ctx);
     let mut rec = record::load(ctx)?.unwrap_or_else(|| record::Record {

@@ -1,0 +1,334 @@
+//! What the hosts hold and what their endpoints serve, for `certs check-expiration`: every
+//! certificate file and kubeconfig a host should have (read over SSH; private keys are never
+//! read), compared with the local PKI, and every TLS endpoint's served certificate compared with
+//! the file on its host. A file that differs from the local PKI was not distributed; an endpoint
+//! that serves something else than its file has not loaded a renewal yet.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::inspect::{self, CertInfo};
+use super::kubeconfig::Kubeconfig;
+use crate::inventory::{Inventory, Loaded};
+use crate::phases::certs::{Endpoint, check_served, endpoints};
+use crate::state::StateDir;
+
+/// One certificate file or kubeconfig on a host.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostFileRow {
+    pub host: String,
+    pub path: String,
+    pub serial: Option<String>,
+    pub not_after: Option<String>,
+    pub residual: Option<String>,
+    /// Expires within the threshold (or has expired).
+    pub warning: bool,
+    /// The same certificate as the local PKI's copy.
+    pub matches_local: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One TLS endpoint.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedRow {
+    pub host: String,
+    pub address: String,
+    pub port: u16,
+    pub what: String,
+    pub certificate: String,
+    pub served_serial: Option<String>,
+    pub served_not_after: Option<String>,
+    /// The local PKI's certificate.
+    pub file_serial: Option<String>,
+    /// The file the endpoint serves from, on its host.
+    pub file_on_host_serial: Option<String>,
+    /// Serves the file on its host (false: a renewal not loaded yet).
+    pub loaded: bool,
+    /// Serves the local PKI's certificate.
+    pub current: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The certificate in a file's text: a PEM certificate, or a kubeconfig's client certificate.
+fn cert_of(path: &str, text: &str) -> Result<CertInfo> {
+    if path.ends_with(".conf") {
+        let kc = Kubeconfig::from_yaml(text, path)?;
+        let pem = kc
+            .client_cert_pem()?
+            .ok_or_else(|| anyhow::anyhow!("{path}: no client certificate"))?;
+        inspect::from_pem(&pem, path)
+    } else {
+        inspect::from_pem(text, path)
+    }
+}
+
+/// A shell script printing each file under a `==> path` header (`==> path MISSING` when
+/// absent); kubeconfigs without their `client-key-data` line.
+fn read_script(paths: &[String]) -> String {
+    let q = crate::phases::executor::q;
+    let list: Vec<String> = paths.iter().map(|p| q(p)).collect();
+    format!(
+        "for f in {}; do if [ -r \"$f\" ]; then echo \"==> $f\"; grep -v 'client-key-data' \"$f\"; echo; else echo \"==> $f MISSING\"; fi; done",
+        list.join(" ")
+    )
+}
+
+/// Splits `read_script`'s output into path → text (None: missing).
+fn parse_sections(out: &str) -> BTreeMap<String, Option<String>> {
+    let mut m = BTreeMap::new();
+    let mut cur: Option<(String, String, bool)> = None;
+    for line in out.lines() {
+        if let Some(h) = line.strip_prefix("==> ") {
+            if let Some((p, t, missing)) = cur.take() {
+                m.insert(p, (!missing).then_some(t));
+            }
+            let (p, missing) = match h.strip_suffix(" MISSING") {
+                Some(p) => (p.to_string(), true),
+                None => (h.to_string(), false),
+            };
+            cur = Some((p, String::new(), missing));
+        } else if let Some((_, t, _)) = cur.as_mut() {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    if let Some((p, t, missing)) = cur {
+        m.insert(p, (!missing).then_some(t));
+    }
+    m
+}
+
+/// Reads the hosts (`hosts`: names; empty: all) over SSH and their endpoints over TLS.
+pub async fn inspect_hosts(
+    loaded: &Loaded,
+    state: &StateDir,
+    hosts: &[String],
+    now: i64,
+    threshold_secs: i64,
+) -> Result<(Vec<HostFileRow>, Vec<ServedRow>)> {
+    let inv: &Inventory = &loaded.inventory;
+    let chosen = |name: &str| hosts.is_empty() || hosts.iter().any(|h| h == name);
+    let targets: Vec<crate::ssh::Target> = crate::ssh::Target::from_inventory(loaded, state)
+        .into_iter()
+        .filter(|t| chosen(&t.name))
+        .collect();
+    let opts = crate::ssh::ConnectOpts {
+        concurrency: inv.spec.ssh.concurrency,
+        progress: crate::ssh::ProgressMode::Quiet,
+        logs_dir: Some(state.logs()),
+        ..Default::default()
+    };
+    let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::bail!(
+            "cannot reach {} host(s):\n  {}",
+            errors.len(),
+            list.join("\n  ")
+        );
+    }
+    // Per host: its certificate files and kubeconfigs (not keys), local and remote.
+    let per_host: Vec<(String, Vec<(String, std::path::PathBuf)>)> = inv
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| chosen(&h.name))
+        .map(|h| {
+            let files = super::files_for_host(inv, h)
+                .into_iter()
+                .filter_map(|f| {
+                    let r = f.remote.to_string_lossy().into_owned();
+                    (r.ends_with(".crt") || r.ends_with(".conf"))
+                        .then(|| (r, state.root.join(&f.local)))
+                })
+                .collect();
+            (h.name.clone(), files)
+        })
+        .collect();
+    let reads = futures::future::join_all(per_host.iter().map(|(h, files)| {
+        let pool = &pool;
+        async move {
+            let paths: Vec<String> = files.iter().map(|(r, _)| r.clone()).collect();
+            let o = pool
+                .run(h, &read_script(&paths), crate::ssh::ExecOpts::root())
+                .await;
+            (h.clone(), o)
+        }
+    }))
+    .await;
+    pool.close().await;
+    let mut rows = Vec::new();
+    let mut on_host: BTreeMap<(String, String), String> = BTreeMap::new();
+    for ((host, files), (_, out)) in per_host.iter().zip(reads) {
+        let sections = match out {
+            Ok(o) => parse_sections(&o.stdout),
+            Err(e) => anyhow::bail!("{host}: reading its certificates: {e}"),
+        };
+        for (remote, local) in files {
+            let local_cert = std::fs::read_to_string(local)
+                .ok()
+                .and_then(|t| cert_of(&local.to_string_lossy(), &t).ok());
+            let mut row = HostFileRow {
+                host: host.clone(),
+                path: remote.clone(),
+                serial: None,
+                not_after: None,
+                residual: None,
+                warning: false,
+                matches_local: false,
+                error: None,
+            };
+            match sections.get(remote) {
+                Some(Some(text)) => match cert_of(remote, text) {
+                    Ok(c) => {
+                        let left = c.not_after - now;
+                        row.warning = left < threshold_secs;
+                        row.residual = Some(super::expiry::human(left));
+                        row.not_after = Some(super::generate::fmt_time(c.not_after));
+                        row.matches_local =
+                            local_cert.as_ref().is_some_and(|l| l.serial == c.serial);
+                        on_host.insert((host.clone(), remote.clone()), c.serial.clone());
+                        row.serial = Some(c.serial);
+                    }
+                    Err(e) => row.error = Some(format!("{e:#}")),
+                },
+                _ => row.error = Some("missing on the host".into()),
+            }
+            rows.push(row);
+        }
+    }
+    let eps: Vec<Endpoint> = endpoints(inv, &state.pki())
+        .into_iter()
+        .filter(|e| chosen(&e.host))
+        .collect();
+    let served = futures::future::join_all(eps.iter().map(check_served))
+        .await
+        .into_iter()
+        .map(|c| {
+            let file_on_host = on_host
+                .get(&(c.endpoint.host.clone(), c.endpoint.remote.to_string()))
+                .cloned();
+            ServedRow {
+                loaded: c.served_serial.is_some() && c.served_serial == file_on_host,
+                current: c.current,
+                host: c.endpoint.host,
+                address: c.endpoint.address,
+                port: c.endpoint.port,
+                what: c.endpoint.what.to_string(),
+                certificate: c.endpoint.certificate,
+                served_serial: c.served_serial,
+                served_not_after: c.served_not_after,
+                file_serial: c.file_serial,
+                file_on_host_serial: file_on_host,
+                error: c.error,
+            }
+        })
+        .collect();
+    Ok((rows, served))
+}
+
+/// The human form: host files that differ or expire soon, then every endpoint.
+pub fn table(rows: &[HostFileRow], served: &[ServedRow]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "\nON THE HOSTS ({} files)", rows.len());
+    let _ = writeln!(
+        s,
+        "{:<8} {:<48} {:<22} {:<10} STATE",
+        "HOST", "FILE", "EXPIRES", "RESIDUAL"
+    );
+    for r in rows {
+        let state = match (&r.error, r.matches_local) {
+            (Some(e), _) => format!("ERROR: {e}"),
+            (None, false) => "DIFFERS from the local PKI (not distributed)".into(),
+            (None, true) if r.warning => "expires soon".into(),
+            _ => "ok".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<8} {:<48} {:<22} {:<10} {state}",
+            r.host,
+            r.path,
+            r.not_after.as_deref().unwrap_or("-"),
+            r.residual.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(s, "\nSERVED OVER TLS ({} endpoints)", served.len());
+    let _ = writeln!(
+        s,
+        "{:<8} {:<6} {:<15} {:<22} STATE",
+        "HOST", "PORT", "WHAT", "EXPIRES"
+    );
+    for e in served {
+        let state = match (&e.error, e.loaded, e.current) {
+            (Some(err), _, _) if e.served_serial.is_none() => format!("ERROR: {err}"),
+            (_, false, _) => {
+                "NOT LOADED: serves another certificate than the file on its host (restart it)"
+                    .into()
+            }
+            (_, true, false) => "serves its file, which differs from the local PKI".into(),
+            _ => "ok".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<8} {:<6} {:<15} {:<22} {state}",
+            e.host,
+            e.port,
+            e.what,
+            e.served_not_after.as_deref().unwrap_or("-")
+        );
+    }
+    s
+}
+
+/// Problems worth a non-zero exit: files not distributed or unreadable, renewals not loaded,
+/// endpoints that did not answer.
+pub fn problems(rows: &[HostFileRow], served: &[ServedRow]) -> usize {
+    rows.iter()
+        .filter(|r| r.error.is_some() || !r.matches_local)
+        .count()
+        + served.iter().filter(|s| !s.loaded).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_split_files_and_mark_missing_ones() {
+        let out = "==> /a.crt\n-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n\n==> /b.conf MISSING\n==> /c.conf\napiVersion: v1\n";
+        let m = parse_sections(out);
+        assert_eq!(m.len(), 3);
+        assert!(
+            m["/a.crt"]
+                .as_deref()
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
+        assert_eq!(m["/b.conf"], None);
+        assert_eq!(m["/c.conf"].as_deref(), Some("apiVersion: v1\n"));
+    }
+
+    #[test]
+    fn the_read_script_never_prints_a_private_key() {
+        let s = read_script(&["/etc/kubernetes/kubelet.conf".into()]);
+        assert!(s.contains("grep -v 'client-key-data'"), "{s}");
+        assert!(!s.contains(".key"));
+    }
+
+    #[test]
+    fn a_kubeconfig_yields_its_client_certificate() {
+        let e = cert_of(
+            "x.conf",
+            "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("x.conf"), "{e}");
+    }
+}
