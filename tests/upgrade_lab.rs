@@ -307,6 +307,34 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         }
         assert!(s["drains"].is_null(), "re-run drained: {}", s["drains"]);
     }
+    // Rollback of a worker to the binaries kept on it, then forward again.
+    let t = Instant::now();
+    let rb = clusterctl(&["-i", inv_arg, "upgrade", "--rollback", "--hosts", "h5"]);
+    eprintln!("{}", String::from_utf8_lossy(&rb.stderr));
+    assert!(rb.status.success(), "{}", text(&rb));
+    eprintln!("rollback of h5: {:.1}s", t.elapsed().as_secs_f64());
+    for (u, v) in running_versions(&lab, "h5", &["kubelet", "kube-proxy"]) {
+        assert_eq!(v, "Kubernetes v1.20.2", "h5 {u}");
+    }
+    let n = kubectl_json(&admin, &["get", "node", "h5"]);
+    assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], "v1.20.2");
+    assert!(
+        node_ready(&n) && n["spec"]["unschedulable"].is_null(),
+        "{n}"
+    );
+    let o = clusterctl(&["-i", inv_arg, "init"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "init after a rollback: {}",
+        text(&o)
+    );
+    let fwd = run_report_upgrade(&["-i", inv_arg, "-o", "json", "upgrade", "--to", TARGET]);
+    eprintln!("forward again: stages {:?}", stage_seconds(&fwd));
+    for (u, v) in running_versions(&lab, "h5", &["kubelet", "kube-proxy"]) {
+        assert_eq!(v, format!("Kubernetes {TARGET}"), "h5 {u}");
+    }
+
     // The old inventory is refused by init, with the fix.
     let o = clusterctl(&["-i", old_path.to_str().unwrap(), "init"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

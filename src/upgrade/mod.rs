@@ -25,6 +25,7 @@ pub mod drain;
 pub mod etcd;
 pub mod nodes;
 pub mod record;
+pub mod rollback;
 pub mod skew;
 
 use std::collections::BTreeMap;
@@ -718,7 +719,7 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         let r = async {
             let obs = observe(&ctx, &ssh).await?;
             if a.rollback {
-                return rollback(&ctx, &ssh, &obs, a).await;
+                return rollback::rollback(&ctx, &ssh, &obs, a).await;
             }
             let rows = plan_rows(&ctx, &obs)?;
             let problems = skew_check(&ctx, &rows);
@@ -894,15 +895,4 @@ async fn upgrade(
         }
     }
     Ok(())
-}
-
-/// `--rollback --hosts X`: see `rollback.rs`.
-async fn rollback(
-    ctx: &Context,
-    exec: &dyn Executor,
-    obs: &Observations,
-    a: &UpgradeArgs,
-) -> anyhow::Result<()> {
-    let _ = (ctx, exec, obs, a);
-    Err(UserError::not_built("upgrade --rollback", "issue 8").into())
 }
