@@ -281,7 +281,7 @@ fn a_cluster_playbook_override_reorders_phases_and_is_checked() {
 
 #[test]
 fn commands_not_built_say_so_and_fail() {
-    for cmd in [["upgrade"], ["backup"], ["reset"]] {
+    for cmd in [["backup"], ["reset"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
             .args(cmd)
             .output()
