@@ -705,6 +705,34 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    // The targets must be in the bundle (checked before anything is planned or contacted).
+    if let Some(b) = &ctx.bundle {
+        let mut wanted: Vec<(&str, String)> = binaries::CONTROL_PLANE
+            .iter()
+            .chain(binaries::NODE.iter())
+            .map(|c| (c.name, ctx.inv().spec.kubernetes_version.clone()))
+            .collect();
+        if let Some(e) = &ctx.inv().spec.etcd.version {
+            wanted.push(("etcd", e.clone()));
+        }
+        for (name, v) in wanted {
+            let have: Vec<&str> = b
+                .manifest
+                .items
+                .iter()
+                .filter(|i| i.name == name)
+                .map(|i| i.version.as_str())
+                .collect();
+            if !have.iter().any(|h| record::same(h, &v)) {
+                return Err(UserError::bad_input(format!(
+                    "{}: has no {name} {v} (it has: {}); nothing was changed\n  fix: pick a version the bundle holds (--to, spec.etcd.version) or use a bundle with {v}",
+                    b.path.display(),
+                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                ))
+                .into());
+            }
+        }
+    }
     let stages: Vec<String> = runner.phases.iter().map(|p| p.name().to_string()).collect();
     let plans = runner.plan(&ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
