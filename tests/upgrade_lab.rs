@@ -53,7 +53,7 @@ fn running_versions(lab: &Lab, host: &str, units: &[&str]) -> Vec<(String, Strin
 }
 
 fn apiserver_version(lab: &Lab, admin: &Path, host: &str) -> String {
-    let v = kubectl_json(
+    let out = kubectl_ok(
         admin,
         &[
             "--server",
@@ -63,6 +63,7 @@ fn apiserver_version(lab: &Lab, admin: &Path, host: &str) -> String {
             "/version",
         ],
     );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["gitVersion"].as_str().unwrap().to_string()
 }
 
