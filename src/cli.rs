@@ -60,7 +60,7 @@ pub enum Command {
     /// Add the hosts that are new in the inventory.
     Join(crate::phases::cmd::RunArgs),
     /// Roll a new version through the cluster.
-    Upgrade(crate::phases::cmd::RunArgs),
+    Upgrade(crate::upgrade::UpgradeArgs),
     /// Re-issue certificates from the existing CAs and restart what loads them, one host at a
     /// time in a safe order (etcd, apiservers, controller-managers, schedulers, nodes), without
     /// dropping the API; running containers are not restarted.
@@ -172,7 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => crate::phases::cmd::run("init", g, &a),
         Command::Join(a) => crate::phases::cmd::run("join", g, &a),
-        Command::Upgrade(a) => crate::phases::cmd::run("upgrade", g, &a),
+        Command::Upgrade(a) => crate::upgrade::run(g, &a),
         Command::RenewCerts(a) => crate::phases::cmd::renew_certs(g, &a),
         Command::Plan(a) => crate::phases::cmd::plan(g, &a),
         Command::Status => crate::ops::status::run(g),

@@ -15,4 +15,5 @@ pub mod render;
 pub mod ssh;
 pub mod state;
 pub mod tls;
+pub mod upgrade;
 pub mod version;

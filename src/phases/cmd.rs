@@ -254,6 +254,9 @@ fn run_with(
 ) -> anyhow::Result<()> {
     // Everything is checked before a host is contacted.
     let (mut ctx, runner) = prepare(g, command, &a.scope, options)?;
+    if command == "init" || command == "join" {
+        crate::upgrade::record::check_inventory(&ctx, command)?;
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let started = std::time::Instant::now();
     let mut grown = Vec::new();
@@ -299,6 +302,9 @@ fn run_with(
         }));
     }
     report.phases.splice(0..0, first);
+    if !a.dry_run && (command == "init" || command == "join") {
+        crate::upgrade::record::record_converged(&ctx)?;
+    }
     let (files, bytes, restarts) = report.totals();
     match g.output {
         Output::Json => {

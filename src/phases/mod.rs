@@ -16,7 +16,6 @@ pub mod certs;
 pub mod cmd;
 pub mod control_plane;
 pub mod etcd;
-pub mod etcd_backup;
 pub mod executor;
 pub mod health;
 pub mod kube_proxy;
@@ -363,7 +362,6 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(kube_proxy::KubeProxy),
         Box::new(verify::Verify),
         Box::new(addons::Addons),
-        Box::new(etcd_backup::EtcdBackup),
         Box::new(certs::Certs(certs::Step::Renew)),
         Box::new(certs::Certs(certs::Step::Etcd)),
         Box::new(certs::Certs(certs::Step::Apiserver)),
@@ -371,5 +369,8 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(certs::Certs(certs::Step::Scheduler)),
         Box::new(certs::Certs(certs::Step::Nodes)),
         Box::new(certs::Certs(certs::Step::Served)),
+        Box::new(crate::upgrade::etcd::UpgradeEtcd),
+        Box::new(crate::upgrade::control_plane::UpgradeControlPlane),
+        Box::new(crate::upgrade::nodes::UpgradeNodes),
     ]
 }

@@ -15,6 +15,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "renew-certs",
         include_str!("../../playbooks/renew-certs.yaml"),
     ),
+    ("upgrade", include_str!("../../playbooks/upgrade.yaml")),
 ];
 
 #[derive(Debug, Clone, Deserialize)]

@@ -54,7 +54,19 @@ export GOPATH="$work/.go" GOCACHE="$work/.gocache" GO111MODULE=off GOFLAGS=-mod=
 unset GOFLAGS
 export GO111MODULE=auto
 if [ -n "$stamp" ]; then
-	export KUBE_GIT_VERSION="$stamp" KUBE_GIT_TREE_STATE=clean
+	# The orig tarball is a `git archive`: hack/lib/version.sh then takes the version from the
+	# archive's expanded tag and overrides a KUBE_GIT_VERSION from the environment (a first
+	# --stamp build came out as v1.20.2). A version file is read before that and wins.
+	commit=$(grep -oE "KUBE_GIT_COMMIT='[0-9a-f]{40}'" hack/lib/version.sh | head -1 | cut -d"'" -f2)
+	vf="$work/version-defs"
+	{
+		echo "KUBE_GIT_COMMIT='${commit:-unknown}'"
+		echo "KUBE_GIT_TREE_STATE='clean'"
+		echo "KUBE_GIT_VERSION='$stamp'"
+		echo "KUBE_GIT_MAJOR='$(echo "${stamp#v}" | cut -d. -f1)'"
+		echo "KUBE_GIT_MINOR='$(echo "${stamp#v}" | cut -d. -f2)'"
+	} >"$vf"
+	export KUBE_GIT_VERSION_FILE="$vf"
 else
 	export KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean
 fi
@@ -62,6 +74,11 @@ echo "build-kubernetes: make (this takes ~10 min on 2 cores)" >&2
 start=$(date +%s)
 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy" >&2
 mkdir -p "$out/bin"
+want=${stamp:-v1.20.2}
+for b in "${bins[@]}"; do
+	got=$("_output/bin/$b" --version 2>&1 | head -1)
+	[ "$got" = "Kubernetes $want" ] || { echo "build-kubernetes: _output/bin/$b reports '$got', not Kubernetes $want" >&2; exit 1; }
+done
 for b in "${bins[@]}"; do install -m 0755 "_output/bin/$b" "$out/bin/$b"; done
 {
 	echo "source: Debian bookworm source package kubernetes $srcver (upstream v1.20.2 tree)"

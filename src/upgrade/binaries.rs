@@ -1,0 +1,380 @@
+//! The binaries an upgrade swaps, what each host runs now, the copy of the old binary kept on
+//! the host before it is replaced, and the gate "the unit now runs the new binary".
+
+use std::time::Duration;
+
+use crate::bundle::{Item, Kind};
+use crate::inventory::Host;
+use crate::phases::executor::q;
+use crate::phases::{Action, Context, Executor, Mode, Source};
+
+/// Where the binaries an upgrade replaced are kept on each host: `<name>-<version>`, and
+/// `<name>` (a symlink) naming the copy the last upgrade kept, which `--rollback` installs.
+pub const PREVIOUS_DIR: &str = "/usr/local/lib/clusterctl/previous";
+
+/// A program an upgrade swaps: its systemd unit (None: a tool, no process) and how it tells
+/// its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Component {
+    pub name: &'static str,
+    pub unit: Option<&'static str>,
+    pub version_args: &'static str,
+}
+
+const fn c(name: &'static str, unit: &'static str) -> Component {
+    Component {
+        name,
+        unit: Some(unit),
+        version_args: "--version",
+    }
+}
+
+pub const ETCD: [Component; 2] = [
+    c("etcd", "etcd.service"),
+    Component {
+        name: "etcdctl",
+        unit: None,
+        version_args: "version",
+    },
+];
+pub const CONTROL_PLANE: [Component; 3] = [
+    c("kube-apiserver", "kube-apiserver.service"),
+    c("kube-controller-manager", "kube-controller-manager.service"),
+    c("kube-scheduler", "kube-scheduler.service"),
+];
+pub const NODE: [Component; 2] = [
+    c("kubelet", "kubelet.service"),
+    c("kube-proxy", "kube-proxy.service"),
+];
+
+/// The bundle's binary item of `comp` for `h` at the inventory's (target) versions, with its
+/// install path and sha256. None: the bundle has no such item for this host's roles.
+pub fn target_item<'m>(
+    ctx: &'m Context,
+    h: &Host,
+    comp: &Component,
+) -> anyhow::Result<Option<&'m Item>> {
+    Ok(crate::phases::prepare::items_for(ctx, h)?
+        .into_iter()
+        .find(|i| {
+            i.name == comp.name
+                && i.kind == Kind::Binary
+                && i.install.is_some()
+                && i.sha256.is_some()
+        }))
+}
+
+fn install_path(it: &Item) -> &str {
+    &it.install.as_ref().expect("checked by target_item").path
+}
+
+fn sha(it: &Item) -> &str {
+    it.sha256.as_deref().expect("checked by target_item")
+}
+
+/// Description prefix of the keep actions (the driver runs them before the swap).
+pub const KEEP: &str = "keep the current ";
+
+/// Before `it` replaces the binary at its install path: the current binary is copied to
+/// `PREVIOUS_DIR/<name>-<its version>` (named by what it reports) and `<name>` points at it.
+/// Skipped when the target is already in place or nothing is there yet. A path that is not a
+/// regular file, or a binary that reports no version, fails the host before anything changes.
+pub fn keep_action(it: &Item, comp: &Component) -> Action {
+    let path = install_path(it);
+    let f = q(path);
+    let n = comp.name;
+    let script = format!(
+        "f={f}; d={d}; \
+         if [ ! -f \"$f\" ]; then echo \"$f is not a regular file: cannot keep it before replacing it\" >&2; exit 1; fi; \
+         v=$(\"$f\" {args} 2>&1 | grep -oE 'v?[0-9]+\\.[0-9]+\\.[0-9]+' | head -1); \
+         if [ -z \"$v\" ]; then echo \"$f {args} reports no version: cannot name the kept copy\" >&2; exit 1; fi; \
+         s=$(sha256sum <\"$f\" | cut -c1-64) || exit 1; k={n}-$v; \
+         if [ -f \"$d/$k\" ] && [ \"$(sha256sum <\"$d/$k\" | cut -c1-64)\" != \"$s\" ]; then k={n}-$v-$(echo \"$s\" | cut -c1-12); fi; \
+         mkdir -p \"$d\" && {{ [ -f \"$d/$k\" ] || {{ cp -p \"$f\" \"$d/.$k.tmp\" && mv -f \"$d/.$k.tmp\" \"$d/$k\"; }}; }} && ln -sfn \"$k\" \"$d/{n}\" && echo \"kept $f ($v) as $d/$k\"",
+        d = q(PREVIOUS_DIR),
+        args = comp.version_args,
+    );
+    Action::Run {
+        description: format!("{KEEP}{n} in {PREVIOUS_DIR} before replacing it"),
+        command: script,
+        unless: Some(format!(
+            "! [ -e {f} ] || [ \"$(sha256sum <{f} 2>/dev/null | cut -c1-64)\" = {} ]",
+            sha(it)
+        )),
+        warn_only: false,
+    }
+}
+
+/// The target binary at its install path; a change restarts the component's unit.
+pub fn swap_action(it: &Item, comp: &Component) -> Action {
+    Action::File {
+        path: install_path(it).to_string(),
+        mode: Mode(it.mode().unwrap_or(0o755)),
+        source: Source::Bundle { item: it.label() },
+        sha256: it.sha256.clone(),
+        size: it.size,
+        restarts: comp.unit.iter().map(|u| u.to_string()).collect(),
+    }
+}
+
+/// A host's upgrade plan for one stage: the keep actions, then the leading guards of the
+/// component's own phase plan (`base`), the binaries, and the rest of `base` (its units and
+/// configs rendered for the target version: the existing phases' rendering, not a copy).
+pub fn host_actions(
+    ctx: &Context,
+    h: &Host,
+    comps: &[Component],
+    base: Vec<Action>,
+) -> anyhow::Result<Vec<Action>> {
+    let mut items = Vec::new();
+    for c in comps {
+        if let Some(it) = target_item(ctx, h, c)? {
+            items.push((it, *c));
+        }
+    }
+    let mut a: Vec<Action> = items.iter().map(|(it, c)| keep_action(it, c)).collect();
+    let guards = base
+        .iter()
+        .take_while(|x| matches!(x, Action::Check { .. }))
+        .count();
+    let mut base = base;
+    let rest = base.split_off(guards);
+    a.extend(base);
+    a.extend(items.iter().map(|(it, c)| swap_action(it, c)));
+    a.extend(rest);
+    Ok(a)
+}
+
+/// Splits a host's plan into the keep actions and the rest (run in that order: converge
+/// writes files before it runs commands, so the copy must be its own step).
+pub fn split_keep(actions: &[Action]) -> (Vec<Action>, Vec<Action>) {
+    actions.iter().cloned().partition(
+        |a| matches!(a, Action::Run { description, .. } if description.starts_with(KEEP)),
+    )
+}
+
+/// (unit, sha256 of the target binary) for the components of `comps` with a unit on `h`.
+pub fn unit_targets(
+    ctx: &Context,
+    h: &Host,
+    comps: &[Component],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut v = Vec::new();
+    for c in comps {
+        if let (Some(u), Some(it)) = (c.unit, target_item(ctx, h, c)?) {
+            v.push((u.to_string(), sha(it).to_string()));
+        }
+    }
+    Ok(v)
+}
+
+/// Waits until each unit's main process executes the binary with that sha256 (read through
+/// `/proc/<pid>/exe`, so a process still running the replaced file does not count).
+pub async fn wait_running(
+    exec: &dyn Executor,
+    h: &Host,
+    want: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if want.is_empty() {
+        return Ok(());
+    }
+    let mut script = String::from("ok=1; ");
+    for (u, s) in want {
+        script += &format!(
+            "p=$(systemctl show -p MainPID --value {u}); \
+             if [ -z \"$p\" ] || [ \"$p\" = 0 ]; then echo \"{u}: not running\"; ok=0; \
+             else r=$(sha256sum </proc/$p/exe | cut -c1-64); [ \"$r\" = {s} ] || {{ echo \"{u}: runs a binary with sha256 $r, not {short}\"; ok=0; }}; fi; ",
+            u = q(u),
+            short = &s[..12.min(s.len())],
+        );
+    }
+    script += "[ $ok = 1 ]";
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let o = exec.query(h, &script).await?;
+        if o.status == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{}: not running the new binaries after {} s: {}",
+                h.name,
+                timeout.as_secs(),
+                o.stdout.trim().replace('\n', "; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What one component on one host runs now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Running {
+    pub component: String,
+    /// `running`, `stopped` (the binary on disk answered) or `missing`.
+    pub state: String,
+    /// The version the running process (or, stopped, the binary on disk) reports.
+    pub version: Option<String>,
+    /// sha256 of the running executable (or of the file on disk when stopped).
+    pub sha256: Option<String>,
+    /// sha256 of the file at the install path now.
+    pub disk_sha256: Option<String>,
+}
+
+/// One query per host: for each component, the running process's executable (through
+/// /proc/<pid>/exe, which runs even when the file was replaced) asked for its version.
+pub fn observe_script(comps: &[(Component, String)]) -> String {
+    let mut s = String::new();
+    for (c, path) in comps {
+        let p = q(path);
+        let unit = c.unit.unwrap_or("none.clusterctl");
+        s += &format!(
+            "pid=$(systemctl show -p MainPID --value {u} 2>/dev/null); ds=$(sha256sum <{p} 2>/dev/null | cut -c1-64); \
+             if [ -n \"$pid\" ] && [ \"$pid\" != 0 ] && [ -e /proc/$pid/exe ]; then \
+               echo \"{n}|running|$(sha256sum </proc/$pid/exe | cut -c1-64)|$ds|$(/proc/$pid/exe {a} 2>&1 | head -1)\"; \
+             elif [ -f {p} ]; then echo \"{n}|stopped|$ds|$ds|$({p} {a} 2>&1 | head -1)\"; \
+             else echo \"{n}|missing|||\"; fi; ",
+            u = q(unit),
+            n = c.name,
+            a = c.version_args,
+        );
+    }
+    s + "true"
+}
+
+pub fn parse_observed(out: &str) -> Vec<Running> {
+    out.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(5, '|');
+            let component = it.next()?.to_string();
+            let state = it.next()?.to_string();
+            let opt = |s: Option<&str>| s.filter(|x| !x.is_empty()).map(str::to_string);
+            let sha256 = opt(it.next());
+            let disk_sha256 = opt(it.next());
+            let version = it
+                .next()
+                .and_then(super::skew::Ver::find_in)
+                .map(|(_, w)| w);
+            Some(Running {
+                component,
+                state,
+                version,
+                sha256,
+                disk_sha256,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_parse() {
+        let out = "kube-apiserver|running|aaa|bbb|Kubernetes v1.20.2\nkubelet|stopped|ccc|ccc|Kubernetes v1.20.3\nkube-proxy|missing|||\n";
+        let r = parse_observed(out);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].version.as_deref(), Some("v1.20.2"));
+        assert_eq!(r[0].sha256.as_deref(), Some("aaa"));
+        assert_eq!(r[0].disk_sha256.as_deref(), Some("bbb"));
+        assert_eq!(r[1].state, "stopped");
+        assert_eq!(r[2].version, None);
+        assert_eq!(r[2].sha256, None);
+    }
+
+    #[test]
+    fn keep_and_swap_are_split_in_that_order() {
+        let it: Item = serde_json::from_value(serde_json::json!({
+            "name": "etcd", "version": "3.5.16", "kind": "binary",
+            "url": "file:///x", "sha256": "ab".repeat(32), "size": 10,
+            "install": {"path": "/usr/local/bin/etcd"},
+            "roles": ["etcd"], "hashSource": "test"
+        }))
+        .unwrap();
+        let keep = keep_action(&it, &ETCD[0]);
+        let swap = swap_action(&it, &ETCD[0]);
+        let (k, rest) = split_keep(&[keep, Action::check("guard", "true"), swap]);
+        assert_eq!(k.len(), 1);
+        assert_eq!(rest.len(), 2);
+        match &k[0] {
+            Action::Run {
+                command, unless, ..
+            } => {
+                assert!(
+                    command.contains("/usr/local/lib/clusterctl/previous"),
+                    "{command}"
+                );
+                assert!(
+                    command.contains("etcd --version") || command.contains("\"$f\" --version"),
+                    "{command}"
+                );
+                assert!(unless.as_deref().unwrap().contains(&"ab".repeat(32)));
+            }
+            a => panic!("{a:?}"),
+        }
+        match &rest[1] {
+            Action::File { restarts, path, .. } => {
+                assert_eq!(path, "/usr/local/bin/etcd");
+                assert_eq!(restarts, &["etcd.service"]);
+            }
+            a => panic!("{a:?}"),
+        }
+    }
+
+    /// The keep script against a real shell: copies once, names the copy by the reported
+    /// version, refuses a directory where the binary should be.
+    #[test]
+    fn keep_script_runs_in_a_real_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("tool");
+        std::fs::write(&bin, "#!/bin/sh\necho 'tool Version: 3.4.23'\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let it: Item = serde_json::from_value(serde_json::json!({
+            "name": "tool", "version": "3.5.16", "kind": "binary",
+            "url": "file:///x", "sha256": "00".repeat(32), "size": 10,
+            "install": {"path": bin.to_str().unwrap()},
+            "roles": ["etcd"], "hashSource": "test"
+        }))
+        .unwrap();
+        let comp = Component {
+            name: "tool",
+            unit: None,
+            version_args: "--version",
+        };
+        let Action::Run { command, .. } = keep_action(&it, &comp) else {
+            unreachable!()
+        };
+        let prev = dir.path().join("previous");
+        let command = command.replace(&q(PREVIOUS_DIR), &q(prev.to_str().unwrap()));
+        let sh = |c: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .output()
+                .unwrap()
+        };
+        let o = sh(&command);
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(
+            std::fs::read(prev.join("tool-3.4.23")).unwrap(),
+            std::fs::read(&bin).unwrap()
+        );
+        assert_eq!(
+            std::fs::read_link(prev.join("tool")).unwrap().to_str(),
+            Some("tool-3.4.23")
+        );
+        assert!(sh(&command).status.success(), "a second run is fine");
+        std::fs::remove_file(&bin).unwrap();
+        std::fs::create_dir(&bin).unwrap();
+        let o = sh(&command);
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("is not a regular file"),
+            "{o:?}"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! upgrade-control-plane: one control-plane host at a time: the old kube-apiserver,
+//! -controller-manager and -scheduler kept on the host, the targets swapped in (with the units
+//! the control-plane phase renders for the target version), restarted; gate: each unit runs
+//! the new binary, the apiserver's /readyz on the host and through the cluster endpoint, and
+//! its /version reports the target.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::binaries::{self, CONTROL_PLANE};
+use crate::inventory::{Host, Inventory};
+use crate::phases::{Context, Executor, Order, Phase, PhasePlan};
+
+pub struct UpgradeControlPlane;
+
+/// `gitVersion` of the apiserver on `host` (GET /version).
+pub async fn apiserver_version(ctx: &Context, host: &Host) -> anyhow::Result<String> {
+    let client = crate::phases::control_plane::admin_client(ctx)?;
+    let url = format!(
+        "{}/version",
+        Inventory::url(&host.address, ctx.inv().spec.control_plane.apiserver_port)
+    );
+    let body = crate::phases::health::get(&client, &url).await?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("{url}: not JSON ({e}): {body}"))?;
+    v.get("gitVersion")
+        .and_then(|x| x.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("{url}: no gitVersion in {v}"))
+}
+
+impl Phase for UpgradeControlPlane {
+    fn name(&self) -> &'static str {
+        "upgrade-control-plane"
+    }
+    fn summary(&self) -> &'static str {
+        "control-plane hosts one at a time: old binaries kept, targets swapped in, restarted; gate: new binaries run, /readyz, /version"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let base = crate::phases::control_plane::ControlPlane.plan(ctx)?;
+        let mut plan = PhasePlan::new(self, Order::OneAtATime);
+        for hp in base.hosts {
+            let h = ctx.inv().host(&hp.host).expect("planned hosts exist");
+            plan.host(
+                h,
+                binaries::host_actions(ctx, h, &CONTROL_PLANE, hp.actions)?,
+            );
+        }
+        plan.notes.extend(base.notes);
+        Ok(plan)
+    }
+    fn verify<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let want = binaries::unit_targets(ctx, host, &CONTROL_PLANE)?;
+            binaries::wait_running(exec, host, &want, Duration::from_secs(60)).await?;
+            crate::phases::control_plane::ControlPlane
+                .verify(ctx, host, exec)
+                .await?;
+            let v = apiserver_version(ctx, host).await?;
+            let t = &ctx.inv().spec.kubernetes_version;
+            if !super::record::same(&v, t) {
+                anyhow::bail!("kube-apiserver on {} reports {v}, not {t}", host.name);
+            }
+            Ok(vec![format!("kube-apiserver on {} serves {v}", host.name)])
+        })
+    }
+}

@@ -1,0 +1,298 @@
+//! The version skew check of `upgrade plan` (and of every `upgrade` before it touches a host):
+//! what runs now on each host against the targets, under Kubernetes' version skew policy
+//! (<https://kubernetes.io/releases/version-skew-policy/>, as it reads for 1.2x) and etcd's
+//! upgrade rules. Pure: the observations come from the hosts, the verdict is computed here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// `MAJOR.MINOR.PATCH`, with or without a leading `v`; a `-suffix`/`+build` is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ver {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Ver {
+    pub fn parse(s: &str) -> Option<Ver> {
+        let t = s.trim();
+        let t = t.strip_prefix('v').unwrap_or(t);
+        let core = t.split(['-', '+']).next()?;
+        let mut it = core.split('.').map(|p| p.parse::<u32>().ok());
+        let v = Ver {
+            major: it.next()??,
+            minor: it.next()??,
+            patch: it.next()??,
+        };
+        it.next().is_none().then_some(v)
+    }
+
+    /// The first `[v]X.Y.Z` word of a program's `--version` output (`Kubernetes v1.20.2`,
+    /// `etcd Version: 3.4.23`).
+    pub fn find_in(text: &str) -> Option<(Ver, String)> {
+        text.split(|c: char| c.is_whitespace() || c == ',')
+            .find_map(|w| Ver::parse(w).map(|v| (v, w.to_string())))
+    }
+}
+
+impl fmt::Display for Ver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The Kubernetes programs on a host, in upgrade order.
+pub const CONTROL_PLANE: [&str; 3] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+pub const NODE: [&str; 2] = ["kubelet", "kube-proxy"];
+
+/// What one host runs now: component -> version of the running process (or, when the unit
+/// is stopped, of the binary on disk).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub host: String,
+    pub versions: BTreeMap<String, Ver>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Targets {
+    pub kube: Ver,
+    /// None: etcd is not changed (no etcd version pinned, or no etcd host in the run).
+    pub etcd: Option<Ver>,
+}
+
+/// Every violation, each a sentence naming the host and the fix. Empty: the plan may run.
+pub fn check(hosts: &[Observed], t: &Targets) -> Vec<String> {
+    let mut v = Vec::new();
+    let all = |c: &'static str| {
+        hosts
+            .iter()
+            .filter_map(move |h| h.versions.get(c).map(|ver| (h.host.as_str(), *ver)))
+    };
+    // Target against each running version, per component.
+    for c in CONTROL_PLANE.iter().chain(NODE.iter()) {
+        for (h, cur) in all(c) {
+            if cur.major != t.kube.major {
+                v.push(format!(
+                    "{h}: {c} {cur} -> {}: a change of major version is not an upgrade clusterctl makes",
+                    t.kube
+                ));
+            } else if cur > t.kube {
+                v.push(format!(
+                    "{h}: {c} runs {cur}, newer than the target {}: `upgrade` does not downgrade (set the target to {cur}, or return hosts to the binaries kept on them with `clusterctl upgrade --rollback --hosts {h}`)",
+                    t.kube
+                ));
+            } else if CONTROL_PLANE.contains(c) && t.kube.minor > cur.minor + 1 {
+                v.push(format!(
+                    "{h}: {c} {cur} -> {}: the control plane may not skip a minor version; upgrade to 1.{}.x first",
+                    t.kube,
+                    cur.minor + 1
+                ));
+            } else if NODE.contains(c) && t.kube.minor > cur.minor + 2 {
+                v.push(format!(
+                    "{h}: {c} {cur} would be more than 2 minor versions older than the target apiservers {} (the 1.2x skew policy allows 2): upgrade the nodes to 1.{}.x or newer first",
+                    t.kube,
+                    t.kube.minor - 2
+                ));
+            }
+        }
+    }
+    // What runs now must itself be within policy (a half-finished upgrade of another tool, a
+    // node someone upgraded by hand): else each step would start from a violation.
+    let api: Vec<(&str, Ver)> = all("kube-apiserver").collect();
+    if let (Some(lo), Some(hi)) = (
+        api.iter().min_by_key(|(_, x)| *x),
+        api.iter().max_by_key(|(_, x)| *x),
+    ) {
+        if hi.1.minor > lo.1.minor + 1 {
+            v.push(format!(
+                "apiservers differ by more than one minor now ({} runs {}, {} runs {}): bring them within one minor first",
+                lo.0, lo.1, hi.0, hi.1
+            ));
+        }
+        let oldest = lo.1;
+        for c in ["kube-controller-manager", "kube-scheduler"] {
+            for (h, cur) in all(c) {
+                if (cur.major, cur.minor) > (oldest.major, oldest.minor) {
+                    v.push(format!(
+                        "{h}: {c} runs {cur}, newer than the oldest apiserver ({} on {}): the policy forbids it; upgrade the apiservers first",
+                        oldest, lo.0
+                    ));
+                }
+            }
+        }
+        for c in NODE {
+            for (h, cur) in all(c) {
+                if (cur.major, cur.minor) > (oldest.major, oldest.minor) {
+                    v.push(format!(
+                        "{h}: {c} runs {cur}, newer than the oldest apiserver ({} on {}): a node may not be newer than the API server",
+                        oldest, lo.0
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(te) = t.etcd {
+        for (h, cur) in all("etcd") {
+            if te < cur {
+                v.push(format!(
+                    "{h}: etcd runs {cur}, the target is {te}: etcd members are never downgraded (restore a backup taken before the upgrade instead)"
+                ));
+            } else if te.major != cur.major || te.minor > cur.minor + 1 {
+                v.push(format!(
+                    "{h}: etcd {cur} -> {te}: etcd upgrades one minor version at a time; go to {}.{}.x first",
+                    cur.major,
+                    cur.minor + 1
+                ));
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ver(s: &str) -> Ver {
+        Ver::parse(s).unwrap()
+    }
+
+    fn host(name: &str, vs: &[(&str, &str)]) -> Observed {
+        Observed {
+            host: name.into(),
+            versions: vs.iter().map(|(c, v)| (c.to_string(), ver(v))).collect(),
+        }
+    }
+
+    fn cp(name: &str, k: &str, e: &str) -> Observed {
+        host(
+            name,
+            &[
+                ("etcd", e),
+                ("kube-apiserver", k),
+                ("kube-controller-manager", k),
+                ("kube-scheduler", k),
+                ("kubelet", k),
+                ("kube-proxy", k),
+            ],
+        )
+    }
+
+    fn targets(k: &str, e: Option<&str>) -> Targets {
+        Targets {
+            kube: ver(k),
+            etcd: e.map(ver),
+        }
+    }
+
+    #[test]
+    fn versions_are_read_from_version_output() {
+        assert_eq!(
+            Ver::find_in("Kubernetes v1.20.3").unwrap(),
+            (ver("1.20.3"), "v1.20.3".into())
+        );
+        assert_eq!(
+            Ver::find_in("etcd Version: 3.5.16\nGit SHA: GitNotFound\nGo Version: go1.22")
+                .unwrap()
+                .0,
+            ver("3.5.16")
+        );
+        assert!(Ver::find_in("command not found").is_none());
+        assert_eq!(ver("v1.31.4-rc.1").patch, 4);
+        assert!(Ver::parse("1.20").is_none() && Ver::parse("1.20.1.1").is_none());
+    }
+
+    #[test]
+    fn a_patch_upgrade_and_an_etcd_minor_pass() {
+        let hosts = [
+            cp("h1", "v1.20.2", "3.4.23"),
+            cp("h2", "v1.20.2", "3.4.23"),
+            host("h4", &[("kubelet", "v1.20.2"), ("kube-proxy", "v1.20.2")]),
+        ];
+        assert!(check(&hosts, &targets("v1.20.3", Some("3.5.16"))).is_empty());
+        // A run that resumes: some hosts already at the target.
+        let hosts = [cp("h1", "v1.20.3", "3.5.16"), cp("h2", "v1.20.2", "3.4.23")];
+        assert!(check(&hosts, &targets("v1.20.3", Some("3.5.16"))).is_empty());
+        // One minor up for the control plane, kubelets 2 minors behind the target.
+        let hosts = [
+            cp("h1", "v1.20.9", "3.4.23"),
+            host("h4", &[("kubelet", "v1.19.1")]),
+        ];
+        assert!(check(&hosts, &targets("v1.21.0", None)).is_empty());
+    }
+
+    #[test]
+    fn skipping_a_minor_downgrading_and_old_kubelets_are_refused() {
+        let hosts = [cp("h1", "v1.20.2", "3.4.23")];
+        let v = check(&hosts, &targets("v1.22.0", None));
+        assert!(
+            v.iter()
+                .any(|m| m.contains("h1: kube-apiserver") && m.contains("skip a minor")),
+            "{v:?}"
+        );
+        let v = check(&hosts, &targets("v1.20.1", None));
+        assert!(
+            v.iter()
+                .any(|m| m.contains("does not downgrade") && m.contains("--rollback --hosts h1")),
+            "{v:?}"
+        );
+        let hosts = [
+            cp("h1", "v1.21.0", "3.4.23"),
+            host("h4", &[("kubelet", "v1.18.0")]),
+        ];
+        let v = check(&hosts, &targets("v1.21.1", None));
+        assert!(
+            v.iter()
+                .any(|m| m.starts_with("h4: kubelet") && m.contains("more than 2 minor")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_current_state_outside_the_policy_is_refused() {
+        let mut h1 = cp("h1", "v1.20.2", "3.4.23");
+        h1.versions.insert("kube-scheduler".into(), ver("v1.21.0"));
+        let h4 = host("h4", &[("kubelet", "v1.21.0")]);
+        let v = check(&[h1, h4], &targets("v1.21.0", None));
+        assert!(
+            v.iter().any(|m| m.starts_with("h1: kube-scheduler")
+                && m.contains("newer than the oldest apiserver")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter()
+                .any(|m| m.starts_with("h4: kubelet") && m.contains("may not be newer")),
+            "{v:?}"
+        );
+        let v = check(
+            &[cp("h1", "v1.20.2", "3.4.23"), cp("h2", "v1.22.0", "3.4.23")],
+            &targets("v1.22.0", None),
+        );
+        assert!(
+            v.iter().any(|m| m.contains("more than one minor now")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn etcd_is_never_downgraded_and_goes_one_minor_at_a_time() {
+        let hosts = [cp("h1", "v1.20.2", "3.5.16")];
+        let v = check(&hosts, &targets("v1.20.2", Some("3.4.23")));
+        assert!(v.iter().any(|m| m.contains("never downgraded")), "{v:?}");
+        let hosts = [cp("h1", "v1.20.2", "3.3.0")];
+        let v = check(&hosts, &targets("v1.20.2", Some("3.5.16")));
+        assert!(
+            v.iter().any(|m| m.contains("one minor version at a time")),
+            "{v:?}"
+        );
+        assert!(
+            check(&hosts, &targets("v1.20.2", None)).is_empty(),
+            "etcd unchanged"
+        );
+    }
+}
