@@ -57,6 +57,12 @@ if [ -z "${CLUSTERCTL:-}" ]; then
 fi
 [ -x "$CLUSTERCTL" ] || die "no clusterctl binary at $CLUSTERCTL"
 
+# One build at a time on a machine (tests/run.sh runs two lab tests at once, and both may ask
+# for the bundle): the second waits, then finds it cached.
+mkdir -p "$LAB_CACHE/bundles"
+exec 9>"$LAB_CACHE/bundles/.build.lock"
+flock 9
+
 kbin=$("$here/build-kubernetes.sh")
 [ -f "$kbin/../BUILD-INFO" ] || die "no Kubernetes build at $kbin"
 kbin_re=""
