@@ -359,27 +359,7 @@ fn execute(
     let plans = runner.plan(ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
     rt.block_on(async {
-        let targets: Vec<crate::ssh::Target> =
-            crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
-                .into_iter()
-                .filter(|t| ctx.host_filter.is_empty() || ctx.host_filter.contains(&t.name))
-                .collect();
-        let opts = crate::ssh::ConnectOpts {
-            concurrency: ctx.inv().spec.ssh.concurrency,
-            progress: crate::ssh::ProgressMode::Quiet,
-            logs_dir: Some(ctx.state.logs()),
-            ..Default::default()
-        };
-        let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
-        if !errors.is_empty() {
-            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            return Err(UserError::failed(format!(
-                "cannot reach {} host(s); nothing was changed:\n  {}",
-                errors.len(),
-                list.join("\n  ")
-            ))
-            .into());
-        }
+        let pool = crate::ops::connect(ctx, &ctx.hosts_where(|_| true)).await?;
         let ssh = SshExecutor {
             pool: pool.clone(),
             timeout: std::time::Duration::from_secs(600),

@@ -628,26 +628,10 @@ async fn nodes_stage(
     Ok(rep)
 }
 
+/// Every host of the cluster: an upgrade reads them all, and changes them stage by stage.
 async fn connect(ctx: &Context) -> anyhow::Result<crate::ssh::Pool> {
-    let targets: Vec<crate::ssh::Target> =
-        crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state);
-    let opts = crate::ssh::ConnectOpts {
-        concurrency: ctx.inv().spec.ssh.concurrency,
-        progress: crate::ssh::ProgressMode::Quiet,
-        logs_dir: Some(ctx.state.logs()),
-        ..Default::default()
-    };
-    let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        return Err(UserError::failed(format!(
-            "cannot reach {} host(s); nothing was changed:\n  {}",
-            errors.len(),
-            list.join("\n  ")
-        ))
-        .into());
-    }
-    Ok(pool)
+    let hosts: Vec<&Host> = ctx.inv().spec.hosts.iter().collect();
+    crate::ops::connect(ctx, &hosts).await
 }
 
 pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
