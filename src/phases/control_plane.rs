@@ -171,7 +171,7 @@ impl Phase for ControlPlane {
             super::health::wait_ok(
                 &client,
                 &readyz_url(ctx.inv(), host),
-                Duration::from_secs(90),
+                Duration::from_secs(180),
             )
             .await?;
             // Then through what clients use: the balancers take a backend in only after its
