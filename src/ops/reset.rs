@@ -20,8 +20,7 @@ use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::members::{Etcd, Membership, quorum};
 use crate::cli::{Global, Output};
@@ -233,8 +232,9 @@ fn confirm(g: &Global, hosts: &[&Host], data: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cordons, evicts the node's pods (not DaemonSet or mirror pods) and waits for them to go;
-/// a failure uncordons the node.
+/// Cordons and drains the node as `upgrade` does (`upgrade::drain`: the Eviction API, so
+/// PodDisruptionBudgets hold; DaemonSet and mirror pods stay; a pod no controller would
+/// recreate stops it), then deletes it; a failed drain uncordons the node.
 async fn drain(
     api: &crate::kube::Client,
     node: &str,
@@ -247,114 +247,22 @@ async fn drain(
     }
     api.merge_patch(&path, &json!({"spec": {"unschedulable": true}}))
         .await?;
-    let r = evict_all(api, node, timeout, minor).await;
-    if let Err(e) = r {
-        let _ = api
-            .merge_patch(&path, &json!({"spec": {"unschedulable": null}}))
-            .await;
-        return Err(e.context(format!(
-            "draining {node} (uncordoned again; nothing on the host was changed)"
-        )));
-    }
-    let n = r?;
-    api.delete(&path).await?;
-    Ok(format!("{node}: drained ({n} pod(s) evicted) and deleted"))
-}
-
-fn evictable(p: &Value) -> bool {
-    let mirror = p["metadata"]["annotations"]
-        .get("kubernetes.io/config.mirror")
-        .is_some();
-    let daemon = p["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|o| o.iter().any(|r| r["kind"] == "DaemonSet"));
-    !mirror && !daemon
-}
-
-async fn evict_all(
-    api: &crate::kube::Client,
-    node: &str,
-    timeout: Duration,
-    minor: u32,
-) -> anyhow::Result<usize> {
-    let list = api
-        .get(&format!(
-            "/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"
-        ))
-        .await?;
-    let pods: Vec<(String, String)> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| evictable(p))
-        .map(|p| {
-            (
-                p["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .collect();
-    let policy = if minor >= 22 {
-        "policy/v1"
-    } else {
-        "policy/v1beta1"
-    };
-    let deadline = Instant::now() + timeout;
-    for (ns, name) in &pods {
-        let body = json!({"apiVersion": policy, "kind": "Eviction",
-            "metadata": {"name": name, "namespace": ns}});
-        loop {
-            let r = api
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/namespaces/{ns}/pods/{name}/eviction"),
-                    Some(("application/json", serde_json::to_vec(&body)?)),
-                )
+    let d = match crate::upgrade::drain::drain(api, node, timeout, minor).await {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = api
+                .merge_patch(&path, &json!({"spec": {"unschedulable": null}}))
                 .await;
-            match r {
-                Ok(_) => break,
-                Err(e) if crate::kube::is_not_found(&e) => break,
-                // 429: a PodDisruptionBudget does not allow it now.
-                Err(e) if format!("{e:#}").contains("HTTP 429") && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                Err(e) => return Err(e.context(format!("evicting {ns}/{name}"))),
-            }
+            return Err(e.context(format!(
+                "draining {node} (uncordoned again; nothing on the host was changed)"
+            )));
         }
-    }
-    let left = deadline.saturating_duration_since(Instant::now());
-    crate::kube::wait_until(
-        &format!("pods of {node} gone"),
-        left.max(Duration::from_secs(5)),
-        Duration::from_secs(1),
-        || async {
-            let list = api
-                .get(&format!(
-                    "/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"
-                ))
-                .await?;
-            let still: Vec<String> = list["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| evictable(p))
-                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                .collect();
-            Ok(if still.is_empty() {
-                crate::kube::Wait::Done(())
-            } else {
-                crate::kube::Wait::Pending(format!("still there: {}", still.join(", ")))
-            })
-        },
-    )
-    .await?;
-    Ok(pods.len())
+    };
+    api.delete(&path).await?;
+    Ok(format!(
+        "{node}: drained ({} pod(s) evicted) and deleted",
+        d.evicted.len()
+    ))
 }
 
 fn record_reset(ctx: &Context, hosts: &[&Host]) -> anyhow::Result<()> {
@@ -727,9 +635,13 @@ mod tests {
 
     #[test]
     fn daemonset_and_mirror_pods_are_not_evicted() {
-        let ds = json!({"metadata": {"ownerReferences": [{"kind": "DaemonSet"}]}});
+        use crate::upgrade::drain::{PodFate, fate};
+        let evictable = |p: &serde_json::Value| fate(p) == PodFate::Evict;
+        let ds =
+            json!({"metadata": {"ownerReferences": [{"kind": "DaemonSet", "controller": true}]}});
         let mirror = json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "x"}}});
-        let rs = json!({"metadata": {"ownerReferences": [{"kind": "ReplicaSet"}]}});
+        let rs =
+            json!({"metadata": {"ownerReferences": [{"kind": "ReplicaSet", "controller": true}]}});
         assert!(!evictable(&ds));
         assert!(!evictable(&mirror));
         assert!(evictable(&rs));

@@ -149,8 +149,20 @@ pub struct Drained {
 }
 
 /// Evicts every pod of `node` that a controller recreates, retrying evictions a
-/// PodDisruptionBudget refuses, and waits until they are gone; all within `timeout`.
-pub async fn drain(api: &Client, node: &str, timeout: Duration) -> anyhow::Result<Drained> {
+/// PodDisruptionBudget refuses, and waits until they are gone; all within `timeout`. `minor`:
+/// the cluster's Kubernetes minor (the Eviction API is `policy/v1` from 1.22). Used by
+/// `upgrade` and `reset`.
+pub async fn drain(
+    api: &Client,
+    node: &str,
+    timeout: Duration,
+    minor: u32,
+) -> anyhow::Result<Drained> {
+    let policy = if minor >= 22 {
+        "policy/v1"
+    } else {
+        "policy/v1beta1"
+    };
     let t = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let list = api
@@ -176,7 +188,7 @@ pub async fn drain(api: &Client, node: &str, timeout: Duration) -> anyhow::Resul
     }
     if !orphans.is_empty() {
         anyhow::bail!(
-            "node {node} runs pod(s) no controller would recreate: {} (an eviction would lose them)\n  fix: delete them or run them under a Deployment/StatefulSet/Job, then run `clusterctl upgrade` again",
+            "node {node} runs pod(s) no controller would recreate: {} (an eviction would lose them)\n  fix: delete them or run them under a Deployment/StatefulSet/Job, then run the command again",
             orphans.join(", ")
         );
     }
@@ -187,7 +199,7 @@ pub async fn drain(api: &Client, node: &str, timeout: Duration) -> anyhow::Resul
         let mut last = String::new();
         for (ns, name, uid) in pending {
             let body = json!({
-                "apiVersion": "policy/v1beta1",
+                "apiVersion": policy,
                 "kind": "Eviction",
                 "metadata": {"name": name, "namespace": ns},
                 "deleteOptions": {"preconditions": {"uid": uid}},

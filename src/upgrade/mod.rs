@@ -561,7 +561,7 @@ async fn nodes_stage(
                     return Ok(serde_json::json!({"dryRun": true}));
                 }
                 let ours = drain::cordon(api, &h.name, cordoned).await?;
-                let d = drain::drain(api, &h.name, a.drain_timeout).await?;
+                let d = drain::drain(api, &h.name, a.drain_timeout, env.ctx.inv().kube_version().minor).await?;
                 eprintln!(
                     "upgrade-nodes {}: cordoned{}, drained in {:.1}s: {} pod(s) evicted, {} skipped{}",
                     h.name,

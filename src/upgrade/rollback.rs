@@ -154,7 +154,14 @@ pub(super) async fn rollback(
         let api_restart = backs.iter().any(|b| b.comp.name == "kube-apiserver");
         if node && !a.dry_run {
             drain::cordon(&api, &h.name, &cordoned).await?;
-            if let Err(e) = drain::drain(&api, &h.name, a.drain_timeout).await {
+            if let Err(e) = drain::drain(
+                &api,
+                &h.name,
+                a.drain_timeout,
+                ctx.inv().kube_version().minor,
+            )
+            .await
+            {
                 let _ = drain::uncordon(&api, &h.name, &cordoned).await;
                 return Err(UserError::failed(format!("rollback {}: {e:#}", h.name)).into());
             }
