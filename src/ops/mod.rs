@@ -69,15 +69,23 @@ pub fn context(g: &Global) -> anyhow::Result<Context> {
 
 /// Connects to `hosts`; every one must answer, else nothing is done.
 pub async fn connect(ctx: &Context, hosts: &[&Host]) -> anyhow::Result<crate::ssh::Pool> {
-    let targets: Vec<crate::ssh::Target> =
-        crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
-            .into_iter()
-            .filter(|t| hosts.iter().any(|h| h.name == t.name))
-            .collect();
+    connect_hosts(&ctx.loaded, &ctx.state, hosts).await
+}
+
+/// [`connect`] for a command that has no [`Context`] (`certs check-expiration`).
+pub async fn connect_hosts(
+    loaded: &crate::inventory::Loaded,
+    state: &crate::state::StateDir,
+    hosts: &[&Host],
+) -> anyhow::Result<crate::ssh::Pool> {
+    let targets: Vec<crate::ssh::Target> = crate::ssh::Target::from_inventory(loaded, state)
+        .into_iter()
+        .filter(|t| hosts.iter().any(|h| h.name == t.name))
+        .collect();
     let opts = crate::ssh::ConnectOpts {
-        concurrency: ctx.inv().spec.ssh.concurrency,
+        concurrency: loaded.inventory.spec.ssh.concurrency,
         progress: crate::ssh::ProgressMode::Quiet,
-        logs_dir: Some(ctx.state.logs()),
+        logs_dir: Some(state.logs()),
         ..Default::default()
     };
     let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;

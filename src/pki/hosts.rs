@@ -114,31 +114,12 @@ pub async fn inspect_hosts(
 ) -> Result<(Vec<HostFileRow>, Vec<ServedRow>)> {
     let inv: &Inventory = &loaded.inventory;
     let chosen = |name: &str| hosts.is_empty() || hosts.iter().any(|h| h == name);
-    let targets: Vec<crate::ssh::Target> = crate::ssh::Target::from_inventory(loaded, state)
-        .into_iter()
-        .filter(|t| chosen(&t.name))
-        .collect();
-    let opts = crate::ssh::ConnectOpts {
-        concurrency: inv.spec.ssh.concurrency,
-        progress: crate::ssh::ProgressMode::Quiet,
-        logs_dir: Some(state.logs()),
-        ..Default::default()
-    };
-    let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        anyhow::bail!(
-            "cannot reach {} host(s):\n  {}",
-            errors.len(),
-            list.join("\n  ")
-        );
-    }
+    let chosen_hosts: Vec<&crate::inventory::Host> =
+        inv.spec.hosts.iter().filter(|h| chosen(&h.name)).collect();
+    let pool = crate::ops::connect_hosts(loaded, state, &chosen_hosts).await?;
     // Per host: its certificate files and kubeconfigs (not keys), local and remote.
-    let per_host: Vec<(String, Vec<(String, std::path::PathBuf)>)> = inv
-        .spec
-        .hosts
+    let per_host: Vec<(String, Vec<(String, std::path::PathBuf)>)> = chosen_hosts
         .iter()
-        .filter(|h| chosen(&h.name))
         .map(|h| {
             let files = super::files_for_host(inv, h)
                 .into_iter()
