@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Context, Executor, Mode, Order, Phase, PhasePlan, Source, static_pods};
+use super::{Action, Context, Executor, Order, Phase, PhasePlan, static_pods};
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki;
 
@@ -390,26 +390,11 @@ impl Phase for Certs {
             _ => {}
         }
         for h in ctx.hosts_where(|h| self.takes(inv, h)) {
+            // Static pods: no unit to restart; the re-rendered manifest replaces the pod.
             let mut a: Vec<Action> = pki::files_for_host(inv, h)
-                .into_iter()
+                .iter()
                 .filter(|f| step_of(inv, h, &f.remote) == self.0)
-                .map(|f| Action::File {
-                    path: f.remote.to_string_lossy().into_owned(),
-                    mode: Mode(f.mode),
-                    source: Source::Local {
-                        path: ctx.state.root.join(&f.local),
-                    },
-                    sha256: None,
-                    size: None,
-                    restarts: if inv.static_pods() {
-                        Vec::new()
-                    } else {
-                        super::pki::units_for(&f.remote)
-                            .into_iter()
-                            .map(str::to_string)
-                            .collect()
-                    },
-                })
+                .map(|f| super::pki::file_action(ctx, f, !inv.static_pods()))
                 .collect();
             if a.is_empty() {
                 continue;
@@ -510,7 +495,7 @@ impl Phase for Certs {
                     // (right after a restart the old Ready status may still stand).
                     let lines = wait_served(ctx, host, &["kubelet"]).await?;
                     super::kubelet::Kubelet.verify(ctx, host, exec).await?;
-                    if host_runs_proxy(ctx.inv(), host) {
+                    if ctx.inv().runs_kubelet(host) {
                         super::kube_proxy::KubeProxy.verify(ctx, host, exec).await?;
                     }
                     Ok(lines)
@@ -571,30 +556,12 @@ impl Phase for Certs {
     }
 }
 
-/// Whether kube-proxy runs on `host` as a unit (the kube-proxy phase's hosts).
-fn host_runs_proxy(inv: &Inventory, host: &Host) -> bool {
-    inv.runs_kubelet(host)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn inv() -> Inventory {
-        // Etcd-only, control-plane-only, stacked, worker and lb hosts: every kind of host file.
-        const INV: &str = "apiVersion: clusterctl.io/v1alpha1
-kind: Cluster
-metadata: {name: t}
-spec:
-  kubernetesVersion: v1.20.2
-  hosts:
-    - {name: cp1, address: 10.77.0.11, roles: [control-plane]}
-    - {name: e1, address: 10.77.0.21, roles: [etcd]}
-    - {name: ce, address: 10.77.0.12, roles: [etcd, control-plane]}
-    - {name: w1, address: 10.77.0.31, roles: [worker]}
-    - {name: lb1, address: 10.77.0.41, roles: [lb]}
-  ha: {mode: vip, vip: {address: 10.77.0.10}}
-";
+        use crate::pki::spec::tests::INV;
         crate::inventory::load_str(INV, Path::new("t.yaml"))
             .unwrap_or_else(|d| panic!("{d}"))
             .inventory

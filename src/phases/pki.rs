@@ -48,6 +48,28 @@ pub(crate) fn units_for(remote: &Path) -> Vec<&'static str> {
     }
 }
 
+/// A PKI file (certificate, key or kubeconfig) on its host, from the local PKI; with
+/// `restarts`, a change restarts the units that load it ([`units_for`]).
+pub(crate) fn file_action(ctx: &Context, f: &pki::HostFile, restarts: bool) -> Action {
+    Action::File {
+        path: f.remote.to_string_lossy().into_owned(),
+        mode: Mode(f.mode),
+        source: Source::Local {
+            path: ctx.state.root.join(&f.local),
+        },
+        sha256: None,
+        size: None,
+        restarts: if restarts {
+            units_for(&f.remote)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 #[derive(Serialize)]
 struct EncryptionConfiguration {
     #[serde(rename = "apiVersion")]
@@ -126,22 +148,7 @@ impl Phase for Pki {
             if files.is_empty() {
                 continue;
             }
-            let actions = files
-                .into_iter()
-                .map(|f| Action::File {
-                    path: f.remote.to_string_lossy().into_owned(),
-                    mode: Mode(f.mode),
-                    source: Source::Local {
-                        path: ctx.state.root.join(&f.local),
-                    },
-                    sha256: None,
-                    size: None,
-                    restarts: units_for(&f.remote)
-                        .into_iter()
-                        .map(str::to_string)
-                        .collect(),
-                })
-                .collect();
+            let actions = files.iter().map(|f| file_action(ctx, f, true)).collect();
             plan.host(h, actions);
         }
         Ok(plan)

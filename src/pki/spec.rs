@@ -576,11 +576,12 @@ pub fn files_for_host(inv: &Inventory, host: &Host) -> Vec<HostFile> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::inventory::load_str;
 
-    const INV: &str = "apiVersion: clusterctl.io/v1alpha1
+    /// Etcd-only, control-plane-only, stacked, worker and lb hosts: every kind of host file.
+    pub(crate) const INV: &str = "apiVersion: clusterctl.io/v1alpha1
 kind: Cluster
 metadata: {name: t}
 spec:
