@@ -145,6 +145,34 @@ pub fn host_actions(
     Ok(a)
 }
 
+/// A stage's plan: the hosts of `base` (the component's own phase plan, rendered for the
+/// target version), one at a time, each with [`host_actions`].
+pub fn stage_plan(
+    ctx: &Context,
+    stage: &dyn crate::phases::Phase,
+    base: crate::phases::PhasePlan,
+    comps: &[Component],
+) -> anyhow::Result<crate::phases::PhasePlan> {
+    let mut plan = crate::phases::PhasePlan::new(stage, crate::phases::Order::OneAtATime);
+    for hp in base.hosts {
+        let h = ctx.inv().host(&hp.host).expect("planned hosts exist");
+        plan.host(h, host_actions(ctx, h, comps, hp.actions)?);
+    }
+    plan.notes.extend(base.notes);
+    Ok(plan)
+}
+
+/// The first gate of every stage: each unit of `comps` on `h` runs its target binary (60 s).
+pub async fn wait_targets(
+    ctx: &Context,
+    exec: &dyn Executor,
+    h: &Host,
+    comps: &[Component],
+) -> anyhow::Result<()> {
+    let want = unit_targets(ctx, h, comps)?;
+    wait_running(exec, h, &want, Duration::from_secs(60)).await
+}
+
 /// Splits a host's plan into the keep actions and the rest (run in that order: converge
 /// writes files before it runs commands, so the copy must be its own step).
 pub fn split_keep(actions: &[Action]) -> (Vec<Action>, Vec<Action>) {

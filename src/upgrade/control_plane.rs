@@ -4,13 +4,11 @@
 //! the new binary, the apiserver's /readyz on the host and through the cluster endpoint, and
 //! its /version reports the target.
 
-use std::time::Duration;
-
 use futures::future::BoxFuture;
 
 use super::binaries::{self, CONTROL_PLANE};
 use crate::inventory::{Host, Inventory};
-use crate::phases::{Context, Executor, Order, Phase, PhasePlan};
+use crate::phases::{Context, Executor, Phase, PhasePlan};
 
 pub struct UpgradeControlPlane;
 
@@ -39,16 +37,7 @@ impl Phase for UpgradeControlPlane {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let base = crate::phases::control_plane::ControlPlane.plan(ctx)?;
-        let mut plan = PhasePlan::new(self, Order::OneAtATime);
-        for hp in base.hosts {
-            let h = ctx.inv().host(&hp.host).expect("planned hosts exist");
-            plan.host(
-                h,
-                binaries::host_actions(ctx, h, &CONTROL_PLANE, hp.actions)?,
-            );
-        }
-        plan.notes.extend(base.notes);
-        Ok(plan)
+        binaries::stage_plan(ctx, self, base, &CONTROL_PLANE)
     }
     fn verify<'a>(
         &'a self,
@@ -57,8 +46,7 @@ impl Phase for UpgradeControlPlane {
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let want = binaries::unit_targets(ctx, host, &CONTROL_PLANE)?;
-            binaries::wait_running(exec, host, &want, Duration::from_secs(60)).await?;
+            binaries::wait_targets(ctx, exec, host, &CONTROL_PLANE).await?;
             crate::phases::control_plane::ControlPlane
                 .verify(ctx, host, exec)
                 .await?;

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 
 use super::binaries::{self, ETCD};
 use crate::inventory::Host;
-use crate::phases::{Context, Executor, Order, Phase, PhasePlan};
+use crate::phases::{Context, Executor, Phase, PhasePlan};
 
 pub struct UpgradeEtcd;
 
@@ -48,13 +48,7 @@ impl Phase for UpgradeEtcd {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let base = crate::phases::etcd::Etcd.plan(ctx)?;
-        let mut plan = PhasePlan::new(self, Order::OneAtATime);
-        for hp in base.hosts {
-            let h = ctx.inv().host(&hp.host).expect("planned hosts exist");
-            plan.host(h, binaries::host_actions(ctx, h, &ETCD, hp.actions)?);
-        }
-        plan.notes.extend(base.notes);
-        Ok(plan)
+        binaries::stage_plan(ctx, self, base, &ETCD)
     }
     fn verify<'a>(
         &'a self,
@@ -63,8 +57,7 @@ impl Phase for UpgradeEtcd {
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let want = binaries::unit_targets(ctx, host, &ETCD)?;
-            binaries::wait_running(exec, host, &want, Duration::from_secs(60)).await?;
+            binaries::wait_targets(ctx, exec, host, &ETCD).await?;
             crate::phases::etcd::Etcd.verify(ctx, host, exec).await?;
             let v = member_version(exec, host).await?;
             if let Some(t) = &ctx.inv().spec.etcd.version

@@ -45,8 +45,7 @@ impl Phase for UpgradeNodes {
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let want = binaries::unit_targets(ctx, host, &NODE)?;
-            binaries::wait_running(exec, host, &want, Duration::from_secs(60)).await?;
+            binaries::wait_targets(ctx, exec, host, &NODE).await?;
             // The restarted kubelet reports its version in the node's status; until then the
             // node's Ready condition is the old kubelet's.
             let api = crate::kube::Client::admin(ctx)?;
