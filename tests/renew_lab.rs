@@ -74,6 +74,23 @@ fn served(eps: &[Endpoint]) -> BTreeMap<String, (Option<String>, Option<String>)
         .collect()
 }
 
+/// `certs check-expiration --hosts HOSTS -o json`: (exit 0, the report).
+fn check_expiration(inv: &str, hosts: &str) -> (bool, serde_json::Value) {
+    let o = clusterctl(&[
+        "-i",
+        inv,
+        "-o",
+        "json",
+        "certs",
+        "check-expiration",
+        "--hosts",
+        hosts,
+    ]);
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)));
+    (o.status.success(), v)
+}
+
 /// Each web pod's container: (pod, container ID, restart count).
 fn containers(admin: &Path) -> Vec<(String, String, u64)> {
     let v = kubectl_json(admin, &["get", "pods", "-l", "app=web"]);
@@ -212,18 +229,8 @@ fn renew_all_certificates_without_dropping_a_request() {
 
     // check-expiration over SSH and TLS: all current; then a file replaced on a host without
     // a restart is flagged as not loaded.
-    let o = clusterctl(&[
-        "-i",
-        inv_arg,
-        "-o",
-        "json",
-        "certs",
-        "check-expiration",
-        "--hosts",
-        "h1,h4",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (ok, v) = check_expiration(inv_arg, "h1,h4");
+    assert!(ok, "{v}");
     let stale: Vec<&serde_json::Value> = v["served"]
         .as_array()
         .unwrap()
@@ -256,21 +263,8 @@ fn renew_all_certificates_without_dropping_a_request() {
         "certs-renew",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = clusterctl(&[
-        "-i",
-        inv_arg,
-        "-o",
-        "json",
-        "certs",
-        "check-expiration",
-        "--hosts",
-        "h4",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(
-        !o.status.success(),
-        "a stale host file must fail the check: {v}"
-    );
+    let (ok, v) = check_expiration(inv_arg, "h4");
+    assert!(!ok, "a stale host file must fail the check: {v}");
     assert!(
         v["hostFiles"]
             .as_array()
@@ -288,21 +282,8 @@ fn renew_all_certificates_without_dropping_a_request() {
             String::from_utf8_lossy(&local)
         ),
     );
-    let o = clusterctl(&[
-        "-i",
-        inv_arg,
-        "-o",
-        "json",
-        "certs",
-        "check-expiration",
-        "--hosts",
-        "h4",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(
-        !o.status.success(),
-        "a renewal not yet loaded must fail the check: {v}"
-    );
+    let (ok, v) = check_expiration(inv_arg, "h4");
+    assert!(!ok, "a renewal not yet loaded must fail the check: {v}");
     let kubelet = v["served"]
         .as_array()
         .unwrap()
