@@ -1,6 +1,6 @@
 //! `upgrade` end to end on real nspawn hosts (k8s profile): 3 control-plane hosts (etcd on
 //! them) behind a keepalived VIP + 2 workers, installed at Kubernetes v1.20.2 with etcd 3.4.23
-//! (Debian bookworm), then upgraded to etcd 3.5.16 (Debian trixie) and to "v1.20.3" — a
+//! (Debian bookworm), then upgraded to etcd 3.5.16 (Debian trixie) alone, then to "v1.20.3" — a
 //! RE-STAMPED build of the same v1.20.2 source (tests/lab/build-kubernetes.sh --stamp): it
 //! exercises the upgrade's mechanics (order, kept binaries, gates, drain, resume), not a real
 //! 1.20.3. A web workload with a PodDisruptionBudget runs and a read probe goes through the
@@ -139,9 +139,51 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "apiVersion: policy/v1beta1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: default}\nspec:\n  minAvailable: 3\n  selector:\n    matchLabels: {app: web}\n",
     );
 
-    // The plan: what runs now, the targets, the skew check, what restarts.
+    // Only etcd first (3.4.23 -> 3.5.16, Kubernetes stays): members one at a time with the
+    // read probe at 0 failures; the control plane and the nodes are neither restarted nor
+    // drained; the old etcd is kept on each member; `init` with the old etcd version is refused.
+    let old_path = lab.write_inventory("inventory-old.yaml", &inv);
     inv.spec.etcd.version = Some("3.5.16".into());
     lab.write_inventory("inventory.yaml", &inv);
+    assert_eq!(etcd_versions(&lab), ["3.4.23"; 3]);
+    let plan = clusterctl(&["-i", inv_arg, "upgrade", "plan"]);
+    eprintln!("{}", text(&plan));
+    assert!(plan.status.success(), "{}", text(&plan));
+    let probe = ReadProbe::start(&admin);
+    let t = Instant::now();
+    let report = run_report_upgrade(&["-i", inv_arg, "-o", "json", "upgrade"]);
+    let secs = t.elapsed().as_secs_f64();
+    let (ok, failures) = probe.finish();
+    eprintln!(
+        "etcd-only upgrade {secs:.1}s, stages {:?}; probe: {ok} answered, {} failed",
+        stage_seconds(&report),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "probe failures: {failures:#?}");
+    assert_eq!(etcd_versions(&lab), ["3.5.16"; 3]);
+    for s in report["stages"].as_array().unwrap() {
+        for (h, o) in s["hosts"].as_object().unwrap() {
+            let restarts = o["restarts"].as_array().unwrap();
+            if s["stage"] == "upgrade-etcd" {
+                assert_eq!(restarts, &[serde_json::json!("etcd.service")], "{h}: {o}");
+            } else {
+                assert!(restarts.is_empty(), "{} restarted {h}: {o}", s["stage"]);
+            }
+        }
+        assert!(s["drains"].is_null(), "drained: {}", s["drains"]);
+    }
+    for h in ["h1", "h2", "h3"] {
+        lab.exec_ok(h, "test -x /usr/local/lib/clusterctl/previous/etcd-3.4.23");
+    }
+    let o = clusterctl(&["-i", old_path.to_str().unwrap(), "init"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("fix: set spec.etcd.version: 3.5.16"),
+        "{}",
+        text(&o)
+    );
+
+    // Then Kubernetes. The plan: what runs now, the targets, the skew check, what restarts.
     let plan = clusterctl(&["-i", inv_arg, "upgrade", "plan", "--to", TARGET]);
     let plan_text = text(&plan);
     eprintln!("{plan_text}");
@@ -200,9 +242,6 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "h1 keeps its previous apiserver"
     );
     // init with the old inventory now: refused (the upgrade is unfinished), nothing touched.
-    let mut old = inv.clone();
-    old.spec.etcd.version = Some("3.4.23".into());
-    let old_path = lab.write_inventory("inventory-old.yaml", &old);
     let o = clusterctl(&["-i", old_path.to_str().unwrap(), "init"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
@@ -355,60 +394,4 @@ fn run_report_upgrade(args: &[&str]) -> serde_json::Value {
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{args:?}: {}", text(&out));
     serde_json::from_slice(&out.stdout).expect("-o json prints the report")
-}
-
-/// Only etcd changes (3.4.23 -> 3.5.16, the plain lab bundle): members one at a time with the
-/// read probe at 0 failures; the control plane and the nodes are neither restarted nor drained;
-/// the old etcd is kept on each member; `init` with the old etcd version is refused.
-#[test]
-#[ignore = "lab: run by tests/run.sh"]
-fn upgrade_etcd_only_member_by_member() {
-    let lab = Lab::up_profile("upgrade", 5, "k8s");
-    let bundle = lab_bundle();
-    let mut inv = lab.vip_inventory(&bundle);
-    let old_path = lab.write_inventory("inventory-old.yaml", &inv);
-    inv.spec.etcd.version = Some("3.5.16".into());
-    let inv_path = lab.write_inventory("inventory.yaml", &inv);
-    let inv_arg = inv_path.to_str().unwrap();
-    let admin = lab.dir.join("clusters/lab-upgrade/admin.conf");
-    run_report(&["-i", old_path.to_str().unwrap(), "-o", "json", "init"]);
-    assert_eq!(etcd_versions(&lab), ["3.4.23"; 3]);
-
-    let plan = clusterctl(&["-i", inv_arg, "upgrade", "plan"]);
-    eprintln!("{}", text(&plan));
-    assert!(plan.status.success(), "{}", text(&plan));
-
-    let probe = ReadProbe::start(&admin);
-    let t = Instant::now();
-    let report = run_report_upgrade(&["-i", inv_arg, "-o", "json", "upgrade"]);
-    let secs = t.elapsed().as_secs_f64();
-    let (ok, failures) = probe.finish();
-    eprintln!(
-        "etcd-only upgrade {secs:.1}s, stages {:?}; probe: {ok} answered, {} failed",
-        stage_seconds(&report),
-        failures.len()
-    );
-    assert!(failures.is_empty(), "probe failures: {failures:#?}");
-    assert_eq!(etcd_versions(&lab), ["3.5.16"; 3]);
-    for s in report["stages"].as_array().unwrap() {
-        for (h, o) in s["hosts"].as_object().unwrap() {
-            let restarts = o["restarts"].as_array().unwrap();
-            if s["stage"] == "upgrade-etcd" {
-                assert_eq!(restarts, &[serde_json::json!("etcd.service")], "{h}: {o}");
-            } else {
-                assert!(restarts.is_empty(), "{} restarted {h}: {o}", s["stage"]);
-            }
-        }
-        assert!(s["drains"].is_null(), "drained: {}", s["drains"]);
-    }
-    for h in ["h1", "h2", "h3"] {
-        lab.exec_ok(h, "test -x /usr/local/lib/clusterctl/previous/etcd-3.4.23");
-    }
-    let o = clusterctl(&["-i", old_path.to_str().unwrap(), "init"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("fix: set spec.etcd.version: 3.5.16"),
-        "{}",
-        text(&o)
-    );
 }
