@@ -5,7 +5,8 @@
 //! keepalived VIP and 2 workers: nodes Ready, the mirror pods Running, no control-plane unit on
 //! the hosts, workloads spread over the workers reaching each other, Services, logs and exec
 //! through the VIP; a second `init` changes nothing; a changed apiserver flag replaces the
-//! apiserver pods one host at a time with no failed request through the VIP.
+//! apiserver pods one host at a time with no failed request through the VIP; `backup`, a deleted
+//! namespace and `restore` bring it back with the static pods back in place.
 
 mod common;
 
@@ -274,5 +275,19 @@ fn static_pod_control_plane() {
         "requests failed during the roll: {failed:?}"
     );
     assert!(ok >= 10, "only {ok} probes ran during the roll");
+
+    // backup and restore (the checks of backup_lab): etcd and the control plane stop by their
+    // manifests leaving the kubelet's directory, and start again by their return.
+    let (b, r) = common::backup::backup_delete_restore(&lab, &changed, &changed_path, &admin);
+    for h in CONTROL_PLANE {
+        let m = lab.exec_ok(h, "ls /etc/kubernetes/manifests | sort | tr '\\n' ' '");
+        assert_eq!(
+            m.trim(),
+            "etcd.yaml kube-apiserver.yaml kube-controller-manager.yaml kube-scheduler.yaml",
+            "{h}"
+        );
+        lab.exec_ok(h, "! ls -d /etc/kubernetes/manifests.restore-* 2>/dev/null");
+    }
+    eprintln!("TIMING static-pods backup {b:.1}s, restore {r:.1}s");
     eprintln!("whole test {:.1}s", t0.elapsed().as_secs_f64());
 }

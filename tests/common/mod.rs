@@ -2,6 +2,8 @@
 //! commands inside its hosts, run clusterctl against it; list the repository's YAML files.
 #![allow(dead_code)]
 
+pub mod backup;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

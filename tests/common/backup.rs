@@ -1,0 +1,187 @@
+//! `backup` then `restore` of a running lab cluster, shared by backup_lab (systemd units) and
+//! static_pods_lab (static pods): the same checks in both modes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clusterctl::inventory::Inventory;
+
+use super::*;
+
+pub const ETCD_HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+
+/// Per etcd/control-plane host, the start stamp and restart count of etcd and the apiserver,
+/// and what lies beside the data directory: equal before and after means nothing was touched.
+pub fn host_stamps(lab: &Lab) -> Vec<String> {
+    ETCD_HOSTS
+        .iter()
+        .map(|h| {
+            lab.exec_ok(
+                h,
+                "for u in etcd kube-apiserver; do systemctl show -p NRestarts -p ExecMainStartTimestampMonotonic --value $u | tr '\\n' ' '; done; \
+                 ls -d /var/lib/etcd* /var/lib/clusterctl/restore/* /etc/kubernetes/manifests*/* 2>/dev/null | tr '\\n' ' '",
+            )
+        })
+        .collect()
+}
+
+pub fn clusterctl_in(inv: &Path, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["-i", inv.to_str().unwrap()];
+    a.extend(args);
+    clusterctl(&a)
+}
+
+/// A namespace with a ConfigMap; `backup`; the namespace deleted; refused restores (a
+/// corrupted copy, no --yes without a terminal) touch no host; `restore --yes` brings it back
+/// with every member healthy, the nodes Ready and the old data kept. (backup s, restore s)
+pub fn backup_delete_restore(
+    lab: &Lab,
+    inv: &Inventory,
+    inv_path: &Path,
+    admin: &Path,
+) -> (f64, f64) {
+    let cluster = inv.name().to_string();
+    // Something to lose: a namespace with a ConfigMap.
+    kubectl_ok(admin, &["create", "namespace", "keep-me"]);
+    kubectl_ok(
+        admin,
+        &[
+            "-n",
+            "keep-me",
+            "create",
+            "configmap",
+            "precious",
+            "--from-literal=answer=42",
+        ],
+    );
+
+    // backup
+    let t = Instant::now();
+    let out = clusterctl_in(inv_path, &["-o", "json", "backup"]);
+    let backup_secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "backup: {}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let archive = PathBuf::from(r["path"].as_str().unwrap());
+    assert!(archive.starts_with(lab.dir.join(format!("clusters/{cluster}/backups"))));
+    assert!(archive.is_file() && archive.with_extension("gz.sha256").is_file());
+    let sum = std::fs::read_to_string(archive.with_extension("gz.sha256")).unwrap();
+    assert!(sum.starts_with(r["sha256"].as_str().unwrap()), "{sum}");
+    assert!(r["status"]["totalKey"].as_u64().unwrap() > 100, "{r}");
+    eprintln!(
+        "TIMING backup: {backup_secs:.1}s, archive {} bytes (snapshot {} bytes)",
+        r["size"], r["snapshotBytes"]
+    );
+    // The archive's own listing: manifest, snapshot, inventory, the PKI.
+    let listing = run(std::process::Command::new("tar").arg("tzf").arg(&archive)).stdout;
+    let listing = String::from_utf8_lossy(&listing);
+    for f in [
+        "manifest.json",
+        "etcd/snapshot.db",
+        "inventory.yaml",
+        "pki/ca.key",
+        "pki/etcd/ca.crt",
+    ] {
+        assert!(listing.lines().any(|l| l == f), "{f} not in {listing}");
+    }
+    // A second backup in the same second would get the same name: it is refused, never replaces.
+    let again = clusterctl_in(inv_path, &["backup", "--out", archive.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+
+    // Gone: the namespace is deleted. (The lab cannot run metrics-server, and an aggregated
+    // API that does not answer keeps every namespace Terminating: its APIService goes first.)
+    kubectl_ok(admin, &["delete", "apiservice", "v1beta1.metrics.k8s.io"]);
+    kubectl_ok(admin, &["delete", "namespace", "keep-me", "--wait=true"]);
+    let gone = eventually(Duration::from_secs(60), || {
+        let o = kubectl(admin, &["get", "namespace", "keep-me"]);
+        (!o.status.success() && text(&o).contains("NotFound")).then_some(())
+    });
+    assert!(gone.is_some(), "namespace keep-me still there");
+
+    // Refused before any host is touched: a corrupted copy (with its .sha256), and a restore
+    // with no terminal and no --yes.
+    let before = host_stamps(lab);
+    let bad = lab.dir.join("corrupt.tar.gz");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x5a;
+    std::fs::write(&bad, &bytes).unwrap();
+    std::fs::copy(
+        archive.with_extension("gz.sha256"),
+        bad.with_extension("gz.sha256"),
+    )
+    .unwrap();
+    let o = clusterctl_in(inv_path, &["--yes", "restore", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("differs from") && text(&o).contains("nothing was touched"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(bad.with_extension("gz.sha256")).unwrap();
+    let o = clusterctl_in(inv_path, &["--yes", "restore", bad.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let o = clusterctl_in(inv_path, &["restore", archive.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--yes"), "{}", text(&o));
+    assert_eq!(before, host_stamps(lab), "a refused restore touched a host");
+
+    // restore
+    let t = Instant::now();
+    let out = clusterctl_in(
+        inv_path,
+        &["--yes", "-o", "json", "restore", archive.to_str().unwrap()],
+    );
+    let restore_secs = t.elapsed().as_secs_f64();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("TIMING restore: {restore_secs:.1}s; steps:");
+    for s in r["steps"].as_array().unwrap() {
+        eprintln!(
+            "  {:<44} {:>6.1}s",
+            s[0].as_str().unwrap(),
+            s[1].as_f64().unwrap()
+        );
+    }
+    assert!(
+        r["token"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("etcd-{cluster}-restore-"))
+    );
+
+    // Back: the namespace and its ConfigMap.
+    let cm = kubectl_json(admin, &["-n", "keep-me", "get", "configmap", "precious"]);
+    assert_eq!(cm["data"]["answer"], "42");
+    // Every member healthy, one cluster of three, the old data kept on every host.
+    for h in ETCD_HOSTS {
+        let host = inv.host(h).unwrap();
+        lab.exec_ok(h, &clusterctl::phases::etcd::health_command(host));
+        let old = lab.exec_ok(h, "ls -d /var/lib/etcd.before-restore-*/member/snap");
+        assert_eq!(old.lines().count(), 1, "{h}: {old}");
+        let mode = lab.exec_ok(h, "stat -c %a /var/lib/etcd");
+        assert_eq!(mode, "700", "{h}");
+        // The snapshot copies are gone.
+        lab.exec_ok(h, "[ -z \"$(ls -A /var/lib/clusterctl/restore)\" ]");
+    }
+    let members = lab.exec_ok(
+        "h2",
+        &clusterctl::ops::etcdctl(inv.host("h2").unwrap(), "member list"),
+    );
+    assert_eq!(members.lines().count(), 3, "{members}");
+    // Nodes Ready again, workloads can be created.
+    let ready = eventually(Duration::from_secs(120), || {
+        let r = ready_nodes(admin);
+        (r.len() == inv.spec.hosts.len()).then_some(r)
+    });
+    assert!(
+        ready.is_some(),
+        "nodes not all Ready after restore: {}",
+        kubectl_ok(admin, &["get", "nodes"])
+    );
+    kubectl_ok(
+        admin,
+        &["-n", "keep-me", "create", "configmap", "after-restore"],
+    );
+    (backup_secs, restore_secs)
+}
