@@ -30,6 +30,16 @@ INOTIFY_WANT=8192   # 128 (the default) kills hosts after about the 22nd at boot
 # name=systemd one (the tree the host's systemd manages).
 if [ -d /sys/fs/cgroup/unified ]; then CG_ROOTS=(/sys/fs/cgroup/unified/clusterctl-lab /sys/fs/cgroup/systemd/clusterctl-lab)
 else CG_ROOTS=(/sys/fs/cgroup/clusterctl-lab); fi
+# And in every cgroup v1 controller hierarchy (cpu, cpuset, memory, pids, ...): nspawn roots a
+# host's cgroup namespace where the host starts, so without a cgroup of its own there, every
+# host's kubelet shares the machine's one /kubepods with every node of every lab: their QoS
+# settings overwrite each other, and each kubelet takes the others' pods for orphans and tries
+# to remove their cgroups every 2 s (most of a lab's CPU time went there).
+while read -r _ mnt fstype opts _; do
+	[ "$fstype" = cgroup ] || continue
+	case ",$opts," in *,name=*) continue ;; esac
+	CG_ROOTS+=("$mnt/clusterctl-lab")
+done </proc/self/mounts
 
 usage() { sed -n '5,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 log() { printf '%s lab: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -43,6 +53,17 @@ bridge_of() { echo "clbr-$1"; }
 netns_of() { echo "clab-$1-$2"; }
 veth_of() { echo "clv$1-${2#h}"; }
 cg_of() { local r; for r in "${CG_ROOTS[@]}"; do echo "$r/$1-$2"; done; }
+cg_make() { # mkdir a cgroup and its parents; in a cpuset hierarchy with the parent's cpus, mems
+	local cg=$1 parent
+	[ -d "$cg" ] && return 0
+	parent=$(dirname "$cg")
+	cg_make "$parent"
+	mkdir "$cg"
+	if [ -f "$cg/cpuset.cpus" ] && [ -z "$(cat "$cg/cpuset.cpus")" ]; then
+		cat "$parent/cpuset.cpus" >"$cg/cpuset.cpus"
+		cat "$parent/cpuset.mems" >"$cg/cpuset.mems"
+	fi
+}
 labdir() { echo "$STATE_ROOT/$1"; }
 
 with_lock() { # with_lock CMD...: serialise against other lab.sh runs (subnets, inotify)
@@ -221,7 +242,7 @@ profile_args() {
 }
 
 # k8s profile, inside the host before containerd and kubelet: the cgroup v1 controllers that
-# nspawn mounts read-only made writable (this host's subtree only), and the three kernel
+# nspawn mounts read-only made writable (this host's subtree only: see CG_ROOTS), and the three kernel
 # settings kubelet insists on shown with the values it wants, through files bind-mounted over
 # the /proc/sys entries (the machine's own values stay untouched).
 k8s_prep() { # k8s_prep ROOT HOSTDIR
@@ -318,7 +339,7 @@ host_boot() { # host_boot LAB hI: network, root mount, nspawn (state kept across
 	fi
 	local -a cgs
 	mapfile -t cgs < <(cg_of "$lab" "$h")
-	mkdir -p "${cgs[@]}"
+	for cg in "${cgs[@]}"; do cg_make "$cg"; done
 	local -a extra
 	mapfile -t extra < <(profile_args "${LAB_PROFILE:-plain}" "$hd")
 	(
