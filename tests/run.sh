@@ -8,6 +8,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+# Compiled dependencies are slow to build on 2 cores and the same from one clone to the next:
+# they are kept outside the checkout (a clean clone then compiles only clusterctl itself), and
+# the cache is emptied when it passes 20 GB. CARGO_TARGET_DIR=target keeps the usual place.
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+	export CARGO_TARGET_DIR=${CLUSTERCTL_CACHE:-/var/cache/clusterctl}/cargo-target
+	mkdir -p "$CARGO_TARGET_DIR"
+	if [ "$(du -s -BG "$CARGO_TARGET_DIR" | cut -f1 | tr -d G)" -gt 20 ]; then
+		echo "tests/run.sh: $CARGO_TARGET_DIR passed 20 GB: emptied" >&2
+		rm -rf "$CARGO_TARGET_DIR" && mkdir -p "$CARGO_TARGET_DIR"
+	fi
+fi
 
 lab=1
 if [ "${CLUSTERCTL_SKIP_LAB:-0}" = 1 ] || [ "$(id -u)" != 0 ]; then
@@ -57,7 +68,10 @@ if [ "$lab" = 1 ]; then
 		n=$(basename "$b")
 		if [ "$(cat "$logs/$n.rc")" != 0 ]; then
 			failed=1
-			echo "---- $n FAILED; its output:" >&2
+			# The panic messages first (a CI view may show only the start), then everything.
+			echo "---- $n FAILED; why:" >&2
+			grep -A 12 "panicked at" "$logs/$n.log" >&2 || tail -n 30 "$logs/$n.log" >&2
+			echo "---- $n: its whole output:" >&2
 			cat "$logs/$n.log" >&2
 		else
 			grep -h "^test result" "$logs/$n.log" | sed "s/^/$n: /" >&2
