@@ -54,11 +54,12 @@ netns_of() { echo "clab-$1-$2"; }
 veth_of() { echo "clv$1-${2#h}"; }
 cg_of() { local r; for r in "${CG_ROOTS[@]}"; do echo "$r/$1-$2"; done; }
 cg_make() { # mkdir a cgroup and its parents; in a cpuset hierarchy with the parent's cpus, mems
+	# (every level, every time: another lab may be creating the same parents right now)
 	local cg=$1 parent
-	[ -d "$cg" ] && return 0
+	mountpoint -q "$cg" && return 0
 	parent=$(dirname "$cg")
 	cg_make "$parent"
-	mkdir "$cg"
+	mkdir -p "$cg"
 	if [ -f "$cg/cpuset.cpus" ] && [ -z "$(cat "$cg/cpuset.cpus")" ]; then
 		cat "$parent/cpuset.cpus" >"$cg/cpuset.cpus"
 		cat "$parent/cpuset.mems" >"$cg/cpuset.mems"
