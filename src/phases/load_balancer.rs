@@ -127,10 +127,6 @@ pub fn runtime_api_command(command: &str) -> String {
     )
 }
 
-/// How long an apiserver stays running after it left the balancers' rotation (see
-/// [`Rotation::take_out`]).
-pub const ROTATION_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
-
 /// Takes an apiserver out of every balancer's rotation before a change restarts it, and puts
 /// it back after its health gate: no new request meets a stopping or starting apiserver (its
 /// own `/readyz`-based health check alone would leave ~2 s where new connections still reach
@@ -181,21 +177,14 @@ impl<'a> Rotation<'a> {
     }
 
     /// Before a change that restarts `host`'s apiserver: out of rotation (only when other
-    /// apiservers can take the requests), then [`ROTATION_GRACE`] for the connections a
-    /// balancer opened to it just before to be accepted: a stopping apiserver finishes the
-    /// requests of the connections it accepted, but closing its listener resets those still
-    /// waiting in the kernel's accept queue (a client then reads "unexpected EOF"; seen on the
-    /// loaded lab, 1 read in ~600 during a roll of the three apiservers).
+    /// apiservers can take the requests).
     pub async fn take_out(&self, host: &Host) -> Vec<String> {
         if self.ctx.inv().control_plane_hosts().count() < 2 {
             return Vec::new();
         }
         self.out.lock().unwrap().insert(host.name.clone());
-        let refused = self.set(host, "maint").await;
-        if refused.len() < balancers(self.ctx.inv()).len() && !self.exec.is_dry_run() {
-            tokio::time::sleep(ROTATION_GRACE).await;
-        }
-        refused
+        self.set(host, "maint")
+            .await
             .into_iter()
             .map(|w| format!("taking {} out of the balancer: {w}", host.name))
             .collect()
