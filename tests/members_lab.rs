@@ -94,7 +94,8 @@ fn etcd_grows_to_five_status_and_reset() {
     assert!(answered > 20, "the probe barely ran: {answered}");
     assert!(
         failures.is_empty(),
-        "reads failed during join: {failures:?}"
+        "reads failed during join: {failures:?}\n{}",
+        balancer_events(&lab, &["h1", "h2", "h3"])
     );
     // The existing members' units did not change (no restart for a grown initial cluster).
     let flags_after: Vec<String> = ["h1", "h2", "h3"]

@@ -272,7 +272,8 @@ fn static_pod_control_plane() {
     }
     assert!(
         failed.is_empty(),
-        "requests failed during the roll: {failed:?}"
+        "requests failed during the roll: {failed:?}\n{}",
+        balancer_events(&lab, &CONTROL_PLANE)
     );
     assert!(ok >= 10, "only {ok} probes ran during the roll");
 

@@ -127,6 +127,11 @@ pub fn runtime_api_command(command: &str) -> String {
     )
 }
 
+/// Runtime API commands (`{server}`: the backend's server) that take an apiserver out of the
+/// rotation and put it back (see [`Rotation::take_out`]).
+pub const TAKE_OUT: &str = "disable health {server}; set server {server} state drain";
+pub const PUT_BACK: &str = "set server {server} state ready; enable health {server}";
+
 /// Takes an apiserver out of every balancer's rotation before a change restarts it, and puts
 /// it back after its health gate: no new request meets a stopping or starting apiserver (its
 /// own `/readyz`-based health check alone would leave ~2 s where new connections still reach
@@ -149,11 +154,10 @@ impl<'a> Rotation<'a> {
     /// Sets the state of `host`'s backend on every balancer; returns the balancers that did
     /// not take it (with why), which the caller reports as warnings: their own health checks
     /// still take a stopped apiserver out within ~2 s.
-    async fn set(&self, host: &Host, state: &str) -> Vec<String> {
-        let cmd = runtime_api_command(&format!(
-            "set server kube-apiserver/{} state {state}",
-            host.name
-        ));
+    async fn set(&self, host: &Host, commands: &str) -> Vec<String> {
+        let cmd = runtime_api_command(
+            &commands.replace("{server}", &format!("kube-apiserver/{}", host.name)),
+        );
         let all = futures::future::join_all(balancers(self.ctx.inv()).into_iter().map(|b| {
             let cmd = cmd.clone();
             async move {
@@ -177,13 +181,18 @@ impl<'a> Rotation<'a> {
     }
 
     /// Before a change that restarts `host`'s apiserver: out of rotation (only when other
-    /// apiservers can take the requests).
+    /// apiservers can take the requests). `drain` with its health check paused, not `maint`:
+    /// entering maintenance counts as "marked down", and `on-marked-down shutdown-sessions`
+    /// would cut every open connection at once, requests in flight included (a read probe saw
+    /// "unexpected EOF" at that instant, ~1 in 700). Drained, it gets no new connection, and the
+    /// ones it has end as the apiserver stops gracefully; unchecked, its failing `/readyz`
+    /// during --shutdown-delay-duration does not mark it down either.
     pub async fn take_out(&self, host: &Host) -> Vec<String> {
         if self.ctx.inv().control_plane_hosts().count() < 2 {
             return Vec::new();
         }
         self.out.lock().unwrap().insert(host.name.clone());
-        self.set(host, "maint")
+        self.set(host, TAKE_OUT)
             .await
             .into_iter()
             .map(|w| format!("taking {} out of the balancer: {w}", host.name))
@@ -196,7 +205,7 @@ impl<'a> Rotation<'a> {
         if !self.out.lock().unwrap().remove(&host.name) {
             return Vec::new();
         }
-        self.set(host, "ready")
+        self.set(host, PUT_BACK)
             .await
             .into_iter()
             .map(|w| format!("putting {} back into the balancer: {w}", host.name))
@@ -238,9 +247,9 @@ mod tests {
 
     #[test]
     fn runtime_api_command_quotes_its_argument() {
-        let c = runtime_api_command("set server kube-apiserver/h1 state maint");
+        let c = runtime_api_command("set server kube-apiserver/h1 state drain");
         assert!(
-            c.contains("'set server kube-apiserver/h1 state maint'"),
+            c.contains("'set server kube-apiserver/h1 state drain'"),
             "{c}"
         );
         assert!(c.contains(ADMIN_SOCKET));

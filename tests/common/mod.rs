@@ -397,7 +397,12 @@ impl ReadProbe {
                 if o.status.success() {
                     ok += 1;
                 } else {
-                    failed.push(text(&o));
+                    // When, to set beside the balancers' log (balancer_events).
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64();
+                    failed.push(format!("at {at:.3}: {}", text(&o)));
                 }
             }
             (ok, failed)
@@ -410,6 +415,25 @@ impl ReadProbe {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.join().unwrap()
     }
+}
+
+/// What the haproxy on each of `hosts` logged about its apiserver backends (servers going
+/// DOWN/UP, maintenance), with Unix times: to read beside a ReadProbe's failures.
+pub fn balancer_events(lab: &Lab, hosts: &[&str]) -> String {
+    hosts
+        .iter()
+        .map(|h| {
+            let o = lab.exec(
+                h,
+                "journalctl -q --no-pager -o short-unix -t haproxy | tail -n 30",
+            );
+            format!(
+                "--- haproxy on {h}:\n{}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The workload checks of the nodes lab tests, on a cluster whose workers are h4 and h5 and
