@@ -150,16 +150,11 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     eprintln!("{}", text(&plan));
     assert!(plan.status.success(), "{}", text(&plan));
     let probe = ReadProbe::start(&admin);
-    let t = Instant::now();
-    let report = run_report_upgrade(&["-i", inv_arg, "-o", "json", "upgrade"]);
-    let secs = t.elapsed().as_secs_f64();
-    let (ok, failures) = probe.finish();
-    eprintln!(
-        "etcd-only upgrade {secs:.1}s, stages {:?}; probe: {ok} answered, {} failed",
-        stage_seconds(&report),
-        failures.len()
+    let (report, _) = upgrade_probed(
+        probe,
+        &["-i", inv_arg, "-o", "json", "upgrade"],
+        "etcd-only upgrade",
     );
-    assert!(failures.is_empty(), "probe failures: {failures:#?}");
     assert_eq!(etcd_versions(&lab), ["3.5.16"; 3]);
     for s in report["stages"].as_array().unwrap() {
         for (h, o) in s["hosts"].as_object().unwrap() {
@@ -175,13 +170,7 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     for h in ["h1", "h2", "h3"] {
         lab.exec_ok(h, "test -x /usr/local/lib/clusterctl/previous/etcd-3.4.23");
     }
-    let o = clusterctl(&["-i", old_path.to_str().unwrap(), "init"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("fix: set spec.etcd.version: 3.5.16"),
-        "{}",
-        text(&o)
-    );
+    init_refused(&old_path, "fix: set spec.etcd.version: 3.5.16");
 
     // Then Kubernetes. The plan: what runs now, the targets, the skew check, what restarts.
     let plan = clusterctl(&["-i", inv_arg, "upgrade", "plan", "--to", TARGET]);
@@ -242,13 +231,7 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "h1 keeps its previous apiserver"
     );
     // init with the old inventory now: refused (the upgrade is unfinished), nothing touched.
-    let o = clusterctl(&["-i", old_path.to_str().unwrap(), "init"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("run `clusterctl upgrade` again"),
-        "{}",
-        text(&o)
-    );
+    init_refused(&old_path, "run `clusterctl upgrade` again");
     // No node left cordoned.
     let nodes = kubectl_json(&admin, &["get", "nodes"]);
     for n in nodes["items"].as_array().unwrap() {
@@ -264,16 +247,11 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "h2",
         "rmdir /usr/local/bin/kube-apiserver && mv /usr/local/bin/kube-apiserver.moved-by-test /usr/local/bin/kube-apiserver",
     );
-    let t = Instant::now();
-    let done = run_report_upgrade(&["-i", inv_arg, "-o", "json", "upgrade", "--to", TARGET]);
-    let second_secs = t.elapsed().as_secs_f64();
-    let (ok, failures) = probe.finish();
-    eprintln!(
-        "resumed run {second_secs:.1}s, stages {:?}; probe: {ok} answered, {} failed",
-        stage_seconds(&done),
-        failures.len()
+    let (done, ok) = upgrade_probed(
+        probe,
+        &["-i", inv_arg, "-o", "json", "upgrade", "--to", TARGET],
+        "resumed run",
     );
-    assert!(failures.is_empty(), "probe failures: {failures:#?}");
     assert!(ok > 100, "the probe ran ({ok})");
 
     // Every member and component at the target.
@@ -379,13 +357,30 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     }
 
     // The old inventory is refused by init, with the fix.
-    let o = clusterctl(&["-i", old_path.to_str().unwrap(), "init"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("fix: set spec.kubernetesVersion: v1.20.3"),
-        "{}",
-        text(&o)
+    init_refused(&old_path, "fix: set spec.kubernetesVersion: v1.20.3");
+}
+
+/// An upgrade that must succeed while `probe` reads through the VIP: its report and the reads
+/// answered; no read may fail.
+fn upgrade_probed(probe: ReadProbe, args: &[&str], what: &str) -> (serde_json::Value, usize) {
+    let t = Instant::now();
+    let report = run_report_upgrade(args);
+    let secs = t.elapsed().as_secs_f64();
+    let (ok, failures) = probe.finish();
+    eprintln!(
+        "{what} {secs:.1}s, stages {:?}; probe: {ok} answered, {} failed",
+        stage_seconds(&report),
+        failures.len()
     );
+    assert!(failures.is_empty(), "probe failures: {failures:#?}");
+    (report, ok)
+}
+
+/// `init` with `inventory` is refused (exit 2) with `why` in its message.
+fn init_refused(inventory: &Path, why: &str) {
+    let o = clusterctl(&["-i", inventory.to_str().unwrap(), "init"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains(why), "{}", text(&o));
 }
 
 /// `clusterctl ARGS` (an upgrade with `-o json`) that must succeed: its report.
