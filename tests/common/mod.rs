@@ -381,6 +381,22 @@ pub fn http_get(addr: &str) -> Option<String> {
 /// Per probe: one per member of a 3-member etcd restarted one at a time.
 pub const LEADER_CHANGES_TOLERATED: usize = 3;
 
+/// A probe's failures without up to [`LEADER_CHANGES_TOLERATED`] answers "etcdserver: leader
+/// changed" (see [`ReadProbe::finish`]); those are printed, and all count when there are more.
+pub fn without_leader_changes(failed: Vec<String>) -> Vec<String> {
+    let (leader, other): (Vec<String>, Vec<String>) = failed
+        .into_iter()
+        .partition(|f| f.ends_with("Error from server: etcdserver: leader changed\n"));
+    eprintln!(
+        "probe: {} 'leader changed' answers: {leader:?}",
+        leader.len()
+    );
+    if leader.len() > LEADER_CHANGES_TOLERATED {
+        return leader.into_iter().chain(other).collect();
+    }
+    other
+}
+
 /// The read probe of the rolling tests: a real read through the cluster endpoint in a loop
 /// (a stopping apiserver fails `/readyz` on purpose while it still serves requests, so
 /// `/readyz` is not the probe), counting answers and failures until `finish`.
@@ -421,17 +437,7 @@ impl ReadProbe {
     pub fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (ok, failed) = self.handle.join().unwrap();
-        let (leader, other): (Vec<String>, Vec<String>) = failed
-            .into_iter()
-            .partition(|f| f.ends_with("Error from server: etcdserver: leader changed\n"));
-        eprintln!(
-            "read probe: {ok} answered, {} 'leader changed' answers: {leader:?}",
-            leader.len()
-        );
-        if leader.len() > LEADER_CHANGES_TOLERATED {
-            return (ok, leader.into_iter().chain(other).collect());
-        }
-        (ok, other)
+        (ok, without_leader_changes(failed))
     }
 }
 
