@@ -210,12 +210,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "clusterctl",
-                &mut std::io::stdout(),
-            );
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "clusterctl", &mut script);
+            crate::stdout::write_bytes(&script);
             Ok(())
         }
         Command::Version => {

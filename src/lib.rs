@@ -2,6 +2,17 @@
 //!
 //! One module per concern; the CLI (`cli`) is a thin layer over them.
 
+// Every `print!`/`println!` in this crate writes through `stdout::write`, which ends the
+// process quietly when the reader closed the pipe (std's macros panic there). Defined before
+// the modules, these shadow the prelude's macros in all of them.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::stdout::write(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::stdout::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 pub mod bundle;
 pub mod cli;
 pub mod diag;
@@ -14,6 +25,7 @@ pub mod pki;
 pub mod render;
 pub mod ssh;
 pub mod state;
+pub mod stdout;
 pub mod tls;
 pub mod upgrade;
 pub mod version;
