@@ -204,11 +204,11 @@ fn ha_vip_every_cert_chains_and_has_the_right_fields() {
     let out = f.generate();
     assert_eq!(
         out.count(Action::Created),
-        37,
-        "3 CAs + sa + 33 leaves: {:#?}",
+        39,
+        "3 CAs + sa + 35 leaves (an apiserver certificate per control-plane host): {:#?}",
         out.items
     );
-    assert_eq!(verify_all_chains(&f), 33);
+    assert_eq!(verify_all_chains(&f), 35);
 
     // CAs: self-signed, CA:TRUE, keyCertSign, 100 years.
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -227,17 +227,14 @@ fn ha_vip_every_cert_chains_and_has_the_right_fields() {
         openssl_verify(&f.pki(rel), &[f.pki(rel)]);
     }
 
-    let api = f.cert("apiserver.crt");
+    // Each control-plane host's own serving certificate (kubeadm's per-node apiserver.crt).
+    let api = f.cert("nodes/cp1/apiserver.crt");
     assert_leaf(&api, "kube-apiserver", &[], true, false, "kubernetes");
     assert_eq!(
         api.sans,
         sans(&[
             "cp1",
-            "cp2",
-            "cp3",
             "192.168.56.11",
-            "192.168.56.12",
-            "192.168.56.13",
             "192.168.56.10",
             "127.0.0.1",
             "localhost",
@@ -376,7 +373,7 @@ fn ha_vip_every_cert_chains_and_has_the_right_fields() {
             _ => unreachable!(),
         })
         .collect();
-    assert_eq!(serials.len(), 33);
+    assert_eq!(serials.len(), 35);
     assert!(
         serials.iter().all(|s| s.len() == 16 * 3 - 1),
         "16-byte serials: {serials:?}"
@@ -407,16 +404,12 @@ fn ha_vip_every_cert_chains_and_has_the_right_fields() {
 fn local_proxy_endpoints() {
     let f = Fixture::example("local-proxy.yaml");
     f.generate();
-    assert_eq!(verify_all_chains(&f), 33);
-    let api = f.cert("apiserver.crt");
+    assert_eq!(verify_all_chains(&f), 35);
+    let api = f.cert("nodes/cp3/apiserver.crt");
     assert_eq!(
         api.sans,
         sans(&[
-            "cp1",
-            "cp2",
             "cp3",
-            "192.168.56.11",
-            "192.168.56.12",
             "192.168.56.13",
             "127.0.0.1",
             "localhost",
@@ -456,7 +449,7 @@ fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
     f.generate();
     let first = f.snapshot();
     let out = f.generate();
-    assert_eq!(out.count(Action::Kept), 37, "{:#?}", out.items);
+    assert_eq!(out.count(Action::Kept), 39, "{:#?}", out.items);
     assert!(out.backups.is_empty());
     assert!(f.snapshot() == first, "a second run changes no byte");
 
@@ -474,11 +467,11 @@ fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
         .filter(|i| i.action != Action::Kept)
         .map(|i| i.name.as_str())
         .collect();
-    assert_eq!(changed, ["apiserver"]);
+    assert_eq!(changed, ["apiserver@cp1", "apiserver@cp2", "apiserver@cp3"]);
     let reason = out
         .items
         .iter()
-        .find(|i| i.name == "apiserver")
+        .find(|i| i.name == "apiserver@cp1")
         .unwrap()
         .reason
         .clone()
@@ -486,19 +479,19 @@ fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
     assert!(reason.contains("SANs"), "{reason}");
     let second = f.snapshot();
     let diff: Vec<&PathBuf> = first.keys().filter(|k| first[*k] != second[*k]).collect();
-    assert_eq!(
-        diff,
-        [
-            Path::new("pki/apiserver.crt"),
-            Path::new("pki/apiserver.key")
-        ]
-    );
+    let want: Vec<PathBuf> = ["cp1", "cp2", "cp3"]
+        .iter()
+        .flat_map(|h| {
+            ["crt", "key"].map(|e| PathBuf::from(format!("pki/nodes/{h}/apiserver.{e}")))
+        })
+        .collect();
+    assert_eq!(diff, want.iter().collect::<Vec<_>>());
     assert!(
-        f.cert("apiserver.crt")
+        f.cert("nodes/cp2/apiserver.crt")
             .sans
             .contains(&San::parse("10.0.0.99"))
     );
-    assert_eq!(out.backups.len(), 2);
+    assert_eq!(out.backups.len(), 6);
     for b in &out.backups {
         let rel = b.strip_prefix(&f.layout.root).unwrap();
         let mut parts = rel.iter();
@@ -513,8 +506,8 @@ fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
         );
     }
 
-    // A fourth control-plane host: the apiserver gets its SANs, cp4 gets its own certs and
-    // kubeconfigs, nothing else moves (in particular no CA).
+    // A fourth control-plane host: cp4 gets its own certificates (its apiserver's among them)
+    // and kubeconfigs; nothing else moves: no CA, no other apiserver's certificate.
     f.edit(|t| {
         t.replace(
             "    - name: w1\n",
@@ -531,7 +524,7 @@ fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
         .collect();
     changed.sort_by(|a, b| a.0.cmp(&b.0));
     let want: Vec<(String, Action)> = [
-        ("apiserver", Action::Reissued),
+        ("apiserver@cp4", Action::Created),
         ("controller-manager.conf@cp4", Action::Created),
         ("kube-proxy.conf@cp4", Action::Created),
         ("kubelet-client@cp4", Action::Created),
@@ -544,11 +537,11 @@ fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
     assert_eq!(changed, want);
     let after = f.snapshot();
     for (k, v) in &before {
-        if !k.to_str().unwrap().starts_with("pki/apiserver.") {
-            assert!(&after[k] == v, "{} must not change", k.display());
-        }
+        assert!(&after[k] == v, "{} must not change", k.display());
     }
-    assert!(f.cert("apiserver.crt").sans.contains(&San::parse("cp4")));
+    let cp4 = f.cert("nodes/cp4/apiserver.crt");
+    assert!(cp4.sans.contains(&San::parse("cp4")));
+    assert!(!cp4.sans.contains(&San::parse("cp1")));
     verify_all_chains(&f);
 }
 
@@ -557,13 +550,13 @@ fn renew_gives_new_serials_from_the_same_ca() {
     let f = Fixture::example("local-proxy.yaml");
     f.generate();
     let before = f.snapshot();
-    let old_api = f.cert("apiserver.crt");
+    let old_api = f.cert("nodes/cp1/apiserver.crt");
     let (_, old_admin) = f.kubeconfig("admin.conf");
 
-    let names = vec!["apiserver".to_string(), "admin.conf".to_string()];
+    let names = vec!["apiserver@cp1".to_string(), "admin.conf".to_string()];
     let out = generate::renew(&f.inv, &f.settings(), &f.layout, Select::Names(&names)).unwrap();
     assert_eq!(out.count(Action::Reissued), 2);
-    let api = f.cert("apiserver.crt");
+    let api = f.cert("nodes/cp1/apiserver.crt");
     assert_ne!(api.serial, old_api.serial);
     assert_ne!(api.spki, old_api.spki, "a renewed cert gets a new key");
     assert_eq!(
@@ -592,7 +585,7 @@ fn renew_gives_new_serials_from_the_same_ca() {
 
     // Everything: every leaf re-issued with a new serial, still chaining to the same CAs.
     let out = generate::renew(&f.inv, &f.settings(), &f.layout, Select::All).unwrap();
-    assert_eq!(out.count(Action::Reissued), 33);
+    assert_eq!(out.count(Action::Reissued), 35);
     assert_eq!(out.count(Action::Kept), 4, "3 CAs and the SA key");
     let last = f.snapshot();
     for (k, v) in &after {
@@ -600,7 +593,7 @@ fn renew_gives_new_serials_from_the_same_ca() {
         let is_ca = s.contains("ca.") || s.starts_with("pki/sa.");
         assert_eq!(is_ca, &last[k] == v, "{s}: only CA files and sa.* stay");
     }
-    assert_eq!(verify_all_chains(&f), 33);
+    assert_eq!(verify_all_chains(&f), 35);
 
     let bad = generate::renew(
         &f.inv,
@@ -707,15 +700,15 @@ fn external_ca_is_used_instead_of_generating() {
         std::fs::read(f.pki("ca.crt")).unwrap(),
         std::fs::read(ext.join("ca.crt")).unwrap()
     );
-    assert_eq!(f.cert("apiserver.crt").issuer, "CN=corp-k8s-ca");
+    assert_eq!(f.cert("nodes/cp1/apiserver.crt").issuer, "CN=corp-k8s-ca");
     assert_eq!(
         f.cert("apiserver-etcd-client.crt").issuer,
         "CN=corp-etcd-ca"
     );
-    assert_eq!(verify_all_chains(&f), 33);
+    assert_eq!(verify_all_chains(&f), 35);
     assert_eq!(
         f.generate().count(Action::Kept),
-        37,
+        39,
         "second run keeps the adopted CAs"
     );
 
@@ -763,7 +756,7 @@ fn rsa_keys_when_asked() {
     );
     f.generate();
     assert_eq!(verify_all_chains(&f), 13);
-    let api = f.cert("apiserver.crt");
+    let api = f.cert("nodes/cp1/apiserver.crt");
     assert!(
         api.digital_signature && api.key_encipherment,
         "RSA leaf: DigitalSignature + KeyEncipherment"
@@ -772,7 +765,7 @@ fn rsa_keys_when_asked() {
     assert!((400 * 86400 - 3600..=400 * 86400).contains(&(api.not_after - now)));
     let out = Command::new("openssl")
         .args(["pkey", "-in"])
-        .arg(f.pki("apiserver.key"))
+        .arg(f.pki("nodes/cp1/apiserver.key"))
         .args(["-noout", "-text"])
         .output()
         .unwrap();
@@ -809,7 +802,7 @@ fn expired_leaves_are_reissued_and_cas_kept() {
     generate::generate_at(&f.inv, &f.settings(), &f.layout, past).unwrap();
     let ca = std::fs::read(f.pki("ca.crt")).unwrap();
     let out = f.generate();
-    assert_eq!(out.count(Action::Reissued), 33, "{:#?}", out.items);
+    assert_eq!(out.count(Action::Reissued), 35, "{:#?}", out.items);
     assert!(
         out.items
             .iter()
@@ -818,12 +811,12 @@ fn expired_leaves_are_reissued_and_cas_kept() {
     );
     assert_eq!(std::fs::read(f.pki("ca.crt")).unwrap(), ca);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    assert!(f.cert("apiserver.crt").not_after > now);
+    assert!(f.cert("nodes/cp1/apiserver.crt").not_after > now);
     // Old files kept in the backup, new ones chain to the same CA.
     assert_eq!(
         out.backups.len(),
-        2 * 21 + 17,
-        "cert+key of 21 file pairs, 17 kubeconfigs"
+        2 * 23 + 17,
+        "cert+key of 23 file pairs, 17 kubeconfigs"
     );
-    assert_eq!(verify_all_chains(&f), 33);
+    assert_eq!(verify_all_chains(&f), 35);
 }

@@ -197,7 +197,7 @@ pub fn endpoints(inv: &Inventory, pki_dir: &Path) -> Vec<Endpoint> {
             add(
                 inv.spec.control_plane.apiserver_port,
                 "kube-apiserver",
-                "apiserver".into(),
+                format!("apiserver@{}", h.name),
                 "/etc/kubernetes/pki/apiserver.crt",
             );
         }

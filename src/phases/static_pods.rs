@@ -684,7 +684,7 @@ spec:
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, body).unwrap();
         };
-        write("pki/apiserver.crt", "one");
+        write("pki/nodes/cp1/apiserver.crt", "one");
         write("pki/nodes/cp1/etcd/server.crt", "one");
         let all = || -> Vec<String> {
             crate::render::FLAG_COMPONENTS
@@ -693,7 +693,7 @@ spec:
                 .collect()
         };
         let before = all();
-        write("pki/apiserver.crt", "two");
+        write("pki/nodes/cp1/apiserver.crt", "two");
         let after = all();
         assert_eq!(
             before

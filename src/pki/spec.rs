@@ -198,14 +198,15 @@ fn localhost() -> [San; 2] {
     ]
 }
 
-/// SANs of the apiserver serving certificate.
-pub fn apiserver_sans(inv: &Inventory) -> Vec<San> {
+/// SANs of the apiserver serving certificate of control-plane host `host`, as kubeadm issues
+/// it per node: the host's own name and address, the cluster endpoint (VIP or external; in
+/// local-proxy mode the nodes' proxies reach it on 127.0.0.1), localhost, the
+/// `kubernetes.default` names, the service IP and `spec.pki.extraSANs`. No other control-plane
+/// host's name or address: a new control-plane host changes no existing apiserver's
+/// certificate, and so restarts none.
+pub fn apiserver_sans(inv: &Inventory, host: &Host) -> Vec<San> {
     let domain = &inv.spec.network.cluster_domain;
-    let mut v: Vec<San> = Vec::new();
-    for h in inv.control_plane_hosts() {
-        v.push(San::Ip(h.ip()));
-        v.push(San::Dns(h.name.clone()));
-    }
+    let mut v: Vec<San> = vec![San::Ip(host.ip()), San::Dns(host.name.clone())];
     match inv.spec.ha.mode {
         HaMode::Vip | HaMode::External => v.push(San::parse(&inv.apiserver_endpoint_for_admin().0)),
         HaMode::LocalProxy => {}
@@ -272,19 +273,6 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
     const ETCD: &[Role] = &[Role::Etcd];
     let p = |s: &str| Some(PathBuf::from(s));
     let mut v = vec![
-        cert(
-            "apiserver",
-            None,
-            Ca::Cluster,
-            "kube-apiserver",
-            &[],
-            apiserver_sans(inv),
-            Server,
-            p("apiserver"),
-            remote("apiserver"),
-            None,
-            Roles(CP),
-        ),
         cert(
             "apiserver-kubelet-client",
             None,
@@ -395,6 +383,21 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
         let own = (h.address.clone(), inv.spec.control_plane.apiserver_port);
         let dir = Path::new("nodes").join(&h.name);
         let one = Deliver::Host(h.name.clone());
+        // Its own serving certificate (kubeadm's per-node apiserver.crt), at the path every
+        // apiserver reads.
+        v.push(cert(
+            "apiserver",
+            Some(h),
+            Ca::Cluster,
+            "kube-apiserver",
+            &[],
+            apiserver_sans(inv, h),
+            Server,
+            Some(node_base(&h.name, "apiserver")),
+            remote("apiserver"),
+            None,
+            one.clone(),
+        ));
         v.push(cert(
             "controller-manager.conf",
             Some(h),
@@ -766,6 +769,83 @@ spec:
                 "{h}"
             );
         }
+    }
+
+    #[test]
+    fn each_control_plane_host_has_its_own_apiserver_certificate() {
+        let inv = load_str(INV, Path::new("t.yaml")).unwrap().inventory;
+        let list = cert_list(&inv);
+        let api: Vec<&CertSpec> = list
+            .iter()
+            .filter(|c| c.name.starts_with("apiserver@"))
+            .collect();
+        assert_eq!(
+            api.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["apiserver@cp1", "apiserver@ce"]
+        );
+        assert!(!list.iter().any(|c| c.name == "apiserver"), "no shared one");
+        let cp1 = api[0];
+        assert_eq!(cp1.deliver, Deliver::Host("cp1".into()));
+        assert_eq!(cp1.files.as_deref(), Some(Path::new("nodes/cp1/apiserver")));
+        assert_eq!(
+            cp1.remote.as_deref(),
+            Some(Path::new("/etc/kubernetes/pki/apiserver"))
+        );
+        let want: Vec<San> = sans([
+            "10.77.0.11",
+            "cp1",
+            "10.77.0.10", // the VIP
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "10.96.0.1",
+        ]
+        .map(San::parse));
+        assert_eq!(cp1.sans, want);
+        // The other control-plane host's name and address are not in it.
+        assert!(!cp1.sans.contains(&San::parse("ce")));
+        assert!(!cp1.sans.contains(&San::parse("10.77.0.12")));
+        assert!(api[1].sans.contains(&San::parse("10.77.0.12")));
+        // Only its own host gets it, at kubeadm's path.
+        assert!(remotes("cp1").contains(&"/etc/kubernetes/pki/apiserver.crt".to_string()));
+        assert!(files("cp1").contains(&(
+            "pki/nodes/cp1/apiserver.key".into(),
+            "/etc/kubernetes/pki/apiserver.key".into(),
+            0o600
+        )));
+        assert!(!remotes("w1").iter().any(|r| r.contains("apiserver.")));
+    }
+
+    #[test]
+    fn a_new_control_plane_host_changes_no_existing_apiserver_certificate() {
+        let two = load_str(INV, Path::new("t.yaml")).unwrap().inventory;
+        let text = INV.replace(
+            "    - {name: w1,",
+            "    - {name: cp3, address: 10.77.0.13, roles: [control-plane]}\n    - {name: w1,",
+        );
+        let three = load_str(&text, Path::new("t.yaml")).unwrap().inventory;
+        for h in ["cp1", "ce"] {
+            let name = format!("apiserver@{h}");
+            let before = cert_list(&two).into_iter().find(|c| c.name == name);
+            let after = cert_list(&three).into_iter().find(|c| c.name == name);
+            assert_eq!(before, after, "{h}");
+        }
+        // Extra SANs and (local-proxy mode) no endpoint SAN beyond 127.0.0.1.
+        let lp = text
+            .replace("  ha: {mode: vip, vip: {address: 10.77.0.10}}", "  ha: {mode: local-proxy}\n  pki: {extraSANs: [api.example.org]}");
+        let inv = load_str(&lp, Path::new("t.yaml")).unwrap_or_else(|d| panic!("{d}")).inventory;
+        let cp3 = cert_list(&inv)
+            .into_iter()
+            .find(|c| c.name == "apiserver@cp3")
+            .unwrap();
+        assert!(cp3.sans.contains(&San::parse("api.example.org")));
+        assert!(cp3.sans.contains(&San::parse("127.0.0.1")));
+        assert!(cp3.sans.contains(&San::parse("10.77.0.13")));
+        assert!(!cp3.sans.contains(&San::parse("10.77.0.10")));
+        assert!(!cp3.sans.contains(&San::parse("10.77.0.11")));
     }
 
     #[test]
