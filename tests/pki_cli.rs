@@ -50,12 +50,12 @@ fn generate_then_check_expiration_table_and_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("37 created, 0 re-issued"), "{text}");
+    assert!(text.contains("39 created, 0 re-issued"), "{text}");
     assert!(dir.path().join("clusters/prod/pki/ca.crt").is_file());
 
     let again = json(dir.path(), &["certs", "generate", "-o", "json"]);
     let items = again["items"].as_array().unwrap();
-    assert_eq!(items.len(), 37);
+    assert_eq!(items.len(), 39);
     assert!(items.iter().all(|i| i["action"] == "kept"), "{again}");
 
     let out = cmd(dir.path(), &["certs", "check-expiration", "--local-only"])
@@ -68,9 +68,13 @@ fn generate_then_check_expiration_table_and_json() {
         lines[0].starts_with("CERTIFICATE") && lines[0].contains("RESIDUAL"),
         "{table}"
     );
-    // 24 certificate files (3 CAs) + 17 kubeconfigs.
-    assert_eq!(lines.len(), 1 + 24 + 17, "{table}");
-    let api = lines.iter().find(|l| l.starts_with("apiserver ")).unwrap();
+    // 26 certificate files (3 CAs; an apiserver certificate per control-plane host) + 17
+    // kubeconfigs.
+    assert_eq!(lines.len(), 1 + 26 + 17, "{table}");
+    let api = lines
+        .iter()
+        .find(|l| l.starts_with("nodes/cp1/apiserver "))
+        .unwrap();
     assert!(
         api.contains("CN=kube-apiserver")
             && api.contains("CN=kubernetes")
@@ -89,7 +93,7 @@ fn generate_then_check_expiration_table_and_json() {
         &["certs", "check-expiration", "--local-only", "-o", "json"],
     );
     let certs = v["certificates"].as_array().unwrap();
-    assert_eq!(certs.len(), 41);
+    assert_eq!(certs.len(), 43);
     assert!(certs.iter().all(|c| c["warning"] == false));
     let ca = certs.iter().find(|c| c["name"] == "ca").unwrap();
     assert_eq!(ca["isCa"], true);
@@ -112,7 +116,7 @@ fn short_lived_certs_are_flagged() {
         .collect();
     assert_eq!(
         flagged.len(),
-        38,
+        40,
         "every leaf and kubeconfig, no CA:\n{table}"
     );
     assert!(
@@ -121,7 +125,7 @@ fn short_lived_certs_are_flagged() {
             .any(|l| l.starts_with("ca ") || l.contains("etcd/ca "))
     );
     assert!(
-        stderr.contains("38 certificate(s) expire within 180d"),
+        stderr.contains("40 certificate(s) expire within 180d"),
         "{stderr}"
     );
 
@@ -130,7 +134,7 @@ fn short_lived_certs_are_flagged() {
         &["certs", "check-expiration", "--local-only", "-o", "json"],
     );
     let certs = v["certificates"].as_array().unwrap();
-    let api = certs.iter().find(|c| c["name"] == "apiserver").unwrap();
+    let api = certs.iter().find(|c| c["name"] == "nodes/cp1/apiserver").unwrap();
     assert_eq!(api["warning"], true);
     let left = api["residualSeconds"].as_i64().unwrap();
     assert!((29 * 86400..=30 * 86400).contains(&left), "{left}");
