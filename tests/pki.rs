@@ -481,9 +481,7 @@ fn second_run_keeps_everything_and_a_new_san_reissues_only_the_apiserver() {
     let diff: Vec<&PathBuf> = first.keys().filter(|k| first[*k] != second[*k]).collect();
     let want: Vec<PathBuf> = ["cp1", "cp2", "cp3"]
         .iter()
-        .flat_map(|h| {
-            ["crt", "key"].map(|e| PathBuf::from(format!("pki/nodes/{h}/apiserver.{e}")))
-        })
+        .flat_map(|h| ["crt", "key"].map(|e| PathBuf::from(format!("pki/nodes/{h}/apiserver.{e}"))))
         .collect();
     assert_eq!(diff, want.iter().collect::<Vec<_>>());
     assert!(

@@ -134,7 +134,10 @@ fn short_lived_certs_are_flagged() {
         &["certs", "check-expiration", "--local-only", "-o", "json"],
     );
     let certs = v["certificates"].as_array().unwrap();
-    let api = certs.iter().find(|c| c["name"] == "nodes/cp1/apiserver").unwrap();
+    let api = certs
+        .iter()
+        .find(|c| c["name"] == "nodes/cp1/apiserver")
+        .unwrap();
     assert_eq!(api["warning"], true);
     let left = api["residualSeconds"].as_i64().unwrap();
     assert!((29 * 86400..=30 * 86400).contains(&left), "{left}");

@@ -8,7 +8,7 @@ use super::executor::{DryRun, Executor};
 use super::playbook;
 use super::runner::{Journal, PlainProgress, Runner, Selection};
 use super::ssh_exec::SshExecutor;
-use super::{Action, Context, Order, PhasePlan, Source};
+use super::{Action, Context, Order, Phase, PhasePlan, Source};
 use crate::cli::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
 
@@ -162,12 +162,14 @@ fn joined_hosts(ctx: &Context) -> std::collections::BTreeSet<String> {
 }
 
 /// `join`: the hosts that are new in the inventory (or those of `--hosts`, which must be new)
-/// join the cluster. The run covers the cluster's hosts plus those: phases converge each host
-/// to the inventory, so the existing ones change only where a new host concerns them (routes
-/// to its pods, a load balancer backend, the apiserver certificate's SANs), one at a time
-/// behind the health gates. New hosts the user did not select are left out entirely. New etcd
-/// hosts are members to add (see [`grow_etcd`]).
-fn scope_join(ctx: &mut Context) -> anyhow::Result<Vec<String>> {
+/// join the cluster. Phases plan for them (`RunOptions::joining`); a host already in the
+/// cluster takes part in a phase only where that phase says a joining host concerns it
+/// ([`Phase::join_concerns`]: a balancer gets the new apiserver as a backend, a node a route to
+/// the new node's pods), and the plan says so. Nothing else on an existing host is changed or
+/// gated. New hosts the user did not select are left out entirely. New etcd hosts become
+/// members one at a time (the etcd phase: learner, start, promote). Returns the joining hosts
+/// and the runner with its phases scoped so.
+fn scope_join(ctx: &mut Context, runner: Runner) -> anyhow::Result<(Vec<String>, Runner)> {
     let joined = joined_hosts(ctx);
     let inv_path = ctx.loaded.path.display().to_string();
     if joined.is_empty() {
@@ -205,7 +207,83 @@ fn scope_join(ctx: &mut Context) -> anyhow::Result<Vec<String>> {
         .hosts
         .retain(|h| joined.contains(&h.name) || selected.contains(&h.name));
     ctx.host_filter.clear();
-    Ok(selected)
+    ctx.options.joining = selected.clone();
+    let phases = runner
+        .phases
+        .into_iter()
+        .map(|p| Box::new(JoinScoped(p)) as Box<dyn Phase>)
+        .collect();
+    Ok((
+        selected,
+        Runner {
+            command: runner.command,
+            phases,
+        },
+    ))
+}
+
+/// A phase of `join`: its plan keeps the joining hosts and, of the hosts already in the
+/// cluster, those the phase says a joining host concerns, each with the reason as a note.
+struct JoinScoped(Box<dyn Phase>);
+
+impl Phase for JoinScoped {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn summary(&self) -> &'static str {
+        self.0.summary()
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let mut plan = self.0.plan(ctx)?;
+        let mut notes = Vec::new();
+        plan.hosts.retain(|hp| {
+            if ctx.options.joining.contains(&hp.host) {
+                return true;
+            }
+            let why = ctx
+                .inv()
+                .host(&hp.host)
+                .and_then(|h| self.0.join_concerns(ctx, h));
+            if let Some(why) = &why {
+                notes.push(format!("{} (in the cluster already): {why}", hp.host));
+            }
+            why.is_some()
+        });
+        plan.notes.extend(notes);
+        Ok(plan)
+    }
+    fn apply_local(&self, ctx: &Context) -> anyhow::Result<()> {
+        self.0.apply_local(ctx)
+    }
+    fn before_host<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a crate::inventory::Host,
+        exec: &'a dyn Executor,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        self.0.before_host(ctx, host, exec)
+    }
+    fn verify<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a crate::inventory::Host,
+        exec: &'a dyn Executor,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        self.0.verify(ctx, host, exec)
+    }
+    fn running_check(&self, ctx: &Context, host: &crate::inventory::Host) -> Option<String> {
+        self.0.running_check(ctx, host)
+    }
+    fn join_concerns(&self, ctx: &Context, host: &crate::inventory::Host) -> Option<String> {
+        self.0.join_concerns(ctx, host)
+    }
+    fn apply_cluster<'a>(
+        &'a self,
+        ctx: &'a Context,
+        dry_run: bool,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        self.0.apply_cluster(ctx, dry_run)
+    }
 }
 
 /// `renew-certs`: the renew-certs playbook with the chosen components.
@@ -227,6 +305,7 @@ pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
         super::RunOptions {
             dry_run: a.run.dry_run,
             renew_components: a.component.clone(),
+            ..Default::default()
         },
     )
 }
@@ -259,9 +338,10 @@ fn run_with(
     }
     let rt = tokio::runtime::Runtime::new()?;
     let started = std::time::Instant::now();
-    let mut grown = Vec::new();
+    let mut runner = runner;
     if command == "join" {
-        let selected = scope_join(&mut ctx)?;
+        let selected;
+        (selected, runner) = scope_join(&mut ctx, runner)?;
         if selected.is_empty() {
             println!(
                 "join: nothing to do: every host of {} is already part of the cluster",
@@ -270,38 +350,13 @@ fn run_with(
             return Ok(());
         }
         eprintln!("join: adding {}", selected.join(", "));
-        let new_etcd: Vec<String> = selected
-            .iter()
-            .filter(|n| {
-                ctx.inv()
-                    .host(n)
-                    .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
-            })
-            .cloned()
-            .collect();
-        if !new_etcd.is_empty() {
-            if a.dry_run {
-                return Err(UserError::bad_input(format!(
-                    "join --dry-run: {} would become etcd member(s), which needs `member add` on the running cluster first; nothing was done. `clusterctl plan --command join` shows their steps",
-                    new_etcd.join(", ")
-                ))
-                .into());
-            }
-            grown = grow_etcd(g, &rt, &ctx, &new_etcd)?;
+        // A member a stopped run added, whose host has left the inventory, goes before
+        // anything else (the others are started and promoted by the etcd phase).
+        for l in rt.block_on(crate::ops::members::settle_departed(&ctx, a.dry_run))? {
+            eprintln!("join: {l}");
         }
     }
-    let (mut report, recorded) = execute(&rt, &ctx, &runner, a.dry_run)?;
-    // The members' own runs come first in the report, their phases named `phase@host`.
-    let mut joins = Vec::new();
-    let mut first = Vec::new();
-    for j in grown {
-        joins.push(serde_json::json!({"host": j.host, "seconds": j.seconds, "etcd": j.lines}));
-        first.extend(j.report.phases.into_iter().map(|mut p| {
-            p.phase = format!("{}@{}", p.phase, j.host);
-            p
-        }));
-    }
-    report.phases.splice(0..0, first);
+    let (report, recorded) = execute(&rt, &ctx, &runner, a.dry_run)?;
     if !a.dry_run && (command == "init" || command == "join") {
         crate::upgrade::record::record_converged(&ctx)?;
     }
@@ -316,7 +371,6 @@ fn run_with(
                     .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
                     .collect::<Vec<_>>(),
                 "seconds": started.elapsed().as_secs_f64(),
-                "etcdJoins": joins,
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
             });
@@ -381,90 +435,6 @@ fn execute(
     })
 }
 
-/// One etcd member added by `join`: its host, how long it took, what etcd said, the run.
-struct EtcdJoin {
-    host: String,
-    seconds: f64,
-    lines: Vec<String>,
-    report: super::runner::RunReport,
-}
-
-/// The phases that bring up a new etcd member (the rest of `join` runs once all are in).
-const ETCD_JOIN_PHASES: [&str; 4] = ["preflight", "prepare", "pki", "etcd"];
-
-/// Adds new etcd hosts one at a time: `member add` through etcd's API, then the host's
-/// certificates and member (started with `--initial-cluster-state=existing` and the members
-/// of that time plus itself; the existing members' flags do not change), then the gate: it
-/// answers and every member started. Each step runs the cluster's hosts plus the new one, so
-/// the next member is added to a cluster that includes the previous. Returns per member
-/// (host, seconds, what etcd said, the run's report).
-fn grow_etcd(
-    g: &Global,
-    rt: &tokio::runtime::Runtime,
-    ctx: &Context,
-    new_etcd: &[String],
-) -> anyhow::Result<Vec<EtcdJoin>> {
-    let mut done = Vec::new();
-    let mut out = Vec::new();
-    for name in new_etcd {
-        let t = std::time::Instant::now();
-        let (mut sub, _) = prepare(g, "join", &Scope::default(), Default::default())?;
-        let keep: std::collections::BTreeSet<String> = ctx
-            .inv()
-            .spec
-            .hosts
-            .iter()
-            .map(|h| h.name.clone())
-            .filter(|n| !new_etcd.contains(n) || n == name || done.contains(n))
-            .collect();
-        sub.loaded
-            .inventory
-            .spec
-            .hosts
-            .retain(|h| keep.contains(&h.name));
-        // Only the etcd hosts take part: the others have nothing to do with a new member.
-        sub.host_filter = sub.inv().etcd_hosts().map(|h| h.name.clone()).collect();
-        let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
-        let pb = playbook::load("join", Some(&sub.state.root.join("playbooks")), &known)?;
-        if !pb.phases.iter().any(|p| p == "etcd") {
-            return Err(UserError::bad_input(format!(
-                "{}: has no etcd phase, so it cannot start the new etcd member(s) {}: add `- etcd` after `- pki`",
-                pb.origin.display(),
-                new_etcd.join(", ")
-            ))
-            .into());
-        }
-        let sel = Selection {
-            skip: Vec::new(),
-            only: ETCD_JOIN_PHASES
-                .iter()
-                .filter(|p| pb.phases.iter().any(|q| q == *p))
-                .map(|p| p.to_string())
-                .collect(),
-        };
-        let runner = Runner::new(&pb, &sel)?;
-        let host = sub
-            .inv()
-            .host(name)
-            .expect("selected hosts are in the inventory")
-            .clone();
-        let mut lines = vec![rt.block_on(crate::ops::members::add_member(&sub, &host))?];
-        eprintln!("join: etcd: {}", lines[0]);
-        let (r, _) = execute(rt, &sub, &runner, false)?;
-        let gate = rt.block_on(crate::ops::members::wait_started(&sub, &host))?;
-        eprintln!("join: {gate} [{:.1}s]", t.elapsed().as_secs_f64());
-        lines.push(gate);
-        done.push(name.clone());
-        out.push(EtcdJoin {
-            host: name.clone(),
-            seconds: t.elapsed().as_secs_f64(),
-            lines,
-            report: r,
-        });
-    }
-    Ok(out)
-}
-
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
     if a.diff {
         // The dry run walks the real code path against the hosts and records, not makes,
@@ -478,7 +448,11 @@ pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
             },
         );
     }
-    let (ctx, runner) = prepare(g, &a.command, &a.scope, Default::default())?;
+    let (mut ctx, mut runner) = prepare(g, &a.command, &a.scope, Default::default())?;
+    if a.command == "join" {
+        // The same scope as the run: the joining hosts, and the existing hosts they concern.
+        (_, runner) = scope_join(&mut ctx, runner)?;
+    }
     let plans = runner.plan(&ctx)?;
     match g.output {
         Output::Json => {

@@ -2,6 +2,11 @@
 //! then a health gate over TLS with the healthcheck-client certificate. A systemd unit, or in
 //! static-pods mode a static pod run by the host's kubelet (which this phase then sets up
 //! first, with containerd).
+//!
+//! In `join`, a new etcd host joins the running cluster one at a time, keeping the quorum at
+//! every instant: `member add --learner` right before its host converges (a learner counts in
+//! no quorum), started with `--initial-cluster-state=existing`, then its gate waits until it
+//! caught up and promotes it to a voter (see [`crate::ops::members`]).
 
 use std::time::Duration;
 
@@ -9,7 +14,7 @@ use futures::future::BoxFuture;
 
 use super::{Action, Context, Executor, Order, Phase, PhasePlan, static_pods};
 use crate::inventory::{Host, Role};
-use crate::ops::members::{Membership, start_for};
+use crate::ops::members::{Membership, join_member, join_order, promote_when_ready, start_for};
 use crate::render::etcd_component_vars;
 
 pub struct Etcd;
@@ -19,6 +24,13 @@ pub struct Etcd;
 pub fn vars(ctx: &Context, h: &Host) -> anyhow::Result<tera::Context> {
     let (start, _) = start_for(ctx, h)?;
     etcd_component_vars(&ctx.render, ctx.inv(), h, &start)
+}
+
+/// Whether the member on `h` joins a running cluster in this run (`join`).
+fn joins_running_cluster(ctx: &Context, h: &Host) -> anyhow::Result<bool> {
+    Ok(ctx.options.joining.contains(&h.name)
+        && h.has(Role::Etcd)
+        && Membership::load(ctx)?.is_some())
 }
 
 /// `etcdctl endpoint health` against the member on this host, over TLS.
@@ -40,13 +52,32 @@ impl Phase for Etcd {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
-        let mut plan = PhasePlan::new(self, Order::Rolling);
+        // Members joining a running cluster go one at a time, in the order they are added.
+        let joining = Membership::load(ctx)?
+            .map(|r| join_order(ctx, &r))
+            .unwrap_or_default();
+        let mut plan = PhasePlan::new(
+            self,
+            if joining.is_empty() {
+                Order::Rolling
+            } else {
+                Order::OneAtATime
+            },
+        );
         let data_dir = &inv.spec.etcd.data_dir;
-        for h in ctx.hosts_where(|h| h.has(Role::Etcd)) {
+        let mut hosts = ctx.hosts_where(|h| h.has(Role::Etcd));
+        hosts.sort_by_key(|h| joining.iter().position(|n| *n == h.name));
+        for h in hosts {
             let mut a = vec![static_pods::mode_guard(inv, &["etcd"])];
-            if !start_for(ctx, h)?.1 {
+            let joins = joining.contains(&h.name);
+            if joins {
+                plan.notes.push(format!(
+                    "{}: joins the running etcd cluster: member add --learner through the members' API (one member at a time; refused when the quorum is not there), started with --initial-cluster-state=existing, promoted to a voter once it caught up",
+                    h.name
+                ));
+            } else if !start_for(ctx, h)?.1 {
                 // A member of a running cluster starts only after `member add`, which `join`
-                // does first (one member at a time); `init` would start it to no avail.
+                // does (one member at a time); `init` would start it to no avail.
                 a.insert(
                     0,
                     Action::check(
@@ -129,6 +160,19 @@ impl Phase for Etcd {
             )])
         })
     }
+    fn before_host<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            if !joins_running_cluster(ctx, host)? {
+                return Ok(vec![]);
+            }
+            join_member(ctx, host, exec.is_dry_run()).await
+        })
+    }
     fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
         // Static pods: a member runs where its manifest is (containerd and the kubelet may
         // run on a fresh host already; the members of a new cluster must start together).
@@ -148,12 +192,18 @@ impl Phase for Etcd {
                 // process before asking the member, else the old one would answer.
                 static_pods::wait_replaced(exec, host, &["etcd"], Duration::from_secs(120)).await?;
             }
+            // A joining member: started, caught up, promoted (its health check reads through
+            // the quorum, which a learner does not serve).
+            let mut report = Vec::new();
+            if joins_running_cluster(ctx, host)? {
+                report = promote_when_ready(ctx, host).await?;
+            }
             let cmd = health_command(host);
             let mut last = String::new();
             for _ in 0..30 {
                 let o = exec.query(host, &cmd).await?;
                 if o.status == 0 {
-                    return Ok(vec![]);
+                    return Ok(report);
                 }
                 last = format!("{}{}", o.stdout.trim(), o.stderr.trim());
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -37,6 +37,7 @@ impl Phase for LoadBalancer {
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::Rolling);
+        let joining = |h: &Host| ctx.options.joining.contains(&h.name);
         match inv.spec.ha.mode {
             HaMode::Vip => {
                 let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
@@ -52,7 +53,18 @@ impl Phase for LoadBalancer {
                         crate::render::DEFAULT_VIP_INTERFACE
                     ));
                 }
-                for h in ctx.hosts_where(|h| lb.contains(&h.name)) {
+                let mut hosts = ctx.hosts_where(|h| lb.contains(&h.name));
+                if hosts.iter().any(|h| joining(h)) && hosts.iter().any(|h| !joining(h)) {
+                    // Every keepalived talks to its peers by unicast: the running ones learn
+                    // the new peers (a reload; the VIP stays) before a new one starts, else
+                    // the new one, hearing no master, would take the VIP too.
+                    plan.order = Order::OneAtATime;
+                    hosts.sort_by_key(|h| joining(h));
+                    plan.notes.push(
+                        "the running balancers go first (one at a time), then the new ones: keepalived's peers are known before a new one starts".into(),
+                    );
+                }
+                for h in hosts {
                     let vars = host_vars(inv, h);
                     plan.host(
                         h,
@@ -91,6 +103,39 @@ impl Phase for LoadBalancer {
             }
         }
         Ok(plan)
+    }
+    fn join_concerns(&self, ctx: &Context, host: &Host) -> Option<String> {
+        let inv = ctx.inv();
+        if !balancers(inv).iter().any(|b| b.name == host.name) {
+            return None;
+        }
+        let joining = |pred: &dyn Fn(&Host) -> bool| -> Vec<&str> {
+            inv.spec
+                .hosts
+                .iter()
+                .filter(|h| ctx.options.joining.contains(&h.name) && pred(h))
+                .map(|h| h.name.as_str())
+                .collect()
+        };
+        let apiservers = joining(&|h| h.has(Role::ControlPlane));
+        let mut why = Vec::new();
+        if !apiservers.is_empty() {
+            why.push(format!(
+                "its haproxy takes the new apiserver(s) {} as backends, after they passed their gate (reload: open connections stay)",
+                apiservers.join(", ")
+            ));
+        }
+        if inv.spec.ha.mode == HaMode::Vip {
+            let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
+            let peers = joining(&|h| lb.contains(&h.name));
+            if !peers.is_empty() {
+                why.push(format!(
+                    "its keepalived takes the new VRRP peer(s) {} (reload: the VIP stays)",
+                    peers.join(", ")
+                ));
+            }
+        }
+        (!why.is_empty()).then(|| why.join("; "))
     }
 }
 

@@ -64,6 +64,10 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `renew-certs --component`: the components whose certificates are renewed (empty: all).
     pub renew_components: Vec<String>,
+    /// `join`: the hosts joining the cluster in this run (empty for other commands). Phases
+    /// plan their steps for them, and an existing host only where [`Phase::join_concerns`]
+    /// says why.
+    pub joining: Vec<String>,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).
@@ -332,6 +336,25 @@ pub trait Phase: Send + Sync {
     /// is no unit of its own (a static pod) says what counts instead: containerd, which the
     /// bundle's package starts on install, does not make an etcd member "running".
     fn running_check(&self, _ctx: &Context, _host: &Host) -> Option<String> {
+        None
+    }
+    /// Work through the cluster's API right before `host` converges (e.g. etcd's `member add
+    /// --learner` for a joining member, which must precede its start). With a dry-run
+    /// executor it changes nothing and says what it would do. Returns lines for the report.
+    /// Default: nothing.
+    fn before_host<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _host: &'a Host,
+        _exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    /// For `join`: why `host`, already part of the cluster, must take part in this phase
+    /// because of the hosts joining (`RunOptions::joining`), e.g. a balancer that gets a new
+    /// apiserver as a backend. None (default): the phase leaves existing hosts alone, so a
+    /// join neither changes nor gates them. The plan shows the reason as a note.
+    fn join_concerns(&self, _ctx: &Context, _host: &Host) -> Option<String> {
         None
     }
     /// Work through the cluster's API after every host of the phase converged and passed its

@@ -200,6 +200,23 @@ impl Phase for Network {
     fn summary(&self) -> &'static str {
         "CNI plugins; host-routes: a bridge per node and routes to the other nodes' pods"
     }
+    fn join_concerns(&self, ctx: &Context, host: &Host) -> Option<String> {
+        // host-routes: every node routes to every other node's pod CIDR (applied in place).
+        let inv = ctx.inv();
+        let new: Vec<&str> = inv
+            .node_hosts()
+            .filter(|h| ctx.options.joining.contains(&h.name))
+            .map(|h| h.name.as_str())
+            .collect();
+        (inv.spec.network.cni == Cni::HostRoutes && inv.runs_kubelet(host) && !new.is_empty()).then(
+            || {
+                format!(
+                    "a route to the pods of the new node(s) {} (added in place: nothing restarts)",
+                    new.join(", ")
+                )
+            },
+        )
+    }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::Parallel);

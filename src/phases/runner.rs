@@ -265,9 +265,16 @@ impl HostRun<'_, '_> {
         self.progress.host_started(self.plan, h);
         let t = Instant::now();
         let r = async {
+            // Cluster-side work the host's change depends on (e.g. etcd's member add).
+            let before = self
+                .phase
+                .before_host(self.ctx, h, self.exec)
+                .await
+                .with_context(|| format!("{} before {}", self.phase.name(), h.name))?;
             let mut changes =
                 converge_guarded(self.exec, h, hp, self.resolve, self.rotation).await?;
             if self.exec.is_dry_run() {
+                changes.report = before;
                 return anyhow::Ok(changes);
             }
             changes.report = self
@@ -275,6 +282,7 @@ impl HostRun<'_, '_> {
                 .verify(self.ctx, h, self.exec)
                 .await
                 .with_context(|| format!("{} check", self.phase.name()))?;
+            changes.report.splice(0..0, before);
             anyhow::Ok(changes)
         }
         .await;

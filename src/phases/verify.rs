@@ -37,6 +37,12 @@ impl Phase for Verify {
         }
         Ok(plan)
     }
+    fn join_concerns(&self, _ctx: &Context, _host: &Host) -> Option<String> {
+        Some(
+            "the end-of-run report is read from this machine under its name; nothing on it changes"
+                .into(),
+        )
+    }
     fn verify<'a>(
         &'a self,
         ctx: &'a Context,

@@ -791,19 +791,21 @@ spec:
             cp1.remote.as_deref(),
             Some(Path::new("/etc/kubernetes/pki/apiserver"))
         );
-        let want: Vec<San> = sans([
-            "10.77.0.11",
-            "cp1",
-            "10.77.0.10", // the VIP
-            "127.0.0.1",
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-            "10.96.0.1",
-        ]
-        .map(San::parse));
+        let want: Vec<San> = sans(
+            [
+                "10.77.0.11",
+                "cp1",
+                "10.77.0.10", // the VIP
+                "127.0.0.1",
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "10.96.0.1",
+            ]
+            .map(San::parse),
+        );
         assert_eq!(cp1.sans, want);
         // The other control-plane host's name and address are not in it.
         assert!(!cp1.sans.contains(&San::parse("ce")));
@@ -834,9 +836,13 @@ spec:
             assert_eq!(before, after, "{h}");
         }
         // Extra SANs and (local-proxy mode) no endpoint SAN beyond 127.0.0.1.
-        let lp = text
-            .replace("  ha: {mode: vip, vip: {address: 10.77.0.10}}", "  ha: {mode: local-proxy}\n  pki: {extraSANs: [api.example.org]}");
-        let inv = load_str(&lp, Path::new("t.yaml")).unwrap_or_else(|d| panic!("{d}")).inventory;
+        let lp = text.replace(
+            "  ha: {mode: vip, vip: {address: 10.77.0.10}}",
+            "  ha: {mode: local-proxy}\n  pki: {extraSANs: [api.example.org]}",
+        );
+        let inv = load_str(&lp, Path::new("t.yaml"))
+            .unwrap_or_else(|d| panic!("{d}"))
+            .inventory;
         let cp3 = cert_list(&inv)
             .into_iter()
             .find(|c| c.name == "apiserver@cp3")
