@@ -90,11 +90,52 @@ pub fn is_not_found(e: &anyhow::Error) -> bool {
     })
 }
 
-/// A client for one cluster's API. Cheap to share by reference; caches discovery.
+/// The API server URLs (`https://host:port`) the operator's machine uses, in the order it
+/// tries them: the cluster endpoint (the VIP, the external endpoint, or in local-proxy mode the
+/// first control-plane host's apiserver), then in local-proxy mode, where no balancer stands
+/// between this machine and the apiservers, every other control-plane host's apiserver. So
+/// clusterctl still reaches the API when the first control-plane host is down.
+pub fn operator_endpoints(inv: &crate::inventory::Inventory) -> Vec<String> {
+    let (host, port) = inv.apiserver_endpoint_for_admin();
+    let mut v = vec![crate::inventory::Inventory::url(&host, port)];
+    if inv.spec.ha.mode == crate::inventory::HaMode::LocalProxy {
+        for h in inv.control_plane_hosts() {
+            let u =
+                crate::inventory::Inventory::url(&h.address, inv.spec.control_plane.apiserver_port);
+            if !v.contains(&u) {
+                v.push(u);
+            }
+        }
+    }
+    v
+}
+
+/// The first of `bases` whose `/readyz` answers 200 with `http`: (its base, the answer), else
+/// the last error seen, naming each base tried.
+pub async fn first_ready(
+    http: &reqwest::Client,
+    bases: &[String],
+) -> Result<(String, String), String> {
+    let mut errors = Vec::new();
+    for b in bases {
+        let url = format!("{b}/readyz");
+        match crate::phases::health::send(http.get(&url), &url).await {
+            Ok(s) => return Ok((b.clone(), s.body)),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// A client for one cluster's API. Cheap to share by reference; caches discovery. It knows
+/// every apiserver URL it may use ([`operator_endpoints`]) and goes on to the next when one
+/// cannot be reached, keeping the one that answered.
 pub struct Client {
     http: reqwest::Client,
-    /// `https://host:port` without a trailing slash.
-    base: String,
+    /// `https://host:port` without a trailing slash, in the order to try.
+    bases: Vec<String>,
+    /// The index in `bases` that answered last.
+    current: std::sync::atomic::AtomicUsize,
     discovery: Mutex<HashMap<String, Arc<Vec<ApiResource>>>>,
 }
 
@@ -102,26 +143,32 @@ impl Client {
     /// `http` must already trust the cluster CA and present a client identity (see
     /// `phases::control_plane::admin_client`); `base` is `https://host:port`.
     pub fn new(http: reqwest::Client, base: impl Into<String>) -> Client {
+        Client::with_failover(http, vec![base.into()])
+    }
+
+    /// A client that tries `bases` in turn (see [`Client`]).
+    pub fn with_failover(http: reqwest::Client, bases: Vec<String>) -> Client {
         Client {
             http,
-            base: base.into().trim_end_matches('/').to_string(),
+            bases: bases
+                .into_iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
             discovery: Mutex::new(HashMap::new()),
         }
     }
 
     /// The cluster of a run, as its admin (`clusters/<name>/kubeconfig/admin.conf`), through
-    /// the endpoint the operator's machine uses.
+    /// the endpoints the operator's machine uses ([`operator_endpoints`]).
     pub fn admin(ctx: &crate::phases::Context) -> anyhow::Result<Client> {
         let http = crate::phases::control_plane::admin_client(ctx)?;
-        let (host, port) = ctx.inv().apiserver_endpoint_for_admin();
-        Ok(Client::new(
-            http,
-            crate::inventory::Inventory::url(&host, port),
-        ))
+        Ok(Client::with_failover(http, operator_endpoints(ctx.inv())))
     }
 
+    /// The URL in use now.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
     }
 
     /// Sends one request; Ok((status, body)) for a 2xx answer, else an [`ApiError`] (or a
@@ -133,17 +180,45 @@ impl Client {
         path_and_query: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(u16, Value)> {
-        let url = format!("{}{}", self.base, path_and_query);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .header("Accept", "application/json");
-        if let Some((content_type, bytes)) = body {
-            req = req.header("Content-Type", content_type).body(bytes);
+        // From the apiserver that answered last, on to the next one that cannot be reached:
+        // a refused or timed-out connection never reached an apiserver, so any request may go
+        // again elsewhere; a timeout after sending only a read.
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut errors = Vec::new();
+        let mut answer = None;
+        for k in 0..self.bases.len() {
+            let i = (first + k) % self.bases.len();
+            let url = format!("{}{}", self.bases[i], path_and_query);
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .header("Accept", "application/json");
+            if let Some((content_type, bytes)) = &body {
+                req = req
+                    .header("Content-Type", *content_type)
+                    .body(bytes.clone());
+            }
+            match req.send().await {
+                Ok(r) => {
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    answer = Some((url, r));
+                    break;
+                }
+                Err(e) => {
+                    let again = e.is_connect() || (e.is_timeout() && method == Method::GET);
+                    errors.push(format!(
+                        "{method} {url}: {}",
+                        crate::phases::health::error_chain(&e)
+                    ));
+                    if !again {
+                        break;
+                    }
+                }
+            }
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow::anyhow!("{method} {url}: {}", crate::phases::health::error_chain(&e))
-        })?;
+        let Some((url, resp)) = answer else {
+            anyhow::bail!("{}", errors.join("; "));
+        };
         let status = resp.status().as_u16();
         let is_json = resp
             .headers()

@@ -777,24 +777,7 @@ pub async fn remove_member(
             }
         ))
     })?;
-    let mut lines = Vec::new();
-    if let Ok((leader, _)) = etcd.leader_and_version(&members).await
-        && leader == target.id
-    {
-        let next = members.iter().find(|m| {
-            m.id != target.id
-                && m.is_voter()
-                && m.started()
-                && !down.iter().any(|(n, _)| *n == m.label())
-        });
-        if let Some(next) = next {
-            etcd.move_leader(&target, next).await?;
-            lines.push(format!(
-                "etcd: leadership moved from {} to {}",
-                target.name, next.name
-            ));
-        }
-    }
+    let mut lines = move_leader_away(etcd, &target).await?;
     let v = etcd
         .call_retrying(
             &format!("etcd member remove {}", target.label()),
@@ -822,6 +805,35 @@ pub async fn remove_member(
         record.save(ctx)?;
     }
     Ok(lines)
+}
+
+/// When `target` leads etcd, moves the leadership to another healthy voter (etcd's
+/// move-leader), so its removal or stop costs no election. Returns what was done.
+pub async fn move_leader_away(etcd: &Etcd, target: &Member) -> anyhow::Result<Vec<String>> {
+    let members = etcd.members().await?;
+    let Ok((leader, _)) = etcd.leader_and_version(&members).await else {
+        return Ok(vec![]);
+    };
+    if leader != target.id {
+        return Ok(vec![]);
+    }
+    let voters: Vec<Member> = members
+        .iter()
+        .filter(|m| m.id != target.id && m.is_voter() && m.started())
+        .cloned()
+        .collect();
+    let down = etcd.unhealthy(&voters).await;
+    let Some(next) = voters
+        .iter()
+        .find(|m| !down.iter().any(|(n, _)| *n == m.label()))
+    else {
+        return Ok(vec![]);
+    };
+    etcd.move_leader(target, next).await?;
+    Ok(vec![format!(
+        "etcd: leadership moved from {} to {}",
+        target.name, next.name
+    )])
 }
 
 /// At the start of `join`: a member added but never made a started voter (a learner, or a

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
-use super::members::{Etcd, Membership, quorum};
+use super::members::{Etcd, Member, Membership, quorum};
 use crate::cli::{Global, Output};
 use crate::diag::UserError;
 use crate::inventory::{Host, Role};
@@ -403,23 +403,9 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
                 eprintln!("reset: {l}");
                 report.push(l);
             }
-            let mut record = Membership::load(&ctx)?.unwrap_or_default();
-            for m in &removing {
-                // One at a time, each against the members left.
-                let v = etcd
-                    .call_any("/v3/cluster/member/remove", &json!({"ID": m.id}))
-                    .await
-                    .map_err(|e| {
-                        UserError::failed(format!("etcd member remove {} (ID {}): {e:#}", m.name, m.id))
-                    })?;
-                let left = super::members::parse_members(&v).len();
-                let l = format!("etcd: member {} removed, {left} left", m.name);
+            for l in leave_cluster(&ctx, &selected, &etcd, &removing).await? {
                 eprintln!("reset: {l}");
                 report.push(l);
-                record.members.remove(&m.name);
-                record.save(&ctx)?;
-                // The next removal waits until etcd has settled on the new membership.
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         } else {
             let p = Membership::path(&ctx);
@@ -582,6 +568,130 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
             failed.join("\n  ")
         ))
         .into())
+    }
+}
+
+/// The selected hosts leave the running cluster, keeping the API and etcd's quorum: each
+/// control-plane host's apiserver leaves every balancer and its control plane stops (so no
+/// client meets an apiserver whose etcd member goes); then each of `removing`, one at a time:
+/// the leadership moves away when it leads, the member stops first when the others keep a
+/// quorum without it (a graceful stop ends its clients' requests cleanly), and `member
+/// remove` (refused when the quorum would break). The host's own reset comes after.
+async fn leave_cluster(
+    ctx: &Context,
+    selected: &[&Host],
+    etcd: &Etcd,
+    removing: &[Member],
+) -> anyhow::Result<Vec<String>> {
+    let inv = ctx.inv();
+    let mut lines = Vec::new();
+    let cps: Vec<&Host> = selected
+        .iter()
+        .filter(|h| h.has(Role::ControlPlane))
+        .copied()
+        .collect();
+    let by_peer = |m: &Member| {
+        selected
+            .iter()
+            .find(|h| m.peer_urls.contains(&crate::render::peer_url(h)))
+            .copied()
+    };
+    if cps.is_empty() && removing.is_empty() {
+        return Ok(lines);
+    }
+    // Balancers that cannot be reached are reported, not fatal: their health check drops a
+    // stopped apiserver within ~2 s.
+    let mut reach: Vec<&Host> = crate::phases::load_balancer::balancers(inv);
+    reach.extend(selected.iter().copied());
+    let targets: Vec<crate::ssh::Target> =
+        crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
+            .into_iter()
+            .filter(|t| reach.iter().any(|h| h.name == t.name))
+            .collect();
+    let opts = crate::ssh::ConnectOpts {
+        concurrency: inv.spec.ssh.concurrency,
+        progress: crate::ssh::ProgressMode::Quiet,
+        logs_dir: Some(ctx.state.logs()),
+        ..Default::default()
+    };
+    let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
+    for e in errors {
+        lines.push(format!("warning: {e}"));
+    }
+    let exec = crate::phases::ssh_exec::SshExecutor {
+        pool: pool.clone(),
+        timeout: Duration::from_secs(120),
+    };
+    let r = async {
+        let run = |h: &Host, cmd: String| {
+            let exec = &exec;
+            let h = h.clone();
+            async move {
+                use crate::phases::Executor as _;
+                let o = exec.change(&h, &cmd).await?;
+                anyhow::ensure!(
+                    o.status == 0,
+                    "{}: `{cmd}` exited {}: {}{}",
+                    h.name,
+                    o.status,
+                    o.stdout.trim(),
+                    o.stderr.trim()
+                );
+                anyhow::Ok(())
+            }
+        };
+        let static_pods = inv.static_pods();
+        for h in &cps {
+            lines.extend(crate::phases::load_balancer::leave_balancers(ctx, &exec, h).await);
+            lines.push(format!("{}: its apiserver left every balancer", h.name));
+            run(
+                h,
+                stop_command(static_pods, &crate::phases::control_plane::COMPONENTS),
+            )
+            .await?;
+            lines.push(format!("{}: control plane stopped", h.name));
+        }
+        for m in removing {
+            lines.extend(super::members::move_leader_away(etcd, m).await?);
+            let members = etcd.members().await?;
+            let voters: Vec<Member> = members.iter().filter(|x| x.is_voter()).cloned().collect();
+            let healthy = voters.len() - etcd.unhealthy(&voters).await.len();
+            let host = by_peer(m);
+            if let Some(h) = host
+                && m.is_voter()
+                && super::members::may_stop_before_removal(voters.len(), healthy)
+            {
+                run(h, stop_command(static_pods, &["etcd"])).await?;
+                lines.push(format!("{}: etcd member stopped", h.name));
+            }
+            lines.extend(super::members::remove_member(ctx, etcd, m).await?);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    pool.close().await;
+    r.map(|()| lines)
+}
+
+/// Stops `components` on a host that leaves: their units, or (static-pods mode) their
+/// manifests moved aside (kept under /etc/kubernetes, which the reset backs up), waiting
+/// until their processes are gone.
+fn stop_command(static_pods: bool, components: &[&str]) -> String {
+    if static_pods {
+        let names: Vec<String> = components.iter().map(|c| q(c)).collect();
+        format!(
+            "mkdir -p /etc/kubernetes/left-cluster; for c in {n}; do \
+               [ -e /etc/kubernetes/manifests/$c.yaml ] && mv /etc/kubernetes/manifests/$c.yaml /etc/kubernetes/left-cluster/; done; \
+             for i in $(seq 1 120); do busy=; for c in {n}; do pgrep -x \"$c\" >/dev/null && busy=1; done; [ -z \"$busy\" ] && exit 0; sleep 0.5; done; \
+             echo 'still running after 60 s'; exit 1",
+            n = names.join(" ")
+        )
+    } else {
+        let units: Vec<String> = components
+            .iter()
+            .map(|c| q(&format!("{c}.service")))
+            .collect();
+        format!("systemctl stop {}", units.join(" "))
     }
 }
 

@@ -100,7 +100,10 @@ pub struct Status {
     pub endpoint: Option<Endpoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<Vip>,
-    pub nodes: Vec<NodeStatus>,
+    /// None: unknown (the API could not be read; see `nodes_error`), not zero nodes.
+    pub nodes: Option<Vec<NodeStatus>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes_error: Option<String>,
     pub nearest_certificate_expiry: Option<CertExpiry>,
     pub drift: Drift,
     pub problems: Vec<String>,
@@ -296,16 +299,31 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
     let inv = ctx.inv();
     let api = crate::phases::control_plane::admin_client(ctx)?;
     let port = inv.spec.control_plane.apiserver_port;
-    let (ep_host, ep_port) = inv.apiserver_endpoint_for_admin();
-    let endpoint_url = Inventory::url(&ep_host, ep_port);
+    // The endpoint this machine uses: in local-proxy mode the first apiserver that answers.
+    let endpoints = crate::kube::operator_endpoints(inv);
+    let endpoint = async {
+        match crate::kube::first_ready(&api, &endpoints).await {
+            Ok((url, body)) => Endpoint {
+                name: "endpoint".into(),
+                url,
+                ready: true,
+                readyz: body.trim().to_string(),
+            },
+            Err(e) => Endpoint {
+                name: "endpoint".into(),
+                url: endpoints.join(" | "),
+                ready: false,
+                readyz: e,
+            },
+        }
+    };
     let apiservers = futures::future::join_all(
         inv.control_plane_hosts()
             .map(|h| readyz(&api, h.name.clone(), Inventory::url(&h.address, port))),
     );
-    let nodes_url = format!("{endpoint_url}/api/v1/nodes");
+    let kube = crate::kube::Client::admin(ctx)?;
     let nodes = async {
-        let body = health::get(&api, &nodes_url).await?;
-        let v: Value = serde_json::from_str(&body)?;
+        let v: Value = kube.get("/api/v1/nodes").await?;
         v["items"]
             .as_array()
             .into_iter()
@@ -316,7 +334,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
     let (etcd, apiservers, endpoint, nodes, vip) = tokio::join!(
         etcd_status(ctx),
         apiservers,
-        readyz(&api, "endpoint".into(), endpoint_url.clone()),
+        endpoint,
         nodes,
         vip_holders(ctx),
     );
@@ -359,22 +377,24 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
             )),
         }
     }
-    let nodes = match nodes {
-        Ok(n) => n,
+    // Nodes that could not be read are unknown, not zero.
+    let (nodes, nodes_error) = match nodes {
+        Ok(n) => (Some(n), None),
         Err(e) => {
             problems.push(format!("nodes: {e:#}"));
-            vec![]
+            (None, Some(format!("{e:#}")))
         }
     };
-    let nodes: Vec<NodeStatus> = nodes
-        .into_iter()
-        .map(|n| NodeStatus {
-            name: n.name.clone(),
-            ready: n.ready,
-            kubelet_version: n.kubelet_version.clone(),
-        })
-        .collect();
-    for n in &nodes {
+    let nodes: Option<Vec<NodeStatus>> = nodes.map(|ns| {
+        ns.into_iter()
+            .map(|n| NodeStatus {
+                name: n.name.clone(),
+                ready: n.ready,
+                kubelet_version: n.kubelet_version.clone(),
+            })
+            .collect()
+    });
+    for n in nodes.iter().flatten() {
         if !n.ready {
             problems.push(format!("node {}: NotReady", n.name));
         }
@@ -393,7 +413,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
     }
     // What differs from the inventory (reported; not a health problem by itself).
     let mut drift = Drift::default();
-    let node_names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let node_names: BTreeSet<&str> = nodes.iter().flatten().map(|n| n.name.as_str()).collect();
     let inv_nodes: BTreeSet<&str> = inv.node_hosts().map(|h| h.name.as_str()).collect();
     if problems.iter().all(|p| !p.starts_with("nodes:")) {
         drift.inventory_hosts_not_nodes = inv_nodes
@@ -436,6 +456,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
         endpoint: Some(endpoint),
         vip,
         nodes,
+        nodes_error,
         nearest_certificate_expiry: cert,
         drift,
         problems,
@@ -510,8 +531,19 @@ pub fn render_text(s: &Status) -> String {
             }
         );
     }
-    let _ = writeln!(o, "\nnodes ({}):", s.nodes.len());
-    for n in &s.nodes {
+    match (&s.nodes, &s.nodes_error) {
+        (Some(ns), _) => {
+            let _ = writeln!(o, "\nnodes ({}):", ns.len());
+        }
+        (None, e) => {
+            let _ = writeln!(
+                o,
+                "\nnodes: unknown (could not read them: {})",
+                e.as_deref().unwrap_or("no answer")
+            );
+        }
+    }
+    for n in s.nodes.iter().flatten() {
         let _ = writeln!(
             o,
             "  {:<10} {:<8} kubelet {}",

@@ -140,23 +140,35 @@ pub fn prepare(
     ))
 }
 
-/// Hosts that a run of `init` or `join` already set up (an ok entry in the journal since the
-/// host's last `reset`). An etcd host counts only once its member ran (an ok `etcd` entry), so
-/// a `join` that stopped before it resumes it.
+/// Hosts that a run of `init` or `join` already set up, since the host's last `reset`: those
+/// with an ok entry in the journal for the last phase that concerns them — `kubelet` for a
+/// node, else `etcd` for an etcd host, else `load-balancer` for a balancer — so a `join` that
+/// stopped anywhere before that (right after an etcd `member add`, say) resumes the host.
 fn joined_hosts(ctx: &Context) -> std::collections::BTreeSet<String> {
+    use crate::inventory::Role;
     let journal = ctx.state.journal();
     let any = crate::ops::members::set_up_in_phase(&journal, "");
-    let etcd = crate::ops::members::set_up_in_phase(&journal, "etcd");
-    // (A journal where no host ran the etcd phase, e.g. one that only ran some phases, is
-    // read as before: any ok entry.)
+    let inv = ctx.inv();
+    let done: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> =
+        ["kubelet", "etcd", "load-balancer"]
+            .into_iter()
+            .map(|p| (p, crate::ops::members::set_up_in_phase(&journal, p)))
+            .collect();
     any.into_iter()
         .filter(|n| {
-            etcd.is_empty()
-                || etcd.contains(n)
-                || !ctx
-                    .inv()
-                    .host(n)
-                    .is_some_and(|h| h.has(crate::inventory::Role::Etcd))
+            let Some(h) = inv.host(n) else { return true };
+            let last = if inv.runs_kubelet(h) {
+                "kubelet"
+            } else if h.has(Role::Etcd) {
+                "etcd"
+            } else if h.has(Role::Lb) {
+                "load-balancer"
+            } else {
+                return true;
+            };
+            // (A journal where no host ran that phase, e.g. one that only ran some phases,
+            // is read as before: any ok entry.)
+            done[last].is_empty() || done[last].contains(n)
         })
         .collect()
 }

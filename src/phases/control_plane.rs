@@ -175,12 +175,19 @@ impl Phase for ControlPlane {
             )
             .await?;
             // Then through what clients use: the balancers take a backend in only after its
-            // /readyz has passed their own check.
-            let (ep_host, ep_port) = ctx.inv().apiserver_endpoint_for_admin();
-            super::health::wait_ok(
-                &client,
-                &format!("{}/readyz", Inventory::url(&ep_host, ep_port)),
+            // /readyz has passed their own check (local-proxy mode: the first apiserver of
+            // this machine's list that answers).
+            let endpoints = crate::kube::operator_endpoints(ctx.inv());
+            crate::kube::wait_until(
+                "/readyz through the cluster endpoint",
                 Duration::from_secs(30),
+                Duration::from_secs(1),
+                || async {
+                    Ok(match crate::kube::first_ready(&client, &endpoints).await {
+                        Ok(_) => crate::kube::Wait::Done(()),
+                        Err(e) => crate::kube::Wait::Pending(e),
+                    })
+                },
             )
             .await
             .context("through the cluster endpoint")?;

@@ -258,6 +258,20 @@ impl<'a> Rotation<'a> {
     }
 }
 
+/// Takes `host`'s apiserver out of every balancer for good, before the host leaves the
+/// cluster (`reset` of a control-plane host): as for a restart, drained with its health check
+/// paused, so no new connection reaches it and the open ones end as it stops gracefully. The
+/// balancers' configs drop it at the next `init` (the host removed from the inventory).
+/// Returns the balancers that did not take it (with why).
+pub async fn leave_balancers(ctx: &Context, exec: &dyn Executor, host: &Host) -> Vec<String> {
+    Rotation::new(ctx, exec)
+        .set(host, TAKE_OUT)
+        .await
+        .into_iter()
+        .map(|w| format!("taking {} out of the balancer: {w}", host.name))
+        .collect()
+}
+
 impl super::executor::BeforeRestart for Rotation<'_> {
     fn before<'b>(
         &'b self,

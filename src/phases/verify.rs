@@ -191,8 +191,12 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
             )
         })
         .collect();
-    let (ep_host, ep_port) = inv.apiserver_endpoint_for_admin();
-    let endpoint = Inventory::url(&ep_host, ep_port);
+    // The endpoint this machine uses (local-proxy mode: the first apiserver that answers).
+    let endpoints = crate::kube::operator_endpoints(inv);
+    let endpoint = crate::kube::first_ready(&api, &endpoints)
+        .await
+        .map(|(u, _)| u)
+        .unwrap_or_else(|_| endpoints[0].clone());
     targets.push(("endpoint".into(), endpoint.clone()));
     let readyz = join_all(targets.iter().map(|(_, base)| {
         let url = format!("{base}/readyz");
