@@ -15,17 +15,66 @@ use clusterctl::inventory::Inventory;
 use common::backup::*;
 use common::*;
 
-/// A k8s-profile lab with 3 control-plane + etcd hosts behind the VIP and 1 worker, `init`
-/// done: (lab, inventory, inventory path, admin kubeconfig).
+/// A k8s-profile lab with 3 control-plane + etcd hosts behind the VIP and 1 worker: (lab,
+/// inventory, inventory path, admin kubeconfig). Born the common way: `init` of h1 (control
+/// plane + etcd) and the worker h4, then `join` of h2 and h3 while a probe reads through the
+/// VIP: no failed read, h1's etcd, apiserver, haproxy and keepalived keep their processes.
 fn cluster() -> (Lab, Inventory, PathBuf, PathBuf) {
     let lab = Lab::up_profile("backup", 4, "k8s");
     let bundle = lab_bundle();
     let mut inv = lab.vip_inventory(&bundle);
     inv.spec.hosts.truncate(4); // h1-h3: control plane + etcd; h4: worker
+    let full = inv.clone();
+    inv.spec.hosts.retain(|h| h.name == "h1" || h.name == "h4");
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let admin = lab.dir.join(format!("clusters/{}/admin.conf", inv.name()));
     run_report(&["-i", inv_path.to_str().unwrap(), "-o", "json", "init"]);
-    (lab, inv, inv_path, admin)
+
+    // 1 -> 3 control-plane hosts behind the VIP.
+    let stamp = |h: &str| {
+        lab.exec_ok(
+            h,
+            "for u in etcd kube-apiserver haproxy keepalived kubelet; do \
+               echo \"$u $(systemctl show -p MainPID -p ActiveEnterTimestamp --value $u | tr '\\n' ' ')\"; done",
+        )
+    };
+    let before = stamp("h1");
+    let probe = ReadProbe::start(&admin);
+    lab.write_inventory("inventory.yaml", &full);
+    let t = std::time::Instant::now();
+    run_report(&["-i", inv_path.to_str().unwrap(), "-o", "json", "join"]);
+    let join_secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let (answered, failures) = probe.finish();
+    eprintln!(
+        "TIMING join of h2, h3 (1 -> 3 behind the VIP): {join_secs:.1}s; probe: {answered} reads, {} failed",
+        failures.len()
+    );
+    assert!(answered > 20, "the probe barely ran: {answered}");
+    assert!(
+        failures.is_empty(),
+        "reads failed during the join: {failures:?}\n{}",
+        balancer_events(&lab, &["h1", "h2", "h3"])
+    );
+    assert_eq!(
+        stamp("h1"),
+        before,
+        "a unit on h1 restarted during the join"
+    );
+    let members = lab.exec_ok(
+        "h1",
+        "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+         --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
+         member list",
+    );
+    assert_eq!(members.lines().count(), 3, "{members}");
+    assert!(
+        members
+            .lines()
+            .all(|l| l.contains("started") && l.ends_with("false")),
+        "3 started voters: {members}"
+    );
+    (lab, full, inv_path, admin)
 }
 
 #[test]

@@ -1,19 +1,22 @@
-//! Growing etcd, `status` and `reset` on real nspawn hosts (k8s profile): h1-h3 control plane
-//! and etcd behind a keepalived VIP, h4 a worker; h5 and h6 etcd-only hosts added later with
-//! `join` (etcd 3 → 5 members, one at a time) while a probe reads through the VIP; `status`
-//! shows five healthy members and one leader; the apiservers then run with five etcd servers.
-//! `reset --hosts h4 --yes` removes the worker from the cluster and leaves the host clean;
-//! `reset --hosts h6 --yes` removes an etcd member (four left, healthy); h6 added back to etcd
-//! but not started (an interrupted join) is started by `join`, not added twice.
+//! The control plane grown and shrunk on real nspawn hosts (k8s profile, `local-proxy` mode:
+//! haproxy on every node, no VIP): h1 control plane + etcd and h2 a worker; `join` of h3 and
+//! h4 (1 → 3 etcd voters and apiservers), first `join --hosts h3 --only-phase etcd`, which
+//! changes and gates nothing on h1 or h2; then h5 and h6 (3 → 5) with the first `join` killed
+//! right after its `member add` and completed by a plain re-run; then `reset` of h6 (back to
+//! 4). Two probes count failed requests all along: reads with the operator's admin.conf, and
+//! reads from the worker h2 through its local proxy. Every existing etcd member, apiserver and
+//! haproxy keeps its process (main PID and start time compared). Last, h1 is powered off:
+//! `status` still reports the cluster and `kubectl --context <cluster>-h3` still answers.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clusterctl::inventory::{Host, Inventory, Role};
+use clusterctl::inventory::{HaMode, Host, Inventory, Role};
 use common::*;
 
-/// `clusterctl -o json status`: (exit code, report).
+/// `clusterctl -o json status`: (exit code, report, seconds).
 fn status(inv: &str) -> (i32, serde_json::Value, f64) {
     let t = Instant::now();
     let o = clusterctl(&["-i", inv, "-o", "json", "status"]);
@@ -46,191 +49,405 @@ fn assert_members_healthy(s: &serde_json::Value, n: usize) {
     );
 }
 
-/// The clusterctl units that are active on a host.
-fn active_units(lab: &Lab, host: &str) -> String {
+/// `etcdctl member list` on `host` (over TLS, with its healthcheck client).
+fn etcd_members(lab: &Lab, host: &str) -> String {
     lab.exec_ok(
         host,
-        "for u in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy haproxy keepalived clusterctl-pod-routes containerd; do systemctl is-active -q $u && echo $u; done; true",
+        "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+         --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
+         member list -w table",
     )
+}
+
+/// Per host, each unit's main PID and start time, plus the sha256 of the files a change of
+/// which would restart or reload something: equal before and after means nothing restarted
+/// (a haproxy reload keeps its master's PID; its config's hash says whether it was reloaded).
+fn stamps(lab: &Lab, hosts: &[&str]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| {
+            let s = lab.exec_ok(
+                h,
+                "for u in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy haproxy containerd; do \
+                   echo \"$u $(systemctl show -p MainPID -p ActiveEnterTimestamp --value $u | tr '\\n' ' ')\"; done; \
+                 sha256sum /etc/systemd/system/etcd.service /etc/systemd/system/kube-apiserver.service \
+                   /etc/kubernetes/pki/apiserver.crt 2>/dev/null; true",
+            );
+            format!("{h}:\n{s}")
+        })
+        .collect()
+}
+
+fn haproxy_cfg(lab: &Lab, host: &str) -> String {
+    lab.exec_ok(host, "sha256sum /etc/haproxy/haproxy.cfg")
+}
+
+/// A read probe on a node, through its local proxy (127.0.0.1:6443, haproxy in front of
+/// every apiserver): what the kubelets and kube-proxies use. A loop inside the host every
+/// 100 ms with the admin identity, counting answers and keeping the failures with their time.
+struct NodeProbe<'a> {
+    lab: &'a Lab,
+    host: String,
+}
+
+impl<'a> NodeProbe<'a> {
+    fn start(lab: &'a Lab, host: &str, cluster: &str) -> NodeProbe<'a> {
+        let root = lab.dir.join("hosts").join(host).join("root/root");
+        std::fs::copy("/usr/bin/kubectl", root.join("probe-kubectl")).unwrap();
+        let kc = std::fs::read_to_string(
+            lab.dir
+                .join(format!("clusters/{cluster}/kubeconfig/admin.conf")),
+        )
+        .unwrap();
+        let kc: String = kc
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("server:") {
+                    "    server: https://127.0.0.1:6443".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(root.join("probe.conf"), kc).unwrap();
+        std::fs::write(
+            root.join("probe.sh"),
+            "ok=0; n=0; rm -f /root/probe.stop /root/probe.failures\n\
+             while [ ! -e /root/probe.stop ]; do\n\
+               if out=$(/root/probe-kubectl --kubeconfig /root/probe.conf --request-timeout=5s get --raw /api/v1/namespaces/kube-system 2>&1); then ok=$((ok+1));\n\
+               else echo \"at $(date +%s.%N): $out\" >> /root/probe.failures; fi\n\
+               n=$((n+1)); echo \"$ok $n\" > /root/probe.count; sleep 0.1\n\
+             done\n\
+             echo done > /root/probe.finished\n",
+        )
+        .unwrap();
+        lab.exec_ok(
+            host,
+            "rm -f /root/probe.finished /root/probe.count; setsid bash /root/probe.sh >/dev/null 2>&1 < /dev/null & sleep 1; cat /root/probe.count",
+        );
+        NodeProbe {
+            lab,
+            host: host.to_string(),
+        }
+    }
+
+    /// Stops it: (requests answered, failures), leader changes set aside as in ReadProbe.
+    fn finish(self) -> (usize, Vec<String>) {
+        self.lab.exec_ok(&self.host, "touch /root/probe.stop");
+        eventually(Duration::from_secs(15), || {
+            (self
+                .lab
+                .exec(&self.host, "[ -e /root/probe.finished ]")
+                .status
+                .success())
+            .then_some(())
+        })
+        .expect("the node probe stops");
+        let count = self.lab.exec_ok(&self.host, "cat /root/probe.count");
+        let ok: usize = count.split_whitespace().next().unwrap().parse().unwrap();
+        let failures = self
+            .lab
+            .exec_ok(&self.host, "cat /root/probe.failures 2>/dev/null; true");
+        let failed: Vec<String> = failures
+            .split("\nat ")
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| format!("{}\n", f.trim_end()))
+            .collect();
+        (ok, without_leader_changes(failed))
+    }
+}
+
+/// Both probes: through the operator's admin.conf and through h2's local proxy.
+struct Probes<'a> {
+    read: ReadProbe,
+    node: NodeProbe<'a>,
+    t: Instant,
+}
+
+impl<'a> Probes<'a> {
+    fn start(lab: &'a Lab, admin: &Path, cluster: &str) -> Probes<'a> {
+        Probes {
+            read: ReadProbe::start(admin),
+            node: NodeProbe::start(lab, "h2", cluster),
+            t: Instant::now(),
+        }
+    }
+
+    /// Stops both and asserts that no request failed.
+    fn assert_no_failure(self, what: &str, lab: &Lab, balancers: &[&str]) {
+        std::thread::sleep(Duration::from_secs(1));
+        let secs = self.t.elapsed().as_secs_f64();
+        let (ok, failed) = self.read.finish();
+        let (node_ok, node_failed) = self.node.finish();
+        eprintln!(
+            "{what}: {secs:.1}s; probe with admin.conf: {ok} reads, {} failed; through h2's local proxy: {node_ok} reads ({:.1}/s), {} failed",
+            failed.len(),
+            node_ok as f64 / secs,
+            node_failed.len()
+        );
+        assert!(
+            ok > 20 && node_ok > 20,
+            "the probes barely ran: {ok}, {node_ok}"
+        );
+        assert!(
+            failed.is_empty() && node_failed.is_empty(),
+            "{what}: reads failed: admin.conf: {failed:?}\nh2's local proxy: {node_failed:?}\n{}",
+            balancer_events(lab, balancers)
+        );
+    }
+}
+
+fn cp(h: &Host) -> Host {
+    let mut h = h.clone();
+    h.roles = vec![Role::Etcd, Role::ControlPlane];
+    h
 }
 
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
-fn etcd_grows_to_five_status_and_reset() {
+fn control_plane_grows_1_3_5_and_shrinks_without_a_failed_request() {
     let lab = Lab::up_profile("members", 6, "k8s");
     let bundle = lab_bundle();
-    let mut inv: Inventory = lab.vip_inventory(&bundle);
-    let mut later: Vec<Host> = inv.spec.hosts.drain(4..).collect();
-    for h in &mut later {
-        h.roles = vec![Role::Etcd];
-    }
+    let mut inv: Inventory = lab.inventory_with_bundle(&bundle);
+    inv.spec.ha.mode = HaMode::LocalProxy;
+    inv.spec.ha.vip = None;
+    let all: Vec<Host> = inv.spec.hosts.clone();
+    inv.spec.hosts = vec![cp(&all[0]), {
+        let mut w = all[1].clone();
+        w.roles = vec![Role::Worker];
+        w
+    }];
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
-    let admin = lab.dir.join("clusters/lab-members/admin.conf");
+    let cluster = inv.name().to_string();
+    let admin: PathBuf = lab.dir.join(format!("clusters/{cluster}/admin.conf"));
+    let t = Instant::now();
     run_report(&["-i", inv_arg, "-o", "json", "init"]);
-    let (code, s, secs) = status(inv_arg);
-    eprintln!("status after init ({secs:.1}s): {s:#}");
+    let init_secs = t.elapsed().as_secs_f64();
+    let (code, s, _) = status(inv_arg);
+    assert_eq!(code, 0, "{s:#}");
+    assert_members_healthy(&s, 1);
+
+    // 1 -> 3: h3 and h4 join as control-plane + etcd hosts.
+    inv.spec.hosts.push(cp(&all[2]));
+    inv.spec.hosts.push(cp(&all[3]));
+    lab.write_inventory("inventory.yaml", &inv);
+    // The plan says which existing host takes part, and why; etcd's steps are per new host.
+    let plan = clusterctl(&["-i", inv_arg, "plan", "--command", "join"]);
+    let plan_text = text(&plan);
+    assert!(plan.status.success(), "{plan_text}");
+    assert!(
+        plan_text
+            .contains("h1 (in the cluster already): its haproxy takes the new apiserver(s) h3, h4"),
+        "{plan_text}"
+    );
+    assert!(
+        plan_text.contains("h3: joins the running etcd cluster: member add --learner"),
+        "{plan_text}"
+    );
+    let etcd_phase = plan_text
+        .split("\nphase ")
+        .find(|p| p.contains(" etcd: "))
+        .unwrap();
+    assert!(
+        !etcd_phase.contains("  h1 (") && !etcd_phase.contains("  h2 ("),
+        "the etcd phase touches no existing host: {etcd_phase}"
+    );
+    let probes = Probes::start(&lab, &admin, &cluster);
+    let before = stamps(&lab, &["h1", "h2"]);
+    let cfg_h1 = haproxy_cfg(&lab, "h1");
+    // --hosts h3 with only some phases: h3's preparation and certificates, then its member
+    // (learner, start, promote); nothing on h1 or h2 is changed or gated.
+    let prep = run_report(&[
+        "-i",
+        inv_arg,
+        "-o",
+        "json",
+        "join",
+        "--hosts",
+        "h3",
+        "--only-phase",
+        "preflight,prepare,pki",
+    ]);
+    for p in prep["phases"].as_array().unwrap() {
+        assert_eq!(
+            p["hosts"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["h3"],
+            "{prep:#}"
+        );
+    }
+    let t = Instant::now();
+    let only = run_report(&[
+        "-i",
+        inv_arg,
+        "-o",
+        "json",
+        "join",
+        "--hosts",
+        "h3",
+        "--only-phase",
+        "etcd",
+    ]);
+    let only_secs = t.elapsed().as_secs_f64();
+    let phases = only["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 1, "{only:#}");
+    assert_eq!(phases[0]["phase"], "etcd");
+    assert_eq!(
+        phases[0]["hosts"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["h3"],
+        "{only:#}"
+    );
+    assert_eq!(
+        stamps(&lab, &["h1", "h2"]),
+        before,
+        "--hosts h3 touched h1 or h2"
+    );
+    assert_eq!(haproxy_cfg(&lab, "h1"), cfg_h1);
+    let (_, s, _) = status(inv_arg);
+    assert_members_healthy(&s, 2);
+    assert!(
+        !etcd_members(&lab, "h1").contains("true"),
+        "no learner left"
+    );
+    // Then the rest of the join.
+    let t = Instant::now();
+    run_report(&["-i", inv_arg, "-o", "json", "join"]);
+    let join3_secs = t.elapsed().as_secs_f64();
+    probes.assert_no_failure("1 -> 3", &lab, &["h1", "h2"]);
+    let after = stamps(&lab, &["h1", "h2"]);
+    // h1 and h2: the same etcd, apiserver, kubelet, haproxy processes; only haproxy.cfg
+    // changed (two new backends, taken by a reload).
+    assert_eq!(after, before, "an existing unit restarted during the join");
+    assert_ne!(
+        haproxy_cfg(&lab, "h1"),
+        cfg_h1,
+        "h1's haproxy has no new backend"
+    );
+    let cfg = lab.exec_ok("h2", "cat /etc/haproxy/haproxy.cfg");
+    for h in ["h1", "h3", "h4"] {
+        assert!(cfg.contains(&format!("server {h} ")), "{cfg}");
+    }
+    let (code, s, _) = status(inv_arg);
+    eprintln!("status after 1 -> 3: {s:#}");
     assert_eq!(code, 0, "{s:#}");
     assert_members_healthy(&s, 3);
-
-    // Grow etcd to five members while reads go through the VIP.
-    let probe = ReadProbe::start(&admin);
-    inv.spec.hosts.extend(later.iter().cloned());
-    lab.write_inventory("inventory.yaml", &inv);
-    let flags_before: Vec<String> = ["h1", "h2", "h3"]
-        .iter()
-        .map(|h| lab.exec_ok(h, "sha256sum /etc/systemd/system/etcd.service"))
-        .collect();
-    let t = Instant::now();
-    let join = run_report(&["-i", inv_arg, "-o", "json", "join"]);
-    let join_secs = t.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(2));
-    let (answered, failures) = probe.finish();
-    eprintln!(
-        "join of h5, h6 (etcd): {join_secs:.1}s; per member: {}; probe: {answered} reads, {} failed",
-        join["etcdJoins"],
-        failures.len()
-    );
-    assert!(answered > 20, "the probe barely ran: {answered}");
+    assert_eq!(member_names(&s), ["h1", "h3", "h4"]);
+    assert_eq!(s["apiservers"].as_array().unwrap().len(), 3);
     assert!(
-        failures.is_empty(),
-        "reads failed during join: {failures:?}\n{}",
-        balancer_events(&lab, &["h1", "h2", "h3"])
-    );
-    // The existing members' units did not change (no restart for a grown initial cluster).
-    let flags_after: Vec<String> = ["h1", "h2", "h3"]
-        .iter()
-        .map(|h| lab.exec_ok(h, "sha256sum /etc/systemd/system/etcd.service"))
-        .collect();
-    assert_eq!(flags_before, flags_after);
-    for h in ["h5", "h6"] {
-        let unit = lab.exec_ok(h, "cat /etc/systemd/system/etcd.service");
-        assert!(unit.contains("--initial-cluster-state=existing"), "{unit}");
-    }
-    let (code, s, status_secs) = status(inv_arg);
-    eprintln!("status after join ({status_secs:.1}s): {s:#}");
-    assert_eq!(code, 0, "{s:#}");
-    assert_members_healthy(&s, 5);
-    assert_eq!(member_names(&s), ["h1", "h2", "h3", "h5", "h6"]);
-    // Every apiserver runs with the five etcd servers.
-    for h in ["h1", "h2", "h3"] {
-        let cmd = lab.exec_ok(h, "tr '\\0' ' ' </proc/$(pgrep -x kube-apiserver)/cmdline");
-        let servers = cmd
-            .split_whitespace()
-            .find_map(|a| a.strip_prefix("--etcd-servers="))
-            .unwrap_or_else(|| panic!("{h}: no --etcd-servers: {cmd}"));
-        assert_eq!(servers.split(',').count(), 5, "{h}: {servers}");
-    }
-    // A second join changes nothing.
-    let again = clusterctl(&["-i", inv_arg, "join"]);
-    assert!(again.status.success(), "{}", text(&again));
-    assert!(text(&again).contains("nothing to do"), "{}", text(&again));
-
-    // reset the worker: drained (its pods evicted) and deleted through the API, the host left
-    // clean.
-    apply(
-        &admin,
-        &format!(
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: sleeper, namespace: default}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: sleeper}}}}
-  template:
-    metadata: {{labels: {{app: sleeper}}}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-        - name: s
-          image: {}
-          imagePullPolicy: Never
-          command: [sleep, "100000"]
-"#,
-            busybox_ref(&bundle)
-        ),
-    );
-    eventually(Duration::from_secs(60), || {
-        let v = kubectl_json(&admin, &["get", "pods", "-l", "app=sleeper"]);
-        let items = v["items"].as_array()?;
-        (items.len() == 2 && items.iter().all(|p| p["status"]["phase"] == "Running")).then_some(())
-    })
-    .expect("the sleeper pods run on h4");
-    let t = Instant::now();
-    let out = clusterctl(&["-i", inv_arg, "reset", "--hosts", "h4", "--yes"]);
-    let reset_secs = t.elapsed().as_secs_f64();
-    eprintln!("reset h4 ({reset_secs:.1}s):\n{}", text(&out));
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("h4: drained ("), "{}", text(&out));
-    let pods = kubectl_json(&admin, &["get", "pods", "-l", "app=sleeper"]);
-    assert!(
-        pods["items"]
+        s["apiservers"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|p| p["spec"]["nodeName"] != "h4"),
-        "a sleeper pod is still bound to h4: {pods}"
+            .all(|a| a["ready"] == true),
+        "{s:#}"
     );
-    let nodes = kubectl_json(&admin, &["get", "nodes"]);
+    let nodes = s["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{s:#}");
+    assert!(nodes.iter().all(|n| n["ready"] == true), "{s:#}");
+    // Each apiserver serves its own certificate: h3's names h3, not h4.
+    let h3_cert = lab.exec_ok(
+        "h3",
+        "openssl x509 -in /etc/kubernetes/pki/apiserver.crt -noout -ext subjectAltName",
+    );
     assert!(
-        !nodes.to_string().contains("\"name\":\"h4\""),
-        "h4 is still a node"
-    );
-    assert_eq!(active_units(&lab, "h4"), "", "units still running on h4");
-    let left = lab.exec_ok(
-        "h4",
-        "ls -d /etc/kubernetes /var/lib/kubelet/pki /etc/cni/net.d/10-clusterctl.conflist /usr/local/bin/kubelet 2>/dev/null; iptables-save | grep -c KUBE- ; true",
-    );
-    assert_eq!(
-        left.trim(),
-        "0",
-        "h4 keeps clusterctl files or KUBE-* rules: {left}"
-    );
-    let remains = lab.exec_ok("h4", "ls /var/backups/clusterctl 2>/dev/null; true");
-    eprintln!("h4 after reset: backups: {remains}");
-    assert!(text(&out).contains("remains on h4"), "{}", text(&out));
-    // The cluster still serves; status reports h4 as in the inventory but no node.
-    let (_, s, _) = status(inv_arg);
-    assert!(
-        s["drift"].to_string().contains("h4"),
-        "status does not see h4 missing: {s:#}"
+        h3_cert.contains(&lab.ip("h3")) && !h3_cert.contains(&lab.ip("h4")),
+        "{h3_cert}"
     );
 
-    // reset an etcd-only host: its member removed, four left and healthy.
-    let out = clusterctl(&["-i", inv_arg, "reset", "--hosts", "h6", "--yes"]);
-    eprintln!("reset h6:\n{}", text(&out));
-    assert!(out.status.success(), "{}", text(&out));
-    let (code, s, _) = status(inv_arg);
-    eprintln!("status after reset h6: {s:#}");
-    assert_members_healthy(&s, 4);
-    assert_eq!(member_names(&s), ["h1", "h2", "h3", "h5"]);
-    // Still in the inventory: status says so, and (only that) is no health problem.
-    assert_eq!(
-        s["drift"]["inventoryEtcdHostsNotMembers"],
-        serde_json::json!(["h6"])
+    // 3 -> 5, the first join killed right after its `member add`.
+    let probes = Probes::start(&lab, &admin, &cluster);
+    let before = stamps(&lab, &["h1", "h2", "h3", "h4"]);
+    inv.spec.hosts.push(cp(&all[4]));
+    inv.spec.hosts.push(cp(&all[5]));
+    lab.write_inventory("inventory.yaml", &inv);
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(["-i", inv_arg, "join"])
+        .env("CI", "true")
+        .env("CLUSTERCTL_TEST_ABORT_AFTER_MEMBER_ADD", "1")
+        .output()
+        .unwrap();
+    eprintln!("the killed join:\n{}", text(&killed));
+    assert!(!killed.status.success());
+    assert!(
+        text(&killed).contains("aborting right after member add of h5"),
+        "{}",
+        text(&killed)
     );
-    assert_eq!(code, 0, "{s:#}");
-
-    // An interrupted join: h6 was added to etcd (here by hand, as a join stopped right after
-    // `member add` leaves it) but never started: `join` starts the added member instead of
-    // adding it twice.
-    let ip6 = lab.ip("h6");
-    let etcdctl = "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key";
-    lab.exec_ok(
-        "h1",
-        &format!("{etcdctl} member add h6 --peer-urls=https://{ip6}:2380"),
+    let list = etcd_members(&lab, "h1");
+    eprintln!("members after the killed join:\n{list}");
+    assert!(
+        list.contains("unstarted") && list.contains("true"),
+        "a learner added, not started: {list}"
     );
     let t = Instant::now();
-    let rejoin = run_report(&["-i", inv_arg, "-o", "json", "join", "--hosts", "h6"]);
-    let rejoin_secs = t.elapsed().as_secs_f64();
-    let said = rejoin["etcdJoins"].to_string();
-    assert!(said.contains("not adding it again"), "{said}");
+    let resumed = run_report(&["-i", inv_arg, "-o", "json", "join"]);
+    let join5_secs = t.elapsed().as_secs_f64();
+    assert!(
+        resumed
+            .to_string()
+            .contains("never started: starting it, not adding it again"),
+        "{resumed:#}"
+    );
+    probes.assert_no_failure("3 -> 5 (resumed)", &lab, &["h1", "h2"]);
+    let after = stamps(&lab, &["h1", "h2", "h3", "h4"]);
+    // Only haproxy configs changed; the processes are the same.
+    assert_eq!(after, before, "an existing unit restarted during the join");
     let (code, s, _) = status(inv_arg);
     assert_eq!(code, 0, "{s:#}");
     assert_members_healthy(&s, 5);
-    assert_eq!(member_names(&s), ["h1", "h2", "h3", "h5", "h6"]);
-    eprintln!("join of the reset h6 (resumed, added by hand before): {rejoin_secs:.1}s");
+    assert_eq!(member_names(&s), ["h1", "h3", "h4", "h5", "h6"]);
+    assert!(
+        !etcd_members(&lab, "h1").contains("true"),
+        "no learner left"
+    );
+    let again = clusterctl(&["-i", inv_arg, "join"]);
+    assert!(text(&again).contains("nothing to do"), "{}", text(&again));
+
+    // 5 -> 4: reset of the control-plane + etcd host h6.
+    let probes = Probes::start(&lab, &admin, &cluster);
+    let t = Instant::now();
+    let out = clusterctl(&["-i", inv_arg, "reset", "--hosts", "h6", "--yes"]);
+    let reset_secs = t.elapsed().as_secs_f64();
+    eprintln!("reset h6 ({reset_secs:.1}s):\n{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("h6: its apiserver left every balancer"),
+        "{}",
+        text(&out)
+    );
+    probes.assert_no_failure("reset of h6", &lab, &["h1", "h2"]);
+    let (_, s, _) = status(inv_arg);
+    assert_members_healthy(&s, 4);
+    assert_eq!(member_names(&s), ["h1", "h3", "h4", "h5"]);
+
+    // h1 powered off: status still reads the cluster through another apiserver, and the
+    // kubectl context of another apiserver answers.
+    lab.stop_host("h1");
+    let (code, s, status_secs) = status(inv_arg);
+    eprintln!("status with h1 off ({status_secs:.1}s): {s:#}");
+    assert_eq!(code, 1, "h1 is down: a problem");
+    let nodes = s["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("nodes unknown: {s:#}"));
+    assert!(nodes.len() >= 4, "{s:#}");
+    assert_eq!(s["endpoint"]["ready"], true, "{s:#}");
+    let ms = s["etcd"]["members"].as_array().unwrap();
+    assert_eq!(
+        ms.iter().filter(|m| m["healthy"] == true).count(),
+        3,
+        "{s:#}"
+    );
+    let o = run(std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&admin)
+        .args(["--context", &format!("{cluster}-h3"), "get", "nodes"]));
+    assert!(o.status.success(), "{}", text(&o));
     eprintln!(
-        "timings: join of 2 etcd members {join_secs:.1}s, reset of a worker {reset_secs:.1}s, status {status_secs:.1}s"
+        "timings: init {init_secs:.1}s, join --hosts h3 --only-phase etcd {only_secs:.1}s, the rest of 1 -> 3 {join3_secs:.1}s, 3 -> 5 resumed {join5_secs:.1}s, reset {reset_secs:.1}s"
     );
 }
