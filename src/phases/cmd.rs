@@ -584,3 +584,162 @@ fn describe(a: &Action) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cp1 (etcd + control plane) and w1 set up; cp2 and cp3 join; local-proxy mode.
+    const INV: &str = "apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  kubernetesVersion: v1.20.2
+  hosts:
+    - {name: cp1, address: 10.77.0.11, roles: [etcd, control-plane]}
+    - {name: w1, address: 10.77.0.31, roles: [worker]}
+    - {name: cp2, address: 10.77.0.12, roles: [etcd, control-plane]}
+    - {name: cp3, address: 10.77.0.13, roles: [etcd, control-plane]}
+  ha: {mode: local-proxy}
+";
+
+    fn joining_ctx(dir: &std::path::Path, hosts: &[&str]) -> (Context, Runner) {
+        let loaded = crate::inventory::load_str(INV, &dir.join("inventory.yaml")).unwrap();
+        let state = crate::state::StateDir::new(dir, "t");
+        std::fs::create_dir_all(&state.root).unwrap();
+        let journal: String = ["cp1", "w1"]
+            .iter()
+            .map(|h| {
+                format!(
+                    "{{\"time\":\"\",\"command\":\"init\",\"phase\":\"kubelet\",\"host\":\"{h}\",\"inputs\":\"x\",\"ok\":true}}\n"
+                )
+            })
+            .collect();
+        std::fs::write(state.journal(), journal).unwrap();
+        let mut ctx = Context {
+            loaded,
+            state,
+            render: crate::render::Renderer::new(None).unwrap(),
+            host_filter: hosts.iter().map(|h| h.to_string()).collect(),
+            bundle: None,
+            options: Default::default(),
+        };
+        crate::ops::members::Membership {
+            members: [(
+                "cp1".to_string(),
+                crate::render::EtcdStart {
+                    initial_cluster: "cp1=https://10.77.0.11:2380".into(),
+                    initial_state: "new".into(),
+                },
+            )]
+            .into(),
+        }
+        .save(&ctx)
+        .unwrap();
+        let known: Vec<&str> = super::super::registry().iter().map(|p| p.name()).collect();
+        let pb = playbook::load("join", None, &known).unwrap();
+        let runner = Runner::new(&pb, &Selection::default()).unwrap();
+        let (_, runner) = scope_join(&mut ctx, runner).unwrap();
+        (ctx, runner)
+    }
+
+    fn hosts_of<'a>(plans: &'a [PhasePlan], phase: &str) -> Vec<&'a str> {
+        plans
+            .iter()
+            .find(|p| p.phase == phase)
+            .unwrap_or_else(|| panic!("no phase {phase}"))
+            .hosts
+            .iter()
+            .map(|h| h.host.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn join_plans_the_new_hosts_and_only_the_existing_ones_they_concern() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctx, runner) = joining_ctx(d.path(), &[]);
+        assert_eq!(ctx.options.joining, ["cp2", "cp3"]);
+        let plans = runner.plan(&ctx).unwrap();
+        for phase in [
+            "preflight",
+            "prepare",
+            "pki",
+            "etcd",
+            "control-plane",
+            "kubelet",
+        ] {
+            assert_eq!(hosts_of(&plans, phase), ["cp2", "cp3"], "{phase}");
+        }
+        // The balancers and the routes concern every node, and the plan says why.
+        let lb = plans.iter().find(|p| p.phase == "load-balancer").unwrap();
+        assert_eq!(
+            hosts_of(&plans, "load-balancer"),
+            ["cp1", "w1", "cp2", "cp3"]
+        );
+        assert!(
+            lb.notes.iter().any(|n| n.starts_with(
+                "cp1 (in the cluster already): its haproxy takes the new apiserver(s) cp2, cp3"
+            )),
+            "{:?}",
+            lb.notes
+        );
+        assert_eq!(hosts_of(&plans, "network"), ["cp1", "w1", "cp2", "cp3"]);
+        // New apiservers pass their gate before any balancer takes them.
+        let order: Vec<&str> = plans.iter().map(|p| p.phase.as_str()).collect();
+        let at = |p: &str| order.iter().position(|q| *q == p).unwrap();
+        assert!(at("control-plane") < at("load-balancer"), "{order:?}");
+        // etcd: one member at a time, each with the members before it in --initial-cluster.
+        let etcd = plans.iter().find(|p| p.phase == "etcd").unwrap();
+        assert_eq!(etcd.order, Order::OneAtATime);
+        let unit = |host: &str| -> String {
+            let hp = etcd.hosts.iter().find(|h| h.host == host).unwrap();
+            hp.actions
+                .iter()
+                .find_map(|a| match a {
+                    Action::File {
+                        path,
+                        source: Source::Rendered { content, .. },
+                        ..
+                    } if path.ends_with("etcd.service") => {
+                        Some(String::from_utf8_lossy(content).into_owned())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert!(
+            unit("cp2").contains(
+                "--initial-cluster=cp1=https://10.77.0.11:2380,cp2=https://10.77.0.12:2380 "
+            ) || unit("cp2").contains(
+                "--initial-cluster=cp1=https://10.77.0.11:2380,cp2=https://10.77.0.12:2380\n"
+            ),
+            "{}",
+            unit("cp2")
+        );
+        assert!(
+            unit("cp3").contains("cp1=https://10.77.0.11:2380,cp2=https://10.77.0.12:2380,cp3=https://10.77.0.13:2380"),
+            "{}",
+            unit("cp3")
+        );
+        assert!(unit("cp3").contains("--initial-cluster-state=existing"));
+        assert!(
+            etcd.notes
+                .iter()
+                .any(|n| n.starts_with("cp2: joins the running etcd cluster: member add --learner")),
+            "{:?}",
+            etcd.notes
+        );
+    }
+
+    #[test]
+    fn join_of_one_host_with_one_phase_touches_no_other_host() {
+        let d = tempfile::tempdir().unwrap();
+        let (ctx, runner) = joining_ctx(d.path(), &["cp2"]);
+        assert_eq!(ctx.options.joining, ["cp2"]);
+        let plans = runner.plan(&ctx).unwrap();
+        assert_eq!(hosts_of(&plans, "etcd"), ["cp2"]);
+        assert_eq!(hosts_of(&plans, "pki"), ["cp2"]);
+        // cp3 is not joining in this run: out of the inventory of the run altogether.
+        assert!(ctx.inv().host("cp3").is_none());
+    }
+}
