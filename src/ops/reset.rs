@@ -675,14 +675,15 @@ async fn leave_cluster(
 
 /// Stops `components` on a host that leaves: their units, or (static-pods mode) their
 /// manifests moved aside (kept under /etc/kubernetes, which the reset backs up), waiting
-/// until their processes are gone.
+/// until their processes are gone (matched on the command line: a process name is cut at 15
+/// characters).
 fn stop_command(static_pods: bool, components: &[&str]) -> String {
     if static_pods {
         let names: Vec<String> = components.iter().map(|c| q(c)).collect();
         format!(
             "mkdir -p /etc/kubernetes/left-cluster; for c in {n}; do \
                [ -e /etc/kubernetes/manifests/$c.yaml ] && mv /etc/kubernetes/manifests/$c.yaml /etc/kubernetes/left-cluster/; done; \
-             for i in $(seq 1 120); do busy=; for c in {n}; do pgrep -x \"$c\" >/dev/null && busy=1; done; [ -z \"$busy\" ] && exit 0; sleep 0.5; done; \
+             for i in $(seq 1 120); do busy=; for c in {n}; do pgrep -f \"(^|/)$c( |$)\" >/dev/null && busy=1; done; [ -z \"$busy\" ] && exit 0; sleep 0.5; done; \
              echo 'still running after 60 s'; exit 1",
             n = names.join(" ")
         )
