@@ -1,10 +1,16 @@
 //! etcd membership: what each member started with (`clusters/<name>/etcd-members.json`), the
-//! member list/add/remove calls through etcd's JSON gateway over TLS, and adding one member to
-//! a running cluster (`join` of a new etcd host).
+//! member list/add/promote/remove and move-leader calls through etcd's JSON gateway over TLS,
+//! and the quorum guards that every membership change passes.
 //!
 //! Each member keeps the `--initial-cluster`/`--initial-cluster-state` it first started with:
 //! etcd reads them only on its first start, and rendering them from today's inventory would
 //! change (and so restart) every existing member's unit when the cluster grows.
+//!
+//! Growth keeps the quorum at every instant: a new member is added as a learner (etcd >= 3.4;
+//! it counts in no quorum), started, and promoted once it caught up; one member at a time
+//! ([`join_member`], [`promote_when_ready`], run by the etcd phase of `join`). Removal only
+//! when the members of now can commit it and those left keep a quorum, the leadership moved
+//! away first ([`remove_member`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
