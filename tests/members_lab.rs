@@ -93,7 +93,10 @@ struct NodeProbe<'a> {
 impl<'a> NodeProbe<'a> {
     fn start(lab: &'a Lab, host: &str, cluster: &str) -> NodeProbe<'a> {
         let root = lab.dir.join("hosts").join(host).join("root/root");
-        std::fs::copy("/usr/bin/kubectl", root.join("probe-kubectl")).unwrap();
+        // The kubectl of the bundle (v1.20.2, static), from the control-plane host h1.
+        let kubectl = lab.dir.join("hosts/h1/root/usr/local/bin/kubectl");
+        std::fs::copy(&kubectl, root.join("probe-kubectl"))
+            .unwrap_or_else(|e| panic!("{}: {e}", kubectl.display()));
         let kc = std::fs::read_to_string(
             lab.dir
                 .join(format!("clusters/{cluster}/kubeconfig/admin.conf")),
