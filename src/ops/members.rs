@@ -559,13 +559,13 @@ pub async fn join_member(ctx: &Context, h: &Host, dry_run: bool) -> anyhow::Resu
             .into());
         }
         let what = match (m.started(), m.is_learner) {
-            (true, false) => format!("etcd: {} is a member already (ID {})", h.name, m.id),
+            (true, false) => format!("{} is a member already (ID {})", h.name, m.id),
             (true, true) => format!(
-                "etcd: {} is a learner already (ID {}): it is promoted once it caught up",
+                "{} is a learner already (ID {}): it is promoted once it caught up",
                 h.name, m.id
             ),
             (false, learner) => format!(
-                "etcd: {} was added before ({}ID {}) but never started: starting it, not adding it again",
+                "{} was added before ({}ID {}) but never started: starting it, not adding it again",
                 h.name,
                 if learner { "as a learner, " } else { "" },
                 m.id
@@ -615,7 +615,7 @@ pub async fn join_member(ctx: &Context, h: &Host, dry_run: bool) -> anyhow::Resu
     };
     if dry_run {
         return Ok(vec![format!(
-            "etcd: would add {} {how} (member add, {voters} voting member(s), {healthy} healthy), start it with --initial-cluster-state=existing, wait until it caught up, then promote it",
+            "would add {} {how} (member add, {voters} voting member(s), {healthy} healthy), start it with --initial-cluster-state=existing, wait until it caught up, then promote it",
             h.name
         )]);
     }
@@ -644,7 +644,7 @@ pub async fn join_member(ctx: &Context, h: &Host, dry_run: bool) -> anyhow::Resu
     let actual = initial_cluster(&after, &h.name, &peer);
     if same_members(&actual, &planned.initial_cluster) {
         return Ok(vec![format!(
-            "etcd: member add {} ({peer}) {how}: ID {id}, {} members now",
+            "member add {} ({peer}) {how}: ID {id}, {} members now",
             h.name,
             after.len()
         )]);
@@ -740,7 +740,7 @@ pub async fn promote_when_ready(ctx: &Context, h: &Host) -> anyhow::Result<Vec<S
     if promoted.load(std::sync::atomic::Ordering::Relaxed) {
         let ms = etcd.members().await?;
         lines.push(format!(
-            "etcd: {} is a voting member ({} voters) [{:.1}s]",
+            "{} is a voting member ({} voters) [{:.1}s]",
             h.name,
             ms.iter().filter(|m| m.is_voter()).count(),
             t.elapsed().as_secs_f64()
