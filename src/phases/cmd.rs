@@ -134,7 +134,10 @@ pub fn prepare(
             render,
             host_filter: hosts.to_vec(),
             bundle,
-            options,
+            options: super::RunOptions {
+                break_lock: g.break_lock,
+                ..options
+            },
         },
         runner,
     ))
@@ -227,6 +230,7 @@ pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
         super::RunOptions {
             dry_run: a.run.dry_run,
             renew_components: a.component.clone(),
+            ..Default::default()
         },
     )
 }

@@ -22,6 +22,7 @@ pub mod kube_proxy;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod load_balancer;
+pub mod lock;
 pub mod network;
 pub mod pki;
 pub mod playbook;
@@ -64,6 +65,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `renew-certs --component`: the components whose certificates are renewed (empty: all).
     pub renew_components: Vec<String>,
+    /// `--break-lock`: take the hosts' run markers even when another machine's run left them.
+    pub break_lock: bool,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).
