@@ -466,7 +466,16 @@ pub async fn converge_gated(
             }
         }
     }
-    let is_active = |u: &String| far.units.get(u).is_some_and(|(_, a)| a == "active");
+    // Running, or on its way up or down (a restart an interrupted run started): it serves, or
+    // is about to, with whatever files it loaded.
+    let is_active = |u: &String| {
+        far.units.get(u).is_some_and(|(_, a)| {
+            matches!(
+                a.as_str(),
+                "active" | "activating" | "deactivating" | "reloading"
+            )
+        })
+    };
     let manifest_dir = format!("{}/", super::kubelet::MANIFESTS);
     // What this change owes the host: running units that must load a changed file, unit
     // files to daemon-reload, running static pods whose manifest changes.
@@ -569,9 +578,14 @@ pub async fn converge_gated(
                     run_change(exec, host, &format!("systemctl enable {}", q(unit))).await?;
                     ch.commands_run += 1;
                 }
-                if active != "active" {
+                // A unit on its way up or down counts as running: a restart an interrupted
+                // run began may have loaded older files than the ones on disk now.
+                let up = is_active(unit);
+                if !up || active != "active" && !dirty_units.contains(unit) {
                     unit_change(exec, host, "start", unit).await?;
-                    ch.started.push(unit.clone());
+                    if !up {
+                        ch.started.push(unit.clone());
+                    }
                     dirty_units.remove(unit);
                 } else if dirty_units.remove(unit) {
                     if *reload {
@@ -632,11 +646,7 @@ pub async fn converge_gated(
     // Files that changed for a unit this plan does not manage (e.g. a re-issued certificate
     // of a running etcd): restart the unit if it runs, so it does not keep the old file loaded.
     for unit in dirty_units {
-        if far
-            .units
-            .get(&unit)
-            .is_some_and(|(_, active)| active == "active")
-        {
+        if is_active(&unit) {
             run_change(exec, host, &format!("systemctl restart {}", q(&unit))).await?;
             ch.restarts.push(unit);
         }

@@ -375,13 +375,17 @@ impl<'a> Rotation<'a> {
                 ));
                 continue;
             }
+            // An apiserver the interrupted run had just restarted may still be starting: give
+            // it the time a start takes.
             let ready = match super::control_plane::admin_client(self.ctx) {
-                Ok(c) => {
-                    super::health::get(&c, &super::control_plane::readyz_url(self.ctx.inv(), host))
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| format!("{e:#}"))
-                }
+                Ok(c) => super::health::wait_ok(
+                    &c,
+                    &super::control_plane::readyz_url(self.ctx.inv(), host),
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}")),
                 Err(e) => Err(format!("{e:#}")),
             };
             if let Err(e) = ready {
