@@ -119,12 +119,15 @@ fn containers(admin: &Path) -> Vec<(String, String, u64)> {
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
 fn renew_all_certificates_without_dropping_a_request() {
-    let lab = Lab::up_profile("renew", 5, "k8s");
+    // RENEW_LAB: another lab name, to run this beside another copy of it.
+    let name = std::env::var("RENEW_LAB").unwrap_or_else(|_| "renew".into());
+    let lab = Lab::up_profile(&name, 5, "k8s");
     let bundle = lab_bundle();
     let inv = lab.vip_inventory(&bundle);
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
-    let admin = lab.dir.join("clusters/lab-renew/admin.conf");
+    let state = lab.dir.join("clusters").join(inv.name());
+    let admin = state.join("admin.conf");
     run_report(&["-i", inv_arg, "-o", "json", "init"]);
     check_web_workload(&lab, &admin, &bundle);
     apply(
@@ -134,7 +137,7 @@ fn renew_all_certificates_without_dropping_a_request() {
     let pods_before = containers(&admin);
     assert_eq!(pods_before.len(), 4, "{pods_before:?}");
 
-    let pki = lab.dir.join("clusters/lab-renew/pki");
+    let pki = state.join("pki");
     let eps = endpoints(&inv, &pki);
     // 3 × (etcd client, etcd peer, apiserver) + 5 kubelets
     assert_eq!(eps.len(), 14, "{eps:?}");
@@ -234,7 +237,7 @@ fn renew_all_certificates_without_dropping_a_request() {
         "init after renew-certs changed hosts"
     );
 
-    chaos(&lab, &inv, &admin);
+    chaos(&lab, &inv, &state);
 
     // check-expiration over SSH and TLS: all current; then a file replaced on a host without
     // a restart is flagged as not loaded.
@@ -478,8 +481,9 @@ fn kill_init_when(inv: &str, what: &str, moment: impl Fn() -> bool) -> Duration 
 /// After every re-run: each managed unit started after the newest file it loads, no backend
 /// is out of rotation on any balancer (runtime API) and `status` is healthy, the journal shows
 /// the resumed work on h1, and the probe has counted no failed read.
-fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, admin: &Path) {
-    let journal = lab.dir.join("clusters/lab-renew/journal.jsonl");
+fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) {
+    let journal = state.join("journal.jsonl");
+    let admin = &state.join("admin.conf");
     let lines = || std::fs::read_to_string(&journal).unwrap().lines().count();
     let probe = VipProbe::start(admin);
     let pending = "/var/lib/clusterctl/pending/unit@kube-apiserver.service";
