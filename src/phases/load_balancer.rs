@@ -229,6 +229,8 @@ pub struct Rotation<'a> {
     ctx: &'a Context,
     exec: &'a dyn Executor,
     out: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// How long [`Rotation::reconcile`] waits for a drained apiserver's `/readyz`.
+    ready_within: std::time::Duration,
 }
 
 impl<'a> Rotation<'a> {
@@ -237,6 +239,9 @@ impl<'a> Rotation<'a> {
             ctx,
             exec,
             out: Default::default(),
+            // An apiserver the interrupted run had just restarted may still be starting: the
+            // time a start takes.
+            ready_within: std::time::Duration::from_secs(30),
         }
     }
 
@@ -375,13 +380,11 @@ impl<'a> Rotation<'a> {
                 ));
                 continue;
             }
-            // An apiserver the interrupted run had just restarted may still be starting: give
-            // it the time a start takes.
             let ready = match super::control_plane::admin_client(self.ctx) {
                 Ok(c) => super::health::wait_ok(
                     &c,
                     &super::control_plane::readyz_url(self.ctx.inv(), host),
-                    std::time::Duration::from_secs(30),
+                    self.ready_within,
                 )
                 .await
                 .map(|_| ())
@@ -468,6 +471,175 @@ mod tests {
             "etcd.service".into(),
             "kube-scheduler.service".into()
         ]));
+    }
+
+    use crate::phases::executor::{Blob, CmdOutput};
+    use futures::future::BoxFuture;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+
+    /// haproxy on every balancer (its runtime API: drain / ready per server) and the pending
+    /// record's `drain` entry per host, with the order things happened in.
+    #[derive(Default)]
+    struct Balancers {
+        drained: Mutex<BTreeSet<(String, String)>>,
+        marked: Mutex<BTreeSet<String>>,
+        log: Mutex<Vec<String>>,
+    }
+
+    impl Executor for Balancers {
+        fn query<'a>(
+            &'a self,
+            h: &'a Host,
+            cmd: &'a str,
+        ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let mut out = String::new();
+            if cmd.contains("show servers state") {
+                out += "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state\n";
+                for (i, s) in ["cp1", "cp2", "cp3"].iter().enumerate() {
+                    let d = self
+                        .drained
+                        .lock()
+                        .unwrap()
+                        .contains(&(h.name.clone(), s.to_string()));
+                    let (admin, check) = if d { (8, 2) } else { (0, 6) };
+                    out += &format!(
+                        "3 kube-apiserver {i} {s} 10.0.0.{i} 2 {admin} 1 1 5 15 3 3 {check}\n"
+                    );
+                }
+            }
+            let status = if cmd.starts_with("test -e") {
+                i32::from(!self.marked.lock().unwrap().contains(&h.name))
+            } else {
+                0
+            };
+            Box::pin(async move {
+                Ok(CmdOutput {
+                    status,
+                    stdout: out,
+                    stderr: String::new(),
+                })
+            })
+        }
+        fn change<'a>(
+            &'a self,
+            h: &'a Host,
+            cmd: &'a str,
+        ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let drain = Pending::Drain.path();
+            if cmd.contains(&drain) && cmd.contains("printf") {
+                self.marked.lock().unwrap().insert(h.name.clone());
+                self.log.lock().unwrap().push(format!("mark {}", h.name));
+            } else if cmd.starts_with("rm -f") && cmd.contains(&drain) {
+                self.marked.lock().unwrap().remove(&h.name);
+                self.log.lock().unwrap().push(format!("unmark {}", h.name));
+            } else if let Some(i) = cmd.find("kube-apiserver/") {
+                let server: String = cmd[i + 15..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric())
+                    .collect();
+                let key = (h.name.clone(), server.clone());
+                if cmd.contains("state drain") {
+                    self.drained.lock().unwrap().insert(key);
+                    self.log
+                        .lock()
+                        .unwrap()
+                        .push(format!("drain {server} on {}", h.name));
+                } else {
+                    self.drained.lock().unwrap().remove(&key);
+                    self.log
+                        .lock()
+                        .unwrap()
+                        .push(format!("ready {server} on {}", h.name));
+                }
+            }
+            Box::pin(async { Ok(CmdOutput::default()) })
+        }
+        fn put<'a>(
+            &'a self,
+            _: &'a Host,
+            _: &'a str,
+            _: &'a Blob,
+            _: &'a str,
+            _: u32,
+        ) -> BoxFuture<'a, anyhow::Result<u64>> {
+            unreachable!()
+        }
+    }
+
+    fn ctx(dir: &std::path::Path) -> Context {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ha-vip.yaml"),
+        )
+        .unwrap()
+        .replace("~/.ssh/id_ed25519", "key");
+        std::fs::write(dir.join("key"), "").unwrap();
+        let loaded = crate::inventory::load_str(&text, &dir.join("inventory.yaml"))
+            .unwrap_or_else(|d| panic!("{d}"));
+        Context {
+            state: crate::state::StateDir::new(dir, "prod"),
+            loaded,
+            render: crate::render::Renderer::new(None).unwrap(),
+            host_filter: vec![],
+            bundle: None,
+            options: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drain_is_recorded_on_the_host_first_and_cleared_once_every_balancer_took_it_back() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = ctx(d.path());
+        let lbs = Balancers::default();
+        let r = Rotation::new(&ctx, &lbs);
+        let cp2 = ctx.inv().host("cp2").unwrap();
+        assert!(r.take_out(cp2).await.is_empty());
+        let log = lbs.log.lock().unwrap().clone();
+        assert_eq!(log[0], "mark cp2", "{log:?}");
+        assert_eq!(log.len(), 4, "drained on each of the 3 balancers: {log:?}");
+        assert_eq!(lbs.drained.lock().unwrap().len(), 3);
+        assert!(r.put_back(cp2).await.is_empty());
+        assert!(lbs.drained.lock().unwrap().is_empty());
+        assert_eq!(lbs.log.lock().unwrap().last().unwrap(), "unmark cp2");
+        assert!(lbs.marked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reconcile_leaves_what_clusterctl_did_not_drain_and_a_backend_that_is_not_ready() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = ctx(d.path());
+        let lbs = Balancers::default();
+        // A killed run left cp2 drained (with its record) on two balancers; someone drained
+        // cp3 by hand on one.
+        for b in ["cp1", "cp3"] {
+            lbs.drained.lock().unwrap().insert((b.into(), "cp2".into()));
+        }
+        lbs.marked.lock().unwrap().insert("cp2".into());
+        lbs.drained
+            .lock()
+            .unwrap()
+            .insert(("cp1".into(), "cp3".into()));
+        let mut r = Rotation::new(&ctx, &lbs);
+        r.ready_within = std::time::Duration::ZERO;
+        let views = r.views().await;
+        assert_eq!(views.len(), 3);
+        let out: Vec<(String, String)> = views
+            .iter()
+            .flat_map(|(b, v)| {
+                v.as_ref()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s.out_of_rotation())
+                    .map(move |s| (b.clone(), s.server.clone()))
+            })
+            .collect();
+        assert_eq!(out.len(), 3, "{out:?}");
+        let lines: BTreeMap<String, String> = r.reconcile().await.into_iter().collect();
+        assert!(lines["cp3"].contains("not by clusterctl"), "{lines:?}");
+        // No apiserver answers here: cp2 stays out until its restart and gate.
+        assert!(lines["cp2"].contains("not ready"), "{lines:?}");
+        assert_eq!(lbs.drained.lock().unwrap().len(), 3, "nothing was put back");
+        assert!(lbs.marked.lock().unwrap().contains("cp2"));
     }
 
     #[test]
