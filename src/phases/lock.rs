@@ -156,9 +156,13 @@ pub enum Taken {
     Unreadable(String),
 }
 
+/// What the exclusive take prints when the host had no marker.
+const TAKEN: &str = "clusterctl: run marker taken";
+
 /// A command that writes `owner` as the host's run marker, root only. `exclusive`: only if
-/// there is none (`set -C`: the shell creates it with O_EXCL, so of two runs that found the
-/// host free at the same instant exactly one gets it); else replaced atomically.
+/// there is none (`set -C`: the shell creates it with O_EXCL, so of two runs that find the
+/// host free at the same instant exactly one gets it), printing [`TAKEN`], else printing the
+/// marker that is there; otherwise replaced atomically.
 fn write_marker(owner: &Owner, exclusive: bool) -> anyhow::Result<String> {
     let json = serde_json::to_string(owner)?;
     let dir = Path::new(HOST_MARKER)
@@ -168,9 +172,10 @@ fn write_marker(owner: &Owner, exclusive: bool) -> anyhow::Result<String> {
     let head = format!("umask 077 && install -d -m 0700 {}", q(&dir));
     Ok(if exclusive {
         format!(
-            "{head} && (set -C && printf '%s\\n' {} > {}) 2>/dev/null",
+            "{head} && if (set -C && printf '%s\\n' {} > {m}) 2>/dev/null; then echo {}; else cat {m}; fi",
             q(&json),
-            q(HOST_MARKER)
+            q(TAKEN),
+            m = q(HOST_MARKER)
         )
     } else {
         let tmp = format!("{HOST_MARKER}.tmp");
@@ -189,49 +194,48 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Takes the run marker on `host` for `owner`: refused (an error naming the owner and its
-/// age, and `--break-lock`) when another run holds it. A marker of this machine whose process
-/// is gone is stale (killed runs leave one) and is taken over.
+/// Takes the run marker on `host` for `owner`, in one round trip when the host has none:
+/// refused (an error naming the owner and its age, and `--break-lock`) when another run holds
+/// it. A marker of this machine whose process is gone is stale (killed runs leave one) and is
+/// taken over.
 pub async fn take_host(
     exec: &dyn Executor,
     host: &Host,
     owner: &Owner,
     break_lock: bool,
 ) -> anyhow::Result<Taken> {
-    let read = exec
-        .query(host, &format!("cat {} 2>/dev/null; true", q(HOST_MARKER)))
-        .await
-        .with_context(|| format!("{}: reading {HOST_MARKER}", host.name))?;
-    let text = read.stdout.trim();
-    let taken = if text.is_empty() {
-        Taken::Free
-    } else {
-        match serde_json::from_str::<Owner>(text) {
-            Ok(o) if o.id == owner.id => return Ok(Taken::Free),
-            Ok(o) if o.machine_id == owner.machine_id && !alive(o.pid) => Taken::Stale(o),
-            Ok(o) if break_lock => Taken::Broken(o),
-            Ok(o) => {
-                return Err(UserError::failed(format!(
-                    "{}: {HOST_MARKER} says another run changes this cluster: {}. Wait for it to finish; if that run is gone (its machine died or lost the network), run again with --break-lock",
-                    host.name,
-                    o.describe()
-                ))
-                .into());
-            }
-            Err(_) => Taken::Unreadable(text.chars().take(80).collect()),
-        }
-    };
     let o = exec
-        .change(host, &write_marker(owner, taken == Taken::Free)?)
-        .await?;
+        .change(host, &write_marker(owner, true)?)
+        .await
+        .with_context(|| format!("{}: taking {HOST_MARKER}", host.name))?;
     if o.status != 0 {
-        if taken == Taken::Free {
+        anyhow::bail!(
+            "{}: taking {HOST_MARKER}: exit {}: {}",
+            host.name,
+            o.status,
+            o.stderr.trim()
+        );
+    }
+    let text = o.stdout.trim();
+    if text == TAKEN {
+        return Ok(Taken::Free);
+    }
+    let taken = match serde_json::from_str::<Owner>(text) {
+        Ok(o) if o.id == owner.id => return Ok(Taken::Free),
+        Ok(o) if o.machine_id == owner.machine_id && !alive(o.pid) => Taken::Stale(o),
+        Ok(o) if break_lock => Taken::Broken(o),
+        Ok(o) => {
             return Err(UserError::failed(format!(
-                "{}: another run took {HOST_MARKER} at the same instant as this one; run again once it finished",
-                host.name
+                "{}: {HOST_MARKER} says another run changes this cluster: {}. Wait for it to finish; if that run is gone (its machine died or lost the network), run again with --break-lock",
+                host.name,
+                o.describe()
             ))
             .into());
         }
+        Err(_) => Taken::Unreadable(text.chars().take(80).collect()),
+    };
+    let o = exec.change(host, &write_marker(owner, false)?).await?;
+    if o.status != 0 {
         anyhow::bail!(
             "{}: writing {HOST_MARKER}: exit {}: {}",
             host.name,
