@@ -57,7 +57,9 @@ impl Owner {
             .unwrap_or_else(|| machine.clone());
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+            .ok()
+            .or_else(user_of_this_process)
+            .unwrap_or_else(|| "unknown".into());
         let pid = std::process::id();
         Owner {
             id: format!("{machine_id}-{pid}-{}", now.unix_timestamp_nanos()),
@@ -86,6 +88,22 @@ impl Owner {
             humantime::format_duration(std::time::Duration::from_secs(age as u64))
         )
     }
+}
+
+/// The name of this process's user from /etc/passwd (cron and CI set no USER).
+fn user_of_this_process() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.get(2) == Some(&uid.as_str())).then(|| f[0].to_string())
+    })
 }
 
 /// The operator machine's lock on a cluster, held until dropped.
