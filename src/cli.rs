@@ -45,6 +45,10 @@ pub struct Global {
     /// directory. State goes to `<dir>/clusters/<name>/`.
     #[arg(long, global = true, env = "CLUSTERCTL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Take the hosts' run markers (/var/lib/clusterctl/run.lock) even when another machine's
+    /// run left them: for a run that is gone (its machine died). See "How `init` works".
+    #[arg(long, global = true)]
+    pub break_lock: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +171,34 @@ pub fn state_dir(g: &Global, loaded: &Loaded) -> crate::state::StateDir {
     crate::state::StateDir::new(&base, loaded.inventory.name())
 }
 
+/// The commands that change a cluster hold its operator lock for their whole run (see
+/// `phases::lock`); read-only ones (plan, status, certificate reports) do not.
+fn changes_the_cluster(c: &Command) -> Option<&'static str> {
+    Some(match c {
+        Command::Init(_) => "init",
+        Command::Join(_) => "join",
+        Command::RenewCerts(_) => "renew-certs",
+        Command::Upgrade(a) if a.action.is_none() => "upgrade",
+        Command::Backup(_) => "backup",
+        Command::Restore(_) => "restore",
+        Command::Reset(_) => "reset",
+        _ => return None,
+    })
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
+    // An inventory that does not load is reported by the command itself, before any host.
+    let _lock = match (
+        changes_the_cluster(&cli.command),
+        inventory::load(&g.inventory),
+    ) {
+        (Some(command), Ok(loaded)) => Some(crate::phases::lock::OperatorLock::acquire(
+            &state_dir(g, &loaded).root,
+            command,
+        )?),
+        _ => None,
+    };
     match cli.command {
         Command::Init(a) => crate::phases::cmd::run("init", g, &a),
         Command::Join(a) => crate::phases::cmd::run("join", g, &a),

@@ -4,6 +4,10 @@
 //! endpoint serves a new serial (the one of the local PKI), the probe counted no failure, and a
 //! running pod's container was not restarted. Then `certs check-expiration --hosts` reads the
 //! files on the hosts and what they serve, and flags a file the endpoint has not loaded.
+//!
+//! On the same cluster, the chaos test of the crash-safe engine ([`chaos`]): runs that change
+//! an apiserver flag on every control-plane host, or re-issue the apiserver certificates, are
+//! killed with SIGKILL in the middle of the roll, each followed by a plain re-run.
 
 mod common;
 
@@ -115,12 +119,15 @@ fn containers(admin: &Path) -> Vec<(String, String, u64)> {
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
 fn renew_all_certificates_without_dropping_a_request() {
-    let lab = Lab::up_profile("renew", 5, "k8s");
+    // RENEW_LAB: another lab name, to run this beside another copy of it.
+    let name = std::env::var("RENEW_LAB").unwrap_or_else(|_| "renew".into());
+    let lab = Lab::up_profile(&name, 5, "k8s");
     let bundle = lab_bundle();
     let inv = lab.vip_inventory(&bundle);
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
-    let admin = lab.dir.join("clusters/lab-renew/admin.conf");
+    let state = lab.dir.join("clusters").join(inv.name());
+    let admin = state.join("admin.conf");
     run_report(&["-i", inv_arg, "-o", "json", "init"]);
     check_web_workload(&lab, &admin, &bundle);
     apply(
@@ -130,7 +137,7 @@ fn renew_all_certificates_without_dropping_a_request() {
     let pods_before = containers(&admin);
     assert_eq!(pods_before.len(), 4, "{pods_before:?}");
 
-    let pki = lab.dir.join("clusters/lab-renew/pki");
+    let pki = state.join("pki");
     let eps = endpoints(&inv, &pki);
     // 3 × (etcd client, etcd peer, apiserver) + 5 kubelets
     assert_eq!(eps.len(), 14, "{eps:?}");
@@ -230,6 +237,8 @@ fn renew_all_certificates_without_dropping_a_request() {
         "init after renew-certs changed hosts"
     );
 
+    chaos(&lab, &inv, &state);
+
     // check-expiration over SSH and TLS: all current; then a file replaced on a host without
     // a restart is flagged as not loaded.
     let (ok, v) = check_expiration(inv_arg, "h1,h4");
@@ -298,4 +307,320 @@ fn renew_all_certificates_without_dropping_a_request() {
         kubelet["fileOnHostSerial"], kubelet["fileSerial"],
         "{kubelet}"
     );
+}
+
+/// The managed units of every host and the files each loads, from `plan -o json`:
+/// (host, unit) → paths. Reloaded services (haproxy, keepalived) are left out: a reload does
+/// not change a unit's start time.
+fn unit_files(inv: &str) -> BTreeMap<(String, String), Vec<String>> {
+    let o = clusterctl(&["-i", inv, "-o", "json", "plan"]);
+    assert!(o.status.success(), "plan: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut reloaded = std::collections::BTreeSet::new();
+    for p in v["phases"].as_array().unwrap() {
+        for hp in p["hosts"].as_array().unwrap() {
+            let host = hp["host"].as_str().unwrap().to_string();
+            for a in hp["actions"].as_array().unwrap() {
+                if a["kind"] == "service" && a["reload"] == true {
+                    reloaded.insert(a["unit"].as_str().unwrap().to_string());
+                }
+                if a["kind"] != "file" {
+                    continue;
+                }
+                for u in a["restarts"].as_array().into_iter().flatten() {
+                    m.entry((host.clone(), u.as_str().unwrap().to_string()))
+                        .or_default()
+                        .push(a["path"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    m.retain(|(_, u), _| !reloaded.contains(u));
+    m
+}
+
+/// Every managed unit that runs started after the newest file it loads was written: none
+/// runs with an old file loaded. Returns how many units were checked.
+fn assert_units_run_their_files(
+    lab: &Lab,
+    files: &BTreeMap<(String, String), Vec<String>>,
+) -> usize {
+    let mut checked = 0;
+    let hosts: std::collections::BTreeSet<&String> = files.keys().map(|(h, _)| h).collect();
+    for h in hosts {
+        let mut script = String::new();
+        for ((_, u), paths) in files
+            .range((h.clone(), String::new())..)
+            .take_while(|((x, _), _)| x == h)
+        {
+            script += &format!(
+                "echo \"unit {u} $(systemctl is-active {u}) $(date -d \"$(systemctl show -P ActiveEnterTimestamp {u})\" +%s 2>/dev/null || echo 0) $(stat -c %Y {} 2>/dev/null | sort -n | tail -n1)\"; ",
+                paths.join(" ")
+            );
+        }
+        let out = lab.exec_ok(h, &script);
+        for l in out.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (unit, active, started, newest) = (f[1], f[2], f.get(3), f.get(4));
+            if active != "active" {
+                continue;
+            }
+            let started: i64 = started.and_then(|s| s.parse().ok()).unwrap_or(0);
+            let newest: i64 = newest.and_then(|s| s.parse().ok()).unwrap_or(0);
+            assert!(
+                started >= newest,
+                "{h}: {unit} started at {started}, before its newest file ({newest}): it runs with an old file loaded"
+            );
+            checked += 1;
+        }
+    }
+    for h in ["h1", "h2", "h3"] {
+        let a = lab.exec(h, "systemctl is-active kube-apiserver");
+        assert_eq!(text(&a).trim(), "active", "{h}");
+    }
+    checked
+}
+
+/// `show servers state kube-apiserver` on each balancer, read with the runtime API directly:
+/// (balancer, server, srv_admin_state, srv_check_state).
+fn backends(lab: &Lab) -> Vec<(String, String, u32, u32)> {
+    let mut v = Vec::new();
+    for b in ["h1", "h2", "h3"] {
+        let o = lab.exec(
+            b,
+            "perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => \"/run/haproxy-admin.sock\") or die; print $s \"show servers state kube-apiserver\\n\"; print <$s>'",
+        );
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 13 && f[1] == "kube-apiserver" {
+                v.push((
+                    b.to_string(),
+                    f[3].to_string(),
+                    f[6].parse().unwrap(),
+                    f[13].parse().unwrap(),
+                ));
+            }
+        }
+    }
+    v
+}
+
+fn assert_nothing_drained(lab: &Lab, inv: &str) {
+    let b = backends(lab);
+    assert_eq!(b.len(), 9, "3 balancers × 3 backends: {b:?}");
+    for (lb, server, admin, check) in &b {
+        assert!(
+            *admin & 0x08 == 0 && *check & 0x04 != 0,
+            "balancer {lb}: backend {server} left out of rotation (admin {admin}, check {check})"
+        );
+    }
+    let o = clusterctl(&["-i", inv, "-o", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert!(o.status.success(), "status: {}", text(&o));
+    let views = v["balancers"].as_array().unwrap();
+    assert_eq!(views.len(), 3, "{v}");
+    for view in views {
+        assert_eq!(view["servers"].as_array().unwrap().len(), 3, "{view}");
+    }
+}
+
+/// Journal entries written since line `from` that resumed work on `host`.
+fn resumed_in_journal(journal: &Path, from: usize, host: &str) -> Vec<String> {
+    std::fs::read_to_string(journal)
+        .unwrap()
+        .lines()
+        .skip(from)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["host"] == host && e["resumed"].is_array())
+        .map(|e| format!("{} {}: {}", e["command"], e["phase"], e["resumed"]))
+        .collect()
+}
+
+/// Starts `clusterctl -i INV init`, waits until `moment` holds (polled on the hosts, every
+/// ~50 ms), then kills the run with SIGKILL. Panics when the run ends first.
+fn kill_init_when(inv: &str, what: &str, moment: impl Fn() -> bool) -> Duration {
+    let t = Instant::now();
+    let log = std::fs::File::create(format!("{inv}.killed.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(["-i", inv, "init"])
+        .env("CI", "true")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    loop {
+        if moment() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            eprintln!(
+                "chaos: killed init {what} after {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            return t.elapsed();
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "init ended ({st}) before {what}: {}",
+                std::fs::read_to_string(format!("{inv}.killed.log")).unwrap_or_default()
+            );
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "{what} never came");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The chaos test: a probe reads through the VIP at 10 Hz while three runs are killed with
+/// SIGKILL at three points of a roll of the apiservers, each followed by a plain `init`:
+/// 1. a changed flag, killed once h1's pending record appears (its files are being written,
+///    its apiserver not yet restarted);
+/// 2. another value, killed while h1's backend is drained on a balancer;
+/// 3. a new SAN (the apiserver certificates re-issued), killed while h1's gate waits for its
+///    new apiserver.
+///
+/// After every re-run: each managed unit started after the newest file it loads, no backend
+/// is out of rotation on any balancer (runtime API) and `status` is healthy, the journal shows
+/// the resumed work on h1, and the probe has counted no failed read.
+fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) {
+    let journal = state.join("journal.jsonl");
+    let admin = &state.join("admin.conf");
+    let lines = || std::fs::read_to_string(&journal).unwrap().lines().count();
+    // The runs so far finished their work: no host owes anything.
+    for h in ["h1", "h2", "h3", "h4", "h5"] {
+        let left = lab.exec_ok(h, "ls -A /var/lib/clusterctl/pending 2>/dev/null; true");
+        assert!(left.trim().is_empty(), "{h}: pending record left: {left}");
+    }
+    let probe = VipProbe::start(admin);
+    let pending = "/var/lib/clusterctl/pending/unit@kube-apiserver.service";
+    let has = |h: &str, cmd: &str| lab.exec(h, cmd).status.success();
+    let mut changed = inv.clone();
+    type Step<'a> = (
+        &'a str,
+        Box<dyn Fn(&mut clusterctl::inventory::Inventory) + 'a>,
+    );
+    let steps: Vec<Step> = vec![
+        (
+            "after h1's files were written, before its restart",
+            Box::new(|i| {
+                i.spec
+                    .control_plane
+                    .apiserver_extra_args
+                    .insert("default-watch-cache-size".into(), "201".into());
+            }),
+        ),
+        (
+            "while h1 is drained",
+            Box::new(|i| {
+                i.spec
+                    .control_plane
+                    .apiserver_extra_args
+                    .insert("default-watch-cache-size".into(), "202".into());
+            }),
+        ),
+        (
+            "while h1's gate waits",
+            Box::new(|i| i.spec.pki.extra_sans.push("chaos.example.internal".into())),
+        ),
+    ];
+    for (round, (what, change)) in steps.iter().enumerate() {
+        change(&mut changed);
+        let path = lab.write_inventory(&format!("inventory-chaos{round}.yaml"), &changed);
+        let inv_arg = path.to_str().unwrap();
+        let from = lines();
+        let pid_before = lab.exec_ok("h1", "systemctl show -P MainPID kube-apiserver");
+        let moment: Box<dyn Fn() -> bool> = match round {
+            0 => Box::new(|| has("h1", &format!("test -e {pending}"))),
+            1 => Box::new(|| {
+                backends(lab)
+                    .iter()
+                    .any(|(_, s, admin, _)| s == "h1" && admin & 0x08 != 0)
+            }),
+            _ => Box::new(|| {
+                let waits = has(
+                    "h1",
+                    &format!(
+                        "test -e {pending} && p=$(systemctl show -P MainPID kube-apiserver) && [ \"$p\" != 0 ] && [ \"$p\" != {} ]",
+                        pid_before.trim()
+                    ),
+                );
+                if waits {
+                    // Meanwhile a second run is refused at once, naming the first.
+                    let o = clusterctl(&["-i", inv_arg, "init"]);
+                    assert!(!o.status.success(), "a concurrent run must be refused");
+                    for want in ["held by", "`clusterctl init`", "ago"] {
+                        assert!(text(&o).contains(want), "{want:?} in {}", text(&o));
+                    }
+                }
+                waits
+            }),
+        };
+        kill_init_when(inv_arg, what, moment);
+        eprintln!(
+            "chaos: h1 after the kill: pending record {:?}",
+            String::from_utf8_lossy(&lab.exec("h1", "ls /var/lib/clusterctl/pending").stdout)
+        );
+        let t = Instant::now();
+        let report = run_report(&["-i", inv_arg, "-o", "json", "init"]);
+        eprintln!("chaos: re-run {:.1}s", t.elapsed().as_secs_f64());
+        let files = unit_files(inv_arg);
+        let n = assert_units_run_their_files(lab, &files);
+        assert!(n >= 15, "units checked: {n}");
+        assert_nothing_drained(lab, inv_arg);
+        let resumed = resumed_in_journal(&journal, from, "h1");
+        eprintln!("chaos: resumed on h1: {resumed:#?}");
+        assert!(
+            !resumed.is_empty(),
+            "the journal shows no resumed work on h1"
+        );
+        for h in ["h1", "h2", "h3"] {
+            let left = lab.exec_ok(h, "ls -A /var/lib/clusterctl/pending 2>/dev/null; true");
+            assert!(left.trim().is_empty(), "{h}: pending record left: {left}");
+        }
+        // Every control-plane host runs the new apiserver flags.
+        if round < 2 {
+            for h in ["h1", "h2", "h3"] {
+                let cmd = lab.exec_ok(
+                    h,
+                    "cat /proc/$(systemctl show -P MainPID kube-apiserver)/cmdline | tr '\\0' ' '",
+                );
+                assert!(
+                    cmd.contains(&format!("--default-watch-cache-size=20{}", round + 1)),
+                    "{h}: {cmd}"
+                );
+            }
+        }
+        let _ = report;
+    }
+    // A run marker left by another machine refuses the next run, naming its owner; once that
+    // run is known to be gone, --break-lock takes over.
+    let path = lab.write_inventory("inventory-chaos2.yaml", &changed);
+    let inv_arg = path.to_str().unwrap();
+    lab.exec_ok(
+        "h2",
+        r#"printf '%s\n' '{"id":"elsewhere-1","command":"upgrade","pid":77,"machine":"ops-laptop","machine_id":"not-this-one","user":"alice","started":"2026-12-04T20:00:00Z","started_unix":1796414400}' > /var/lib/clusterctl/run.lock"#,
+    );
+    let o = clusterctl(&["-i", inv_arg, "init"]);
+    assert!(!o.status.success(), "a foreign marker must refuse the run");
+    for want in [
+        "h2",
+        "`clusterctl upgrade`",
+        "alice on ops-laptop",
+        "--break-lock",
+    ] {
+        assert!(text(&o).contains(want), "{want:?} in {}", text(&o));
+    }
+    let again = run_report(&["-i", inv_arg, "-o", "json", "--break-lock", "init"]);
+    let (files, _, restarts) = totals(&again);
+    assert_eq!((files, restarts), (0, 0), "nothing left to do");
+    assert!(
+        !has("h2", "test -e /var/lib/clusterctl/run.lock"),
+        "the run released its markers"
+    );
+    let (requests, failures) = probe.finish();
+    eprintln!(
+        "chaos: probe {requests} requests, {} failures",
+        failures.len()
+    );
+    assert!(requests > 100, "{requests}");
+    assert!(failures.is_empty(), "{failures:#?}");
 }

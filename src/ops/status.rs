@@ -100,6 +100,9 @@ pub struct Status {
     pub endpoint: Option<Endpoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<Vip>,
+    /// Every balancer's view of every apiserver backend.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub balancers: Vec<BalancerView>,
     /// None: unknown (the API could not be read; see `nodes_error`), not zero nodes.
     pub nodes: Option<Vec<NodeStatus>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,18 +223,33 @@ async fn readyz(api: &reqwest::Client, name: String, base: String) -> Endpoint {
     }
 }
 
-/// Which balancer hosts carry the VIP now: `ip -o addr` over SSH on each, in parallel.
-async fn vip_holders(ctx: &Context) -> Option<Vip> {
+/// One balancer's view of the apiserver backends (haproxy's runtime API).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BalancerView {
+    pub balancer: String,
+    pub servers: Vec<crate::phases::load_balancer::ServerView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Over SSH on every balancer at once, one command each: which carries the VIP (vip mode),
+/// and how its haproxy sees every apiserver backend (`show servers state`).
+async fn balancer_views(ctx: &Context) -> (Option<Vip>, Vec<BalancerView>) {
+    use crate::phases::load_balancer as lb;
     let inv = ctx.inv();
-    let (HaMode::Vip, Some(v)) = (inv.spec.ha.mode, &inv.spec.ha.vip) else {
-        return None;
+    let vip = match (inv.spec.ha.mode, &inv.spec.ha.vip) {
+        (HaMode::Vip, Some(v)) => Some(v.ip_and_prefix().0.to_string()),
+        _ => None,
     };
-    let (ip, _) = v.ip_and_prefix();
-    let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
+    let names: Vec<String> = lb::balancers(inv).iter().map(|h| h.name.clone()).collect();
+    if names.is_empty() {
+        return (None, Vec::new());
+    }
     let targets: Vec<crate::ssh::Target> =
         crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
             .into_iter()
-            .filter(|t| lb.contains(&t.name))
+            .filter(|t| names.contains(&t.name))
             .collect();
     let opts = crate::ssh::ConnectOpts {
         retries: 0,
@@ -239,38 +257,87 @@ async fn vip_holders(ctx: &Context) -> Option<Vip> {
         ..Default::default()
     };
     let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
-    let needle = format!(" {ip}/");
+    const SPLIT: &str = "--- servers";
+    let cmd = format!(
+        "ip -o addr show; echo '{SPLIT}'; {}",
+        lb::runtime_api_query(&format!("show servers state {}", lb::BACKEND))
+    );
+    let needle = vip.as_ref().map(|ip| format!(" {ip}/"));
     let answers = futures::future::join_all(pool.hosts().into_iter().map(|h| {
-        let pool = &pool;
-        let needle = &needle;
+        let (pool, cmd) = (&pool, &cmd);
         async move {
             let o = pool
                 .exec(
                     &h,
-                    "ip -o addr show",
+                    cmd,
                     crate::ssh::ExecOpts::root().timeout(Duration::from_secs(3)),
                 )
                 .await;
-            (h, o.ok().map(|o| o.stdout.contains(needle.as_str())))
+            (h, o)
         }
     }))
     .await;
     pool.close().await;
     let mut holders = Vec::new();
     let mut asked = BTreeSet::new();
-    for (h, has) in answers {
-        if let Some(has) = has {
-            asked.insert(h.clone());
-            if has {
-                holders.push(h);
+    let mut views = Vec::new();
+    for (h, o) in answers {
+        let o = match o {
+            Ok(o) => o,
+            Err(e) => {
+                views.push(BalancerView {
+                    balancer: h,
+                    servers: vec![],
+                    error: Some(e.to_string()),
+                });
+                continue;
             }
+        };
+        let (addrs, servers) = o.stdout.split_once(SPLIT).unwrap_or((&o.stdout, ""));
+        asked.insert(h.clone());
+        if needle.as_ref().is_some_and(|n| addrs.contains(n.as_str())) {
+            holders.push(h.clone());
+        }
+        let (servers, error) = if servers.trim() == lb::NO_SOCKET {
+            (vec![], Some(lb::NO_SOCKET.to_string()))
+        } else {
+            match lb::parse_servers_state(servers) {
+                Some(v) => (v, None),
+                None => (
+                    vec![],
+                    Some(format!(
+                        "runtime API: {}",
+                        if servers.trim().is_empty() {
+                            o.stderr.trim()
+                        } else {
+                            servers.trim()
+                        }
+                    )),
+                ),
+            }
+        };
+        views.push(BalancerView {
+            balancer: h,
+            servers,
+            error,
+        });
+    }
+    for n in &names {
+        if !views.iter().any(|v| &v.balancer == n) {
+            views.push(BalancerView {
+                balancer: n.clone(),
+                servers: vec![],
+                error: Some("could not connect".into()),
+            });
         }
     }
-    Some(Vip {
-        address: ip.to_string(),
+    views.sort_by(|a, b| a.balancer.cmp(&b.balancer));
+    let vip = vip.map(|address| Vip {
+        address,
         holders,
-        unknown: lb.into_iter().filter(|h| !asked.contains(h)).collect(),
-    })
+        unknown: names.into_iter().filter(|h| !asked.contains(h)).collect(),
+    });
+    (vip, views)
 }
 
 /// The certificate of the local PKI (and kubeconfigs) that expires first.
@@ -331,12 +398,12 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
             .map(crate::kube::nodes::Node::from_json)
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    let (etcd, apiservers, endpoint, nodes, vip) = tokio::join!(
+    let (etcd, apiservers, endpoint, nodes, (vip, balancers)) = tokio::join!(
         etcd_status(ctx),
         apiservers,
         endpoint,
         nodes,
-        vip_holders(ctx),
+        balancer_views(ctx),
     );
     let mut problems = Vec::new();
     if let Some(e) = &etcd.error {
@@ -375,6 +442,33 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
                 v.holders.len(),
                 v.holders.join(", ")
             )),
+        }
+    }
+    // A backend out of a balancer's rotation gets no traffic from it, whatever its readyz
+    // says (a run killed between drain and put-back leaves one; the next run puts it back).
+    for b in &balancers {
+        if let Some(e) = &b.error {
+            problems.push(format!(
+                "balancer {}: cannot read its backends: {e}",
+                b.balancer
+            ));
+        }
+        for sv in &b.servers {
+            if sv.out_of_rotation() {
+                problems.push(format!(
+                    "balancer {}: backend {} is out of rotation ({}{}{}): it gets no requests; `clusterctl init` puts back what clusterctl drained",
+                    b.balancer,
+                    sv.server,
+                    if sv.drained { "drain" } else { "" },
+                    if sv.maintenance { " maint" } else { "" },
+                    if sv.health_check { "" } else { ", health check disabled" }
+                ));
+            } else if sv.state != "UP" {
+                problems.push(format!(
+                    "balancer {}: backend {} is {}",
+                    b.balancer, sv.server, sv.state
+                ));
+            }
         }
     }
     // Nodes that could not be read are unknown, not zero.
@@ -455,6 +549,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
         apiservers,
         endpoint: Some(endpoint),
         vip,
+        balancers,
         nodes,
         nodes_error,
         nearest_certificate_expiry: cert,
@@ -530,6 +625,41 @@ pub fn render_text(s: &Status) -> String {
                 format!(" (not asked: {})", v.unknown.join(", "))
             }
         );
+    }
+    if !s.balancers.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nbalancers (each one's view of the apiserver backends):"
+        );
+        for b in &s.balancers {
+            let servers: Vec<String> = b
+                .servers
+                .iter()
+                .map(|sv| {
+                    let mut st = sv.state.clone();
+                    if sv.drained {
+                        st += ",DRAIN";
+                    }
+                    if sv.maintenance {
+                        st += ",MAINT";
+                    }
+                    if !sv.health_check {
+                        st += ",no-check";
+                    }
+                    format!("{} {st}", sv.server)
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "  {:<10} {}{}",
+                b.balancer,
+                servers.join("  "),
+                b.error
+                    .as_ref()
+                    .map(|e| format!("  ({e})"))
+                    .unwrap_or_default()
+            );
+        }
     }
     match (&s.nodes, &s.nodes_error) {
         (Some(ns), _) => {

@@ -134,7 +134,10 @@ pub fn prepare(
             render,
             host_filter: hosts.to_vec(),
             bundle,
-            options,
+            options: super::RunOptions {
+                break_lock: g.break_lock,
+                ..options
+            },
         },
         runner,
     ))

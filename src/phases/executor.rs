@@ -109,6 +109,14 @@ pub struct HostChanges {
     /// What the phase's check read and reports (the verify phase's report).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub report: Vec<String>,
+    /// Work an interrupted run left pending on the host and this run finished (a restart the
+    /// files already on disk still needed, a daemon-reload, a static pod to wait for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<String>,
+    /// The host's pending record entries this change owns: cleared by [`finish_pending`] once
+    /// the restarts happened and the host's gate passed.
+    #[serde(skip)]
+    pub pending: Vec<Pending>,
 }
 
 impl HostChanges {
@@ -119,7 +127,129 @@ impl HostChanges {
             && self.restarts.is_empty()
             && self.reloads.is_empty()
             && self.started.is_empty()
+            && self.resumed.is_empty()
     }
+}
+
+/// Where a host keeps what a change still owes it: one file per piece of work, written
+/// (atomically, 0600) before the files that need it are replaced and removed only after the
+/// restart and the host's gate passed. A run killed anywhere in between leaves the record,
+/// and the next run finishes the work even though the files on disk already match.
+pub const PENDING_DIR: &str = "/var/lib/clusterctl/pending";
+
+/// One piece of work in a host's pending record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pending {
+    /// Unit files changed: `systemctl daemon-reload` before the next start or restart.
+    DaemonReload,
+    /// A running unit must load its changed files: restarted, or reloaded where its plan
+    /// says so.
+    Unit(String),
+    /// A running static pod's manifest (a file name under the kubelet's manifest directory)
+    /// changed: the kubelet replaces the pod, the gate waits for the new one.
+    Pod(String),
+    /// The host's apiserver was taken out of the balancers' rotation (see
+    /// `load_balancer::Rotation`); cleared once it is back in.
+    Drain,
+}
+
+impl Pending {
+    /// The entry's file name under [`PENDING_DIR`].
+    pub fn file_name(&self) -> String {
+        match self {
+            Pending::DaemonReload => "daemon-reload".into(),
+            Pending::Unit(u) => format!("unit@{u}"),
+            Pending::Pod(m) => format!("pod@{m}"),
+            Pending::Drain => "drain".into(),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Pending> {
+        if name.contains('/') || name.is_empty() {
+            return None;
+        }
+        Some(match name {
+            "daemon-reload" => Pending::DaemonReload,
+            "drain" => Pending::Drain,
+            _ => {
+                if let Some(u) = name.strip_prefix("unit@") {
+                    Pending::Unit(u.into())
+                } else if let Some(m) = name.strip_prefix("pod@") {
+                    Pending::Pod(m.into())
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    pub fn path(&self) -> String {
+        format!("{PENDING_DIR}/{}", self.file_name())
+    }
+
+    /// For reports and the journal.
+    pub fn describe(&self) -> String {
+        match self {
+            Pending::DaemonReload => "systemctl daemon-reload".into(),
+            Pending::Unit(u) => format!("{u} to load its changed files"),
+            Pending::Pod(m) => format!("static pod {m} to be replaced"),
+            Pending::Drain => "apiserver drained on the balancers".into(),
+        }
+    }
+}
+
+/// A command that adds `entries` to the host's pending record: each written to a temp file
+/// and renamed, so a reader never sees half an entry; only root may read them.
+pub fn pending_write_command(entries: &[Pending]) -> String {
+    let since = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut s = format!("umask 077 && install -d -m 0700 {}", q(PENDING_DIR));
+    for e in entries {
+        let tmp = format!("{PENDING_DIR}/.{}.tmp", e.file_name());
+        s += &format!(
+            " && printf '%s\\n' {} > {} && mv -f {} {}",
+            q(&format!("since {since}: {}", e.describe())),
+            q(&tmp),
+            q(&tmp),
+            q(&e.path())
+        );
+    }
+    s
+}
+
+/// A command that removes `entries` from the host's pending record.
+pub fn pending_clear_command(entries: &[Pending]) -> String {
+    let paths: Vec<String> = entries.iter().map(|e| q(&e.path())).collect();
+    format!("rm -f {}", paths.join(" "))
+}
+
+/// The part of a state query that lists the host's pending record (`pending NAME` lines).
+pub const PENDING_QUERY: &str =
+    "for p in /var/lib/clusterctl/pending/*; do [ -f \"$p\" ] && echo \"pending ${p##*/}\"; done; ";
+
+/// Parses the `pending NAME` lines of [`PENDING_QUERY`]'s answer.
+pub fn parse_pending(out: &str) -> Vec<Pending> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("pending "))
+        .filter_map(Pending::parse)
+        .collect()
+}
+
+/// Clears the pending record entries `ch` owns: call once the host's gate passed.
+pub async fn finish_pending(
+    exec: &dyn Executor,
+    host: &Host,
+    ch: &mut HostChanges,
+) -> anyhow::Result<()> {
+    if ch.pending.is_empty() || exec.is_dry_run() {
+        return Ok(());
+    }
+    run_change(exec, host, &pending_clear_command(&ch.pending))
+        .await
+        .context("clearing the host's pending record")?;
+    ch.pending.clear();
+    Ok(())
 }
 
 /// The far state of the paths and units a host plan names, read in one round trip.
@@ -128,6 +258,7 @@ struct FarState {
     sha: BTreeMap<String, String>,
     dirs: BTreeMap<String, String>,
     units: BTreeMap<String, (String, String)>,
+    pending: Vec<Pending>,
 }
 
 fn state_query(plan: &HostPlan) -> String {
@@ -166,6 +297,8 @@ fn state_query(plan: &HostPlan) -> String {
             units.join(" ")
         );
     }
+    // The pending record rides along: a no-op run pays no extra round trip for it.
+    s += PENDING_QUERY;
     s + "true"
 }
 
@@ -182,6 +315,8 @@ fn parse_state(out: &str) -> FarState {
                 st.units
                     .insert(u.to_string(), (e.to_string(), a.to_string()));
             }
+        } else if let Some(p) = line.strip_prefix("pending ") {
+            st.pending.extend(Pending::parse(p));
         } else if let Some((sha, path)) = line.split_once("  ") {
             st.sha.insert(path.to_string(), sha.to_string());
         }
@@ -218,8 +353,26 @@ impl BeforeRestart for NoGuard {
 }
 
 /// [`converge`], calling `guard` once before the first change that restarts a running unit or
-/// replaces a running static pod.
+/// replaces a running static pod. With no gate to wait for, the host's pending record is
+/// cleared as soon as the restarts are done.
 pub async fn converge_guarded(
+    exec: &dyn Executor,
+    host: &Host,
+    plan: &HostPlan,
+    resolve: &(dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
+    guard: &dyn BeforeRestart,
+) -> anyhow::Result<HostChanges> {
+    let mut ch = converge_gated(exec, host, plan, resolve, guard).await?;
+    finish_pending(exec, host, &mut ch).await?;
+    Ok(ch)
+}
+
+/// The runner's converge: like [`converge_guarded`], but what the change owes the host stays
+/// in its pending record (`ch.pending`) until the caller's gate passed and it calls
+/// [`finish_pending`]. Work an interrupted run left pending for what this plan manages is
+/// finished first: its units restart (or reload) and its pods count as replaced even when
+/// every file already matches.
+pub async fn converge_gated(
     exec: &dyn Executor,
     host: &Host,
     plan: &HostPlan,
@@ -313,21 +466,97 @@ pub async fn converge_guarded(
             }
         }
     }
-    // What the batch will restart or replace that runs now: the guard goes first.
+    // Running, or on its way up or down (a restart an interrupted run started): it serves, or
+    // is about to, with whatever files it loaded.
+    let is_active = |u: &String| {
+        far.units.get(u).is_some_and(|(_, a)| {
+            matches!(
+                a.as_str(),
+                "active" | "activating" | "deactivating" | "reloading"
+            )
+        })
+    };
+    let manifest_dir = format!("{}/", super::kubelet::MANIFESTS);
+    // What this change owes the host: running units that must load a changed file, unit
+    // files to daemon-reload, running static pods whose manifest changes.
+    let mut owed: BTreeSet<Pending> = dirty_units
+        .iter()
+        .filter(|u| is_active(u))
+        .map(|u| Pending::Unit(u.clone()))
+        .collect();
+    if unit_files_changed {
+        owed.insert(Pending::DaemonReload);
+    }
+    owed.extend(batch.iter().filter_map(|f| {
+        let name = f.path.strip_prefix(&manifest_dir)?;
+        far.sha
+            .contains_key(&f.path)
+            .then(|| Pending::Pod(name.into()))
+    }));
+    // What an interrupted run left owed for what this plan manages: finished now, as if the
+    // files had just changed. (Entries for other units wait for the phase that manages them.)
+    let plan_units: BTreeSet<&str> = plan
+        .actions
+        .iter()
+        .flat_map(|a| match a {
+            Action::Service { unit, .. } => vec![unit.as_str()],
+            Action::File { restarts, .. } => restarts.iter().map(String::as_str).collect(),
+            _ => vec![],
+        })
+        .collect();
+    let plan_manifests: BTreeSet<&str> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::File { path, .. } => path.strip_prefix(&manifest_dir),
+            _ => None,
+        })
+        .collect();
+    for p in &far.pending {
+        let take = match p {
+            Pending::Unit(u) => plan_units.contains(u.as_str()),
+            Pending::Pod(m) => plan_manifests.contains(m.as_str()),
+            // Whoever finds it does it: cheap, and a resumed restart must see the new unit.
+            Pending::DaemonReload => true,
+            Pending::Drain => false,
+        };
+        if !take || owed.contains(p) {
+            continue;
+        }
+        match p {
+            Pending::Unit(u) => {
+                dirty_units.insert(u.clone());
+            }
+            Pending::DaemonReload => unit_files_changed = true,
+            _ => {}
+        }
+        ch.resumed.push(format!(
+            "{} (left pending by an interrupted run)",
+            p.describe()
+        ));
+        owed.insert(p.clone());
+    }
+    // Record it on the host before anything is replaced or drained.
+    let new: Vec<Pending> = owed
+        .iter()
+        .filter(|p| !far.pending.contains(p))
+        .cloned()
+        .collect();
+    if !new.is_empty() && !exec.is_dry_run() {
+        run_change(exec, host, &pending_write_command(&new))
+            .await
+            .context("recording the change in the host's pending record")?;
+    }
+    ch.pending = owed.iter().cloned().collect();
+    // What the change will restart or replace that runs now: the guard goes first.
     let running: Vec<String> = dirty_units
         .iter()
-        .filter(|u| far.units.get(*u).is_some_and(|(_, a)| a == "active"))
+        .filter(|u| is_active(u))
         .cloned()
-        .chain(
-            batch
-                .iter()
-                .filter(|f| {
-                    f.path
-                        .starts_with(&format!("{}/", super::kubelet::MANIFESTS))
-                        && far.sha.contains_key(&f.path)
-                })
-                .map(|f| f.path.clone()),
-        )
+        .chain(owed.iter().filter_map(|p| match p {
+            Pending::Pod(m) => Some(format!("{manifest_dir}{m}")),
+            _ => None,
+        }))
         .collect();
     if !running.is_empty() && !exec.is_dry_run() {
         ch.warnings.extend(guard.before(host, &running).await);
@@ -349,9 +578,14 @@ pub async fn converge_guarded(
                     run_change(exec, host, &format!("systemctl enable {}", q(unit))).await?;
                     ch.commands_run += 1;
                 }
-                if active != "active" {
+                // A unit on its way up or down counts as running: a restart an interrupted
+                // run began may have loaded older files than the ones on disk now.
+                let up = is_active(unit);
+                if !up || active != "active" && !dirty_units.contains(unit) {
                     unit_change(exec, host, "start", unit).await?;
-                    ch.started.push(unit.clone());
+                    if !up {
+                        ch.started.push(unit.clone());
+                    }
                     dirty_units.remove(unit);
                 } else if dirty_units.remove(unit) {
                     if *reload {
@@ -412,11 +646,7 @@ pub async fn converge_guarded(
     // Files that changed for a unit this plan does not manage (e.g. a re-issued certificate
     // of a running etcd): restart the unit if it runs, so it does not keep the old file loaded.
     for unit in dirty_units {
-        if far
-            .units
-            .get(&unit)
-            .is_some_and(|(_, active)| active == "active")
-        {
+        if is_active(&unit) {
             run_change(exec, host, &format!("systemctl restart {}", q(&unit))).await?;
             ch.restarts.push(unit);
         }
@@ -684,6 +914,19 @@ pub mod fake {
                                 out += &format!("dir {m:o} {item}\n");
                             }
                         }
+                        "p" => {
+                            // The pending record: a glob over the directory.
+                            let dir = item.trim_end_matches('*');
+                            for (h, path) in self.files.lock().unwrap().keys() {
+                                if let Some(name) = path.strip_prefix(dir)
+                                    && h == &host.name
+                                    && !name.contains('/')
+                                    && !name.starts_with('.')
+                                {
+                                    out += &format!("pending {name}\n");
+                                }
+                            }
+                        }
                         "u" => {
                             let on = self.active.lock().unwrap().contains(&key);
                             let s = if on {
@@ -714,21 +957,10 @@ pub mod fake {
                 .lock()
                 .unwrap()
                 .push(format!("{}: {cmd}", host.name));
+            // A few simple commands joined with `&&`, as the converge loop sends them.
             let w = shlex::split(cmd).unwrap_or_default();
-            if w.first().map(String::as_str) == Some("install") && w.len() == 5 {
-                let mode = u32::from_str_radix(&w[3], 8).unwrap();
-                self.dirs
-                    .lock()
-                    .unwrap()
-                    .insert((host.name.clone(), w[4].clone()), mode);
-            }
-            if w.first().map(String::as_str) == Some("systemctl")
-                && (w[1] == "start" || w[1] == "restart")
-            {
-                self.active
-                    .lock()
-                    .unwrap()
-                    .insert((host.name.clone(), w[2].clone()));
+            for c in w.split(|t| t == "&&") {
+                self.simple_command(host, c);
             }
             Box::pin(async { Ok(CmdOutput::default()) })
         }
@@ -753,6 +985,50 @@ pub mod fake {
                 .push(format!("{}: put {path}", host.name));
             let n = b.len() as u64;
             Box::pin(async move { Ok(n) })
+        }
+    }
+
+    impl FakeHosts {
+        /// `install -d -m M DIR`, `systemctl start|restart U`, `printf '%s\n' TEXT > FILE`,
+        /// `mv -f A B`, `rm -f FILES...`; anything else only goes to the log.
+        fn simple_command(&self, host: &Host, w: &[String]) {
+            let key = |p: &str| (host.name.clone(), p.to_string());
+            let mut files = self.files.lock().unwrap();
+            match w.first().map(String::as_str) {
+                Some("install") if w.len() == 5 => {
+                    let mode = u32::from_str_radix(&w[3], 8).unwrap();
+                    self.dirs.lock().unwrap().insert(key(&w[4]), mode);
+                }
+                Some("systemctl") if w.len() == 3 && (w[1] == "start" || w[1] == "restart") => {
+                    self.active.lock().unwrap().insert(key(&w[2]));
+                }
+                Some("printf") if w.len() == 5 && w[3] == ">" => {
+                    files.insert(key(&w[4]), w[2].replace("\\n", "\n").into_bytes());
+                }
+                Some("mv") if w.len() == 4 => {
+                    if let Some(b) = files.remove(&key(&w[2])) {
+                        files.insert(key(&w[3]), b);
+                    }
+                }
+                Some("rm") => {
+                    for p in &w[2..] {
+                        files.remove(&key(p));
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        /// The host's pending record, by entry name.
+        pub fn pending(&self, host: &str) -> Vec<String> {
+            let dir = format!("{PENDING_DIR}/");
+            self.files
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|(h, _)| h == host)
+                .filter_map(|(_, p)| p.strip_prefix(&dir).map(str::to_string))
+                .collect()
         }
     }
 
@@ -964,7 +1240,16 @@ mod tests {
         p.actions
             .push(Action::check("no old unit here", "test -e /etc/guard-ok"));
         assert!(converge(&fake, &h, &p, &resolve).await.is_err());
-        assert_eq!(fake.files.lock().unwrap().len(), 1);
+        // (The failed run keeps its pending record: the unit file's daemon-reload is owed.)
+        let written: Vec<String> = fake
+            .files
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|k| k.1.clone())
+            .filter(|p| !p.starts_with(PENDING_DIR))
+            .collect();
+        assert_eq!(written.len(), 1, "{written:?}");
         // Once it holds, the guarded plan converges.
         fake.files
             .lock()
@@ -976,6 +1261,309 @@ mod tests {
             Action::check("no old unit here", "test -e /etc/guard-ok"),
         );
         assert!(converge(&fake, &h, &p, &resolve).await.is_ok());
+    }
+
+    /// A transport that dies like a killed clusterctl: from the first change or write that
+    /// `dies_at` matches on, nothing more reaches the host.
+    struct Killed<'a> {
+        inner: &'a FakeHosts,
+        dies_at: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        dead: std::sync::atomic::AtomicBool,
+    }
+
+    impl<'a> Killed<'a> {
+        fn new(inner: &'a FakeHosts, dies_at: &'a (dyn Fn(&str) -> bool + Send + Sync)) -> Self {
+            Killed {
+                inner,
+                dies_at,
+                dead: Default::default(),
+            }
+        }
+        fn alive(&self, what: &str) -> anyhow::Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.dead.load(SeqCst) || (self.dies_at)(what) {
+                self.dead.store(true, SeqCst);
+                bail!("killed");
+            }
+            Ok(())
+        }
+    }
+
+    impl Executor for Killed<'_> {
+        fn query<'a>(
+            &'a self,
+            host: &'a Host,
+            cmd: &'a str,
+        ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            Box::pin(async move {
+                self.alive("")?;
+                self.inner.query(host, cmd).await
+            })
+        }
+        fn change<'a>(
+            &'a self,
+            host: &'a Host,
+            cmd: &'a str,
+        ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            Box::pin(async move {
+                self.alive(cmd)?;
+                self.inner.change(host, cmd).await
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            host: &'a Host,
+            path: &'a str,
+            blob: &'a Blob,
+            sha256: &'a str,
+            mode: u32,
+        ) -> BoxFuture<'a, anyhow::Result<u64>> {
+            Box::pin(async move {
+                self.alive(&format!("put {path}"))?;
+                self.inner.put(host, path, blob, sha256, mode).await
+            })
+        }
+    }
+
+    /// Records what the guard was asked to take out of service.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Vec<String>>>);
+
+    impl BeforeRestart for Recorded {
+        fn before<'a>(&'a self, _: &'a Host, running: &'a [String]) -> BoxFuture<'a, Vec<String>> {
+            self.0.lock().unwrap().push(running.to_vec());
+            Box::pin(async { Vec::new() })
+        }
+    }
+
+    /// A host that runs demo.service from plan v1.
+    async fn running_v1() -> (FakeHosts, Host) {
+        let fake = FakeHosts::default();
+        let h = host();
+        converge(&fake, &h, &plan("v1"), &resolve).await.unwrap();
+        fake.log.lock().unwrap().clear();
+        (fake, h)
+    }
+
+    /// Whether demo.service restarted after its unit file was last written (the fake's log
+    /// is the host's history).
+    fn restarted_after_write(fake: &FakeHosts) -> bool {
+        let log = fake.log.lock().unwrap();
+        let put = log
+            .iter()
+            .rposition(|l| l.contains("put /etc/systemd/system/demo.service"));
+        let restart = log
+            .iter()
+            .rposition(|l| l.contains("systemctl restart demo.service"));
+        let reload = log
+            .iter()
+            .rposition(|l| l.ends_with("systemctl daemon-reload"));
+        matches!((put, reload, restart), (Some(p), Some(d), Some(r)) if p < d && d < r)
+    }
+
+    #[tokio::test]
+    async fn a_run_killed_after_the_files_and_before_the_restart_is_finished_by_the_next() {
+        let (fake, h) = running_v1().await;
+        let dies = |c: &str| c == "systemctl daemon-reload";
+        let killed = Killed::new(&fake, &dies);
+        assert!(
+            converge(&killed, &h, &plan("v2"), &resolve).await.is_err(),
+            "killed"
+        );
+        assert_eq!(
+            fake.files.lock().unwrap()
+                [&(h.name.clone(), "/etc/systemd/system/demo.service".into())],
+            b"v2",
+            "the new file is on the host, the old process runs"
+        );
+        let mut owed = fake.pending("h1");
+        owed.sort();
+        assert_eq!(owed, ["daemon-reload", "unit@demo.service"]);
+
+        // The plain re-run: every file matches, yet the work is done.
+        let again = converge(&fake, &h, &plan("v2"), &resolve).await.unwrap();
+        assert_eq!(again.files_written, 0);
+        assert_eq!(again.restarts, ["demo.service"]);
+        assert_eq!(again.resumed.len(), 2, "{again:?}");
+        assert!(!again.is_noop(), "a resumed run is no no-op");
+        assert!(
+            restarted_after_write(&fake),
+            "{:?}",
+            fake.log.lock().unwrap()
+        );
+        assert!(fake.pending("h1").is_empty(), "the record is cleared");
+        let third = converge(&fake, &h, &plan("v2"), &resolve).await.unwrap();
+        assert!(third.is_noop(), "{third:?}");
+    }
+
+    #[tokio::test]
+    async fn the_record_is_written_before_any_file_so_a_kill_while_writing_is_covered() {
+        let (fake, h) = running_v1().await;
+        // Killed while the files go out: the record is there, the file may be old or new.
+        let dies = |c: &str| c.starts_with("put ");
+        let killed = Killed::new(&fake, &dies);
+        assert!(converge(&killed, &h, &plan("v2"), &resolve).await.is_err());
+        assert!(
+            fake.pending("h1")
+                .contains(&"unit@demo.service".to_string())
+        );
+        let again = converge(&fake, &h, &plan("v2"), &resolve).await.unwrap();
+        assert_eq!(again.files_written, 1);
+        assert_eq!(
+            again.restarts,
+            ["demo.service"],
+            "restarted once, not twice"
+        );
+        assert!(restarted_after_write(&fake));
+        assert!(fake.pending("h1").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_run_killed_after_the_restart_and_before_the_gate_restarts_and_gates_again() {
+        let (fake, h) = running_v1().await;
+        // The runner's form: restarted, then killed while its gate waits (no finish_pending).
+        let ch = converge_gated(&fake, &h, &plan("v2"), &resolve, &NoGuard)
+            .await
+            .unwrap();
+        assert_eq!(ch.restarts, ["demo.service"]);
+        assert!(!fake.pending("h1").is_empty(), "kept until the gate passed");
+        let mut again = converge_gated(&fake, &h, &plan("v2"), &resolve, &NoGuard)
+            .await
+            .unwrap();
+        assert_eq!(again.restarts, ["demo.service"], "restart what is pending");
+        assert_eq!(again.files_written, 0);
+        // The gate passed: now the record goes.
+        finish_pending(&fake, &h, &mut again).await.unwrap();
+        assert!(fake.pending("h1").is_empty());
+        assert!(
+            converge_gated(&fake, &h, &plan("v2"), &resolve, &NoGuard)
+                .await
+                .unwrap()
+                .is_noop()
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_work_of_units_another_phase_manages_waits_for_that_phase() {
+        let (fake, h) = running_v1().await;
+        fake.files.lock().unwrap().insert(
+            (h.name.clone(), Pending::Unit("other.service".into()).path()),
+            b"x".to_vec(),
+        );
+        let ch = converge(&fake, &h, &plan("v1"), &resolve).await.unwrap();
+        assert!(ch.is_noop(), "{ch:?}");
+        assert_eq!(
+            fake.pending("h1"),
+            ["unit@other.service"],
+            "left for its phase"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_resumed_by_another_phase_daemon_reloads_first() {
+        let (fake, h) = running_v1().await;
+        let dies = |c: &str| c == "systemctl daemon-reload";
+        let killed = Killed::new(&fake, &dies);
+        let _ = converge(&killed, &h, &plan("v2"), &resolve).await;
+        // An earlier phase of the re-run loads a certificate of the same unit: it finds the
+        // pending restart, and must not restart on the old unit definition.
+        let certs = HostPlan {
+            host: "h1".into(),
+            address: "10.77.0.11".into(),
+            actions: vec![Action::rendered(
+                "/etc/demo.crt",
+                0o644,
+                "c",
+                "cert".into(),
+                &["demo.service"],
+            )],
+        };
+        fake.log.lock().unwrap().clear();
+        let ch = converge(&fake, &h, &certs, &resolve).await.unwrap();
+        assert_eq!(ch.restarts, ["demo.service"]);
+        assert!(
+            restarted_after_write(&fake) || {
+                let log = fake.log.lock().unwrap();
+                let d = log
+                    .iter()
+                    .position(|l| l.ends_with("systemctl daemon-reload"));
+                let r = log
+                    .iter()
+                    .position(|l| l.ends_with("systemctl restart demo.service"));
+                matches!((d, r), (Some(d), Some(r)) if d < r)
+            }
+        );
+        assert!(fake.pending("h1").is_empty(), "{:?}", fake.pending("h1"));
+        let later = converge(&fake, &h, &plan("v2"), &resolve).await.unwrap();
+        assert!(later.is_noop(), "{later:?}");
+    }
+
+    #[tokio::test]
+    async fn a_pending_static_pod_is_taken_out_of_service_and_gated_again() {
+        let fake = FakeHosts::default();
+        let h = host();
+        let manifest = format!("{}/kube-apiserver.yaml", crate::phases::kubelet::MANIFESTS);
+        let pod = |v: &str| HostPlan {
+            host: "h1".into(),
+            address: "10.77.0.11".into(),
+            actions: vec![Action::rendered(&manifest, 0o600, "m", v.into(), &[])],
+        };
+        converge(&fake, &h, &pod("v1"), &resolve).await.unwrap();
+        let guard = Recorded::default();
+        // Replaced, then killed before the gate saw the new pod.
+        converge_gated(&fake, &h, &pod("v2"), &resolve, &guard)
+            .await
+            .unwrap();
+        assert_eq!(fake.pending("h1"), ["pod@kube-apiserver.yaml"]);
+        let mut again = converge_gated(&fake, &h, &pod("v2"), &resolve, &guard)
+            .await
+            .unwrap();
+        assert_eq!(again.files_written, 0);
+        assert_eq!(again.resumed.len(), 1, "{again:?}");
+        assert_eq!(
+            *guard.0.lock().unwrap(),
+            [vec![manifest.clone()], vec![manifest.clone()]],
+            "out of the balancers both times"
+        );
+        finish_pending(&fake, &h, &mut again).await.unwrap();
+        assert!(fake.pending("h1").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_neither_writes_nor_clears_the_record() {
+        let (fake, h) = running_v1().await;
+        let dies = |c: &str| c == "systemctl daemon-reload";
+        let killed = Killed::new(&fake, &dies);
+        let _ = converge(&killed, &h, &plan("v2"), &resolve).await;
+        let before = fake.pending("h1");
+        let dry = DryRun::new(&fake);
+        let ch = converge(&dry, &h, &plan("v2"), &resolve).await.unwrap();
+        assert_eq!(
+            ch.restarts,
+            ["demo.service"],
+            "it says what the run would finish"
+        );
+        assert_eq!(fake.pending("h1"), before);
+    }
+
+    #[test]
+    fn pending_entries_round_trip_through_their_file_names() {
+        for p in [
+            Pending::DaemonReload,
+            Pending::Unit("kube-apiserver.service".into()),
+            Pending::Unit("etcd-backup@x.timer".into()),
+            Pending::Pod("etcd.yaml".into()),
+            Pending::Drain,
+        ] {
+            assert_eq!(Pending::parse(&p.file_name()), Some(p.clone()));
+            assert!(p.path().starts_with(PENDING_DIR));
+        }
+        assert_eq!(Pending::parse("../x"), None);
+        assert_eq!(Pending::parse(".unit@x.tmp"), None);
+        assert_eq!(
+            parse_pending("pending unit@a.service\npending drain\nnoise\n"),
+            [Pending::Unit("a.service".into()), Pending::Drain]
+        );
     }
 
     #[test]

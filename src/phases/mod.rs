@@ -22,6 +22,7 @@ pub mod kube_proxy;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod load_balancer;
+pub mod lock;
 pub mod network;
 pub mod pki;
 pub mod playbook;
@@ -68,6 +69,8 @@ pub struct RunOptions {
     /// plan their steps for them, and an existing host only where [`Phase::join_concerns`]
     /// says why.
     pub joining: Vec<String>,
+    /// `--break-lock`: take the hosts' run markers even when another machine's run left them.
+    pub break_lock: bool,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).

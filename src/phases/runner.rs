@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::executor::{Blob, Executor, HostChanges, converge_guarded};
+use super::executor::{Blob, Executor, HostChanges, converge_gated, finish_pending};
 use super::playbook::Playbook;
 use super::{Context, Order, Phase, PhasePlan, Source};
 use crate::diag::UserError;
@@ -72,7 +72,34 @@ impl Runner {
 
     /// Plans and applies every selected phase in order. A phase whose host fails stops the run
     /// after the other hosts finished their current step; the journal says where it stopped.
+    /// Every host of the run carries this run's marker meanwhile (see [`super::lock`]; not
+    /// in a dry run), so a run from another machine is refused.
     pub async fn apply<'a>(
+        &'a self,
+        ctx: &'a Context,
+        exec: &'a dyn Executor,
+        resolve: &'a (dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
+        progress: &'a dyn Progress,
+        journal: &'a Journal,
+    ) -> anyhow::Result<RunReport> {
+        let hosts = ctx.hosts_where(|_| true);
+        let owner = super::lock::Owner::current(&self.command);
+        let marked = !exec.is_dry_run();
+        if marked {
+            for l in super::lock::take_hosts(exec, &hosts, &owner, ctx.options.break_lock).await? {
+                eprintln!("{} lock {l}", stamp());
+            }
+        }
+        let r = self
+            .apply_phases(ctx, exec, resolve, progress, journal)
+            .await;
+        if marked {
+            super::lock::release_hosts(exec, &hosts, &owner).await;
+        }
+        r
+    }
+
+    async fn apply_phases<'a>(
         &'a self,
         ctx: &'a Context,
         exec: &'a dyn Executor,
@@ -86,6 +113,12 @@ impl Runner {
         };
         let concurrency = ctx.inv().spec.ssh.concurrency.max(1);
         let rotation = super::load_balancer::Rotation::new(ctx, exec);
+        // A run killed while an apiserver was out of the balancers left it there: put back
+        // every backend clusterctl drained whose apiserver is ready, before anything else.
+        for (host, line) in rotation.reconcile().await {
+            eprintln!("{} rotation {host}: {line}", stamp());
+            journal.note(&self.command, "rotation", &host, &line);
+        }
         for phase in &self.phases {
             let started = Instant::now();
             let plan = phase
@@ -271,8 +304,7 @@ impl HostRun<'_, '_> {
                 .before_host(self.ctx, h, self.exec)
                 .await
                 .with_context(|| format!("{} before {}", self.phase.name(), h.name))?;
-            let mut changes =
-                converge_guarded(self.exec, h, hp, self.resolve, self.rotation).await?;
+            let mut changes = converge_gated(self.exec, h, hp, self.resolve, self.rotation).await?;
             if self.exec.is_dry_run() {
                 changes.report = before;
                 return anyhow::Ok(changes);
@@ -283,6 +315,9 @@ impl HostRun<'_, '_> {
                 .await
                 .with_context(|| format!("{} check", self.phase.name()))?;
             changes.report.splice(0..0, before);
+            // Only now is the work done: a run killed before this line leaves the host's
+            // pending record, and the next run restarts and gates again.
+            finish_pending(self.exec, h, &mut changes).await?;
             anyhow::Ok(changes)
         }
         .await;
@@ -401,6 +436,9 @@ impl Progress for PlainProgress {
             took.as_secs_f64()
         );
         if let HostOutcome::Done(c) = outcome {
+            for r in &c.resumed {
+                eprintln!("{} {} {}: resumed: {r}", stamp(), plan.phase, host.name);
+            }
             for w in &c.warnings {
                 eprintln!("{} {} {}: warning: {w}", stamp(), plan.phase, host.name);
             }
@@ -430,6 +468,16 @@ pub struct JournalEntry {
     pub noop: bool,
 }
 
+/// A journal line as written: the entry, plus the work an interrupted run had left pending
+/// that this one finished (readers that do not need it ignore the field).
+#[derive(Serialize)]
+struct Written<'a> {
+    #[serde(flatten)]
+    entry: &'a JournalEntry,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    resumed: &'a [String],
+}
+
 impl Journal {
     pub fn at(path: PathBuf) -> Journal {
         Journal {
@@ -447,7 +495,9 @@ impl Journal {
     }
 
     pub fn record(&self, command: &str, plan: &PhasePlan, host: &Host, outcome: &HostOutcome) {
-        let Some(path) = &self.path else { return };
+        if self.path.is_none() {
+            return;
+        }
         let e = JournalEntry {
             time: time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
@@ -459,6 +509,33 @@ impl Journal {
             ok: matches!(outcome, HostOutcome::Done(_)),
             noop: matches!(outcome, HostOutcome::Done(c) if c.is_noop()),
         };
+        let resumed = match outcome {
+            HostOutcome::Done(c) => c.resumed.as_slice(),
+            HostOutcome::Failed(_) => &[],
+        };
+        self.append(&e, resumed);
+    }
+
+    /// A line about `host` outside any phase's plan (e.g. the balancer rotation reconciled
+    /// at the start of a run).
+    pub fn note(&self, command: &str, phase: &str, host: &str, what: &str) {
+        let e = JournalEntry {
+            time: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            command: command.into(),
+            phase: phase.into(),
+            host: host.into(),
+            inputs: String::new(),
+            ok: true,
+            noop: false,
+        };
+        self.append(&e, &[what.to_string()]);
+    }
+
+    fn append(&self, entry: &JournalEntry, resumed: &[String]) {
+        let e = Written { entry, resumed };
+        let Some(path) = &self.path else { return };
         let _g = self.lock.lock().unwrap();
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
