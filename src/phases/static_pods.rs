@@ -433,6 +433,7 @@ spec:
         crate::phases::BundleRef {
             path: "lab.tar.zst".into(),
             manifest: crate::bundle::Manifest::from_yaml(&m).unwrap(),
+            trust: crate::bundle::Trust::UnsignedAllowed,
         }
     }
 
