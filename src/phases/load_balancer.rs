@@ -84,7 +84,13 @@ impl Phase for LoadBalancer {
                         h,
                         vec![Action::check(
                             &format!("external endpoint {host}:{port} reachable"),
-                            &format!("timeout 3 bash -c '</dev/tcp/{host}/{port}' 2>&1"),
+                            // Host and port are bash's positional parameters, never
+                            // part of the script bash parses.
+                            &format!(
+                                "timeout 3 bash -c {} probe {} {port} 2>&1",
+                                super::executor::q("</dev/tcp/$1/$2"),
+                                super::executor::q(&host)
+                            ),
                         )],
                     );
                 }
