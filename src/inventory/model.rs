@@ -405,6 +405,17 @@ pub enum KeyAlgorithm {
     Rsa4096,
 }
 
+impl KeyAlgorithm {
+    /// As written in the inventory.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::Rsa2048 => "rsa2048",
+            KeyAlgorithm::Rsa4096 => "rsa4096",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Pki {
