@@ -59,6 +59,16 @@ impl Phase for LoadBalancer {
                         vec![
                             config(ctx, &vars, "haproxy", "haproxy/haproxy.cfg")?,
                             config(ctx, &vars, "keepalived", "keepalived/keepalived.conf")?,
+                            Action::File {
+                                path: crate::pki::vrrp::REMOTE_VRRP_AUTH.into(),
+                                mode: super::Mode(0o600),
+                                source: super::Source::Local {
+                                    path: ctx.state.pki().join(crate::pki::vrrp::VRRP_AUTH),
+                                },
+                                sha256: None,
+                                size: None,
+                                restarts: vec!["keepalived.service".into()],
+                            },
                             Action::reloaded_service("haproxy.service"),
                             Action::reloaded_service("keepalived.service"),
                         ],
