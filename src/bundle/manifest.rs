@@ -216,7 +216,7 @@ pub fn check_host_path(p: &str) -> Result<(), String> {
         return Err("contains a control character".into());
     }
     if p == "/" {
-        return Err("is `/`".into());
+        return Err("is the root directory".into());
     }
     let body = p.strip_suffix('/').unwrap_or(p);
     if body[1..]
