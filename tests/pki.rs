@@ -979,6 +979,12 @@ fn loosened_key_files_are_tightened_with_a_warning() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o700);
+    let mode = std::fs::metadata(&f.layout.root)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the state directory is the operator's alone");
     // Certificates stay readable: only secrets are tightened.
     let crt = std::fs::metadata(f.pki("ca.crt"))
         .unwrap()

@@ -141,7 +141,9 @@ fn mkdir_private(dir: &Path) -> Result<()> {
 
 impl<'a> Store<'a> {
     fn new(layout: &'a Layout) -> Result<Store<'a>> {
-        for d in [&layout.pki, &layout.kubeconfig] {
+        // The state directory holds the PKI, admin.conf, backups: the operator's alone. (Other
+        // steps may have created it first with the default umask.)
+        for d in [&layout.root, &layout.pki, &layout.kubeconfig] {
             mkdir_private(d)?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("setting mode 0700 on {}", d.display()))?;
