@@ -46,13 +46,14 @@ impl fmt::Display for Diagnostic {
             Severity::Warning => "warning",
         };
         write!(f, ": {sev}: ")?;
+        // Values from the input are echoed in these: never let them drive the terminal.
         if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
+            write!(f, "{}: ", escape(&self.field))?;
         }
         if let Some(h) = &self.host {
-            write!(f, "host {h}: ")?;
+            write!(f, "host {}: ", escape(h))?;
         }
-        write!(f, "{}", self.message)?;
+        write!(f, "{}", escape(&self.message))?;
         if !self.fix.is_empty() {
             write!(f, "\n  fix: {}", self.fix)?;
         }
@@ -154,4 +155,22 @@ pub fn at_file(
         message,
         fix: fix.to_string(),
     }
+}
+
+/// `s` as it may be echoed to a terminal: control characters (escape sequences, newlines, NUL)
+/// written as Rust escapes (`\u{1b}`, `\n`), so an input value cannot move the cursor, recolour
+/// the screen or forge a line of output.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control()) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

@@ -110,14 +110,16 @@ fn abc(f: &Fixture) -> PathBuf {
 fn build_verify_and_layout() {
     let f = Fixture::new();
     let b = abc(&f);
+    // Intact but unsigned: said plainly, and exit 3 (not authenticated), not 0.
     cc().args(["bundle", "verify"])
         .arg(&b)
         .assert()
-        .success()
+        .code(3)
         .stdout(
             predicate::str::contains("3 items, 3 blobs")
-                .and(predicate::str::contains("signature absent")),
-        );
+                .and(predicate::str::contains("signature unsigned")),
+        )
+        .stderr(predicate::str::contains("the bundle is UNSIGNED"));
     let es = entries(&b);
     assert_eq!(es[0].0, "manifest.yaml", "manifest first");
     assert!(es[1..].iter().all(|(p, _)| p.starts_with("blobs/sha256/")));
@@ -126,19 +128,20 @@ fn build_verify_and_layout() {
         .args(["-o", "json", "bundle", "verify"])
         .arg(&b)
         .assert()
-        .success()
+        .code(3)
         .get_output()
         .stdout
         .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["items"], 3);
     assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+    assert_eq!(v["signature"], "unsigned");
     // --manifest-sha256 pins the manifest itself.
     let sha = v["manifestSha256"].as_str().unwrap().to_string();
     cc().args(["bundle", "verify", "--manifest-sha256", &sha])
         .arg(&b)
         .assert()
-        .success();
+        .code(3);
     cc().args(["bundle", "verify", "--manifest-sha256", &"0".repeat(64)])
         .arg(&b)
         .assert()
@@ -197,7 +200,7 @@ fn signatures_good_bad_and_tampered_manifest() {
         .arg(&b)
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("no manifest.yaml.sig"));
+        .stderr(predicate::str::contains("unsigned (no manifest.yaml.sig)"));
     cc().args(["bundle", "sign", "--key"])
         .arg(f.p("k.key"))
         .arg(&b)
@@ -210,16 +213,31 @@ fn signatures_good_bad_and_tampered_manifest() {
         .assert()
         .success()
         .stdout(predicate::str::contains("signature verified"));
+    // Signed, but no key to check it with: not authenticated (exit 3), never "ok".
     cc().args(["bundle", "verify"])
         .arg(&b)
         .assert()
-        .success()
-        .stdout(predicate::str::contains("signature present-unchecked"));
+        .code(3)
+        .stdout(predicate::str::contains("signature not-checked"))
+        .stderr(predicate::str::contains("NOT checked"));
     cc().args(["bundle", "verify", "--key"])
         .arg(f.p("other.pub"))
         .arg(&b)
         .assert()
         .code(1)
+        .stderr(predicate::str::contains("signature does not match"));
+    // A random 64-byte signature in place of the real one: fails.
+    let mut es = entries(&b);
+    assert_eq!(es[1].0, "manifest.yaml.sig");
+    es[1].1 = (0..64).map(|_| rand::random::<u8>()).collect();
+    let r = f.p("random-sig.tar.zst");
+    write_entries(&r, &es);
+    cc().args(["bundle", "verify", "--key"])
+        .arg(f.p("k.pub"))
+        .arg(&r)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("signature bad"))
         .stderr(predicate::str::contains("signature does not match"));
     // Change the manifest (point an item at another URL) and keep the old signature: caught.
     let mut es = entries(&b);

@@ -45,16 +45,41 @@ fn check_cluster(lab: &Lab, admin: &Path) {
         "readyz through the endpoint: {}",
         text(&kubectl(admin, &["get", "--raw", "/readyz"]))
     );
+    // componentstatuses (deprecated since 1.19) reads the scheduler's and controller-manager's
+    // insecure HTTP ports, which clusterctl closes (--port=0, as kubeadm): only etcd is
+    // Healthy there, and those two must be refused; their secure ports are checked instead.
     let cs = eventually(Duration::from_secs(60), || {
         let o = kubectl(admin, &["get", "componentstatuses"]);
         let t = String::from_utf8_lossy(&o.stdout).to_string();
-        let healthy = t.lines().filter(|l| l.contains("Healthy")).count();
-        (healthy >= 5).then_some(t)
+        let etcd = t
+            .lines()
+            .filter(|l| l.starts_with("etcd-") && l.contains("Healthy"))
+            .count();
+        (etcd >= 3).then_some(t)
     });
+    let cs = cs.unwrap_or_else(|| {
+        panic!(
+            "componentstatuses: etcd not healthy: {}",
+            text(&kubectl(admin, &["get", "componentstatuses"]))
+        )
+    });
+    for (name, insecure) in [("scheduler", 10251), ("controller-manager", 10252)] {
+        let line = cs.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        assert!(
+            line.contains("Unhealthy") && line.contains(&format!("127.0.0.1:{insecure}")),
+            "{name}'s insecure port must be closed: {cs}"
+        );
+    }
+    let listening = lab.exec_ok("h1", "ss -ltnH");
+    for port in [10257, 10259] {
+        assert!(
+            listening.contains(&format!("127.0.0.1:{port} ")),
+            "secure port {port} not listening: {listening}"
+        );
+    }
     assert!(
-        cs.is_some(),
-        "componentstatuses not all healthy: {}",
-        text(&kubectl(admin, &["get", "componentstatuses"]))
+        !listening.contains(":10251 ") && !listening.contains(":10252 "),
+        "insecure ports open: {listening}"
     );
     let health = lab.exec_ok(
         "h1",

@@ -545,6 +545,7 @@ spec:
             "name: lab\nversion: '1'\nitems:\n  - {name: coredns, version: 1.7.0, kind: image, url: 'file:///x', image: 'registry.example.cn/google_containers/coredns:1.7.0', roles: [worker], hashSource: test}\n",
         )
         .unwrap(),
+        trust: clusterctl::bundle::Trust::UnsignedAllowed,
     });
     let e = format!("{:#}", Addons.apply_cluster(&ctx, false).await.unwrap_err());
     assert!(

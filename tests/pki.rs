@@ -287,7 +287,7 @@ fn ha_vip_every_cert_chains_and_has_the_right_fields() {
         for kind in ["server", "peer"] {
             let c = f.cert(&format!("nodes/{h}/etcd/{kind}.crt"));
             assert_leaf(&c, h, &[], true, true, "etcd-ca");
-            assert_eq!(c.sans, sans(&[h, ip, "127.0.0.1", "localhost"]));
+            assert_eq!(c.sans, sans(&[h, ip, "127.0.0.1", "::1", "localhost"]));
         }
         let (k, c) = f.kubeconfig(&format!("nodes/{h}/controller-manager.conf"));
         assert_leaf(
@@ -817,4 +817,174 @@ fn expired_leaves_are_reissued_and_cas_kept() {
         "cert+key of 23 file pairs, 17 kubeconfigs"
     );
     assert_eq!(verify_all_chains(&f), 35);
+}
+
+/// Every certificate file under pki/ (recursively), parsed.
+fn all_certs(f: &Fixture) -> Vec<(PathBuf, CertInfo)> {
+    let mut out = Vec::new();
+    let mut stack = vec![f.layout.pki.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "crt") {
+                let c = inspect::from_pem(&std::fs::read_to_string(&p).unwrap(), "t").unwrap();
+                out.push((p, c));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_vip_written_with_its_prefix_gives_an_ip_san_and_plain_urls() {
+    let mut f = Fixture::example("ha-vip.yaml");
+    f.edit(|t| t.replace("address: 192.168.56.10\n", "address: 192.168.56.10/24\n"));
+    f.generate();
+    let vip = San::Ip("192.168.56.10".parse().unwrap());
+    let certs = all_certs(&f);
+    assert!(
+        certs.iter().any(|(_, c)| c.sans.contains(&vip)),
+        "no certificate has IP:192.168.56.10"
+    );
+    for (p, c) in &certs {
+        assert!(
+            c.sans.iter().all(|s| !s.to_string().contains('/')),
+            "{}: {:?}",
+            p.display(),
+            c.sans
+        );
+    }
+    let (k, _) = f.kubeconfig("admin.conf");
+    assert_eq!(
+        k.current_cluster().unwrap().server,
+        "https://192.168.56.10:8443"
+    );
+}
+
+#[test]
+fn etcd_serving_certificates_name_ipv6_localhost() {
+    let f = Fixture::example("ha-vip.yaml");
+    f.generate();
+    for rel in ["nodes/cp1/etcd/server.crt", "nodes/cp1/etcd/peer.crt"] {
+        let c = f.cert(rel);
+        assert!(
+            c.sans.contains(&San::Ip("::1".parse().unwrap()))
+                && c.sans.contains(&San::Ip("127.0.0.1".parse().unwrap())),
+            "{rel}: {:?}",
+            c.sans
+        );
+    }
+}
+
+#[test]
+fn a_leaf_never_outlives_its_ca_and_the_cap_is_said() {
+    let mut f = Fixture::example("local-proxy.yaml");
+    let ext = f.path.parent().unwrap().join("external");
+    std::fs::create_dir_all(&ext).unwrap();
+    let e = |p: &str| ext.join(p).to_str().unwrap().to_string();
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &e("ca.key"),
+    ]);
+    // A 30-day CA; leaves default to 50 years.
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &e("ca.key"),
+        "-subj",
+        "/CN=short-ca",
+        "-days",
+        "30",
+        "-out",
+        &e("ca.crt"),
+    ]);
+    f.edit(|t| format!("{t}  pki:\n    externalCADir: external\n"));
+    let out = f.generate();
+    let ca = f.cert("ca.crt");
+    let api = f.cert("apiserver.crt");
+    assert_eq!(api.not_after, ca.not_after, "capped at the CA's notAfter");
+    let when = generate::fmt_time(ca.not_after);
+    let w = out
+        .warnings
+        .iter()
+        .find(|w| w.starts_with("apiserver:"))
+        .unwrap_or_else(|| panic!("no warning for apiserver: {:?}", out.warnings));
+    assert!(w.contains(&when) && w.contains("the ca CA"), "{w}");
+    // Certificates of the generated CAs are not capped (their CA outlives them).
+    let fp = f.cert("front-proxy-client.crt");
+    assert!(fp.not_after > ca.not_after + 40 * YEAR);
+}
+
+#[test]
+fn changing_the_algorithm_of_an_existing_pki_is_refused_with_the_fix() {
+    let mut f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    let before = f.snapshot();
+    f.edit(|t| format!("{t}  pki:\n    algorithm: rsa2048\n"));
+    let msg = format!(
+        "{:#}",
+        generate::generate(&f.inv, &f.settings(), &f.layout).unwrap_err()
+    );
+    assert!(
+        msg.contains("spec.pki.algorithm is rsa2048, but the existing PKI's keys are ecdsa-p256")
+            && msg.contains("fix: set `spec.pki.algorithm: ecdsa-p256` again"),
+        "{msg}"
+    );
+    assert_eq!(f.snapshot(), before, "nothing changed");
+}
+
+#[test]
+fn loosened_key_files_are_tightened_with_a_warning() {
+    let f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    let key = f.pki("ca.key");
+    let kc = f.layout.kubeconfig.join("admin.conf");
+    for p in [&key, &kc] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&f.layout.pki, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = f.generate();
+    for p in [&key, &kc] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.contains(&p.display().to_string()) && w.contains("was mode 0644")),
+            "{:?}",
+            out.warnings
+        );
+    }
+    let mode = std::fs::metadata(&f.layout.pki)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    let mode = std::fs::metadata(&f.layout.root)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the state directory is the operator's alone");
+    // Certificates stay readable: only secrets are tightened.
+    let crt = std::fs::metadata(f.pki("ca.crt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(crt, 0o644);
+    assert!(
+        f.generate().warnings.is_empty(),
+        "a second run has nothing to say"
+    );
 }

@@ -198,14 +198,20 @@ pub struct VerifyReport {
     /// Size of the bundle file.
     pub file_bytes: u64,
     pub seconds: f64,
-    /// `verified`, `absent`, or `present-unchecked` (no public key given).
+    /// `verified` (against the given key), `bad` (it does not verify: a problem), `unsigned`
+    /// (no signature), or `not-checked` (signed, but no key was given to check it with).
     pub signature: String,
     pub problems: Vec<String>,
 }
 
 impl VerifyReport {
+    /// Every hash matched and, if a key was given, the signature verified.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+    /// Intact and its signature verified: someone vouches for every byte.
+    pub fn authenticated(&self) -> bool {
+        self.ok() && self.signature == "verified"
     }
     pub fn file_mb_per_s(&self) -> f64 {
         self.file_bytes as f64 / 1e6 / self.seconds.max(1e-9)
@@ -323,14 +329,14 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> anyhow::Result<VerifyR
         }
     }
     let signature_status = match (&signature, key) {
-        (None, None) => "absent".to_string(),
+        (None, None) => "unsigned".to_string(),
         (None, Some(_)) => {
             problems.push(format!(
-                "a public key was given but the bundle has no {SIGNATURE}"
+                "the bundle is unsigned (no {SIGNATURE}), but a public key was given"
             ));
-            "absent".to_string()
+            "unsigned".to_string()
         }
-        (Some(_), None) => "present-unchecked".to_string(),
+        (Some(_), None) => "not-checked".to_string(),
         (Some(sig), Some(k)) => match check_signature(k, &manifest_bytes, sig) {
             Ok(()) => "verified".to_string(),
             Err(e) => {

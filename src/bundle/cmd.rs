@@ -8,6 +8,11 @@ use crate::diag::UserError;
 
 use super::build::{BuildOptions, build, print_report};
 
+/// `bundle verify`'s exit code for a bundle whose hashes all match but whose signature was not
+/// verified (unsigned, or signed with no `--key` given). 1 is a failed check (a hash, a missing
+/// blob, a bad signature); 0 means intact and its signature verified.
+pub const EXIT_UNAUTHENTICATED: i32 = 3;
+
 #[derive(Subcommand, Debug)]
 pub enum BundleCmd {
     /// Download every item of a manifest, verify its sha256, and pack a bundle.
@@ -28,7 +33,9 @@ pub enum BundleCmd {
         #[arg(long, default_value_t = 5)]
         attempts: u32,
     },
-    /// Verify every hash (and the signature, if any) of a bundle.
+    /// Verify every hash and the signature of a bundle. Exit 0: intact and the signature verifies
+    /// against --key; 1: a hash, a blob or the signature is wrong; 3: intact but unsigned, or
+    /// signed and no --key given (not authenticated).
     Verify {
         bundle: PathBuf,
         /// Public key (SPKI PEM) to check the signature with; required for a signed bundle to count as verified.
@@ -141,15 +148,34 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                     r.signature
                 );
             }
-            if r.ok() {
-                Ok(())
-            } else {
-                Err(UserError::failed(format!(
+            if !r.ok() {
+                return Err(UserError::failed(format!(
                     "{}: verification failed ({} problem(s))",
                     bundle.display(),
                     r.problems.len()
                 ))
-                .into())
+                .into());
+            }
+            // Intact but not authenticated: a distinct exit code, so a script can tell "tampered"
+            // (1) from "nobody vouches for it" (3).
+            match r.signature.as_str() {
+                "unsigned" => Err(UserError {
+                    code: EXIT_UNAUTHENTICATED,
+                    message: format!(
+                        "{}: every hash matches, but the bundle is UNSIGNED: nothing vouches for its manifest (exit {EXIT_UNAUTHENTICATED})\n  fix: sign it with `clusterctl bundle sign --key PRIVATE.key`, then verify with --key PUBLIC.pub",
+                        bundle.display()
+                    ),
+                }
+                .into()),
+                "not-checked" => Err(UserError {
+                    code: EXIT_UNAUTHENTICATED,
+                    message: format!(
+                        "{}: every hash matches; the bundle is signed, but the signature was NOT checked (exit {EXIT_UNAUTHENTICATED})\n  fix: pass --key with the signer's public key",
+                        bundle.display()
+                    ),
+                }
+                .into()),
+                _ => Ok(()),
             }
         }
         BundleCmd::Sign { bundle, key } => {

@@ -167,6 +167,67 @@ pub fn blob_path(sha: &str) -> String {
     format!("blobs/sha256/{sha}")
 }
 
+/// An item name as it may reach host paths and commands: a Debian package name or a component
+/// name (`kube-apiserver`, `libglib2.0-0`, `pci.ids`). No `/`, no shell metacharacters, no
+/// leading `.` or `-`: it is used in file names on hosts and in dpkg checks.
+pub fn check_item_name(s: &str) -> Result<(), String> {
+    check_token(s, b"._+-", "name")
+}
+
+/// An item version: Debian's version characters (`1:2.2.7-1+b2`, `0.0~2023.04.11-1`) or a
+/// release (`v1.20.2`). Same limits as names, plus `:` and `~`.
+pub fn check_item_version(s: &str) -> Result<(), String> {
+    check_token(s, b"._+:~-", "version")
+}
+
+fn check_token(s: &str, extra: &[u8], what: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if s.len() > 128 {
+        return Err(format!("{what} is longer than 128 characters"));
+    }
+    if !s.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(format!(
+            "{what} `{}` must start with a letter or digit",
+            crate::diag::escape(s)
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || (c.is_ascii() && extra.contains(&(*c as u8)))))
+    {
+        let allowed: String = extra.iter().map(|b| *b as char).collect();
+        return Err(format!(
+            "{what} `{}` contains {c:?}: only letters, digits and `{allowed}` are allowed",
+            crate::diag::escape(s)
+        ));
+    }
+    Ok(())
+}
+
+/// An absolute, normalised host path: no `.`/`..` components, no empty ones, no control
+/// characters; `/` itself is refused.
+pub fn check_host_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err("must be absolute".into());
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err("contains a control character".into());
+    }
+    if p == "/" {
+        return Err("is the root directory".into());
+    }
+    let body = p.strip_suffix('/').unwrap_or(p);
+    if body[1..]
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("is not normalised (no `//`, `.` or `..` components)".into());
+    }
+    Ok(())
+}
+
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
@@ -232,9 +293,18 @@ impl Manifest {
         }
         let mut keys = BTreeSet::new();
         for (i, it) in self.items.iter().enumerate() {
-            let at = format!("items[{i}] ({})", it.label());
-            if it.name.trim().is_empty() || it.version.trim().is_empty() {
-                p.push(format!("{at}: name and version must not be empty"));
+            let at = format!(
+                "items[{i}] ({} {})",
+                crate::diag::escape(&it.name),
+                crate::diag::escape(&it.version)
+            );
+            // Names and versions reach host paths (`/var/cache/clusterctl/debs/<name>_<version>.deb`)
+            // and commands (dpkg checks): validated here, at load, and quoted at every use.
+            if let Err(e) = check_item_name(&it.name) {
+                p.push(format!("{at}: {e}"));
+            }
+            if let Err(e) = check_item_version(&it.version) {
+                p.push(format!("{at}: {e}"));
             }
             if !keys.insert((it.name.clone(), it.version.clone())) {
                 p.push(format!("{at}: duplicate item (same name and version)"));
@@ -274,10 +344,10 @@ impl Manifest {
                 p.push(format!("{at}: no size in a packed manifest"));
             }
             if let Some(inst) = &it.install {
-                if !inst.path.starts_with('/') {
+                if let Err(e) = check_host_path(&inst.path) {
                     p.push(format!(
-                        "{at}: install.path `{}` must be absolute",
-                        inst.path
+                        "{at}: install.path `{}` {e}",
+                        crate::diag::escape(&inst.path)
                     ));
                 }
                 if let Some(m) = &inst.mode
@@ -294,10 +364,13 @@ impl Manifest {
                 (Kind::Image, None) => p.push(format!(
                     "{at}: an image needs `image`, the reference its tarball is tagged with"
                 )),
-                (Kind::Image, Some(r))
-                    if r.trim().is_empty() || r.contains(char::is_whitespace) =>
-                {
-                    p.push(format!("{at}: image `{r}` is not an image reference"))
+                (Kind::Image, Some(r)) => {
+                    if let Err(e) = crate::inventory::validate::check_image_reference(r) {
+                        p.push(format!(
+                            "{at}: image `{}` is not an image reference: {e}",
+                            crate::diag::escape(r)
+                        ))
+                    }
                 }
                 (k, Some(_)) if k != Kind::Image => {
                     p.push(format!("{at}: only an item of kind image has `image`"))

@@ -8,10 +8,12 @@ pub mod genmanifest;
 pub mod keys;
 pub mod manifest;
 pub mod select;
+pub mod trust;
 
 pub use archive::{Head, VerifyReport, read_head, read_item, stream_items, verify};
 pub use manifest::{Item, Kind, Manifest, Need};
 pub use select::{items_for_roles, to_transfer};
+pub use trust::Trust;
 
 use std::path::Path;
 

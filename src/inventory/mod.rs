@@ -148,7 +148,9 @@ impl Inventory {
         match ha.mode {
             HaMode::Vip => {
                 let vip = ha.vip.as_ref().expect("validated on load");
-                (vip.address.clone(), vip.port)
+                // The address only: `192.168.56.10/24` names the subnet keepalived uses, and a
+                // prefix in a SAN or a URL is wrong.
+                (vip.ip_and_prefix().0.to_string(), vip.port)
             }
             HaMode::External => {
                 let ep = ha.external_endpoint.as_deref().expect("validated on load");

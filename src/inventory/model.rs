@@ -52,9 +52,75 @@ pub struct ClusterSpec {
     pub kubelet: Kubelet,
     #[serde(default)]
     pub addons: Addons,
-    /// Path of the offline bundle (`.tar.zst`), relative to the inventory file.
+    /// The offline bundle: its path (`bundle: lab.tar.zst`), or with how it is trusted
+    /// (`bundle: {path: lab.tar.zst, publicKey: keys/bundle.pub}`). Paths are relative to the
+    /// inventory file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bundle: Option<PathBuf>,
+    pub bundle: Option<BundleSpec>,
+}
+
+/// `spec.bundle`: where the offline bundle is and whose signature it must carry.
+///
+/// A bundle is installed only when its manifest's ed25519 signature verifies against
+/// `publicKey`; a signed bundle without `publicKey` is refused (nothing to check it with), and
+/// an unsigned one needs `allowUnsigned: true` (said in every plan).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleSpec {
+    pub path: PathBuf,
+    /// The signer's ed25519 public key (SPKI PEM, as `clusterctl bundle keygen` writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PathBuf>,
+    /// Install a bundle whose signature is not checked (no `publicKey`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
+}
+
+impl BundleSpec {
+    /// A bundle given by path only (its signature will be required unless allowed otherwise).
+    pub fn path(p: impl Into<PathBuf>) -> BundleSpec {
+        BundleSpec {
+            path: p.into(),
+            public_key: None,
+            allow_unsigned: false,
+        }
+    }
+}
+
+/// The mapping form of `spec.bundle` (unknown keys are errors, as everywhere).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BundleSpecMap {
+    path: PathBuf,
+    #[serde(default)]
+    public_key: Option<PathBuf>,
+    #[serde(default)]
+    allow_unsigned: bool,
+}
+
+impl<'de> Deserialize<'de> for BundleSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BundleSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a path, or a mapping with path, publicKey and allowUnsigned")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BundleSpec, E> {
+                Ok(BundleSpec::path(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<BundleSpec, A::Error> {
+                let b =
+                    BundleSpecMap::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(BundleSpec {
+                    path: b.path,
+                    public_key: b.public_key,
+                    allow_unsigned: b.allow_unsigned,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -337,6 +403,17 @@ pub enum KeyAlgorithm {
     EcdsaP256,
     Rsa2048,
     Rsa4096,
+}
+
+impl KeyAlgorithm {
+    /// As written in the inventory.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::Rsa2048 => "rsa2048",
+            KeyAlgorithm::Rsa4096 => "rsa4096",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

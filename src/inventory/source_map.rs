@@ -150,6 +150,28 @@ impl SourceMap {
         self.lookup(&self.keys, path)
     }
 
+    /// The field written at `line:column`: whose value starts there, else whose key does,
+    /// else the deepest field whose key is on that line. For errors that come with a place
+    /// only (the YAML reader's), so they can name their field too.
+    pub fn path_at(&self, line: usize, column: usize) -> Option<String> {
+        let at = Pos { line, column };
+        let exact = |m: &HashMap<String, Pos>| {
+            m.iter()
+                .filter(|(_, p)| **p == at)
+                .map(|(k, _)| k.clone())
+                .max_by_key(|k| k.len())
+        };
+        exact(&self.values)
+            .or_else(|| exact(&self.keys))
+            .or_else(|| {
+                self.keys
+                    .iter()
+                    .filter(|(_, p)| p.line == line && p.column <= column)
+                    .max_by_key(|(_, p)| p.column)
+                    .map(|(k, _)| k.clone())
+            })
+    }
+
     /// Position of a field's value only if the field is written in the file.
     pub fn exact_value(&self, path: &str) -> Option<Pos> {
         self.values.get(path).copied()

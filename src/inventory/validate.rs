@@ -31,6 +31,7 @@ pub fn validate(inv: &Inventory, file: &Path, map: &SourceMap) -> Diagnostics {
     v.ssh(&inv.spec, file);
     v.pki(&inv.spec.pki);
     v.misc(&inv.spec, file);
+    v.strings(&inv.spec);
     v.out
 }
 
@@ -944,19 +945,465 @@ pub fn check_image_reference(r: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `key[=value]:Effect`
+/// `key[=value]:Effect`, key and value by Kubernetes' rules for label keys and values.
 fn check_taint(t: &str) -> Result<(), String> {
+    let shown = crate::diag::escape(t);
     let (kv, effect) = t
         .rsplit_once(':')
-        .ok_or_else(|| format!("taint `{t}` has no effect"))?;
+        .ok_or_else(|| format!("taint `{shown}` has no effect"))?;
     if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
-        return Err(format!("taint `{t}` has unknown effect `{effect}`"));
+        return Err(format!(
+            "taint `{shown}` has unknown effect `{}`",
+            crate::diag::escape(effect)
+        ));
     }
-    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
     if key.is_empty() {
-        return Err(format!("taint `{t}` has no key"));
+        return Err(format!("taint `{shown}` has no key"));
+    }
+    check_label_key(key).map_err(|e| format!("taint `{shown}`: {e}"))?;
+    check_label_value(value).map_err(|e| format!("taint `{shown}`: {e}"))?;
+    Ok(())
+}
+
+/// A Kubernetes qualified name (the name part of a label key): at most 63 characters,
+/// alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric.
+fn is_qualified_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A label key as Kubernetes validates it: `[prefix/]name`, the prefix a DNS-1123 subdomain.
+pub fn check_label_key(k: &str) -> Result<(), String> {
+    let shown = crate::diag::escape(k);
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix
+        && (p.is_empty() || !is_dns_subdomain(p))
+    {
+        return Err(format!(
+            "key `{shown}`: prefix `{}` is not a DNS subdomain",
+            crate::diag::escape(p)
+        ));
+    }
+    if !is_qualified_name(name) {
+        return Err(format!(
+            "key `{shown}`: name part must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
     }
     Ok(())
+}
+
+/// A label value as Kubernetes validates it: empty, or a qualified name.
+pub fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() || is_qualified_name(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "value `{}` must be empty or 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            crate::diag::escape(v)
+        ))
+    }
+}
+
+/// A network interface name as the kernel accepts it (`dev_valid_name`: at most 15 bytes, not
+/// `.` or `..`, no `/`, `:` or whitespace), further limited to letters, digits and `._@-`, so it
+/// is a single word in keepalived.conf and in shell commands.
+pub fn check_interface(s: &str) -> Result<(), String> {
+    let shown = crate::diag::escape(s);
+    if s.is_empty() || s.len() > 15 {
+        return Err(format!("`{shown}` is not 1-15 characters long"));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("`{shown}` is not a valid interface name"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-')))
+    {
+        return Err(format!("`{shown}` contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// A host name or IP address (where a load balancer or bastion is reached).
+fn check_host(h: &str) -> Result<(), String> {
+    if h.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if is_dns_subdomain(&h.to_ascii_lowercase()) && !h.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}` is neither an IP address nor a DNS name",
+        crate::diag::escape(h)
+    ))
+}
+
+/// A registry host as containerd names its `certs.d/<host>` directory: `host[:port]`, or
+/// `_default` (containerd's fallback for every registry).
+pub fn check_registry_host(r: &str) -> Result<(), String> {
+    if r == "_default" {
+        return Ok(());
+    }
+    let (h, port) = match r.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (r, None),
+    };
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err(format!(
+            "`{}`: the port is not a number 1-65535",
+            crate::diag::escape(r)
+        ));
+    }
+    if !is_dns_subdomain(&h.to_ascii_lowercase()) || h.is_empty() {
+        return Err(format!(
+            "`{}` is not a registry host (host[:port], e.g. docker.io or registry.example.cn:5000)",
+            crate::diag::escape(r)
+        ));
+    }
+    Ok(())
+}
+
+/// A mirror endpoint: `http(s)://host[:port][/path]`, nothing a TOML string or a shell could
+/// read differently.
+fn check_mirror_url(m: &str) -> Result<(), String> {
+    let rest = m
+        .strip_prefix("https://")
+        .or_else(|| m.strip_prefix("http://"))
+        .ok_or_else(|| "not an http:// or https:// URL".to_string())?;
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host_ok = check_registry_host(hostport).is_ok()
+        || hostport
+            .strip_prefix('[')
+            .and_then(|x| x.split_once(']'))
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    if !host_ok {
+        return Err(format!(
+            "host `{}` is not host[:port]",
+            crate::diag::escape(hostport)
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '~' | '%' | '+'))
+    }) {
+        return Err(format!("its path contains {c:?}"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err("its path contains `..`".into());
+    }
+    Ok(())
+}
+
+/// A login name as `useradd` accepts by default: letters, digits, `_`, `-`, `.`, starting with
+/// a letter or `_`, at most 32 characters.
+fn check_user(u: &str) -> Result<(), String> {
+    let ok = !u.is_empty()
+        && u.len() <= 32
+        && u.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a user name (letters, digits, '_', '-', '.', starting with a letter or '_')",
+            crate::diag::escape(u)
+        ))
+    }
+}
+
+/// A flag name for `extraArgs` (without the leading `--`).
+fn check_flag_name(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty()
+        && k.len() <= 100
+        && k.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a flag name (lowercase letters, digits and '-', without the leading --)",
+            crate::diag::escape(k)
+        ))
+    }
+}
+
+/// A flag value: one line of printable text (it becomes one argument of a unit's ExecStart
+/// or one item of a static pod's command).
+fn check_flag_value(v: &str) -> Result<(), String> {
+    if let Some(c) = v.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "value `{}` contains the control character {c:?}",
+            crate::diag::escape(v)
+        ));
+    }
+    if v.len() > 4096 {
+        return Err("value is longer than 4096 characters".into());
+    }
+    Ok(())
+}
+
+/// Directories a data directory must never be: `reset` empties it, `restore` moves it.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+    "/var/cache",
+    "/var/backups",
+    "/etc/kubernetes",
+    "/var/lib/kubelet",
+    "/var/lib/containerd",
+];
+
+/// An absolute, normalised host directory that clusterctl may own and delete.
+pub fn check_data_dir(p: &str) -> Result<(), String> {
+    crate::bundle::manifest::check_host_path(p)?;
+    let p = p.trim_end_matches('/');
+    if SYSTEM_DIRS.contains(&p) {
+        return Err(format!(
+            "`{p}` is a system directory (clusterctl's reset empties the data directory)"
+        ));
+    }
+    if let Some(c) = p
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | '@')))
+    {
+        return Err(format!("contains {c:?}"));
+    }
+    Ok(())
+}
+
+impl Validator<'_> {
+    /// Every free-form string that reaches a host (a command, a path or a config file) has a
+    /// format here; the renderers and command builders quote them as well.
+    fn strings(&mut self, spec: &ClusterSpec) {
+        let fix_label = "write label keys as [prefix/]name and values as up to 63 letters, digits, '-', '_', '.' (Kubernetes' rules)";
+        if let Err(e) = check_user(&spec.ssh.user) {
+            self.error(
+                "spec.ssh.user",
+                None,
+                e,
+                "write the SSH login name, e.g. root or deploy",
+            );
+        }
+        if let Some(env) = &spec.ssh.passphrase_env
+            && !(env.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            self.error(
+                "spec.ssh.passphraseEnv",
+                None,
+                format!(
+                    "`{}` is not an environment variable name",
+                    crate::diag::escape(env)
+                ),
+                "write a name like CLUSTERCTL_KEY_PASSPHRASE",
+            );
+        }
+        for (i, b) in spec.ssh.bastions.iter().enumerate() {
+            if let Err(e) = check_host(&b.address) {
+                self.error(
+                    &format!("spec.ssh.bastions[{i}].address"),
+                    None,
+                    e,
+                    "write the jump host's IP address or DNS name",
+                );
+            }
+            if let Some(u) = &b.user
+                && let Err(e) = check_user(u)
+            {
+                self.error(
+                    &format!("spec.ssh.bastions[{i}].user"),
+                    None,
+                    e,
+                    "write the SSH login name",
+                );
+            }
+        }
+        for (i, h) in spec.hosts.iter().enumerate() {
+            let name = Some(h.name.as_str());
+            if let Some(u) = &h.user
+                && let Err(e) = check_user(u)
+            {
+                self.error(
+                    &format!("spec.hosts[{i}].user"),
+                    name,
+                    e,
+                    "write the SSH login name",
+                );
+            }
+            for (k, v) in &h.labels {
+                let field = format!("spec.hosts[{i}].labels.{k}");
+                if let Err(e) = check_label_key(k) {
+                    self.error(&field, name, format!("label {e}"), fix_label);
+                }
+                if let Err(e) = check_label_value(v) {
+                    self.error(
+                        &field,
+                        name,
+                        format!("label `{}`: {e}", crate::diag::escape(k)),
+                        fix_label,
+                    );
+                }
+            }
+        }
+        if let Some(vip) = &spec.ha.vip
+            && let Some(ifname) = &vip.interface
+            && let Err(e) = check_interface(ifname)
+        {
+            self.error(
+                "spec.ha.vip.interface",
+                None,
+                format!("interface {e}"),
+                "write the name of the interface holding the hosts' addresses, e.g. eth0 (at most 15 letters, digits, '.', '_', '@', '-')",
+            );
+        }
+        if let Some(ep) = &spec.ha.external_endpoint
+            && let Some((h, port)) = super::split_endpoint(ep)
+        {
+            if let Err(e) = check_host(&h) {
+                self.error(
+                    "spec.ha.externalEndpoint",
+                    None,
+                    e,
+                    "write the load balancer as host:port, e.g. lb.example.internal:6443",
+                );
+            }
+            if port == 0 {
+                self.error(
+                    "spec.ha.externalEndpoint",
+                    None,
+                    "port 0 is invalid".into(),
+                    "write the load balancer's port, e.g. 6443",
+                );
+            }
+        }
+        if let Err(e) = check_data_dir(&spec.etcd.data_dir) {
+            self.error(
+                "spec.etcd.dataDir",
+                None,
+                format!("`{}` {e}", crate::diag::escape(&spec.etcd.data_dir)),
+                "use a directory of its own, e.g. /var/lib/etcd (the default)",
+            );
+        }
+        if let Some(v) = &spec.etcd.version
+            && let Err(e) = crate::bundle::manifest::check_item_version(v)
+        {
+            self.error(
+                "spec.etcd.version",
+                None,
+                e,
+                "write a version the bundle holds, e.g. 3.4.23",
+            );
+        }
+        for (section, args) in [
+            ("spec.etcd.extraArgs", &spec.etcd.extra_args),
+            (
+                "spec.controlPlane.apiserverExtraArgs",
+                &spec.control_plane.apiserver_extra_args,
+            ),
+            (
+                "spec.controlPlane.controllerManagerExtraArgs",
+                &spec.control_plane.controller_manager_extra_args,
+            ),
+            (
+                "spec.controlPlane.schedulerExtraArgs",
+                &spec.control_plane.scheduler_extra_args,
+            ),
+            ("spec.kubelet.extraArgs", &spec.kubelet.extra_args),
+        ] {
+            for (k, v) in args {
+                let field = format!("{section}.{k}");
+                if let Err(e) = check_flag_name(k) {
+                    self.error(
+                        &field,
+                        None,
+                        e,
+                        "write the flag's name as in the component's --help, e.g. `event-ttl: 2h`",
+                    );
+                }
+                if let Err(e) = check_flag_value(v) {
+                    self.error(
+                        &field,
+                        None,
+                        e,
+                        "write the value on one line, without control characters",
+                    );
+                }
+            }
+        }
+        let cr = &spec.container_runtime;
+        if let Some(img) = &cr.sandbox_image
+            && let Err(e) = check_image_reference(img)
+        {
+            self.error(
+                "spec.containerRuntime.sandboxImage",
+                None,
+                format!(
+                    "`{}` is not an image reference: {e}",
+                    crate::diag::escape(img)
+                ),
+                "write [registry/]repository[:tag][@sha256:digest], e.g. k8s.gcr.io/pause:3.2",
+            );
+        }
+        for (reg, mirrors) in &cr.registry_mirrors {
+            let field = format!("spec.containerRuntime.registryMirrors.{reg}");
+            if let Err(e) = check_registry_host(reg) {
+                self.error(
+                    &field,
+                    None,
+                    e,
+                    "key each mirror list by the registry's host[:port], e.g. docker.io",
+                );
+            }
+            for (i, m) in mirrors.iter().enumerate() {
+                if (m.starts_with("https://") || m.starts_with("http://"))
+                    && let Err(e) = check_mirror_url(m)
+                {
+                    self.error(
+                        &format!("{field}[{i}]"),
+                        None,
+                        format!("mirror `{}`: {e}", crate::diag::escape(m)),
+                        "write the mirror as https://host[:port][/path]",
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -164,10 +164,27 @@ pub fn write(
         .with_context(|| format!("writing {}", out.display()))?;
     let (sha, size) = hash_file(out)?;
     let name = out.file_name().unwrap_or_default().to_string_lossy();
-    std::fs::write(checksum_path(out), format!("{sha}  {name}\n"))
+    write_private(&checksum_path(out), format!("{sha}  {name}\n").as_bytes())
         .with_context(|| format!("writing {}", checksum_path(out).display()))?;
     Ok((size, sha))
 }
+
+/// Writes `bytes` to `path` created 0600 (replacing it): nothing of a backup is for others.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
+}
+
+/// Most bytes `verify` unpacks: etcd's largest recommended database (8 GiB) plus room for the
+/// PKI and inventory. A gzip bomb stops here instead of filling the disk.
+pub const MAX_UNPACKED: u64 = 9 << 30;
 
 /// What `verify` found.
 #[derive(Debug)]
@@ -184,6 +201,21 @@ pub struct Verified {
 /// must match the archive, the manifest must be this format, and every file listed must be
 /// there with its size and sha256 (and no other file). Any mismatch is an error naming it.
 pub fn verify(archive: &Path, into: &Path) -> anyhow::Result<Verified> {
+    verify_bounded(archive, into, MAX_UNPACKED)
+}
+
+/// [`verify`] with the unpacked size limited to `limit` bytes. The archive holds CA keys: it is
+/// unpacked into `into` made 0700, with directories 0700 and files 0600; an entry that appears
+/// twice is refused (the second copy would silently win).
+pub fn verify_bounded(archive: &Path, into: &Path, limit: u64) -> anyhow::Result<Verified> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(into)
+        .with_context(|| format!("creating {}", into.display()))?;
+    std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o700))?;
+    let mut total = 0u64;
     let (sha256, _) =
         hash_file(archive).with_context(|| format!("reading {}", archive.display()))?;
     let sum_path = checksum_path(archive);
@@ -217,11 +249,25 @@ pub fn verify(archive: &Path, into: &Path) -> anyhow::Result<Verified> {
         if !e.header().entry_type().is_file() {
             continue;
         }
+        if seen.iter().any(|s: &FileEntry| s.path == name) {
+            bail!(
+                "{}: {name} appears twice in the archive: refused (which copy is the backup?)",
+                archive.display()
+            );
+        }
         let dest = into.join(p);
         if let Some(d) = dest.parent() {
-            std::fs::create_dir_all(d)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)?;
         }
-        let mut out = std::fs::File::create(&dest)?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
         let mut r = crate::hashing::HashingReader::new(&mut e);
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -230,6 +276,13 @@ pub fn verify(archive: &Path, into: &Path) -> anyhow::Result<Verified> {
                 .with_context(|| format!("{}: damaged archive (in {name})", archive.display()))?;
             if n == 0 {
                 break;
+            }
+            total += n as u64;
+            if total > limit {
+                bail!(
+                    "{}: unpacks to more than {limit} bytes: refused (not a backup clusterctl wrote)",
+                    archive.display()
+                );
             }
             out.write_all(&buf[..n])?;
         }
@@ -416,5 +469,72 @@ mod tests {
         let h = "ab".repeat(32);
         assert_eq!(parse_checksum(&format!("{h}  x.tar.gz\n")), Some(h));
         assert_eq!(parse_checksum("nothing"), None);
+    }
+
+    /// A tar of `entries` (name, bytes), gzipped, with a manifest listing them first.
+    fn raw_archive(out: &Path, entries: &[(&str, &[u8])]) {
+        let mut m = manifest();
+        m.files = entries
+            .iter()
+            .map(|(n, b)| FileEntry {
+                path: n.to_string(),
+                size: b.len() as u64,
+                sha256: crate::hashing::sha256_hex(b),
+            })
+            .collect();
+        let f = std::fs::File::create(out).unwrap();
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::default(),
+        ));
+        let json = serde_json::to_vec(&m).unwrap();
+        let mut all = vec![(MANIFEST, json.as_slice())];
+        all.extend(entries.iter().map(|(n, b)| (*n, *b)));
+        for (n, b) in all {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(b.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, n, b).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn unpacked_privately_duplicates_refused_and_size_bounded() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.tar.gz");
+        raw_archive(&a, &[(SNAPSHOT, b"snapshot"), ("pki/ca.key", b"KEY")]);
+        let into = d.path().join("x");
+        verify(&a, &into).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&into), 0o700);
+        assert_eq!(mode(&into.join("pki")), 0o700);
+        assert_eq!(mode(&into.join("pki/ca.key")), 0o600);
+        // The same entry twice (a re-packed archive whose second copy would win): refused.
+        let b = d.path().join("b.tar.gz");
+        raw_archive(&b, &[(SNAPSHOT, b"snapshot"), (SNAPSHOT, b"evil")]);
+        let e = verify(&b, &d.path().join("y")).unwrap_err().to_string();
+        assert!(e.contains("etcd/snapshot.db appears twice"), "{e}");
+        // More bytes than the limit: refused while unpacking.
+        let e = verify_bounded(&a, &d.path().join("z"), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unpacks to more than 4 bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_checksum_file_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("snap.db");
+        std::fs::write(&src, "snapshot").unwrap();
+        let out = d.path().join("a.tar.gz");
+        write(&out, &mut manifest(), &[(SNAPSHOT.into(), src)]).unwrap();
+        for p in [out.clone(), checksum_path(&out)] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
     }
 }

@@ -346,6 +346,7 @@ mod context_tests {
                 path: dir.path().join("b.tar.zst"),
                 manifest: serde_saphyr::from_str(&format!("name: b\nversion: '1'\nitems:\n{items}"))
                     .unwrap(),
+                trust: crate::bundle::Trust::UnsignedAllowed,
             }
         });
         let state = crate::state::StateDir::new(dir.path(), "t");

@@ -62,6 +62,16 @@ impl Blobs {
                 .with_context(|| format!("{}: no sha256", it.label()))?;
             let path = cache.join(&sha);
             map.insert(it.label(), path.clone());
+            // The signed manifest vouches for this hash, so the cached copy is checked against
+            // it before use: a file changed in the cache since it was extracted is extracted again.
+            if path.is_file() && crate::hashing::hash_file(&path)?.0 != sha {
+                eprintln!(
+                    "warning: {}: cached copy {} no longer matches its sha256; extracting it again",
+                    it.label(),
+                    path.display()
+                );
+                std::fs::remove_file(&path)?;
+            }
             if !path.is_file() {
                 missing.push(*it);
             }

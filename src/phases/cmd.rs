@@ -99,27 +99,14 @@ pub fn prepare(
     let render = crate::render::Renderer::new(Some(&state.root.join("templates")))?;
     let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
     let pb = playbook::load(command, Some(&state.root.join("playbooks")), &known)?;
-    let bundle = match &loaded.inventory.spec.bundle {
-        None => None,
-        Some(p) => {
-            let path = loaded.resolve(p);
-            if !path.is_file() {
-                let pos = loaded.source_map.value("spec.bundle");
-                return Err(UserError::bad_input(format!(
-                    "{}{}: spec.bundle: {} does not exist\n  fix: build it with `clusterctl bundle build` or correct the path (relative to the inventory file)",
-                    loaded.path.display(),
-                    pos.map(|p| format!(":{}:{}", p.line, p.column)).unwrap_or_default(),
-                    path.display()
-                ))
-                .into());
-            }
-            let head = crate::bundle::read_head(&path)?;
-            Some(super::BundleRef {
-                path,
-                manifest: head.manifest,
-            })
+    // The bundle's signature is checked here, once, before any phase plans (see bundle::trust).
+    let bundle = crate::bundle::trust::open_for_install(&loaded)?.map(|(path, head, trust)| {
+        super::BundleRef {
+            path,
+            manifest: head.manifest,
+            trust,
         }
-    };
+    });
     let runner = Runner::new(
         &pb,
         &Selection {

@@ -72,6 +72,16 @@ impl Phase for LoadBalancer {
                         vec![
                             config(ctx, &vars, "haproxy", "haproxy/haproxy.cfg")?,
                             config(ctx, &vars, "keepalived", "keepalived/keepalived.conf")?,
+                            Action::File {
+                                path: crate::pki::vrrp::REMOTE_VRRP_AUTH.into(),
+                                mode: super::Mode(0o600),
+                                source: super::Source::Local {
+                                    path: ctx.state.pki().join(crate::pki::vrrp::VRRP_AUTH),
+                                },
+                                sha256: None,
+                                size: None,
+                                restarts: vec!["keepalived.service".into()],
+                            },
                             Action::reloaded_service("haproxy.service"),
                             Action::reloaded_service("keepalived.service"),
                         ],
@@ -97,7 +107,13 @@ impl Phase for LoadBalancer {
                         h,
                         vec![Action::check(
                             &format!("external endpoint {host}:{port} reachable"),
-                            &format!("timeout 3 bash -c '</dev/tcp/{host}/{port}' 2>&1"),
+                            // Host and port are bash's positional parameters, never
+                            // part of the script bash parses.
+                            &format!(
+                                "timeout 3 bash -c {} probe {} {port} 2>&1",
+                                super::executor::q("</dev/tcp/$1/$2"),
+                                super::executor::q(&host)
+                            ),
                         )],
                     );
                 }

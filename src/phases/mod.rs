@@ -77,6 +77,8 @@ pub struct RunOptions {
 pub struct BundleRef {
     pub path: PathBuf,
     pub manifest: crate::bundle::Manifest,
+    /// How its signature was judged (plans say it).
+    pub trust: crate::bundle::Trust,
 }
 
 impl Context {

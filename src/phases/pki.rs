@@ -164,6 +164,9 @@ impl Phase for Pki {
         if ctx.inv().spec.control_plane.encrypt_secrets {
             ensure_encryption_config(&ctx.state.pki())?;
         }
+        if ctx.inv().spec.ha.mode == crate::inventory::HaMode::Vip {
+            pki::vrrp::ensure(&ctx.state.pki())?;
+        }
         Ok(())
     }
     fn verify<'a>(

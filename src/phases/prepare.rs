@@ -231,7 +231,13 @@ fn bundle_actions(items: &[&Item]) -> Vec<Action> {
         let files: Vec<String> = debs.iter().map(|(_, _, f)| super::executor::q(f)).collect();
         let checks: Vec<String> = debs
             .iter()
-            .map(|(n, v, _)| format!("[ \"$(dpkg-query -W -f='${{Status}} ${{Version}}' {} 2>/dev/null)\" = 'install ok installed {v}' ]", super::executor::q(n)))
+            .map(|(n, v, _)| {
+                format!(
+                    "[ \"$(dpkg-query -W -f='${{Status}} ${{Version}}' {} 2>/dev/null)\" = {} ]",
+                    super::executor::q(n),
+                    super::executor::q(&format!("install ok installed {v}"))
+                )
+            })
             .collect();
         a.push(Action::Run {
             description: format!(
@@ -264,10 +270,11 @@ impl Phase for Prepare {
                     .into(),
             ),
             Some(b) => plan.notes.push(format!(
-                "bundle {} {} ({})",
+                "bundle {} {} ({}): {}",
                 b.manifest.name,
                 b.manifest.version,
-                b.path.display()
+                b.path.display(),
+                b.trust
             )),
         }
         for h in ctx.hosts_where(|_| true) {

@@ -433,6 +433,7 @@ spec:
         crate::phases::BundleRef {
             path: "lab.tar.zst".into(),
             manifest: crate::bundle::Manifest::from_yaml(&m).unwrap(),
+            trust: crate::bundle::Trust::UnsignedAllowed,
         }
     }
 
@@ -460,22 +461,24 @@ spec:
         serde_saphyr::from_str(std::str::from_utf8(content).unwrap()).unwrap()
     }
 
-    /// The words after ExecStart= of a rendered unit (continued over `\` lines).
+    /// The arguments of ExecStart= of a rendered unit (continued over `\` lines), unquoted
+    /// as systemd does: double quotes, and `%%`/`$$` for a literal `%`/`$`.
     fn unit_args(unit: &str) -> Vec<String> {
         let start = unit.find("ExecStart=").unwrap() + "ExecStart=".len();
-        let mut words = Vec::new();
-        for line in unit[start..].lines() {
-            let l = line.trim();
-            words.extend(
-                l.trim_end_matches('\\')
-                    .split_whitespace()
-                    .map(String::from),
-            );
+        let mut line = String::new();
+        for l in unit[start..].lines() {
+            let l = l.trim();
+            line.push_str(l.trim_end_matches('\\'));
+            line.push(' ');
             if !l.ends_with('\\') {
                 break;
             }
         }
-        words
+        shlex::split(&line)
+            .unwrap()
+            .into_iter()
+            .map(|w| w.replace("%%", "%").replace("$$", "$"))
+            .collect()
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub struct Outcome {
     pub items: Vec<Item>,
     /// Old files moved away, as their backup paths.
     pub backups: Vec<PathBuf>,
+    /// What the user should know: leaves capped at their CA's end, key files re-tightened.
+    /// (Also printed on stderr as they happen.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Outcome {
@@ -137,7 +141,9 @@ fn mkdir_private(dir: &Path) -> Result<()> {
 
 impl<'a> Store<'a> {
     fn new(layout: &'a Layout) -> Result<Store<'a>> {
-        for d in [&layout.pki, &layout.kubeconfig] {
+        // The state directory holds the PKI, admin.conf, backups: the operator's alone. (Other
+        // steps may have created it first with the default umask.)
+        for d in [&layout.root, &layout.pki, &layout.kubeconfig] {
             mkdir_private(d)?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("setting mode 0700 on {}", d.display()))?;
@@ -298,13 +304,13 @@ fn new_ca(ca: Ca, s: &Settings, now: OffsetDateTime) -> Result<(String, String)>
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Issues `spec` from `ca` with a fresh key: (cert PEM, key PEM).
+/// Issues `spec` from `ca` with a fresh key, never valid beyond the CA.
 pub fn issue(
     spec: &CertSpec,
     ca: &CaMaterial,
     s: &Settings,
     now: OffsetDateTime,
-) -> Result<(String, String)> {
+) -> Result<Issued> {
     let key = keys::generate(s.algorithm)?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -338,10 +344,43 @@ pub fn issue(
     p.serial_number = Some(random_serial());
     p.use_authority_key_identifier_extension = true;
     validity(&mut p, now, s.cert_validity);
+    let capped = cap_at_ca(&mut p, ca);
     let cert = p
         .signed_by(&key, &ca.issuer)
         .with_context(|| format!("signing {}", spec.name))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        capped: capped.then(|| {
+            format!(
+                "{}: notAfter capped at {}, when the {} CA expires (certValidity {} would outlive it); renew the CA before then",
+                spec.name,
+                fmt_time(ca.info.not_after),
+                ca.ca.name(),
+                humantime::format_duration(s.cert_validity)
+            )
+        }),
+    })
+}
+
+/// A freshly issued leaf.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Set when the leaf's notAfter was cut to its CA's: the warning to show.
+    pub capped: Option<String>,
+}
+
+/// A certificate is worth nothing after its CA expires (and verifiers disagree on whether
+/// such a chain is valid at all): a leaf never ends after its CA. Returns whether it was cut.
+fn cap_at_ca(p: &mut CertificateParams, ca: &CaMaterial) -> bool {
+    match OffsetDateTime::from_unix_timestamp(ca.info.not_after) {
+        Ok(ca_end) if p.not_after > ca_end => {
+            p.not_after = ca_end;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Why an existing leaf cannot be kept, or None if it can.
@@ -395,9 +434,74 @@ struct Engine<'a> {
     store: Store<'a>,
     now: OffsetDateTime,
     out: Vec<Item>,
+    warnings: Vec<String>,
 }
 
 impl Engine<'_> {
+    fn warn(&mut self, w: String) {
+        eprintln!("warning: pki: {w}");
+        self.warnings.push(w);
+    }
+
+    /// The PKI's keys were made with one algorithm (sa.key, which every run keeps, and the
+    /// CAs clusterctl generated say which); `spec.pki.algorithm` naming another would be
+    /// silently ignored for everything kept. Refused with the fix instead.
+    fn check_algorithm(&self, what: &Path, key_pem: &str) -> Result<()> {
+        let kp = keys::from_pem(key_pem, &what.display().to_string())?;
+        match keys::algorithm_of(&kp) {
+            Some(have) if have != self.s.algorithm => bail!(
+                "spec.pki.algorithm is {}, but the existing PKI's keys are {} ({}): changing the algorithm means new CAs and a new key for every certificate, which clusterctl does not do in place. \
+                 fix: set `spec.pki.algorithm: {}` again; to move to {} build a new PKI (move {} away; every host then needs the new CA)",
+                self.s.algorithm.as_str(),
+                have.as_str(),
+                what.display(),
+                have.as_str(),
+                self.s.algorithm.as_str(),
+                self.layout.pki.display()
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Private keys and kubeconfigs found readable by others are set back to 0600 (and
+    /// directories to 0700), each with a warning: someone or something loosened them.
+    fn tighten(&mut self) -> Result<()> {
+        let mut stack = vec![self.layout.pki.clone(), self.layout.kubeconfig.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd {
+                let e = e?;
+                let path = e.path();
+                let meta = std::fs::symlink_metadata(&path)?;
+                let mode = meta.permissions().mode() & 0o7777;
+                let (secret, want) = if meta.is_dir() {
+                    stack.push(path.clone());
+                    (true, 0o700)
+                } else {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let secret = dir.starts_with(&self.layout.kubeconfig)
+                        || name.ends_with(".key")
+                        || name.ends_with(".yaml")
+                        || name.ends_with(".conf");
+                    (secret, spec::KEY_MODE)
+                };
+                if (meta.is_file() || meta.is_dir()) && secret && mode & 0o077 != 0 {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))
+                        .with_context(|| {
+                            format!("setting mode {want:04o} on {}", path.display())
+                        })?;
+                    self.warn(format!(
+                        "{} was mode {mode:04o}, readable by others: set back to {want:04o}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn item(
         &mut self,
         name: &str,
@@ -619,7 +723,14 @@ impl Engine<'_> {
         let (cert_pem, key_pem) = match (action, existing) {
             (Action::Kept, Some((c, k, _))) => (c, k),
             _ => {
-                let (cp, kp) = issue(c, ca, self.s, self.now)?;
+                let Issued {
+                    cert_pem: cp,
+                    key_pem: kp,
+                    capped,
+                } = issue(c, ca, self.s, self.now)?;
+                if let Some(w) = capped {
+                    self.warn(w);
+                }
                 if let Some((crt, key)) = &files {
                     self.store.put(key, kp.as_bytes(), spec::KEY_MODE)?;
                     self.store.put(crt, cp.as_bytes(), spec::CERT_MODE)?;
@@ -676,7 +787,20 @@ fn run(
         store: Store::new(layout)?,
         now,
         out: Vec::new(),
+        warnings: Vec::new(),
     };
+    e.tighten()?;
+    // An algorithm change is refused before anything is written.
+    for k in [
+        layout.pki.join(spec::SA_KEY),
+        spec::key_path(&layout.pki.join(Ca::Cluster.base())),
+    ] {
+        if let Some(pem) = read_opt(&k)?
+            && (k.ends_with(spec::SA_KEY) || s.external_ca_dir.is_none())
+        {
+            e.check_algorithm(&k, &pem)?;
+        }
+    }
     let mut cas = BTreeMap::new();
     for ca in Ca::ALL {
         let m = e.ca(ca, renew.is_none())?;
@@ -694,6 +818,7 @@ fn run(
     Ok(Outcome {
         items: e.out,
         backups: e.store.backups,
+        warnings: e.warnings,
     })
 }
 

@@ -65,6 +65,24 @@ pub fn from_pem(text: &str, what: &str) -> Result<KeyPair> {
     }
 }
 
+/// Which of the inventory's algorithms `key` is (None: another kind, e.g. an adopted P-384).
+pub fn algorithm_of(key: &KeyPair) -> Option<KeyAlgorithm> {
+    if key.algorithm() == &PKCS_ECDSA_P256_SHA256 {
+        return Some(KeyAlgorithm::EcdsaP256);
+    }
+    if key.algorithm() == &PKCS_RSA_SHA256 {
+        use rsa::pkcs8::DecodePublicKey;
+        use rsa::traits::PublicKeyParts;
+        let k = rsa::RsaPublicKey::from_public_key_der(&key.subject_public_key_info()).ok()?;
+        return match k.size() * 8 {
+            2048 => Some(KeyAlgorithm::Rsa2048),
+            4096 => Some(KeyAlgorithm::Rsa4096),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// Whether `cert_spki` (DER SubjectPublicKeyInfo) is the public half of `key`.
 pub fn matches(key: &KeyPair, cert_spki: &[u8]) -> bool {
     key.subject_public_key_info() == cert_spki

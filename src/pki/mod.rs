@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod keys;
 pub mod kubeconfig;
 pub mod spec;
+pub mod vrrp;
 
 pub use generate::{Action, Layout, Outcome, Select, Settings, generate, renew};
 pub use spec::{CertSpec, HostFile, cert_list, files_for_host};

@@ -344,11 +344,16 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
         ),
     ];
     for h in inv.etcd_hosts() {
+        // kubeadm's etcd SANs: the host, localhost over IPv4 and IPv6.
         let s = || {
             sans(
-                [San::Ip(h.ip()), San::Dns(h.name.clone())]
-                    .into_iter()
-                    .chain(localhost()),
+                [
+                    San::Ip(h.ip()),
+                    San::Dns(h.name.clone()),
+                    San::Ip(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+                ]
+                .into_iter()
+                .chain(localhost()),
             )
         };
         let one = Deliver::Host(h.name.clone());

@@ -169,6 +169,23 @@ impl Renderer {
         tera.register_filter("yaml_str", |s: &str, _: tera::Kwargs, _: &tera::State| {
             serde_json::to_string(s).expect("a string serializes")
         });
+        // Each config syntax gets its own escaping (the inventory's checks come first; these
+        // make a value that slipped past them harmless, or fail the render):
+        tera.register_filter("toml_str", |s: &str, _: tera::Kwargs, _: &tera::State| {
+            toml_str(s)
+        });
+        tera.register_filter(
+            "systemd_arg",
+            |s: &str, _: tera::Kwargs, _: &tera::State| {
+                systemd_arg(s).map_err(tera::Error::message)
+            },
+        );
+        tera.register_filter(
+            "keepalived_word",
+            |s: &str, _: tera::Kwargs, _: &tera::State| {
+                keepalived_word(s).map_err(tera::Error::message)
+            },
+        );
         let mut overrides = Vec::new();
         for (name, builtin) in BUILTIN {
             let user = override_dir.map(|d| d.join(name)).filter(|p| p.is_file());
@@ -205,6 +222,63 @@ impl Renderer {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// `s` as a TOML basic string, quotes included: `"` and `\` escaped, every control
+/// character (DEL too, which TOML forbids raw) as `\uXXXX`.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `s` as one word of a systemd `ExecStart=` line: `%` (specifiers) and `$` (environment
+/// expansion) doubled; anything beyond a plain word double-quoted with `\` and `"` escaped.
+/// Control characters cannot be written safely (a newline would start a new directive): error.
+pub fn systemd_arg(s: &str) -> Result<String, String> {
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "`{}` contains the control character {c:?}: it cannot be one argument of a unit",
+            crate::diag::escape(s)
+        ));
+    }
+    let escaped = s.replace('%', "%%").replace('$', "$$");
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@*%$".contains(c));
+    if plain {
+        return Ok(escaped);
+    }
+    Ok(format!(
+        "\"{}\"",
+        escaped.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
+}
+
+/// `s` as one bare word of keepalived.conf (interface names, addresses, names), which has no
+/// quoting that every keyword honours: anything but letters, digits and `._:/@-` fails the
+/// render.
+pub fn keepalived_word(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:/@-".contains(c))
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{}` cannot be written into keepalived.conf as one word",
+            crate::diag::escape(s)
+        ))
     }
 }
 
@@ -377,5 +451,75 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("[host.\"https://mirror.example.cn\"]"), "{t}");
+    }
+
+    #[test]
+    fn escaping_filters_keep_each_value_one_value() {
+        assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(toml_str("x\ny = 1"), r#""x\u000Ay = 1""#);
+        assert_eq!(toml_str("\u{7f}"), r#""\u007F""#);
+        assert_eq!(systemd_arg("--v=2").unwrap(), "--v=2");
+        assert_eq!(systemd_arg("--a=%h$HOME").unwrap(), "--a=%%h$$HOME");
+        assert_eq!(
+            systemd_arg(r#"--a=x "y" \z"#).unwrap(),
+            r#""--a=x \"y\" \\z""#
+        );
+        assert!(systemd_arg("--a=x\nExecStartPre=/bin/sh").is_err());
+        assert_eq!(keepalived_word("eth0").unwrap(), "eth0");
+        assert!(keepalived_word("eth0 }").is_err());
+        assert!(keepalived_word("").is_err());
+    }
+
+    #[test]
+    fn rendered_files_quote_what_the_inventory_gave() {
+        let mut inv = example("ha-vip.yaml");
+        // Values past validation's checks (the model can be built in code) stay one value.
+        inv.spec
+            .kubelet
+            .extra_args
+            .insert("node-labels".into(), "a=b c=\"d\"".into());
+        inv.spec.container_runtime.sandbox_image = Some("pause:3.2\"\nx = \"y".into());
+        let r = Renderer::new(None).unwrap();
+        let w1 = inv.host("w1").unwrap().clone();
+        let unit = r
+            .render("kubelet/kubelet.service", &host_vars(&inv, &w1))
+            .unwrap();
+        assert!(
+            unit.contains(r#"  "--node-labels=a=b c=\"d\"" \"#),
+            "{unit}"
+        );
+        let cfg = r
+            .render("containerd/config.toml", &host_vars(&inv, &w1))
+            .unwrap();
+        assert!(
+            cfg.contains(r#"sandbox_image = "pause:3.2\"\u000Ax = \"y""#),
+            "{cfg}"
+        );
+        // A newline cannot become a directive: the render fails instead.
+        inv.spec
+            .kubelet
+            .extra_args
+            .insert("v".into(), "2\nExecStartPre=/bin/true".into());
+        let e = r
+            .render("kubelet/kubelet.service", &host_vars(&inv, &w1))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("control character"), "{e:#}");
+        // keepalived.conf: a word or nothing.
+        let mut inv = example("ha-vip.yaml");
+        inv.spec.ha.vip.as_mut().unwrap().interface = Some("eth1 }".into());
+        let cp1 = inv.host("cp1").unwrap().clone();
+        assert!(
+            r.render("keepalived/keepalived.conf", &host_vars(&inv, &cp1))
+                .is_err()
+        );
+        inv.spec.ha.vip.as_mut().unwrap().interface = Some("eth1".into());
+        let k = r
+            .render("keepalived/keepalived.conf", &host_vars(&inv, &cp1))
+            .unwrap();
+        assert!(k.contains("include /etc/keepalived/auth.conf"), "{k}");
+        assert!(
+            !k.lines().any(|l| l.trim().starts_with("auth_pass")),
+            "no secret in keepalived.conf: {k}"
+        );
     }
 }

@@ -189,7 +189,6 @@ struct VipVars {
     priority: u32,
     state: &'static str,
     peers: Vec<String>,
-    auth_pass: String,
 }
 
 /// The keepalived interface when the inventory names none.
@@ -297,9 +296,6 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
                     .filter(|h| h.name != host.name)
                     .map(|h| h.address.clone())
                     .collect(),
-                auth_pass: crate::phases::sha256_hex(format!("{}/vrrp", inv.name()).as_bytes())
-                    [..8]
-                    .to_string(),
             })
         }
         _ => None,

@@ -66,7 +66,9 @@ pub fn stat_script(paths: &[&str], cache_dir: &str) -> String {
     s
 }
 
-/// Streams stdin into a temp file beside `dest`, checks its sha256 and size (`tee | sha256sum`
+/// Streams stdin into a temp file beside `dest` — created under umask 077 and only if it does
+/// not exist (`set -C`), so a secret is 0600 from its first byte and no one can have planted the
+/// name — checks its sha256 and size (`tee | sha256sum`
 /// in one pass measured 2x slower: coreutils tee moves 8 KiB at a time), sets mode (and owner),
 /// renames it over `dest` and records its hash in the cache; the temp file is removed on any
 /// failure. Exit 3: hash mismatch.
@@ -85,7 +87,7 @@ pub fn upload_script(
     };
     format!(
         "set -e; d={d}; dir=$(dirname \"$d\"); mkdir -p \"$dir\"; t=\"$dir/.clusterctl-upload.$$.$(basename \"$d\")\"; \
-         trap 'rm -f \"$t\"' EXIT; cat >\"$t\"; h=$(sha256sum \"$t\"); h=${{h%% *}}; n=$(stat -c %s \"$t\"); \
+         trap 'rm -f \"$t\"' EXIT; rm -f \"$t\"; umask 077; set -C; cat >\"$t\"; set +C; h=$(sha256sum \"$t\"); h=${{h%% *}}; n=$(stat -c %s \"$t\"); \
          if [ \"$h\" != {sha256} ] || [ \"$n\" != {size} ]; then \
          echo \"sha256 mismatch on the far side: got $h ($n bytes written), want {sha256} ({size} bytes)\" >&2; exit 3; fi; \
          {chown}chmod {mode:o} \"$t\" && mv -f \"$t\" \"$d\"; trap - EXIT; \
@@ -205,5 +207,64 @@ mod tests {
             std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    #[test]
+    fn an_upload_is_0600_from_its_first_byte() {
+        use sha2::{Digest, Sha256};
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("admin.conf");
+        let data = b"secret\n";
+        let sha = hex::encode(Sha256::digest(data));
+        // The host's default umask (022) would make the temp file world-readable.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask 022; {}",
+                upload_script(
+                    dest.to_str().unwrap(),
+                    &sha,
+                    data.len() as u64,
+                    0o600,
+                    None,
+                    dir.path().join("cache").to_str().unwrap(),
+                )
+            ))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&data[..3]).unwrap();
+        stdin.flush().unwrap();
+        // While the first bytes are in the temp file, it is already 0600.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let tmp = loop {
+            let found = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".clusterctl-upload.")
+                });
+            if let Some(e) = found
+                && std::fs::metadata(e.path()).is_ok_and(|m| m.len() > 0)
+            {
+                break e.path();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no temp file appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let mode = std::fs::metadata(&tmp).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "temp file {} is {mode:o}", tmp.display());
+        stdin.write_all(&data[3..]).unwrap();
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
     }
 }

@@ -120,7 +120,7 @@ impl Lab {
     /// The lab's inventory with the lab bundle and etcd 3.4.23 pinned: where init tests start.
     pub fn inventory_with_bundle(&self, bundle: &Path) -> clusterctl::inventory::Inventory {
         let mut inv = self.inventory();
-        inv.spec.bundle = Some(bundle.to_path_buf());
+        inv.spec.bundle = Some(lab_bundle_spec(bundle));
         inv.spec.etcd.version = Some("3.4.23".into());
         inv
     }
@@ -156,6 +156,20 @@ impl Drop for Lab {
         if !o.status.success() {
             eprintln!("lab down {}: {}", self.name, text(&o));
         }
+    }
+}
+
+/// `spec.bundle` for the lab bundle: signed by build-bundle.sh with the lab's key
+/// (`<cache>/keys/lab-bundle.pub`, beside `<cache>/bundles/`), which the inventory names.
+pub fn lab_bundle_spec(bundle: &Path) -> clusterctl::inventory::BundleSpec {
+    let cache = bundle
+        .parent()
+        .and_then(Path::parent)
+        .expect("the lab bundle is in <cache>/bundles/");
+    clusterctl::inventory::BundleSpec {
+        path: bundle.to_path_buf(),
+        public_key: Some(cache.join("keys/lab-bundle.pub")),
+        allow_unsigned: false,
     }
 }
 
