@@ -910,13 +910,13 @@ fn a_leaf_never_outlives_its_ca_and_the_cap_is_said() {
     f.edit(|t| format!("{t}  pki:\n    externalCADir: external\n"));
     let out = f.generate();
     let ca = f.cert("ca.crt");
-    let api = f.cert("apiserver.crt");
+    let api = f.cert("nodes/cp1/apiserver.crt");
     assert_eq!(api.not_after, ca.not_after, "capped at the CA's notAfter");
     let when = generate::fmt_time(ca.not_after);
     let w = out
         .warnings
         .iter()
-        .find(|w| w.starts_with("apiserver:"))
+        .find(|w| w.starts_with("apiserver@cp1:"))
         .unwrap_or_else(|| panic!("no warning for apiserver: {:?}", out.warnings));
     assert!(w.contains(&when) && w.contains("the ca CA"), "{w}");
     // Certificates of the generated CAs are not capped (their CA outlives them).
