@@ -400,3 +400,89 @@ fn flannel_without_its_manifest_in_a_bundle_says_how_to_get_one() {
         "{e}"
     );
 }
+
+/// `plan --command reset` shows what a reset does, per host and in order, touching nothing:
+/// the cluster steps when the cluster stays, the balancers that stay, the host's steps.
+#[test]
+fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
+    let (out, home) = plan(
+        &example("ha-vip.yaml"),
+        &["plan", "--command", "reset", "--hosts", "cp3"],
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !home.path().join("state").exists(),
+        "plan must not write state"
+    );
+    let order: Vec<&str> = s
+        .lines()
+        .filter_map(|l| l.strip_prefix("phase "))
+        .map(|l| l.split_whitespace().nth(1).unwrap().trim_end_matches(':'))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "reset-drain",
+            "reset-balancers",
+            "reset-control-plane",
+            "reset-etcd",
+            "reset-host"
+        ],
+        "{s}"
+    );
+    assert!(
+        s.contains("local: node cp3: cordon, drain (timeout 120 s), delete"),
+        "{s}"
+    );
+    assert!(s.contains("local: etcd member remove cp3"), "{s}");
+    // The other balancers reload without cp3; cp3 leaves them before it stops.
+    let lb = s
+        .split("phase 2/5")
+        .nth(1)
+        .unwrap()
+        .split("phase 3/5")
+        .next()
+        .unwrap();
+    assert!(
+        lb.contains("cp1 (") && lb.contains("cp2 (") && !lb.contains("cp3 ("),
+        "{lb}"
+    );
+    assert!(lb.contains("haproxy.service enabled + running"), "{lb}");
+    let host = s.split("phase 5/5").nth(1).unwrap();
+    for step in [
+        "run      stop the kubelet",
+        "run      kill the pods' containers",
+        "run      back up the etcd data (/var/lib/etcd)",
+        "run      back up /etc/kubernetes",
+        "run      remove kube-proxy's KUBE-* chains",
+        "run      delete /etc/kubernetes",
+    ] {
+        assert!(host.contains(step), "{step}:\n{host}");
+    }
+    // A worker's reset: no member to remove, nothing for the balancers.
+    let (out, _home) = plan(
+        &example("ha-vip.yaml"),
+        &["-o", "json", "plan", "--command", "reset", "--hosts", "w1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hosts_of(&v, "reset-host"), ["w1"]);
+    assert!(hosts_of(&v, "reset-control-plane").is_empty());
+    assert!(hosts_of(&v, "reset-balancers").is_empty());
+    let etcd = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "reset-etcd")
+        .unwrap();
+    assert!(etcd.get("local").is_none(), "{etcd}");
+}

@@ -126,7 +126,12 @@ pub fn since_reset(path: &Path) -> BTreeMap<String, Vec<JournalEntry>> {
     let mut m: BTreeMap<String, Vec<JournalEntry>> = BTreeMap::new();
     for e in journal_entries(path) {
         if e.command == "reset" {
-            m.remove(&e.host);
+            // Only a finished reset of the host starts it over (the playbook's last host
+            // phase, or the single entry older versions wrote); the hosts that stay are in
+            // the journal of a partial reset too (their balancers reloaded).
+            if e.ok && (e.phase == crate::phases::reset::DONE_PHASE || e.phase == "reset") {
+                m.remove(&e.host);
+            }
         } else {
             m.entry(e.host.clone()).or_default().push(e);
         }
@@ -293,6 +298,167 @@ impl Etcd {
             .flatten()
             .collect()
     }
+}
+
+/// The members a reset removes and those that stay, checked: every removed member is known,
+/// at least one member stays, and the members that stay keep a quorum of healthy ones.
+#[derive(Debug, Default)]
+pub struct Removal {
+    pub removing: Vec<Member>,
+    pub staying: Vec<Member>,
+}
+
+impl Removal {
+    pub fn describe(&self) -> Vec<String> {
+        if self.removing.is_empty() {
+            return vec![];
+        }
+        vec![format!(
+            "etcd: removing {} leaves {} member(s), quorum {}: ok",
+            self.removing
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.staying.len(),
+            quorum(self.staying.len())
+        )]
+    }
+}
+
+/// Reads the member list and checks that the members of `hosts` can go (read only). A member
+/// already removed (a re-run) is not in `removing`.
+pub async fn check_removal(ctx: &Context, hosts: &[&Host]) -> anyhow::Result<Removal> {
+    let peers: std::collections::BTreeSet<String> = hosts
+        .iter()
+        .filter(|h| h.has(crate::inventory::Role::Etcd))
+        .map(|h| peer_url(h))
+        .collect();
+    if peers.is_empty() {
+        return Ok(Removal::default());
+    }
+    let etcd = Etcd::new(ctx)?;
+    let members = etcd.members().await.map_err(|e| {
+        UserError::failed(format!(
+            "cannot read etcd's member list: {e:#}; nothing was done"
+        ))
+    })?;
+    let (removing, staying): (Vec<_>, Vec<_>) = members
+        .into_iter()
+        .partition(|m| m.peer_urls.iter().any(|u| peers.contains(u)));
+    if removing.is_empty() {
+        return Ok(Removal { removing, staying });
+    }
+    if staying.is_empty() {
+        return Err(UserError::bad_input(
+            "this would remove the last etcd member(s); reset every host instead. Nothing was done.",
+        )
+        .into());
+    }
+    let down = etcd.unhealthy(&staying).await;
+    let up = staying.len() - down.len();
+    if up < quorum(staying.len()) {
+        return Err(UserError::failed(format!(
+            "removing {} would leave {up} healthy of {} etcd members, below the quorum of {} (down: {}). Bring them back first. Nothing was done.",
+            removing.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+            staying.len(),
+            quorum(staying.len()),
+            down.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; ")
+        ))
+        .into());
+    }
+    Ok(Removal { removing, staying })
+}
+
+/// The member that leads now, by ID, as a member that answers says.
+async fn leader_id(etcd: &Etcd, members: &[Member]) -> anyhow::Result<String> {
+    let mut errors = Vec::new();
+    for m in members {
+        let Some(url) = m.client_urls.first() else {
+            continue;
+        };
+        match etcd.status(url).await {
+            Ok(v) => {
+                if let Some(id) = v["leader"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| v["leader"].as_u64().map(|n| n.to_string()))
+                {
+                    return Ok(id);
+                }
+                errors.push(format!("{}: no leader in {v}", m.name));
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", m.name)),
+        }
+    }
+    anyhow::bail!("no member said who leads: {}", errors.join("; "))
+}
+
+/// When a member to remove leads, leadership moves to a member that stays first (through the
+/// leader, `move-leader`), so removing it costs no election. Returns what was done.
+pub async fn move_leader_off(ctx: &Context, r: &Removal) -> anyhow::Result<Option<String>> {
+    if r.removing.is_empty() {
+        return Ok(None);
+    }
+    let etcd = Etcd::new(ctx)?;
+    let all: Vec<Member> = r.staying.iter().chain(&r.removing).cloned().collect();
+    let leader = leader_id(&etcd, &all).await?;
+    let Some(old) = r.removing.iter().find(|m| m.id == leader) else {
+        return Ok(None);
+    };
+    let down: Vec<String> = etcd
+        .unhealthy(&r.staying)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let Some(new) = r.staying.iter().find(|m| !down.contains(&m.name)) else {
+        anyhow::bail!(
+            "no healthy member to move the leadership of {} to",
+            old.name
+        );
+    };
+    let url = old
+        .client_urls
+        .first()
+        .with_context(|| format!("member {} has no client URL", old.name))?;
+    etcd.call(
+        url,
+        "/v3/maintenance/transfer-leadership",
+        &json!({"targetID": new.id}),
+    )
+    .await
+    .with_context(|| format!("moving etcd leadership from {} to {}", old.name, new.name))?;
+    Ok(Some(format!(
+        "etcd: leadership moved from {} to {} before its removal",
+        old.name, new.name
+    )))
+}
+
+/// `member remove`, one member at a time, each against the members left (after
+/// [`check_removal`]); the membership record follows. Returns what was done.
+pub async fn remove_members(ctx: &Context, r: &Removal) -> anyhow::Result<Vec<String>> {
+    let etcd = Etcd::new(ctx)?;
+    let mut record = Membership::load(ctx)?.unwrap_or_default();
+    let mut lines = Vec::new();
+    for m in &r.removing {
+        let v = etcd
+            .call_any("/v3/cluster/member/remove", &json!({"ID": m.id}))
+            .await
+            .map_err(|e| {
+                UserError::failed(format!(
+                    "etcd member remove {} (ID {}): {e:#}",
+                    m.name, m.id
+                ))
+            })?;
+        let left = parse_members(&v).len();
+        lines.push(format!("etcd: member {} removed, {left} left", m.name));
+        record.members.remove(&m.name);
+        record.save(ctx)?;
+        // The next removal waits until etcd has settled on the new membership.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(lines)
 }
 
 /// Adds the member on `h` to the running cluster (`member add`), unless it is a member
@@ -500,6 +666,11 @@ mod tests {
             e("reset", "reset", "h2"),
             e("reset", "reset", "h4"),
             e("join", "kubelet", "h4"),
+            // A partial reset's entries for a host that stays (its balancer reloaded) do not
+            // start it over; the reset host's last phase does.
+            e("reset", "reset-balancers", "h1"),
+            e("init", "kubelet", "h5"),
+            e("reset", "reset-host", "h5"),
         ];
         std::fs::write(&p, lines.join("\n")).unwrap();
         let etcd = set_up_in_phase(&p, "etcd");

@@ -25,8 +25,8 @@ use crate::cli::{Global, Output};
 use crate::diag::UserError;
 use crate::inventory::{Host, Inventory};
 use crate::phases::Context;
+use crate::phases::components::{start_command, stop_command};
 use crate::phases::control_plane::COMPONENTS;
-use crate::phases::kubelet::MANIFESTS;
 use crate::ssh::shell::quote;
 use crate::ssh::{ExecOpts, Pool, UploadSource};
 
@@ -101,35 +101,6 @@ fn put_back_command(inv: &Inventory, aside: &str) -> String {
     format!(
         "if [ -e {a} ]; then rm -rf {data} && mv {a} {data}; fi",
         a = quote(aside)
-    )
-}
-
-/// Stops `components` on a host: their units, or in static-pods mode their manifests moved
-/// to `hold` (then waits for the processes to end).
-fn stop_command(static_pods: bool, components: &[&str], hold: &str) -> String {
-    let list = components.join(" ");
-    if !static_pods {
-        let units: Vec<String> = components.iter().map(|c| format!("{c}.service")).collect();
-        return format!("systemctl stop {}", units.join(" "));
-    }
-    format!(
-        "install -d -m 0700 {h}; for c in {list}; do [ -e {MANIFESTS}/$c.yaml ] && mv {MANIFESTS}/$c.yaml {h}/; done; \
-         for i in $(seq 120); do left=; for c in {list}; do pgrep -f \"^$c( |$)\" >/dev/null && left=\"$left $c\"; done; \
-         [ -z \"$left\" ] && exit 0; sleep 1; done; echo \"still running:$left\"; exit 1",
-        h = quote(hold)
-    )
-}
-
-/// Starts what [`stop_command`] stopped (`--no-block`: etcd members wait for each other).
-fn start_command(static_pods: bool, components: &[&str], hold: &str) -> String {
-    let list = components.join(" ");
-    if !static_pods {
-        let units: Vec<String> = components.iter().map(|c| format!("{c}.service")).collect();
-        return format!("systemctl start --no-block {}", units.join(" "));
-    }
-    format!(
-        "for c in {list}; do [ -e {h}/$c.yaml ] && mv {h}/$c.yaml {MANIFESTS}/; done; rmdir {h} 2>/dev/null; true",
-        h = quote(hold)
     )
 }
 
@@ -600,28 +571,5 @@ spec:
         );
         let back = put_back_command(&inv, "/var/lib/etcd.before-restore-T");
         assert!(back.contains("mv /var/lib/etcd.before-restore-T /var/lib/etcd"));
-    }
-
-    #[test]
-    fn stop_and_start_per_mode() {
-        assert_eq!(
-            stop_command(false, &COMPONENTS, "/h"),
-            "systemctl stop kube-apiserver.service kube-controller-manager.service kube-scheduler.service"
-        );
-        assert_eq!(
-            start_command(false, &["etcd"], "/h"),
-            "systemctl start --no-block etcd.service"
-        );
-        let s = stop_command(true, &["etcd"], "/hold");
-        assert!(
-            s.contains("mv /etc/kubernetes/manifests/$c.yaml /hold/"),
-            "{s}"
-        );
-        assert!(s.contains("pgrep"), "{s}");
-        let s = start_command(true, &["etcd"], "/hold");
-        assert!(
-            s.contains("mv /hold/$c.yaml /etc/kubernetes/manifests/"),
-            "{s}"
-        );
     }
 }

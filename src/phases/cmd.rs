@@ -227,6 +227,7 @@ pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
         super::RunOptions {
             dry_run: a.run.dry_run,
             renew_components: a.component.clone(),
+            ..Default::default()
         },
     )
 }
@@ -350,7 +351,9 @@ fn run_with(
 }
 
 /// Plans and applies `runner` on the hosts of `ctx` (or records what it would change).
-fn execute(
+/// Connects to the selected hosts and to every other host a plan names (`reset` changes the
+/// balancers that stay).
+pub(crate) fn execute(
     rt: &tokio::runtime::Runtime,
     ctx: &Context,
     runner: &Runner,
@@ -358,8 +361,20 @@ fn execute(
 ) -> anyhow::Result<(super::runner::RunReport, Vec<(String, String)>)> {
     let plans = runner.plan(ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+    let planned: std::collections::BTreeSet<&str> = plans
+        .iter()
+        .flat_map(|p| p.hosts.iter().map(|h| h.host.as_str()))
+        .chain(ctx.hosts_where(|_| true).iter().map(|h| h.name.as_str()))
+        .collect();
+    let hosts: Vec<&crate::inventory::Host> = ctx
+        .inv()
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| planned.contains(h.name.as_str()))
+        .collect();
     rt.block_on(async {
-        let pool = crate::ops::connect(ctx, &ctx.hosts_where(|_| true)).await?;
+        let pool = crate::ops::connect(ctx, &hosts).await?;
         let ssh = SshExecutor {
             pool: pool.clone(),
             timeout: std::time::Duration::from_secs(600),

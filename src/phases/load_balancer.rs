@@ -35,7 +35,27 @@ impl Phase for LoadBalancer {
         "VIP (keepalived + haproxy), local proxies, or the external endpoint"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
-        let inv = ctx.inv();
+        self.plan_for(ctx, ctx.inv(), &ctx.host_filter)
+    }
+}
+
+impl LoadBalancer {
+    /// The plan for the balancers of `inv` (another inventory than the context's: `reset`
+    /// plans the hosts that stay without the reset ones) named in `host_filter` (empty: all).
+    pub fn plan_for(
+        &self,
+        ctx: &Context,
+        inv: &crate::inventory::Inventory,
+        host_filter: &[String],
+    ) -> anyhow::Result<PhasePlan> {
+        let hosts_where = |pred: &dyn Fn(&Host) -> bool| -> Vec<&Host> {
+            inv.spec
+                .hosts
+                .iter()
+                .filter(|h| host_filter.is_empty() || host_filter.contains(&h.name))
+                .filter(|h| pred(h))
+                .collect()
+        };
         let mut plan = PhasePlan::new(self, Order::Rolling);
         match inv.spec.ha.mode {
             HaMode::Vip => {
@@ -52,7 +72,7 @@ impl Phase for LoadBalancer {
                         crate::render::DEFAULT_VIP_INTERFACE
                     ));
                 }
-                for h in ctx.hosts_where(|h| lb.contains(&h.name)) {
+                for h in hosts_where(&|h| lb.contains(&h.name)) {
                     let vars = host_vars(inv, h);
                     plan.host(
                         h,
@@ -66,7 +86,7 @@ impl Phase for LoadBalancer {
                 }
             }
             HaMode::LocalProxy => {
-                for h in ctx.hosts_where(|h| inv.runs_kubelet(h)) {
+                for h in hosts_where(&|h| inv.runs_kubelet(h)) {
                     let vars = host_vars(inv, h);
                     plan.host(
                         h,
@@ -79,7 +99,7 @@ impl Phase for LoadBalancer {
             }
             HaMode::External => {
                 let (host, port) = inv.apiserver_endpoint_for_admin();
-                for h in ctx.hosts_where(|h| h.has(Role::ControlPlane)) {
+                for h in hosts_where(&|h| h.has(Role::ControlPlane)) {
                     plan.host(
                         h,
                         vec![Action::check(

@@ -14,6 +14,7 @@ pub mod addons;
 pub mod blobs;
 pub mod certs;
 pub mod cmd;
+pub mod components;
 pub mod control_plane;
 pub mod etcd;
 pub mod executor;
@@ -27,6 +28,7 @@ pub mod pki;
 pub mod playbook;
 pub mod preflight;
 pub mod prepare;
+pub mod reset;
 pub mod runner;
 pub mod runtime;
 pub mod ssh_exec;
@@ -64,6 +66,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `renew-certs --component`: the components whose certificates are renewed (empty: all).
     pub renew_components: Vec<String>,
+    /// `reset --drain-timeout`: how long draining one node may take (None: the default).
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).
@@ -372,5 +376,10 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(crate::upgrade::etcd::UpgradeEtcd),
         Box::new(crate::upgrade::control_plane::UpgradeControlPlane),
         Box::new(crate::upgrade::nodes::UpgradeNodes),
+        Box::new(reset::drain::ResetDrain),
+        Box::new(reset::balancers::ResetBalancers),
+        Box::new(reset::control_plane::ResetControlPlane),
+        Box::new(reset::etcd::ResetEtcd),
+        Box::new(reset::host::ResetHost),
     ]
 }

@@ -16,6 +16,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../playbooks/renew-certs.yaml"),
     ),
     ("upgrade", include_str!("../../playbooks/upgrade.yaml")),
+    ("reset", include_str!("../../playbooks/reset.yaml")),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
