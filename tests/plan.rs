@@ -486,3 +486,38 @@ fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
         .unwrap();
     assert!(etcd.get("local").is_none(), "{etcd}");
 }
+
+/// `plan --command restore` shows a restore's steps per host without an archive; `restore
+/// --dry-run` of a missing archive is bad input before anything else.
+#[test]
+fn restore_plan_shows_the_steps_per_host_in_order() {
+    let (out, _home) = plan(
+        &example("ha-vip.yaml"),
+        &["-o", "json", "plan", "--command", "restore"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hosts_of(&v, "restore-upload"), ["cp1", "cp2", "cp3"]);
+    assert_eq!(hosts_of(&v, "restore-stop"), ["cp1", "cp2", "cp3"]);
+    assert_eq!(
+        hosts_of(&v, "restore-restart"),
+        ["cp1", "cp2", "cp3", "w1", "w2"]
+    );
+    let restart = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "restore-restart")
+        .unwrap();
+    assert_eq!(restart["order"], "one-at-a-time");
+    let (out, _home) = plan(
+        &example("ha-vip.yaml"),
+        &["restore", "--dry-run", "/nonexistent/backup.tar.gz"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+}

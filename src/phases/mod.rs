@@ -18,6 +18,8 @@ pub mod components;
 pub mod control_plane;
 pub mod etcd;
 pub mod executor;
+#[cfg(test)]
+pub mod guarded_fake;
 pub mod health;
 pub mod kube_proxy;
 pub mod kubeconfig;
@@ -29,6 +31,7 @@ pub mod playbook;
 pub mod preflight;
 pub mod prepare;
 pub mod reset;
+pub mod restore;
 pub mod runner;
 pub mod runtime;
 pub mod ssh_exec;
@@ -68,6 +71,8 @@ pub struct RunOptions {
     pub renew_components: Vec<String>,
     /// `reset --drain-timeout`: how long draining one node may take (None: the default).
     pub drain_timeout: Option<std::time::Duration>,
+    /// `restore ARCHIVE`: the verified snapshot and the run's time stamp.
+    pub restore: Option<restore::RestoreInputs>,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).
@@ -338,6 +343,14 @@ pub trait Phase: Send + Sync {
     fn running_check(&self, _ctx: &Context, _host: &Host) -> Option<String> {
         None
     }
+    /// What puts back this phase's changes when it or a later phase fails (e.g. `restore`
+    /// moves the old etcd data back and starts what it stopped): a plan the runner converges
+    /// on every host at once, newest phase first, walking back while phases have one. None
+    /// (default): nothing to undo, and nothing before this phase is undone either (a point of
+    /// no return).
+    fn undo(&self, _ctx: &Context) -> anyhow::Result<Option<PhasePlan>> {
+        Ok(None)
+    }
     /// Work through the cluster's API after every host of the phase converged and passed its
     /// gate (e.g. apply add-ons, label nodes). With `dry_run` it must change nothing and say
     /// what it would do. Returns lines for the run's report. Default: nothing.
@@ -381,5 +394,11 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(reset::control_plane::ResetControlPlane),
         Box::new(reset::etcd::ResetEtcd),
         Box::new(reset::host::ResetHost),
+        Box::new(restore::upload::RestoreUpload),
+        Box::new(restore::stop::RestoreStop),
+        Box::new(restore::etcd::RestoreEtcd),
+        Box::new(restore::control_plane::RestoreControlPlane),
+        Box::new(restore::restart::RestoreRestart),
+        Box::new(restore::finish::RestoreFinish),
     ]
 }

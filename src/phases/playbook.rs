@@ -17,6 +17,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("upgrade", include_str!("../../playbooks/upgrade.yaml")),
     ("reset", include_str!("../../playbooks/reset.yaml")),
+    ("restore", include_str!("../../playbooks/restore.yaml")),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
