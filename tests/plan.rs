@@ -521,3 +521,21 @@ fn restore_plan_shows_the_steps_per_host_in_order() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
 }
+
+/// `plan --command backup-schedule` shows the timer files per etcd host.
+#[test]
+fn backup_schedule_plan_shows_the_timer_on_every_etcd_host() {
+    let (out, _home) = plan(
+        &example("ha-vip.yaml"),
+        &["-o", "json", "plan", "--command", "backup-schedule"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hosts_of(&v, "backup-schedule"), ["cp1", "cp2", "cp3"]);
+    let s = v.to_string();
+    assert!(s.contains("/etc/systemd/system/etcd-backup.timer"), "{s}");
+}

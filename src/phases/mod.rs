@@ -11,6 +11,7 @@
 //!   Phases add health gates in `verify`.
 
 pub mod addons;
+pub mod backup_schedule;
 pub mod blobs;
 pub mod certs;
 pub mod cmd;
@@ -73,6 +74,8 @@ pub struct RunOptions {
     pub drain_timeout: Option<std::time::Duration>,
     /// `restore ARCHIVE`: the verified snapshot and the run's time stamp.
     pub restore: Option<restore::RestoreInputs>,
+    /// `backup --schedule`: the calendar (or off) and how many snapshots to keep.
+    pub schedule: Option<backup_schedule::Schedule>,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).
@@ -400,5 +403,6 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(restore::control_plane::RestoreControlPlane),
         Box::new(restore::restart::RestoreRestart),
         Box::new(restore::finish::RestoreFinish),
+        Box::new(backup_schedule::BackupSchedule),
     ]
 }

@@ -18,6 +18,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("upgrade", include_str!("../../playbooks/upgrade.yaml")),
     ("reset", include_str!("../../playbooks/reset.yaml")),
     ("restore", include_str!("../../playbooks/restore.yaml")),
+    (
+        "backup-schedule",
+        include_str!("../../playbooks/backup-schedule.yaml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
