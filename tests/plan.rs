@@ -55,6 +55,28 @@ fn hosts_of(v: &serde_json::Value, phase: &str) -> Vec<String> {
         .collect()
 }
 
+/// `plan -o json --command <command> [extra]` on the ha-vip example.
+fn command_json(command: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["-o", "json", "plan", "--command", command];
+    args.extend(extra);
+    let (out, _home) = plan(&example("ha-vip.yaml"), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn phase<'v>(v: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
+    v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == name)
+        .unwrap()
+}
+
 #[test]
 fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
     let v = json(&example("ha-vip.yaml"));
@@ -465,25 +487,11 @@ fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
         assert!(host.contains(step), "{step}:\n{host}");
     }
     // A worker's reset: no member to remove, nothing for the balancers.
-    let (out, _home) = plan(
-        &example("ha-vip.yaml"),
-        &["-o", "json", "plan", "--command", "reset", "--hosts", "w1"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = command_json("reset", &["--hosts", "w1"]);
     assert_eq!(hosts_of(&v, "reset-host"), ["w1"]);
     assert!(hosts_of(&v, "reset-control-plane").is_empty());
     assert!(hosts_of(&v, "reset-balancers").is_empty());
-    let etcd = v["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["phase"] == "reset-etcd")
-        .unwrap();
+    let etcd = phase(&v, "reset-etcd");
     assert!(etcd.get("local").is_none(), "{etcd}");
 }
 
@@ -491,29 +499,14 @@ fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
 /// --dry-run` of a missing archive is bad input before anything else.
 #[test]
 fn restore_plan_shows_the_steps_per_host_in_order() {
-    let (out, _home) = plan(
-        &example("ha-vip.yaml"),
-        &["-o", "json", "plan", "--command", "restore"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = command_json("restore", &[]);
     assert_eq!(hosts_of(&v, "restore-upload"), ["cp1", "cp2", "cp3"]);
     assert_eq!(hosts_of(&v, "restore-stop"), ["cp1", "cp2", "cp3"]);
     assert_eq!(
         hosts_of(&v, "restore-restart"),
         ["cp1", "cp2", "cp3", "w1", "w2"]
     );
-    let restart = v["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["phase"] == "restore-restart")
-        .unwrap();
-    assert_eq!(restart["order"], "one-at-a-time");
+    assert_eq!(phase(&v, "restore-restart")["order"], "one-at-a-time");
     let (out, _home) = plan(
         &example("ha-vip.yaml"),
         &["restore", "--dry-run", "/nonexistent/backup.tar.gz"],
@@ -525,16 +518,7 @@ fn restore_plan_shows_the_steps_per_host_in_order() {
 /// `plan --command backup-schedule` shows the timer files per etcd host.
 #[test]
 fn backup_schedule_plan_shows_the_timer_on_every_etcd_host() {
-    let (out, _home) = plan(
-        &example("ha-vip.yaml"),
-        &["-o", "json", "plan", "--command", "backup-schedule"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = command_json("backup-schedule", &[]);
     assert_eq!(hosts_of(&v, "backup-schedule"), ["cp1", "cp2", "cp3"]);
     let s = v.to_string();
     assert!(s.contains("/etc/systemd/system/etcd-backup.timer"), "{s}");

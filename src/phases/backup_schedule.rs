@@ -141,20 +141,14 @@ spec:
     - {name: e1, address: 10.0.0.1, roles: [etcd, control-plane]}
     - {name: w1, address: 10.0.0.2, roles: [worker]}
 "#;
-        Context {
-            loaded: crate::inventory::load_str(inv, &dir.join("inventory.yaml")).unwrap(),
-            state: crate::state::StateDir::new(dir, "t"),
-            render: crate::render::Renderer::new(None).unwrap(),
-            host_filter: vec![],
-            bundle: None,
-            options: crate::phases::RunOptions {
-                schedule: Some(Schedule {
-                    calendar: calendar.into(),
-                    keep: 3,
-                }),
-                ..Default::default()
-            },
-        }
+        let options = crate::phases::RunOptions {
+            schedule: Some(Schedule {
+                calendar: calendar.into(),
+                keep: 3,
+            }),
+            ..Default::default()
+        };
+        crate::phases::guarded_fake::test_context(inv, dir, &[], options)
     }
 
     fn resolve(s: &Source) -> anyhow::Result<Blob> {

@@ -122,3 +122,22 @@ impl Executor for GuardedHosts {
         Box::pin(async { Ok(1) })
     }
 }
+
+/// A context for playbook tests: the inventory `yaml` (its file and state under `dir`),
+/// `--hosts`, the run's options, the built-in templates, no bundle.
+pub fn test_context(
+    yaml: &str,
+    dir: &std::path::Path,
+    hosts: &[&str],
+    options: crate::phases::RunOptions,
+) -> crate::phases::Context {
+    crate::phases::Context {
+        loaded: crate::inventory::load_str(yaml, &dir.join("inventory.yaml"))
+            .unwrap_or_else(|d| panic!("{d}")),
+        state: crate::state::StateDir::new(dir, "t"),
+        render: crate::render::Renderer::new(None).unwrap(),
+        host_filter: hosts.iter().map(|s| s.to_string()).collect(),
+        bundle: None,
+        options,
+    }
+}

@@ -94,15 +94,7 @@ spec:
 "#;
 
     fn ctx(dir: &std::path::Path, hosts: &[&str]) -> Context {
-        Context {
-            loaded: crate::inventory::load_str(INV, &dir.join("inventory.yaml"))
-                .unwrap_or_else(|d| panic!("{d}")),
-            state: crate::state::StateDir::new(dir, "t"),
-            render: crate::render::Renderer::new(None).unwrap(),
-            host_filter: hosts.iter().map(|s| s.to_string()).collect(),
-            bundle: None,
-            options: Default::default(),
-        }
+        crate::phases::guarded_fake::test_context(INV, dir, hosts, Default::default())
     }
 
     fn runner(ctx: &Context) -> Runner {

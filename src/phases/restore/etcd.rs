@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::future::BoxFuture;
 
 use crate::inventory::{Host, Inventory};
@@ -94,21 +95,10 @@ impl Phase for RestoreEtcd {
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let cmd = crate::phases::etcd::health_command(host);
-            let mut last = String::new();
-            let end = std::time::Instant::now() + Duration::from_secs(120);
-            while std::time::Instant::now() < end {
-                let o = exec.query(host, &cmd).await?;
-                if o.status == 0 {
-                    return Ok(vec![]);
-                }
-                last = format!("{}{}", o.stdout.trim(), o.stderr.trim());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            anyhow::bail!(
-                "the restored etcd member on {} is not healthy after 120 s: {last}",
-                host.name
-            )
+            crate::phases::etcd::wait_healthy(exec, host, Duration::from_secs(120))
+                .await
+                .context("the restored member")?;
+            Ok(vec![])
         })
     }
     fn undo(&self, ctx: &Context) -> anyhow::Result<Option<PhasePlan>> {

@@ -92,21 +92,14 @@ spec:
     fn ctx(dir: &std::path::Path) -> Context {
         let snapshot = dir.join("snapshot.db");
         std::fs::write(&snapshot, b"snapshot").unwrap();
-        Context {
-            loaded: crate::inventory::load_str(INV, &dir.join("inventory.yaml"))
-                .unwrap_or_else(|d| panic!("{d}")),
-            state: crate::state::StateDir::new(dir, "t"),
-            render: crate::render::Renderer::new(None).unwrap(),
-            host_filter: vec![],
-            bundle: None,
-            options: crate::phases::RunOptions {
-                restore: Some(super::RestoreInputs {
-                    snapshot,
-                    stamp: "20261204T220000Z".into(),
-                }),
-                ..Default::default()
-            },
-        }
+        let options = crate::phases::RunOptions {
+            restore: Some(super::RestoreInputs {
+                snapshot,
+                stamp: "20261204T220000Z".into(),
+            }),
+            ..Default::default()
+        };
+        crate::phases::guarded_fake::test_context(INV, dir, &[], options)
     }
 
     /// The restore playbook up to the rebuilt etcd (the later phases' gates need an API).
