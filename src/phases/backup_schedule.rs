@@ -127,8 +127,8 @@ impl Phase for BackupSchedule {
 mod tests {
     use super::*;
     use crate::phases::Source;
+    use crate::phases::executor::converge;
     use crate::phases::executor::fake::FakeHosts;
-    use crate::phases::executor::{Blob, converge};
 
     fn ctx(dir: &std::path::Path, calendar: &str) -> Context {
         let inv = r#"
@@ -151,12 +151,7 @@ spec:
         crate::phases::guarded_fake::test_context(inv, dir, &[], options)
     }
 
-    fn resolve(s: &Source) -> anyhow::Result<Blob> {
-        match s {
-            Source::Rendered { content, .. } => Ok(Blob::Bytes(content.clone())),
-            other => anyhow::bail!("{other:?}"),
-        }
-    }
+    use crate::phases::guarded_fake::resolve;
 
     #[tokio::test]
     async fn the_timer_goes_to_the_etcd_hosts_a_second_run_changes_nothing_and_off_removes_it() {

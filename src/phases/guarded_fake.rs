@@ -141,3 +141,12 @@ pub fn test_context(
         options,
     }
 }
+
+/// Bytes of a planned file in playbook tests: rendered content, or a local file read now.
+pub fn resolve(s: &crate::phases::Source) -> anyhow::Result<Blob> {
+    match s {
+        crate::phases::Source::Rendered { content, .. } => Ok(Blob::Bytes(content.clone())),
+        crate::phases::Source::Local { path } => Ok(Blob::Bytes(std::fs::read(path)?)),
+        other => anyhow::bail!("{other:?}"),
+    }
+}

@@ -74,7 +74,6 @@ pub fn check_scope(ctx: &Context) -> Result<(), UserError> {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use crate::phases::executor::Blob;
     use crate::phases::guarded_fake::GuardedHosts;
     use crate::phases::runner::{HostOutcome, Journal, PlainProgress, Runner};
     use crate::phases::{Action, Context, Source};
@@ -105,12 +104,7 @@ spec:
         Runner::new(&pb, &Default::default()).unwrap()
     }
 
-    fn resolve(s: &Source) -> anyhow::Result<Blob> {
-        match s {
-            Source::Rendered { content, .. } => Ok(Blob::Bytes(content.clone())),
-            other => anyhow::bail!("{other:?}"),
-        }
-    }
+    use crate::phases::guarded_fake::resolve;
 
     fn runs(plan: &crate::phases::PhasePlan, host: &str) -> Vec<String> {
         plan.hosts

@@ -71,10 +71,9 @@ pub fn token(ctx: &Context) -> String {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use crate::phases::executor::Blob;
     use crate::phases::guarded_fake::GuardedHosts;
     use crate::phases::runner::{Journal, PlainProgress, Runner, Selection};
-    use crate::phases::{Action, Context, Source};
+    use crate::phases::{Action, Context};
 
     const INV: &str = r#"
 apiVersion: clusterctl.io/v1alpha1
@@ -114,12 +113,7 @@ spec:
         Runner::new(&pb, &sel).unwrap()
     }
 
-    fn resolve(s: &Source) -> anyhow::Result<Blob> {
-        match s {
-            Source::Local { path } => Ok(Blob::Bytes(std::fs::read(path)?)),
-            other => anyhow::bail!("{other:?}"),
-        }
-    }
+    use crate::phases::guarded_fake::resolve;
 
     fn apply(ctx: &Context, r: &Runner, exec: &GuardedHosts) -> anyhow::Result<()> {
         let journal = Journal::disabled();
