@@ -482,6 +482,13 @@ fn grow_etcd(
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
     if a.diff {
+        if a.command != "init" && a.command != "join" {
+            return Err(UserError::bad_input(format!(
+                "plan --diff covers init and join; for `{c}` run `clusterctl {c} --dry-run` (with its own arguments): the same dry run against the hosts",
+                c = a.command.replace("backup-schedule", "backup --schedule CALENDAR")
+            ))
+            .into());
+        }
         // The dry run walks the real code path against the hosts and records, not makes,
         // every change.
         return run(

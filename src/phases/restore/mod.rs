@@ -196,6 +196,30 @@ spec:
     }
 
     #[test]
+    fn a_failure_once_the_restored_members_are_healthy_undoes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = ctx(d.path());
+        let r = runner(
+            &ctx,
+            &[
+                "restore-upload",
+                "restore-stop",
+                "restore-etcd",
+                "restore-control-plane",
+            ],
+        );
+        let mut host = GuardedHosts::for_plans(&r.plan(&ctx).unwrap());
+        host.fail_on = Some("start --no-block kube-apiserver".into());
+        let e = apply(&ctx, &r, &host).unwrap_err();
+        assert!(format!("{e:#}").contains("restore-control-plane"), "{e:#}");
+        let log = host.log.lock().unwrap().join("\n");
+        assert!(
+            !log.contains("before-restore-20261204T220000Z /var/lib/etcd"),
+            "{log}"
+        );
+    }
+
+    #[test]
     fn a_killed_restore_is_finished_by_a_rerun() {
         let d = tempfile::tempdir().unwrap();
         let ctx = ctx(d.path());
