@@ -151,7 +151,9 @@ pub fn actions(
         ));
     }
     if inst.units.contains("containerd.service") {
-        a.push(Action::run(
+        // A container that outlives this (its task did not die in 10 s) is a warning: the
+        // units stop next either way, and a re-run tries again.
+        let mut kill = Action::run(
             "kill the pods' containers",
             "for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s SIGKILL \"$t\" >/dev/null 2>&1; done; \
              for i in $(seq 20); do [ -z \"$(ctr -n k8s.io tasks ls -q 2>/dev/null)\" ] && break; sleep 0.5; done; \
@@ -161,7 +163,11 @@ pub fn actions(
             Some(
                 "! command -v ctr >/dev/null || ! systemctl is-active -q containerd.service || [ -z \"$(ctr -n k8s.io containers ls -q 2>/dev/null)\" ]",
             ),
-        ));
+        );
+        if let Action::Run { warn_only, .. } = &mut kill {
+            *warn_only = true;
+        }
+        a.push(kill);
     }
     if !units.is_empty() {
         let stopped = none_of(
@@ -287,9 +293,10 @@ pub fn actions(
                 "for d in {}; do rmdir \"$d\" 2>/dev/null || true; done",
                 dirs.join(" ")
             ),
+            // An empty mount point stays (rmdir cannot remove it): no work left there.
             Some(&none_of(
                 &dirs,
-                "{ [ -d \"$x\" ] && [ -z \"$(ls -A \"$x\")\" ]; }",
+                "{ [ -d \"$x\" ] && [ -z \"$(ls -A \"$x\")\" ] && ! mountpoint -q \"$x\"; }",
             )),
         ));
     }
