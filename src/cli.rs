@@ -172,16 +172,17 @@ pub fn state_dir(g: &Global, loaded: &Loaded) -> crate::state::StateDir {
 }
 
 /// The commands that change a cluster hold its operator lock for their whole run (see
-/// `phases::lock`); read-only ones (plan, status, certificate reports) do not.
+/// `phases::lock`); read-only ones (plan, status, certificate reports) and `--dry-run` runs,
+/// which change nothing either, do not (nor do they create the state directory for it).
 fn changes_the_cluster(c: &Command) -> Option<&'static str> {
     Some(match c {
-        Command::Init(_) => "init",
-        Command::Join(_) => "join",
-        Command::RenewCerts(_) => "renew-certs",
-        Command::Upgrade(a) if a.action.is_none() => "upgrade",
-        Command::Backup(_) => "backup",
-        Command::Restore(_) => "restore",
-        Command::Reset(_) => "reset",
+        Command::Init(a) if !a.dry_run => "init",
+        Command::Join(a) if !a.dry_run => "join",
+        Command::RenewCerts(a) if !a.run.dry_run => "renew-certs",
+        Command::Upgrade(a) if a.action.is_none() && !a.dry_run => "upgrade",
+        Command::Backup(a) if !a.dry_run => "backup",
+        Command::Restore(a) if !a.dry_run => "restore",
+        Command::Reset(a) if !a.dry_run => "reset",
         _ => return None,
     })
 }

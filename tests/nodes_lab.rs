@@ -236,6 +236,119 @@ spec:
     }
     let o = kubectl(&admin, &["get", "--raw", "/readyz"]);
     assert!(o.status.success(), "readyz through the VIP: {}", text(&o));
+
+    reset_killed_midway_is_finished_by_a_rerun(&lab, inv_arg, &admin, &lb_stamps);
+}
+
+/// `reset --hosts h7` (the control-plane host that joined last) killed with SIGKILL while it
+/// cleans the host, then run again plainly: the re-run finishes it. The balancers that stay
+/// dropped h7's backend by a reload (never restarted), h7 is no node and runs nothing of
+/// clusterctl's, its backups are root-only, the journal says it was reset; a third run
+/// changes nothing.
+fn reset_killed_midway_is_finished_by_a_rerun(
+    lab: &Lab,
+    inv_arg: &str,
+    admin: &std::path::Path,
+    lb_stamps: &dyn Fn(&Lab) -> Vec<String>,
+) {
+    let lb_before = lb_stamps(lab);
+    let log = lab.dir.join("reset-killed.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(["-i", inv_arg, "reset", "--hosts", "h7", "--yes"])
+        .env("CI", "true")
+        .stdout(std::fs::File::create(lab.dir.join("reset-killed.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed once the host's own steps started (the node drained and deleted, the balancers
+    // reloaded, the control plane stopped before).
+    let started = eventually(Duration::from_secs(300), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("== reset-host"))
+    });
+    // Half a second into the host's steps (they take ~1.5 s on a lab host).
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("reset h7, killed ({status}):\n{said}");
+    assert!(started.is_some(), "reset never reached reset-host:\n{said}");
+    assert!(
+        !status.success(),
+        "the reset finished before it was killed:\n{said}"
+    );
+
+    let out = clusterctl(&["-i", inv_arg, "reset", "--hosts", "h7", "--yes"]);
+    eprintln!("reset h7 again:\n{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("what remains on h7"), "{}", text(&out));
+    assert_eq!(
+        lb_before,
+        lb_stamps(lab),
+        "haproxy/keepalived were restarted"
+    );
+    let ip7 = lab.ip("h7");
+    for h in ["h1", "h2", "h3"] {
+        let cfg = lab.exec_ok(h, "cat /etc/haproxy/haproxy.cfg");
+        assert!(
+            !cfg.contains(&format!("{ip7}:6443")),
+            "{h}: haproxy still has the h7 backend:\n{cfg}"
+        );
+    }
+    assert!(!ready_nodes(admin).contains(&"h7".to_string()));
+    let running = lab.exec_ok(
+        "h7",
+        "for u in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy haproxy keepalived containerd; do systemctl is-active -q $u && echo $u; done; true",
+    );
+    assert_eq!(running, "", "units still running on h7");
+    let left = lab.exec_ok(
+        "h7",
+        "ls -d /etc/kubernetes /var/lib/kubelet/pki /usr/local/bin/kube-apiserver 2>/dev/null; iptables-save | grep -c KUBE- ; true",
+    );
+    assert_eq!(
+        left.trim(),
+        "0",
+        "h7 keeps clusterctl files or KUBE-* rules: {left}"
+    );
+    // The backups hold keys: root only.
+    let modes = lab.exec_ok(
+        "h7",
+        "stat -c '%a %n' /var/backups/clusterctl /var/backups/clusterctl/*",
+    );
+    eprintln!("h7 backups: {modes}");
+    for l in modes.lines() {
+        let (mode, path) = l.split_once(' ').unwrap();
+        let want = if path == "/var/backups/clusterctl" {
+            "700"
+        } else {
+            "600"
+        };
+        assert_eq!(mode, want, "{l}");
+    }
+    assert!(modes.contains("etc-kubernetes-h7-"), "{modes}");
+    let journal =
+        std::fs::read_to_string(lab.dir.join("clusters/lab-nodes/journal.jsonl")).unwrap();
+    assert!(
+        journal.lines().any(|l| l.contains("\"command\":\"reset\"")
+            && l.contains("\"phase\":\"reset-host\"")
+            && l.contains("\"host\":\"h7\"")
+            && l.contains("\"ok\":true")),
+        "no reset-host entry for h7 in the journal"
+    );
+    // A third run finds nothing to do.
+    let again = run_report(&[
+        "-i", inv_arg, "-o", "json", "reset", "--hosts", "h7", "--yes",
+    ]);
+    for p in again["phases"].as_array().unwrap() {
+        for (h, o) in p["hosts"].as_object().unwrap() {
+            assert_eq!(o["result"], "done", "{} {h}: {o}", p["phase"]);
+            assert_eq!(o["commands_run"], 0, "{} {h}: {o}", p["phase"]);
+            assert_eq!(o["files_written"], 0, "{} {h}: {o}", p["phase"]);
+        }
+    }
+    let o = kubectl(admin, &["get", "--raw", "/readyz"]);
+    assert!(o.status.success(), "readyz through the VIP: {}", text(&o));
 }
 
 fn sh(cmd: &str) -> String {

@@ -55,6 +55,28 @@ fn hosts_of(v: &serde_json::Value, phase: &str) -> Vec<String> {
         .collect()
 }
 
+/// `plan -o json --command <command> [extra]` on the ha-vip example.
+fn command_json(command: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["-o", "json", "plan", "--command", command];
+    args.extend(extra);
+    let (out, _home) = plan(&example("ha-vip.yaml"), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn phase<'v>(v: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
+    v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == name)
+        .unwrap()
+}
+
 #[test]
 fn vip_plan_orders_phases_and_places_work_on_the_right_hosts() {
     let v = json(&example("ha-vip.yaml"));
@@ -401,4 +423,105 @@ fn flannel_without_its_manifest_in_a_bundle_says_how_to_get_one() {
         e.contains("spec.network.cni is flannel") && e.contains("extraManifests"),
         "{e}"
     );
+}
+
+/// `plan --command reset` shows what a reset does, per host and in order, touching nothing:
+/// the cluster steps when the cluster stays, the balancers that stay, the host's steps.
+#[test]
+fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
+    let (out, home) = plan(
+        &example("ha-vip.yaml"),
+        &["plan", "--command", "reset", "--hosts", "cp3"],
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !home.path().join("state").exists(),
+        "plan must not write state"
+    );
+    let order: Vec<&str> = s
+        .lines()
+        .filter_map(|l| l.strip_prefix("phase "))
+        .map(|l| l.split_whitespace().nth(1).unwrap().trim_end_matches(':'))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "reset-drain",
+            "reset-balancers",
+            "reset-control-plane",
+            "reset-etcd",
+            "reset-host"
+        ],
+        "{s}"
+    );
+    assert!(
+        s.contains("local: node cp3: cordon, drain (timeout 120 s), delete"),
+        "{s}"
+    );
+    assert!(s.contains("local: etcd member remove cp3"), "{s}");
+    // The other balancers reload without cp3; cp3 leaves them before it stops.
+    let lb = s
+        .split("phase 2/5")
+        .nth(1)
+        .unwrap()
+        .split("phase 3/5")
+        .next()
+        .unwrap();
+    assert!(
+        lb.contains("cp1 (") && lb.contains("cp2 (") && !lb.contains("cp3 ("),
+        "{lb}"
+    );
+    assert!(lb.contains("haproxy.service enabled + running"), "{lb}");
+    let host = s.split("phase 5/5").nth(1).unwrap();
+    for step in [
+        "run      stop the kubelet",
+        "run      kill the pods' containers",
+        "run      back up the etcd data (/var/lib/etcd)",
+        "run      back up /etc/kubernetes",
+        "run      remove kube-proxy's KUBE-* chains",
+        "run      delete /etc/kubernetes",
+    ] {
+        assert!(host.contains(step), "{step}:\n{host}");
+    }
+    // A worker's reset: no member to remove, nothing for the balancers.
+    let v = command_json("reset", &["--hosts", "w1"]);
+    assert_eq!(hosts_of(&v, "reset-host"), ["w1"]);
+    assert!(hosts_of(&v, "reset-control-plane").is_empty());
+    assert!(hosts_of(&v, "reset-balancers").is_empty());
+    let etcd = phase(&v, "reset-etcd");
+    assert!(etcd.get("local").is_none(), "{etcd}");
+}
+
+/// `plan --command restore` shows a restore's steps per host without an archive; `restore
+/// --dry-run` of a missing archive is bad input before anything else.
+#[test]
+fn restore_plan_shows_the_steps_per_host_in_order() {
+    let v = command_json("restore", &[]);
+    assert_eq!(hosts_of(&v, "restore-upload"), ["cp1", "cp2", "cp3"]);
+    assert_eq!(hosts_of(&v, "restore-stop"), ["cp1", "cp2", "cp3"]);
+    assert_eq!(
+        hosts_of(&v, "restore-restart"),
+        ["cp1", "cp2", "cp3", "w1", "w2"]
+    );
+    assert_eq!(phase(&v, "restore-restart")["order"], "one-at-a-time");
+    let (out, _home) = plan(
+        &example("ha-vip.yaml"),
+        &["restore", "--dry-run", "/nonexistent/backup.tar.gz"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+}
+
+/// `plan --command backup-schedule` shows the timer files per etcd host.
+#[test]
+fn backup_schedule_plan_shows_the_timer_on_every_etcd_host() {
+    let v = command_json("backup-schedule", &[]);
+    assert_eq!(hosts_of(&v, "backup-schedule"), ["cp1", "cp2", "cp3"]);
+    let s = v.to_string();
+    assert!(s.contains("/etc/systemd/system/etcd-backup.timer"), "{s}");
 }

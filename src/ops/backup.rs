@@ -1,7 +1,7 @@
 //! `clusterctl backup`: an etcd snapshot taken over TLS from a healthy member, checked with
 //! `snapshot status` on that host, fetched over SSH (sha256 compared), and written with the
 //! local PKI and the inventory into one archive with a checksum (see [`super::archive`]).
-//! `--schedule` installs a systemd timer on every etcd host instead (see [`schedule`]).
+//! `--schedule` runs the backup-schedule playbook instead (see [`schedule`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,7 +13,7 @@ use super::archive::{self, EtcdInfo, INVENTORY, Manifest, Member, SNAPSHOT, Snap
 use super::{BackupArgs, etcdctl, human, snapshot_status_command, stamp};
 use crate::cli::{Global, Output};
 use crate::diag::UserError;
-use crate::inventory::{Host, Role};
+use crate::inventory::Host;
 use crate::phases::Context;
 use crate::ssh::shell::quote;
 use crate::ssh::{ExecOpts, Pool};
@@ -217,10 +217,10 @@ pub async fn backup(ctx: &Context, pool: &Pool, out: Option<&Path>) -> anyhow::R
 
 /// `clusterctl backup`.
 pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<()> {
-    let ctx = super::context(g)?;
     if let Some(cal) = &a.schedule {
-        return schedule(g, &ctx, cal, a.keep, a.dry_run);
+        return schedule(g, cal, a.keep, a.dry_run);
     }
+    let ctx = super::context(g)?;
     if a.dry_run {
         return Err(UserError::bad_input(
             "--dry-run goes with --schedule; a backup changes nothing on the hosts (run it without --dry-run)",
@@ -259,183 +259,65 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The files and timer of a scheduled backup on `host`.
-pub fn schedule_actions(
-    ctx: &Context,
-    host: &Host,
-    calendar: &str,
-    keep: u32,
-) -> anyhow::Result<Vec<crate::phases::Action>> {
-    use crate::phases::Action;
-    let mut vars = crate::render::host_vars(ctx.inv(), host);
-    vars.insert(
-        "backup",
-        &serde_json::json!({
-            "dir": super::SCHEDULED_DIR,
-            "keep": keep,
-            "schedule": calendar,
-            "pki": super::ETCD_PKI,
-        }),
-    );
-    let r = |t: &str| ctx.render.render(t, &vars);
-    Ok(vec![
-        Action::check(
-            &format!(
-                "systemd reads --schedule {calendar:?} as a calendar (see `man systemd.time`)"
-            ),
-            &format!("systemd-analyze calendar {} >/dev/null", quote(calendar)),
-        ),
-        Action::check(
-            "etcdctl is installed (/usr/local/bin/etcdctl)",
-            "[ -x /usr/local/bin/etcdctl ]",
-        ),
-        Action::dir("/usr/local/lib/clusterctl", 0o755),
-        Action::dir(super::SCHEDULED_DIR, 0o700),
-        Action::rendered(
-            "/usr/local/lib/clusterctl/etcd-backup.sh",
-            0o755,
-            "etcd/etcd-backup.sh",
-            r("etcd/etcd-backup.sh")?,
-            &[],
-        ),
-        Action::rendered(
-            "/etc/systemd/system/etcd-backup.service",
-            0o644,
-            "etcd/etcd-backup.service",
-            r("etcd/etcd-backup.service")?,
-            &[],
-        ),
-        Action::rendered(
-            "/etc/systemd/system/etcd-backup.timer",
-            0o644,
-            "etcd/etcd-backup.timer",
-            r("etcd/etcd-backup.timer")?,
-            &["etcd-backup.timer"],
-        ),
-        Action::service("etcd-backup.timer"),
-    ])
-}
-
-/// Succeeds when a scheduled backup is installed on the host.
-const INSTALLED: &str = "[ -e /etc/systemd/system/etcd-backup.timer ] || [ -e /etc/systemd/system/etcd-backup.service ] || [ -e /usr/local/lib/clusterctl/etcd-backup.sh ]";
-/// Removes the timer, its service and script (the snapshots stay).
-const UNSCHEDULE: &str = "systemctl disable --now etcd-backup.timer 2>/dev/null || true; \
-     rm -f /etc/systemd/system/etcd-backup.timer /etc/systemd/system/etcd-backup.service /usr/local/lib/clusterctl/etcd-backup.sh && systemctl daemon-reload";
-
-/// `backup --schedule CALENDAR --keep N` (or `off`) on every etcd host, through the converge
-/// loop: idempotent, and `--dry-run` shows what would change.
-fn schedule(
-    g: &Global,
-    ctx: &Context,
-    calendar: &str,
-    keep: u32,
-    dry_run: bool,
-) -> anyhow::Result<()> {
-    use crate::phases::executor::{Blob, DryRun, Executor, converge};
-    use crate::phases::ssh_exec::SshExecutor;
-    use crate::phases::{HostPlan, Source};
-    let off = calendar == "off";
+/// `backup --schedule CALENDAR --keep N` (or `off`): the backup-schedule playbook on the one
+/// runner (`phases::backup_schedule`): idempotent, and `--dry-run` shows what would change.
+fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Result<()> {
+    use crate::phases::backup_schedule::{CALENDAR_CHECK, Schedule};
     if calendar.trim().is_empty() || calendar.contains('\n') {
         return Err(UserError::bad_input(
             "--schedule: an empty calendar; use e.g. `daily` or `*-*-* 02:30:00`, or `off`",
         )
         .into());
     }
-    let hosts: Vec<&Host> = ctx.inv().hosts_with(Role::Etcd).collect();
-    let mut plans = Vec::new();
-    for h in &hosts {
-        let actions = if off {
-            vec![]
-        } else {
-            schedule_actions(ctx, h, calendar, keep)?
-        };
-        plans.push(HostPlan {
-            host: h.name.clone(),
-            address: h.address.clone(),
-            actions,
-        });
-    }
+    let s = Schedule {
+        calendar: calendar.to_string(),
+        keep,
+    };
+    let options = crate::phases::RunOptions {
+        dry_run,
+        schedule: Some(s.clone()),
+        ..Default::default()
+    };
+    let (ctx, runner) =
+        crate::phases::cmd::prepare(g, "backup-schedule", &Default::default(), options)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (lines, recorded) = rt.block_on(async {
-        let pool = super::connect(ctx, &hosts).await?;
-        let ssh = SshExecutor {
-            pool: pool.clone(),
-            timeout: std::time::Duration::from_secs(120),
-        };
-        let dry = DryRun::new(&ssh);
-        let exec: &dyn Executor = if dry_run { &dry } else { &ssh };
-        let resolve = |s: &Source| -> anyhow::Result<Blob> {
-            match s {
-                Source::Rendered { content, .. } => Ok(Blob::Bytes(content.clone())),
-                other => anyhow::bail!("unexpected source {other:?}"),
-            }
-        };
-        // A calendar systemd cannot read is bad input: said before any host changes.
-        if !off && let Some(h) = hosts.first() {
-            let o = exec
-                .query(h, &format!("systemd-analyze calendar {} 2>&1", quote(calendar)))
-                .await?;
-            if o.status != 0 {
-                pool.close().await;
-                return Err(UserError::bad_input(format!(
-                    "--schedule {calendar:?} is not a systemd calendar ({} on {}); e.g. `daily`, `hourly`, `*-*-* 02:30:00` (see `man systemd.time`); nothing was changed",
-                    o.stdout.trim(),
-                    h.name
-                ))
-                .into());
-            }
-        }
-        let futs = hosts.iter().zip(&plans).map(|(h, p)| async move {
-            if off {
-                if exec.query(h, INSTALLED).await?.status == 0 {
-                    let o = exec.change(h, UNSCHEDULE).await?;
-                    anyhow::ensure!(
-                        o.status == 0,
-                        "{}: removing the timer: {}",
-                        h.name,
-                        o.stderr.trim()
-                    );
-                }
-                return Ok(format!(
-                    "{}: no scheduled backup (snapshots kept in {})",
-                    h.name,
-                    super::SCHEDULED_DIR
-                ));
-            }
-            let ch = converge(exec, h, p, &resolve)
-                .await
-                .with_context(|| format!("host {}", h.name))?;
-            Ok::<_, anyhow::Error>(format!(
-                "{}: timer etcd-backup.timer on {calendar:?}, keeps {keep} in {}{}",
-                h.name,
-                super::SCHEDULED_DIR,
-                if ch.is_noop() { " (unchanged)" } else { "" }
+    let (report, recorded) = match crate::phases::cmd::execute(&rt, &ctx, &runner, dry_run) {
+        Ok(r) => r,
+        // The calendar guard runs before anything changes on a host: its failure is bad
+        // input, and nothing was changed.
+        Err(e) if format!("{e:#}").contains(CALENDAR_CHECK) => {
+            return Err(UserError::bad_input(format!(
+                "--schedule {calendar:?} is not a systemd calendar: {e:#}\n  e.g. `daily`, `hourly`, `*-*-* 02:30:00` (see `man systemd.time`); nothing was changed"
             ))
-        });
-        let r: Vec<anyhow::Result<String>> = futures::future::join_all(futs).await;
-        pool.close().await;
-        let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());
-        let mut lines = Vec::new();
-        let mut errors = Vec::new();
-        for x in r {
-            match x {
-                Ok(l) => lines.push(l),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
+            .into());
         }
-        if !errors.is_empty() {
-            return Err(
-                UserError::failed(format!("backup --schedule: {}", errors.join("\n  "))).into(),
-            );
+        Err(e) => return Err(e),
+    };
+    let mut lines = Vec::new();
+    for p in &report.phases {
+        for (h, o) in &p.hosts {
+            let unchanged = matches!(o, crate::phases::runner::HostOutcome::Done(c) if c.is_noop());
+            lines.push(if s.is_off() {
+                format!(
+                    "{h}: no scheduled backup (snapshots kept in {})",
+                    super::SCHEDULED_DIR
+                )
+            } else {
+                format!(
+                    "{h}: timer etcd-backup.timer on {calendar:?}, keeps {keep} in {}{}",
+                    super::SCHEDULED_DIR,
+                    if unchanged { " (unchanged)" } else { "" }
+                )
+            });
         }
-        Ok::<_, anyhow::Error>((lines, recorded))
-    })?;
+    }
     match g.output {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "schedule": calendar, "keep": keep, "dryRun": dry_run, "hosts": lines,
                 "wouldChange": recorded.iter().map(|(h, w)| serde_json::json!({"host": h, "change": w})).collect::<Vec<_>>(),
+                "phases": report.phases,
             }))?
         ),
         Output::Text => {

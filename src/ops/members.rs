@@ -165,7 +165,12 @@ pub fn since_reset(path: &Path) -> BTreeMap<String, Vec<JournalEntry>> {
     let mut m: BTreeMap<String, Vec<JournalEntry>> = BTreeMap::new();
     for e in journal_entries(path) {
         if e.command == "reset" {
-            m.remove(&e.host);
+            // Only a finished reset of the host starts it over (the playbook's last host
+            // phase, or the single entry older versions wrote); the hosts that stay are in
+            // the journal of a partial reset too (their balancers reloaded).
+            if e.ok && (e.phase == crate::phases::reset::DONE_PHASE || e.phase == "reset") {
+                m.remove(&e.host);
+            }
         } else {
             m.entry(e.host.clone()).or_default().push(e);
         }
@@ -840,6 +845,88 @@ pub async fn move_leader_away(etcd: &Etcd, target: &Member) -> anyhow::Result<Ve
         "etcd: leadership moved from {} to {}",
         target.name, next.name
     )])
+}
+
+/// The members a reset removes and those that stay, checked: every removed member is known,
+/// at least one member stays, and the members that stay keep a quorum of healthy ones.
+#[derive(Debug, Default)]
+pub struct Removal {
+    pub removing: Vec<Member>,
+    pub staying: Vec<Member>,
+}
+
+impl Removal {
+    pub fn describe(&self) -> Vec<String> {
+        if self.removing.is_empty() {
+            return vec![];
+        }
+        vec![format!(
+            "etcd: removing {} leaves {} member(s), quorum {}: ok",
+            self.removing
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.staying.len(),
+            quorum(self.staying.len())
+        )]
+    }
+}
+
+/// Reads the member list and checks that the members of `hosts` can go (read only). A member
+/// already removed (a re-run) is not in `removing`.
+pub async fn check_removal(ctx: &Context, hosts: &[&Host]) -> anyhow::Result<Removal> {
+    let peers: std::collections::BTreeSet<String> = hosts
+        .iter()
+        .filter(|h| h.has(crate::inventory::Role::Etcd))
+        .map(|h| peer_url(h))
+        .collect();
+    if peers.is_empty() {
+        return Ok(Removal::default());
+    }
+    let etcd = Etcd::new(ctx)?;
+    let members = etcd.members().await.map_err(|e| {
+        UserError::failed(format!(
+            "cannot read etcd's member list: {e:#}; nothing was done"
+        ))
+    })?;
+    let (removing, staying): (Vec<_>, Vec<_>) = members
+        .into_iter()
+        .partition(|m| m.peer_urls.iter().any(|u| peers.contains(u)));
+    if removing.is_empty() {
+        return Ok(Removal { removing, staying });
+    }
+    if staying.is_empty() {
+        return Err(UserError::bad_input(
+            "this would remove the last etcd member(s); reset every host instead. Nothing was done.",
+        )
+        .into());
+    }
+    let down = etcd.unhealthy(&staying).await;
+    let up = staying.len() - down.len();
+    if up < quorum(staying.len()) {
+        return Err(UserError::failed(format!(
+            "removing {} would leave {up} healthy of {} etcd members, below the quorum of {} (down: {}). Bring them back first. Nothing was done.",
+            removing.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+            staying.len(),
+            quorum(staying.len()),
+            down.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; ")
+        ))
+        .into());
+    }
+    Ok(Removal { removing, staying })
+}
+
+/// `member remove` of each of `r.removing`, one at a time, each against the members left
+/// ([`remove_member`]: quorum-guarded, the leadership moved away first when it leads; the
+/// record follows). Returns what was done.
+pub async fn remove_members(ctx: &Context, r: &Removal) -> anyhow::Result<Vec<String>> {
+    let etcd = Etcd::new(ctx)?;
+    let mut lines = Vec::new();
+    for m in &r.removing {
+        lines.extend(remove_member(ctx, &etcd, m).await?);
+    }
+    Ok(lines)
 }
 
 /// At the start of `join`: a member added but never made a started voter (a learner, or a

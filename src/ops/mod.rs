@@ -1,8 +1,8 @@
-//! Day-2 operations that are not playbooks: `status`, `reset`, growing etcd in `join`
-//! (`members`), `backup` (a snapshot over TLS plus the
-//! local PKI and inventory in one checksummed archive; `--schedule` installs a systemd timer
-//! on the etcd hosts) and `restore` (every member rebuilt from a snapshot with a new cluster
-//! token, the old data directories kept). `backup::take_backup` is the library entry point
+//! Day-2 commands: `status`, growing and shrinking etcd (`members`, used by `join` and the
+//! reset playbook), `backup` (a snapshot over TLS plus the local PKI and inventory in one
+//! checksummed archive; `--schedule` installs a systemd timer on the etcd hosts), and the
+//! command layers of the `reset` and `restore` playbooks (their phases are in
+//! `phases::reset` and `phases::restore`). `backup::take_backup` is the library entry point
 //! other commands (`upgrade`) call with their already-connected SSH pool.
 
 pub mod archive;
@@ -50,6 +50,9 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     /// A backup archive written by `clusterctl backup` (its .sha256 beside it is checked too).
     pub archive: PathBuf,
+    /// Verify the archive and print what would be done on each host; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The context of a command that runs no playbook: inventory, state dir, templates.

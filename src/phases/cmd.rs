@@ -279,6 +279,9 @@ impl Phase for JoinScoped {
     fn join_concerns(&self, ctx: &Context, host: &crate::inventory::Host) -> Option<String> {
         self.0.join_concerns(ctx, host)
     }
+    fn undo(&self, ctx: &Context) -> anyhow::Result<Option<PhasePlan>> {
+        self.0.undo(ctx)
+    }
     fn apply_cluster<'a>(
         &'a self,
         ctx: &'a Context,
@@ -406,7 +409,9 @@ fn run_with(
 }
 
 /// Plans and applies `runner` on the hosts of `ctx` (or records what it would change).
-fn execute(
+/// Connects to the selected hosts and to every other host a plan names (`reset` changes the
+/// balancers that stay).
+pub(crate) fn execute(
     rt: &tokio::runtime::Runtime,
     ctx: &Context,
     runner: &Runner,
@@ -414,8 +419,20 @@ fn execute(
 ) -> anyhow::Result<(super::runner::RunReport, Vec<(String, String)>)> {
     let plans = runner.plan(ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+    let planned: std::collections::BTreeSet<&str> = plans
+        .iter()
+        .flat_map(|p| p.hosts.iter().map(|h| h.host.as_str()))
+        .chain(ctx.hosts_where(|_| true).iter().map(|h| h.name.as_str()))
+        .collect();
+    let hosts: Vec<&crate::inventory::Host> = ctx
+        .inv()
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| planned.contains(h.name.as_str()))
+        .collect();
     rt.block_on(async {
-        let pool = crate::ops::connect(ctx, &ctx.hosts_where(|_| true)).await?;
+        let pool = crate::ops::connect(ctx, &hosts).await?;
         let ssh = SshExecutor {
             pool: pool.clone(),
             timeout: std::time::Duration::from_secs(600),
@@ -439,6 +456,13 @@ fn execute(
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
     if a.diff {
+        if a.command != "init" && a.command != "join" {
+            return Err(UserError::bad_input(format!(
+                "plan --diff covers init and join; for `{c}` run `clusterctl {c} --dry-run` (with its own arguments): the same dry run against the hosts",
+                c = a.command.replace("backup-schedule", "backup --schedule CALENDAR")
+            ))
+            .into());
+        }
         // The dry run walks the real code path against the hosts and records, not makes,
         // every change.
         return run(

@@ -198,20 +198,33 @@ impl Phase for Etcd {
             if joins_running_cluster(ctx, host)? {
                 report = promote_when_ready(ctx, host).await?;
             }
-            let cmd = health_command(host);
-            let mut last = String::new();
-            for _ in 0..30 {
-                let o = exec.query(host, &cmd).await?;
-                if o.status == 0 {
-                    return Ok(report);
-                }
-                last = format!("{}{}", o.stdout.trim(), o.stderr.trim());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            anyhow::bail!(
-                "etcd member on {} not healthy after 30 s: {last}",
-                host.name
-            )
+            wait_healthy(exec, host, Duration::from_secs(30)).await?;
+            Ok(report)
         })
     }
+}
+
+/// Asks the member on `host` for its health (on the host, over TLS) once a second until it
+/// answers healthy or `within` passes.
+pub async fn wait_healthy(
+    exec: &dyn Executor,
+    host: &Host,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let cmd = health_command(host);
+    let mut last = String::new();
+    let end = std::time::Instant::now() + within;
+    while std::time::Instant::now() < end {
+        let o = exec.query(host, &cmd).await?;
+        if o.status == 0 {
+            return Ok(());
+        }
+        last = format!("{}{}", o.stdout.trim(), o.stderr.trim());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    anyhow::bail!(
+        "etcd member on {} not healthy after {} s: {last}",
+        host.name,
+        within.as_secs()
+    )
 }

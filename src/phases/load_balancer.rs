@@ -36,7 +36,60 @@ impl Phase for LoadBalancer {
         "VIP (keepalived + haproxy), local proxies, or the external endpoint"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        self.plan_for(ctx, ctx.inv(), &ctx.host_filter)
+    }
+    fn join_concerns(&self, ctx: &Context, host: &Host) -> Option<String> {
         let inv = ctx.inv();
+        if !balancers(inv).iter().any(|b| b.name == host.name) {
+            return None;
+        }
+        let joining = |pred: &dyn Fn(&Host) -> bool| -> Vec<&str> {
+            inv.spec
+                .hosts
+                .iter()
+                .filter(|h| ctx.options.joining.contains(&h.name) && pred(h))
+                .map(|h| h.name.as_str())
+                .collect()
+        };
+        let apiservers = joining(&|h| h.has(Role::ControlPlane));
+        let mut why = Vec::new();
+        if !apiservers.is_empty() {
+            why.push(format!(
+                "its haproxy takes the new apiserver(s) {} as backends, after they passed their gate (reload: open connections stay)",
+                apiservers.join(", ")
+            ));
+        }
+        if inv.spec.ha.mode == HaMode::Vip {
+            let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
+            let peers = joining(&|h| lb.contains(&h.name));
+            if !peers.is_empty() {
+                why.push(format!(
+                    "its keepalived takes the new VRRP peer(s) {} (reload: the VIP stays)",
+                    peers.join(", ")
+                ));
+            }
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+impl LoadBalancer {
+    /// The plan for the balancers of `inv` (another inventory than the context's: `reset`
+    /// plans the hosts that stay without the reset ones) named in `host_filter` (empty: all).
+    pub fn plan_for(
+        &self,
+        ctx: &Context,
+        inv: &crate::inventory::Inventory,
+        host_filter: &[String],
+    ) -> anyhow::Result<PhasePlan> {
+        let hosts_where = |pred: &dyn Fn(&Host) -> bool| -> Vec<&Host> {
+            inv.spec
+                .hosts
+                .iter()
+                .filter(|h| host_filter.is_empty() || host_filter.contains(&h.name))
+                .filter(|h| pred(h))
+                .collect()
+        };
         let mut plan = PhasePlan::new(self, Order::Rolling);
         let joining = |h: &Host| ctx.options.joining.contains(&h.name);
         match inv.spec.ha.mode {
@@ -54,7 +107,7 @@ impl Phase for LoadBalancer {
                         crate::render::DEFAULT_VIP_INTERFACE
                     ));
                 }
-                let mut hosts = ctx.hosts_where(|h| lb.contains(&h.name));
+                let mut hosts = hosts_where(&|h| lb.contains(&h.name));
                 if hosts.iter().any(|h| joining(h)) && hosts.iter().any(|h| !joining(h)) {
                     // Every keepalived talks to its peers by unicast: the running ones learn
                     // the new peers (a reload; the VIP stays) before a new one starts, else
@@ -89,7 +142,7 @@ impl Phase for LoadBalancer {
                 }
             }
             HaMode::LocalProxy => {
-                for h in ctx.hosts_where(|h| inv.runs_kubelet(h)) {
+                for h in hosts_where(&|h| inv.runs_kubelet(h)) {
                     let vars = host_vars(inv, h);
                     plan.host(
                         h,
@@ -102,7 +155,7 @@ impl Phase for LoadBalancer {
             }
             HaMode::External => {
                 let (host, port) = inv.apiserver_endpoint_for_admin();
-                for h in ctx.hosts_where(|h| h.has(Role::ControlPlane)) {
+                for h in hosts_where(&|h| h.has(Role::ControlPlane)) {
                     plan.host(
                         h,
                         vec![Action::check(
@@ -120,39 +173,6 @@ impl Phase for LoadBalancer {
             }
         }
         Ok(plan)
-    }
-    fn join_concerns(&self, ctx: &Context, host: &Host) -> Option<String> {
-        let inv = ctx.inv();
-        if !balancers(inv).iter().any(|b| b.name == host.name) {
-            return None;
-        }
-        let joining = |pred: &dyn Fn(&Host) -> bool| -> Vec<&str> {
-            inv.spec
-                .hosts
-                .iter()
-                .filter(|h| ctx.options.joining.contains(&h.name) && pred(h))
-                .map(|h| h.name.as_str())
-                .collect()
-        };
-        let apiservers = joining(&|h| h.has(Role::ControlPlane));
-        let mut why = Vec::new();
-        if !apiservers.is_empty() {
-            why.push(format!(
-                "its haproxy takes the new apiserver(s) {} as backends, after they passed their gate (reload: open connections stay)",
-                apiservers.join(", ")
-            ));
-        }
-        if inv.spec.ha.mode == HaMode::Vip {
-            let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
-            let peers = joining(&|h| lb.contains(&h.name));
-            if !peers.is_empty() {
-                why.push(format!(
-                    "its keepalived takes the new VRRP peer(s) {} (reload: the VIP stays)",
-                    peers.join(", ")
-                ));
-            }
-        }
-        (!why.is_empty()).then(|| why.join("; "))
     }
 }
 

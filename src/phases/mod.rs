@@ -11,12 +11,16 @@
 //!   Phases add health gates in `verify`.
 
 pub mod addons;
+pub mod backup_schedule;
 pub mod blobs;
 pub mod certs;
 pub mod cmd;
+pub mod components;
 pub mod control_plane;
 pub mod etcd;
 pub mod executor;
+#[cfg(test)]
+pub mod guarded_fake;
 pub mod health;
 pub mod kube_proxy;
 pub mod kubeconfig;
@@ -28,6 +32,8 @@ pub mod pki;
 pub mod playbook;
 pub mod preflight;
 pub mod prepare;
+pub mod reset;
+pub mod restore;
 pub mod runner;
 pub mod runtime;
 pub mod ssh_exec;
@@ -71,6 +77,12 @@ pub struct RunOptions {
     pub joining: Vec<String>,
     /// `--break-lock`: take the hosts' run markers even when another machine's run left them.
     pub break_lock: bool,
+    /// `reset --drain-timeout`: how long draining one node may take (None: the default).
+    pub drain_timeout: Option<std::time::Duration>,
+    /// `restore ARCHIVE`: the verified snapshot and the run's time stamp.
+    pub restore: Option<restore::RestoreInputs>,
+    /// `backup --schedule`: the calendar (or off) and how many snapshots to keep.
+    pub schedule: Option<backup_schedule::Schedule>,
 }
 
 /// An offline bundle: where it is and its manifest (read from its head only).
@@ -362,6 +374,14 @@ pub trait Phase: Send + Sync {
     fn join_concerns(&self, _ctx: &Context, _host: &Host) -> Option<String> {
         None
     }
+    /// What puts back this phase's changes when it or a later phase fails (e.g. `restore`
+    /// moves the old etcd data back and starts what it stopped): a plan the runner converges
+    /// on every host at once, newest phase first, walking back while phases have one. None
+    /// (default): nothing to undo, and nothing before this phase is undone either (a point of
+    /// no return).
+    fn undo(&self, _ctx: &Context) -> anyhow::Result<Option<PhasePlan>> {
+        Ok(None)
+    }
     /// Work through the cluster's API after every host of the phase converged and passed its
     /// gate (e.g. apply add-ons, label nodes). With `dry_run` it must change nothing and say
     /// what it would do. Returns lines for the run's report. Default: nothing.
@@ -400,5 +420,17 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(crate::upgrade::etcd::UpgradeEtcd),
         Box::new(crate::upgrade::control_plane::UpgradeControlPlane),
         Box::new(crate::upgrade::nodes::UpgradeNodes),
+        Box::new(reset::drain::ResetDrain),
+        Box::new(reset::balancers::ResetBalancers),
+        Box::new(reset::control_plane::ResetControlPlane),
+        Box::new(reset::etcd::ResetEtcd),
+        Box::new(reset::host::ResetHost),
+        Box::new(restore::upload::RestoreUpload),
+        Box::new(restore::stop::RestoreStop),
+        Box::new(restore::etcd::RestoreEtcd),
+        Box::new(restore::control_plane::RestoreControlPlane),
+        Box::new(restore::restart::RestoreRestart),
+        Box::new(restore::finish::RestoreFinish),
+        Box::new(backup_schedule::BackupSchedule),
     ]
 }

@@ -16,6 +16,12 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../playbooks/renew-certs.yaml"),
     ),
     ("upgrade", include_str!("../../playbooks/upgrade.yaml")),
+    ("reset", include_str!("../../playbooks/reset.yaml")),
+    ("restore", include_str!("../../playbooks/restore.yaml")),
+    (
+        "backup-schedule",
+        include_str!("../../playbooks/backup-schedule.yaml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::executor::{Blob, Executor, HostChanges, converge_gated, finish_pending};
+use super::executor::{Blob, Executor, HostChanges, converge, converge_gated, finish_pending};
 use super::playbook::Playbook;
 use super::{Context, Order, Phase, PhasePlan, Source};
 use crate::diag::UserError;
@@ -119,7 +119,7 @@ impl Runner {
             eprintln!("{} rotation {host}: {line}", stamp());
             journal.note(&self.command, "rotation", &host, &line);
         }
-        for phase in &self.phases {
+        for (index, phase) in self.phases.iter().enumerate() {
             let started = Instant::now();
             let plan = phase
                 .plan(ctx)
@@ -216,6 +216,8 @@ impl Runner {
                             hosts,
                             cluster: vec![],
                         });
+                        self.undo(index, ctx, exec, resolve, progress, journal, &mut report)
+                            .await;
                         return Err(UserError::failed(format!(
                             "{e:#}\nfix the cause and run `clusterctl {}` again: finished steps are not redone",
                             self.command
@@ -233,6 +235,8 @@ impl Runner {
                 cluster,
             });
             if !failed.is_empty() {
+                self.undo(index, ctx, exec, resolve, progress, journal, &mut report)
+                    .await;
                 return Err(UserError::failed(format!(
                     "phase {} failed on {} host(s):\n  {}\nfix the cause and run `clusterctl {}` again: finished steps are not redone",
                     plan.phase,
@@ -244,6 +248,64 @@ impl Runner {
             }
         }
         Ok(report)
+    }
+}
+
+impl Runner {
+    /// After phase `failed` failed: when it has an undo plan ([`Phase::undo`]), that plan and
+    /// those of the phases right before it that have one are converged, newest first, every
+    /// host of a plan at once (no gate; the journal records them as `<phase>-undo`). A phase
+    /// without an undo plan is a point of no return: nothing before it is undone.
+    #[allow(clippy::too_many_arguments)]
+    async fn undo(
+        &self,
+        failed: usize,
+        ctx: &Context,
+        exec: &dyn Executor,
+        resolve: &(dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
+        progress: &dyn Progress,
+        journal: &Journal,
+        report: &mut RunReport,
+    ) {
+        for phase in self.phases[..=failed].iter().rev() {
+            let plan = match phase.undo(ctx) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("{}: planning its undo failed: {e:#}", phase.name());
+                    break;
+                }
+            };
+            let started = Instant::now();
+            progress.phase(&plan);
+            let hosts = futures::stream::iter(
+                plan.hosts
+                    .iter()
+                    .filter_map(|hp| ctx.inv().host(&hp.host).map(|h| (h, hp))),
+            )
+            .map(|(h, hp)| {
+                let plan = &plan;
+                async move {
+                    let t = Instant::now();
+                    let outcome = match converge(exec, h, hp, resolve).await {
+                        Ok(c) => HostOutcome::Done(c),
+                        Err(e) => HostOutcome::Failed(format!("{e:#}")),
+                    };
+                    progress.host_finished(plan, h, &outcome, t.elapsed());
+                    journal.record(&self.command, plan, h, &outcome);
+                    (h.name.clone(), outcome)
+                }
+            })
+            .buffer_unordered(ctx.inv().spec.ssh.concurrency.max(1))
+            .collect()
+            .await;
+            report.phases.push(PhaseReport {
+                phase: plan.phase.clone(),
+                seconds: started.elapsed().as_secs_f64(),
+                hosts,
+                cluster: vec![],
+            });
+        }
     }
 }
 

@@ -1,0 +1,466 @@
+//! reset-host: on each reset host, what clusterctl installed goes, what cannot be re-created
+//! is kept on the host first. In order: the kubelet stops, the pods' containers are killed,
+//! every unit clusterctl runs there is stopped and disabled (containerd last); the etcd data
+//! and /etc/kubernetes are backed up into /var/backups/clusterctl/ on the host (0700; the
+//! tarballs, which hold keys, 0600); kube-proxy's KUBE-* iptables chains and clusterctl's pod
+//! masquerade rules are removed (the whole dump is kept beside the backups, 0600), ipsets and
+//! kube-ipvs0 too; the routes into the pod CIDR and the CNI bridge go; what bundle archives
+//! unpacked, the files clusterctl wrote (the init playbook's plans name them), then
+//! /etc/kubernetes, the kubelet's, kube-proxy's, CNI's, clusterctl's and etcd's data, then
+//! the directories clusterctl made (when empty). Each step runs only while its work is there
+//! (`unless`), so a re-run finishes a killed reset and a second reset changes nothing. The
+//! check after the steps reports what remains (packages from the bundle, the backups).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::BoxFuture;
+
+use crate::inventory::{Host, Role};
+use crate::phases::executor::q;
+use crate::phases::{Action, Context, Executor, Order, Phase, PhasePlan};
+
+pub struct ResetHost;
+
+/// Where a reset keeps, on the host, what it removes and cannot be re-created.
+pub const BACKUP_DIR: &str = "/var/backups/clusterctl";
+
+/// Data directories a reset deletes on every host (etcd's data directory too on etcd hosts).
+const DATA_DIRS: &[&str] = &[
+    "/etc/kubernetes",
+    "/var/lib/kubelet",
+    "/var/lib/kube-proxy",
+    "/var/lib/cni",
+    "/var/cache/clusterctl",
+    "/var/lib/clusterctl",
+];
+
+/// Directories never removed even when empty.
+const KEEP_DIRS: &[&str] = &[
+    "/",
+    "/etc",
+    "/etc/systemd",
+    "/etc/systemd/system",
+    "/etc/sysctl.d",
+    "/etc/modules-load.d",
+    "/opt",
+    "/usr",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/cache",
+    "/var/backups",
+];
+
+/// What clusterctl put on one host, from the init playbook's plans.
+#[derive(Debug, Default)]
+pub struct Installed {
+    pub units: BTreeSet<String>,
+    pub files: BTreeSet<String>,
+    pub dirs: BTreeSet<String>,
+    /// Archives clusterctl unpacked: (the archive on the host, where it was unpacked, the
+    /// item's name for its marker file).
+    pub archives: Vec<(String, String, String)>,
+}
+
+/// Per host, the units, files and directories the plans manage.
+pub fn installed(plans: &[PhasePlan]) -> BTreeMap<String, Installed> {
+    let mut m: BTreeMap<String, Installed> = BTreeMap::new();
+    for p in plans {
+        for hp in &p.hosts {
+            let e = m.entry(hp.host.clone()).or_default();
+            for a in &hp.actions {
+                match a {
+                    Action::Service { unit, .. } => {
+                        e.units.insert(unit.clone());
+                    }
+                    Action::File { path, restarts, .. } => {
+                        e.files.insert(path.clone());
+                        e.units.extend(restarts.iter().cloned());
+                    }
+                    Action::Directory { path, .. } => {
+                        e.dirs.insert(path.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    m
+}
+
+/// What `init` installs on the selected hosts, with the bundle archives it unpacked.
+fn installed_on(ctx: &Context) -> anyhow::Result<BTreeMap<String, Installed>> {
+    let known: Vec<&str> = crate::phases::registry().iter().map(|p| p.name()).collect();
+    let pb =
+        crate::phases::playbook::load("init", Some(&ctx.state.root.join("playbooks")), &known)?;
+    let runner = crate::phases::runner::Runner::new(&pb, &Default::default())?;
+    let mut all = installed(&runner.plan(ctx)?);
+    for h in ctx.hosts_where(|_| true) {
+        let Some(inst) = all.get_mut(&h.name) else {
+            continue;
+        };
+        for it in crate::phases::prepare::items_for(ctx, h)? {
+            let (crate::bundle::manifest::Kind::Archive, Some(install)) = (it.kind, &it.install)
+            else {
+                continue;
+            };
+            let prefix = format!("{}/{}_", crate::phases::prepare::ARCHIVE_DIR, it.name);
+            if let Some(f) = inst.files.iter().find(|f| f.starts_with(&prefix)) {
+                inst.archives
+                    .push((f.clone(), install.path.clone(), it.name.clone()));
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// A shell test that succeeds when none of `items` passes `test`: "nothing left to do".
+fn none_of(items: &[String], test: &str) -> String {
+    format!(
+        "for x in {}; do {test} && exit 1; done; exit 0",
+        items.join(" ")
+    )
+}
+
+/// The steps that reset one host. `etcd_data`: the member's data directory on an etcd host.
+pub fn actions(
+    host: &str,
+    inst: &Installed,
+    etcd_data: Option<&str>,
+    pod_cidr: &str,
+) -> Vec<Action> {
+    let mut a = Vec::new();
+    let b = q(BACKUP_DIR);
+    // The kubelet first (it would restart pods), containerd last (the pods' tasks are killed
+    // through it).
+    let mut units: Vec<&str> = inst.units.iter().map(String::as_str).collect();
+    units.sort_by_key(|u| match *u {
+        "kubelet.service" => 0,
+        "containerd.service" => 2,
+        _ => 1,
+    });
+    let units: Vec<String> = units.iter().map(|u| q(u)).collect();
+    if inst.units.contains("kubelet.service") {
+        a.push(Action::run(
+            "stop the kubelet (it would restart the pods)",
+            "systemctl stop kubelet.service",
+            Some("! systemctl is-active -q kubelet.service"),
+        ));
+    }
+    if inst.units.contains("containerd.service") {
+        // A container that outlives this (its task did not die in 10 s) is a warning: the
+        // units stop next either way, and a re-run tries again.
+        let mut kill = Action::run(
+            "kill the pods' containers",
+            "for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s SIGKILL \"$t\" >/dev/null 2>&1; done; \
+             for i in $(seq 20); do [ -z \"$(ctr -n k8s.io tasks ls -q 2>/dev/null)\" ] && break; sleep 0.5; done; \
+             for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do ctr -n k8s.io tasks delete -f \"$t\" >/dev/null 2>&1; done; \
+             for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do ctr -n k8s.io containers delete \"$c\" >/dev/null 2>&1; done; \
+             [ -z \"$(ctr -n k8s.io containers ls -q 2>/dev/null)\" ]",
+            Some(
+                "! command -v ctr >/dev/null || ! systemctl is-active -q containerd.service || [ -z \"$(ctr -n k8s.io containers ls -q 2>/dev/null)\" ]",
+            ),
+        );
+        if let Action::Run { warn_only, .. } = &mut kill {
+            *warn_only = true;
+        }
+        a.push(kill);
+    }
+    if !units.is_empty() {
+        let stopped = none_of(
+            &units,
+            "{ systemctl is-enabled -q \"$x\" 2>/dev/null || systemctl is-active -q \"$x\"; }",
+        );
+        a.push(Action::run(
+            &format!("stop and disable {}", units.join(", ")),
+            &format!(
+                "for u in {}; do systemctl disable --now \"$u\" >/dev/null 2>&1 || systemctl stop \"$u\"; done; {stopped}",
+                units.join(" ")
+            ),
+            Some(&stopped),
+        ));
+    }
+    // Backups of what cannot be re-created: 0700 directory, 0600 tarballs (they hold the CA
+    // keys and every secret etcd stores), written under a temporary name and renamed, so a
+    // killed run never leaves a partial tarball that looks complete.
+    let backup = |what: &str, dir: &str, name: &str| {
+        Action::run(
+            &format!("back up {what} to {BACKUP_DIR}/{name}-{host}-<UTC time>.tar.gz (0600)"),
+            &format!(
+                "set -e; umask 077; install -d -m 0700 {b}; chmod -R go-rwx {b}; t={b}/{name}-{h}-$(date -u +%Y%m%dT%H%M%SZ).tar.gz; \
+                 tar -C {d} -czf \"$t.part\" . && mv \"$t.part\" \"$t\"",
+                h = q(host),
+                d = q(dir)
+            ),
+            Some(&format!(
+                "[ ! -d {d} ] || [ -z \"$(ls -A {d})\" ]",
+                d = q(dir)
+            )),
+        )
+    };
+    if let Some(d) = etcd_data {
+        a.push(backup(&format!("the etcd data ({d})"), d, "etcd-data"));
+    }
+    a.push(backup(
+        "/etc/kubernetes",
+        "/etc/kubernetes",
+        "etc-kubernetes",
+    ));
+    let kube_rules = "$ipt-save 2>/dev/null | grep -q -e 'KUBE-' -e 'clusterctl-pod-masq'";
+    a.push(Action::run(
+        &format!("remove kube-proxy's KUBE-* chains and clusterctl's masquerade rules (the iptables dump kept in {BACKUP_DIR}, 0600)"),
+        &format!(
+            "set -e; umask 077; install -d -m 0700 {b}; for ipt in iptables ip6tables; do command -v $ipt-save >/dev/null || continue; \
+             if {kube_rules}; then d={b}/$ipt-{h}-$(date -u +%Y%m%dT%H%M%SZ).rules; $ipt-save > \"$d\"; \
+             grep -v -e 'KUBE-' -e 'clusterctl-pod-masq' \"$d\" | $ipt-restore; fi; done",
+            h = q(host)
+        ),
+        Some(&format!(
+            "for ipt in iptables ip6tables; do command -v $ipt-save >/dev/null || continue; if {kube_rules}; then exit 1; fi; done; exit 0"
+        )),
+    ));
+    a.push(Action::run(
+        "remove kube-proxy's ipsets and kube-ipvs0",
+        "if command -v ipset >/dev/null; then for s in $(ipset list -n 2>/dev/null | grep '^KUBE-'); do ipset destroy \"$s\"; done; fi; \
+         if ip link show kube-ipvs0 >/dev/null 2>&1; then ip link del kube-ipvs0; fi",
+        Some("! { command -v ipset >/dev/null && ipset list -n 2>/dev/null | grep -q '^KUBE-'; } && ! ip link show kube-ipvs0 >/dev/null 2>&1"),
+    ));
+    let cidr = q(pod_cidr);
+    a.push(Action::run(
+        &format!("remove the routes into the pod network {pod_cidr} and the cni0 bridge"),
+        &format!(
+            "ip route show root {cidr} | while read -r r; do ip route del $r; done; \
+             if ip link show cni0 >/dev/null 2>&1; then ip link del cni0; fi"
+        ),
+        Some(&format!(
+            "[ -z \"$(ip route show root {cidr} 2>/dev/null)\" ] && ! ip link show cni0 >/dev/null 2>&1"
+        )),
+    ));
+    // What archives unpacked goes before the archives themselves (they list it).
+    for (file, dir, name) in &inst.archives {
+        a.push(Action::run(
+            &format!("remove what {file} unpacked into {dir}"),
+            &format!(
+                "tar -tf {f} | grep -v '/$' | while read -r x; do rm -f {d}/\"$x\"; done; rm -f {d}/.clusterctl-{n}-*; rm -f {f}",
+                f = q(file),
+                d = q(dir),
+                n = q(name)
+            ),
+            Some(&format!("[ ! -f {} ]", q(file))),
+        ));
+    }
+    let files: Vec<String> = inst.files.iter().map(|f| q(f)).collect();
+    if !files.is_empty() {
+        a.push(Action::run(
+            &format!("remove the {} file(s) clusterctl wrote", files.len()),
+            &format!(
+                "for f in {}; do rm -f \"$f\"; done; systemctl daemon-reload",
+                files.join(" ")
+            ),
+            Some(&none_of(&files, "[ -e \"$x\" ]")),
+        ));
+    }
+    let mut data: Vec<String> = DATA_DIRS.iter().map(|d| q(d)).collect();
+    data.extend(etcd_data.map(q));
+    a.push(Action::run(
+        &format!(
+            "delete {} (mounts under /var/lib/kubelet unmounted first)",
+            data.join(", ")
+        ),
+        &format!(
+            "for m in $(awk '$2 ~ \"^/var/lib/kubelet/\" {{print $2}}' /proc/mounts | sort -r); do umount \"$m\" 2>/dev/null || umount -l \"$m\"; done; \
+             for d in {}; do [ -d \"$d\" ] || continue; find \"$d\" -mindepth 1 -delete; rmdir \"$d\" 2>/dev/null || true; done",
+            data.join(" ")
+        ),
+        // A directory that is a mount point stays, empty.
+        Some(&none_of(&data, "[ -n \"$(ls -A \"$x\" 2>/dev/null)\" ]")),
+    ));
+    let mut dirs: Vec<&String> = inst
+        .dirs
+        .iter()
+        .filter(|d| !KEEP_DIRS.contains(&d.as_str()))
+        .collect();
+    // Deepest first, so a parent is empty when its turn comes.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    let dirs: Vec<String> = dirs.iter().map(|d| q(d)).collect();
+    if !dirs.is_empty() {
+        a.push(Action::run(
+            "remove the directories clusterctl made (when empty)",
+            &format!(
+                "for d in {}; do rmdir \"$d\" 2>/dev/null || true; done",
+                dirs.join(" ")
+            ),
+            // An empty mount point stays (rmdir cannot remove it): no work left there.
+            Some(&none_of(
+                &dirs,
+                "{ [ -d \"$x\" ] && [ -z \"$(ls -A \"$x\")\" ] && ! mountpoint -q \"$x\"; }",
+            )),
+        ));
+    }
+    a
+}
+
+impl Phase for ResetHost {
+    fn name(&self) -> &'static str {
+        super::DONE_PHASE
+    }
+    fn summary(&self) -> &'static str {
+        "units stopped, pods killed, etcd data and /etc/kubernetes backed up on the host, KUBE-* rules removed (dump kept), clusterctl's files and data deleted"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
+        let installed = installed_on(ctx)?;
+        let empty = Installed::default();
+        let mut plan = PhasePlan::new(self, Order::Parallel);
+        for h in ctx.hosts_where(|_| true) {
+            plan.host(
+                h,
+                actions(
+                    &h.name,
+                    installed.get(&h.name).unwrap_or(&empty),
+                    h.has(Role::Etcd).then_some(inv.spec.etcd.data_dir.as_str()),
+                    &inv.spec.network.pod_cidr,
+                ),
+            );
+        }
+        Ok(plan)
+    }
+    /// What remains on the host, for the report.
+    fn verify<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let mut remains = Vec::new();
+            let o = exec
+                .query(
+                    host,
+                    &format!("ls {} 2>/dev/null | tr '\\n' ' '", q(BACKUP_DIR)),
+                )
+                .await?;
+            if !o.stdout.trim().is_empty() {
+                remains.push(format!("backups in {BACKUP_DIR}: {}", o.stdout.trim()));
+            }
+            let debs: Vec<String> = crate::phases::prepare::items_for(ctx, host)
+                .unwrap_or_default()
+                .iter()
+                .filter(|i| i.kind == crate::bundle::manifest::Kind::Deb)
+                .map(|i| format!("{} {}", i.name, i.version))
+                .collect();
+            if !debs.is_empty() {
+                remains.push(format!(
+                    "packages installed from the bundle (not removed; their units are stopped and disabled): {}",
+                    debs.join(", ")
+                ));
+            }
+            remains.push(
+                "kernel settings applied at runtime (sysctls, modules) until the next reboot"
+                    .into(),
+            );
+            Ok(remains
+                .into_iter()
+                .map(|r| format!("what remains on {}: {r}", host.name))
+                .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst() -> Installed {
+        Installed {
+            units: [
+                "containerd.service",
+                "kube-proxy.service",
+                "kubelet.service",
+            ]
+            .map(String::from)
+            .into(),
+            files: ["/etc/kubernetes/kubelet.conf".to_string()].into(),
+            dirs: ["/usr/local/bin", "/etc/kubernetes/pki", "/etc/kubernetes"]
+                .map(String::from)
+                .into(),
+            archives: vec![(
+                "/var/cache/clusterctl/archives/cni-plugins_1.1.1.tar.gz".into(),
+                "/opt/cni/bin".into(),
+                "cni-plugins".into(),
+            )],
+        }
+    }
+
+    fn commands(a: &[Action]) -> Vec<(String, String)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Run {
+                    description,
+                    command,
+                    unless,
+                    ..
+                } => {
+                    assert!(unless.is_some(), "{description}: every step is guarded");
+                    Some((description.clone(), command.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_kubelet_stops_first_and_containerd_last_and_system_dirs_stay() {
+        let steps = commands(&actions("w1", &inst(), None, "10.244.0.0/16"));
+        assert_eq!(steps[0].1, "systemctl stop kubelet.service");
+        assert!(steps[1].0.contains("kill the pods"));
+        assert!(
+            steps[2]
+                .1
+                .starts_with("for u in kubelet.service kube-proxy.service containerd.service; do"),
+            "{}",
+            steps[2].1
+        );
+        let dirs = &steps.last().unwrap().1;
+        assert!(!dirs.contains("/usr/local/bin"), "{dirs}");
+        assert!(
+            dirs.starts_with("for d in /etc/kubernetes/pki /etc/kubernetes;"),
+            "{dirs}"
+        );
+        let all: String = steps.iter().map(|s| s.1.clone() + "\n").collect();
+        assert!(all.contains("ip route show root 10.244.0.0/16"));
+        // The archive's files go before the archive itself and the other files.
+        let unpack = all
+            .find("tar -tf /var/cache/clusterctl/archives/cni-plugins_1.1.1.tar.gz")
+            .unwrap();
+        let files = all.find("for f in /etc/kubernetes/kubelet.conf").unwrap();
+        assert!(unpack < files);
+        // Nothing is deleted before it was backed up.
+        let backup = all.find("etc-kubernetes-").unwrap();
+        let delete = all.find("find \"$d\" -mindepth 1 -delete").unwrap();
+        assert!(backup < delete && all.find("umask 077").unwrap() < backup);
+    }
+
+    #[test]
+    fn an_etcd_host_backs_up_its_data_and_deletes_it_after() {
+        let steps = commands(&actions(
+            "e1",
+            &Installed::default(),
+            Some("/var/lib/etcd"),
+            "10.244.0.0/16",
+        ));
+        let backup = steps
+            .iter()
+            .position(|s| s.1.contains("etcd-data-e1-"))
+            .unwrap();
+        let delete = steps
+            .iter()
+            .position(|s| s.0.starts_with("delete ") && s.0.contains("/var/lib/etcd"))
+            .unwrap();
+        assert!(backup < delete);
+        assert!(steps[backup].1.contains("tar -C /var/lib/etcd"));
+    }
+}

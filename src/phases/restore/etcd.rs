@@ -1,0 +1,180 @@
+//! restore-etcd: on every etcd host the member's data directory is moved aside to
+//! `<data-dir>.before-restore-<time>` (never deleted) and rebuilt with `snapshot restore`: its
+//! name, peer URL, the inventory's members as the initial cluster and a NEW cluster token, so
+//! the restored members can never join the old cluster's; the new directory gets the old
+//! one's owner and mode 0700. Then the members start together. Gate: each member healthy.
+//! Undo (a failure here): the rebuilt directory goes, the old one comes back (etcd stopped
+//! first); restore-stop's undo then starts etcd and the control plane.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+
+use crate::inventory::{Host, Inventory};
+use crate::phases::components::start_command;
+use crate::phases::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::ssh::shell::quote as q;
+
+pub struct RestoreEtcd;
+
+/// The command that moves `host`'s data directory aside and rebuilds it from `snapshot`.
+pub fn rebuild_command(
+    inv: &Inventory,
+    host: &Host,
+    snapshot: &str,
+    token: &str,
+    aside: &str,
+) -> String {
+    let data = q(&inv.spec.etcd.data_dir);
+    let initial: Vec<String> = inv
+        .etcd_hosts()
+        .map(|h| format!("{}=https://{}:2380", h.name, h.address))
+        .collect();
+    format!(
+        "set -e; owner=0:0; if [ -e {data} ]; then owner=$(stat -c %u:%g {data}); mv {data} {aside}; fi; \
+         {tool}$u snapshot restore {snap} --name {name} --initial-cluster {ic} \
+         --initial-cluster-token {token} --initial-advertise-peer-urls https://{addr}:2380 --data-dir {data}; \
+         chown -R \"$owner\" {data}; chmod 0700 {data}",
+        tool = crate::ops::SNAPSHOT_TOOL,
+        aside = q(aside),
+        snap = q(snapshot),
+        name = q(&host.name),
+        ic = q(&initial.join(",")),
+        token = q(token),
+        addr = host.address,
+    )
+}
+
+/// Undoes [`rebuild_command`]: the rebuilt directory (ours) goes, the old one comes back.
+pub fn put_back_command(inv: &Inventory, aside: &str) -> String {
+    let data = q(&inv.spec.etcd.data_dir);
+    format!(
+        "if [ -e {a} ]; then rm -rf {data} && mv {a} {data}; fi",
+        a = q(aside)
+    )
+}
+
+impl Phase for RestoreEtcd {
+    fn name(&self) -> &'static str {
+        "restore-etcd"
+    }
+    fn summary(&self) -> &'static str {
+        "each member's data moved aside and rebuilt from the snapshot (new cluster token); members start together; gate: healthy"
+    }
+    fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
+        let inv = ctx.inv();
+        let (remote, token, aside) = (super::remote(ctx), super::token(ctx), super::aside(ctx));
+        let mut plan = PhasePlan::new(self, Order::Parallel);
+        for h in inv.etcd_hosts() {
+            plan.host(
+                h,
+                vec![
+                    Action::run(
+                        &format!(
+                            "move {} aside to {aside}, rebuild it from the snapshot (token {token})",
+                            inv.spec.etcd.data_dir
+                        ),
+                        &rebuild_command(inv, h, &remote, &token, &aside),
+                        None,
+                    ),
+                    Action::run(
+                        "start etcd",
+                        &start_command(inv.static_pods(), &["etcd"], super::HOLD),
+                        None,
+                    ),
+                ],
+            );
+        }
+        Ok(plan)
+    }
+    fn verify<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            crate::phases::etcd::wait_healthy(exec, host, Duration::from_secs(120))
+                .await
+                .context("the restored member")?;
+            Ok(vec![])
+        })
+    }
+    fn undo(&self, ctx: &Context) -> anyhow::Result<Option<PhasePlan>> {
+        let inv = ctx.inv();
+        let sp = inv.static_pods();
+        let aside = super::aside(ctx);
+        let mut plan = PhasePlan::new(self, Order::Parallel);
+        plan.phase = format!("{}-undo", self.name());
+        plan.summary = "the old data directories put back".into();
+        for h in inv.etcd_hosts() {
+            plan.host(
+                h,
+                vec![
+                    Action::run(
+                        "stop etcd",
+                        &crate::phases::components::stop_command(sp, &["etcd"], super::HOLD),
+                        None,
+                    ),
+                    Action::run(
+                        &format!("put {aside} back"),
+                        &put_back_command(inv, &aside),
+                        None,
+                    ),
+                ],
+            );
+        }
+        Ok(Some(plan))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_member_is_rebuilt_with_its_own_name_and_url_and_the_new_token() {
+        let yaml = r#"
+apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {name: c1}
+spec:
+  kubernetesVersion: v1.20.2
+  hosts:
+    - {name: h1, address: 10.0.0.1, roles: [etcd, control-plane]}
+    - {name: h2, address: 10.0.0.2, roles: [etcd, control-plane]}
+    - {name: h3, address: 10.0.0.3, roles: [etcd]}
+"#;
+        let inv = crate::inventory::load_str(yaml, std::path::Path::new("inventory.yaml"))
+            .unwrap()
+            .inventory;
+        let h2 = inv.host("h2").unwrap();
+        let c = rebuild_command(
+            &inv,
+            h2,
+            "/x/s.db",
+            "tok-1",
+            "/var/lib/etcd.before-restore-T",
+        );
+        assert!(
+            c.contains("mv /var/lib/etcd /var/lib/etcd.before-restore-T"),
+            "{c}"
+        );
+        assert!(c.contains("snapshot restore /x/s.db --name h2"), "{c}");
+        assert!(c.contains("--initial-cluster h1=https://10.0.0.1:2380,h2=https://10.0.0.2:2380,h3=https://10.0.0.3:2380"), "{c}");
+        assert!(c.contains("--initial-cluster-token tok-1"), "{c}");
+        assert!(
+            c.contains("--initial-advertise-peer-urls https://10.0.0.2:2380"),
+            "{c}"
+        );
+        assert!(c.contains("--data-dir /var/lib/etcd;"), "{c}");
+        assert!(c.contains("chmod 0700 /var/lib/etcd"), "{c}");
+        assert!(
+            !c.contains("rm "),
+            "the old data is moved, never removed: {c}"
+        );
+        let back = put_back_command(&inv, "/var/lib/etcd.before-restore-T");
+        assert!(back.contains("mv /var/lib/etcd.before-restore-T /var/lib/etcd"));
+    }
+}
