@@ -270,13 +270,22 @@ pub fn actions(
             "delete {} (mounts under /var/lib/kubelet unmounted first)",
             data.join(", ")
         ),
+        // The run's own marker (phases::lock) stays: the runner removes it when the run ends,
+        // and a later reset takes a new one, which must not count as data left behind.
         &format!(
             "for m in $(awk '$2 ~ \"^/var/lib/kubelet/\" {{print $2}}' /proc/mounts | sort -r); do umount \"$m\" 2>/dev/null || umount -l \"$m\"; done; \
-             for d in {}; do [ -d \"$d\" ] || continue; find \"$d\" -mindepth 1 -delete; rmdir \"$d\" 2>/dev/null || true; done",
-            data.join(" ")
+             for d in {}; do [ -d \"$d\" ] || continue; find \"$d\" -mindepth 1 ! -path {marker} -delete 2>/dev/null; rmdir \"$d\" 2>/dev/null || true; done",
+            data.join(" "),
+            marker = q(crate::phases::lock::HOST_MARKER)
         ),
         // A directory that is a mount point stays, empty.
-        Some(&none_of(&data, "[ -n \"$(ls -A \"$x\" 2>/dev/null)\" ]")),
+        Some(&none_of(
+            &data,
+            &format!(
+                "[ -n \"$(find \"$x\" -mindepth 1 ! -path {} -print -quit 2>/dev/null)\" ]",
+                q(crate::phases::lock::HOST_MARKER)
+            ),
+        )),
     ));
     let mut dirs: Vec<&String> = inst
         .dirs
@@ -440,7 +449,9 @@ mod tests {
         assert!(unpack < files);
         // Nothing is deleted before it was backed up.
         let backup = all.find("etc-kubernetes-").unwrap();
-        let delete = all.find("find \"$d\" -mindepth 1 -delete").unwrap();
+        let delete = all
+            .find("find \"$d\" -mindepth 1 ! -path /var/lib/clusterctl/run.lock -delete")
+            .unwrap();
         assert!(backup < delete && all.find("umask 077").unwrap() < backup);
     }
 
