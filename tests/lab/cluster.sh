@@ -43,13 +43,15 @@ d=/var/lib/clusterctl-lab/$lab
 # shellcheck disable=SC1091
 . "$d/env"
 inv=$d/inventory-ha.yaml
-# The lab's inventory plus the HA, bundle and etcd choices of this demo.
+# The lab's inventory plus the HA, bundle and etcd choices of this demo. build-bundle.sh signs
+# the bundle with the lab's key (beside the bundles): clusterctl installs it only when its
+# signature verifies against that public key.
 cp "$d/inventory.yaml" "$inv"
 cat >>"$inv" <<YAML
   ha:
     mode: vip
     vip: { address: 10.77.$LAB_SUBNET.100, interface: eth0 }
-  bundle: $bundle
+  bundle: { path: $bundle, publicKey: $(dirname "$(dirname "$bundle")")/keys/lab-bundle.pub }
   etcd:
     version: "3.4.23"
 YAML
