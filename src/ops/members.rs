@@ -353,13 +353,6 @@ pub fn guard_remove(
     Ok(())
 }
 
-/// Whether stopping the member first (before its removal) still leaves a quorum: then its
-/// graceful stop ends the clients' requests cleanly; else it is removed first and stops by
-/// itself.
-pub fn may_stop_before_removal(voters: usize, healthy: usize) -> bool {
-    healthy > quorum(voters)
-}
-
 /// etcd's JSON gateway on the members of a cluster.
 pub struct Etcd {
     http: reqwest::Client,
@@ -1069,11 +1062,6 @@ mod tests {
         assert_eq!(guard_remove(4, 3, true, true), Ok(()), "2 of 3 left");
         // A learner weighs on no quorum.
         assert_eq!(guard_remove(1, 1, false, false), Ok(()));
-        // Stopping a member before its removal: only while the rest still has a quorum.
-        assert!(may_stop_before_removal(5, 5));
-        assert!(may_stop_before_removal(3, 3));
-        assert!(!may_stop_before_removal(2, 2));
-        assert!(!may_stop_before_removal(3, 2));
     }
 
     #[test]
