@@ -49,6 +49,12 @@ impl Lab {
 
     /// `n` hosts booted with lab.sh's profile (`plain`, or `k8s` for kubelet + containerd).
     pub fn up_profile(name: &str, n: usize, profile: &str) -> Lab {
+        // CLUSTERCTL_LAB_PREFIX (at most two characters, e.g. "b1") renames every lab of a test
+        // run, so two copies of one test (two worktrees) can run side by side on one machine.
+        let name = &format!(
+            "{}{name}",
+            std::env::var("CLUSTERCTL_LAB_PREFIX").unwrap_or_default()
+        );
         let lab = Lab {
             name: name.to_string(),
             dir: PathBuf::from("/var/lib/clusterctl-lab").join(name),
