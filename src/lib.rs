@@ -1,6 +1,11 @@
 //! clusterctl: install and run HA Kubernetes clusters on plain Linux hosts over SSH.
 //!
-//! One module per concern; the CLI (`cli`) is a thin layer over them.
+//! Layers, each importing only the ones below it:
+//! - `commands`: argument parsing, reporting, one file per verb;
+//! - `phases`: what each concern (etcd, balancers, control plane, ...) wants on a host, and the
+//!   playbooks that order them per command;
+//! - `engine`: the one runner that converges hosts to a playbook (journal, lock, crash safety);
+//! - foundation: `inventory`, `pki`, `ssh`, `bundle`, `render`, `kube`, and small helpers.
 
 // Every `print!`/`println!` in this crate writes through `stdout::write`, which ends the
 // process quietly when the reader closed the pipe (std's macros panic there). Defined before
@@ -14,12 +19,12 @@ macro_rules! println {
 }
 
 pub mod bundle;
-pub mod cli;
+pub mod commands;
 pub mod diag;
+pub mod engine;
 pub mod hashing;
 pub mod inventory;
 pub mod kube;
-pub mod ops;
 pub mod phases;
 pub mod pki;
 pub mod render;

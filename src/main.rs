@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(clusterctl::cli::main());
+    std::process::exit(clusterctl::commands::main());
 }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clusterctl::phases::{Action, Context};
+use clusterctl::engine::{Action, Context};
 use serde_json::Value;
 
 /// A marker that is easy to find in commands, with shell metacharacters around it.

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clusterctl::engine::{BundleRef, Context, Phase};
 use clusterctl::inventory;
-use clusterctl::kube::{self, Change, Client};
-use clusterctl::phases::{BundleRef, Context, Phase, addons::Addons};
+use clusterctl::kube::{self, Change};
+use clusterctl::phases::addons::Addons;
 use clusterctl::pki::generate::{self, Layout, Settings};
 use clusterctl::render::Renderer;
 use clusterctl::state::StateDir;
@@ -244,7 +245,7 @@ async fn addons_apply_to_a_real_apiserver() {
         ],
     );
 
-    let client = Client::admin(&ctx).unwrap();
+    let client = ctx.kube_admin().unwrap();
     kube::wait_until(
         "kube-apiserver ready with kube-system",
         Duration::from_secs(45),

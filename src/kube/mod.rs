@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod discovery;
+pub mod http;
 pub mod manifest;
 pub mod nodes;
 
@@ -119,7 +120,7 @@ pub async fn first_ready(
     let mut errors = Vec::new();
     for b in bases {
         let url = format!("{b}/readyz");
-        match crate::phases::health::send(http.get(&url), &url).await {
+        match crate::kube::http::send(http.get(&url), &url).await {
             Ok(s) => return Ok((b.clone(), s.body)),
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -141,7 +142,7 @@ pub struct Client {
 
 impl Client {
     /// `http` must already trust the cluster CA and present a client identity (see
-    /// `phases::control_plane::admin_client`); `base` is `https://host:port`.
+    /// [`admin_http`]); `base` is `https://host:port`.
     pub fn new(http: reqwest::Client, base: impl Into<String>) -> Client {
         Client::with_failover(http, vec![base.into()])
     }
@@ -161,9 +162,14 @@ impl Client {
 
     /// The cluster of a run, as its admin (`clusters/<name>/kubeconfig/admin.conf`), through
     /// the endpoints the operator's machine uses ([`operator_endpoints`]).
-    pub fn admin(ctx: &crate::phases::Context) -> anyhow::Result<Client> {
-        let http = crate::phases::control_plane::admin_client(ctx)?;
-        Ok(Client::with_failover(http, operator_endpoints(ctx.inv())))
+    pub fn admin(
+        inv: &crate::inventory::Inventory,
+        state: &crate::state::StateDir,
+    ) -> anyhow::Result<Client> {
+        Ok(Client::with_failover(
+            admin_http(state)?,
+            operator_endpoints(inv),
+        ))
     }
 
     /// The URL in use now.
@@ -208,7 +214,7 @@ impl Client {
                     let again = e.is_connect() || (e.is_timeout() && method == Method::GET);
                     errors.push(format!(
                         "{method} {url}: {}",
-                        crate::phases::health::error_chain(&e)
+                        crate::kube::http::error_chain(&e)
                     ));
                     if !again {
                         break;
@@ -320,6 +326,31 @@ where
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// An HTTPS client with the admin identity of `clusters/<name>/kubeconfig/admin.conf`.
+pub fn admin_http(state: &crate::state::StateDir) -> anyhow::Result<reqwest::Client> {
+    let path = state.root.join("kubeconfig/admin.conf");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let kc = crate::pki::kubeconfig::Kubeconfig::from_yaml(&text, &path.display().to_string())?;
+    let need = |v: Option<String>, what: &str| {
+        v.ok_or_else(|| anyhow::anyhow!("{}: no {what}", path.display()))
+    };
+    http::client(
+        need(kc.ca_pem()?, "CA")?.as_bytes(),
+        need(kc.client_cert_pem()?, "client certificate")?.as_bytes(),
+        need(kc.client_key_pem()?, "client key")?.as_bytes(),
+        Duration::from_secs(5),
+    )
+}
+
+/// `https://<host>:<apiserver port>/readyz`
+pub fn readyz_url(inv: &crate::inventory::Inventory, host: &crate::inventory::Host) -> String {
+    format!(
+        "{}/readyz",
+        crate::inventory::Inventory::url(&host.address, inv.spec.control_plane.apiserver_port)
+    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 
-use super::{Context, Order, Phase, PhasePlan};
+use crate::engine::{Context, Order, Phase, PhasePlan};
 use crate::inventory::WaitForPods;
 use crate::kube::{self, Applied, Change, Client, Object, Summary, Wait, manifest};
 use crate::render::addons::{COREDNS, METRICS_SERVER, addon_vars};
@@ -228,7 +228,7 @@ impl Phase for Addons {
             if all.is_empty() {
                 return Ok(vec!["no add-ons enabled and no extra manifests".into()]);
             }
-            let client = match Client::admin(ctx) {
+            let client = match ctx.kube_admin() {
                 Ok(c) => c,
                 Err(e) if dry_run => {
                     return Ok(unreachable_dry_run(&all, &e));
@@ -322,7 +322,7 @@ mod tests {
 #[cfg(test)]
 mod context_tests {
     use super::*;
-    use crate::phases::BundleRef;
+    use crate::engine::BundleRef;
 
     fn ctx(addons: &str, bundle_images: &[&str]) -> (tempfile::TempDir, Context) {
         let dir = tempfile::tempdir().unwrap();

@@ -4,26 +4,12 @@
 //! the calendar, etcdctl is there. `--schedule off` removes the timer, its service and script
 //! (the snapshots stay).
 
+use crate::engine::executor::q;
+use crate::engine::{Action, Context, Order, Phase, PhasePlan, Schedule};
 use crate::inventory::Role;
-use crate::ops::{ETCD_PKI, SCHEDULED_DIR};
-use crate::phases::executor::q;
-use crate::phases::{Action, Context, Order, Phase, PhasePlan};
+use crate::phases::etcd::{ETCD_PKI, SCHEDULED_DIR};
 
 pub struct BackupSchedule;
-
-/// `backup --schedule`'s choice.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    /// A systemd calendar, or `off`.
-    pub calendar: String,
-    pub keep: u32,
-}
-
-impl Schedule {
-    pub fn is_off(&self) -> bool {
-        self.calendar == "off"
-    }
-}
 
 /// The description of the calendar guard: a failure of it is bad input.
 pub const CALENDAR_CHECK: &str = "systemd reads the --schedule calendar";
@@ -126,9 +112,9 @@ impl Phase for BackupSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phases::Source;
-    use crate::phases::executor::converge;
-    use crate::phases::executor::fake::FakeHosts;
+    use crate::engine::Source;
+    use crate::engine::executor::converge;
+    use crate::engine::executor::fake::FakeHosts;
 
     fn ctx(dir: &std::path::Path, calendar: &str) -> Context {
         let inv = r#"
@@ -141,17 +127,17 @@ spec:
     - {name: e1, address: 10.0.0.1, roles: [etcd, control-plane]}
     - {name: w1, address: 10.0.0.2, roles: [worker]}
 "#;
-        let options = crate::phases::RunOptions {
+        let options = crate::engine::RunOptions {
             schedule: Some(Schedule {
                 calendar: calendar.into(),
                 keep: 3,
             }),
             ..Default::default()
         };
-        crate::phases::guarded_fake::test_context(inv, dir, &[], options)
+        crate::engine::guarded_fake::test_context(inv, dir, &[], options)
     }
 
-    use crate::phases::guarded_fake::resolve;
+    use crate::engine::guarded_fake::resolve;
 
     #[tokio::test]
     async fn the_timer_goes_to_the_etcd_hosts_a_second_run_changes_nothing_and_off_removes_it() {

@@ -17,7 +17,8 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Context, Executor, Order, Phase, PhasePlan, static_pods};
+use super::static_pods;
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki;
 

@@ -3,8 +3,8 @@
 //! their units; static-pods mode moves their manifests out of the kubelet's directory into a
 //! hold directory (and back), and waits for the processes to end.
 
-use super::executor::q;
-use super::kubelet::MANIFESTS;
+use crate::engine::MANIFESTS;
+use crate::engine::executor::q;
 
 /// Stops `components` (e.g. `etcd`, `kube-apiserver`) on a host.
 pub fn stop_command(static_pods: bool, components: &[&str], hold: &str) -> String {

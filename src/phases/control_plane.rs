@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 
-use super::{Action, Context, Executor, Order, Phase, PhasePlan, Source, static_pods};
-use crate::inventory::{Host, Inventory, Role};
+use super::static_pods;
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan, Source};
+use crate::inventory::{Host, Role};
 use crate::render::{component_vars, host_vars};
 
 pub struct ControlPlane;
@@ -19,31 +20,6 @@ pub const COMPONENTS: [&str; 3] = [
     "kube-controller-manager",
     "kube-scheduler",
 ];
-
-/// An HTTPS client with the admin identity of `clusters/<name>/kubeconfig/admin.conf`.
-pub fn admin_client(ctx: &Context) -> anyhow::Result<reqwest::Client> {
-    let path = ctx.state.root.join("kubeconfig/admin.conf");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let kc = crate::pki::kubeconfig::Kubeconfig::from_yaml(&text, &path.display().to_string())?;
-    let need = |v: Option<String>, what: &str| {
-        v.ok_or_else(|| anyhow::anyhow!("{}: no {what}", path.display()))
-    };
-    super::health::client(
-        need(kc.ca_pem()?, "CA")?.as_bytes(),
-        need(kc.client_cert_pem()?, "client certificate")?.as_bytes(),
-        need(kc.client_key_pem()?, "client key")?.as_bytes(),
-        Duration::from_secs(5),
-    )
-}
-
-/// `https://<host>:<apiserver port>/readyz`
-pub fn readyz_url(inv: &Inventory, host: &Host) -> String {
-    format!(
-        "{}/readyz",
-        Inventory::url(&host.address, inv.spec.control_plane.apiserver_port)
-    )
-}
 
 impl Phase for ControlPlane {
     fn name(&self) -> &'static str {
@@ -98,7 +74,7 @@ impl Phase for ControlPlane {
             if inv.spec.control_plane.encrypt_secrets {
                 a.push(Action::File {
                     path: "/etc/kubernetes/encryption-config.yaml".into(),
-                    mode: super::Mode(0o600),
+                    mode: crate::engine::Mode(0o600),
                     source: Source::Local {
                         path: ctx.state.pki().join(super::pki::ENCRYPTION_CONFIG),
                     },
@@ -167,10 +143,10 @@ impl Phase for ControlPlane {
                 static_pods::wait_replaced(exec, host, &COMPONENTS, Duration::from_secs(120))
                     .await?;
             }
-            let client = admin_client(ctx)?;
-            super::health::wait_ok(
+            let client = ctx.admin_http()?;
+            crate::kube::http::wait_ok(
                 &client,
-                &readyz_url(ctx.inv(), host),
+                &crate::kube::readyz_url(ctx.inv(), host),
                 Duration::from_secs(180),
             )
             .await?;

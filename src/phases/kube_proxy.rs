@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 
-use super::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::Host;
 use crate::render::host_vars;
 
@@ -61,7 +61,10 @@ impl Phase for KubeProxy {
                      exec 3<&- 3>&-; fi 2>/dev/null; sleep 0.5; done; \
                  systemctl status --no-pager -n 5 kube-proxy 2>&1; exit 1";
             let o = exec
-                .query(host, &format!("bash -c {}", super::executor::q(script)))
+                .query(
+                    host,
+                    &format!("bash -c {}", crate::engine::executor::q(script)),
+                )
                 .await?;
             if o.status != 0 {
                 anyhow::bail!(

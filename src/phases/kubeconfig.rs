@@ -6,7 +6,7 @@
 
 use anyhow::Context as _;
 
-use super::{Context, Order, Phase, PhasePlan};
+use crate::engine::{Context, Order, Phase, PhasePlan};
 use crate::inventory::{HaMode, Inventory};
 use crate::pki::kubeconfig::{Context_, Kubeconfig as KubeconfigFile, NamedContext};
 

@@ -4,6 +4,7 @@
 //! the inventory's labels (and kubeadm's control-plane role labels, which a kubelet may not set
 //! on itself) on each node, and with host-routes its pod CIDR.
 
+use crate::engine::MANIFESTS;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Cni, Host, Inventory, Role};
 use crate::render::{host_vars, node_taints};
 
@@ -125,9 +126,6 @@ pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
     ])
 }
 
-/// The kubelet's `staticPodPath`.
-pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
-
 impl Phase for Kubelet {
     fn name(&self) -> &'static str {
         "kubelet"
@@ -158,7 +156,7 @@ impl Phase for Kubelet {
         _exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let api = crate::kube::Client::admin(ctx)?;
+            let api = ctx.kube_admin()?;
             let path = node_path(&host.name);
             crate::kube::wait_until(
                 &format!("node {} Ready", host.name),
@@ -189,7 +187,7 @@ impl Phase for Kubelet {
             } else {
                 BTreeMap::new()
             };
-            let api = crate::kube::Client::admin(ctx)?;
+            let api = ctx.kube_admin()?;
             let mut report = Vec::new();
             for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
                 let node = match api.get(&node_path(&h.name)).await {

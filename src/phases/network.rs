@@ -20,8 +20,8 @@ use ipnet::IpNet;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Action, Context, Order, Phase, PhasePlan};
 use crate::bundle::Kind;
+use crate::engine::{Action, Context, Order, Phase, PhasePlan};
 use crate::inventory::{Cni, Host, Inventory};
 use crate::render::host_vars;
 
@@ -114,7 +114,7 @@ fn routes_check(routes: &[serde_json::Value]) -> String {
     want.sort();
     format!(
         "[ \"$(ip -4 route show proto 77 | awk '{{print $1\" \"$3}}' | sort)\" = {} ]",
-        super::executor::q(&want.join("\n"))
+        crate::engine::executor::q(&want.join("\n"))
     )
 }
 
@@ -347,7 +347,7 @@ impl Phase for Network {
             let mut objects = crate::kube::manifest::parse(&text, &origin)?;
             set_pod_cidr(cni, &mut objects, &ctx.inv().spec.network.pod_cidr)
                 .with_context(|| origin.clone())?;
-            let api = crate::kube::Client::admin(ctx)?;
+            let api = ctx.kube_admin()?;
             let applied = api.apply_objects(&objects, dry_run).await?;
             Ok(vec![format!(
                 "{name}: {}{}",

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use super::{Action, Context, Executor, Mode, Order, Phase, PhasePlan, Source};
+use crate::engine::{Action, Context, Executor, Mode, Order, Phase, PhasePlan, Source};
 use crate::inventory::Host;
 use crate::pki;
 

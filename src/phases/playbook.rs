@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::diag::{Diagnostic, Diagnostics, Severity, UserError};
+use crate::engine::runner::Runner;
 use crate::inventory::source_map::SourceMap;
 
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -178,5 +179,46 @@ mod tests {
         assert_eq!((d.line, d.column), (Some(4), Some(5)));
         assert!(d.message.contains("unknown phase `etdc`"));
         assert!(d.fix.contains("preflight, etcd"));
+    }
+}
+
+/// Which phases of a playbook run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub skip: Vec<String>,
+    pub only: Vec<String>,
+}
+
+impl Playbook {
+    /// The playbook's phases in order, minus `--skip-phases`, or only `--only-phase`.
+    /// Naming a phase that is not in the playbook is bad input.
+    pub fn runner(&self, sel: &Selection) -> Result<Runner, UserError> {
+        let playbook = self;
+        let listed = &playbook.phases;
+        for name in sel.skip.iter().chain(&sel.only) {
+            if !listed.contains(name) {
+                return Err(UserError::bad_input(format!(
+                    "phase `{name}` is not in {} (its phases: {})",
+                    playbook.origin.display(),
+                    listed.join(", ")
+                )));
+            }
+        }
+        let mut registry = crate::phases::registry();
+        let mut phases = Vec::new();
+        for name in listed {
+            if sel.skip.contains(name) || (!sel.only.is_empty() && !sel.only.contains(name)) {
+                continue;
+            }
+            let i = registry
+                .iter()
+                .position(|p| p.name() == name)
+                .expect("playbook names are checked on load");
+            phases.push(registry.swap_remove(i));
+        }
+        Ok(Runner {
+            command: playbook.command.clone(),
+            phases,
+        })
     }
 }

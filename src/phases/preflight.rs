@@ -3,8 +3,8 @@
 
 use futures::future::BoxFuture;
 
-use super::executor::Executor;
-use super::{Action, Context, Order, Phase, PhasePlan};
+use crate::engine::executor::Executor;
+use crate::engine::{Action, Context, Order, Phase, PhasePlan};
 use crate::inventory::{HaMode, Host, Role};
 
 /// Largest clock difference allowed between a host and the operator's machine: certificates
@@ -128,7 +128,7 @@ impl Phase for Preflight {
                     ),
                     command: format!(
                         "[ \"$(hostname)\" = {} ] || {{ echo \"hostname is $(hostname)\"; exit 1; }}",
-                        super::executor::q(&h.name)
+                        crate::engine::executor::q(&h.name)
                     ),
                     warn_only: true,
                 },

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Action, Context, Mode, Order, Phase, PhasePlan, Source};
 use crate::bundle::{Item, Kind};
+use crate::engine::{Action, Context, Mode, Order, Phase, PhasePlan, Source};
 use crate::inventory::{HaMode, Host, Inventory, Role};
 use crate::render::host_vars;
 
@@ -145,7 +145,7 @@ pub fn archive_actions(it: &Item) -> anyhow::Result<Vec<Action>> {
     };
     let file = format!("{ARCHIVE_DIR}/{}", cache_name(it, ext));
     let mark = format!("{}/.clusterctl-{}-{}", install.path, it.name, &sha[..16]);
-    let q = super::executor::q;
+    let q = crate::engine::executor::q;
     Ok(vec![
         Action::dir(ARCHIVE_DIR, 0o755),
         Action::dir(&install.path, 0o755),
@@ -169,7 +169,7 @@ pub fn archive_actions(it: &Item) -> anyhow::Result<Vec<Action>> {
 /// live): each tarball sent once, imported unless this exact tarball was imported before and
 /// its reference is still there. Needs containerd running.
 pub fn image_actions(items: &[&Item]) -> anyhow::Result<Vec<Action>> {
-    let q = super::executor::q;
+    let q = crate::engine::executor::q;
     let mut a = Vec::new();
     if items.is_empty() {
         return Ok(a);
@@ -228,14 +228,17 @@ fn bundle_actions(items: &[&Item]) -> Vec<Action> {
         }
     }
     if !debs.is_empty() {
-        let files: Vec<String> = debs.iter().map(|(_, _, f)| super::executor::q(f)).collect();
+        let files: Vec<String> = debs
+            .iter()
+            .map(|(_, _, f)| crate::engine::executor::q(f))
+            .collect();
         let checks: Vec<String> = debs
             .iter()
             .map(|(n, v, _)| {
                 format!(
                     "[ \"$(dpkg-query -W -f='${{Status}} ${{Version}}' {} 2>/dev/null)\" = {} ]",
-                    super::executor::q(n),
-                    super::executor::q(&format!("install ok installed {v}"))
+                    crate::engine::executor::q(n),
+                    crate::engine::executor::q(&format!("install ok installed {v}"))
                 )
             })
             .collect();

@@ -2,8 +2,8 @@
 //! the kubelet's cgroup driver, the sandbox image, registry mirrors; then the bundle's images
 //! imported offline into the `k8s.io` namespace. The packages themselves come with `prepare`.
 
-use super::{Action, Context, Order, Phase, PhasePlan};
 use crate::bundle::Kind;
+use crate::engine::{Action, Context, Order, Phase, PhasePlan};
 use crate::inventory::Host;
 use crate::render::host_vars;
 

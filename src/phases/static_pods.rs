@@ -16,10 +16,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::executor::q;
-use super::kubelet::MANIFESTS;
-use super::{Action, Context, Executor};
 use crate::bundle::{Item, Kind};
+use crate::engine::MANIFESTS;
+use crate::engine::executor::q;
+use crate::engine::{Action, Context, Executor};
 use crate::inventory::{Host, Inventory};
 use crate::render::component_vars;
 use crate::version::KubeVersion;
@@ -163,7 +163,7 @@ pub fn inputs_hash(
         lines.push(format!("{remote} {sha}"));
     }
     lines.sort();
-    Ok(super::sha256_hex(lines.join("\n").as_bytes()))
+    Ok(crate::engine::sha256_hex(lines.join("\n").as_bytes()))
 }
 
 /// The static pod of `component` on `h`: `/etc/kubernetes/manifests/<component>.yaml`, mode
@@ -402,7 +402,7 @@ spec:
 ";
 
     /// The lab bundle's image items (and one binary, which is no image).
-    fn bundle() -> crate::phases::BundleRef {
+    fn bundle() -> crate::engine::BundleRef {
         let item = |name: &str, version: &str, image: &str, role: &str| {
             format!(
                 "  - {{name: {name}, version: '{version}', kind: image, url: 'file:///x/{name}.tar', sha256: {sha}, size: 1, image: '{image}', roles: [{role}], hashSource: test}}\n",
@@ -430,7 +430,7 @@ spec:
             );
         }
         m += &item("etcd-image", "3.4.23-0", "k8s.gcr.io/etcd:3.4.23-0", "etcd");
-        crate::phases::BundleRef {
+        crate::engine::BundleRef {
             path: "lab.tar.zst".into(),
             manifest: crate::bundle::Manifest::from_yaml(&m).unwrap(),
             trust: crate::bundle::Trust::UnsignedAllowed,
@@ -452,7 +452,7 @@ spec:
 
     fn yaml(a: &Action) -> serde_json::Value {
         let Action::File {
-            source: super::super::Source::Rendered { content, .. },
+            source: crate::engine::Source::Rendered { content, .. },
             ..
         } = a
         else {
@@ -725,7 +725,7 @@ spec:
         );
     }
 
-    fn actions(plan: &crate::phases::PhasePlan, host: &str) -> Vec<serde_json::Value> {
+    fn actions(plan: &crate::engine::PhasePlan, host: &str) -> Vec<serde_json::Value> {
         plan.hosts
             .iter()
             .find(|h| h.host == host)
@@ -746,7 +746,8 @@ spec:
 
     #[test]
     fn etcd_and_control_plane_phases_set_up_containerd_and_the_kubelet_first() {
-        use crate::phases::{Phase, control_plane::ControlPlane, etcd::Etcd, kubelet, runtime};
+        use crate::engine::Phase;
+        use crate::phases::{control_plane::ControlPlane, etcd::Etcd, kubelet, runtime};
         let dir = tempfile::tempdir().unwrap();
         let c = ctx(INV, dir.path());
         let etcd = Etcd.plan(&c).unwrap();
@@ -754,7 +755,7 @@ spec:
         let rt = runtime::Runtime.plan(&c).unwrap();
         let kl = kubelet::Kubelet.plan(&c).unwrap();
         // Every host with a kubelet, the etcd-only one included.
-        let hosts = |p: &crate::phases::PhasePlan| -> Vec<String> {
+        let hosts = |p: &crate::engine::PhasePlan| -> Vec<String> {
             p.hosts.iter().map(|h| h.host.clone()).collect()
         };
         assert_eq!(hosts(&rt), ["cp1", "cp2", "e1", "w1"]);
@@ -853,7 +854,8 @@ spec:
 
     #[test]
     fn systemd_mode_keeps_its_units_behind_the_opposite_guard() {
-        use crate::phases::{Phase, control_plane::ControlPlane, etcd::Etcd};
+        use crate::engine::Phase;
+        use crate::phases::{control_plane::ControlPlane, etcd::Etcd};
         let dir = tempfile::tempdir().unwrap();
         let c = ctx(
             &INV.replace("mode: static-pods", "mode: systemd"),
@@ -890,7 +892,7 @@ spec:
 
     #[tokio::test]
     async fn the_guard_refuses_a_host_running_the_other_mode() {
-        use crate::phases::executor::{CmdOutput, converge};
+        use crate::engine::executor::{CmdOutput, converge};
         // A host that answers the guard as bash would, with its units in `units`: there an
         // etcd unit file exists, and systemd knows of no active unit.
         struct Host1(std::sync::Mutex<Vec<String>>, String);
@@ -926,7 +928,7 @@ spec:
                 &'a self,
                 _: &'a Host,
                 path: &'a str,
-                _: &'a super::super::executor::Blob,
+                _: &'a crate::engine::executor::Blob,
                 _: &'a str,
                 _: u32,
             ) -> futures::future::BoxFuture<'a, anyhow::Result<u64>> {
@@ -938,7 +940,7 @@ spec:
         let c = ctx(INV, dir.path());
         let units = dir.path().join("units");
         std::fs::create_dir_all(&units).unwrap();
-        let plan = crate::phases::HostPlan {
+        let plan = crate::engine::HostPlan {
             host: "cp1".into(),
             address: "10.77.0.11".into(),
             actions: vec![
@@ -948,7 +950,7 @@ spec:
         };
         let exec = Host1(Default::default(), format!("{}/", units.display()));
         let h = c.inv().host("cp1").unwrap().clone();
-        let resolve = |_: &super::super::Source| -> anyhow::Result<super::super::executor::Blob> {
+        let resolve = |_: &crate::engine::Source| -> anyhow::Result<crate::engine::executor::Blob> {
             unreachable!()
         };
         // No unit: the plan goes on.

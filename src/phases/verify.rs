@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::{BoxFuture, join_all};
 
-use super::executor::Executor;
-use super::health::{self, Served};
-use super::{Context, Order, Phase, PhasePlan};
+use crate::engine::executor::Executor;
+use crate::engine::{Context, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Inventory, Role};
+use crate::kube::http::{self, Served};
 
 pub struct Verify;
 
@@ -70,7 +70,7 @@ pub fn etcd_client(ctx: &Context) -> anyhow::Result<reqwest::Client> {
         let p = pki.join(f);
         std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
     };
-    health::client(
+    http::client(
         &read("etcd/ca.crt")?,
         &read("etcd/healthcheck-client.crt")?,
         &read("etcd/healthcheck-client.key")?,
@@ -84,7 +84,7 @@ async fn etcd_status(
     h: &Host,
 ) -> anyhow::Result<(Served, serde_json::Value)> {
     let url = format!("{}/v3/maintenance/status", Inventory::url(&h.address, 2379));
-    let s = health::send(client.post(&url).body("{}"), &url).await?;
+    let s = http::send(client.post(&url).body("{}"), &url).await?;
     let v: serde_json::Value =
         serde_json::from_str(&s.body).with_context(|| format!("{url}: not JSON"))?;
     Ok((s, v))
@@ -92,7 +92,7 @@ async fn etcd_status(
 
 /// A Lease object's spec.
 async fn lease(api: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(&health::get(api, url).await?)?;
+    let v: serde_json::Value = serde_json::from_str(&http::get(api, url).await?)?;
     Ok(v["spec"].clone())
 }
 
@@ -134,7 +134,7 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
             "{}/v3/cluster/member/list",
             Inventory::url(&h.address, 2379)
         );
-        if let Ok(s) = health::send(etcd.post(&url).body("{}"), &url).await
+        if let Ok(s) = http::send(etcd.post(&url).body("{}"), &url).await
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&s.body)
         {
             for m in v["members"].as_array().into_iter().flatten() {
@@ -180,7 +180,7 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
     }
 
     // Every apiserver, then the endpoint clients use (VIP, local proxy or external).
-    let api = super::control_plane::admin_client(ctx)?;
+    let api = ctx.admin_http()?;
     let port = inv.spec.control_plane.apiserver_port;
     let mut targets: Vec<(String, String)> = inv
         .control_plane_hosts()
@@ -201,7 +201,7 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
     let readyz = join_all(targets.iter().map(|(_, base)| {
         let url = format!("{base}/readyz");
         let req = api.get(&url);
-        async move { health::send(req, &url).await }
+        async move { http::send(req, &url).await }
     }))
     .await;
     for ((what, base), r) in targets.iter().zip(readyz) {
@@ -249,7 +249,7 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
 
     // Nodes: every control-plane and worker host registered and Ready.
     let url = format!("{endpoint}/api/v1/nodes");
-    match health::get(&api, &url)
+    match http::get(&api, &url)
         .await
         .and_then(|b| Ok(serde_json::from_str::<serde_json::Value>(&b)?))
     {

@@ -4,10 +4,8 @@
 //! - `generate`: idempotent generation, external CAs, renewal (`renew`), backups.
 //! - `expiry`: `check-expiration` reports over pluggable `CertSource`s.
 //! - `keys`, `kubeconfig`, `inspect`: key handling, kubeconfig files, reading certs back.
-pub mod cmd;
 pub mod expiry;
 pub mod generate;
-pub mod hosts;
 pub mod inspect;
 pub mod keys;
 pub mod kubeconfig;

@@ -7,6 +7,9 @@
 pub mod addons;
 mod vars;
 
+/// haproxy's runtime API on every balancer (a Unix socket, root only; see haproxy.cfg).
+pub const ADMIN_SOCKET: &str = "/run/haproxy-admin.sock";
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;

@@ -367,7 +367,7 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
             } else {
                 "0.0.0.0"
             },
-            admin_socket: crate::phases::load_balancer::ADMIN_SOCKET,
+            admin_socket: super::ADMIN_SOCKET,
             port: lb_port,
             backends: inv
                 .control_plane_hosts()

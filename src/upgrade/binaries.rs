@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::bundle::{Item, Kind};
+use crate::engine::executor::q;
+use crate::engine::{Action, Context, Executor, Mode, Source};
 use crate::inventory::Host;
-use crate::phases::executor::q;
-use crate::phases::{Action, Context, Executor, Mode, Source};
 
 /// Where the binaries an upgrade replaced are kept on each host: `<name>-<version>`, and
 /// `<name>` (a symlink) naming the copy the last upgrade kept, which `--rollback` installs.
@@ -149,11 +149,11 @@ pub fn host_actions(
 /// target version), one at a time, each with [`host_actions`].
 pub fn stage_plan(
     ctx: &Context,
-    stage: &dyn crate::phases::Phase,
-    base: crate::phases::PhasePlan,
+    stage: &dyn crate::engine::Phase,
+    base: crate::engine::PhasePlan,
     comps: &[Component],
-) -> anyhow::Result<crate::phases::PhasePlan> {
-    let mut plan = crate::phases::PhasePlan::new(stage, crate::phases::Order::OneAtATime);
+) -> anyhow::Result<crate::engine::PhasePlan> {
+    let mut plan = crate::engine::PhasePlan::new(stage, crate::engine::Order::OneAtATime);
     for hp in base.hosts {
         let h = ctx.inv().host(&hp.host).expect("planned hosts exist");
         plan.host(h, host_actions(ctx, h, comps, hp.actions)?);

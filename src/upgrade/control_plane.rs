@@ -7,19 +7,19 @@
 use futures::future::BoxFuture;
 
 use super::binaries::{self, CONTROL_PLANE};
+use crate::engine::{Context, Executor, Phase, PhasePlan};
 use crate::inventory::{Host, Inventory};
-use crate::phases::{Context, Executor, Phase, PhasePlan};
 
 pub struct UpgradeControlPlane;
 
 /// `gitVersion` of the apiserver on `host` (GET /version).
 pub async fn apiserver_version(ctx: &Context, host: &Host) -> anyhow::Result<String> {
-    let client = crate::phases::control_plane::admin_client(ctx)?;
+    let client = ctx.admin_http()?;
     let url = format!(
         "{}/version",
         Inventory::url(&host.address, ctx.inv().spec.control_plane.apiserver_port)
     );
-    let body = crate::phases::health::get(&client, &url).await?;
+    let body = crate::kube::http::get(&client, &url).await?;
     let v: serde_json::Value = serde_json::from_str(&body)
         .map_err(|e| anyhow::anyhow!("{url}: not JSON ({e}): {body}"))?;
     v.get("gitVersion")

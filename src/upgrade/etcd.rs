@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::binaries::{self, ETCD};
+use crate::engine::{Context, Executor, Phase, PhasePlan};
 use crate::inventory::Host;
-use crate::phases::{Context, Executor, Phase, PhasePlan};
 
 pub struct UpgradeEtcd;
 

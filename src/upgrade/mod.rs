@@ -36,15 +36,15 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::cli::{Global, Output};
+use crate::commands::cluster::Scope;
+use crate::commands::{Global, Output};
 use crate::diag::UserError;
+use crate::engine::blobs::Blobs;
+use crate::engine::executor::{Blob, DryRun, Executor, HostChanges, converge, converge_guarded};
+use crate::engine::runner::{HostOutcome, Journal, PlainProgress, Progress};
+use crate::engine::ssh_exec::SshExecutor;
+use crate::engine::{Context, HostPlan, Phase, PhasePlan, Source};
 use crate::inventory::{Host, Role};
-use crate::phases::blobs::Blobs;
-use crate::phases::cmd::Scope;
-use crate::phases::executor::{Blob, DryRun, Executor, HostChanges, converge, converge_guarded};
-use crate::phases::runner::{HostOutcome, Journal, PlainProgress, Progress};
-use crate::phases::ssh_exec::SshExecutor;
-use crate::phases::{Context, HostPlan, Phase, PhasePlan, Source};
 use binaries::{Component, Running};
 
 #[derive(Args, Debug, Clone, Default)]
@@ -368,7 +368,7 @@ struct Env<'a> {
     progress: PlainProgress,
     /// Takes an apiserver out of every balancer before a change restarts it (back after the
     /// gate): the runner's rotation, used the same way.
-    rotation: crate::phases::load_balancer::Rotation<'a>,
+    rotation: crate::engine::rotation::Rotation<'a>,
 }
 
 /// One host's turn in a stage: keep the current binaries, converge the rest, then the gate;
@@ -382,7 +382,7 @@ async fn host_step(env: &Env<'_>, phase: &dyn Phase, plan: &PhasePlan, h: &Host)
         .find(|p| p.host == h.name)
         .expect("the host is in the plan");
     let (keep, rest) = binaries::split_keep(&hp.actions);
-    let part = |actions: Vec<crate::phases::Action>| HostPlan {
+    let part = |actions: Vec<crate::engine::Action>| HostPlan {
         host: hp.host.clone(),
         address: hp.address.clone(),
         actions,
@@ -523,7 +523,7 @@ async fn nodes_stage(
         ..Default::default()
     };
     let dry = env.exec.is_dry_run();
-    let api = crate::kube::Client::admin(env.ctx)?;
+    let api = env.ctx.kube_admin()?;
     let cordoned = drain::Cordoned::at(env.ctx.state.root.join("upgrade-cordoned.json"));
     let hosts: Vec<&Host> = plan
         .hosts
@@ -631,7 +631,7 @@ async fn nodes_stage(
 /// Every host of the cluster: an upgrade reads them all, and changes them stage by stage.
 async fn connect(ctx: &Context) -> anyhow::Result<crate::ssh::Pool> {
     let hosts: Vec<&Host> = ctx.inv().spec.hosts.iter().collect();
-    crate::ops::connect(ctx, &hosts).await
+    crate::engine::ssh_exec::connect(ctx, &hosts).await
 }
 
 pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
@@ -640,11 +640,11 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         Some(UpgradeCmd::Plan { to }) => to.clone().or(a.to.clone()),
         None => a.to.clone(),
     };
-    let (mut ctx, runner) = crate::phases::cmd::prepare(
+    let (mut ctx, runner) = crate::commands::cluster::prepare(
         g,
         "upgrade",
         &a.scope,
-        crate::phases::RunOptions {
+        crate::engine::RunOptions {
             dry_run: a.dry_run,
             ..Default::default()
         },
@@ -798,7 +798,7 @@ async fn upgrade(
         resolve: &resolve,
         journal: &journal,
         progress: PlainProgress,
-        rotation: crate::phases::load_balancer::Rotation::new(ctx, exec),
+        rotation: crate::engine::rotation::Rotation::new(ctx, exec),
     };
     let t = targets(ctx);
     let mut rec = record::load(ctx)?.unwrap_or_else(|| record::Record {
@@ -809,7 +809,7 @@ async fn upgrade(
         // A verified etcd backup before anything changes (each run, a resumed one too: the
         // newest is the state right before this run's changes). A failed backup stops here.
         let t0 = Instant::now();
-        let path = crate::ops::backup::take_backup(ctx, &ssh.pool, None)
+        let path = crate::commands::backup::take_backup(ctx, &ssh.pool, None)
             .await
             .map_err(|e| {
                 UserError::failed(format!(

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::binaries::{self, NODE};
+use crate::engine::{Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::Host;
-use crate::phases::{Context, Executor, Order, Phase, PhasePlan};
 
 pub struct UpgradeNodes;
 
@@ -48,7 +48,7 @@ impl Phase for UpgradeNodes {
             binaries::wait_targets(ctx, exec, host, &NODE).await?;
             // The restarted kubelet reports its version in the node's status; until then the
             // node's Ready condition is the old kubelet's.
-            let api = crate::kube::Client::admin(ctx)?;
+            let api = ctx.kube_admin()?;
             let target = ctx.inv().spec.kubernetes_version.clone();
             let path = format!("/api/v1/nodes/{}", host.name);
             crate::kube::wait_until(

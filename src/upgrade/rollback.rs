@@ -12,9 +12,9 @@ use anyhow::Context as _;
 use super::binaries::{self, Component, PREVIOUS_DIR};
 use super::{Observations, drain, record, skew};
 use crate::diag::UserError;
+use crate::engine::executor::q;
+use crate::engine::{Context, Executor, Phase};
 use crate::inventory::{Host, Role};
-use crate::phases::executor::q;
-use crate::phases::{Context, Executor, Phase};
 
 /// A component to return on one host: its kept copy, that copy's sha256 and version.
 #[derive(Debug, Clone)]
@@ -131,9 +131,9 @@ pub(super) async fn rollback(
             .into());
         }
     }
-    let api = crate::kube::Client::admin(ctx)?;
+    let api = ctx.kube_admin()?;
     let cordoned = drain::Cordoned::at(ctx.state.root.join("upgrade-cordoned.json"));
-    let rotation = crate::phases::load_balancer::Rotation::new(ctx, exec);
+    let rotation = crate::engine::rotation::Rotation::new(ctx, exec);
     let mut rec = record::load(ctx)?.unwrap_or_default();
     for (h, backs) in &plan {
         if h.has(Role::Etcd) {

@@ -166,7 +166,7 @@ pub fn backup_delete_restore(
     }
     let members = lab.exec_ok(
         "h2",
-        &clusterctl::ops::etcdctl(inv.host("h2").unwrap(), "member list"),
+        &clusterctl::phases::etcd::etcdctl(inv.host("h2").unwrap(), "member list"),
     );
     assert_eq!(members.lines().count(), 3, "{members}");
     // Nodes Ready again, workloads can be created.

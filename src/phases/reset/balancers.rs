@@ -5,9 +5,9 @@
 //! request is cut and the VIP stays where it is. Balancers whose config does not change are
 //! left alone (a worker's reset changes nothing here).
 
+use crate::engine::{Context, Phase, PhasePlan};
 use crate::inventory::{HaMode, Role};
 use crate::phases::load_balancer::LoadBalancer;
-use crate::phases::{Context, Phase, PhasePlan};
 
 pub struct ResetBalancers;
 
@@ -30,7 +30,7 @@ impl Phase for ResetBalancers {
         });
         let stays = super::staying(ctx);
         let mut plan = if whole || !concerns || stays.spec.ha.mode == HaMode::External {
-            PhasePlan::new(self, crate::phases::Order::Parallel)
+            PhasePlan::new(self, crate::engine::Order::Parallel)
         } else {
             LoadBalancer.plan_for(ctx, &stays, &[])?
         };

@@ -5,11 +5,11 @@
 //! host step backs up with /etc/kubernetes). etcd keeps running here: its member is removed
 //! next, while it still counts for the quorum.
 
+use crate::engine::rotation::balancers;
+use crate::engine::{Action, Context, Order, Phase, PhasePlan};
 use crate::inventory::{HaMode, Role};
 use crate::phases::components::{stop_command, stopped_check};
 use crate::phases::control_plane::COMPONENTS;
-use crate::phases::load_balancer::balancers;
-use crate::phases::{Action, Context, Order, Phase, PhasePlan};
 
 pub struct ResetControlPlane;
 

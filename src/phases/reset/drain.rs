@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use serde_json::json;
 
-use crate::phases::{Context, Order, Phase, PhasePlan};
+use crate::engine::{Context, Order, Phase, PhasePlan};
 
 pub struct ResetDrain;
 
@@ -65,7 +65,7 @@ impl Phase for ResetDrain {
             if whole {
                 return Ok(vec![]);
             }
-            let mut lines = crate::ops::members::check_removal(ctx, &selected)
+            let mut lines = crate::phases::etcd::members::check_removal(ctx, &selected)
                 .await?
                 .describe();
             let inv = ctx.inv();
@@ -77,7 +77,7 @@ impl Phase for ResetDrain {
             if nodes.is_empty() {
                 return Ok(lines);
             }
-            let api = crate::kube::Client::admin(ctx)?;
+            let api = ctx.kube_admin()?;
             let minor = inv.kube_version().minor;
             for node in nodes {
                 let t = Instant::now();

@@ -8,9 +8,9 @@
 
 use futures::future::BoxFuture;
 
+use crate::engine::{Context, Order, Phase, PhasePlan};
 use crate::inventory::Role;
-use crate::ops::members;
-use crate::phases::{Context, Order, Phase, PhasePlan};
+use crate::phases::etcd::members;
 
 pub struct ResetEtcd;
 

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
 
+use crate::engine::executor::q;
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Role};
-use crate::phases::executor::q;
-use crate::phases::{Action, Context, Executor, Order, Phase, PhasePlan};
 
 pub struct ResetHost;
 
@@ -96,7 +96,7 @@ fn installed_on(ctx: &Context) -> anyhow::Result<BTreeMap<String, Installed>> {
     let known: Vec<&str> = crate::phases::registry().iter().map(|p| p.name()).collect();
     let pb =
         crate::phases::playbook::load("init", Some(&ctx.state.root.join("playbooks")), &known)?;
-    let runner = crate::phases::runner::Runner::new(&pb, &Default::default())?;
+    let runner = pb.runner(&Default::default())?;
     let mut all = installed(&runner.plan(ctx)?);
     for h in ctx.hosts_where(|_| true) {
         let Some(inst) = all.get_mut(&h.name) else {
@@ -276,14 +276,14 @@ pub fn actions(
             "for m in $(awk '$2 ~ \"^/var/lib/kubelet/\" {{print $2}}' /proc/mounts | sort -r); do umount \"$m\" 2>/dev/null || umount -l \"$m\"; done; \
              for d in {}; do [ -d \"$d\" ] || continue; find \"$d\" -mindepth 1 ! -path {marker} -delete 2>/dev/null; rmdir \"$d\" 2>/dev/null || true; done",
             data.join(" "),
-            marker = q(crate::phases::lock::HOST_MARKER)
+            marker = q(crate::engine::lock::HOST_MARKER)
         ),
         // A directory that is a mount point stays, empty.
         Some(&none_of(
             &data,
             &format!(
                 "[ -n \"$(find \"$x\" -mindepth 1 ! -path {} -print -quit 2>/dev/null)\" ]",
-                q(crate::phases::lock::HOST_MARKER)
+                q(crate::engine::lock::HOST_MARKER)
             ),
         )),
     ));

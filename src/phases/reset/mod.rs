@@ -24,8 +24,8 @@ pub mod host;
 
 use std::collections::BTreeSet;
 
-use super::Context;
 use crate::diag::UserError;
+use crate::engine::Context;
 use crate::inventory::{Host, Inventory};
 
 /// The phase whose ok journal entry for a host says the host was reset.
@@ -74,9 +74,9 @@ pub fn check_scope(ctx: &Context) -> Result<(), UserError> {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use crate::phases::guarded_fake::GuardedHosts;
-    use crate::phases::runner::{HostOutcome, Journal, PlainProgress, Runner};
-    use crate::phases::{Action, Context, Source};
+    use crate::engine::guarded_fake::GuardedHosts;
+    use crate::engine::runner::{HostOutcome, Journal, PlainProgress, Runner};
+    use crate::engine::{Action, Context, Source};
 
     const INV: &str = r#"
 apiVersion: clusterctl.io/v1alpha1
@@ -93,7 +93,7 @@ spec:
 "#;
 
     fn ctx(dir: &std::path::Path, hosts: &[&str]) -> Context {
-        crate::phases::guarded_fake::test_context(INV, dir, hosts, Default::default())
+        crate::engine::guarded_fake::test_context(INV, dir, hosts, Default::default())
     }
 
     fn runner(ctx: &Context) -> Runner {
@@ -101,12 +101,12 @@ spec:
         let pb =
             crate::phases::playbook::load("reset", Some(&ctx.state.root.join("playbooks")), &known)
                 .unwrap();
-        Runner::new(&pb, &Default::default()).unwrap()
+        pb.runner(&Default::default()).unwrap()
     }
 
-    use crate::phases::guarded_fake::resolve;
+    use crate::engine::guarded_fake::resolve;
 
-    fn runs(plan: &crate::phases::PhasePlan, host: &str) -> Vec<String> {
+    fn runs(plan: &crate::engine::PhasePlan, host: &str) -> Vec<String> {
         plan.hosts
             .iter()
             .filter(|h| h.host == host)
@@ -192,7 +192,7 @@ spec:
     fn apply(
         ctx: &Context,
         exec: &GuardedHosts,
-    ) -> anyhow::Result<crate::phases::runner::RunReport> {
+    ) -> anyhow::Result<crate::engine::runner::RunReport> {
         let r = runner(ctx);
         let journal = Journal::at(ctx.state.journal());
         tokio::runtime::Runtime::new().unwrap().block_on(r.apply(
@@ -222,7 +222,7 @@ spec:
             .unwrap();
         assert_eq!(host.hosts.len(), 4);
         // The journal marks every host as reset: a later join treats them as new.
-        let reset = crate::ops::members::since_reset(&ctx.state.journal());
+        let reset = crate::phases::etcd::members::since_reset(&ctx.state.journal());
         assert!(reset.is_empty(), "{reset:?}");
 
         // Killed after 7 changes, then run again: the re-run does the rest, nothing twice.
@@ -241,7 +241,7 @@ spec:
         let steps = |log: &[String]| -> Vec<String> {
             let mut v: Vec<String> = log
                 .iter()
-                .filter(|c| !c.contains(crate::phases::lock::HOST_MARKER))
+                .filter(|c| !c.contains(crate::engine::lock::HOST_MARKER))
                 .cloned()
                 .collect();
             v.sort();
@@ -283,14 +283,14 @@ spec:
         let ctx = ctx(d.path(), &["w1"]);
         let plans = runner(&ctx).plan(&ctx).unwrap();
         let host = GuardedHosts::for_plans(&plans);
-        let dry = crate::phases::executor::DryRun::new(&host);
+        let dry = crate::engine::executor::DryRun::new(&host);
         let r = runner(&ctx);
         // Only the host phases: the cluster steps need the cluster's API.
         let hp = plans.iter().find(|p| p.phase == "reset-host").unwrap();
         let w1 = ctx.inv().host("w1").unwrap();
         let ch = tokio::runtime::Runtime::new()
             .unwrap()
-            .block_on(crate::phases::executor::converge(
+            .block_on(crate::engine::executor::converge(
                 &dry,
                 w1,
                 &hp.hosts[0],

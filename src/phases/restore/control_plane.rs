@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Inventory, Role};
+use crate::kube::readyz_url;
 use crate::phases::components::start_command;
-use crate::phases::control_plane::{admin_client, readyz_url};
-use crate::phases::{Action, Context, Executor, Order, Phase, PhasePlan};
 
 pub struct RestoreControlPlane;
 
@@ -42,8 +42,8 @@ impl Phase for RestoreControlPlane {
         _exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let client = admin_client(ctx)?;
-            crate::phases::health::wait_ok(
+            let client = ctx.admin_http()?;
+            crate::kube::http::wait_ok(
                 &client,
                 &readyz_url(ctx.inv(), host),
                 Duration::from_secs(180),
@@ -63,8 +63,7 @@ impl Phase for RestoreControlPlane {
             }
             let (ep_host, ep_port) = ctx.inv().apiserver_endpoint_for_admin();
             let url = format!("{}/readyz", Inventory::url(&ep_host, ep_port));
-            crate::phases::health::wait_ok(&admin_client(ctx)?, &url, Duration::from_secs(60))
-                .await?;
+            crate::kube::http::wait_ok(&ctx.admin_http()?, &url, Duration::from_secs(60)).await?;
             Ok(vec![format!("{url}: ok")])
         })
     }

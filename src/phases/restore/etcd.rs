@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Inventory};
 use crate::phases::components::start_command;
-use crate::phases::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::ssh::shell::quote as q;
 
 pub struct RestoreEtcd;
@@ -36,7 +36,7 @@ pub fn rebuild_command(
          {tool}$u snapshot restore {snap} --name {name} --initial-cluster {ic} \
          --initial-cluster-token {token} --initial-advertise-peer-urls https://{addr}:2380 --data-dir {data}; \
          chown -R \"$owner\" {data}; chmod 0700 {data}",
-        tool = crate::ops::SNAPSHOT_TOOL,
+        tool = crate::phases::etcd::SNAPSHOT_TOOL,
         aside = q(aside),
         snap = q(snapshot),
         name = q(&host.name),

@@ -3,8 +3,8 @@
 
 use futures::future::BoxFuture;
 
-use crate::phases::executor::q;
-use crate::phases::{Action, Context, Order, Phase, PhasePlan};
+use crate::engine::executor::q;
+use crate::engine::{Action, Context, Order, Phase, PhasePlan};
 
 pub struct RestoreFinish;
 
@@ -39,7 +39,10 @@ impl Phase for RestoreFinish {
             if dry_run {
                 return Ok(vec![]);
             }
-            let n = crate::ops::members::Etcd::new(ctx)?.members().await?.len();
+            let n = crate::phases::etcd::members::Etcd::new(ctx)?
+                .members()
+                .await?
+                .len();
             let want = ctx.inv().etcd_hosts().count();
             anyhow::ensure!(
                 n == want,

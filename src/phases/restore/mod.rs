@@ -23,16 +23,8 @@ pub mod upload;
 
 use std::path::PathBuf;
 
-use super::Context;
-
-/// What a restore run restores, decided once by the command before the run.
-#[derive(Debug, Clone)]
-pub struct RestoreInputs {
-    /// The verified snapshot, unpacked on the operator's machine.
-    pub snapshot: PathBuf,
-    /// `20261124T221000Z`: names the copies, the moved-aside data directories, the token.
-    pub stamp: String,
-}
+use crate::engine::Context;
+pub use crate::engine::RestoreInputs;
 
 /// Where the snapshot waits on the etcd hosts.
 pub const REMOTE_DIR: &str = "/var/lib/clusterctl/restore";
@@ -71,9 +63,10 @@ pub fn token(ctx: &Context) -> String {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use crate::phases::guarded_fake::GuardedHosts;
-    use crate::phases::runner::{Journal, PlainProgress, Runner, Selection};
-    use crate::phases::{Action, Context};
+    use crate::engine::guarded_fake::GuardedHosts;
+    use crate::engine::runner::{Journal, PlainProgress, Runner};
+    use crate::engine::{Action, Context};
+    use crate::phases::playbook::Selection;
 
     const INV: &str = r#"
 apiVersion: clusterctl.io/v1alpha1
@@ -91,14 +84,14 @@ spec:
     fn ctx(dir: &std::path::Path) -> Context {
         let snapshot = dir.join("snapshot.db");
         std::fs::write(&snapshot, b"snapshot").unwrap();
-        let options = crate::phases::RunOptions {
+        let options = crate::engine::RunOptions {
             restore: Some(super::RestoreInputs {
                 snapshot,
                 stamp: "20261204T220000Z".into(),
             }),
             ..Default::default()
         };
-        crate::phases::guarded_fake::test_context(INV, dir, &[], options)
+        crate::engine::guarded_fake::test_context(INV, dir, &[], options)
     }
 
     /// The restore playbook up to the rebuilt etcd (the later phases' gates need an API).
@@ -110,10 +103,10 @@ spec:
             ..Default::default()
         };
         let _ = ctx;
-        Runner::new(&pb, &sel).unwrap()
+        pb.runner(&sel).unwrap()
     }
 
-    use crate::phases::guarded_fake::resolve;
+    use crate::engine::guarded_fake::resolve;
 
     fn apply(ctx: &Context, r: &Runner, exec: &GuardedHosts) -> anyhow::Result<()> {
         let journal = Journal::disabled();
@@ -163,7 +156,7 @@ spec:
                 "stop etcd"
             ]
         );
-        assert_eq!(plans[4].order, crate::phases::Order::OneAtATime);
+        assert_eq!(plans[4].order, crate::engine::Order::OneAtATime);
         let restart: Vec<&str> = plans[4].hosts.iter().map(|h| h.host.as_str()).collect();
         assert_eq!(
             restart,

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::engine::executor::q;
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Role};
 use crate::phases::components::start_command;
-use crate::phases::executor::q;
-use crate::phases::{Action, Context, Executor, Order, Phase, PhasePlan};
 
 pub struct RestoreRestart;
 

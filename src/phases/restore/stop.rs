@@ -3,9 +3,9 @@
 //! static-pods mode their manifests moved to the hold directory). Undo (a failure here or
 //! in restore-etcd): etcd and the control plane start again.
 
+use crate::engine::{Action, Context, Order, Phase, PhasePlan};
 use crate::phases::components::{start_command, stop_command, stopped_check};
 use crate::phases::control_plane::COMPONENTS;
-use crate::phases::{Action, Context, Order, Phase, PhasePlan};
 
 pub struct RestoreStop;
 

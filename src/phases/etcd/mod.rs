@@ -6,21 +6,25 @@
 //! In `join`, a new etcd host joins the running cluster one at a time, keeping the quorum at
 //! every instant: `member add --learner` right before its host converges (a learner counts in
 //! no quorum), started with `--initial-cluster-state=existing`, then its gate waits until it
-//! caught up and promotes it to a voter (see [`crate::ops::members`]).
+//! caught up and promotes it to a voter (see [`crate::phases::etcd::members`]).
 
+pub mod members;
+
+use crate::ssh::shell::quote;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{Action, Context, Executor, Order, Phase, PhasePlan, static_pods};
+use super::static_pods;
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Role};
-use crate::ops::members::{Membership, join_member, join_order, promote_when_ready, start_for};
 use crate::render::etcd_component_vars;
+use members::{Membership, join_member, join_order, promote_when_ready, start_for};
 
 pub struct Etcd;
 
 /// The template variables of the member on `h`, with the flags it starts with (those it was
-/// first started with; see [`crate::ops::members`]).
+/// first started with; see [`crate::phases::etcd::members`]).
 pub fn vars(ctx: &Context, h: &Host) -> anyhow::Result<tera::Context> {
     let (start, _) = start_for(ctx, h)?;
     etcd_component_vars(&ctx.render, ctx.inv(), h, &start)
@@ -227,4 +231,29 @@ pub async fn wait_healthy(
         host.name,
         within.as_secs()
     )
+}
+
+/// Where the etcd client certificates are on the hosts (kubeadm's layout).
+pub const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
+/// Where scheduled snapshots go on the etcd hosts.
+pub const SCHEDULED_DIR: &str = "/var/backups/etcd";
+
+/// `etcdctl ARGS` against the member on `host` over TLS, as the health check does.
+pub fn etcdctl(host: &Host, args: &str) -> String {
+    format!(
+        "ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints=https://{}:2379 --cacert={ETCD_PKI}/ca.crt \
+         --cert={ETCD_PKI}/healthcheck-client.crt --key={ETCD_PKI}/healthcheck-client.key {args}",
+        host.address
+    )
+}
+
+/// A shell prefix that sets `$u` to the offline snapshot tool: `etcdutl` (etcd ≥ 3.5) when the
+/// host has it, else `etcdctl` (3.4, and 3.5 where it still has `snapshot status|restore`).
+pub const SNAPSHOT_TOOL: &str = "if command -v etcdutl >/dev/null 2>&1; then u=etcdutl; \
+     elif [ -x /usr/local/bin/etcdutl ]; then u=/usr/local/bin/etcdutl; \
+     else u='env ETCDCTL_API=3 /usr/local/bin/etcdctl'; fi; ";
+
+/// `snapshot status FILE -w json` with the offline tool.
+pub fn snapshot_status_command(file: &str) -> String {
+    format!("{SNAPSHOT_TOOL}$u snapshot status {} -w json", quote(file))
 }

@@ -3,10 +3,10 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::cli::{Global, Output};
+use crate::commands::{Global, Output};
 use crate::diag::UserError;
 
-use super::build::{BuildOptions, build, print_report};
+use crate::bundle::build::{BuildOptions, build, print_report};
 
 /// `bundle verify`'s exit code for a bundle whose hashes all match but whose signature was not
 /// verified (unsigned, or signed with no `--key` given). 1 is a failed check (a hash, a missing
@@ -116,9 +116,9 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
         } => {
             let k = key
                 .as_deref()
-                .map(super::keys::load_verifying)
+                .map(crate::bundle::keys::load_verifying)
                 .transpose()?;
-            let mut r = super::archive::verify(&bundle, k.as_ref())?;
+            let mut r = crate::bundle::archive::verify(&bundle, k.as_ref())?;
             if let Some(want) = manifest_sha256
                 && want.to_ascii_lowercase() != r.manifest_sha256
             {
@@ -179,9 +179,9 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
             }
         }
         BundleCmd::Sign { bundle, key } => {
-            let k = super::keys::load_signing(&key)?;
+            let k = crate::bundle::keys::load_signing(&key)?;
             // Only sign what verifies: a signature vouches for the content.
-            let r = super::archive::verify(&bundle, None)?;
+            let r = crate::bundle::archive::verify(&bundle, None)?;
             if !r.ok() {
                 anyhow::bail!(
                     "{}: not signing a bundle that does not verify:\n  {}",
@@ -189,9 +189,9 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                     r.problems.join("\n  ")
                 );
             }
-            let head = super::archive::read_head(&bundle)?;
-            let sig = super::keys::sign(&k, &head.manifest_bytes);
-            super::archive::rewrite_with_signature(&bundle, &sig)?;
+            let head = crate::bundle::archive::read_head(&bundle)?;
+            let sig = crate::bundle::keys::sign(&k, &head.manifest_bytes);
+            crate::bundle::archive::rewrite_with_signature(&bundle, &sig)?;
             println!(
                 "{}: signed (manifest sha256 {})",
                 bundle.display(),
@@ -202,13 +202,16 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
         BundleCmd::Keygen { out } => {
             let private = out.with_extension("key");
             let public = out.with_extension("pub");
-            super::keys::write_pair(&super::keys::generate(), &private, &public)?;
+            crate::bundle::keys::write_pair(&crate::bundle::keys::generate(), &private, &public)?;
             println!("wrote {} and {}", private.display(), public.display());
             Ok(())
         }
         BundleCmd::Diff { a, b } => {
-            let (ma, mb) = (super::load_manifest_any(&a)?, super::load_manifest_any(&b)?);
-            let d = super::diff::diff(&ma, &mb);
+            let (ma, mb) = (
+                crate::bundle::load_manifest_any(&a)?,
+                crate::bundle::load_manifest_any(&b)?,
+            );
+            let d = crate::bundle::diff::diff(&ma, &mb);
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else if d.is_empty() {
@@ -221,7 +224,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
             Ok(())
         }
         BundleCmd::Ls { bundle } => {
-            let m = super::load_manifest_any(&bundle)?;
+            let m = crate::bundle::load_manifest_any(&bundle)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
                 return Ok(());
@@ -275,8 +278,9 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
         } => {
             let tsv = std::fs::read_to_string(&items)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", items.display()))?;
-            let m = super::genmanifest::from_tsv(&tsv, &name, &version, description, platform)
-                .map_err(|e| anyhow::anyhow!("{}: {e:#}", items.display()))?;
+            let m =
+                crate::bundle::genmanifest::from_tsv(&tsv, &name, &version, description, platform)
+                    .map_err(|e| anyhow::anyhow!("{}: {e:#}", items.display()))?;
             let y = m.to_yaml()?;
             match out {
                 Some(o) => std::fs::write(&o, y)?,

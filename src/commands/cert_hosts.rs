@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::inspect::{self, CertInfo};
-use super::kubeconfig::Kubeconfig;
 use crate::inventory::{Inventory, Loaded};
 use crate::phases::certs::{Endpoint, check_served, endpoints};
+use crate::pki::inspect::{self, CertInfo};
+use crate::pki::kubeconfig::Kubeconfig;
 use crate::state::StateDir;
 
 /// One certificate file or kubeconfig on a host.
@@ -71,7 +71,7 @@ fn cert_of(path: &str, text: &str) -> Result<CertInfo> {
 /// A shell script printing each file under a `==> path` header (`==> path MISSING` when
 /// absent); kubeconfigs without their `client-key-data` line.
 fn read_script(paths: &[String]) -> String {
-    let q = crate::phases::executor::q;
+    let q = crate::engine::executor::q;
     let list: Vec<String> = paths.iter().map(|p| q(p)).collect();
     format!(
         "for f in {}; do if [ -r \"$f\" ]; then echo \"==> $f\"; grep -v 'client-key-data' \"$f\"; echo; else echo \"==> $f MISSING\"; fi; done",
@@ -116,12 +116,12 @@ pub async fn inspect_hosts(
     let chosen = |name: &str| hosts.is_empty() || hosts.iter().any(|h| h == name);
     let chosen_hosts: Vec<&crate::inventory::Host> =
         inv.spec.hosts.iter().filter(|h| chosen(&h.name)).collect();
-    let pool = crate::ops::connect_hosts(loaded, state, &chosen_hosts).await?;
+    let pool = crate::engine::ssh_exec::connect_hosts(loaded, state, &chosen_hosts).await?;
     // Per host: its certificate files and kubeconfigs (not keys), local and remote.
     let per_host: Vec<(String, Vec<(String, std::path::PathBuf)>)> = chosen_hosts
         .iter()
         .map(|h| {
-            let files = super::files_for_host(inv, h)
+            let files = crate::pki::files_for_host(inv, h)
                 .into_iter()
                 .filter_map(|f| {
                     let r = f.remote.to_string_lossy().into_owned();
@@ -170,8 +170,8 @@ pub async fn inspect_hosts(
                     Ok(c) => {
                         let left = c.not_after - now;
                         row.warning = left < threshold_secs;
-                        row.residual = Some(super::expiry::human(left));
-                        row.not_after = Some(super::generate::fmt_time(c.not_after));
+                        row.residual = Some(crate::pki::expiry::human(left));
+                        row.not_after = Some(crate::pki::generate::fmt_time(c.not_after));
                         row.matches_local =
                             local_cert.as_ref().is_some_and(|l| l.serial == c.serial);
                         on_host.insert((host.clone(), remote.clone()), c.serial.clone());

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::BoxFuture;
 
+use crate::engine::executor::{Blob, CmdOutput, Executor};
+use crate::engine::{Action, PhasePlan};
 use crate::inventory::Host;
-use crate::phases::executor::{Blob, CmdOutput, Executor};
-use crate::phases::{Action, PhasePlan};
 
 #[derive(Default)]
 pub struct GuardedHosts {
@@ -129,9 +129,9 @@ pub fn test_context(
     yaml: &str,
     dir: &std::path::Path,
     hosts: &[&str],
-    options: crate::phases::RunOptions,
-) -> crate::phases::Context {
-    crate::phases::Context {
+    options: crate::engine::RunOptions,
+) -> crate::engine::Context {
+    crate::engine::Context {
         loaded: crate::inventory::load_str(yaml, &dir.join("inventory.yaml"))
             .unwrap_or_else(|d| panic!("{d}")),
         state: crate::state::StateDir::new(dir, "t"),
@@ -143,10 +143,10 @@ pub fn test_context(
 }
 
 /// Bytes of a planned file in playbook tests: rendered content, or a local file read now.
-pub fn resolve(s: &crate::phases::Source) -> anyhow::Result<Blob> {
+pub fn resolve(s: &crate::engine::Source) -> anyhow::Result<Blob> {
     match s {
-        crate::phases::Source::Rendered { content, .. } => Ok(Blob::Bytes(content.clone())),
-        crate::phases::Source::Local { path } => Ok(Blob::Bytes(std::fs::read(path)?)),
+        crate::engine::Source::Rendered { content, .. } => Ok(Blob::Bytes(content.clone())),
+        crate::engine::Source::Local { path } => Ok(Blob::Bytes(std::fs::read(path)?)),
         other => anyhow::bail!("{other:?}"),
     }
 }

@@ -336,7 +336,7 @@ pub async fn release_hosts(exec: &dyn Executor, hosts: &[&Host], owner: &Owner) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phases::executor::{Blob, CmdOutput};
+    use crate::engine::executor::{Blob, CmdOutput};
     use futures::future::BoxFuture;
 
     /// Runs the real commands with bash on this machine, /var/lib/clusterctl moved into a

@@ -1,6 +1,8 @@
 //! The executor of a real run: every query, change and file goes over the SSH engine's one
 //! session per host.
 
+use super::Context;
+use crate::diag::UserError;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -96,4 +98,39 @@ fn source(blob: &Blob) -> UploadSource {
         Blob::Bytes(b) => UploadSource::Bytes(b.clone()),
         Blob::Path(p) => UploadSource::Path(p.clone()),
     }
+}
+
+/// Connects to `hosts`; every one must answer, else nothing is done.
+pub async fn connect(ctx: &Context, hosts: &[&Host]) -> anyhow::Result<crate::ssh::Pool> {
+    connect_hosts(&ctx.loaded, &ctx.state, hosts).await
+}
+
+/// [`connect`] for a command that has no [`Context`] (`certs check-expiration`).
+pub async fn connect_hosts(
+    loaded: &crate::inventory::Loaded,
+    state: &crate::state::StateDir,
+    hosts: &[&Host],
+) -> anyhow::Result<crate::ssh::Pool> {
+    let targets: Vec<crate::ssh::Target> = crate::ssh::Target::from_inventory(loaded, state)
+        .into_iter()
+        .filter(|t| hosts.iter().any(|h| h.name == t.name))
+        .collect();
+    let opts = crate::ssh::ConnectOpts {
+        concurrency: loaded.inventory.spec.ssh.concurrency,
+        progress: crate::ssh::ProgressMode::Quiet,
+        logs_dir: Some(state.logs()),
+        ..Default::default()
+    };
+    let (pool, errors) = crate::ssh::Pool::connect(&targets, &opts).await;
+    if !errors.is_empty() {
+        pool.close().await;
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        return Err(UserError::failed(format!(
+            "cannot reach {} host(s); nothing was changed:\n  {}",
+            errors.len(),
+            list.join("\n  ")
+        ))
+        .into());
+    }
+    Ok(pool)
 }

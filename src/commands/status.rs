@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::members::{Etcd, Member};
-use crate::cli::{Global, Output};
+use crate::commands::{Global, Output};
 use crate::diag::UserError;
+use crate::engine::Context;
 use crate::inventory::{HaMode, Inventory};
-use crate::phases::Context;
-use crate::phases::health;
+use crate::kube::http;
+use crate::phases::etcd::members::{Etcd, Member};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -207,7 +207,7 @@ async fn etcd_status(ctx: &Context) -> EtcdStatus {
 
 async fn readyz(api: &reqwest::Client, name: String, base: String) -> Endpoint {
     let url = format!("{base}/readyz");
-    match health::send(api.get(&url), &url).await {
+    match http::send(api.get(&url), &url).await {
         Ok(s) => Endpoint {
             name,
             url: base,
@@ -228,7 +228,7 @@ async fn readyz(api: &reqwest::Client, name: String, base: String) -> Endpoint {
 #[serde(rename_all = "camelCase")]
 pub struct BalancerView {
     pub balancer: String,
-    pub servers: Vec<crate::phases::load_balancer::ServerView>,
+    pub servers: Vec<crate::engine::rotation::ServerView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -236,7 +236,7 @@ pub struct BalancerView {
 /// Over SSH on every balancer at once, one command each: which carries the VIP (vip mode),
 /// and how its haproxy sees every apiserver backend (`show servers state`).
 async fn balancer_views(ctx: &Context) -> (Option<Vip>, Vec<BalancerView>) {
-    use crate::phases::load_balancer as lb;
+    use crate::engine::rotation as lb;
     let inv = ctx.inv();
     let vip = match (inv.spec.ha.mode, &inv.spec.ha.vip) {
         (HaMode::Vip, Some(v)) => Some(v.ip_and_prefix().0.to_string()),
@@ -364,7 +364,7 @@ fn nearest_expiry(ctx: &Context) -> anyhow::Result<Option<CertExpiry>> {
 pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
     let started = Instant::now();
     let inv = ctx.inv();
-    let api = crate::phases::control_plane::admin_client(ctx)?;
+    let api = ctx.admin_http()?;
     let port = inv.spec.control_plane.apiserver_port;
     // The endpoint this machine uses: in local-proxy mode the first apiserver that answers.
     let endpoints = crate::kube::operator_endpoints(inv);
@@ -388,7 +388,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
         inv.control_plane_hosts()
             .map(|h| readyz(&api, h.name.clone(), Inventory::url(&h.address, port))),
     );
-    let kube = crate::kube::Client::admin(ctx)?;
+    let kube = ctx.kube_admin()?;
     let nodes = async {
         let v: Value = kube.get("/api/v1/nodes").await?;
         v["items"]
@@ -719,7 +719,8 @@ pub fn render_text(s: &Status) -> String {
 }
 
 pub fn run(g: &Global) -> anyhow::Result<()> {
-    let (ctx, _) = crate::phases::cmd::prepare(g, "init", &Default::default(), Default::default())?;
+    let (ctx, _) =
+        crate::commands::cluster::prepare(g, "init", &Default::default(), Default::default())?;
     if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
         return Err(UserError::bad_input(format!(
             "no admin credentials in {}: run `clusterctl init` first (status reads the cluster with them)",

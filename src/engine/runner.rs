@@ -11,55 +11,18 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::executor::{Blob, Executor, HostChanges, converge, converge_gated, finish_pending};
-use super::playbook::Playbook;
 use super::{Context, Order, Phase, PhasePlan, Source};
 use crate::diag::UserError;
 use crate::inventory::Host;
 
-/// Which phases of a playbook run.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub skip: Vec<String>,
-    pub only: Vec<String>,
-}
-
+/// A playbook ready to run: the command's name and its phases in order (built by
+/// `phases::playbook::Playbook::runner`).
 pub struct Runner {
     pub command: String,
     pub phases: Vec<Box<dyn Phase>>,
 }
 
 impl Runner {
-    /// The playbook's phases in order, minus `--skip-phases`, or only `--only-phase`.
-    /// Naming a phase that is not in the playbook is bad input.
-    pub fn new(playbook: &Playbook, sel: &Selection) -> Result<Runner, UserError> {
-        let listed = &playbook.phases;
-        for name in sel.skip.iter().chain(&sel.only) {
-            if !listed.contains(name) {
-                return Err(UserError::bad_input(format!(
-                    "phase `{name}` is not in {} (its phases: {})",
-                    playbook.origin.display(),
-                    listed.join(", ")
-                )));
-            }
-        }
-        let mut registry = super::registry();
-        let mut phases = Vec::new();
-        for name in listed {
-            if sel.skip.contains(name) || (!sel.only.is_empty() && !sel.only.contains(name)) {
-                continue;
-            }
-            let i = registry
-                .iter()
-                .position(|p| p.name() == name)
-                .expect("playbook names are checked on load");
-            phases.push(registry.swap_remove(i));
-        }
-        Ok(Runner {
-            command: playbook.command.clone(),
-            phases,
-        })
-    }
-
     pub fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<PhasePlan>> {
         self.phases
             .iter()
@@ -112,7 +75,7 @@ impl Runner {
             phases: Vec::new(),
         };
         let concurrency = ctx.inv().spec.ssh.concurrency.max(1);
-        let rotation = super::load_balancer::Rotation::new(ctx, exec);
+        let rotation = crate::engine::rotation::Rotation::new(ctx, exec);
         // A run killed while an apiserver was out of the balancers left it there: put back
         // every backend clusterctl drained whose apiserver is ready, before anything else.
         for (host, line) in rotation.reconcile().await {
@@ -249,9 +212,6 @@ impl Runner {
         }
         Ok(report)
     }
-}
-
-impl Runner {
     /// After phase `failed` failed: when it has an undo plan ([`Phase::undo`]), that plan and
     /// those of the phases right before it that have one are converged, newest first, every
     /// host of a plan at once (no gate; the journal records them as `<phase>-undo`). A phase
@@ -351,7 +311,7 @@ struct HostRun<'a, 'p> {
     progress: &'a dyn Progress,
     journal: &'a Journal,
     /// Takes an apiserver out of the balancers before a change restarts it.
-    rotation: &'a super::load_balancer::Rotation<'a>,
+    rotation: &'a crate::engine::rotation::Rotation<'a>,
 }
 
 impl HostRun<'_, '_> {

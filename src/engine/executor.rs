@@ -476,7 +476,7 @@ pub async fn converge_gated(
             )
         })
     };
-    let manifest_dir = format!("{}/", super::kubelet::MANIFESTS);
+    let manifest_dir = format!("{}/", crate::engine::MANIFESTS);
     // What this change owes the host: running units that must load a changed file, unit
     // files to daemon-reload, running static pods whose manifest changes.
     let mut owed: BTreeSet<Pending> = dirty_units
@@ -906,7 +906,7 @@ pub mod fake {
                     match var.as_str() {
                         "f" => {
                             if let Some(b) = self.files.lock().unwrap().get(&key) {
-                                out += &format!("{}  {item}\n", crate::phases::sha256_hex(b));
+                                out += &format!("{}  {item}\n", crate::engine::sha256_hex(b));
                             }
                         }
                         "d" => {
@@ -1055,7 +1055,7 @@ pub mod fake {
 mod tests {
     use super::fake::FakeHosts;
     use super::*;
-    use crate::phases::{Action, HostPlan};
+    use crate::engine::{Action, HostPlan};
 
     fn host() -> Host {
         Host {
@@ -1502,7 +1502,7 @@ mod tests {
     async fn a_pending_static_pod_is_taken_out_of_service_and_gated_again() {
         let fake = FakeHosts::default();
         let h = host();
-        let manifest = format!("{}/kube-apiserver.yaml", crate::phases::kubelet::MANIFESTS);
+        let manifest = format!("{}/kube-apiserver.yaml", crate::engine::MANIFESTS);
         let pod = |v: &str| HostPlan {
             host: "h1".into(),
             address: "10.77.0.11".into(),

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::diag::UserError;
+use crate::engine::Context;
+use crate::engine::runner::JournalEntry;
 use crate::inventory::{Host, Inventory};
-use crate::phases::Context;
-use crate::phases::health;
-use crate::phases::runner::JournalEntry;
+use crate::kube::http;
 use crate::render::{EtcdStart, peer_url};
 
 /// The record's file name under the cluster's state directory.
@@ -395,7 +395,7 @@ impl Etcd {
     /// POST to one endpoint.
     pub async fn call(&self, endpoint: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
         let url = format!("{endpoint}{path}");
-        let s = health::send(self.http.post(&url).body(body.to_string()), &url).await?;
+        let s = http::send(self.http.post(&url).body(body.to_string()), &url).await?;
         serde_json::from_str(&s.body).with_context(|| format!("{url}: not JSON"))
     }
 

@@ -10,12 +10,16 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::time::Instant;
 
-use super::archive::{self, Manifest, SNAPSHOT};
-use super::{RestoreArgs, human, stamp};
-use crate::cli::{Global, Output};
+use super::backup_archive::{self as archive, Manifest, SNAPSHOT};
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::backup::{human, stamp};
+use crate::commands::cluster::{Scope, execute, prepare};
+use crate::commands::{Global, Output};
 use crate::diag::UserError;
 use crate::inventory::Inventory;
-use crate::phases::cmd::{Scope, execute, prepare};
 use crate::phases::restore::RestoreInputs;
 
 /// Why an archive is not this cluster's, or None when it is.
@@ -68,7 +72,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
     let v = archive::verify(&a.archive, tmp.path())
         .map_err(|e| UserError::bad_input(format!("{e:#}\n  {nothing}")))?;
     let when = stamp(time::OffsetDateTime::now_utc());
-    let options = crate::phases::RunOptions {
+    let options = crate::engine::RunOptions {
         dry_run: a.dry_run,
         restore: Some(RestoreInputs {
             snapshot: v.dir.join(SNAPSHOT),
@@ -271,4 +275,13 @@ spec:
         m.etcd.members.pop();
         assert!(mismatch(&m, &inv).is_some());
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// A backup archive written by `clusterctl backup` (its .sha256 beside it is checked too).
+    pub archive: PathBuf,
+    /// Verify the archive and print what would be done on each host; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
-use crate::cli::{Global, Output};
+use crate::commands::cluster::{Scope, execute, prepare};
+use crate::commands::{Global, Output};
 use crate::diag::UserError;
+use crate::engine::runner::HostOutcome;
 use crate::inventory::Role;
-use crate::phases::cmd::{Scope, execute, prepare};
 use crate::phases::reset::host::BACKUP_DIR;
-use crate::phases::runner::HostOutcome;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ResetArgs {
@@ -58,7 +58,7 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
         hosts: a.hosts.clone(),
         ..Default::default()
     };
-    let options = crate::phases::RunOptions {
+    let options = crate::engine::RunOptions {
         dry_run: a.dry_run,
         drain_timeout: Some(Duration::from_secs(a.drain_timeout)),
         ..Default::default()

@@ -1,6 +1,6 @@
 //! `clusterctl backup`: an etcd snapshot taken over TLS from a healthy member, checked with
 //! `snapshot status` on that host, fetched over SSH (sha256 compared), and written with the
-//! local PKI and the inventory into one archive with a checksum (see [`super::archive`]).
+//! local PKI and the inventory into one archive with a checksum (see [`super::backup_archive`]).
 //! `--schedule` runs the backup-schedule playbook instead (see [`schedule`]).
 
 use std::path::{Path, PathBuf};
@@ -9,14 +9,17 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::archive::{self, EtcdInfo, INVENTORY, Manifest, Member, SNAPSHOT, SnapshotStatus};
-use super::{BackupArgs, etcdctl, human, snapshot_status_command, stamp};
-use crate::cli::{Global, Output};
+use super::backup_archive::{
+    self as archive, EtcdInfo, INVENTORY, Manifest, Member, SNAPSHOT, SnapshotStatus,
+};
+use crate::commands::{Global, Output};
 use crate::diag::UserError;
+use crate::engine::Context;
 use crate::inventory::Host;
-use crate::phases::Context;
+use crate::phases::etcd::{etcdctl, snapshot_status_command};
 use crate::ssh::shell::quote;
 use crate::ssh::{ExecOpts, Pool};
+use clap::Args;
 
 /// Where the snapshot waits on the member's host before it is fetched (then removed).
 const REMOTE_DIR: &str = "/var/lib/clusterctl/backup";
@@ -230,7 +233,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let r = rt.block_on(async {
         let hosts: Vec<&Host> = ctx.inv().etcd_hosts().collect();
-        let pool = super::connect(&ctx, &hosts).await?;
+        let pool = crate::engine::ssh_exec::connect(&ctx, &hosts).await?;
         let r = backup(&ctx, &pool, a.out.as_deref()).await;
         pool.close().await;
         r
@@ -262,7 +265,8 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<()> {
 /// `backup --schedule CALENDAR --keep N` (or `off`): the backup-schedule playbook on the one
 /// runner (`phases::backup_schedule`): idempotent, and `--dry-run` shows what would change.
 fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Result<()> {
-    use crate::phases::backup_schedule::{CALENDAR_CHECK, Schedule};
+    use crate::engine::Schedule;
+    use crate::phases::backup_schedule::CALENDAR_CHECK;
     if calendar.trim().is_empty() || calendar.contains('\n') {
         return Err(UserError::bad_input(
             "--schedule: an empty calendar; use e.g. `daily` or `*-*-* 02:30:00`, or `off`",
@@ -273,15 +277,15 @@ fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Res
         calendar: calendar.to_string(),
         keep,
     };
-    let options = crate::phases::RunOptions {
+    let options = crate::engine::RunOptions {
         dry_run,
         schedule: Some(s.clone()),
         ..Default::default()
     };
     let (ctx, runner) =
-        crate::phases::cmd::prepare(g, "backup-schedule", &Default::default(), options)?;
+        crate::commands::cluster::prepare(g, "backup-schedule", &Default::default(), options)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (report, recorded) = match crate::phases::cmd::execute(&rt, &ctx, &runner, dry_run) {
+    let (report, recorded) = match crate::commands::cluster::execute(&rt, &ctx, &runner, dry_run) {
         Ok(r) => r,
         // The calendar guard runs before anything changes on a host: its failure is bad
         // input, and nothing was changed.
@@ -296,16 +300,16 @@ fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Res
     let mut lines = Vec::new();
     for p in &report.phases {
         for (h, o) in &p.hosts {
-            let unchanged = matches!(o, crate::phases::runner::HostOutcome::Done(c) if c.is_noop());
+            let unchanged = matches!(o, crate::engine::runner::HostOutcome::Done(c) if c.is_noop());
             lines.push(if s.is_off() {
                 format!(
                     "{h}: no scheduled backup (snapshots kept in {})",
-                    super::SCHEDULED_DIR
+                    crate::phases::etcd::SCHEDULED_DIR
                 )
             } else {
                 format!(
                     "{h}: timer etcd-backup.timer on {calendar:?}, keeps {keep} in {}{}",
-                    super::SCHEDULED_DIR,
+                    crate::phases::etcd::SCHEDULED_DIR,
                     if unchanged { " (unchanged)" } else { "" }
                 )
             });
@@ -337,4 +341,61 @@ fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct BackupArgs {
+    /// Archive to write (a directory: the default name in it). Default:
+    /// clusters/<name>/backups/<name>-<UTC time>.tar.gz. An existing file is never replaced.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Instead of a backup now: install a systemd timer on every etcd host that snapshots the
+    /// local member on this systemd calendar (e.g. `daily`, `*-*-* 02:30:00`, `hourly`) into
+    /// /var/backups/etcd; `off` removes the timer (the snapshots stay).
+    #[arg(long, value_name = "CALENDAR")]
+    pub schedule: Option<String>,
+    /// With --schedule: how many snapshots each host keeps (the newest).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+    /// With --schedule: only print what would change on each host.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `20261124T221000Z`: the UTC time in names (sortable, no `:`).
+pub fn stamp(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second]Z"
+    ))
+    .expect("formats")
+}
+
+/// Human size: `1.5 MiB`.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_and_sizes() {
+        let t = time::macros::datetime!(2026-11-24 22:10:05 UTC);
+        assert_eq!(stamp(t), "20261124T221005Z");
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
 }

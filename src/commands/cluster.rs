@@ -3,14 +3,15 @@ use std::fmt::Write as _;
 
 use clap::Args;
 
-use super::blobs::Blobs;
-use super::executor::{DryRun, Executor};
-use super::playbook;
-use super::runner::{Journal, PlainProgress, Runner, Selection};
-use super::ssh_exec::SshExecutor;
-use super::{Action, Context, Order, Phase, PhasePlan, Source};
-use crate::cli::{Global, Output, load_inventory, state_dir};
+use crate::commands::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
+use crate::engine::blobs::Blobs;
+use crate::engine::executor::{DryRun, Executor};
+use crate::engine::runner::{Journal, PlainProgress, Runner};
+use crate::engine::ssh_exec::SshExecutor;
+use crate::engine::{Action, Context, Order, Phase, PhasePlan, Source};
+use crate::phases::playbook;
+use crate::phases::playbook::Selection;
 
 /// Which phases and hosts a run or plan covers.
 #[derive(Args, Debug, Clone, Default)]
@@ -70,7 +71,7 @@ pub fn prepare(
     g: &Global,
     command: &str,
     scope: &Scope,
-    options: super::RunOptions,
+    options: crate::engine::RunOptions,
 ) -> anyhow::Result<(Context, Runner)> {
     let Scope {
         skip_phases: skip,
@@ -97,23 +98,20 @@ pub fn prepare(
         }
     }
     let render = crate::render::Renderer::new(Some(&state.root.join("templates")))?;
-    let known: Vec<&str> = super::registry().iter().map(|p| p.name()).collect();
+    let known: Vec<&str> = crate::phases::registry().iter().map(|p| p.name()).collect();
     let pb = playbook::load(command, Some(&state.root.join("playbooks")), &known)?;
     // The bundle's signature is checked here, once, before any phase plans (see bundle::trust).
     let bundle = crate::bundle::trust::open_for_install(&loaded)?.map(|(path, head, trust)| {
-        super::BundleRef {
+        crate::engine::BundleRef {
             path,
             manifest: head.manifest,
             trust,
         }
     });
-    let runner = Runner::new(
-        &pb,
-        &Selection {
-            skip: skip.to_vec(),
-            only: only.to_vec(),
-        },
-    )?;
+    let runner = pb.runner(&Selection {
+        skip: skip.to_vec(),
+        only: only.to_vec(),
+    })?;
     Ok((
         Context {
             loaded,
@@ -121,7 +119,7 @@ pub fn prepare(
             render,
             host_filter: hosts.to_vec(),
             bundle,
-            options: super::RunOptions {
+            options: crate::engine::RunOptions {
                 break_lock: g.break_lock,
                 ..options
             },
@@ -137,12 +135,17 @@ pub fn prepare(
 fn joined_hosts(ctx: &Context) -> std::collections::BTreeSet<String> {
     use crate::inventory::Role;
     let journal = ctx.state.journal();
-    let any = crate::ops::members::set_up_in_phase(&journal, "");
+    let any = crate::phases::etcd::members::set_up_in_phase(&journal, "");
     let inv = ctx.inv();
     let done: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> =
         ["kubelet", "etcd", "load-balancer"]
             .into_iter()
-            .map(|p| (p, crate::ops::members::set_up_in_phase(&journal, p)))
+            .map(|p| {
+                (
+                    p,
+                    crate::phases::etcd::members::set_up_in_phase(&journal, p),
+                )
+            })
             .collect();
     any.into_iter()
         .filter(|n| {
@@ -295,10 +298,10 @@ impl Phase for JoinScoped {
 pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
     let inv_path = g.inventory.display().to_string();
     for c in &a.component {
-        if !super::certs::COMPONENTS.iter().any(|(n, _)| n == c) {
+        if !crate::phases::certs::COMPONENTS.iter().any(|(n, _)| n == c) {
             return Err(UserError::bad_input(format!(
                 "--component: `{c}` is not a component (components: {}); {inv_path} was not read",
-                super::certs::COMPONENTS.map(|(n, _)| n).join(", ")
+                crate::phases::certs::COMPONENTS.map(|(n, _)| n).join(", ")
             ))
             .into());
         }
@@ -307,7 +310,7 @@ pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
         "renew-certs",
         g,
         &a.run,
-        super::RunOptions {
+        crate::engine::RunOptions {
             dry_run: a.run.dry_run,
             renew_components: a.component.clone(),
             ..Default::default()
@@ -323,7 +326,7 @@ pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {
         command,
         g,
         a,
-        super::RunOptions {
+        crate::engine::RunOptions {
             dry_run: a.dry_run,
             ..Default::default()
         },
@@ -334,7 +337,7 @@ fn run_with(
     command: &str,
     g: &Global,
     a: &RunArgs,
-    options: super::RunOptions,
+    options: crate::engine::RunOptions,
 ) -> anyhow::Result<()> {
     // Everything is checked before a host is contacted.
     let (mut ctx, runner) = prepare(g, command, &a.scope, options)?;
@@ -357,7 +360,9 @@ fn run_with(
         eprintln!("join: adding {}", selected.join(", "));
         // A member a stopped run added, whose host has left the inventory, goes before
         // anything else (the others are started and promoted by the etcd phase).
-        for l in rt.block_on(crate::ops::members::settle_departed(&ctx, a.dry_run))? {
+        for l in rt.block_on(crate::phases::etcd::members::settle_departed(
+            &ctx, a.dry_run,
+        ))? {
             eprintln!("join: {l}");
         }
     }
@@ -416,7 +421,7 @@ pub(crate) fn execute(
     ctx: &Context,
     runner: &Runner,
     dry_run: bool,
-) -> anyhow::Result<(super::runner::RunReport, Vec<(String, String)>)> {
+) -> anyhow::Result<(crate::engine::runner::RunReport, Vec<(String, String)>)> {
     let plans = runner.plan(ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
     let planned: std::collections::BTreeSet<&str> = plans
@@ -432,7 +437,7 @@ pub(crate) fn execute(
         .filter(|h| planned.contains(h.name.as_str()))
         .collect();
     rt.block_on(async {
-        let pool = crate::ops::connect(ctx, &hosts).await?;
+        let pool = crate::engine::ssh_exec::connect(ctx, &hosts).await?;
         let ssh = SshExecutor {
             pool: pool.clone(),
             timeout: std::time::Duration::from_secs(600),
@@ -638,7 +643,7 @@ spec:
             bundle: None,
             options: Default::default(),
         };
-        crate::ops::members::Membership {
+        crate::phases::etcd::members::Membership {
             members: [(
                 "cp1".to_string(),
                 crate::render::EtcdStart {
@@ -650,9 +655,9 @@ spec:
         }
         .save(&ctx)
         .unwrap();
-        let known: Vec<&str> = super::super::registry().iter().map(|p| p.name()).collect();
+        let known: Vec<&str> = crate::phases::registry().iter().map(|p| p.name()).collect();
         let pb = playbook::load("join", None, &known).unwrap();
-        let runner = Runner::new(&pb, &Selection::default()).unwrap();
+        let runner = pb.runner(&Selection::default()).unwrap();
         let (_, runner) = scope_join(&mut ctx, runner).unwrap();
         (ctx, runner)
     }

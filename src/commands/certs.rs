@@ -2,10 +2,10 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::expiry::{self, CertSource, LocalDir};
-use super::generate::{self, Action, Layout, Settings};
-use crate::cli::{Global, Output, load_inventory, state_dir};
+use crate::commands::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
+use crate::pki::expiry::{self, CertSource, LocalDir};
+use crate::pki::generate::{self, Action, Layout, Settings};
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCmd {
@@ -107,7 +107,7 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
             } else {
                 let state = state_dir(g, &loaded);
                 let rt = tokio::runtime::Runtime::new()?;
-                rt.block_on(super::hosts::inspect_hosts(
+                rt.block_on(crate::commands::cert_hosts::inspect_hosts(
                     &loaded,
                     &state,
                     &hosts,
@@ -128,7 +128,10 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                 Output::Text => {
                     print!("{}", expiry::table(&rows, &warn_within));
                     if !local_only {
-                        print!("{}", super::hosts::table(&host_files, &served));
+                        print!(
+                            "{}",
+                            crate::commands::cert_hosts::table(&host_files, &served)
+                        );
                     }
                     let n = rows.iter().filter(|r| r.warning).count()
                         + host_files.iter().filter(|r| r.warning).count();
@@ -137,7 +140,7 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                     }
                 }
             }
-            let problems = super::hosts::problems(&host_files, &served);
+            let problems = crate::commands::cert_hosts::problems(&host_files, &served);
             if problems > 0 {
                 return Err(UserError::failed(format!(
                     "{problems} problem(s): host files that differ from the local PKI, or endpoints that do not serve their file (see above; `clusterctl renew-certs` or `clusterctl init --only-phase pki` puts them right)"

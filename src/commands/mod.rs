@@ -1,11 +1,23 @@
-//! The command line: argument definitions and dispatch only. Each command's work lives in its
-//! module (`inventory`, `pki`, `bundle`, `phases`, ...).
+//! The commands: argument definitions, dispatch, and one module per verb that parses its
+//! arguments, builds the playbook the engine runs (or reads, for the read-only verbs) and reports.
+//! The top layer: nothing below imports it.
+
+pub mod backup;
+pub mod backup_archive;
+pub mod bundle;
+pub mod cert_hosts;
+pub mod certs;
+pub mod cluster;
+pub mod reset;
+pub mod restore;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::diag::{Diagnostics, EXIT_BAD_INPUT, UserError};
+use crate::engine::Context;
 use crate::inventory::{self, Loaded};
 
 #[derive(Parser, Debug)]
@@ -60,17 +72,17 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a cluster: PKI, etcd, load balancer, control plane, nodes, add-ons.
-    Init(crate::phases::cmd::RunArgs),
+    Init(crate::commands::cluster::RunArgs),
     /// Add the hosts that are new in the inventory.
-    Join(crate::phases::cmd::RunArgs),
+    Join(crate::commands::cluster::RunArgs),
     /// Roll a new version through the cluster.
     Upgrade(crate::upgrade::UpgradeArgs),
     /// Re-issue certificates from the existing CAs and restart what loads them, one host at a
     /// time in a safe order (etcd, apiservers, controller-managers, schedulers, nodes), without
     /// dropping the API; running containers are not restarted.
-    RenewCerts(crate::phases::cmd::RenewArgs),
+    RenewCerts(crate::commands::cluster::RenewArgs),
     /// Print, per host and in order, what `init` would do; touches nothing.
-    Plan(crate::phases::cmd::PlanArgs),
+    Plan(crate::commands::cluster::PlanArgs),
     /// The cluster's health on one screen (or -o json), read now: etcd members (leader, DB
     /// size, health, version), each apiserver's readyz, the VIP holder, nodes and their
     /// versions, the nearest certificate expiry, what differs from the inventory. Exit 1 when
@@ -78,18 +90,18 @@ pub enum Command {
     Status,
     /// Certificates: generate locally, report expiry.
     #[command(subcommand)]
-    Certs(crate::pki::cmd::CertsCmd),
+    Certs(crate::commands::certs::CertsCmd),
     /// Snapshot etcd plus the local PKI and inventory into one archive (or, with --schedule,
     /// install a snapshot timer on the etcd hosts).
-    Backup(crate::ops::BackupArgs),
+    Backup(crate::commands::backup::BackupArgs),
     /// Restore etcd from a backup archive: every member rebuilt from the snapshot.
-    Restore(crate::ops::RestoreArgs),
+    Restore(crate::commands::restore::RestoreArgs),
     /// Take hosts out of the cluster (drain + delete the node, etcd member remove) and remove
     /// what clusterctl installed on them; data is deleted only after a confirmation (--yes).
-    Reset(crate::ops::reset::ResetArgs),
+    Reset(crate::commands::reset::ResetArgs),
     /// Offline bundles: build, verify, sign, diff, ls.
     #[command(subcommand)]
-    Bundle(crate::bundle::cmd::BundleCmd),
+    Bundle(crate::commands::bundle::BundleCmd),
     /// Inventory tools.
     #[command(subcommand)]
     Inventory(InventoryCmd),
@@ -194,24 +206,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         changes_the_cluster(&cli.command),
         inventory::load(&g.inventory),
     ) {
-        (Some(command), Ok(loaded)) => Some(crate::phases::lock::OperatorLock::acquire(
+        (Some(command), Ok(loaded)) => Some(crate::engine::lock::OperatorLock::acquire(
             &state_dir(g, &loaded).root,
             command,
         )?),
         _ => None,
     };
     match cli.command {
-        Command::Init(a) => crate::phases::cmd::run("init", g, &a),
-        Command::Join(a) => crate::phases::cmd::run("join", g, &a),
+        Command::Init(a) => crate::commands::cluster::run("init", g, &a),
+        Command::Join(a) => crate::commands::cluster::run("join", g, &a),
         Command::Upgrade(a) => crate::upgrade::run(g, &a),
-        Command::RenewCerts(a) => crate::phases::cmd::renew_certs(g, &a),
-        Command::Plan(a) => crate::phases::cmd::plan(g, &a),
-        Command::Status => crate::ops::status::run(g),
-        Command::Certs(c) => crate::pki::cmd::run(g, c),
-        Command::Backup(a) => crate::ops::backup::run(g, &a),
-        Command::Restore(a) => crate::ops::restore::run(g, &a),
-        Command::Reset(a) => crate::ops::reset::run(g, &a),
-        Command::Bundle(c) => crate::bundle::cmd::run(g, c),
+        Command::RenewCerts(a) => crate::commands::cluster::renew_certs(g, &a),
+        Command::Plan(a) => crate::commands::cluster::plan(g, &a),
+        Command::Status => crate::commands::status::run(g),
+        Command::Certs(c) => crate::commands::certs::run(g, c),
+        Command::Backup(a) => crate::commands::backup::run(g, &a),
+        Command::Restore(a) => crate::commands::restore::run(g, &a),
+        Command::Reset(a) => crate::commands::reset::run(g, &a),
+        Command::Bundle(c) => crate::commands::bundle::run(g, c),
         Command::Inventory(InventoryCmd::Validate) => validate_cmd(g),
         Command::Inventory(InventoryCmd::Import {
             from: ImportFrom::Kubeasz,
@@ -296,4 +308,19 @@ fn validate_cmd(g: &Global) -> anyhow::Result<()> {
             Err(d.into())
         }
     }
+}
+
+/// The context of a command that runs no playbook: inventory, state dir, templates.
+pub fn context(g: &Global) -> anyhow::Result<Context> {
+    let loaded = load_inventory(g)?;
+    let state = state_dir(g, &loaded);
+    let render = crate::render::Renderer::new(Some(&state.root.join("templates")))?;
+    Ok(Context {
+        loaded,
+        state,
+        render,
+        host_filter: vec![],
+        bundle: None,
+        options: Default::default(),
+    })
 }
