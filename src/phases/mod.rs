@@ -38,6 +38,7 @@ pub mod runner;
 pub mod runtime;
 pub mod ssh_exec;
 pub mod static_pods;
+pub mod upgrade;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -77,8 +78,11 @@ pub struct RunOptions {
     pub joining: Vec<String>,
     /// `--break-lock`: take the hosts' run markers even when another machine's run left them.
     pub break_lock: bool,
-    /// `reset --drain-timeout`: how long draining one node may take (None: the default).
+    /// `reset --drain-timeout`, `upgrade --drain-timeout`: how long draining one node may
+    /// take (None: the phase's default).
     pub drain_timeout: Option<std::time::Duration>,
+    /// `upgrade --max-unavailable`: nodes upgraded at once (None: one).
+    pub max_unavailable: Option<usize>,
     /// `restore ARCHIVE`: the verified snapshot and the run's time stamp.
     pub restore: Option<restore::RestoreInputs>,
     /// `backup --schedule`: the calendar (or off) and how many snapshots to keep.
@@ -278,6 +282,9 @@ pub enum Order {
     /// etcd members must even start together); hosts where they run go one at a time behind
     /// `verify`, so a change never restarts every member or apiserver at once.
     Rolling,
+    /// Up to this many hosts at a time, in plan order, each batch gated by `verify` before
+    /// the next (e.g. workers drained `--max-unavailable` at a time).
+    Batches(usize),
 }
 
 /// What a phase will do, per host, in order.
@@ -367,6 +374,19 @@ pub trait Phase: Send + Sync {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
     }
+    /// Work through the cluster's API once `host`'s turn is over, whether it succeeded
+    /// (`ok`) or not, after its apiserver is back in the balancers (e.g. uncordon the node
+    /// `before_host` cordoned). A failure fails the host. Returns warnings for the report.
+    /// Default: nothing.
+    fn after_host<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _host: &'a Host,
+        _exec: &'a dyn Executor,
+        _ok: bool,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
+    }
     /// For `join`: why `host`, already part of the cluster, must take part in this phase
     /// because of the hosts joining (`RunOptions::joining`), e.g. a balancer that gets a new
     /// apiserver as a backend. None (default): the phase leaves existing hosts alone, so a
@@ -417,9 +437,9 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(certs::Certs(certs::Step::Scheduler)),
         Box::new(certs::Certs(certs::Step::Nodes)),
         Box::new(certs::Certs(certs::Step::Served)),
-        Box::new(crate::upgrade::etcd::UpgradeEtcd),
-        Box::new(crate::upgrade::control_plane::UpgradeControlPlane),
-        Box::new(crate::upgrade::nodes::UpgradeNodes),
+        Box::new(upgrade::etcd::UpgradeEtcd),
+        Box::new(upgrade::control_plane::UpgradeControlPlane),
+        Box::new(upgrade::nodes::UpgradeNodes),
         Box::new(reset::drain::ResetDrain),
         Box::new(reset::balancers::ResetBalancers),
         Box::new(reset::control_plane::ResetControlPlane),

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::binaries::{self, Component, PREVIOUS_DIR};
-use super::{Observations, drain, record, skew};
+use super::{Observations, record};
 use crate::diag::UserError;
 use crate::inventory::{Host, Role};
 use crate::phases::executor::q;
+use crate::phases::upgrade::binaries::{self, Component, PREVIOUS_DIR};
+use crate::phases::upgrade::{drain, skew};
 use crate::phases::{Context, Executor, Phase};
 
 /// A component to return on one host: its kept copy, that copy's sha256 and version.
@@ -132,7 +133,6 @@ pub(super) async fn rollback(
         }
     }
     let api = crate::kube::Client::admin(ctx)?;
-    let cordoned = drain::Cordoned::at(ctx.state.root.join("upgrade-cordoned.json"));
     let rotation = crate::phases::load_balancer::Rotation::new(ctx, exec);
     let mut rec = record::load(ctx)?.unwrap_or_default();
     for (h, backs) in &plan {
@@ -153,17 +153,20 @@ pub(super) async fn rollback(
         let node = backs.iter().any(|b| binaries::NODE.contains(&b.comp));
         let api_restart = backs.iter().any(|b| b.comp.name == "kube-apiserver");
         if node && !a.dry_run {
-            drain::cordon(&api, &h.name, &cordoned).await?;
-            if let Err(e) = drain::drain(
+            match drain::cordon_and_drain(
                 &api,
-                &h.name,
+                exec,
+                h,
                 a.drain_timeout,
                 ctx.inv().kube_version().minor,
             )
             .await
             {
-                let _ = drain::uncordon(&api, &h.name, &cordoned).await;
-                return Err(UserError::failed(format!("rollback {}: {e:#}", h.name)).into());
+                Ok(line) => eprintln!("rollback {line}"),
+                Err(e) => {
+                    let _ = drain::uncordon(&api, exec, h).await;
+                    return Err(UserError::failed(format!("rollback {}: {e:#}", h.name)).into());
+                }
             }
         }
         let mut script = String::from("set -e; ");
@@ -244,7 +247,7 @@ pub(super) async fn rollback(
             eprintln!("rollback {}: warning: {w}", h.name);
         }
         if node && !a.dry_run {
-            drain::uncordon(&api, &h.name, &cordoned).await?;
+            drain::uncordon(&api, exec, h).await?;
         }
         r.map_err(|e| UserError::failed(format!("rollback of {} failed: {e:#}", h.name)))?;
         eprintln!(
