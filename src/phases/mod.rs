@@ -85,6 +85,8 @@ pub struct RunOptions {
     pub max_unavailable: Option<usize>,
     /// `restore ARCHIVE`: the verified snapshot and the run's time stamp.
     pub restore: Option<restore::RestoreInputs>,
+    /// `upgrade --rollback`: what goes back on each host, read before the run.
+    pub rollback: Option<upgrade::rollback::RollbackInputs>,
     /// `backup --schedule`: the calendar (or off) and how many snapshots to keep.
     pub schedule: Option<backup_schedule::Schedule>,
 }
@@ -440,6 +442,7 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(upgrade::etcd::UpgradeEtcd),
         Box::new(upgrade::control_plane::UpgradeControlPlane),
         Box::new(upgrade::nodes::UpgradeNodes),
+        Box::new(upgrade::rollback::UpgradeRollback),
         Box::new(reset::drain::ResetDrain),
         Box::new(reset::balancers::ResetBalancers),
         Box::new(reset::control_plane::ResetControlPlane),

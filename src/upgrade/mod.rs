@@ -108,7 +108,7 @@ fn stage_components(stage: &str) -> &'static [Component] {
 }
 
 /// What each host runs now, per component (every component its roles run).
-type Observations = BTreeMap<String, Vec<Running>>;
+pub(crate) type Observations = BTreeMap<String, Vec<Running>>;
 
 fn host_components(ctx: &Context, h: &Host) -> Vec<Component> {
     let mut v = Vec::new();
@@ -124,7 +124,7 @@ fn host_components(ctx: &Context, h: &Host) -> Vec<Component> {
     v
 }
 
-async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Result<Observations> {
+pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Result<Observations> {
     let hosts: Vec<&Host> = ctx.inv().spec.hosts.iter().collect();
     let all = futures::future::join_all(hosts.iter().map(|h| async move {
         let comps: Vec<(Component, String)> = host_components(ctx, h)
@@ -396,7 +396,7 @@ fn stages_json(report: &RunReport) -> Vec<serde_json::Value> {
 }
 
 /// Every host of the cluster: an upgrade reads them all, and changes them stage by stage.
-async fn connect(ctx: &Context) -> anyhow::Result<crate::ssh::Pool> {
+pub(crate) async fn connect(ctx: &Context) -> anyhow::Result<crate::ssh::Pool> {
     let hosts: Vec<&Host> = ctx.inv().spec.hosts.iter().collect();
     crate::ops::connect(ctx, &hosts).await
 }
@@ -486,6 +486,9 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if a.rollback {
+        return rollback::run(ctx, a, g);
+    }
     let stages: Vec<String> = runner.phases.iter().map(|p| p.name().to_string()).collect();
     let plans = runner.plan(&ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
@@ -499,9 +502,6 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         };
         let r = async {
             let obs = observe(&ctx, &ssh).await?;
-            if a.rollback {
-                return rollback::rollback(&ctx, &ssh, &obs, a).await;
-            }
             let rows = plan_rows(&ctx, &obs)?;
             let problems = skew_check(&ctx, &rows);
             if plan_only {

@@ -8,6 +8,9 @@
 //!   host's pending record before the cordon, so a killed run's re-run uncordons the node and
 //!   never drains it twice) and uncordoned after its gate.
 //!
+//! - [`rollback`] (`playbooks/upgrade-rollback.yaml`, `upgrade --rollback`): the kept
+//!   binaries back, one host at a time behind the same gates.
+//!
 //! Before a host's binaries are swapped, the ones it has are kept on it (`binaries`,
 //! `--rollback` installs them again): the phases' `before_host`, right before the runner
 //! converges the host.
@@ -20,6 +23,7 @@ pub mod control_plane;
 pub mod drain;
 pub mod etcd;
 pub mod nodes;
+pub mod rollback;
 pub mod skew;
 
 use crate::inventory::Host;
