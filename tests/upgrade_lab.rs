@@ -114,7 +114,9 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     );
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
-    let admin = lab.dir.join("clusters/lab-upgrade/admin.conf");
+    // (The cluster is named after the lab, whose name CLUSTERCTL_LAB_PREFIX may change.)
+    let cluster_dir = lab.dir.join("clusters").join(inv.name());
+    let admin = cluster_dir.join("admin.conf");
     run_report(&["-i", inv_arg, "-o", "json", "init"]);
 
     // The workload, with a PodDisruptionBudget the drains must respect. Its spread constraint
@@ -249,7 +251,7 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "h2",
         "rmdir /usr/local/bin/kube-apiserver && mv /usr/local/bin/kube-apiserver.moved-by-test /usr/local/bin/kube-apiserver",
     );
-    let journal = lab.dir.join("clusters/lab-upgrade/journal.jsonl");
+    let journal = cluster_dir.join("journal.jsonl");
     let from = std::fs::read_to_string(&journal).unwrap().lines().count();
     let killed_log = lab.dir.join("upgrade-killed.log");
     kill_when(

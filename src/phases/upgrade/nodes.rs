@@ -155,3 +155,43 @@ impl Phase for UpgradeNodes {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INV: &str = r#"
+apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  kubernetesVersion: v1.20.2
+  hosts:
+    - {name: w1, address: 10.0.0.4, roles: [worker]}
+    - {name: cp1, address: 10.0.0.1, roles: [etcd, control-plane, worker]}
+    - {name: w2, address: 10.0.0.5, roles: [worker]}
+    - {name: w3, address: 10.0.0.6, roles: [worker]}
+"#;
+
+    #[test]
+    fn control_plane_nodes_go_first_and_max_unavailable_makes_batches() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = |n: Option<usize>| {
+            crate::phases::guarded_fake::test_context(
+                INV,
+                d.path(),
+                &[],
+                crate::phases::RunOptions {
+                    max_unavailable: n,
+                    ..Default::default()
+                },
+            )
+        };
+        let one = UpgradeNodes.plan(&ctx(None)).unwrap();
+        assert_eq!(one.order, Order::OneAtATime);
+        let hosts: Vec<&str> = one.hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["cp1", "w1", "w2", "w3"]);
+        let two = UpgradeNodes.plan(&ctx(Some(2))).unwrap();
+        assert_eq!(two.order, Order::Batches(2));
+    }
+}

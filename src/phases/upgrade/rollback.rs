@@ -233,3 +233,84 @@ impl Phase for UpgradeRollback {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phases::executor::{converge, fake::FakeHosts};
+    use crate::phases::guarded_fake::{resolve, test_context};
+
+    const INV: &str = r#"
+apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  kubernetesVersion: v1.20.2
+  hosts:
+    - {name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}
+    - {name: w1, address: 10.0.0.4, roles: [worker]}
+"#;
+
+    fn inputs(stamp: &str) -> crate::phases::RunOptions {
+        let back = Back {
+            comp: binaries::CONTROL_PLANE[2],
+            install: "/usr/local/bin/kube-scheduler".into(),
+            kept: "/usr/local/lib/clusterctl/previous/kube-scheduler-v1.20.2".into(),
+            sha: "ab".repeat(32),
+            version: "v1.20.2".into(),
+        };
+        crate::phases::RunOptions {
+            rollback: Some(RollbackInputs {
+                backs: [("cp1".to_string(), vec![back])].into(),
+                stamp: stamp.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The stamp makes the engine restart the unit (and so record it in the host's pending
+    /// record and take it through the rotation); a re-run of the same rollback changes
+    /// nothing, a later rollback restarts again.
+    #[test]
+    fn a_rollback_restarts_through_its_stamp_once_per_run() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = FakeHosts::default();
+        fake.active
+            .lock()
+            .unwrap()
+            .insert(("cp1".into(), "kube-scheduler.service".into()));
+        let run = |stamp: &str| {
+            let ctx = test_context(INV, d.path(), &["cp1"], inputs(stamp));
+            let plan = UpgradeRollback.plan(&ctx).unwrap();
+            assert_eq!(
+                plan.hosts.len(),
+                1,
+                "only the host with something to return"
+            );
+            let kinds: Vec<&str> = plan.hosts[0]
+                .actions
+                .iter()
+                .map(|a| match a {
+                    Action::Directory { .. } => "dir",
+                    Action::File { .. } => "stamp",
+                    Action::Run { .. } => "install",
+                    Action::Service { .. } => "service",
+                    Action::Check { .. } => "check",
+                })
+                .collect();
+            assert_eq!(kinds, ["dir", "stamp", "install", "service"]);
+            let h = ctx.inv().host("cp1").unwrap().clone();
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(converge(&fake, &h, &plan.hosts[0], &resolve))
+                .unwrap()
+        };
+        let first = run("2026-12-05T01:00:00Z");
+        assert_eq!(first.restarts, ["kube-scheduler.service"]);
+        assert!(fake.pending("cp1").is_empty(), "{:?}", fake.pending("cp1"));
+        let again = run("2026-12-05T01:00:00Z");
+        assert!(again.is_noop(), "{again:?}");
+        let later = run("2026-12-05T02:00:00Z");
+        assert_eq!(later.restarts, ["kube-scheduler.service"]);
+    }
+}
