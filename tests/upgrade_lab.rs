@@ -5,8 +5,10 @@
 //! exercises the upgrade's mechanics (order, kept binaries, gates, drain, resume), not a real
 //! 1.20.3. A web workload with a PodDisruptionBudget runs and a read probe goes through the
 //! VIP all along. The first run is made to fail for real on the second control-plane host (a
-//! directory where its kube-apiserver binary should be); the cause is removed and the re-run
-//! completes.
+//! directory where its kube-apiserver binary should be); the cause is removed, and the next
+//! run is killed with SIGKILL between two control-plane hosts (h2 done, h3 out of the
+//! balancers): its plain re-run resumes and completes, no node drained twice, every node
+//! uncordoned, no backend left drained, no failed read.
 
 mod common;
 
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use common::chaos::*;
 use common::*;
 
 const TARGET: &str = "v1.20.3";
@@ -111,7 +114,9 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     );
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
-    let admin = lab.dir.join("clusters/lab-upgrade/admin.conf");
+    // (The cluster is named after the lab, whose name CLUSTERCTL_LAB_PREFIX may change.)
+    let cluster_dir = lab.dir.join("clusters").join(inv.name());
+    let admin = cluster_dir.join("admin.conf");
     run_report(&["-i", inv_arg, "-o", "json", "init"]);
 
     // The workload, with a PodDisruptionBudget the drains must respect. Its spread constraint
@@ -165,8 +170,8 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
                 assert!(restarts.is_empty(), "{} restarted {h}: {o}", s["stage"]);
             }
         }
-        assert!(s["drains"].is_null(), "drained: {}", s["drains"]);
     }
+    assert!(drains(&report).is_empty(), "drained: {:?}", drains(&report));
     for h in ["h1", "h2", "h3"] {
         lab.exec_ok(h, "test -x /usr/local/lib/clusterctl/previous/etcd-3.4.23");
     }
@@ -212,10 +217,8 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "{err}"
     );
     let first: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
-    eprintln!(
-        "failed run {first_secs:.1}s, stages {:?}",
-        stage_seconds(&first)
-    );
+    assert_eq!(first["ok"], false, "{first}");
+    eprintln!("failed run {first_secs:.1}s");
     // The cluster serves: etcd all at 3.5.16, h1's apiserver at the target, h2 and h3 not.
     assert_eq!(etcd_versions(&lab), ["3.5.16"; 3]);
     assert_eq!(apiserver_version(&lab, &admin, "h1"), TARGET);
@@ -242,17 +245,49 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         );
     }
 
-    // Remove the cause; the re-run resumes and completes.
+    // Remove the cause. The next run is killed between two control-plane hosts: h2 done,
+    // h3 out of the balancers for its restart.
     lab.exec_ok(
         "h2",
         "rmdir /usr/local/bin/kube-apiserver && mv /usr/local/bin/kube-apiserver.moved-by-test /usr/local/bin/kube-apiserver",
     );
+    let journal = cluster_dir.join("journal.jsonl");
+    let from = std::fs::read_to_string(&journal).unwrap().lines().count();
+    let killed_log = lab.dir.join("upgrade-killed.log");
+    kill_when(
+        &["-i", inv_arg, "upgrade", "--to", TARGET],
+        &killed_log,
+        "while h3 is drained on a balancer",
+        || {
+            backends(&lab)
+                .iter()
+                .any(|(_, s, admin, _)| s == "h3" && admin & 0x08 != 0)
+        },
+    );
+    let killed = std::fs::read_to_string(&killed_log).unwrap();
+    eprintln!(
+        "chaos: the killed run:\n{killed}\nh3's pending record after the kill: {:?}",
+        lab.exec_ok("h3", "ls -A /var/lib/clusterctl/pending 2>/dev/null; true")
+    );
+    assert!(!killed.contains("drained in"), "no node was drained yet");
+    assert_eq!(apiserver_version(&lab, &admin, "h2"), TARGET);
+    // A plain re-run resumes and completes.
     let (done, ok) = upgrade_probed(
         probe,
         &["-i", inv_arg, "-o", "json", "upgrade", "--to", TARGET],
-        "resumed run",
+        "re-run after the kill",
     );
     assert!(ok > 100, "the probe ran ({ok})");
+    let resumed = resumed_in_journal(&journal, from, "h3");
+    eprintln!("chaos: resumed on h3: {resumed:#?}");
+    assert!(
+        !resumed.is_empty(),
+        "the journal shows no resumed work on h3"
+    );
+    assert_nothing_drained(&lab, inv_arg);
+    let units = assert_units_run_their_files(&lab, &unit_files(inv_arg));
+    assert!(units >= 15, "units checked: {units}");
+    assert_nothing_pending(&lab, &["h1", "h2", "h3", "h4", "h5"]);
 
     // Every member and component at the target.
     assert_eq!(etcd_versions(&lab), ["3.5.16"; 3]);
@@ -286,23 +321,21 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         assert!(node_ready(n), "{name}");
         assert!(n["spec"]["unschedulable"].is_null(), "{name} left cordoned");
     }
-    // Each worker was drained (its web pods evicted, the PDB respected) and uncordoned.
-    let nodes_stage = done["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == "upgrade-nodes")
-        .unwrap();
+    // Each node was drained once (the workers' web pods evicted, the PDB respected) and
+    // uncordoned.
+    let d = drains(&done);
+    eprintln!("drains: {d:#?}");
+    for h in ["h1", "h2", "h3", "h4", "h5"] {
+        let n = d.iter().filter(|(x, _)| x == h).count();
+        assert_eq!(n, 1, "{h} drained {n} times: {d:?}");
+    }
     for h in ["h4", "h5"] {
-        let d = &nodes_stage["drains"][h];
         assert!(
-            d["evicted"].as_array().is_some_and(|e| e
-                .iter()
-                .any(|p| p.as_str().unwrap().starts_with("default/web-"))),
-            "{h} drain: {d}"
+            d.iter()
+                .any(|(x, l)| x == h && l.contains("evicted (") && l.contains("default/web-")),
+            "{h} drain: {d:?}"
         );
     }
-    eprintln!("drains: {}", nodes_stage["drains"]);
     // The workload runs again.
     let pods = eventually(std::time::Duration::from_secs(120), || {
         let v = kubectl_json(&admin, &["get", "pods", "-l", "app=web"]);
@@ -326,8 +359,12 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
                 s["stage"]
             );
         }
-        assert!(s["drains"].is_null(), "re-run drained: {}", s["drains"]);
     }
+    assert!(
+        drains(&again).is_empty(),
+        "re-run drained: {:?}",
+        drains(&again)
+    );
     // Rollback of a worker to the binaries kept on it, then forward again.
     let t = Instant::now();
     let rb = clusterctl(&["-i", inv_arg, "upgrade", "--rollback", "--hosts", "h5"]);
@@ -358,6 +395,22 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
 
     // The old inventory is refused by init, with the fix.
     init_refused(&old_path, "fix: set spec.kubernetesVersion: v1.20.3");
+}
+
+/// (host, line) for every node drain a report's stages say they did.
+fn drains(report: &serde_json::Value) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for s in report["stages"].as_array().unwrap() {
+        for (h, o) in s["hosts"].as_object().unwrap() {
+            for l in o["report"].as_array().into_iter().flatten() {
+                let l = l.as_str().unwrap();
+                if l.contains("drained in") {
+                    v.push((h.clone(), l.to_string()));
+                }
+            }
+        }
+    }
+    v
 }
 
 /// An upgrade that must succeed while `probe` reads through the VIP: its report and the reads

@@ -524,9 +524,10 @@ pub fn render_text(ctx: &Context, command: &str, plans: &[PhasePlan], show_files
     }
     for (i, p) in plans.iter().enumerate() {
         let order = match p.order {
-            Order::Parallel => "hosts in parallel",
-            Order::OneAtATime => "one host at a time",
-            Order::Rolling => "new hosts together, running ones one at a time",
+            Order::Parallel => "hosts in parallel".to_string(),
+            Order::OneAtATime => "one host at a time".to_string(),
+            Order::Rolling => "new hosts together, running ones one at a time".to_string(),
+            Order::Batches(n) => format!("{n} hosts at a time"),
         };
         let _ = writeln!(
             s,

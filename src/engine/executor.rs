@@ -151,6 +151,12 @@ pub enum Pending {
     /// The host's apiserver was taken out of the balancers' rotation (see
     /// `load_balancer::Rotation`); cleared once it is back in.
     Drain,
+    /// The host's node was cordoned by clusterctl (written before the cordon): uncordoned,
+    /// and the entry cleared, once the node's step is over.
+    Cordon,
+    /// The host's node was drained (written after the drain finished): a later run does not
+    /// drain it again.
+    Drained,
 }
 
 impl Pending {
@@ -161,6 +167,8 @@ impl Pending {
             Pending::Unit(u) => format!("unit@{u}"),
             Pending::Pod(m) => format!("pod@{m}"),
             Pending::Drain => "drain".into(),
+            Pending::Cordon => "cordon".into(),
+            Pending::Drained => "drained".into(),
         }
     }
 
@@ -171,6 +179,8 @@ impl Pending {
         Some(match name {
             "daemon-reload" => Pending::DaemonReload,
             "drain" => Pending::Drain,
+            "cordon" => Pending::Cordon,
+            "drained" => Pending::Drained,
             _ => {
                 if let Some(u) = name.strip_prefix("unit@") {
                     Pending::Unit(u.into())
@@ -194,6 +204,8 @@ impl Pending {
             Pending::Unit(u) => format!("{u} to load its changed files"),
             Pending::Pod(m) => format!("static pod {m} to be replaced"),
             Pending::Drain => "apiserver drained on the balancers".into(),
+            Pending::Cordon => "node cordoned".into(),
+            Pending::Drained => "node drained".into(),
         }
     }
 }
@@ -326,13 +338,17 @@ fn parse_state(out: &str) -> FarState {
 
 /// Brings one host to its plan: one query for the far state, then only the differences.
 /// `resolve` turns a file's [`Source`] into bytes (rendered content, local file, bundle blob).
+/// With no gate to wait for, the host's pending record is cleared as soon as the restarts are
+/// done (the runner's [`converge_gated`] keeps it until the host's gate passed).
 pub async fn converge(
     exec: &dyn Executor,
     host: &Host,
     plan: &HostPlan,
     resolve: &(dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
 ) -> anyhow::Result<HostChanges> {
-    converge_guarded(exec, host, plan, resolve, &NoGuard).await
+    let mut ch = converge_gated(exec, host, plan, resolve, &NoGuard).await?;
+    finish_pending(exec, host, &mut ch).await?;
+    Ok(ch)
 }
 
 /// Work to do before a change restarts or replaces something that runs on a host (e.g. take
@@ -352,22 +368,8 @@ impl BeforeRestart for NoGuard {
     }
 }
 
-/// [`converge`], calling `guard` once before the first change that restarts a running unit or
-/// replaces a running static pod. With no gate to wait for, the host's pending record is
-/// cleared as soon as the restarts are done.
-pub async fn converge_guarded(
-    exec: &dyn Executor,
-    host: &Host,
-    plan: &HostPlan,
-    resolve: &(dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
-    guard: &dyn BeforeRestart,
-) -> anyhow::Result<HostChanges> {
-    let mut ch = converge_gated(exec, host, plan, resolve, guard).await?;
-    finish_pending(exec, host, &mut ch).await?;
-    Ok(ch)
-}
-
-/// The runner's converge: like [`converge_guarded`], but what the change owes the host stays
+/// The runner's converge: like [`converge`], calling `guard` once before the first change that
+/// restarts a running unit or replaces a running static pod; what the change owes the host stays
 /// in its pending record (`ch.pending`) until the caller's gate passed and it calls
 /// [`finish_pending`]. Work an interrupted run left pending for what this plan manages is
 /// finished first: its units restart (or reload) and its pods count as replaced even when
@@ -518,7 +520,8 @@ pub async fn converge_gated(
             Pending::Pod(m) => plan_manifests.contains(m.as_str()),
             // Whoever finds it does it: cheap, and a resumed restart must see the new unit.
             Pending::DaemonReload => true,
-            Pending::Drain => false,
+            // The rotation and the node's cordon have their own owners.
+            Pending::Drain | Pending::Cordon | Pending::Drained => false,
         };
         if !take || owed.contains(p) {
             continue;

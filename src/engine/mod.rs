@@ -65,10 +65,16 @@ pub struct RunOptions {
     pub joining: Vec<String>,
     /// `--break-lock`: take the hosts' run markers even when another machine's run left them.
     pub break_lock: bool,
-    /// `reset --drain-timeout`: how long draining one node may take (None: the default).
+    /// `reset --drain-timeout`, `upgrade --drain-timeout`: how long draining one node may
+    /// take (None: the phase's default).
     pub drain_timeout: Option<std::time::Duration>,
+    /// `upgrade --max-unavailable`: nodes upgraded at once (None: one).
+    pub max_unavailable: Option<usize>,
     /// `restore ARCHIVE`: the verified snapshot and the run's time stamp.
     pub restore: Option<RestoreInputs>,
+    /// What a command decided for its phases before the run, by type (e.g. `upgrade
+    /// --rollback`'s kept copies per host): the engine carries them without knowing them.
+    pub inputs: Inputs,
     /// `backup --schedule`: the calendar (or off) and how many snapshots to keep.
     pub schedule: Option<Schedule>,
 }
@@ -93,6 +99,29 @@ pub struct Schedule {
 impl Schedule {
     pub fn is_off(&self) -> bool {
         self.calendar == "off"
+    }
+}
+
+/// Values a command hands its phases, one per type.
+#[derive(Clone, Default)]
+pub struct Inputs(
+    std::collections::HashMap<std::any::TypeId, std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+);
+
+impl Inputs {
+    pub fn insert<T: std::any::Any + Send + Sync>(&mut self, value: T) {
+        self.0
+            .insert(std::any::TypeId::of::<T>(), std::sync::Arc::new(value));
+    }
+
+    pub fn get<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.get(&std::any::TypeId::of::<T>())?.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inputs({} value(s))", self.0.len())
     }
 }
 
@@ -299,6 +328,9 @@ pub enum Order {
     /// etcd members must even start together); hosts where they run go one at a time behind
     /// `verify`, so a change never restarts every member or apiserver at once.
     Rolling,
+    /// Up to this many hosts at a time, in plan order, each batch gated by `verify` before
+    /// the next (e.g. workers drained `--max-unavailable` at a time).
+    Batches(usize),
 }
 
 /// What a phase will do, per host, in order.
@@ -385,6 +417,19 @@ pub trait Phase: Send + Sync {
         _ctx: &'a Context,
         _host: &'a Host,
         _exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    /// Work through the cluster's API once `host`'s turn is over, whether it succeeded
+    /// (`ok`) or not, after its apiserver is back in the balancers (e.g. uncordon the node
+    /// `before_host` cordoned). A failure fails the host. Returns warnings for the report.
+    /// Default: nothing.
+    fn after_host<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _host: &'a Host,
+        _exec: &'a dyn Executor,
+        _ok: bool,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
     }

@@ -109,9 +109,14 @@ impl Runner {
             };
             // Rolling: split into hosts where the phase's services already run (one at a time)
             // and fresh hosts (together).
+            let mut batch = 1;
             let (parallel, serial): (Vec<_>, Vec<_>) = match plan.order {
                 Order::Parallel => (hosts.clone(), Vec::new()),
                 Order::OneAtATime => (Vec::new(), hosts.clone()),
+                Order::Batches(n) => {
+                    batch = n.max(1);
+                    (Vec::new(), hosts.clone())
+                }
                 Order::Rolling => {
                     let running = futures::stream::iter(hosts.iter().map(|&(h, hp)| async move {
                         let runs = match phase.running_check(ctx, h) {
@@ -140,10 +145,12 @@ impl Runner {
             {
                 results.extend({
                     let mut v = Vec::new();
-                    for (h, hp) in &serial {
-                        let r = one.run(h, hp).await;
-                        let failed = matches!(r.1, HostOutcome::Failed(_));
-                        v.push(r);
+                    for group in serial.chunks(batch) {
+                        let r =
+                            futures::future::join_all(group.iter().map(|&(h, hp)| one.run(h, hp)))
+                                .await;
+                        let failed = r.iter().any(|(_, o)| matches!(o, HostOutcome::Failed(_)));
+                        v.extend(r);
                         if failed {
                             break; // the others keep serving; a re-run resumes here
                         }
@@ -350,6 +357,21 @@ impl HostRun<'_, '_> {
             c.warnings.extend(back);
             c
         });
+        // The phase's own clean-up of the host's turn (e.g. uncordon), whatever happened.
+        let after = self
+            .phase
+            .after_host(self.ctx, h, self.exec, r.is_ok())
+            .await
+            .with_context(|| format!("{} after {}", self.phase.name(), h.name));
+        let r = match (r, after) {
+            (Ok(mut c), Ok(w)) => {
+                c.warnings.extend(w);
+                Ok(c)
+            }
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Err(e), Err(a)) => Err(e.context(format!("{a:#}"))),
+        };
         let outcome = match r {
             Ok(c) => HostOutcome::Done(c),
             Err(e) => HostOutcome::Failed(format!("{e:#}")),

@@ -22,6 +22,7 @@ pub mod reset;
 pub mod restore;
 pub mod runtime;
 pub mod static_pods;
+pub mod upgrade;
 pub mod verify;
 
 use crate::engine::Phase;
@@ -49,9 +50,10 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(certs::Certs(certs::Step::Scheduler)),
         Box::new(certs::Certs(certs::Step::Nodes)),
         Box::new(certs::Certs(certs::Step::Served)),
-        Box::new(crate::upgrade::etcd::UpgradeEtcd),
-        Box::new(crate::upgrade::control_plane::UpgradeControlPlane),
-        Box::new(crate::upgrade::nodes::UpgradeNodes),
+        Box::new(upgrade::etcd::UpgradeEtcd),
+        Box::new(upgrade::control_plane::UpgradeControlPlane),
+        Box::new(upgrade::nodes::UpgradeNodes),
+        Box::new(upgrade::rollback::UpgradeRollback),
         Box::new(reset::drain::ResetDrain),
         Box::new(reset::balancers::ResetBalancers),
         Box::new(reset::control_plane::ResetControlPlane),

@@ -17,6 +17,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../playbooks/renew-certs.yaml"),
     ),
     ("upgrade", include_str!("../../playbooks/upgrade.yaml")),
+    (
+        "upgrade-rollback",
+        include_str!("../../playbooks/upgrade-rollback.yaml"),
+    ),
     ("reset", include_str!("../../playbooks/reset.yaml")),
     ("restore", include_str!("../../playbooks/restore.yaml")),
     (

@@ -5,28 +5,27 @@
 //!    /proc/<pid>/exe: its `--version` and sha256), the targets come from the bundle, and the
 //!    skew check (`skew`) refuses a plan outside the policy before anything changes.
 //!    `upgrade plan` stops here and prints it.
-//! 2. The stages of `playbooks/upgrade.yaml`, in order: etcd members one at a time, then the
-//!    control plane one host at a time, then the nodes (control-plane nodes one at a time,
-//!    workers in batches of `--max-unavailable`, each cordoned, drained and uncordoned).
-//!    On each host the current binaries are first kept in
-//!    `/usr/local/lib/clusterctl/previous/` (`binaries`), then the targets are converged with
-//!    the units the existing phases render for the target version, then the stage's gate.
+//! 2. A verified etcd backup, then the phases of `playbooks/upgrade.yaml`
+//!    (`phases::upgrade`) on the one runner, as every other command: etcd members one at a
+//!    time, then the control plane one host at a time, then the nodes (control-plane nodes
+//!    first, `--max-unavailable` at a time, each cordoned, drained and uncordoned). On each
+//!    host the current binaries are first kept in `/usr/local/lib/clusterctl/previous/`, then
+//!    the targets are converged with the units the existing phases render for the target
+//!    version, then the stage's gate. The runner brings the ordering, the balancer rotation,
+//!    the host run markers, the pending records, the journal and `--dry-run`.
 //! 3. A failed step stops the run; the hosts not reached keep serving their old version. The
-//!    next `upgrade` resumes: converged hosts are no-ops (and are not drained again).
+//!    next `upgrade` resumes: converged hosts are no-ops (and are not drained again). A run
+//!    killed at any point is resumed the same way: the host's pending record says what its
+//!    change still owes (a restart, its apiserver back into the balancers, its node
+//!    uncordoned, a drain already done).
 //! 4. `clusters/<name>/versions.json` (`record`) says what the cluster runs; `init` and `join`
 //!    refuse an inventory that disagrees with it, and an unfinished upgrade.
 //!
 //! `upgrade --rollback --hosts X` installs the copies kept on those hosts again, one host at a
 //! time behind the same gates (etcd excluded: a member is never downgraded).
 
-pub mod binaries;
-pub mod control_plane;
-pub mod drain;
-pub mod etcd;
-pub mod nodes;
 pub mod record;
 pub mod rollback;
-pub mod skew;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,12 +39,13 @@ use crate::commands::cluster::Scope;
 use crate::commands::{Global, Output};
 use crate::diag::UserError;
 use crate::engine::blobs::Blobs;
-use crate::engine::executor::{Blob, DryRun, Executor, HostChanges, converge, converge_guarded};
-use crate::engine::runner::{HostOutcome, Journal, PlainProgress, Progress};
+use crate::engine::executor::{DryRun, Executor};
+use crate::engine::runner::{HostOutcome, Journal, PlainProgress, RunReport, Runner};
 use crate::engine::ssh_exec::SshExecutor;
-use crate::engine::{Context, HostPlan, Phase, PhasePlan, Source};
+use crate::engine::{Context, Source};
 use crate::inventory::{Host, Role};
-use binaries::{Component, Running};
+use crate::phases::upgrade::binaries::{self, Component, Running};
+use crate::phases::upgrade::skew;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct UpgradeArgs {
@@ -108,7 +108,7 @@ fn stage_components(stage: &str) -> &'static [Component] {
 }
 
 /// What each host runs now, per component (every component its roles run).
-type Observations = BTreeMap<String, Vec<Running>>;
+pub(crate) type Observations = BTreeMap<String, Vec<Running>>;
 
 fn host_components(ctx: &Context, h: &Host) -> Vec<Component> {
     let mut v = Vec::new();
@@ -124,7 +124,7 @@ fn host_components(ctx: &Context, h: &Host) -> Vec<Component> {
     v
 }
 
-async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Result<Observations> {
+pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Result<Observations> {
     let hosts: Vec<&Host> = ctx.inv().spec.hosts.iter().collect();
     let all = futures::future::join_all(hosts.iter().map(|h| async move {
         let comps: Vec<(Component, String)> = host_components(ctx, h)
@@ -359,112 +359,9 @@ fn render_plan(ctx: &Context, rows: &[PlanRow], problems: &[String], stages: &[S
     s
 }
 
-/// Everything one host step needs.
-struct Env<'a> {
-    ctx: &'a Context,
-    exec: &'a dyn Executor,
-    resolve: &'a (dyn Fn(&Source) -> anyhow::Result<Blob> + Send + Sync),
-    journal: &'a Journal,
-    progress: PlainProgress,
-    /// Takes an apiserver out of every balancer before a change restarts it (back after the
-    /// gate): the runner's rotation, used the same way.
-    rotation: crate::engine::rotation::Rotation<'a>,
-}
-
-/// One host's turn in a stage: keep the current binaries, converge the rest, then the gate;
-/// progress and journal either way.
-async fn host_step(env: &Env<'_>, phase: &dyn Phase, plan: &PhasePlan, h: &Host) -> HostOutcome {
-    let t = Instant::now();
-    env.progress.host_started(plan, h);
-    let hp = plan
-        .hosts
-        .iter()
-        .find(|p| p.host == h.name)
-        .expect("the host is in the plan");
-    let (keep, rest) = binaries::split_keep(&hp.actions);
-    let part = |actions: Vec<crate::engine::Action>| HostPlan {
-        host: hp.host.clone(),
-        address: hp.address.clone(),
-        actions,
-    };
-    let r = async {
-        let mut ch = HostChanges::default();
-        if !keep.is_empty() {
-            let k = converge(env.exec, h, &part(keep), env.resolve)
-                .await
-                .context("keeping the current binaries")?;
-            ch.commands_run += k.commands_run;
-        }
-        let c = converge_guarded(env.exec, h, &part(rest), env.resolve, &env.rotation).await?;
-        ch.files_written += c.files_written;
-        ch.bytes_sent += c.bytes_sent;
-        ch.dirs_made += c.dirs_made;
-        ch.commands_run += c.commands_run;
-        ch.restarts = c.restarts;
-        ch.reloads = c.reloads;
-        ch.started = c.started;
-        ch.warnings = c.warnings;
-        if !env.exec.is_dry_run() {
-            ch.report = phase
-                .verify(env.ctx, h, env.exec)
-                .await
-                .with_context(|| format!("{} gate", phase.name()))?;
-        }
-        anyhow::Ok(ch)
-    }
-    .await;
-    // Back into the balancers after the gate; after a failure too (their own health checks
-    // keep a broken apiserver out).
-    let back = env.rotation.put_back(h).await;
-    let r = r.map(|mut c| {
-        c.warnings.extend(back);
-        c
-    });
-    let outcome = match r {
-        Ok(c) => HostOutcome::Done(c),
-        Err(e) => HostOutcome::Failed(format!("{e:#}")),
-    };
-    env.progress.host_finished(plan, h, &outcome, t.elapsed());
-    env.journal.record("upgrade", plan, h, &outcome);
-    outcome
-}
-
-/// Whether converging `h` to its plan would change anything (a dry run of the same path).
-async fn needs_change(env: &Env<'_>, plan: &PhasePlan, h: &Host) -> anyhow::Result<bool> {
-    let hp = plan
-        .hosts
-        .iter()
-        .find(|p| p.host == h.name)
-        .expect("the host is in the plan");
-    let (keep, rest) = binaries::split_keep(&hp.actions);
-    let _ = keep;
-    let dry = DryRun::new(env.exec);
-    let part = HostPlan {
-        host: hp.host.clone(),
-        address: hp.address.clone(),
-        actions: rest,
-    };
-    let ch = converge(&dry, h, &part, env.resolve).await?;
-    Ok(!ch.is_noop())
-}
-
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StageReport {
-    stage: String,
-    seconds: f64,
-    #[serde(serialize_with = "outcomes")]
-    hosts: BTreeMap<String, HostOutcome>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    drains: BTreeMap<String, serde_json::Value>,
-}
-
 /// Host outcomes as JSON objects: `{"result": "done", ...counts}` or `{"result": "failed",
 /// "error": ...}` (serde's internal tagging cannot put a tag beside a bare string).
-fn outcomes<S: serde::Serializer>(
-    m: &BTreeMap<String, HostOutcome>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn outcomes(m: &BTreeMap<String, HostOutcome>) -> serde_json::Value {
     let v: BTreeMap<&String, serde_json::Value> = m
         .iter()
         .map(|(h, o)| {
@@ -479,157 +376,27 @@ fn outcomes<S: serde::Serializer>(
             (h, j)
         })
         .collect();
-    v.serialize(s)
+    serde_json::to_value(v).unwrap_or_default()
 }
 
-fn failed_hosts(r: &StageReport) -> Vec<String> {
-    r.hosts
+/// The run's phases as the upgrade's stages: per host its outcome, and what the phase's host
+/// steps reported (kept binaries, drains).
+fn stages_json(report: &RunReport) -> Vec<serde_json::Value> {
+    report
+        .phases
         .iter()
-        .filter_map(|(h, o)| match o {
-            HostOutcome::Failed(e) => Some(format!("{h}: {e}")),
-            _ => None,
+        .map(|p| {
+            serde_json::json!({
+                "stage": p.phase,
+                "seconds": p.seconds,
+                "hosts": outcomes(&p.hosts),
+            })
         })
         .collect()
 }
 
-/// etcd and control plane: one host at a time, stop at the first failure.
-async fn serial_stage(env: &Env<'_>, phase: &dyn Phase, plan: &PhasePlan) -> StageReport {
-    let mut rep = StageReport {
-        stage: plan.phase.clone(),
-        ..Default::default()
-    };
-    for hp in &plan.hosts {
-        let h = env.ctx.inv().host(&hp.host).expect("planned hosts exist");
-        let o = host_step(env, phase, plan, h).await;
-        let failed = matches!(o, HostOutcome::Failed(_));
-        rep.hosts.insert(h.name.clone(), o);
-        if failed {
-            break;
-        }
-    }
-    rep
-}
-
-/// Nodes: control-plane nodes one at a time, then workers in batches; each node that will
-/// change is cordoned and drained first and uncordoned after, whatever happened.
-async fn nodes_stage(
-    env: &Env<'_>,
-    phase: &dyn Phase,
-    plan: &PhasePlan,
-    a: &UpgradeArgs,
-) -> anyhow::Result<StageReport> {
-    let mut rep = StageReport {
-        stage: plan.phase.clone(),
-        ..Default::default()
-    };
-    let dry = env.exec.is_dry_run();
-    let api = env.ctx.kube_admin()?;
-    let cordoned = drain::Cordoned::at(env.ctx.state.root.join("upgrade-cordoned.json"));
-    let hosts: Vec<&Host> = plan
-        .hosts
-        .iter()
-        .filter_map(|hp| env.ctx.inv().host(&hp.host))
-        .collect();
-    let (cp, workers): (Vec<&Host>, Vec<&Host>) =
-        hosts.into_iter().partition(|h| h.has(Role::ControlPlane));
-    let mut batches: Vec<Vec<&Host>> = cp.into_iter().map(|h| vec![h]).collect();
-    batches.extend(workers.chunks(a.max_unavailable.max(1)).map(|c| c.to_vec()));
-    for batch in batches {
-        let mut work = Vec::new();
-        for h in &batch {
-            if needs_change(env, plan, h).await? {
-                work.push(*h);
-            } else {
-                // Done in an earlier run: the gate only; uncordon if that run stopped before.
-                let o = host_step(env, phase, plan, h).await;
-                if !dry {
-                    let _ = drain::uncordon(&api, &h.name, &cordoned).await;
-                }
-                rep.hosts.insert(h.name.clone(), o);
-            }
-        }
-        if work.is_empty() {
-            continue;
-        }
-        // Cordon and drain the batch together.
-        let drained = futures::future::join_all(work.iter().map(|h| {
-            let api = &api;
-            let cordoned = &cordoned;
-            async move {
-                if dry {
-                    eprintln!("{}: would cordon and drain (dry run)", h.name);
-                    return Ok(serde_json::json!({"dryRun": true}));
-                }
-                let ours = drain::cordon(api, &h.name, cordoned).await?;
-                let d = drain::drain(api, &h.name, a.drain_timeout, env.ctx.inv().kube_version().minor).await?;
-                eprintln!(
-                    "upgrade-nodes {}: cordoned{}, drained in {:.1}s: {} pod(s) evicted, {} skipped{}",
-                    h.name,
-                    if ours { "" } else { " (it already was: stays cordoned)" },
-                    d.seconds,
-                    d.evicted.len(),
-                    d.skipped.len(),
-                    if d.pdb_waits > 0 {
-                        format!(", {} eviction(s) held by a PodDisruptionBudget", d.pdb_waits)
-                    } else {
-                        String::new()
-                    }
-                );
-                anyhow::Ok(serde_json::to_value(&d)?)
-            }
-        }))
-        .await;
-        let mut ready = Vec::new();
-        for (h, d) in work.iter().zip(drained) {
-            match d {
-                Ok(v) => {
-                    rep.drains.insert(h.name.clone(), v);
-                    ready.push(*h);
-                }
-                Err(e) => {
-                    rep.hosts
-                        .insert(h.name.clone(), HostOutcome::Failed(format!("drain: {e:#}")));
-                }
-            }
-        }
-        if ready.len() == work.len() {
-            let outs =
-                futures::future::join_all(ready.iter().map(|h| host_step(env, phase, plan, h)))
-                    .await;
-            for (h, o) in ready.iter().zip(outs) {
-                rep.hosts.insert(h.name.clone(), o);
-            }
-        }
-        // Uncordon every node of the batch, whatever happened to it.
-        if !dry {
-            for h in &work {
-                match drain::uncordon(&api, &h.name, &cordoned).await {
-                    Ok(true) => eprintln!("upgrade-nodes {}: uncordoned", h.name),
-                    Ok(false) => {}
-                    Err(e) => {
-                        let prev = rep.hosts.remove(&h.name);
-                        let msg = format!(
-                            "uncordon failed ({e:#}); run `kubectl uncordon {}`{}",
-                            h.name,
-                            match prev {
-                                Some(HostOutcome::Failed(p)) => format!("; before: {p}"),
-                                _ => String::new(),
-                            }
-                        );
-                        rep.hosts.insert(h.name.clone(), HostOutcome::Failed(msg));
-                    }
-                }
-            }
-        }
-        if !failed_hosts(&rep).is_empty() {
-            break;
-        }
-    }
-    Ok(rep)
-}
-
 /// Every host of the cluster: an upgrade reads them all, and changes them stage by stage.
-async fn connect(ctx: &Context) -> anyhow::Result<crate::ssh::Pool> {
+pub(crate) async fn connect(ctx: &Context) -> anyhow::Result<crate::ssh::Pool> {
     let hosts: Vec<&Host> = ctx.inv().spec.hosts.iter().collect();
     crate::engine::ssh_exec::connect(ctx, &hosts).await
 }
@@ -646,6 +413,8 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         &a.scope,
         crate::engine::RunOptions {
             dry_run: a.dry_run,
+            drain_timeout: Some(a.drain_timeout),
+            max_unavailable: Some(a.max_unavailable),
             ..Default::default()
         },
     )?;
@@ -717,6 +486,9 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if a.rollback {
+        return rollback::run(ctx, a, g);
+    }
     let stages: Vec<String> = runner.phases.iter().map(|p| p.name().to_string()).collect();
     let plans = runner.plan(&ctx)?;
     let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
@@ -730,9 +502,6 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         };
         let r = async {
             let obs = observe(&ctx, &ssh).await?;
-            if a.rollback {
-                return rollback::rollback(&ctx, &ssh, &obs, a).await;
-            }
             let rows = plan_rows(&ctx, &obs)?;
             let problems = skew_check(&ctx, &rows);
             if plan_only {
@@ -765,7 +534,7 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
                 ))
                 .into());
             }
-            upgrade(&ctx, &ssh, &runner.phases, &plans, &blobs, a, g, started).await
+            upgrade(&ctx, &ssh, &runner, &blobs, a, g, started).await
         }
         .await;
         pool.close().await;
@@ -773,12 +542,10 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn upgrade(
     ctx: &Context,
     ssh: &SshExecutor,
-    phases: &[Box<dyn Phase>],
-    plans: &[PhasePlan],
+    runner: &Runner,
     blobs: &Blobs,
     a: &UpgradeArgs,
     g: &Global,
@@ -792,14 +559,6 @@ async fn upgrade(
         Journal::at(ctx.state.journal())
     };
     let resolve = |s: &Source| blobs.resolve(s);
-    let env = Env {
-        ctx,
-        exec,
-        resolve: &resolve,
-        journal: &journal,
-        progress: PlainProgress,
-        rotation: crate::engine::rotation::Rotation::new(ctx, exec),
-    };
     let t = targets(ctx);
     let mut rec = record::load(ctx)?.unwrap_or_else(|| record::Record {
         kubernetes_version: String::new(),
@@ -824,48 +583,39 @@ async fn upgrade(
         rec.upgrading = Some(t.clone());
         record::save(ctx, &rec)?;
     }
-    let mut stages = Vec::new();
-    for (phase, plan) in phases.iter().zip(plans) {
-        let st = Instant::now();
-        env.progress.phase(plan);
-        let mut rep = if phase.name() == "upgrade-nodes" {
-            nodes_stage(&env, phase.as_ref(), plan, a).await?
-        } else {
-            serial_stage(&env, phase.as_ref(), plan).await
-        };
-        rep.seconds = st.elapsed().as_secs_f64();
-        eprintln!("{}: {:.1}s", rep.stage, rep.seconds);
-        let failed = failed_hosts(&rep);
-        stages.push(rep);
-        if !failed.is_empty() {
-            let not_reached: Vec<&str> = plan
-                .hosts
-                .iter()
-                .map(|h| h.host.as_str())
-                .filter(|h| !stages.last().unwrap().hosts.contains_key(*h))
-                .collect();
+    // The stages are the playbook's phases on the one runner: its ordering, gates, balancer
+    // rotation, host run markers, pending records and journal.
+    let report = match runner
+        .apply(ctx, exec, &resolve, &PlainProgress, &journal)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = match e.downcast_ref::<UserError>() {
+                Some(u) => u.message.clone(),
+                None => format!("{e:#}"),
+            };
             if g.output == Output::Json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
-                        "command": "upgrade", "ok": false, "targets": t, "stages": stages,
+                        "command": "upgrade", "ok": false, "targets": t, "error": msg,
                         "seconds": started.elapsed().as_secs_f64(),
                     }))?
                 );
             }
-            return Err(UserError::failed(format!(
-                "upgrade stopped in {} on {}\n  the hosts not reached keep running their current version{}\n  fix the cause and run `clusterctl upgrade` again: hosts already upgraded are not redone",
-                phase.name(),
-                failed.join("\n  "),
-                if not_reached.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", not_reached.join(", "))
-                }
-            ))
+            let code = e.downcast_ref::<UserError>().map(|u| u.code);
+            let msg = format!(
+                "upgrade stopped: {msg}\n  the hosts not reached keep running their current version; hosts already upgraded are not redone"
+            );
+            return Err(match code {
+                Some(crate::diag::EXIT_BAD_INPUT) => UserError::bad_input(msg),
+                _ => UserError::failed(msg),
+            }
             .into());
         }
-    }
+    };
+    let stages = stages_json(&report);
     if !a.dry_run {
         // Hosts limited by --hosts: the others may still run the old version.
         if a.scope.hosts.is_empty() {
@@ -910,8 +660,8 @@ async fn upgrade(
                     .unwrap_or_default(),
                 started.elapsed().as_secs_f64()
             );
-            for s in &stages {
-                println!("  {:<22} {:>6.1}s", s.stage, s.seconds);
+            for p in &report.phases {
+                println!("  {:<22} {:>6.1}s", p.phase, p.seconds);
             }
             if !a.scope.hosts.is_empty() {
                 println!(

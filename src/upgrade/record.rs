@@ -64,10 +64,7 @@ pub fn save(ctx: &Context, r: &Record) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Same version, written with or without the `v`.
-pub fn same(a: &str, b: &str) -> bool {
-    a.trim_start_matches('v') == b.trim_start_matches('v')
-}
+pub use crate::phases::upgrade::same_version as same;
 
 /// What the inventory asks for, as a record.
 pub fn of_inventory(ctx: &Context) -> Record {

@@ -1,30 +1,25 @@
-//! `upgrade --rollback --hosts X`: each named host gets back the binaries the last upgrade kept
-//! on it (`/usr/local/lib/clusterctl/previous/<name>`), one host at a time, behind the same
-//! gates as the upgrade (out of the balancers, cordoned and drained when its kubelet changes,
-//! uncordoned after whatever happened). etcd is never rolled back: a member that ran 3.5 has
+//! `upgrade --rollback --hosts X`, the command layer: what goes back is read from each named
+//! host (the copy the last upgrade kept, `/usr/local/lib/clusterctl/previous/<name>`), the
+//! state after the rollback is checked against the version skew policy, then the
+//! `upgrade-rollback` playbook (`phases::upgrade::rollback`) runs on the one runner: one host
+//! at a time behind the upgrade's gates. etcd is never rolled back: a member that ran 3.5 has
 //! moved the cluster's data to 3.5; restore a backup taken before the upgrade instead.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-
-use super::binaries::{self, Component, PREVIOUS_DIR};
-use super::{Observations, drain, record, skew};
+use super::{Observations, record};
+use crate::commands::{Global, Output};
 use crate::diag::UserError;
-use crate::engine::executor::q;
-use crate::engine::{Context, Executor, Phase};
+use crate::engine::blobs::Blobs;
+use crate::engine::executor::{DryRun, Executor, q};
+use crate::engine::runner::{HostOutcome, Journal, PlainProgress};
+use crate::engine::ssh_exec::SshExecutor;
+use crate::engine::{Context, Source};
 use crate::inventory::{Host, Role};
-
-/// A component to return on one host: its kept copy, that copy's sha256 and version.
-#[derive(Debug, Clone)]
-struct Back {
-    comp: Component,
-    install: String,
-    kept: String,
-    sha: String,
-    version: String,
-}
+use crate::phases::upgrade::binaries::{self, PREVIOUS_DIR};
+use crate::phases::upgrade::rollback::{Back, RollbackInputs};
+use crate::phases::upgrade::skew;
 
 /// The components of `h` (no etcd) whose kept copy differs from what is installed.
 async fn what_goes_back(ctx: &Context, exec: &dyn Executor, h: &Host) -> anyhow::Result<Vec<Back>> {
@@ -77,19 +72,8 @@ async fn what_goes_back(ctx: &Context, exec: &dyn Executor, h: &Host) -> anyhow:
     Ok(out)
 }
 
-pub(super) async fn rollback(
-    ctx: &Context,
-    exec: &dyn Executor,
-    obs: &Observations,
-    a: &super::UpgradeArgs,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let hosts: Vec<&Host> = ctx.hosts_where(|_| true);
-    let mut plan: Vec<(&Host, Vec<Back>)> = Vec::new();
-    for h in &hosts {
-        plan.push((h, what_goes_back(ctx, exec, h).await?));
-    }
-    // The state after the rollback must itself be within the skew policy.
+/// The state after the rollback must itself be within the skew policy.
+fn check_skew(obs: &Observations, backs: &BTreeMap<String, Vec<Back>>) -> Result<(), UserError> {
     let mut after: BTreeMap<String, skew::Observed> = BTreeMap::new();
     for (host, runs) in obs {
         let o = after.entry(host.clone()).or_insert_with(|| skew::Observed {
@@ -102,9 +86,9 @@ pub(super) async fn rollback(
             }
         }
     }
-    for (h, backs) in &plan {
-        for b in backs {
-            if let (Some(o), Some(v)) = (after.get_mut(&h.name), skew::Ver::parse(&b.version)) {
+    for (h, bs) in backs {
+        for b in bs {
+            if let (Some(o), Some(v)) = (after.get_mut(h), skew::Ver::parse(&b.version)) {
                 o.versions.insert(b.comp.name.to_string(), v);
             }
         }
@@ -127,156 +111,125 @@ pub(super) async fn rollback(
             return Err(UserError::bad_input(format!(
                 "the rollback would leave the cluster outside the version skew policy; nothing was changed:\n  - {}",
                 problems.join("\n  - ")
-            ))
-            .into());
+            )));
         }
     }
-    let api = ctx.kube_admin()?;
-    let cordoned = drain::Cordoned::at(ctx.state.root.join("upgrade-cordoned.json"));
-    let rotation = crate::engine::rotation::Rotation::new(ctx, exec);
-    let mut rec = record::load(ctx)?.unwrap_or_default();
-    for (h, backs) in &plan {
-        if h.has(Role::Etcd) {
-            eprintln!(
-                "rollback {}: etcd stays as it is (a member is never downgraded: restore a backup instead)",
-                h.name
-            );
-        }
-        if backs.is_empty() {
-            eprintln!(
-                "rollback {}: nothing kept differs from what is installed",
-                h.name
-            );
-            continue;
-        }
-        let t = Instant::now();
-        let node = backs.iter().any(|b| binaries::NODE.contains(&b.comp));
-        let api_restart = backs.iter().any(|b| b.comp.name == "kube-apiserver");
-        if node && !a.dry_run {
-            drain::cordon(&api, &h.name, &cordoned).await?;
-            if let Err(e) = drain::drain(
-                &api,
-                &h.name,
-                a.drain_timeout,
-                ctx.inv().kube_version().minor,
-            )
-            .await
-            {
-                let _ = drain::uncordon(&api, &h.name, &cordoned).await;
-                return Err(UserError::failed(format!("rollback {}: {e:#}", h.name)).into());
+    Ok(())
+}
+
+/// `upgrade --rollback`: reads what goes back, checks it, runs the `upgrade-rollback`
+/// playbook on the runner and records the hosts rolled back.
+pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let known: Vec<&str> = crate::phases::registry().iter().map(|p| p.name()).collect();
+    let pb = crate::phases::playbook::load(
+        "upgrade-rollback",
+        Some(&ctx.state.root.join("playbooks")),
+        &known,
+    )?;
+    let runner = pb.runner(&Default::default())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let pool = rt.block_on(super::connect(&ctx))?;
+    let ssh = SshExecutor {
+        pool: pool.clone(),
+        timeout: Duration::from_secs(600),
+    };
+    let r = (|| {
+        let backs = rt.block_on(async {
+            let obs = super::observe(&ctx, &ssh).await?;
+            let mut backs = BTreeMap::new();
+            for h in ctx.hosts_where(|_| true) {
+                if h.has(Role::Etcd) {
+                    eprintln!(
+                        "rollback {}: etcd stays as it is (a member is never downgraded: restore a backup instead)",
+                        h.name
+                    );
+                }
+                let b = what_goes_back(&ctx, &ssh, h).await?;
+                if b.is_empty() {
+                    eprintln!(
+                        "rollback {}: nothing kept differs from what is installed",
+                        h.name
+                    );
+                }
+                backs.insert(h.name.clone(), b);
             }
-        }
-        let mut script = String::from("set -e; ");
-        for b in backs {
-            let dir = std::path::Path::new(&b.install)
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "/usr/local/bin".into());
-            script += &format!(
-                "install -m 0755 {k} {tmp} && mv -f {tmp} {i}; ",
-                k = q(&b.kept),
-                tmp = q(&format!("{dir}/.{}.rollback", b.comp.name)),
-                i = q(&b.install)
-            );
-        }
-        let units: Vec<&str> = backs.iter().filter_map(|b| b.comp.unit).collect();
-        script += &format!("systemctl restart {}", units.join(" "));
-        let r = async {
-            if a.dry_run {
-                eprintln!("rollback {}: would run: {script}", h.name);
-                return anyhow::Ok(());
-            }
-            if api_restart {
-                for w in rotation.take_out(h).await {
-                    eprintln!("rollback {}: warning: {w}", h.name);
+            check_skew(&obs, &backs)?;
+            anyhow::Ok(backs)
+        })?;
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        ctx.options.inputs.insert(RollbackInputs {
+            backs: backs.clone(),
+            stamp,
+        });
+        let plans = runner.plan(&ctx)?;
+        let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+        let resolve = |s: &Source| blobs.resolve(s);
+        let dry = DryRun::new(&ssh);
+        let exec: &dyn Executor = if a.dry_run { &dry } else { &ssh };
+        let journal = if a.dry_run {
+            Journal::disabled()
+        } else {
+            Journal::at(ctx.state.journal())
+        };
+        let report = rt.block_on(runner.apply(&ctx, exec, &resolve, &PlainProgress, &journal))?;
+        if !a.dry_run {
+            let mut rec = record::load(&ctx)?.unwrap_or_default();
+            for (h, bs) in &backs {
+                let done = report
+                    .phases
+                    .iter()
+                    .all(|p| !matches!(p.hosts.get(h), Some(HostOutcome::Failed(_))));
+                if !bs.is_empty() && done {
+                    rec.rolled_back.insert(
+                        h.clone(),
+                        bs.iter()
+                            .map(|b| (b.comp.name.to_string(), b.version.clone()))
+                            .collect(),
+                    );
                 }
             }
-            let o = exec.change(h, &script).await?;
-            if o.status != 0 {
-                anyhow::bail!("`{script}` exited {}: {}", o.status, o.stderr.trim());
-            }
-            let want: Vec<(String, String)> = backs
-                .iter()
-                .filter_map(|b| b.comp.unit.map(|u| (u.to_string(), b.sha.clone())))
-                .collect();
-            binaries::wait_running(exec, h, &want, Duration::from_secs(60)).await?;
-            if backs
-                .iter()
-                .any(|b| binaries::CONTROL_PLANE.contains(&b.comp))
-            {
-                crate::phases::control_plane::ControlPlane
-                    .verify(ctx, h, exec)
-                    .await
-                    .context("control-plane gate")?;
-            }
-            if node {
-                let kubelet = backs.iter().find(|b| b.comp.name == "kubelet");
-                let path = format!("/api/v1/nodes/{}", h.name);
-                crate::kube::wait_until(
-                    &format!("node {} Ready", h.name),
-                    Duration::from_secs(180),
-                    Duration::from_millis(500),
-                    || async {
-                        let n = crate::kube::nodes::Node::from_json(&api.get(&path).await?)?;
-                        Ok(match (kubelet, n.not_ready_because) {
-                            (Some(k), _) if !record::same(&n.kubelet_version, &k.version) => {
-                                crate::kube::Wait::Pending(format!(
-                                    "kubelet reports {}",
-                                    n.kubelet_version
-                                ))
-                            }
-                            (_, Some(why)) => {
-                                crate::kube::Wait::Pending(format!("not Ready ({why})"))
-                            }
-                            _ => crate::kube::Wait::Done(()),
-                        })
-                    },
-                )
-                .await?;
-                crate::phases::kube_proxy::KubeProxy
-                    .verify(ctx, h, exec)
-                    .await?;
-            }
-            Ok(())
+            record::save(&ctx, &rec)?;
         }
-        .await;
-        for w in rotation.put_back(h).await {
-            eprintln!("rollback {}: warning: {w}", h.name);
+        for (h, w) in dry.recorded.lock().unwrap().iter() {
+            println!("{h}: {w}");
         }
-        if node && !a.dry_run {
-            drain::uncordon(&api, &h.name, &cordoned).await?;
-        }
-        r.map_err(|e| UserError::failed(format!("rollback of {} failed: {e:#}", h.name)))?;
-        eprintln!(
-            "rollback {}: {} [{:.1}s]",
-            h.name,
-            backs
-                .iter()
-                .map(|b| format!("{} {}", b.comp.name, b.version))
-                .collect::<Vec<_>>()
-                .join(", "),
-            t.elapsed().as_secs_f64()
-        );
-        if !a.dry_run {
-            rec.rolled_back.insert(
-                h.name.clone(),
-                backs
-                    .iter()
-                    .map(|b| (b.comp.name.to_string(), b.version.clone()))
-                    .collect(),
-            );
-            record::save(ctx, &rec)?;
-        }
-    }
-    println!(
-        "rollback{}: {} in {:.1}s",
-        if a.dry_run { " (dry run)" } else { "" },
-        hosts
+        let summary: Vec<String> = backs
             .iter()
-            .map(|h| h.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+            .filter(|(_, bs)| !bs.is_empty())
+            .map(|(h, bs)| {
+                format!(
+                    "{h} ({})",
+                    bs.iter()
+                        .map(|b| format!("{} {}", b.comp.name, b.version))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
+        match g.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "command": "upgrade --rollback", "dryRun": a.dry_run,
+                    "hosts": summary, "seconds": started.elapsed().as_secs_f64(),
+                }))?
+            ),
+            Output::Text => println!(
+                "rollback{}: {} in {:.1}s",
+                if a.dry_run { " (dry run)" } else { "" },
+                if summary.is_empty() {
+                    "nothing to return".to_string()
+                } else {
+                    summary.join(", ")
+                },
+                started.elapsed().as_secs_f64()
+            ),
+        }
+        anyhow::Ok(())
+    })();
+    rt.block_on(pool.close());
+    r
 }

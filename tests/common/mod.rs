@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backup;
+pub mod chaos;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -116,7 +116,7 @@ async fn drain(
     }
     api.merge_patch(&path, &json!({"spec": {"unschedulable": true}}))
         .await?;
-    let d = match crate::upgrade::drain::drain(api, node, timeout, minor).await {
+    let d = match crate::phases::upgrade::drain::drain(api, node, timeout, minor).await {
         Ok(d) => d,
         Err(e) => {
             let _ = api
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn daemonset_and_mirror_pods_are_not_evicted() {
-        use crate::upgrade::drain::{PodFate, fate};
+        use crate::phases::upgrade::drain::{PodFate, fate};
         let evictable = |p: &serde_json::Value| fate(p) == PodFate::Evict;
         let ds =
             json!({"metadata": {"ownerReferences": [{"kind": "DaemonSet", "controller": true}]}});

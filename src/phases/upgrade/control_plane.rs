@@ -39,6 +39,14 @@ impl Phase for UpgradeControlPlane {
         let base = crate::phases::control_plane::ControlPlane.plan(ctx)?;
         binaries::stage_plan(ctx, self, base, &CONTROL_PLANE)
     }
+    fn before_host<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(super::keep_current(ctx, exec, host, &CONTROL_PLANE))
+    }
     fn verify<'a>(
         &'a self,
         ctx: &'a Context,
@@ -52,7 +60,7 @@ impl Phase for UpgradeControlPlane {
                 .await?;
             let v = apiserver_version(ctx, host).await?;
             let t = &ctx.inv().spec.kubernetes_version;
-            if !super::record::same(&v, t) {
+            if !super::same_version(&v, t) {
                 anyhow::bail!("kube-apiserver on {} reports {v}, not {t}", host.name);
             }
             Ok(vec![format!("kube-apiserver on {} serves {v}", host.name)])

@@ -1,87 +1,141 @@
 //! Cordon, drain and uncordon through the API, as `kubectl drain` does: pods leave through the
 //! Eviction API (so PodDisruptionBudgets are respected), DaemonSet pods and mirror (static)
 //! pods stay, finished pods are ignored, and a pod no controller would recreate stops the
-//! drain (it would be lost). Which nodes clusterctl cordoned is written to the state dir first,
-//! so that a run that dies between cordon and uncordon still uncordons them when resumed, and a
-//! node the user had cordoned stays cordoned.
+//! drain (it would be lost).
+//!
+//! What clusterctl did to a node is recorded on its host, in the pending record the engine
+//! keeps there (`executor::Pending`): `cordon` before the cordon, `drained` once the drain
+//! finished. A run killed anywhere in between leaves them, so its re-run uncordons the node
+//! and never drains it twice; a node the user had cordoned stays cordoned.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::engine::Executor;
+use crate::engine::executor::{
+    PENDING_QUERY, Pending, parse_pending, pending_clear_command, pending_write_command,
+};
+use crate::inventory::Host;
 use crate::kube::Client;
-
-/// `clusters/<name>/upgrade-cordoned.json`: nodes cordoned by the upgrade and not yet
-/// uncordoned.
-pub struct Cordoned {
-    path: PathBuf,
-    lock: std::sync::Mutex<()>,
-}
-
-impl Cordoned {
-    pub fn at(path: PathBuf) -> Cordoned {
-        Cordoned {
-            path,
-            lock: std::sync::Mutex::new(()),
-        }
-    }
-    pub fn list(&self) -> BTreeSet<String> {
-        std::fs::read(&self.path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-    fn update(&self, f: impl FnOnce(&mut BTreeSet<String>)) -> anyhow::Result<()> {
-        let _g = self.lock.lock().unwrap();
-        let mut s = self.list();
-        f(&mut s);
-        if let Some(d) = self.path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        if s.is_empty() {
-            let _ = std::fs::remove_file(&self.path);
-            return Ok(());
-        }
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&s)?)?;
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(())
-    }
-}
 
 fn node_path(n: &str) -> String {
     format!("/api/v1/nodes/{n}")
 }
 
-/// Cordons `node` unless the user already had (then returns false: not ours to uncordon).
-pub async fn cordon(api: &Client, node: &str, record: &Cordoned) -> anyhow::Result<bool> {
-    let n = api.get(&node_path(node)).await?;
-    let already = n.pointer("/spec/unschedulable") == Some(&Value::Bool(true));
-    if already && !record.list().contains(node) {
-        return Ok(false);
+/// The node entries of `host`'s pending record.
+async fn node_record(exec: &dyn Executor, host: &Host) -> anyhow::Result<Vec<Pending>> {
+    // (The listing's status is its last test's: an empty record is no failure.)
+    let o = exec.query(host, &format!("{PENDING_QUERY}true")).await?;
+    if o.status != 0 {
+        anyhow::bail!(
+            "{}: reading the pending record: {}",
+            host.name,
+            o.stderr.trim()
+        );
     }
-    record.update(|s| {
-        s.insert(node.to_string());
-    })?;
-    api.merge_patch(&node_path(node), &json!({"spec": {"unschedulable": true}}))
-        .await?;
-    Ok(true)
+    Ok(parse_pending(&o.stdout)
+        .into_iter()
+        .filter(|p| matches!(p, Pending::Cordon | Pending::Drained))
+        .collect())
 }
 
-/// Uncordons `node` if the upgrade cordoned it (now or in an earlier run that stopped).
-pub async fn uncordon(api: &Client, node: &str, record: &Cordoned) -> anyhow::Result<bool> {
-    if !record.list().contains(node) {
-        return Ok(false);
+async fn change(exec: &dyn Executor, host: &Host, cmd: &str) -> anyhow::Result<()> {
+    let o = exec.change(host, cmd).await?;
+    if o.status != 0 {
+        anyhow::bail!(
+            "{}: `{cmd}` exited {}: {}",
+            host.name,
+            o.status,
+            o.stderr.trim()
+        );
     }
-    api.merge_patch(&node_path(node), &json!({"spec": {"unschedulable": null}}))
+    Ok(())
+}
+
+/// Cordons the node of `host` and drains it within `timeout` (`minor`: the cluster's
+/// Kubernetes minor), each recorded on the host first (see the module). A drain an earlier,
+/// interrupted run finished is not repeated; a node the user had cordoned is drained but not
+/// made clusterctl's to uncordon. Returns a line for the report.
+pub async fn cordon_and_drain(
+    api: &Client,
+    exec: &dyn Executor,
+    host: &Host,
+    timeout: Duration,
+    minor: u32,
+) -> anyhow::Result<String> {
+    let node = host.name.as_str();
+    let record = node_record(exec, host).await?;
+    if record.contains(&Pending::Drained) {
+        return Ok(format!(
+            "node {node}: drained by an interrupted run (still cordoned): not drained again"
+        ));
+    }
+    let ours = if record.contains(&Pending::Cordon) {
+        true
+    } else {
+        let n = api.get(&node_path(node)).await?;
+        let users = n.pointer("/spec/unschedulable") == Some(&Value::Bool(true));
+        if !users {
+            change(exec, host, &pending_write_command(&[Pending::Cordon])).await?;
+        }
+        !users
+    };
+    api.merge_patch(&node_path(node), &json!({"spec": {"unschedulable": true}}))
         .await?;
-    record.update(|s| {
-        s.remove(node);
-    })?;
-    Ok(true)
+    let d = drain(api, node, timeout, minor).await?;
+    change(exec, host, &pending_write_command(&[Pending::Drained])).await?;
+    let mut evicted = d.evicted.clone();
+    evicted.sort();
+    Ok(format!(
+        "node {node}: cordoned{}, drained in {:.1}s: {} pod(s) evicted{}, {} skipped{}",
+        if ours {
+            ""
+        } else {
+            " (it already was: stays cordoned)"
+        },
+        d.seconds,
+        d.evicted.len(),
+        if evicted.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", evicted.join(", "))
+        },
+        d.skipped.len(),
+        if d.pdb_waits > 0 {
+            format!(
+                ", {} eviction(s) held by a PodDisruptionBudget",
+                d.pdb_waits
+            )
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// Uncordons the node of `host` if clusterctl cordoned it (in this run or one that was
+/// killed), then clears the node entries of the host's record. Returns a line when it
+/// uncordoned.
+pub async fn uncordon(
+    api: &Client,
+    exec: &dyn Executor,
+    host: &Host,
+) -> anyhow::Result<Option<String>> {
+    let record = node_record(exec, host).await?;
+    if record.is_empty() {
+        return Ok(None);
+    }
+    let ours = record.contains(&Pending::Cordon);
+    if ours {
+        api.merge_patch(
+            &node_path(&host.name),
+            &json!({"spec": {"unschedulable": null}}),
+        )
+        .await?;
+    }
+    change(exec, host, &pending_clear_command(&record)).await?;
+    Ok(ours.then(|| format!("node {}: uncordoned", host.name)))
 }
 
 /// What to do with one pod of a node being drained.
@@ -291,21 +345,5 @@ mod tests {
             fate(&json!({"metadata": {}, "status": {"phase": "Running"}})),
             PodFate::Orphan
         );
-    }
-
-    #[test]
-    fn the_cordon_record_survives_and_empties() {
-        let d = tempfile::tempdir().unwrap();
-        let r = Cordoned::at(d.path().join("c.json"));
-        r.update(|s| {
-            s.insert("h4".into());
-        })
-        .unwrap();
-        assert!(Cordoned::at(d.path().join("c.json")).list().contains("h4"));
-        r.update(|s| {
-            s.remove("h4");
-        })
-        .unwrap();
-        assert!(!d.path().join("c.json").exists());
     }
 }

@@ -117,9 +117,10 @@ pub fn swap_action(it: &Item, comp: &Component) -> Action {
     }
 }
 
-/// A host's upgrade plan for one stage: the keep actions, then the leading guards of the
-/// component's own phase plan (`base`), the binaries, and the rest of `base` (its units and
-/// configs rendered for the target version: the existing phases' rendering, not a copy).
+/// A host's upgrade plan for one stage: the leading guards of the component's own phase plan
+/// (`base`), the target binaries, and the rest of `base` (its units and configs rendered for
+/// the target version: the existing phases' rendering, not a copy). Keeping the current
+/// binaries is not part of it: see [`keep_actions`].
 pub fn host_actions(
     ctx: &Context,
     h: &Host,
@@ -132,16 +133,27 @@ pub fn host_actions(
             items.push((it, *c));
         }
     }
-    let mut a: Vec<Action> = items.iter().map(|(it, c)| keep_action(it, c)).collect();
     let guards = base
         .iter()
         .take_while(|x| matches!(x, Action::Check { .. }))
         .count();
-    let mut base = base;
-    let rest = base.split_off(guards);
-    a.extend(base);
+    let mut a = base;
+    let rest = a.split_off(guards);
     a.extend(items.iter().map(|(it, c)| swap_action(it, c)));
     a.extend(rest);
+    Ok(a)
+}
+
+/// The steps that keep `h`'s current binaries of `comps` before the targets replace them. A
+/// step of their own, run before the host's plan is converged (a converge writes files before
+/// it runs commands, so the copy cannot be part of the same plan).
+pub fn keep_actions(ctx: &Context, h: &Host, comps: &[Component]) -> anyhow::Result<Vec<Action>> {
+    let mut a = Vec::new();
+    for c in comps {
+        if let Some(it) = target_item(ctx, h, c)? {
+            a.push(keep_action(it, c));
+        }
+    }
     Ok(a)
 }
 
@@ -159,6 +171,9 @@ pub fn stage_plan(
         plan.host(h, host_actions(ctx, h, comps, hp.actions)?);
     }
     plan.notes.extend(base.notes);
+    plan.notes.push(format!(
+        "before a host's binaries are replaced, the ones it has are kept in {PREVIOUS_DIR} (`upgrade --rollback`)"
+    ));
     Ok(plan)
 }
 
@@ -171,14 +186,6 @@ pub async fn wait_targets(
 ) -> anyhow::Result<()> {
     let want = unit_targets(ctx, h, comps)?;
     wait_running(exec, h, &want, Duration::from_secs(60)).await
-}
-
-/// Splits a host's plan into the keep actions and the rest (run in that order: converge
-/// writes files before it runs commands, so the copy must be its own step).
-pub fn split_keep(actions: &[Action]) -> (Vec<Action>, Vec<Action>) {
-    actions.iter().cloned().partition(
-        |a| matches!(a, Action::Run { description, .. } if description.starts_with(KEEP)),
-    )
 }
 
 /// (unit, sha256 of the target binary) for the components of `comps` with a unit on `h`.
@@ -207,17 +214,7 @@ pub async fn wait_running(
     if want.is_empty() {
         return Ok(());
     }
-    let mut script = String::from("ok=1; ");
-    for (u, s) in want {
-        script += &format!(
-            "p=$(systemctl show -p MainPID --value {u}); \
-             if [ -z \"$p\" ] || [ \"$p\" = 0 ]; then echo \"{u}: not running\"; ok=0; \
-             else r=$(sha256sum </proc/$p/exe | cut -c1-64); [ \"$r\" = {s} ] || {{ echo \"{u}: runs a binary with sha256 $r, not {short}\"; ok=0; }}; fi; ",
-            u = q(u),
-            short = &s[..12.min(s.len())],
-        );
-    }
-    script += "[ $ok = 1 ]";
+    let script = runs_script(want);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let o = exec.query(h, &script).await?;
@@ -234,6 +231,35 @@ pub async fn wait_running(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Whether each unit's main process executes the binary with that sha256 now (one query).
+pub async fn runs_targets(
+    exec: &dyn Executor,
+    h: &Host,
+    want: &[(String, String)],
+) -> anyhow::Result<bool> {
+    if want.is_empty() {
+        return Ok(true);
+    }
+    Ok(exec.query(h, &runs_script(want)).await?.status == 0)
+}
+
+/// A query that succeeds when every unit of `want` runs the binary with its sha256, and
+/// otherwise says which does not.
+fn runs_script(want: &[(String, String)]) -> String {
+    let mut script = String::from("ok=1; ");
+    for (u, s) in want {
+        script += &format!(
+            "p=$(systemctl show -p MainPID --value {u}); \
+             if [ -z \"$p\" ] || [ \"$p\" = 0 ]; then echo \"{u}: not running\"; ok=0; \
+             else r=$(sha256sum </proc/$p/exe | cut -c1-64); [ \"$r\" = {s} ] || {{ echo \"{u}: runs a binary with sha256 $r, not {short}\"; ok=0; }}; fi; ",
+            u = q(u),
+            short = &s[..12.min(s.len())],
+        );
+    }
+    script += "[ $ok = 1 ]";
+    script
 }
 
 /// What one component on one host runs now.
@@ -314,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn keep_and_swap_are_split_in_that_order() {
+    fn keep_names_the_copy_and_the_swap_restarts_the_unit() {
         let it: Item = serde_json::from_value(serde_json::json!({
             "name": "etcd", "version": "3.5.16", "kind": "binary",
             "url": "file:///x", "sha256": "ab".repeat(32), "size": 10,
@@ -324,10 +350,7 @@ mod tests {
         .unwrap();
         let keep = keep_action(&it, &ETCD[0]);
         let swap = swap_action(&it, &ETCD[0]);
-        let (k, rest) = split_keep(&[keep, Action::check("guard", "true"), swap]);
-        assert_eq!(k.len(), 1);
-        assert_eq!(rest.len(), 2);
-        match &k[0] {
+        match &keep {
             Action::Run {
                 command, unless, ..
             } => {
@@ -343,7 +366,7 @@ mod tests {
             }
             a => panic!("{a:?}"),
         }
-        match &rest[1] {
+        match &swap {
             Action::File { restarts, path, .. } => {
                 assert_eq!(path, "/usr/local/bin/etcd");
                 assert_eq!(restarts, &["etcd.service"]);

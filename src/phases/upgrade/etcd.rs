@@ -50,6 +50,14 @@ impl Phase for UpgradeEtcd {
         let base = crate::phases::etcd::Etcd.plan(ctx)?;
         binaries::stage_plan(ctx, self, base, &ETCD)
     }
+    fn before_host<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(super::keep_current(ctx, exec, host, &ETCD))
+    }
     fn verify<'a>(
         &'a self,
         ctx: &'a Context,
@@ -61,7 +69,7 @@ impl Phase for UpgradeEtcd {
             crate::phases::etcd::Etcd.verify(ctx, host, exec).await?;
             let v = member_version(exec, host).await?;
             if let Some(t) = &ctx.inv().spec.etcd.version
-                && !super::record::same(&v, t)
+                && !super::same_version(&v, t)
             {
                 anyhow::bail!("etcd member on {} reports {v}, not {t}", host.name);
             }
