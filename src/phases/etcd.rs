@@ -228,3 +228,103 @@ pub async fn wait_healthy(
         within.as_secs()
     )
 }
+
+/// A roll of etcd members changes the leader once: the runner walks the member leading now
+/// last ([`Leadership::leader_last`]) and, right before a change restarts a member that leads,
+/// the leadership moves to a member this run already restarted (the [`BeforeRestart`] guard).
+/// Keyed on what a host plan restarts (`etcd.service`, the etcd static pod), not on the
+/// phase, so every playbook that restarts members gets it (`init`, `renew-certs`, upgrade).
+/// Anything it cannot do (no member answers, the transfer fails) is a warning: the restart
+/// then costs an election, as it would without it.
+pub struct Leadership<'a> {
+    ctx: &'a Context,
+    /// Hosts whose member this run restarted (or is restarting), in order.
+    restarted: std::sync::Mutex<Vec<String>>,
+}
+
+/// The etcd unit, or the etcd static pod's manifest.
+fn restarts_member(what: &str) -> bool {
+    what == "etcd.service" || what == format!("{}/etcd.yaml", super::kubelet::MANIFESTS)
+}
+
+impl<'a> Leadership<'a> {
+    pub fn new(ctx: &'a Context) -> Leadership<'a> {
+        Leadership {
+            ctx,
+            restarted: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether applying `hp` can restart an etcd member (a running one is restarted when a
+    /// file it loads or its unit changes).
+    pub fn concerns(hp: &super::HostPlan) -> bool {
+        hp.actions.iter().any(|a| match a {
+            Action::Service { unit, .. } => restarts_member(unit),
+            Action::File { path, restarts, .. } => {
+                restarts_member(path) || restarts.iter().any(|u| restarts_member(u))
+            }
+            _ => false,
+        })
+    }
+
+    /// Moves the host whose member leads etcd now to the end of `hosts` (walked one at a
+    /// time), when their plans can restart members; the others keep their order. A cluster
+    /// that does not answer leaves the order as it is.
+    pub async fn leader_last<T>(&self, hosts: &mut [(&Host, T)])
+    where
+        T: std::ops::Deref<Target = super::HostPlan>,
+    {
+        if hosts.len() < 2 || !hosts.iter().any(|(_, hp)| Self::concerns(hp)) {
+            return;
+        }
+        let Some(leader) = self.leading_host().await else {
+            return;
+        };
+        if let Some(i) = hosts.iter().position(|(h, _)| h.name == leader) {
+            hosts[i..].rotate_left(1);
+        }
+    }
+
+    /// The name of the host whose member leads now.
+    async fn leading_host(&self) -> Option<String> {
+        let etcd = crate::ops::members::Etcd::new(self.ctx).ok()?;
+        let members = etcd.members().await.ok()?;
+        let (leader, _) = etcd.leader_and_version(&members).await.ok()?;
+        let m = members.iter().find(|m| m.id == leader)?;
+        self.ctx
+            .inv()
+            .etcd_hosts()
+            .find(|h| m.peer_urls.contains(&crate::render::peer_url(h)))
+            .map(|h| h.name.clone())
+    }
+
+    async fn hand_over(&self, host: &Host) -> anyhow::Result<Vec<String>> {
+        let etcd = crate::ops::members::Etcd::new(self.ctx)?;
+        let peer = crate::render::peer_url(host);
+        let members = etcd.members().await?;
+        let Some(me) = members.iter().find(|m| m.peer_urls.contains(&peer)) else {
+            return Ok(vec![]);
+        };
+        let done = self.restarted.lock().unwrap().clone();
+        crate::ops::members::move_leader_away_preferring(&etcd, me, &done).await
+    }
+}
+
+impl super::executor::BeforeRestart for Leadership<'_> {
+    fn before<'b>(&'b self, host: &'b Host, running: &'b [String]) -> BoxFuture<'b, Vec<String>> {
+        Box::pin(async move {
+            if !running.iter().any(|r| restarts_member(r)) {
+                return Vec::new();
+            }
+            let lines = match self.hand_over(host).await {
+                Ok(lines) => lines,
+                Err(e) => vec![format!(
+                    "etcd: could not move the leadership away from {} before its restart (an election follows instead): {e:#}",
+                    host.name
+                )],
+            };
+            self.restarted.lock().unwrap().push(host.name.clone());
+            lines
+        })
+    }
+}

@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::executor::{Blob, Executor, HostChanges, converge, converge_gated, finish_pending};
+use super::executor::{
+    BeforeRestart, Blob, Both, Executor, HostChanges, converge, converge_gated, finish_pending,
+};
 use super::playbook::Playbook;
 use super::{Context, Order, Phase, PhasePlan, Source};
 use crate::diag::UserError;
@@ -113,6 +115,9 @@ impl Runner {
         };
         let concurrency = ctx.inv().spec.ssh.concurrency.max(1);
         let rotation = super::load_balancer::Rotation::new(ctx, exec);
+        // Before a restart: etcd's leadership handed over, the apiserver out of the balancers.
+        let leadership = super::etcd::Leadership::new(ctx);
+        let guard = Both(&leadership, &rotation);
         // A run killed while an apiserver was out of the balancers left it there: put back
         // every backend clusterctl drained whose apiserver is ready, before anything else.
         for (host, line) in rotation.reconcile().await {
@@ -143,10 +148,11 @@ impl Runner {
                 progress,
                 journal,
                 rotation: &rotation,
+                guard: &guard,
             };
             // Rolling: split into hosts where the phase's services already run (one at a time)
             // and fresh hosts (together).
-            let (parallel, serial): (Vec<_>, Vec<_>) = match plan.order {
+            let (parallel, mut serial): (Vec<_>, Vec<_>) = match plan.order {
                 Order::Parallel => (hosts.clone(), Vec::new()),
                 Order::OneAtATime => (Vec::new(), hosts.clone()),
                 Order::Rolling => {
@@ -171,6 +177,8 @@ impl Runner {
                     .buffer_unordered(concurrency)
                     .collect()
                     .await;
+            // The etcd member leading now restarts last: the leadership changes once.
+            leadership.leader_last(&mut serial).await;
             if !results
                 .iter()
                 .any(|(_, o)| matches!(o, HostOutcome::Failed(_)))
@@ -352,6 +360,8 @@ struct HostRun<'a, 'p> {
     journal: &'a Journal,
     /// Takes an apiserver out of the balancers before a change restarts it.
     rotation: &'a super::load_balancer::Rotation<'a>,
+    /// What must happen before a change restarts something running (the rotation included).
+    guard: &'a dyn BeforeRestart,
 }
 
 impl HostRun<'_, '_> {
@@ -366,7 +376,7 @@ impl HostRun<'_, '_> {
                 .before_host(self.ctx, h, self.exec)
                 .await
                 .with_context(|| format!("{} before {}", self.phase.name(), h.name))?;
-            let mut changes = converge_gated(self.exec, h, hp, self.resolve, self.rotation).await?;
+            let mut changes = converge_gated(self.exec, h, hp, self.resolve, self.guard).await?;
             if self.exec.is_dry_run() {
                 changes.report = before;
                 return anyhow::Ok(changes);
