@@ -328,3 +328,55 @@ impl super::executor::BeforeRestart for Leadership<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phases::HostPlan;
+
+    fn plan(actions: Vec<Action>) -> HostPlan {
+        HostPlan {
+            host: "h1".into(),
+            address: "10.0.0.1".into(),
+            actions,
+        }
+    }
+
+    #[test]
+    fn a_plan_concerns_the_leadership_when_it_can_restart_a_member() {
+        let cert = |restarts: &[&str]| {
+            Action::rendered(
+                "/etc/kubernetes/pki/etcd/server.crt",
+                0o644,
+                "x",
+                "x".into(),
+                restarts,
+            )
+        };
+        assert!(Leadership::concerns(&plan(vec![cert(&["etcd.service"])])));
+        assert!(Leadership::concerns(&plan(vec![Action::service(
+            "etcd.service"
+        )])));
+        // Static pods: the manifest the kubelet replaces the member from.
+        assert!(Leadership::concerns(&plan(vec![Action::rendered(
+            "/etc/kubernetes/manifests/etcd.yaml",
+            0o600,
+            "x",
+            "x".into(),
+            &[]
+        )])));
+        assert!(!Leadership::concerns(&plan(vec![
+            cert(&["kube-apiserver.service"]),
+            Action::service("kube-apiserver.service"),
+            Action::rendered(
+                "/etc/kubernetes/manifests/kube-apiserver.yaml",
+                0o600,
+                "x",
+                "x".into(),
+                &[]
+            ),
+        ])));
+        assert!(restarts_member("/etc/kubernetes/manifests/etcd.yaml"));
+        assert!(!restarts_member("/etc/kubernetes/manifests/etcd.yaml.bak"));
+    }
+}
