@@ -279,11 +279,10 @@ fn init_vip_on_two_separate_lb_hosts() {
     let admin = lab.dir.join("clusters/lab-initlb/admin.conf");
     check_cluster(&lab, &admin);
     let vip = lab.addr(100);
-    assert_eq!(
-        vip_holder(&lab, &["h4", "h5"], &vip).as_deref(),
-        Some("h4"),
-        "the first lb host holds the VIP"
-    );
+    // Every keepalived starts as BACKUP with nopreempt (the VIP never moves back on its own),
+    // so whichever lb host won the first election holds it; the other takes over below.
+    let holder = vip_holder(&lab, &["h4", "h5"], &vip).expect("one lb host holds the VIP");
+    let other = if holder == "h4" { "h5" } else { "h4" };
     for h in ["h1", "h2", "h3"] {
         assert!(
             !lab.exec(h, "systemctl is-active keepalived")
@@ -292,10 +291,10 @@ fn init_vip_on_two_separate_lb_hosts() {
             "{h} runs keepalived"
         );
     }
-    lab.stop_host("h4");
+    lab.stop_host(&holder);
     assert_eq!(
-        eventually(Duration::from_secs(15), || vip_holder(&lab, &["h5"], &vip)).as_deref(),
-        Some("h5")
+        eventually(Duration::from_secs(15), || vip_holder(&lab, &[other], &vip)).as_deref(),
+        Some(other)
     );
     assert!(eventually(Duration::from_secs(30), || readyz(&admin).then_some(())).is_some());
 }

@@ -190,7 +190,7 @@ fn pki_rolls_and_workers_get_no_ca_key() {
 }
 
 #[test]
-fn keepalived_priorities_make_the_first_lb_host_master() {
+fn keepalived_priorities_make_the_first_lb_host_master_and_nobody_preempts() {
     let (out, _h) = plan(
         &example("ha-vip.yaml"),
         &["plan", "--only-phase", "load-balancer", "--show-files"],
@@ -198,14 +198,24 @@ fn keepalived_priorities_make_the_first_lb_host_master() {
     let text = String::from_utf8_lossy(&out.stdout);
     let sections: Vec<&str> = text.split("\n  cp").collect();
     assert!(
-        sections[1].contains("state MASTER") && sections[1].contains("priority 150"),
+        sections[1].contains("state BACKUP")
+            && sections[1].contains("nopreempt")
+            && sections[1].contains("priority 150"),
         "{text}"
     );
     assert!(
-        sections[2].contains("state BACKUP") && sections[2].contains("priority 99"),
+        sections[2].contains("state BACKUP")
+            && sections[2].contains("nopreempt")
+            && sections[2].contains("priority 99"),
         "{text}"
     );
     assert!(text.contains("192.168.56.10/24 dev eth1"));
+    // A dead haproxy must still give the VIP up: the check has no weight (FAULT on failure).
+    let weighted = text
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .any(|(_, line)| line.trim_start().starts_with("weight"));
+    assert!(!weighted, "{text}");
 }
 
 #[test]

@@ -223,6 +223,7 @@ fn scope_join(ctx: &mut Context, runner: Runner) -> anyhow::Result<(Vec<String>,
         Runner {
             command: runner.command,
             phases,
+            roll_guard: runner.roll_guard,
         },
     ))
 }

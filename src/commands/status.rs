@@ -109,6 +109,9 @@ pub struct Status {
     pub nodes_error: Option<String>,
     pub nearest_certificate_expiry: Option<CertExpiry>,
     pub drift: Drift,
+    /// Per node, the bundle's images its containerd lacks.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub missing_images: std::collections::BTreeMap<String, Vec<String>>,
     pub problems: Vec<String>,
 }
 
@@ -340,6 +343,70 @@ async fn balancer_views(ctx: &Context) -> (Option<Vip>, Vec<BalancerView>) {
     (vip, views)
 }
 
+/// Per node, the bundle's images its containerd does not hold now, or why it could not be
+/// asked (over SSH, `ctr images ls`). A node without a registry cannot pull them back: the
+/// next `init` (its runtime phase) re-imports them from the bundle. Empty without a bundle.
+async fn missing_bundle_images(ctx: &Context) -> Vec<(String, Result<Vec<String>, String>)> {
+    use crate::phases::runtime;
+    let inv = ctx.inv();
+    let mut wanted = std::collections::BTreeMap::new();
+    for h in inv.spec.hosts.iter().filter(|h| inv.runs_kubelet(h)) {
+        match runtime::bundle_images(ctx, h) {
+            Ok(v) if !v.is_empty() => {
+                wanted.insert(h.name.clone(), v);
+            }
+            _ => {}
+        }
+    }
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let targets: Vec<crate::ssh::Target> =
+        crate::ssh::Target::from_inventory(&ctx.loaded, &ctx.state)
+            .into_iter()
+            .filter(|t| wanted.contains_key(&t.name))
+            .collect();
+    let opts = crate::ssh::ConnectOpts {
+        retries: 0,
+        progress: crate::ssh::ProgressMode::Quiet,
+        ..Default::default()
+    };
+    let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
+    let answers = futures::future::join_all(pool.hosts().into_iter().map(|h| {
+        let pool = &pool;
+        async move {
+            let o = pool
+                .exec(
+                    &h,
+                    runtime::LIST_IMAGES,
+                    crate::ssh::ExecOpts::root().timeout(Duration::from_secs(5)),
+                )
+                .await;
+            (h, o)
+        }
+    }))
+    .await;
+    pool.close().await;
+    let mut out: Vec<(String, Result<Vec<String>, String>)> = answers
+        .into_iter()
+        .map(|(h, o)| {
+            let r = match o {
+                Ok(o) if o.status == 0 => Ok(runtime::missing_images(&wanted[&h], &o.stdout)),
+                Ok(o) => Err(format!("{}: {}", runtime::LIST_IMAGES, o.stderr.trim())),
+                Err(e) => Err(e.to_string()),
+            };
+            (h, r)
+        })
+        .collect();
+    for h in wanted.keys() {
+        if !out.iter().any(|(n, _)| n == h) {
+            out.push((h.clone(), Err("could not connect".into())));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The certificate of the local PKI (and kubeconfigs) that expires first.
 fn nearest_expiry(ctx: &Context) -> anyhow::Result<Option<CertExpiry>> {
     let local = crate::pki::expiry::LocalDir {
@@ -398,14 +465,29 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
             .map(crate::kube::nodes::Node::from_json)
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    let (etcd, apiservers, endpoint, nodes, (vip, balancers)) = tokio::join!(
+    let (etcd, apiservers, endpoint, nodes, (vip, balancers), images) = tokio::join!(
         etcd_status(ctx),
         apiservers,
         endpoint,
         nodes,
         balancer_views(ctx),
+        missing_bundle_images(ctx),
     );
     let mut problems = Vec::new();
+    let mut missing_images = std::collections::BTreeMap::new();
+    for (host, r) in images {
+        match r {
+            Ok(v) if v.is_empty() => {}
+            Ok(v) => {
+                problems.push(format!(
+                    "node {host}: bundle image(s) missing from containerd: {} (a node without a registry cannot pull them; `clusterctl init` re-imports them from the bundle)",
+                    v.join(", ")
+                ));
+                missing_images.insert(host, v);
+            }
+            Err(e) => problems.push(format!("node {host}: cannot list its images: {e}")),
+        }
+    }
     if let Some(e) = &etcd.error {
         problems.push(format!("etcd: {e}"));
     }
@@ -554,6 +636,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
         nodes_error,
         nearest_certificate_expiry: cert,
         drift,
+        missing_images,
         problems,
     })
 }

@@ -368,6 +368,20 @@ impl BeforeRestart for NoGuard {
     }
 }
 
+/// Two guards, the first one first (e.g. etcd's leadership hand-over and the balancer
+/// rotation); their warnings together.
+pub struct Both<'a>(pub &'a dyn BeforeRestart, pub &'a dyn BeforeRestart);
+
+impl BeforeRestart for Both<'_> {
+    fn before<'a>(&'a self, host: &'a Host, running: &'a [String]) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut w = self.0.before(host, running).await;
+            w.extend(self.1.before(host, running).await);
+            w
+        })
+    }
+}
+
 /// The runner's converge: like [`converge`], calling `guard` once before the first change that
 /// restarts a running unit or replaces a running static pod; what the change owes the host stays
 /// in its pending record (`ch.pending`) until the caller's gate passed and it calls

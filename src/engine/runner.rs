@@ -10,16 +10,49 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::executor::{Blob, Executor, HostChanges, converge, converge_gated, finish_pending};
+use super::HostPlan;
+use super::executor::{
+    BeforeRestart, Blob, Both, Executor, HostChanges, converge, converge_gated, finish_pending,
+};
 use super::{Context, Order, Phase, PhasePlan, Source};
 use crate::diag::UserError;
 use crate::inventory::Host;
+use futures::future::BoxFuture;
 
 /// A playbook ready to run: the command's name and its phases in order (built by
 /// `phases::playbook::Playbook::runner`).
 pub struct Runner {
     pub command: String,
     pub phases: Vec<Box<dyn Phase>>,
+    /// Who else rolls with the hosts (etcd's leadership: the phases provide it, the engine
+    /// knows no phase). None: hosts go in plan order and only the balancer rotation guards a
+    /// restart.
+    pub roll_guard: Option<RollGuardFactory>,
+}
+
+/// Makes a run's [`RollGuard`] from its context.
+pub type RollGuardFactory = for<'a> fn(&'a Context) -> Box<dyn RollGuard + 'a>;
+
+/// Work outside the engine that must go with a one-at-a-time walk: which host goes last, and
+/// (as a [`BeforeRestart`]) what happens right before a change restarts something running.
+pub trait RollGuard: BeforeRestart {
+    /// The host to walk last among `plans` (e.g. the etcd member that leads now), if any.
+    fn last<'a>(&'a self, plans: Vec<&'a HostPlan>) -> BoxFuture<'a, Option<String>>;
+}
+
+/// No guard beyond the rotation.
+struct NoGuard;
+
+impl BeforeRestart for NoGuard {
+    fn before<'a>(&'a self, _: &'a Host, _: &'a [String]) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+impl RollGuard for NoGuard {
+    fn last<'a>(&'a self, _: Vec<&'a HostPlan>) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async { None })
+    }
 }
 
 impl Runner {
@@ -76,6 +109,12 @@ impl Runner {
         };
         let concurrency = ctx.inv().spec.ssh.concurrency.max(1);
         let rotation = crate::engine::rotation::Rotation::new(ctx, exec);
+        // Before a restart: etcd's leadership handed over, the apiserver out of the balancers.
+        let leadership: Box<dyn RollGuard + '_> = match self.roll_guard {
+            Some(make) => make(ctx),
+            None => Box::new(NoGuard),
+        };
+        let guard = Both(leadership.as_ref(), &rotation);
         // A run killed while an apiserver was out of the balancers left it there: put back
         // every backend clusterctl drained whose apiserver is ready, before anything else.
         for (host, line) in rotation.reconcile().await {
@@ -106,11 +145,12 @@ impl Runner {
                 progress,
                 journal,
                 rotation: &rotation,
+                guard: &guard,
             };
             // Rolling: split into hosts where the phase's services already run (one at a time)
             // and fresh hosts (together).
             let mut batch = 1;
-            let (parallel, serial): (Vec<_>, Vec<_>) = match plan.order {
+            let (parallel, mut serial): (Vec<_>, Vec<_>) = match plan.order {
                 Order::Parallel => (hosts.clone(), Vec::new()),
                 Order::OneAtATime => (Vec::new(), hosts.clone()),
                 Order::Batches(n) => {
@@ -139,6 +179,13 @@ impl Runner {
                     .buffer_unordered(concurrency)
                     .collect()
                     .await;
+            // The etcd member leading now restarts last: the leadership changes once.
+            let plans = serial.iter().map(|(_, hp)| &**hp).collect();
+            if let Some(last) = leadership.last(plans).await
+                && let Some(i) = serial.iter().position(|(h, _)| h.name == last)
+            {
+                serial[i..].rotate_left(1);
+            }
             if !results
                 .iter()
                 .any(|(_, o)| matches!(o, HostOutcome::Failed(_)))
@@ -319,6 +366,8 @@ struct HostRun<'a, 'p> {
     journal: &'a Journal,
     /// Takes an apiserver out of the balancers before a change restarts it.
     rotation: &'a crate::engine::rotation::Rotation<'a>,
+    /// What must happen before a change restarts something running (the rotation included).
+    guard: &'a dyn BeforeRestart,
 }
 
 impl HostRun<'_, '_> {
@@ -333,7 +382,7 @@ impl HostRun<'_, '_> {
                 .before_host(self.ctx, h, self.exec)
                 .await
                 .with_context(|| format!("{} before {}", self.phase.name(), h.name))?;
-            let mut changes = converge_gated(self.exec, h, hp, self.resolve, self.rotation).await?;
+            let mut changes = converge_gated(self.exec, h, hp, self.resolve, self.guard).await?;
             if self.exec.is_dry_run() {
                 changes.report = before;
                 return anyhow::Ok(changes);

@@ -563,9 +563,39 @@ pub struct Kubelet {
     /// 200Mi`. Empty: the kubelet's defaults (nodefs 10%, imagefs 15%, memory 100Mi).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub eviction_hard: BTreeMap<String, String>,
+    /// KubeletConfiguration `imageGCHighThresholdPercent`: the image disk usage (%) at which
+    /// the kubelet starts deleting unused images. Default 100, never: an air-gapped node
+    /// cannot pull a bundle image back (see [`Kubelet::image_gc_thresholds`]).
+    #[serde(
+        default,
+        rename = "imageGCHighThresholdPercent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_gc_high_threshold_percent: Option<u8>,
+    /// KubeletConfiguration `imageGCLowThresholdPercent`: where that deletion stops. Default
+    /// 80 (the kubelet's); must be below the high threshold.
+    #[serde(
+        default,
+        rename = "imageGCLowThresholdPercent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_gc_low_threshold_percent: Option<u8>,
     /// Extra kubelet flags (`name: value`), checked against the version's flag table by tests.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_args: BTreeMap<String, String>,
+}
+
+impl Kubelet {
+    /// (high, low) image GC thresholds in percent, defaults applied. The default high of 100
+    /// turns the kubelet's image garbage collection off: a node without a registry would
+    /// lose a bundle image it cannot pull again (the runtime phase re-imports a missing one
+    /// on every run, and `status` flags it, but a pod needing it meanwhile cannot start).
+    pub fn image_gc_thresholds(&self) -> (u8, u8) {
+        (
+            self.image_gc_high_threshold_percent.unwrap_or(100),
+            self.image_gc_low_threshold_percent.unwrap_or(80),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -804,6 +804,35 @@ impl Validator<'_> {
                 );
             }
         }
+        let (high, low) = spec.kubelet.image_gc_thresholds();
+        for (name, v) in [
+            ("imageGCHighThresholdPercent", high),
+            ("imageGCLowThresholdPercent", low),
+        ] {
+            if v > 100 {
+                self.error(
+                    &format!("spec.kubelet.{name}"),
+                    None,
+                    format!("{v} is not a percentage"),
+                    "write a number from 0 to 100",
+                );
+            }
+        }
+        if low >= high {
+            self.error(
+                "spec.kubelet.imageGCLowThresholdPercent",
+                None,
+                format!(
+                    "the low image GC threshold {low}% must be below the high one ({high}%){}",
+                    if spec.kubelet.image_gc_low_threshold_percent.is_none() {
+                        " (80% is the default)"
+                    } else {
+                        ""
+                    }
+                ),
+                "set imageGCLowThresholdPercent below imageGCHighThresholdPercent",
+            );
+        }
         for (reg, mirrors) in &spec.container_runtime.registry_mirrors {
             for (i, m) in mirrors.iter().enumerate() {
                 if !(m.starts_with("https://") || m.starts_with("http://")) {

@@ -223,6 +223,8 @@ impl Playbook {
         Ok(Runner {
             command: playbook.command.clone(),
             phases,
+            // etcd members restart leader last, the leadership handed to a member already done.
+            roll_guard: Some(|ctx| Box::new(super::etcd::Leadership::new(ctx))),
         })
     }
 }

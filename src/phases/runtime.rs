@@ -66,15 +66,47 @@ pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
         "containerd answers on /run/containerd/containerd.sock",
         WAIT_CONTAINERD,
     ));
-    let static_pods = inv.static_pods();
-    let items = super::prepare::items_for(ctx, h)?;
-    let images: Vec<_> = items
+    // Each image is imported unless containerd lists it now (`ctr images ls`, not only a
+    // marker of an earlier import): one the kubelet's GC or a user removed comes back on
+    // the next run.
+    a.extend(super::prepare::image_actions(&bundle_image_items(ctx, h)?)?);
+    Ok(a)
+}
+
+/// The bundle's images `h` needs in containerd (the static-pod images only in static-pods
+/// mode).
+fn bundle_image_items<'m>(
+    ctx: &'m Context,
+    h: &Host,
+) -> anyhow::Result<Vec<&'m crate::bundle::Item>> {
+    let static_pods = ctx.inv().static_pods();
+    Ok(super::prepare::items_for(ctx, h)?
         .into_iter()
         .filter(|i| i.kind == Kind::Image)
         .filter(|i| static_pods || !is_static_pod_image(i.image.as_deref().unwrap_or("")))
-        .collect();
-    a.extend(super::prepare::image_actions(&images)?);
-    Ok(a)
+        .collect())
+}
+
+/// The references of the bundle's images `h` needs in containerd; `status` flags a node
+/// that lacks one (a node without a registry cannot pull it back).
+pub fn bundle_images(ctx: &Context, h: &Host) -> anyhow::Result<Vec<String>> {
+    Ok(bundle_image_items(ctx, h)?
+        .into_iter()
+        .filter_map(|i| i.image.clone())
+        .collect())
+}
+
+/// The command that lists the image references containerd holds for the kubelet.
+pub const LIST_IMAGES: &str = "ctr -n k8s.io images ls -q";
+
+/// Of `wanted`, those not among the lines of `listed` (the output of [`LIST_IMAGES`]).
+pub fn missing_images(wanted: &[String], listed: &str) -> Vec<String> {
+    let have: std::collections::BTreeSet<&str> = listed.lines().map(str::trim).collect();
+    wanted
+        .iter()
+        .filter(|w| !have.contains(w.as_str()))
+        .cloned()
+        .collect()
 }
 
 impl Phase for Runtime {
@@ -103,6 +135,26 @@ impl Phase for Runtime {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn missing_images_are_those_containerd_does_not_list() {
+        let wanted = vec![
+            "k8s.gcr.io/pause:3.2".to_string(),
+            "docker.io/library/busybox:1.35.0".to_string(),
+        ];
+        let listed = "docker.io/library/busybox:1.35.0\nsha256:0123\n";
+        assert_eq!(
+            super::missing_images(&wanted, listed),
+            ["k8s.gcr.io/pause:3.2"]
+        );
+        assert!(
+            super::missing_images(
+                &wanted,
+                "k8s.gcr.io/pause:3.2\ndocker.io/library/busybox:1.35.0"
+            )
+            .is_empty()
+        );
+    }
+
     #[test]
     fn static_pod_images_by_repository() {
         assert!(super::is_static_pod_image(

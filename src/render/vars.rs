@@ -96,6 +96,8 @@ struct KubeletVars {
     /// `https://endpoint:port` the node's kubelet and kube-proxy use.
     server: String,
     eviction_hard: Vec<Arg>,
+    image_gc_high: u8,
+    image_gc_low: u8,
     extra_args: Vec<Arg>,
 }
 
@@ -187,7 +189,6 @@ struct VipVars {
     interface: String,
     router_id: u8,
     priority: u32,
-    state: &'static str,
     peers: Vec<String>,
 }
 
@@ -287,10 +288,9 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
                     .clone()
                     .unwrap_or_else(|| DEFAULT_VIP_INTERFACE.into()),
                 router_id: v.router_id,
-                // The first lb host holds the VIP; a failed haproxy costs 60 (track script),
-                // which puts it below every backup (100 - index).
+                // The first election goes to the first lb host; afterwards the VIP stays
+                // where it is (every host BACKUP with nopreempt, see keepalived.conf).
                 priority: if idx == 0 { 150 } else { 100 - idx as u32 },
-                state: if idx == 0 { "MASTER" } else { "BACKUP" },
                 peers: lb_hosts
                     .iter()
                     .filter(|h| h.name != host.name)
@@ -406,6 +406,8 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
                     value: v.clone(),
                 })
                 .collect(),
+            image_gc_high: spec.kubelet.image_gc_thresholds().0,
+            image_gc_low: spec.kubelet.image_gc_thresholds().1,
             extra_args: args(&spec.kubelet.extra_args),
         },
         proxy: ProxyVars {

@@ -450,9 +450,10 @@ write_outputs() { # env, known_hosts, inventory.yaml
 		echo "  # machine's, and kube-proxy must leave the machine's conntrack limits alone."
 		echo "  containerRuntime: { cgroupDriver: cgroupfs, restrictOOMScoreAdj: true }"
 		echo "  network: { proxyManagesConntrack: false }"
-		echo "  # Lab hosts share the machine's disk: kubelets must not evict (and taint their node)"
-		echo "  # because the machine's disk is fuller than the defaults allow (imagefs 15 % free)."
-		echo "  kubelet: { evictionHard: { imagefs.available: \"2%\", nodefs.available: \"2%\", memory.available: \"100Mi\" } }"
+		echo "  # Lab hosts share the machine's disk: kubelets must not evict (and taint their node, and"
+		echo "  # delete every unused image, bundle images included) because the machine's disk, shared"
+		echo "  # with other builds, is fuller than the defaults allow (imagefs 15 % free): a fixed 1Gi."
+		echo "  kubelet: { evictionHard: { imagefs.available: \"1Gi\", nodefs.available: \"1Gi\", memory.available: \"100Mi\" } }"
 		echo "  hosts:"
 		for i in $(seq 1 "$n"); do
 			h="h$i"

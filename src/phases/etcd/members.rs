@@ -814,6 +814,17 @@ pub async fn remove_member(
 /// When `target` leads etcd, moves the leadership to another healthy voter (etcd's
 /// move-leader), so its removal or stop costs no election. Returns what was done.
 pub async fn move_leader_away(etcd: &Etcd, target: &Member) -> anyhow::Result<Vec<String>> {
+    move_leader_away_preferring(etcd, target, &[]).await
+}
+
+/// [`move_leader_away`], handing over to a member named in `preferred` when one of them is a
+/// healthy voter: a roll that restarts members one at a time passes the members it already
+/// restarted, so the leadership changes once in the whole roll.
+pub async fn move_leader_away_preferring(
+    etcd: &Etcd,
+    target: &Member,
+    preferred: &[String],
+) -> anyhow::Result<Vec<String>> {
     let members = etcd.members().await?;
     let Ok((leader, _)) = etcd.leader_and_version(&members).await else {
         return Ok(vec![]);
@@ -827,9 +838,12 @@ pub async fn move_leader_away(etcd: &Etcd, target: &Member) -> anyhow::Result<Ve
         .cloned()
         .collect();
     let down = etcd.unhealthy(&voters).await;
+    let healthy = |m: &&Member| !down.iter().any(|(n, _)| *n == m.label());
     let Some(next) = voters
         .iter()
-        .find(|m| !down.iter().any(|(n, _)| *n == m.label()))
+        .filter(healthy)
+        .find(|m| preferred.contains(&m.name))
+        .or_else(|| voters.iter().find(healthy))
     else {
         return Ok(vec![]);
     };

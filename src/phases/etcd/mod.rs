@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::static_pods;
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Executor, HostPlan, Order, Phase, PhasePlan};
 use crate::inventory::{Host, Role};
 use crate::render::etcd_component_vars;
 use members::{Membership, join_member, join_order, promote_when_ready, start_for};
@@ -256,4 +256,150 @@ pub const SNAPSHOT_TOOL: &str = "if command -v etcdutl >/dev/null 2>&1; then u=e
 /// `snapshot status FILE -w json` with the offline tool.
 pub fn snapshot_status_command(file: &str) -> String {
     format!("{SNAPSHOT_TOOL}$u snapshot status {} -w json", quote(file))
+}
+
+/// A roll of etcd members changes the leader once: the runner walks the member leading now
+/// last ([`Leadership::leader_last`]) and, right before a change restarts a member that leads,
+/// the leadership moves to a member this run already restarted (the [`BeforeRestart`] guard).
+/// Keyed on what a host plan restarts (`etcd.service`, the etcd static pod), not on the
+/// phase, so every playbook that restarts members gets it (`init`, `renew-certs`, upgrade).
+/// Anything it cannot do (no member answers, the transfer fails) is a warning: the restart
+/// then costs an election, as it would without it.
+pub struct Leadership<'a> {
+    ctx: &'a Context,
+    /// Hosts whose member this run restarted (or is restarting), in order.
+    restarted: std::sync::Mutex<Vec<String>>,
+}
+
+/// The etcd unit, or the etcd static pod's manifest.
+fn restarts_member(what: &str) -> bool {
+    what == "etcd.service" || what == format!("{}/etcd.yaml", crate::engine::MANIFESTS)
+}
+
+impl<'a> Leadership<'a> {
+    pub fn new(ctx: &'a Context) -> Leadership<'a> {
+        Leadership {
+            ctx,
+            restarted: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether applying `hp` can restart an etcd member (a running one is restarted when a
+    /// file it loads or its unit changes).
+    pub fn concerns(hp: &HostPlan) -> bool {
+        hp.actions.iter().any(|a| match a {
+            Action::Service { unit, .. } => restarts_member(unit),
+            Action::File { path, restarts, .. } => {
+                restarts_member(path) || restarts.iter().any(|u| restarts_member(u))
+            }
+            _ => false,
+        })
+    }
+
+    /// The name of the host whose member leads now.
+    async fn leading_host(&self) -> Option<String> {
+        let etcd = members::Etcd::new(self.ctx).ok()?;
+        let members = etcd.members().await.ok()?;
+        let (leader, _) = etcd.leader_and_version(&members).await.ok()?;
+        let m = members.iter().find(|m| m.id == leader)?;
+        self.ctx
+            .inv()
+            .etcd_hosts()
+            .find(|h| m.peer_urls.contains(&crate::render::peer_url(h)))
+            .map(|h| h.name.clone())
+    }
+
+    async fn hand_over(&self, host: &Host) -> anyhow::Result<Vec<String>> {
+        let etcd = members::Etcd::new(self.ctx)?;
+        let peer = crate::render::peer_url(host);
+        let members = etcd.members().await?;
+        let Some(me) = members.iter().find(|m| m.peer_urls.contains(&peer)) else {
+            return Ok(vec![]);
+        };
+        let done = self.restarted.lock().unwrap().clone();
+        members::move_leader_away_preferring(&etcd, me, &done).await
+    }
+}
+
+impl crate::engine::runner::RollGuard for Leadership<'_> {
+    /// The host whose member leads etcd now goes last, when the plans can restart members;
+    /// a cluster that does not answer leaves the order as it is.
+    fn last<'b>(&'b self, plans: Vec<&'b HostPlan>) -> BoxFuture<'b, Option<String>> {
+        Box::pin(async move {
+            if plans.len() < 2 || !plans.iter().any(|hp| Self::concerns(hp)) {
+                return None;
+            }
+            self.leading_host().await
+        })
+    }
+}
+
+impl crate::engine::executor::BeforeRestart for Leadership<'_> {
+    fn before<'b>(&'b self, host: &'b Host, running: &'b [String]) -> BoxFuture<'b, Vec<String>> {
+        Box::pin(async move {
+            if !running.iter().any(|r| restarts_member(r)) {
+                return Vec::new();
+            }
+            let lines = match self.hand_over(host).await {
+                Ok(lines) => lines,
+                Err(e) => vec![format!(
+                    "etcd: could not move the leadership away from {} before its restart (an election follows instead): {e:#}",
+                    host.name
+                )],
+            };
+            self.restarted.lock().unwrap().push(host.name.clone());
+            lines
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(actions: Vec<Action>) -> HostPlan {
+        HostPlan {
+            host: "h1".into(),
+            address: "10.0.0.1".into(),
+            actions,
+        }
+    }
+
+    #[test]
+    fn a_plan_concerns_the_leadership_when_it_can_restart_a_member() {
+        let cert = |restarts: &[&str]| {
+            Action::rendered(
+                "/etc/kubernetes/pki/etcd/server.crt",
+                0o644,
+                "x",
+                "x".into(),
+                restarts,
+            )
+        };
+        assert!(Leadership::concerns(&plan(vec![cert(&["etcd.service"])])));
+        assert!(Leadership::concerns(&plan(vec![Action::service(
+            "etcd.service"
+        )])));
+        // Static pods: the manifest the kubelet replaces the member from.
+        assert!(Leadership::concerns(&plan(vec![Action::rendered(
+            "/etc/kubernetes/manifests/etcd.yaml",
+            0o600,
+            "x",
+            "x".into(),
+            &[]
+        )])));
+        assert!(!Leadership::concerns(&plan(vec![
+            cert(&["kube-apiserver.service"]),
+            Action::service("kube-apiserver.service"),
+            Action::rendered(
+                "/etc/kubernetes/manifests/kube-apiserver.yaml",
+                0o600,
+                "x",
+                "x".into(),
+                &[]
+            ),
+        ])));
+        assert!(restarts_member("/etc/kubernetes/manifests/etcd.yaml"));
+        assert!(!restarts_member("/etc/kubernetes/manifests/etcd.yaml.bak"));
+    }
 }
