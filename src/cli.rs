@@ -130,6 +130,7 @@ pub enum ImportFrom {
 /// Entry point: parses arguments, runs, prints errors; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    crate::logging::init(cli.global.verbose);
     match run(cli) {
         Ok(()) => 0,
         Err(e) => report(&e),
@@ -152,6 +153,12 @@ fn report(e: &anyhow::Error) -> i32 {
 /// Loads and validates the inventory named by `-i`, printing its warnings to stderr.
 pub fn load_inventory(g: &Global) -> anyhow::Result<Loaded> {
     let loaded = inventory::load(&g.inventory)?;
+    tracing::info!(
+        inventory = %g.inventory.display(),
+        cluster = loaded.inventory.name(),
+        hosts = loaded.inventory.spec.hosts.len(),
+        "inventory loaded"
+    );
     for w in loaded.warnings.warnings() {
         eprintln!("{w}");
     }

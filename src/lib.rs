@@ -19,6 +19,7 @@ pub mod diag;
 pub mod hashing;
 pub mod inventory;
 pub mod kube;
+pub mod logging;
 pub mod ops;
 pub mod phases;
 pub mod pki;

@@ -378,6 +378,7 @@ fn run_with(
                 "seconds": started.elapsed().as_secs_f64(),
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
+                "logs": crate::ssh::run_logs_dir(&ctx.state.logs()),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
@@ -396,6 +397,10 @@ fn run_with(
             );
             for p in &report.phases {
                 println!("  {:<14} {:>6.1}s", p.phase, p.seconds);
+            }
+            let logs = crate::ssh::run_logs_dir(&ctx.state.logs());
+            if logs.is_dir() {
+                println!("logs: {}", logs.display());
             }
             if !a.dry_run && ctx.state.admin_kubeconfig().is_file() {
                 println!(

@@ -394,6 +394,13 @@ impl HostRun<'_, '_> {
             Ok(c) => HostOutcome::Done(c),
             Err(e) => HostOutcome::Failed(format!("{e:#}")),
         };
+        tracing::info!(
+            phase = self.phase.name(),
+            host = %h.name,
+            seconds = t.elapsed().as_secs_f64(),
+            ok = matches!(outcome, HostOutcome::Done(_)),
+            "host finished"
+        );
         self.progress
             .host_finished(self.plan, h, &outcome, t.elapsed());
         self.journal.record(self.command, self.plan, h, &outcome);
