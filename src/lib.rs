@@ -16,6 +16,7 @@ macro_rules! println {
 pub mod bundle;
 pub mod cli;
 pub mod diag;
+pub mod duration;
 pub mod hashing;
 pub mod inventory;
 pub mod kube;

@@ -20,9 +20,9 @@ pub struct ResetArgs {
     /// Hosts to reset (comma separated); default: every host of the inventory.
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
-    /// How long draining a node may take before the reset stops (seconds).
-    #[arg(long, default_value_t = 120)]
-    pub drain_timeout: u64,
+    /// How long draining a node may take before the reset stops (e.g. 90s, 5m).
+    #[arg(long, default_value = "2m", value_parser = crate::duration::parse)]
+    pub drain_timeout: Duration,
     /// Only print what would be done (reads the hosts, the API and etcd; changes nothing).
     #[arg(long)]
     pub dry_run: bool,
@@ -60,7 +60,7 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
     };
     let options = crate::phases::RunOptions {
         dry_run: a.dry_run,
-        drain_timeout: Some(Duration::from_secs(a.drain_timeout)),
+        drain_timeout: Some(a.drain_timeout),
         ..Default::default()
     };
     let (ctx, runner) = prepare(g, "reset", &scope, options)?;

@@ -86,7 +86,7 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                     .into());
                 }
             }
-            let threshold = crate::inventory::lifetime::parse(&warn_within)
+            let threshold = crate::duration::parse(&warn_within)
                 .map_err(|e| UserError::bad_input(format!("--warn-within: {e}")))?;
             let local = LocalDir {
                 pki: layout.pki.clone(),

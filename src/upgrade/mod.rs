@@ -59,7 +59,7 @@ pub struct UpgradeArgs {
     #[arg(long, default_value_t = 1)]
     pub max_unavailable: usize,
     /// How long a node's drain may take (PodDisruptionBudgets, grace periods): e.g. 300s, 5m.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = crate::duration::parse)]
     pub drain_timeout: Duration,
     /// Return the hosts of --hosts to the binaries the last upgrade kept on them.
     #[arg(long)]
@@ -80,22 +80,6 @@ pub enum UpgradeCmd {
         #[arg(long)]
         to: Option<String>,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix('s') {
-        (n, 1)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600)
-    } else {
-        (t, 1)
-    };
-    num.parse::<u64>()
-        .map(|n| Duration::from_secs(n * mult))
-        .map_err(|_| format!("`{s}` is not a duration: write e.g. 300s, 5m or 1h"))
 }
 
 /// The components a stage swaps.
