@@ -108,9 +108,9 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     match g.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
+        Output::Json | Output::Yaml => crate::output::print(
+            g.output,
+            &json!({
                 "command": "reset",
                 "dryRun": a.dry_run,
                 "seconds": secs,
@@ -120,8 +120,8 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>(),
                 "phases": report.phases,
                 "notes": notes,
-            }))?
-        ),
+            }),
+        )?,
         Output::Text => {
             for (host, what) in &recorded {
                 println!("{host}: {what}");

@@ -367,7 +367,7 @@ fn run_with(
     }
     let (files, bytes, restarts) = report.totals();
     match g.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let v = serde_json::json!({
                 "command": command,
                 "dryRun": a.dry_run,
@@ -380,7 +380,7 @@ fn run_with(
                 "phases": report.phases,
                 "logs": crate::ssh::run_logs_dir(&ctx.state.logs()),
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            crate::output::print(g.output, &v)?;
         }
         Output::Text => {
             for (host, what) in &recorded {
@@ -486,7 +486,7 @@ pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
     }
     let plans = runner.plan(&ctx)?;
     match g.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let v = serde_json::json!({
                 "command": a.command,
                 "cluster": ctx.inv().name(),
@@ -494,7 +494,7 @@ pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
                 "templateOverrides": ctx.render.overrides,
                 "phases": plans,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            crate::output::print(g.output, &v)?;
         }
         Output::Text => print!("{}", render_text(&ctx, &a.command, &plans, a.show_files)),
     }

@@ -222,6 +222,8 @@ impl Runner {
                             "{e:#}\nfix the cause and run `clusterctl {}` again: finished steps are not redone",
                             self.command
                         ))
+                        .in_phase(plan.phase.clone())
+                        .with_fix(format!("fix the cause and run `clusterctl {}` again: finished steps are not redone", self.command))
                         .into());
                     }
                 }
@@ -244,6 +246,9 @@ impl Runner {
                     failed.join("\n  "),
                     self.command
                 ))
+                .in_phase(plan.phase.clone())
+                .on_host(failed[0].split(':').next().unwrap_or_default())
+                .with_fix(format!("fix the cause and run `clusterctl {}` again: finished steps are not redone", self.command))
                 .into());
             }
         }

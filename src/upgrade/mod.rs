@@ -721,16 +721,13 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
             let problems = skew_check(&ctx, &rows);
             if plan_only {
                 match g.output {
-                    Output::Json => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({
+                    Output::Json | Output::Yaml => crate::output::print(g.output, &serde_json::json!({
                             "cluster": ctx.inv().name(),
                             "targets": targets(&ctx),
                             "hosts": rows,
                             "stages": stages,
                             "skewProblems": problems,
-                        }))?
-                    ),
+                        }))?,
                     Output::Text => print!("{}", render_plan(&ctx, &rows, &problems, &stages)),
                 }
                 if !problems.is_empty() {
@@ -828,14 +825,14 @@ async fn upgrade(
                 .map(|h| h.host.as_str())
                 .filter(|h| !stages.last().unwrap().hosts.contains_key(*h))
                 .collect();
-            if g.output == Output::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
+            if g.output != Output::Text {
+                crate::output::print(
+                    g.output,
+                    &serde_json::json!({
                         "command": "upgrade", "ok": false, "targets": t, "stages": stages,
                         "seconds": started.elapsed().as_secs_f64(),
-                    }))?
-                );
+                    }),
+                )?;
             }
             return Err(UserError::failed(format!(
                 "upgrade stopped in {} on {}\n  the hosts not reached keep running their current version{}\n  fix the cause and run `clusterctl upgrade` again: hosts already upgraded are not redone",
@@ -867,15 +864,15 @@ async fn upgrade(
         record::save(ctx, &rec)?;
     }
     match g.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
+        Output::Json | Output::Yaml => crate::output::print(
+            g.output,
+            &serde_json::json!({
                 "command": "upgrade", "ok": true, "dryRun": a.dry_run, "targets": t,
                 "stages": stages, "seconds": started.elapsed().as_secs_f64(),
                 "wouldChange": dry.recorded.lock().unwrap().iter()
                     .map(|(h, w)| serde_json::json!({"host": h, "change": w})).collect::<Vec<_>>(),
-            }))?
-        ),
+            }),
+        )?,
         Output::Text => {
             for (h, w) in dry.recorded.lock().unwrap().iter() {
                 println!("{h}: {w}");
