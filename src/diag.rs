@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_FAILED: i32 = 1;
+/// `certs check-expiration`: a certificate expired or expires within `--warn-within`.
+pub const EXIT_EXPIRING: i32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,11 +102,15 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
-/// An error that carries its own exit code and is printed as is (no "Error:" chain).
+/// An error that carries its own exit code and is printed as is (no "Error:" chain); where it
+/// is known, the phase, host and fix are kept apart for `-o json`/`-o yaml`.
 #[derive(Debug)]
 pub struct UserError {
     pub code: i32,
     pub message: String,
+    pub phase: Option<String>,
+    pub host: Option<String>,
+    pub fix: Option<String>,
 }
 
 impl UserError {
@@ -112,12 +118,24 @@ impl UserError {
         UserError {
             code: EXIT_BAD_INPUT,
             message: message.into(),
+            phase: None,
+            host: None,
+            fix: None,
+        }
+    }
+    pub fn with_code(code: i32, message: impl Into<String>) -> Self {
+        UserError {
+            code,
+            ..UserError::failed(message)
         }
     }
     pub fn failed(message: impl Into<String>) -> Self {
         UserError {
             code: EXIT_FAILED,
             message: message.into(),
+            phase: None,
+            host: None,
+            fix: None,
         }
     }
     /// A command that is designed but not built yet: say so, exit non-zero, touch nothing.
@@ -125,7 +143,26 @@ impl UserError {
         UserError {
             code: EXIT_FAILED,
             message: format!("`clusterctl {what}` is not built yet ({issue}); nothing was done"),
+            phase: None,
+            host: None,
+            fix: None,
         }
+    }
+}
+
+impl UserError {
+    pub fn in_phase(mut self, phase: impl Into<String>) -> Self {
+        self.phase = Some(phase.into());
+        self
+    }
+    pub fn on_host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+    /// The fix for machine-readable output; the message already says it for people.
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
     }
 }
 

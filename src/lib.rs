@@ -21,10 +21,13 @@ macro_rules! println {
 pub mod bundle;
 pub mod commands;
 pub mod diag;
+pub mod duration;
 pub mod engine;
 pub mod hashing;
 pub mod inventory;
 pub mod kube;
+pub mod logging;
+pub mod output;
 pub mod phases;
 pub mod pki;
 pub mod render;

@@ -101,6 +101,12 @@ fn no_command_panics_when_its_reader_stops() {
         vec!["version"],
         vec!["bundle", "ls", bundle],
         vec!["-o", "json", "bundle", "ls", bundle],
+        vec!["-o", "yaml", "bundle", "ls", bundle],
+        vec!["-i", inv, "--state-dir", state, "-o", "yaml", "plan"],
+        vec!["-i", inv, "-o", "yaml", "inventory", "validate"],
+        vec!["man"],
+        vec!["--help"],
+        vec!["plan", "--help"],
     ];
     for args in commands {
         let (code, stderr) = with_closed_stdout(home.path(), &args);
@@ -110,4 +116,73 @@ fn no_command_panics_when_its_reader_stops() {
         );
         assert_eq!(code, Some(0), "clusterctl {args:?}: {stderr}");
     }
+}
+
+/// The same through a real shell pipe, as a user types it: `clusterctl ARGS | head -1` for every
+/// command and subcommand clap knows (`--help` of each, so none needs a cluster), and the read
+/// commands that print long output.
+#[test]
+fn head_1_after_every_command_exits_cleanly() {
+    let bin = env!("CARGO_BIN_EXE_clusterctl");
+    let home = tempfile::tempdir().unwrap();
+    let inv = root().join("examples/ha-vip.yaml");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    let text = String::from_utf8(help.stdout).unwrap();
+    // Every subcommand listed under "Commands:", and their own subcommands.
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    for name in subcommands(&text) {
+        commands.push(vec![name.clone()]);
+        let sub = Command::new(bin).args([&name, "--help"]).output().unwrap();
+        for inner in subcommands(&String::from_utf8(sub.stdout).unwrap()) {
+            commands.push(vec![name.clone(), inner]);
+        }
+    }
+    assert!(commands.len() > 20, "{commands:?}");
+    let mut lines = Vec::new();
+    for c in &commands {
+        lines.push(format!("{} --help", c.join(" ")));
+    }
+    for extra in [
+        "completion bash",
+        "completion zsh",
+        "completion fish",
+        "man",
+        "version",
+        "kubeconfig --help",
+    ] {
+        lines.push(extra.to_string());
+    }
+    for line in lines {
+        let script = format!(
+            "set -o pipefail; \"$0\" -i {} --state-dir {}/state {line} 2>{}/err | head -1 >/dev/null",
+            inv.display(),
+            home.path().display(),
+            home.path().display()
+        );
+        let st = Command::new("bash")
+            .args(["-c", &script, bin])
+            .env("HOME", home.path())
+            .status()
+            .unwrap();
+        let err = std::fs::read_to_string(home.path().join("err")).unwrap_or_default();
+        assert!(
+            !err.contains("panicked"),
+            "clusterctl {line} | head -1 panicked:\n{err}"
+        );
+        assert!(st.success(), "clusterctl {line} | head -1: {st}\n{err}");
+    }
+}
+
+/// The command names of a clap `--help` page.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // Wrapped descriptions are indented further than the names.
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .map(String::from)
+        .collect()
 }

@@ -64,28 +64,49 @@ fn generate_then_check_expiration_table_and_json() {
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = table.lines().collect();
-    assert!(
-        lines[0].starts_with("CERTIFICATE") && lines[0].contains("RESIDUAL"),
-        "{table}"
-    );
-    // 26 certificate files (3 CAs; an apiserver certificate per control-plane host) + 17
-    // kubeconfigs.
-    assert_eq!(lines.len(), 1 + 26 + 17, "{table}");
+    // kubeadm's layout: the leaves, a blank line, the CAs.
+    for col in [
+        "CERTIFICATE",
+        "EXPIRES",
+        "RESIDUAL TIME",
+        "CERTIFICATE AUTHORITY",
+        "EXTERNALLY MANAGED",
+    ] {
+        assert!(lines[0].contains(col), "{table}");
+    }
+    // 23 leaf certificate files (an apiserver certificate per control-plane host) + 17
+    // kubeconfigs; then the 3 CAs in their own table.
+    assert_eq!(lines.len(), 1 + 23 + 17 + 1 + 1 + 3, "{table}");
+    assert_eq!(lines[41], "");
+    assert!(lines[42].starts_with("CERTIFICATE AUTHORITY"), "{table}");
+    let cas: Vec<&str> = lines[43..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(cas, ["ca", "etcd-ca", "front-proxy-ca"]);
+    // Named as renew-certs names them, with the --component that renews them.
     let api = lines
         .iter()
-        .find(|l| l.starts_with("nodes/cp1/apiserver "))
+        .find(|l| l.starts_with("apiserver@cp1 "))
         .unwrap();
     assert!(
-        api.contains("CN=kube-apiserver")
-            && api.contains("CN=kubernetes")
+        api.contains(" ca ")
+            && api.contains(" no ")
+            && api.trim_end().ends_with("apiserver")
             && (api.contains("49y 364d") || api.contains("50y 0d")),
         "{api}"
     );
-    let admin = lines.iter().find(|l| l.starts_with("admin.conf ")).unwrap();
+    let etcd = lines
+        .iter()
+        .find(|l| l.starts_with("etcd-server@cp2 "))
+        .unwrap();
     assert!(
-        admin.contains("kubeconfig") && admin.contains("O=system:masters"),
-        "{admin}"
+        etcd.contains(" etcd-ca ") && etcd.trim_end().ends_with("etcd"),
+        "{etcd}"
     );
+    let admin = lines.iter().find(|l| l.starts_with("admin.conf ")).unwrap();
+    assert!(admin.trim_end().ends_with("admin"), "{admin}");
+    assert!(!table.contains("nodes/"), "names, not paths: {table}");
     assert!(!table.contains("expires within"), "{table}");
 
     let v = json(
@@ -94,6 +115,7 @@ fn generate_then_check_expiration_table_and_json() {
     );
     let certs = v["certificates"].as_array().unwrap();
     assert_eq!(certs.len(), 43);
+    assert!(certs.iter().all(|c| c["externallyManaged"] == false));
     assert!(certs.iter().all(|c| c["warning"] == false));
     let ca = certs.iter().find(|c| c["name"] == "ca").unwrap();
     assert_eq!(ca["isCa"], true);
@@ -107,7 +129,8 @@ fn short_lived_certs_are_flagged() {
     let out = cmd(dir.path(), &["certs", "check-expiration", "--local-only"])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    // Documented: certificates inside --warn-within make the exit code 4, for monitoring.
+    assert_eq!(out.status.code(), Some(4));
     let table = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     let flagged: Vec<&str> = table
@@ -122,22 +145,23 @@ fn short_lived_certs_are_flagged() {
     assert!(
         !flagged
             .iter()
-            .any(|l| l.starts_with("ca ") || l.contains("etcd/ca "))
+            .any(|l| l.starts_with("ca ") || l.starts_with("etcd-ca "))
     );
     assert!(
         stderr.contains("40 certificate(s) expire within 180d"),
         "{stderr}"
     );
 
-    let v = json(
+    let out = cmd(
         dir.path(),
         &["certs", "check-expiration", "--local-only", "-o", "json"],
-    );
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let certs = v["certificates"].as_array().unwrap();
-    let api = certs
-        .iter()
-        .find(|c| c["name"] == "nodes/cp1/apiserver")
-        .unwrap();
+    let api = certs.iter().find(|c| c["name"] == "apiserver@cp1").unwrap();
     assert_eq!(api["warning"], true);
     let left = api["residualSeconds"].as_i64().unwrap();
     assert!((29 * 86400..=30 * 86400).contains(&left), "{left}");
@@ -155,6 +179,7 @@ fn short_lived_certs_are_flagged() {
     )
     .output()
     .unwrap();
+    assert!(out.status.success());
     assert!(
         !String::from_utf8(out.stdout)
             .unwrap()

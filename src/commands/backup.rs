@@ -239,7 +239,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<()> {
         r
     })?;
     match g.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Output::Json | Output::Yaml => crate::output::print(g.output, &r)?,
         Output::Text => {
             println!(
                 "backup of {}: {} ({}), sha256 {} in {}",
@@ -316,14 +316,14 @@ fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Res
         }
     }
     match g.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
+        Output::Json | Output::Yaml => crate::output::print(
+            g.output,
+            &serde_json::json!({
                 "schedule": calendar, "keep": keep, "dryRun": dry_run, "hosts": lines,
                 "wouldChange": recorded.iter().map(|(h, w)| serde_json::json!({"host": h, "change": w})).collect::<Vec<_>>(),
                 "phases": report.phases,
-            }))?
-        ),
+            }),
+        )?,
         Output::Text => {
             for (h, w) in &recorded {
                 println!("{h}: {w}");

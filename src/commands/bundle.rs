@@ -81,7 +81,7 @@ pub enum BundleCmd {
 }
 
 pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
-    let json = g.output == Output::Json;
+    let json = g.output != Output::Text;
     match c {
         BundleCmd::Build {
             manifest,
@@ -103,7 +103,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                 .build()?;
             let r = rt.block_on(build(&o))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                crate::output::print(g.output, &r)?;
             } else {
                 print_report(&r, &mut std::io::stdout())?;
             }
@@ -128,7 +128,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                 ));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                crate::output::print(g.output, &r)?;
             } else {
                 for p in &r.problems {
                     eprintln!("  FAIL {p}");
@@ -159,22 +159,14 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
             // Intact but not authenticated: a distinct exit code, so a script can tell "tampered"
             // (1) from "nobody vouches for it" (3).
             match r.signature.as_str() {
-                "unsigned" => Err(UserError {
-                    code: EXIT_UNAUTHENTICATED,
-                    message: format!(
+                "unsigned" => Err(UserError::with_code(EXIT_UNAUTHENTICATED, format!(
                         "{}: every hash matches, but the bundle is UNSIGNED: nothing vouches for its manifest (exit {EXIT_UNAUTHENTICATED})\n  fix: sign it with `clusterctl bundle sign --key PRIVATE.key`, then verify with --key PUBLIC.pub",
                         bundle.display()
-                    ),
-                }
-                .into()),
-                "not-checked" => Err(UserError {
-                    code: EXIT_UNAUTHENTICATED,
-                    message: format!(
+                    )).into()),
+                "not-checked" => Err(UserError::with_code(EXIT_UNAUTHENTICATED, format!(
                         "{}: every hash matches; the bundle is signed, but the signature was NOT checked (exit {EXIT_UNAUTHENTICATED})\n  fix: pass --key with the signer's public key",
                         bundle.display()
-                    ),
-                }
-                .into()),
+                    )).into()),
                 _ => Ok(()),
             }
         }
@@ -213,7 +205,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
             );
             let d = crate::bundle::diff::diff(&ma, &mb);
             if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                crate::output::print(g.output, &d)?;
             } else if d.is_empty() {
                 println!("no differences");
             } else {
@@ -226,7 +218,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
         BundleCmd::Ls { bundle } => {
             let m = crate::bundle::load_manifest_any(&bundle)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
+                crate::output::print(g.output, &m)?;
                 return Ok(());
             }
             println!("{} {} ({} items)", m.name, m.version, m.items.len());

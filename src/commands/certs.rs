@@ -37,7 +37,7 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                 .map_err(|e| UserError::bad_input(format!("{}: {e:#}", g.inventory.display())))?;
             let out = generate::generate(&loaded.inventory, &settings, &layout)?;
             match g.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+                Output::Json | Output::Yaml => crate::output::print(g.output, &out)?,
                 Output::Text => {
                     for i in out
                         .items
@@ -86,7 +86,7 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                     .into());
                 }
             }
-            let threshold = crate::inventory::lifetime::parse(&warn_within)
+            let threshold = crate::duration::parse(&warn_within)
                 .map_err(|e| UserError::bad_input(format!("--warn-within: {e}")))?;
             let local = LocalDir {
                 pki: layout.pki.clone(),
@@ -95,6 +95,7 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
             let sources: [&dyn CertSource; 1] = [&local];
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let rows = expiry::report(&sources, now, threshold.as_secs() as i64)?;
+            let rows = named_for_the_inventory(&loaded.inventory, &layout, rows);
             if rows.is_empty() {
                 return Err(UserError::failed(format!(
                     "no certificates under {}: run `clusterctl certs generate` first",
@@ -116,15 +117,15 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                 ))?
             };
             match g.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
+                Output::Json | Output::Yaml => crate::output::print(
+                    g.output,
+                    &serde_json::json!({
                         "warnWithin": warn_within,
                         "certificates": rows,
                         "hostFiles": host_files,
                         "served": served,
-                    }))?
-                ),
+                    }),
+                )?,
                 Output::Text => {
                     print!("{}", expiry::table(&rows, &warn_within));
                     if !local_only {
@@ -147,7 +148,91 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
                 ))
                 .into());
             }
+            // Monitoring runs this and alerts on the exit code: expired or expiring is not "ok".
+            let expiring = rows.iter().filter(|r| r.warning).count()
+                + host_files.iter().filter(|r| r.warning).count();
+            if expiring > 0 {
+                return Err(UserError::with_code(
+                    crate::diag::EXIT_EXPIRING,
+                    format!(
+                        "{expiring} certificate(s) expired or expire within {warn_within} (exit {})",
+                        crate::diag::EXIT_EXPIRING
+                    ),
+                )
+                .with_fix("clusterctl renew-certs [--component NAME]")
+                .into());
+            }
             Ok(())
         }
     }
+}
+
+/// The report's rows for what the inventory has now, named as `renew-certs` names them
+/// (`apiserver@cp1`, `admin.conf`), with their CA, whether that CA is external (no key here)
+/// and the `--component` that renews them. Files of hosts no longer in the inventory are left
+/// out: they are nobody's certificates.
+fn named_for_the_inventory(
+    inv: &crate::inventory::Inventory,
+    layout: &Layout,
+    rows: Vec<expiry::Row>,
+) -> Vec<expiry::Row> {
+    use crate::pki::spec::{Ca, cert_list};
+    let ca_base = |ca: &Ca| match ca {
+        Ca::Cluster => "ca",
+        Ca::Etcd => "etcd/ca",
+        Ca::FrontProxy => "front-proxy-ca",
+    };
+    let external = |base: &str| !layout.pki.join(format!("{base}.key")).is_file();
+    let component = |name: &str| {
+        let base = name.split('@').next().unwrap_or_default();
+        crate::phases::certs::COMPONENTS
+            .iter()
+            .find(|(_, bases)| bases.contains(&base))
+            .map(|(c, _)| c.to_string())
+            .unwrap_or_default()
+    };
+    let specs = cert_list(inv);
+    rows.into_iter()
+        .filter_map(|mut r| {
+            if r.is_ca && r.kind == expiry::Kind::Certificate {
+                let base = r.name.clone();
+                if !["ca", "etcd/ca", "front-proxy-ca"].contains(&base.as_str()) {
+                    return None;
+                }
+                r.externally_managed = external(&base);
+                r.name = expiry::ca_name(&base);
+                r.certificate_authority = r.name.clone();
+                return Some(r);
+            }
+            let spec = specs.iter().find(|s| match r.kind {
+                expiry::Kind::Certificate => s
+                    .files
+                    .as_ref()
+                    .is_some_and(|f| f.to_string_lossy() == r.name),
+                expiry::Kind::Kubeconfig => s
+                    .kubeconfig
+                    .as_ref()
+                    .is_some_and(|k| k.file.to_string_lossy() == r.name),
+            })?;
+            r.name = match (&r.kind, &spec.kubeconfig) {
+                // kubelet.conf embeds kubelet-client's certificate: named as the file.
+                (expiry::Kind::Kubeconfig, Some(k)) if !spec.name.contains(".conf") => {
+                    let file = k
+                        .file
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    match &spec.host {
+                        Some(h) => format!("{file}@{h}"),
+                        None => file,
+                    }
+                }
+                _ => spec.name.clone(),
+            };
+            r.certificate_authority = expiry::ca_name(ca_base(&spec.ca));
+            r.externally_managed = external(ca_base(&spec.ca));
+            r.component = component(&spec.name);
+            Some(r)
+        })
+        .collect()
 }

@@ -373,7 +373,7 @@ fn run_with(
     }
     let (files, bytes, restarts) = report.totals();
     match g.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let v = serde_json::json!({
                 "command": command,
                 "dryRun": a.dry_run,
@@ -384,8 +384,9 @@ fn run_with(
                 "seconds": started.elapsed().as_secs_f64(),
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
+                "logs": crate::ssh::run_logs_dir(&ctx.state.logs()),
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            crate::output::print(g.output, &v)?;
         }
         Output::Text => {
             for (host, what) in &recorded {
@@ -402,6 +403,10 @@ fn run_with(
             );
             for p in &report.phases {
                 println!("  {:<14} {:>6.1}s", p.phase, p.seconds);
+            }
+            let logs = crate::ssh::run_logs_dir(&ctx.state.logs());
+            if logs.is_dir() {
+                println!("logs: {}", logs.display());
             }
             if !a.dry_run && ctx.state.admin_kubeconfig().is_file() {
                 println!(
@@ -487,7 +492,7 @@ pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
     }
     let plans = runner.plan(&ctx)?;
     match g.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let v = serde_json::json!({
                 "command": a.command,
                 "cluster": ctx.inv().name(),
@@ -495,7 +500,7 @@ pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {
                 "templateOverrides": ctx.render.overrides,
                 "phases": plans,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            crate::output::print(g.output, &v)?;
         }
         Output::Text => print!("{}", render_text(&ctx, &a.command, &plans, a.show_files)),
     }

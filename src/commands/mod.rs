@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cert_hosts;
 pub mod certs;
 pub mod cluster;
+pub mod kubeconfig;
 pub mod reset;
 pub mod restore;
 pub mod status;
@@ -23,8 +24,9 @@ use crate::inventory::{self, Loaded};
 #[derive(Parser, Debug)]
 #[command(
     name = "clusterctl",
-    version,
-    about = "Install and run HA Kubernetes clusters on plain Linux hosts over SSH"
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CLUSTERCTL_GIT_COMMIT"), ")"),
+    about = "Install and run HA Kubernetes clusters on plain Linux hosts over SSH",
+    after_help = "Not Cluster API's `clusterctl`: see the README (\"Which clusterctl\") to keep both on one machine.\nExit codes: 0 ok, 1 failed, 2 bad input (nothing touched), 3 bundle not authenticated, 4 certificates expire within --warn-within."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -67,6 +69,7 @@ pub struct Global {
 pub enum Output {
     Text,
     Json,
+    Yaml,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,9 +108,17 @@ pub enum Command {
     /// Inventory tools.
     #[command(subcommand)]
     Inventory(InventoryCmd),
-    /// Print a shell completion script.
+    /// Print the admin kubeconfig, or merge it into $KUBECONFIG / ~/.kube/config (--merge).
+    Kubeconfig(crate::commands::kubeconfig::KubeconfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
-    /// Print the version.
+    /// Print the man page (roff) on stdout, or write one page per command into --dir.
+    Man {
+        /// Write clusterctl.1 and clusterctl-<command>.1 files here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the version, the git commit it was built from and the supported Kubernetes minors.
     Version,
 }
 
@@ -142,9 +153,19 @@ pub enum ImportFrom {
 /// Entry point: parses arguments, runs, prints errors; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    crate::logging::init(cli.global.verbose);
+    let output = cli.global.output;
     match run(cli) {
         Ok(()) => 0,
-        Err(e) => report(&e),
+        Err(e) => {
+            let code = report(&e);
+            if output != Output::Text && !crate::output::printed() {
+                // A script reads one object on stdout whatever happened; stderr keeps the text.
+                let failure = crate::output::Failure::from_error(&e, code);
+                let _ = crate::output::print(output, &failure);
+            }
+            code
+        }
     }
 }
 
@@ -164,6 +185,12 @@ fn report(e: &anyhow::Error) -> i32 {
 /// Loads and validates the inventory named by `-i`, printing its warnings to stderr.
 pub fn load_inventory(g: &Global) -> anyhow::Result<Loaded> {
     let loaded = inventory::load(&g.inventory)?;
+    tracing::info!(
+        inventory = %g.inventory.display(),
+        cluster = loaded.inventory.name(),
+        hosts = loaded.inventory.spec.hosts.len(),
+        "inventory loaded"
+    );
     for w in loaded.warnings.warnings() {
         eprintln!("{w}");
     }
@@ -259,16 +286,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::stdout::write_bytes(&script);
             Ok(())
         }
+        Command::Kubeconfig(a) => crate::commands::kubeconfig::run(g, &a),
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Version => {
             let supported = crate::version::KubeVersion::supported_list();
             match g.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "kubernetesMinors": supported})
-                ),
+                Output::Json | Output::Yaml => crate::output::print(
+                    g.output,
+                    &serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "commit": env!("CLUSTERCTL_GIT_COMMIT"), "kubernetesMinors": supported}),
+                )?,
                 Output::Text => println!(
-                    "clusterctl {} (Kubernetes {supported})",
-                    env!("CARGO_PKG_VERSION")
+                    "clusterctl {} (commit {}; Kubernetes {supported})",
+                    env!("CARGO_PKG_VERSION"),
+                    env!("CLUSTERCTL_GIT_COMMIT")
                 ),
             }
             Ok(())
@@ -276,15 +306,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The man pages, from the same clap definitions as `--help`, so they never disagree.
+fn man(dir: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    match dir {
+        None => {
+            // Into memory first, as completions: a closed pipe must not panic the renderer.
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            crate::stdout::write_bytes(&page);
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir).map_err(|e| {
+                anyhow::anyhow!("cannot write man pages into {}: {e}", dir.display())
+            })?;
+            println!("man pages written to {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
 fn validate_cmd(g: &Global) -> anyhow::Result<()> {
     match inventory::load(&g.inventory) {
         Ok(loaded) => {
             let n = loaded.inventory.spec.hosts.len();
             match g.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"valid": true, "file": g.inventory, "hosts": n, "diagnostics": loaded.warnings.items})
-                ),
+                Output::Json | Output::Yaml => crate::output::print(
+                    g.output,
+                    &serde_json::json!({"valid": true, "file": g.inventory, "hosts": n, "diagnostics": loaded.warnings.items}),
+                )?,
                 Output::Text => {
                     for w in loaded.warnings.warnings() {
                         eprintln!("{w}");
@@ -299,13 +351,25 @@ fn validate_cmd(g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
         Err(d) => {
-            if g.output == Output::Json {
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "file": g.inventory, "diagnostics": d.items})
-                );
+            let e: anyhow::Error = d.into();
+            if g.output != Output::Text {
+                // The failure object every command prints, plus the validation verdict.
+                let f = crate::output::Failure::from_error(&e, EXIT_BAD_INPUT);
+                crate::output::print(
+                    g.output,
+                    &serde_json::json!({
+                        "valid": false,
+                        "file": g.inventory,
+                        "error": f.error,
+                        "host": f.host,
+                        "phase": f.phase,
+                        "fix": f.fix,
+                        "exitCode": f.exit_code,
+                        "diagnostics": f.diagnostics,
+                    }),
+                )?;
             }
-            Err(d.into())
+            Err(e)
         }
     }
 }

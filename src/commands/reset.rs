@@ -20,9 +20,9 @@ pub struct ResetArgs {
     /// Hosts to reset (comma separated); default: every host of the inventory.
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
-    /// How long draining a node may take before the reset stops (seconds).
-    #[arg(long, default_value_t = 120)]
-    pub drain_timeout: u64,
+    /// How long draining a node may take before the reset stops (e.g. 90s, 5m).
+    #[arg(long, default_value = "2m", value_parser = crate::duration::parse)]
+    pub drain_timeout: Duration,
     /// Only print what would be done (reads the hosts, the API and etcd; changes nothing).
     #[arg(long)]
     pub dry_run: bool,
@@ -60,7 +60,7 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
     };
     let options = crate::engine::RunOptions {
         dry_run: a.dry_run,
-        drain_timeout: Some(Duration::from_secs(a.drain_timeout)),
+        drain_timeout: Some(a.drain_timeout),
         ..Default::default()
     };
     let (ctx, runner) = prepare(g, "reset", &scope, options)?;
@@ -108,9 +108,9 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     match g.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
+        Output::Json | Output::Yaml => crate::output::print(
+            g.output,
+            &json!({
                 "command": "reset",
                 "dryRun": a.dry_run,
                 "seconds": secs,
@@ -120,8 +120,8 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
                     .collect::<Vec<_>>(),
                 "phases": report.phases,
                 "notes": notes,
-            }))?
-        ),
+            }),
+        )?,
         Output::Text => {
             for (host, what) in &recorded {
                 println!("{host}: {what}");

@@ -127,9 +127,9 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let token = crate::phases::restore::token(&ctx);
     match g.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
+        Output::Json | Output::Yaml => crate::output::print(
+            g.output,
+            &serde_json::json!({
                 "command": "restore",
                 "dryRun": a.dry_run,
                 "archive": a.archive,
@@ -145,8 +145,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
                     .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
                     .collect::<Vec<_>>(),
                 "phases": report.phases,
-            }))?
-        ),
+            }),
+        )?,
         Output::Text => {
             for (host, what) in &recorded {
                 println!("{host}: {what}");

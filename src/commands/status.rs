@@ -814,7 +814,7 @@ pub fn run(g: &Global) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let s = rt.block_on(read(&ctx))?;
     match g.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Output::Json | Output::Yaml => crate::output::print(g.output, &s)?,
         Output::Text => print!("{}", render_text(&s)),
     }
     if s.healthy {

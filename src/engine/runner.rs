@@ -239,6 +239,8 @@ impl Runner {
                             "{e:#}\nfix the cause and run `clusterctl {}` again: finished steps are not redone",
                             self.command
                         ))
+                        .in_phase(plan.phase.clone())
+                        .with_fix(format!("fix the cause and run `clusterctl {}` again: finished steps are not redone", self.command))
                         .into());
                     }
                 }
@@ -261,6 +263,9 @@ impl Runner {
                     failed.join("\n  "),
                     self.command
                 ))
+                .in_phase(plan.phase.clone())
+                .on_host(failed[0].split(':').next().unwrap_or_default())
+                .with_fix(format!("fix the cause and run `clusterctl {}` again: finished steps are not redone", self.command))
                 .into());
             }
         }
@@ -425,6 +430,13 @@ impl HostRun<'_, '_> {
             Ok(c) => HostOutcome::Done(c),
             Err(e) => HostOutcome::Failed(format!("{e:#}")),
         };
+        tracing::info!(
+            phase = self.phase.name(),
+            host = %h.name,
+            seconds = t.elapsed().as_secs_f64(),
+            ok = matches!(outcome, HostOutcome::Done(_)),
+            "host finished"
+        );
         self.progress
             .host_finished(self.plan, h, &outcome, t.elapsed());
         self.journal.record(self.command, self.plan, h, &outcome);

@@ -220,9 +220,13 @@ pub struct SshDefaults {
     /// How many hosts are worked on at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Seconds to wait for a TCP connection + SSH handshake.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_secs: u64,
+    /// How long to wait for a TCP connection + SSH handshake (e.g. 10s; a number is seconds).
+    #[serde(
+        default = "default_connect_timeout",
+        alias = "connectTimeoutSecs",
+        with = "crate::duration::serde_field"
+    )]
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Default for SshDefaults {
@@ -239,7 +243,7 @@ impl Default for SshDefaults {
             bastions: Vec::new(),
             sudo: false,
             concurrency: default_concurrency(),
-            connect_timeout_secs: default_connect_timeout(),
+            connect_timeout: default_connect_timeout(),
         }
     }
 }
@@ -611,9 +615,13 @@ pub struct Addons {
     /// Whether `init` waits for the built-in add-ons' Deployments to become Available.
     #[serde(default)]
     pub wait_for_pods: WaitForPods,
-    /// How long to wait for each add-on Deployment, in seconds.
-    #[serde(default = "default_addon_wait")]
-    pub wait_timeout_secs: u64,
+    /// How long to wait for each add-on Deployment (e.g. 5m; a number is seconds).
+    #[serde(
+        default = "default_addon_wait",
+        alias = "waitTimeoutSecs",
+        with = "crate::duration::serde_field"
+    )]
+    pub wait_timeout: std::time::Duration,
 }
 
 impl Default for Addons {
@@ -623,7 +631,7 @@ impl Default for Addons {
             metrics_server: MetricsServer::default(),
             extra_manifests: Vec::new(),
             wait_for_pods: WaitForPods::default(),
-            wait_timeout_secs: default_addon_wait(),
+            wait_timeout: default_addon_wait(),
         }
     }
 }
@@ -696,8 +704,8 @@ fn default_ssh_port() -> u16 {
 fn default_concurrency() -> usize {
     64
 }
-fn default_connect_timeout() -> u64 {
-    10
+fn default_connect_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 fn default_pod_cidr() -> String {
     "10.244.0.0/16".into()
@@ -741,6 +749,6 @@ fn default_apiserver_port() -> u16 {
 fn default_coredns_replicas() -> u32 {
     2
 }
-fn default_addon_wait() -> u64 {
-    300
+fn default_addon_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
 }

@@ -885,12 +885,12 @@ impl Validator<'_> {
                 );
             }
         }
-        if a.wait_timeout_secs == 0 {
+        if a.wait_timeout.is_zero() {
             self.error(
-                "spec.addons.waitTimeoutSecs",
+                "spec.addons.waitTimeout",
                 None,
                 "a wait timeout of 0 s would fail every wait".into(),
-                "use a positive number of seconds (default 300); `waitForPods: never` skips waiting",
+                "use a positive duration such as 5m (the default); `waitForPods: never` skips waiting",
             );
         }
     }

@@ -70,11 +70,17 @@ pub async fn wait_ok(
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match get(client, url).await {
-            Ok(b) => return Ok(b),
+            Ok(b) => {
+                tracing::debug!(url, "gate poll: ready");
+                return Ok(b);
+            }
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(e.context(format!("not ready after {} s", within.as_secs())));
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => {
+                tracing::debug!(url, error = %format!("{e:#}"), "gate poll: not ready yet");
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
         }
     }
 }

@@ -205,7 +205,7 @@ impl Phase for Addons {
                     )),
                     None => plan.local.push(format!(
                         "wait up to {} s for {} to be available",
-                        ctx.inv().spec.addons.wait_timeout_secs,
+                        ctx.inv().spec.addons.wait_timeout.as_secs(),
                         m.deployments()
                             .iter()
                             .map(|(ns, n)| format!("Deployment {ns}/{n}"))
@@ -253,7 +253,7 @@ impl Phase for Addons {
             if dry_run {
                 return Ok(lines);
             }
-            let timeout = Duration::from_secs(ctx.inv().spec.addons.wait_timeout_secs);
+            let timeout = ctx.inv().spec.addons.wait_timeout;
             for m in &all {
                 let (Some(img), deployments) = (&m.image, m.deployments()) else {
                     continue;

@@ -123,6 +123,16 @@ pub struct Row {
     pub residual: String,
     /// Expires within the threshold (or has expired).
     pub warning: bool,
+    /// The CA that signed it, by kubeadm's name (`ca`, `etcd-ca`, `front-proxy-ca`); for a CA
+    /// itself, its own name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub certificate_authority: String,
+    /// True when clusterctl does not hold the signing CA's key (kubeadm's external CA): it
+    /// cannot renew this certificate.
+    pub externally_managed: bool,
+    /// What `renew-certs --component` calls the component that renews it (empty for a CA).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub component: String,
 }
 
 /// Rows for every certificate of every source; `threshold_secs`: warn when less is left.
@@ -145,6 +155,9 @@ pub fn report(sources: &[&dyn CertSource], now: i64, threshold_secs: i64) -> Res
                 residual_seconds: left,
                 residual: human(left),
                 warning: left < threshold_secs,
+                certificate_authority: String::new(),
+                externally_managed: false,
+                component: String::new(),
             });
         }
     }
@@ -166,47 +179,18 @@ pub fn human(secs: i64) -> String {
     }
 }
 
-/// A kubeadm-like table.
-pub fn table(rows: &[Row], threshold: &str) -> String {
-    let head = [
-        "CERTIFICATE",
-        "KIND",
-        "SUBJECT",
-        "ISSUER",
-        "EXPIRES",
-        "RESIDUAL",
-        "WARNING",
-    ];
-    let cells: Vec<[String; 7]> = rows
-        .iter()
-        .map(|r| {
-            [
-                if r.source == "local" {
-                    r.name.clone()
-                } else {
-                    format!("{}:{}", r.source, r.name)
-                },
-                match (r.kind, r.is_ca) {
-                    (Kind::Kubeconfig, _) => "kubeconfig".into(),
-                    (_, true) => "ca".into(),
-                    _ => "cert".into(),
-                },
-                r.subject.clone(),
-                r.issuer.clone(),
-                r.not_after.clone(),
-                r.residual.clone(),
-                if r.residual_seconds <= 0 {
-                    "EXPIRED".into()
-                } else if r.warning {
-                    format!("expires within {threshold}")
-                } else {
-                    String::new()
-                },
-            ]
-        })
-        .collect();
-    let mut w = head.map(str::len);
-    for c in &cells {
+/// kubeadm's name of the CA whose files sit at `base` (relative to `pki/`, no extension).
+pub fn ca_name(base: &str) -> String {
+    match base {
+        "etcd/ca" => "etcd-ca".into(),
+        other => other.replace('/', "-"),
+    }
+}
+
+/// Aligned columns, two spaces apart, trailing blanks trimmed.
+fn columns(head: &[&str], cells: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for c in cells {
         for (i, s) in c.iter().enumerate() {
             w[i] = w[i].max(s.chars().count());
         }
@@ -221,10 +205,85 @@ pub fn table(rows: &[Row], threshold: &str) -> String {
         out.push_str(s.join("  ").trim_end());
         out.push('\n');
     };
-    line(&head.map(String::from));
-    for c in &cells {
+    line(&head.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for c in cells {
         line(c);
     }
+    out
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+fn warning_cell(r: &Row, threshold: &str) -> String {
+    if r.residual_seconds <= 0 {
+        "EXPIRED".into()
+    } else if r.warning {
+        format!("expires within {threshold}")
+    } else {
+        String::new()
+    }
+}
+
+/// `kubeadm certs check-expiration`'s layout: the leaf certificates and kubeconfigs (named as
+/// `renew-certs` names them, with the `--component` that renews each), then the CAs.
+pub fn table(rows: &[Row], threshold: &str) -> String {
+    let leaves: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| !r.is_ca)
+        .map(|r| {
+            vec![
+                if r.source == "local" {
+                    r.name.clone()
+                } else {
+                    format!("{}:{}", r.source, r.name)
+                },
+                r.not_after.clone(),
+                r.residual.clone(),
+                r.certificate_authority.clone(),
+                yes_no(r.externally_managed),
+                r.component.clone(),
+                warning_cell(r, threshold),
+            ]
+        })
+        .collect();
+    let cas: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| r.is_ca)
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.not_after.clone(),
+                r.residual.clone(),
+                yes_no(r.externally_managed),
+                warning_cell(r, threshold),
+            ]
+        })
+        .collect();
+    let mut out = columns(
+        &[
+            "CERTIFICATE",
+            "EXPIRES",
+            "RESIDUAL TIME",
+            "CERTIFICATE AUTHORITY",
+            "EXTERNALLY MANAGED",
+            "COMPONENT",
+            "WARNING",
+        ],
+        &leaves,
+    );
+    out.push('\n');
+    out.push_str(&columns(
+        &[
+            "CERTIFICATE AUTHORITY",
+            "EXPIRES",
+            "RESIDUAL TIME",
+            "EXTERNALLY MANAGED",
+            "WARNING",
+        ],
+        &cas,
+    ));
     out
 }
 

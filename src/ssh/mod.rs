@@ -19,6 +19,6 @@ mod target;
 
 pub use error::{ErrorKind, HostError, HostResult};
 pub use pool::{ConnectOpts, ExecOpts, ExecOutput, Pool, UploadItem, UploadOutcome, UploadSource};
-pub use progress::{Progress, ProgressMode};
+pub use progress::{Progress, ProgressMode, run_logs_dir};
 pub use session::load_key;
 pub use target::Target;

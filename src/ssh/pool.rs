@@ -359,6 +359,7 @@ impl Pool {
         let step = short(cmd);
         let progress = &self.inner.progress;
         progress.log(host, &format!("$ {full}"));
+        tracing::debug!(host, command = %full, "run");
         let started = Instant::now();
         let mut attempt = 0;
         let _channel = c.channels.acquire().await;
@@ -422,6 +423,14 @@ impl Pool {
             started.elapsed().as_secs_f64()
         ));
         progress.log(host, &log);
+        tracing::debug!(
+            host,
+            status = out.status,
+            stdout_bytes = out.stdout.len(),
+            stderr_bytes = out.stderr.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "ran {step}"
+        );
         if opts.sudo
             && c.target.user != "root"
             && out.status == 1
@@ -553,6 +562,7 @@ impl Pool {
                     host,
                     &format!("{step}: same sha256 on the host, {size} bytes skipped"),
                 );
+                tracing::debug!(host, dest = %it.dest, bytes_skipped = size, "upload skipped: same sha256");
                 outcomes.push(UploadOutcome {
                     bytes_sent: 0,
                     bytes_skipped: *size,
@@ -585,6 +595,7 @@ impl Pool {
                     .err(c, &step, kind, exit_text(&out))
                     .with_stderr(out.stderr));
             }
+            tracing::debug!(host, dest = %it.dest, bytes_sent = size, "uploaded");
             outcomes.push(UploadOutcome {
                 bytes_sent: *size,
                 bytes_skipped: 0,

@@ -1,12 +1,14 @@
 //! Progress and per-host logs: indicatif bars (one line per host and a total) on a terminal,
 //! plain timestamped lines otherwise (CI, env `CI`, pipes: crate notes #8), and the full
-//! per-host log in `logs/<host>.log` under the cluster's state directory.
+//! per-host log of this run in `logs/<run>/<host>.log` under the cluster's state directory
+//! (one directory per run, so a re-run never mixes with the run it repairs), with
+//! `logs/<host>.log` a link to the newest run's file.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -44,6 +46,46 @@ pub struct Progress {
     total: Option<ProgressBar>,
     logs_dir: Option<PathBuf>,
     files: Mutex<HashMap<String, File>>,
+}
+
+/// RFC 3339 in UTC with milliseconds: log files are read days later, so the date is in every line.
+fn log_timestamp() -> String {
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&f)
+        .unwrap_or_default()
+}
+
+/// This process's run name: its start time (UTC) and pid, the same for every pool it opens.
+pub fn run_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+        let t = time::OffsetDateTime::now_utc()
+            .format(&f)
+            .unwrap_or_default();
+        format!("{t}-{}", std::process::id())
+    })
+}
+
+/// Where this run's per-host logs go under a cluster's `logs/` directory.
+pub fn run_logs_dir(logs: &std::path::Path) -> PathBuf {
+    logs.join(run_name())
+}
+
+/// Points `logs/<host>.log` at this run's file (replaced atomically; best effort: the link is a
+/// convenience, the run's own file is what the summary names).
+fn link_latest(logs: &std::path::Path, host: &str) {
+    let link = logs.join(format!("{host}.log"));
+    let tmp = logs.join(format!(".{host}.log.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    #[cfg(unix)]
+    if std::os::unix::fs::symlink(format!("{}/{host}.log", run_name()), &tmp).is_ok() {
+        // A regular file left by an older clusterctl is replaced too.
+        let _ = std::fs::rename(&tmp, &link);
+    }
 }
 
 fn timestamp() -> String {
@@ -104,12 +146,15 @@ impl Progress {
         let Some(dir) = &self.logs_dir else { return };
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(host) {
+            let run_dir = run_logs_dir(dir);
+            let _ = std::fs::create_dir_all(&run_dir);
             match OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(dir.join(format!("{host}.log")))
+                .open(run_dir.join(format!("{host}.log")))
             {
                 Ok(f) => {
+                    link_latest(dir, host);
                     files.insert(host.to_string(), f);
                 }
                 Err(_) => return,
@@ -117,8 +162,9 @@ impl Progress {
         }
         if let Some(f) = files.get_mut(host) {
             let mut s = String::with_capacity(text.len() + 16);
+            let stamp = log_timestamp();
             for line in text.lines() {
-                s.push_str(&timestamp());
+                s.push_str(&stamp);
                 s.push(' ');
                 s.push_str(line);
                 s.push('\n');
@@ -194,14 +240,24 @@ mod tests {
         p.host("a", "step one");
         p.log("a", "out1\nout2");
         p.log("b", "other");
-        let a = std::fs::read_to_string(dir.path().join("logs/a.log")).unwrap();
+        let run = run_logs_dir(&dir.path().join("logs"));
+        let a = std::fs::read_to_string(run.join("a.log")).unwrap();
         assert_eq!(a.lines().count(), 3, "{a}");
-        assert!(a.lines().all(|l| l.as_bytes()[2] == b':'), "{a}");
+        for line in a.lines() {
+            let stamp = line.split(' ').next().unwrap();
+            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|e| panic!("{stamp:?} is not RFC 3339: {e}"));
+        }
         assert!(a.contains(" out2"));
         assert!(
-            std::fs::read_to_string(dir.path().join("logs/b.log"))
+            std::fs::read_to_string(run.join("b.log"))
                 .unwrap()
                 .contains("other")
+        );
+        // The stable name follows the newest run.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("logs/a.log")).unwrap(),
+            a
         );
     }
 

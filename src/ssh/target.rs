@@ -84,7 +84,7 @@ impl Target {
             pin_file: pin_file.clone(),
             bastion: None,
             sudo: ssh.sudo,
-            connect_timeout: Duration::from_secs(ssh.connect_timeout_secs),
+            connect_timeout: ssh.connect_timeout,
         };
         let bastion = |name: &str| -> Option<Box<Target>> {
             let b = ssh.bastions.iter().find(|b| b.name == name)?;

@@ -59,7 +59,7 @@ pub struct UpgradeArgs {
     #[arg(long, default_value_t = 1)]
     pub max_unavailable: usize,
     /// How long a node's drain may take (PodDisruptionBudgets, grace periods): e.g. 300s, 5m.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = crate::duration::parse)]
     pub drain_timeout: Duration,
     /// Return the hosts of --hosts to the binaries the last upgrade kept on them.
     #[arg(long)]
@@ -80,22 +80,6 @@ pub enum UpgradeCmd {
         #[arg(long)]
         to: Option<String>,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix('s') {
-        (n, 1)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600)
-    } else {
-        (t, 1)
-    };
-    num.parse::<u64>()
-        .map(|n| Duration::from_secs(n * mult))
-        .map_err(|_| format!("`{s}` is not a duration: write e.g. 300s, 5m or 1h"))
 }
 
 /// The components a stage swaps.
@@ -506,16 +490,16 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
             let problems = skew_check(&ctx, &rows);
             if plan_only {
                 match g.output {
-                    Output::Json => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({
+                    Output::Json | Output::Yaml => crate::output::print(
+                        g.output,
+                        &serde_json::json!({
                             "cluster": ctx.inv().name(),
                             "targets": targets(&ctx),
                             "hosts": rows,
                             "stages": stages,
                             "skewProblems": problems,
-                        }))?
-                    ),
+                        }),
+                    )?,
                     Output::Text => print!("{}", render_plan(&ctx, &rows, &problems, &stages)),
                 }
                 if !problems.is_empty() {
@@ -595,14 +579,14 @@ async fn upgrade(
                 Some(u) => u.message.clone(),
                 None => format!("{e:#}"),
             };
-            if g.output == Output::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
+            if g.output != Output::Text {
+                crate::output::print(
+                    g.output,
+                    &serde_json::json!({
                         "command": "upgrade", "ok": false, "targets": t, "error": msg,
                         "seconds": started.elapsed().as_secs_f64(),
-                    }))?
-                );
+                    }),
+                )?;
             }
             let code = e.downcast_ref::<UserError>().map(|u| u.code);
             let msg = format!(
@@ -633,15 +617,15 @@ async fn upgrade(
         record::save(ctx, &rec)?;
     }
     match g.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
+        Output::Json | Output::Yaml => crate::output::print(
+            g.output,
+            &serde_json::json!({
                 "command": "upgrade", "ok": true, "dryRun": a.dry_run, "targets": t,
                 "stages": stages, "seconds": started.elapsed().as_secs_f64(),
                 "wouldChange": dry.recorded.lock().unwrap().iter()
                     .map(|(h, w)| serde_json::json!({"host": h, "change": w})).collect::<Vec<_>>(),
-            }))?
-        ),
+            }),
+        )?,
         Output::Text => {
             for (h, w) in dry.recorded.lock().unwrap().iter() {
                 println!("{h}: {w}");

@@ -210,13 +210,13 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
             })
             .collect();
         match g.output {
-            Output::Json => println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({
+            Output::Json | Output::Yaml => crate::output::print(
+                g.output,
+                &serde_json::json!({
                     "command": "upgrade --rollback", "dryRun": a.dry_run,
                     "hosts": summary, "seconds": started.elapsed().as_secs_f64(),
-                }))?
-            ),
+                }),
+            )?,
             Output::Text => println!(
                 "rollback{}: {} in {:.1}s",
                 if a.dry_run { " (dry run)" } else { "" },
