@@ -10,6 +10,7 @@ pub mod backup;
 pub mod members;
 pub mod reset;
 pub mod restore;
+pub mod seal;
 pub mod status;
 
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ pub const SCHEDULED_DIR: &str = "/var/backups/etcd";
 #[derive(Args, Debug, Clone, Default)]
 pub struct BackupArgs {
     /// Archive to write (a directory: the default name in it). Default:
-    /// clusters/<name>/backups/<name>-<UTC time>.tar.gz. An existing file is never replaced.
+    /// clusters/<name>/backups/<name>-<UTC time>.backup. An existing file is never replaced.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Instead of a backup now: install a systemd timer on every etcd host that snapshots the
@@ -48,8 +49,17 @@ pub struct BackupArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
-    /// A backup archive written by `clusterctl backup` (its .sha256 beside it is checked too).
+    /// A backup written by `clusterctl backup` (`<cluster>-<time>.backup`): its signature is
+    /// checked before anything is decrypted or unpacked.
     pub archive: PathBuf,
+    /// The age identity file (`age-keygen -o FILE`) of one of the archive's recipients
+    /// (`spec.backup.recipients`): needed to decrypt it.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The public key the archive must be signed with (`clusters/<name>/backup-signing.pub`
+    /// of the machine that took it). Default: this machine's key for the cluster.
+    #[arg(long, value_name = "FILE")]
+    pub signer: Option<PathBuf>,
     /// Verify the archive and print what would be done on each host; change nothing.
     #[arg(long)]
     pub dry_run: bool,

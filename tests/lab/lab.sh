@@ -453,6 +453,8 @@ write_outputs() { # env, known_hosts, inventory.yaml
 		echo "  # Lab hosts share the machine's disk: kubelets must not evict (and taint their node)"
 		echo "  # because the machine's disk is fuller than the defaults allow (imagefs 15 % free)."
 		echo "  kubelet: { evictionHard: { imagefs.available: \"2%\", nodefs.available: \"2%\", memory.available: \"100Mi\" } }"
+		echo "  # Backups hold the CA keys: encrypted to the lab's test-only key (tests/lab/backup-identity.txt)."
+		echo "  backup: { recipients: [$(sed -n 's/^# public key: //p' "$here/backup-identity.txt")] }"
 		echo "  hosts:"
 		for i in $(seq 1 "$n"); do
 			h="h$i"
