@@ -180,7 +180,7 @@ pub(super) async fn rollback(
             );
         }
         let units: Vec<&str> = backs.iter().filter_map(|b| b.comp.unit).collect();
-        script += &format!("systemctl restart {}", units.join(" "));
+        script += &crate::ssh::shell::systemctl(&["restart"], &units).to_string();
         let r = async {
             if a.dry_run {
                 eprintln!("rollback {}: would run: {script}", h.name);
