@@ -5,7 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use crate::commands::Output;
+/// `-o`: how a command prints what it read or did.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+    Yaml,
+}
 
 /// Prints `value` as pretty JSON or as YAML (`Output::Text` callers render their own text;
 /// given here it prints JSON, the stable form).

@@ -1,6 +1,8 @@
 //! `clusterctl backup`: an etcd snapshot taken over TLS from a healthy member, checked with
 //! `snapshot status` on that host, fetched over SSH (sha256 compared), and written with the
-//! local PKI and the inventory into one archive with a checksum (see [`super::backup_archive`]).
+//! local PKI and the inventory into one archive (see [`super::backup_archive`]), read back, then
+//! sealed: encrypted to `spec.backup.recipients` and signed with the cluster's
+//! backup-signing key (see [`super::seal`]), and checked again as `restore` will check it.
 //! `--schedule` runs the backup-schedule playbook instead (see [`schedule`]).
 
 use std::path::{Path, PathBuf};
@@ -30,6 +32,13 @@ const REMOTE_DIR: &str = "/var/lib/clusterctl/backup";
 pub struct Report {
     pub path: PathBuf,
     pub checksum_file: PathBuf,
+    /// False only with `spec.backup.unencrypted: true`.
+    pub encrypted: bool,
+    /// The age recipients it is encrypted to.
+    pub recipients: Vec<String>,
+    /// The backup-signing public key (hex) and where its PEM is.
+    pub signer: String,
+    pub signer_file: PathBuf,
     pub size: u64,
     pub sha256: String,
     pub snapshot_from: String,
@@ -63,7 +72,7 @@ pub fn members(ctx: &Context) -> Vec<Member> {
 /// Where the archive goes: `out` (a directory: the default name in it) or the default. An
 /// existing file is refused (a backup never replaces anything).
 fn target(ctx: &Context, out: Option<&Path>, when: &str) -> anyhow::Result<PathBuf> {
-    let name = format!("{}-{when}.tar.gz", ctx.inv().name());
+    let name = format!("{}-{when}.backup", ctx.inv().name());
     let path = match out {
         Some(p) if p.is_dir() => p.join(name),
         Some(p) => p.to_path_buf(),
@@ -80,6 +89,29 @@ fn target(ctx: &Context, out: Option<&Path>, when: &str) -> anyhow::Result<PathB
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     Ok(path)
+}
+
+/// Whom the archive is encrypted to: `spec.backup.recipients`, or None (clear) only with
+/// `spec.backup.unencrypted: true`. Neither is bad input, found before any host is touched.
+pub fn recipients(ctx: &Context) -> Result<Option<&[crate::inventory::AgeRecipient]>, UserError> {
+    let b = &ctx.inv().spec.backup;
+    match (b.recipients.is_empty(), b.unencrypted) {
+        (false, false) => Ok(Some(&b.recipients)),
+        (true, true) => Ok(None),
+        (false, true) => Err(UserError::bad_input(format!(
+            "{}: spec.backup has both recipients and `unencrypted: true`: remove one \
+             (a backup holds the CA keys: keep the recipients)",
+            ctx.loaded.path.display()
+        ))),
+        (true, false) => Err(UserError::bad_input(format!(
+            "{}: spec.backup.recipients is empty: a backup holds every CA key and is written \
+             encrypted only. Add an age public key (`age-keygen -o backup.key` prints one), e.g.\n  \
+             spec:\n    backup:\n      recipients: [age1...]\n  \
+             and keep backup.key off this machine; or, knowingly, `spec.backup.unencrypted: true`; \
+             nothing was touched",
+            ctx.loaded.path.display()
+        ))),
+    }
 }
 
 /// The first etcd member (inventory order) whose health check answers.
@@ -110,6 +142,9 @@ pub async fn backup(ctx: &Context, pool: &Pool, out: Option<&Path>) -> anyhow::R
     let started = Instant::now();
     let now = time::OffsetDateTime::now_utc();
     let when = stamp(now);
+    // Who may read it and who signs it: settled before any host is touched.
+    let recipients = recipients(ctx)?;
+    let signing = super::seal::signing_key(&ctx.state)?;
     let path = target(ctx, out, &when)?;
     let inv = ctx.inv();
     let host = healthy_member(ctx, pool).await?;
@@ -202,15 +237,34 @@ pub async fn backup(ctx: &Context, pool: &Pool, out: Option<&Path>) -> anyhow::R
         },
         files: vec![],
     };
-    let (size, sha256) = archive::write(&path, &mut manifest, &files)?;
-    // Read back what is on disk before calling it a backup.
+    // The clear archive lives only in the 0700 temp dir, read back there before it is sealed.
+    let plain = tmp.path().join("archive.tar.gz");
+    archive::write(&plain, &mut manifest, &files)?;
     let check = tempfile::tempdir_in(tmp.path())?;
-    archive::verify(&path, check.path()).context("reading the new archive back")?;
+    archive::verify(&plain, check.path()).context("reading the new archive back")?;
+    drop(check);
+    let sealed = super::seal::seal(&plain, &path, inv.name(), recipients, &signing)?;
+    // Read the sealed file back from disk the way `restore` will: signature and payload.
+    let trusted = signing.verifying_key();
+    super::seal::open(&path, &trusted).context("reading the sealed backup back")?;
+    let (sha256, size) = crate::hashing::hash_file(&path)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let checksum_file = archive::checksum_path(&path);
+    archive::write_private(&checksum_file, format!("{sha256}  {name}\n").as_bytes())
+        .with_context(|| format!("writing {}", checksum_file.display()))?;
     Ok(Report {
-        checksum_file: archive::checksum_path(&path),
+        checksum_file,
         path,
         size,
         sha256,
+        encrypted: sealed.encrypted,
+        recipients: recipients
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.0.to_string())
+            .collect(),
+        signer: sealed.signer,
+        signer_file: super::seal::signing_pub_path(&ctx.state),
         snapshot_from: host.name.clone(),
         snapshot_bytes: bytes,
         status,
@@ -249,6 +303,20 @@ pub fn run(g: &Global, a: &BackupArgs) -> anyhow::Result<()> {
                 r.sha256,
                 r.checksum_file.display()
             );
+            if r.encrypted {
+                println!(
+                    "  encrypted (age) to {}; signed with the backup-signing key {} ({}: copy it off-site too, `restore --signer` takes it)",
+                    r.recipients.join(", "),
+                    r.signer,
+                    r.signer_file.display()
+                );
+            } else {
+                println!(
+                    "  NOT ENCRYPTED (spec.backup.unencrypted: true): the file holds every CA key in the clear; signed with the backup-signing key {} ({})",
+                    r.signer,
+                    r.signer_file.display()
+                );
+            }
             println!(
                 "  etcd snapshot from {}: {} ({} keys, revision {}), checked with `snapshot status`; with the local PKI and the inventory; {:.1}s",
                 r.snapshot_from,
@@ -346,7 +414,7 @@ fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Res
 #[derive(Args, Debug, Clone, Default)]
 pub struct BackupArgs {
     /// Archive to write (a directory: the default name in it). Default:
-    /// clusters/<name>/backups/<name>-<UTC time>.tar.gz. An existing file is never replaced.
+    /// clusters/<name>/backups/<name>-<UTC time>.backup. An existing file is never replaced.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Instead of a backup now: install a systemd timer on every etcd host that snapshots the

@@ -170,7 +170,7 @@ pub fn write(
 }
 
 /// Writes `bytes` to `path` created 0600 (replacing it): nothing of a backup is for others.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -208,14 +208,6 @@ pub fn verify(archive: &Path, into: &Path) -> anyhow::Result<Verified> {
 /// unpacked into `into` made 0700, with directories 0700 and files 0600; an entry that appears
 /// twice is refused (the second copy would silently win).
 pub fn verify_bounded(archive: &Path, into: &Path, limit: u64) -> anyhow::Result<Verified> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(into)
-        .with_context(|| format!("creating {}", into.display()))?;
-    std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o700))?;
-    let mut total = 0u64;
     let (sha256, _) =
         hash_file(archive).with_context(|| format!("reading {}", archive.display()))?;
     let sum_path = checksum_path(archive);
@@ -233,26 +225,52 @@ pub fn verify_bounded(archive: &Path, into: &Path, limit: u64) -> anyhow::Result
             );
         }
     }
-    let f = std::fs::File::open(archive)?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut f = std::fs::File::open(archive)?;
+    let manifest = unpack(&mut f, &archive.display().to_string(), into, limit)?;
+    Ok(Verified {
+        manifest,
+        dir: into.to_path_buf(),
+        sha256,
+        checksum_file,
+    })
+}
+
+/// Unpacks the `.tar.gz` read from `src` (named `label` in errors) into `into` and checks it
+/// against its manifest: at most `limit` bytes; `into` made 0700, directories 0700, files
+/// 0600 (it holds CA keys); an entry that appears twice is refused (the second copy would
+/// silently win); every file listed must be there with its size and sha256, and no other.
+pub fn unpack<R: Read>(
+    src: &mut R,
+    label: &str,
+    into: &Path,
+    limit: u64,
+) -> anyhow::Result<Manifest> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(into)
+        .with_context(|| format!("creating {}", into.display()))?;
+    std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o700))?;
+    let mut total = 0u64;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(src));
     let mut seen = Vec::new();
     for e in tar
         .entries()
-        .with_context(|| format!("{}: not a .tar.gz", archive.display()))?
+        .with_context(|| format!("{label}: not a .tar.gz"))?
     {
-        let mut e = e.with_context(|| format!("{}: damaged archive", archive.display()))?;
+        let mut e = e.with_context(|| format!("{label}: damaged archive"))?;
         let name = e.path()?.to_string_lossy().into_owned();
         let p = Path::new(&name);
         if p.components().any(|c| !matches!(c, Component::Normal(_))) {
-            bail!("{}: unsafe path {name} in the archive", archive.display());
+            bail!("{label}: unsafe path {name} in the archive");
         }
         if !e.header().entry_type().is_file() {
             continue;
         }
         if seen.iter().any(|s: &FileEntry| s.path == name) {
             bail!(
-                "{}: {name} appears twice in the archive: refused (which copy is the backup?)",
-                archive.display()
+                "{label}: {name} appears twice in the archive: refused (which copy is the backup?)"
             );
         }
         let dest = into.join(p);
@@ -273,15 +291,14 @@ pub fn verify_bounded(archive: &Path, into: &Path, limit: u64) -> anyhow::Result
         loop {
             let n = r
                 .read(&mut buf)
-                .with_context(|| format!("{}: damaged archive (in {name})", archive.display()))?;
+                .with_context(|| format!("{label}: damaged archive (in {name})"))?;
             if n == 0 {
                 break;
             }
             total += n as u64;
             if total > limit {
                 bail!(
-                    "{}: unpacks to more than {limit} bytes: refused (not a backup clusterctl wrote)",
-                    archive.display()
+                    "{label}: unpacks to more than {limit} bytes: refused (not a backup clusterctl wrote)"
                 );
             }
             out.write_all(&buf[..n])?;
@@ -295,13 +312,12 @@ pub fn verify_bounded(archive: &Path, into: &Path, limit: u64) -> anyhow::Result
     }
     let manifest_path = into.join(MANIFEST);
     let text = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("{}: no {MANIFEST} in it", archive.display()))?;
+        .with_context(|| format!("{label}: no {MANIFEST} in it"))?;
     let manifest: Manifest = serde_json::from_str(&text)
-        .with_context(|| format!("{}: {MANIFEST} is not a backup manifest", archive.display()))?;
+        .with_context(|| format!("{label}: {MANIFEST} is not a backup manifest"))?;
     if manifest.format != FORMAT {
         bail!(
-            "{}: format {:?}, this clusterctl reads {FORMAT:?}",
-            archive.display(),
+            "{label}: format {:?}, this clusterctl reads {FORMAT:?}",
             manifest.format
         );
     }
@@ -326,17 +342,11 @@ pub fn verify_bounded(archive: &Path, into: &Path, limit: u64) -> anyhow::Result
     }
     if !problems.is_empty() {
         bail!(
-            "{}: the contents do not match its manifest: {}",
-            archive.display(),
+            "{label}: the contents do not match its manifest: {}",
             problems.join("; ")
         );
     }
-    Ok(Verified {
-        manifest,
-        dir: into.to_path_buf(),
-        sha256,
-        checksum_file,
-    })
+    Ok(manifest)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod kubeconfig;
 pub mod reset;
 pub mod restore;
+pub mod seal;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -65,12 +66,7 @@ pub struct Global {
     pub break_lock: bool,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Text,
-    Json,
-    Yaml,
-}
+pub use crate::output::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {

@@ -1,6 +1,8 @@
 //! `clusterctl restore ARCHIVE [--dry-run]`: the command layer of the restore playbook
 //! (`playbooks/restore.yaml`, phases in `phases::restore`). Before any host is touched: the
-//! archive's checksum and manifest are verified on this machine, it must belong to this
+//! archive's signature (the cluster's backup-signing key, see `ops::seal`) and payload are
+//! verified on this machine, it is decrypted with `--identity` and unpacked into a private
+//! temporary directory (removed afterwards) and checked against its manifest; it must belong to this
 //! inventory's cluster (name and etcd members), and the user confirms (or `--yes`). Then the
 //! one runner does the rest: snapshot onto the etcd hosts, control plane then etcd stopped,
 //! every member rebuilt from the snapshot with a new cluster token (old data directories moved
@@ -68,9 +70,36 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let tmp = tempfile::tempdir()?;
-    let v = archive::verify(&a.archive, tmp.path())
+    // Authenticated before anything is decrypted or unpacked: signed by this cluster's
+    // backup-signing key (or the one `--signer` names), the payload the one signed.
+    let trusted = {
+        let ctx = super::context(g)?;
+        super::seal::trusted_key(&ctx.state, a.signer.as_deref())
+            .map_err(|e| UserError::bad_input(format!("{e:#}\n  {nothing}")))?
+    };
+    let identities = a
+        .identity
+        .as_deref()
+        .map(super::seal::load_identities)
+        .transpose()
         .map_err(|e| UserError::bad_input(format!("{e:#}\n  {nothing}")))?;
+    let opened = super::seal::open(&a.archive, &trusted)
+        .map_err(|e| UserError::bad_input(format!("{e:#}\n  {nothing}")))?;
+    let encrypted = opened.sealed.encrypted;
+    // The archive holds every CA key: unpacked only into a private (0700) directory that is
+    // removed when restore ends, whatever happens.
+    let tmp = tempfile::Builder::new()
+        .prefix("clusterctl-restore-")
+        .tempdir()?;
+    let manifest = opened
+        .unpack(identities.as_deref(), tmp.path(), archive::MAX_UNPACKED)
+        .map_err(|e| UserError::bad_input(format!("{e:#}\n  {nothing}")))?;
+    let v = archive::Verified {
+        manifest,
+        dir: tmp.path().to_path_buf(),
+        sha256: String::new(),
+        checksum_file: true,
+    };
     let when = stamp(time::OffsetDateTime::now_utc());
     let options = crate::engine::RunOptions {
         dry_run: a.dry_run,
@@ -89,10 +118,10 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if !v.checksum_file {
+    if !encrypted {
         eprintln!(
-            "note: no {} beside the archive: checked against its own manifest only",
-            archive::checksum_path(&a.archive).display()
+            "note: {} is not encrypted (it was taken with spec.backup.unencrypted: true); its signature was checked",
+            a.archive.display()
         );
     }
     let m = &v.manifest;
@@ -279,8 +308,17 @@ spec:
 
 #[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
-    /// A backup archive written by `clusterctl backup` (its .sha256 beside it is checked too).
+    /// A backup written by `clusterctl backup` (`<cluster>-<time>.backup`): its signature is
+    /// checked before anything is decrypted or unpacked.
     pub archive: PathBuf,
+    /// The age identity file (`age-keygen -o FILE`) of one of the archive's recipients
+    /// (`spec.backup.recipients`): needed to decrypt it.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The public key the archive must be signed with (`clusters/<name>/backup-signing.pub`
+    /// of the machine that took it). Default: this machine's key for the cluster.
+    #[arg(long, value_name = "FILE")]
+    pub signer: Option<PathBuf>,
     /// Verify the archive and print what would be done on each host; change nothing.
     #[arg(long)]
     pub dry_run: bool,

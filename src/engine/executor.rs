@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::{Action, HostPlan, Source};
 use crate::inventory::Host;
+use crate::ssh::shell::systemctl;
 
 #[derive(Debug, Clone, Default)]
 pub struct CmdOutput {
@@ -592,7 +593,7 @@ pub async fn converge_gated(
                 }
                 let (enabled, active) = far.units.get(unit).cloned().unwrap_or_default();
                 if enabled != "enabled" {
-                    run_change(exec, host, &format!("systemctl enable {}", q(unit))).await?;
+                    run_change(exec, host, &systemctl(&["enable"], [unit]).to_string()).await?;
                     ch.commands_run += 1;
                 }
                 // A unit on its way up or down counts as running: a restart an interrupted
@@ -664,7 +665,7 @@ pub async fn converge_gated(
     // of a running etcd): restart the unit if it runs, so it does not keep the old file loaded.
     for unit in dirty_units {
         if is_active(&unit) {
-            run_change(exec, host, &format!("systemctl restart {}", q(&unit))).await?;
+            run_change(exec, host, &systemctl(&["restart"], [&unit]).to_string()).await?;
             ch.restarts.push(unit);
         }
     }
@@ -730,7 +731,7 @@ async fn unit_change(
     verb: &str,
     unit: &str,
 ) -> anyhow::Result<()> {
-    let cmd = format!("systemctl {verb} {}", q(unit));
+    let cmd = systemctl(&[verb], [unit]).to_string();
     let o = exec.change(host, &cmd).await?;
     if o.status != 0 {
         let log = exec

@@ -349,7 +349,9 @@ async fn runs_any(exec: &dyn Executor, h: &Host, hp: &super::HostPlan) -> bool {
     match exec
         .query(
             h,
-            &format!("systemctl is-active {} 2>/dev/null", units.join(" ")),
+            &crate::ssh::shell::systemctl(&["is-active"], &units)
+                .raw("2>/dev/null")
+                .to_string(),
         )
         .await
     {

@@ -390,6 +390,7 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
                 kubelet: Default::default(),
                 addons,
                 bundle: None,
+                backup: Default::default(),
             },
         },
         notes,

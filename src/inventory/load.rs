@@ -352,6 +352,31 @@ mod tests {
     }
 
     #[test]
+    fn backup_recipients_are_typed_at_load() {
+        let hosts = "  kubernetesVersion: v1.20.2\n  hosts:\n    - {name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}\n";
+        let good = "age1z4gr2rj7xr2x3n6r578de5rxd93ltc8v3rzp85ycyhe5x5qpua3q9dwyk4";
+        let text = format!("{HEAD}{hosts}  backup:\n    recipients: [{good}]\n");
+        let inv = load_str(&text, Path::new("inv.yaml")).unwrap().inventory;
+        assert_eq!(inv.spec.backup.recipients[0].0.to_string(), good);
+        // One letter off (the bech32 checksum fails), and an ssh key: each refused at its line.
+        let bad = good.replace("dwyk4", "dwyk5");
+        let text = format!(
+            "{HEAD}{hosts}  backup:\n    recipients:\n      - {bad}\n      - \"ssh-ed25519 AAAA\"\n"
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("11:9 ") && m.contains("age X25519 public key")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("12:9 invalid backup recipient")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
     fn a_duplicate_key_is_said_in_our_words_with_both_places() {
         let text = format!(
             "{HEAD}  kubernetesVersion: v1.20.2\n  hosts:\n    - name: cp1\n      address: 10.0.0.1\n      name: cp2\n      roles: [etcd, control-plane]\n"

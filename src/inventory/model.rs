@@ -57,6 +57,72 @@ pub struct ClusterSpec {
     /// inventory file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleSpec>,
+    /// Who can read the archives `clusterctl backup` writes (they hold the CA keys).
+    #[serde(default, skip_serializing_if = "BackupSpec::is_default")]
+    pub backup: BackupSpec,
+}
+
+/// `spec.backup`: a backup archive holds every CA key, so it is encrypted (the `age` format)
+/// to `recipients`; writing it in the clear needs `unencrypted: true`, said in every backup's
+/// output. (Every archive is also signed with the cluster's backup-signing key, see
+/// `ops::seal`; that needs no setting.)
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupSpec {
+    /// age X25519 public keys (`age1…`, as `age-keygen` prints them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<AgeRecipient>,
+    /// Write archives unencrypted (CA keys in the clear): an explicit opt-out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unencrypted: bool,
+}
+
+impl BackupSpec {
+    fn is_default(&self) -> bool {
+        *self == BackupSpec::default()
+    }
+}
+
+/// An age X25519 recipient, parsed when the inventory is read: a value that is not one is a
+/// schema error at its line, and nothing downstream parses the string again.
+#[derive(Clone)]
+pub struct AgeRecipient(pub age::x25519::Recipient);
+
+impl std::fmt::Debug for AgeRecipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl PartialEq for AgeRecipient {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl std::str::FromStr for AgeRecipient {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<age::x25519::Recipient>()
+            .map(AgeRecipient)
+            .map_err(|_| {
+                "invalid backup recipient: expected an age X25519 public key `age1…` (as `age-keygen` prints it)"
+                    .to_string()
+            })
+    }
+}
+
+impl Serialize for AgeRecipient {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for AgeRecipient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim().parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `spec.bundle`: where the offline bundle is and whose signature it must carry.

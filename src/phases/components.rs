@@ -5,12 +5,13 @@
 
 use crate::engine::MANIFESTS;
 use crate::engine::executor::q;
+use crate::ssh::shell::systemctl;
 
 /// Stops `components` (e.g. `etcd`, `kube-apiserver`) on a host.
 pub fn stop_command(static_pods: bool, components: &[&str], hold: &str) -> String {
-    let list = components.join(" ");
+    let list = words(components);
     if !static_pods {
-        return format!("systemctl stop {}", units(components));
+        return systemctl(&["stop"], units(components)).to_string();
     }
     format!(
         "install -d -m 0700 {h}; for c in {list}; do [ -e {MANIFESTS}/$c.yaml ] && mv {MANIFESTS}/$c.yaml {h}/; done; \
@@ -24,19 +25,19 @@ pub fn stop_command(static_pods: bool, components: &[&str], hold: &str) -> Strin
 /// the kubelet's directory): the `unless` of [`stop_command`].
 pub fn stopped_check(static_pods: bool, components: &[&str]) -> String {
     if !static_pods {
-        return format!("! systemctl is-active -q {}", units(components));
+        return systemctl(&["is-active", "-q"], units(components)).negated();
     }
     format!(
         "for c in {}; do [ -e {MANIFESTS}/$c.yaml ] && exit 1; pgrep -f \"^$c( |$)\" >/dev/null && exit 1; done; exit 0",
-        components.join(" ")
+        words(components)
     )
 }
 
 /// Starts what [`stop_command`] stopped (`--no-block`: etcd members wait for each other).
 pub fn start_command(static_pods: bool, components: &[&str], hold: &str) -> String {
-    let list = components.join(" ");
+    let list = words(components);
     if !static_pods {
-        return format!("systemctl start --no-block {}", units(components));
+        return systemctl(&["start", "--no-block"], units(components)).to_string();
     }
     format!(
         "for c in {list}; do [ -e {h}/$c.yaml ] && mv {h}/$c.yaml {MANIFESTS}/; done; rmdir {h} 2>/dev/null; true",
@@ -44,10 +45,15 @@ pub fn start_command(static_pods: bool, components: &[&str], hold: &str) -> Stri
     )
 }
 
-fn units(components: &[&str]) -> String {
+fn units(components: &[&str]) -> Vec<String> {
+    components.iter().map(|c| format!("{c}.service")).collect()
+}
+
+/// The components as shell words (each quoted), for a `for` list.
+fn words(components: &[&str]) -> String {
     components
         .iter()
-        .map(|c| format!("{c}.service"))
+        .map(|c| q(c))
         .collect::<Vec<_>>()
         .join(" ")
 }

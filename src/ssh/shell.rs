@@ -13,6 +13,77 @@ pub fn quote(s: &str) -> String {
     }
 }
 
+/// A remote command as a program and its arguments: every argument is quoted when the
+/// command is written out, so a value (from the inventory, a bundle manifest, an archive)
+/// reaches the remote shell as exactly one word, whatever it holds. Shell syntax can be added
+/// only as `&'static str` fragments ([`Cmd::raw`]), i.e. text written in clusterctl's source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    words: Vec<Word>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Word {
+    Arg(String),
+    Raw(&'static str),
+}
+
+impl Cmd {
+    pub fn new(program: &str) -> Cmd {
+        Cmd {
+            words: vec![Word::Arg(program.to_string())],
+        }
+    }
+    /// One argument, quoted.
+    pub fn arg(mut self, a: impl AsRef<str>) -> Cmd {
+        self.words.push(Word::Arg(a.as_ref().to_string()));
+        self
+    }
+    /// Each item one quoted argument.
+    pub fn args<I, S>(mut self, items: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.words
+            .extend(items.into_iter().map(|a| Word::Arg(a.as_ref().to_string())));
+        self
+    }
+    /// Shell syntax written in clusterctl's source (`2>/dev/null`, `>/dev/null`): never a value.
+    pub fn raw(mut self, fragment: &'static str) -> Cmd {
+        self.words.push(Word::Raw(fragment));
+        self
+    }
+    /// `self && next`
+    pub fn and(self, next: &Cmd) -> String {
+        format!("{self} && {next}")
+    }
+    /// `! self`: succeeds when the command fails.
+    pub fn negated(&self) -> String {
+        format!("! {self}")
+    }
+}
+
+impl std::fmt::Display for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, w) in self.words.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            match w {
+                Word::Arg(a) => f.write_str(&quote(a))?,
+                Word::Raw(r) => f.write_str(r)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `systemctl VERB UNIT…`, each unit quoted.
+pub fn systemctl<S: AsRef<str>>(verb: &[&str], units: impl IntoIterator<Item = S>) -> Cmd {
+    Cmd::new("systemctl").args(verb).args(units)
+}
+
 /// Runs `cmd` as root: unchanged for root, else through `sudo -n` (never prompts) and `sh -c`
 /// so pipes, redirections and `&&` all run privileged.
 pub fn as_root(cmd: &str, user: &str) -> String {
@@ -131,6 +202,45 @@ mod tests {
             assert_eq!(String::from_utf8_lossy(&out.stdout), s, "quoting {s:?}");
         }
         assert_eq!(quote("/etc/x.conf"), "/etc/x.conf");
+    }
+
+    /// Every shell metacharacter, alone and mixed: a built command hands each value to the
+    /// program as exactly one argument, through a real shell and through a shell-word parser.
+    #[test]
+    fn a_built_command_never_leaves_a_metacharacter_unquoted() {
+        let nasty: Vec<String> = ";&|$`<>()\\\"' \t\n*?[]{}~#!%="
+            .chars()
+            .map(|c| format!("a{c}b"))
+            .chain(
+                [
+                    "$(touch /tmp/x)",
+                    "`id`",
+                    "x; rm -rf /",
+                    "a'b\"c",
+                    "-n",
+                    "",
+                    "../../etc",
+                    "${IFS}",
+                ]
+                .map(String::from),
+            )
+            .collect();
+        for v in &nasty {
+            let c = Cmd::new("printf").arg("%s|").arg(v).arg(v);
+            let line = c.to_string();
+            let words = shlex::split(&line).unwrap_or_else(|| panic!("unparsable: {line}"));
+            assert_eq!(words, ["printf", "%s|", v, v], "{line}");
+            let out = sh(&line);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("{v}|{v}|"),
+                "{line}"
+            );
+        }
+        // Raw fragments are source text only, and stay as written.
+        let c = systemctl(&["is-active"], ["etcd", "a b"]).raw("2>/dev/null");
+        assert_eq!(c.to_string(), "systemctl is-active etcd 'a b' 2>/dev/null");
+        assert_eq!(c.negated(), "! systemctl is-active etcd 'a b' 2>/dev/null");
     }
 
     #[test]

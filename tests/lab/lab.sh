@@ -454,6 +454,8 @@ write_outputs() { # env, known_hosts, inventory.yaml
 		echo "  # delete every unused image, bundle images included) because the machine's disk, shared"
 		echo "  # with other builds, is fuller than the defaults allow (imagefs 15 % free): a fixed 1Gi."
 		echo "  kubelet: { evictionHard: { imagefs.available: \"1Gi\", nodefs.available: \"1Gi\", memory.available: \"100Mi\" } }"
+		echo "  # Backups hold the CA keys: encrypted to the lab's test-only key (tests/lab/backup-identity.txt)."
+		echo "  backup: { recipients: [$(sed -n 's/^# public key: //p' "$here/backup-identity.txt")] }"
 		echo "  hosts:"
 		for i in $(seq 1 "$n"); do
 			h="h$i"

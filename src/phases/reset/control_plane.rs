@@ -19,8 +19,8 @@ pub const HOLD: &str = "/etc/kubernetes/manifests.reset";
 fn stop_unit(unit: &str, why: &str) -> Action {
     Action::run(
         &format!("stop {unit} ({why})"),
-        &format!("systemctl stop {unit}"),
-        Some(&format!("! systemctl is-active -q {unit}")),
+        &crate::ssh::shell::systemctl(&["stop"], [unit]).to_string(),
+        Some(&crate::ssh::shell::systemctl(&["is-active", "-q"], [unit]).negated()),
     )
 }
 

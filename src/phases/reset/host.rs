@@ -91,6 +91,10 @@ pub fn installed(plans: &[PhasePlan]) -> BTreeMap<String, Installed> {
     m
 }
 
+/// The private keys of the cluster's CAs (`pki/ca.key`, `pki/etcd/ca.key`, `pki/front-proxy-ca.key`)
+/// and the service-account signing key, as tar exclude patterns.
+pub const CA_KEY_NAMES: [&str; 3] = ["ca.key", "front-proxy-ca.key", "sa.key"];
+
 /// What `init` installs on the selected hosts, with the bundle archives it unpacked.
 fn installed_on(ctx: &Context) -> anyhow::Result<BTreeMap<String, Installed>> {
     let known: Vec<&str> = crate::phases::registry().iter().map(|p| p.name()).collect();
@@ -186,12 +190,17 @@ pub fn actions(
     // Backups of what cannot be re-created: 0700 directory, 0600 tarballs (they hold the CA
     // keys and every secret etcd stores), written under a temporary name and renamed, so a
     // killed run never leaves a partial tarball that looks complete.
-    let backup = |what: &str, dir: &str, name: &str| {
+    // `exclude`: file names left out of the tarball (tar patterns, matched per path component).
+    let backup = |what: &str, dir: &str, name: &str, exclude: &[&str]| {
+        let exclude: String = exclude
+            .iter()
+            .map(|p| format!(" --exclude={}", q(p)))
+            .collect();
         Action::run(
             &format!("back up {what} to {BACKUP_DIR}/{name}-{host}-<UTC time>.tar.gz (0600)"),
             &format!(
                 "set -e; umask 077; install -d -m 0700 {b}; chmod -R go-rwx {b}; t={b}/{name}-{h}-$(date -u +%Y%m%dT%H%M%SZ).tar.gz; \
-                 tar -C {d} -czf \"$t.part\" . && mv \"$t.part\" \"$t\"",
+                 tar -C {d}{exclude} -czf \"$t.part\" . && mv \"$t.part\" \"$t\"",
                 h = q(host),
                 d = q(dir)
             ),
@@ -202,12 +211,18 @@ pub fn actions(
         )
     };
     if let Some(d) = etcd_data {
-        a.push(backup(&format!("the etcd data ({d})"), d, "etcd-data"));
+        a.push(backup(&format!("the etcd data ({d})"), d, "etcd-data", &[]));
     }
+    // The CA keys (and sa.key, which mints service-account tokens) stay out of the tarball
+    // left on a reset host: whoever later reads that host's disk must not be able to sign
+    // certificates or tokens for the cluster. The certificates are kept; the keys live in the
+    // operator's clusters/<name>/pki and in the sealed backups, and every join uploads them
+    // again from there.
     a.push(backup(
-        "/etc/kubernetes",
+        "/etc/kubernetes (without the CA keys and sa.key)",
         "/etc/kubernetes",
         "etc-kubernetes",
+        &CA_KEY_NAMES,
     ));
     let kube_rules = "$ipt-save 2>/dev/null | grep -q -e 'KUBE-' -e 'clusterctl-pod-masq'";
     a.push(Action::run(
@@ -453,6 +468,81 @@ mod tests {
             .find("find \"$d\" -mindepth 1 ! -path /var/lib/clusterctl/run.lock -delete")
             .unwrap();
         assert!(backup < delete && all.find("umask 077").unwrap() < backup);
+    }
+
+    /// The /etc/kubernetes tarball a reset leaves runs through a real tar: the CA keys and
+    /// sa.key are not in it, the certificates and the host's own keys are.
+    #[test]
+    fn the_reset_tarball_keeps_certificates_and_drops_the_ca_keys() {
+        let steps = commands(&actions("w1", &inst(), None, "10.244.0.0/16"));
+        let cmd = &steps
+            .iter()
+            .find(|s| s.1.contains("etc-kubernetes-"))
+            .unwrap()
+            .1;
+        let d = tempfile::tempdir().unwrap();
+        let etc = d.path().join("etc");
+        for f in [
+            "pki/ca.key",
+            "pki/ca.crt",
+            "pki/etcd/ca.key",
+            "pki/etcd/ca.crt",
+            "pki/front-proxy-ca.key",
+            "pki/sa.key",
+            "pki/sa.pub",
+            "pki/apiserver.key",
+            "pki/etcd/server.key",
+            "admin.conf",
+        ] {
+            let p = etc.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f).unwrap();
+        }
+        let out = d.path().join("out");
+        let cmd = cmd
+            .replace(BACKUP_DIR, out.to_str().unwrap())
+            .replace("-C /etc/kubernetes", &format!("-C {}", etc.display()));
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let tarball = std::fs::read_dir(&out)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let list = std::process::Command::new("tar")
+            .arg("-tzf")
+            .arg(&tarball)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        let names: Vec<&str> = list.lines().map(|l| l.trim_start_matches("./")).collect();
+        for kept in [
+            "pki/ca.crt",
+            "pki/etcd/ca.crt",
+            "pki/sa.pub",
+            "pki/apiserver.key",
+            "pki/etcd/server.key",
+            "admin.conf",
+        ] {
+            assert!(names.contains(&kept), "{kept} not in {names:?}");
+        }
+        for gone in [
+            "pki/ca.key",
+            "pki/etcd/ca.key",
+            "pki/front-proxy-ca.key",
+            "pki/sa.key",
+        ] {
+            assert!(!names.contains(&gone), "{gone} in {names:?}");
+        }
     }
 
     #[test]

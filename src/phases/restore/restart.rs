@@ -66,7 +66,13 @@ impl Phase for RestoreRestart {
                 } else {
                     SCHEDULING
                         .iter()
-                        .map(|c| format!("systemctl is-active -q {c}.service"))
+                        .map(|c| {
+                            crate::ssh::shell::systemctl(
+                                &["is-active", "-q"],
+                                [format!("{c}.service")],
+                            )
+                            .to_string()
+                        })
                         .collect::<Vec<_>>()
                         .join(" && ")
                 };
