@@ -35,5 +35,4 @@ pub mod ssh;
 pub mod state;
 pub mod stdout;
 pub mod tls;
-pub mod upgrade;
 pub mod version;

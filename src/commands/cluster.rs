@@ -343,7 +343,7 @@ fn run_with(
     // Everything is checked before a host is contacted.
     let (mut ctx, runner) = prepare(g, command, &a.scope, options)?;
     if command == "init" || command == "join" {
-        crate::upgrade::record::check_inventory(&ctx, command)?;
+        crate::commands::upgrade::record::check_inventory(&ctx, command)?;
     }
     let rt = tokio::runtime::Runtime::new()?;
     let started = std::time::Instant::now();
@@ -369,7 +369,7 @@ fn run_with(
     }
     let (report, recorded) = execute(&rt, &ctx, &runner, a.dry_run)?;
     if !a.dry_run && (command == "init" || command == "join") {
-        crate::upgrade::record::record_converged(&ctx)?;
+        crate::commands::upgrade::record::record_converged(&ctx)?;
     }
     let (files, bytes, restarts) = report.totals();
     match g.output {

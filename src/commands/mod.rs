@@ -13,6 +13,7 @@ pub mod reset;
 pub mod restore;
 pub mod seal;
 pub mod status;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -75,7 +76,7 @@ pub enum Command {
     /// Add the hosts that are new in the inventory.
     Join(crate::commands::cluster::RunArgs),
     /// Roll a new version through the cluster.
-    Upgrade(crate::upgrade::UpgradeArgs),
+    Upgrade(crate::commands::upgrade::UpgradeArgs),
     /// Re-issue certificates from the existing CAs and restart what loads them, one host at a
     /// time in a safe order (etcd, apiservers, controller-managers, schedulers, nodes), without
     /// dropping the API; running containers are not restarted.
@@ -238,7 +239,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => crate::commands::cluster::run("init", g, &a),
         Command::Join(a) => crate::commands::cluster::run("join", g, &a),
-        Command::Upgrade(a) => crate::upgrade::run(g, &a),
+        Command::Upgrade(a) => crate::commands::upgrade::run(g, &a),
         Command::RenewCerts(a) => crate::commands::cluster::renew_certs(g, &a),
         Command::Plan(a) => crate::commands::cluster::plan(g, &a),
         Command::Status => crate::commands::status::run(g),

@@ -15,7 +15,7 @@
 //! `--rollback` installs them again): the phases' `before_host`, right before the runner
 //! converges the host.
 //!
-//! What is not a phase stays with the command (`crate::upgrade`): reading what runs, the skew
+//! What is not a phase stays with the command (`crate::commands::upgrade`): reading what runs, the skew
 //! check (`skew`), `upgrade plan`, the pre-upgrade backup and the versions record.
 
 pub mod binaries;
