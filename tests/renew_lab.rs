@@ -487,39 +487,6 @@ fn vip_moves_once(lab: &Lab, admin: &Path) {
     );
 }
 
-/// Starts `clusterctl -i INV init`, waits until `moment` holds (polled on the hosts, every
-/// ~50 ms), then kills the run with SIGKILL. Panics when the run ends first.
-fn kill_init_when(inv: &str, what: &str, moment: impl Fn() -> bool) -> Duration {
-    let t = Instant::now();
-    let log = std::fs::File::create(format!("{inv}.killed.log")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
-        .args(["-i", inv, "init"])
-        .env("CI", "true")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    loop {
-        if moment() {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-            eprintln!(
-                "chaos: killed init {what} after {:.1}s",
-                t.elapsed().as_secs_f64()
-            );
-            return t.elapsed();
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "init ended ({st}) before {what}: {}",
-                std::fs::read_to_string(format!("{inv}.killed.log")).unwrap_or_default()
-            );
-        }
-        assert!(t.elapsed() < Duration::from_secs(600), "{what} never came");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The chaos test: a probe reads through the VIP at 10 Hz while three runs are killed with
 /// SIGKILL at three points of a roll of the apiservers, each followed by a plain `init`:
 /// 1. a changed flag, killed once h1's pending record appears (its files are being written,
@@ -606,7 +573,12 @@ fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) -> std
                 waits
             }),
         };
-        kill_init_when(inv_arg, what, moment);
+        kill_when(
+            &["-i", inv_arg, "init"],
+            std::path::Path::new(&format!("{inv_arg}.killed.log")),
+            what,
+            moment,
+        );
         eprintln!(
             "chaos: h1 after the kill: pending record {:?}",
             String::from_utf8_lossy(&lab.exec("h1", "ls /var/lib/clusterctl/pending").stdout)
