@@ -1,6 +1,6 @@
 //! `clusterctl restore ARCHIVE [--dry-run]`: the command layer of the restore playbook
 //! (`playbooks/restore.yaml`, phases in `phases::restore`). Before any host is touched: the
-//! archive's signature (the cluster's backup-signing key, see `ops::seal`) and payload are
+//! archive's signature (the cluster's backup-signing key, see `commands::seal`) and payload are
 //! verified on this machine, it is decrypted with `--identity` and unpacked into a private
 //! temporary directory (removed afterwards) and checked against its manifest; it must belong to this
 //! inventory's cluster (name and etcd members), and the user confirms (or `--yes`). Then the

@@ -65,7 +65,7 @@ pub struct ClusterSpec {
 /// `spec.backup`: a backup archive holds every CA key, so it is encrypted (the `age` format)
 /// to `recipients`; writing it in the clear needs `unencrypted: true`, said in every backup's
 /// output. (Every archive is also signed with the cluster's backup-signing key, see
-/// `ops::seal`; that needs no setting.)
+/// `commands::seal`; that needs no setting.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackupSpec {

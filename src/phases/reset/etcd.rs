@@ -4,7 +4,7 @@
 //! to one that stays first; then `member remove` one member at a time, each against the
 //! members left, and the membership record (`clusters/<name>/etcd-members.json`) follows. A
 //! member already removed (a re-run) is not removed again. A reset of every host only forgets
-//! the record. The logic is `ops::members`' (shared with `join`).
+//! the record. The logic is `phases::etcd::members`' (shared with `join`).
 
 use futures::future::BoxFuture;
 
