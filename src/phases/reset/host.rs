@@ -182,7 +182,7 @@ pub fn actions(
             &format!("stop and disable {}", units.join(", ")),
             &format!(
                 "for u in {}; do systemctl disable --now \"$u\" >/dev/null 2>&1 || systemctl stop \"$u\"; done; {stopped}",
-                units.join(" ")
+                units.iter().map(|u| q(u)).collect::<Vec<_>>().join(" ")
             ),
             Some(&stopped),
         ));
