@@ -114,6 +114,29 @@ pub async fn cordon_and_drain(
     ))
 }
 
+/// The upgrade phases' drain of `host` (nodes and rollback): the run's `--drain-timeout` or
+/// [`super::nodes::DEFAULT_DRAIN_TIMEOUT`], recorded on the host first; under `--dry-run`
+/// only the line saying it would happen.
+pub async fn drain_for_upgrade(
+    ctx: &crate::engine::Context,
+    exec: &dyn Executor,
+    host: &Host,
+) -> anyhow::Result<String> {
+    if exec.is_dry_run() {
+        return Ok(format!("node {}: would be cordoned and drained", host.name));
+    }
+    cordon_and_drain(
+        &ctx.kube_admin()?,
+        exec,
+        host,
+        ctx.options
+            .drain_timeout
+            .unwrap_or(super::nodes::DEFAULT_DRAIN_TIMEOUT),
+        ctx.inv().kube_version().minor,
+    )
+    .await
+}
+
 /// Uncordons the node of `host` if clusterctl cordoned it (in this run or one that was
 /// killed), then clears the node entries of the host's record. Returns a line when it
 /// uncordoned.

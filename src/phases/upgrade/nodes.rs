@@ -78,21 +78,7 @@ impl Phase for UpgradeNodes {
             if binaries::runs_targets(exec, host, &want).await? {
                 return Ok(lines);
             }
-            if exec.is_dry_run() {
-                lines.push(format!("node {}: would be cordoned and drained", host.name));
-                return Ok(lines);
-            }
-            let api = ctx.kube_admin()?;
-            lines.push(
-                super::drain::cordon_and_drain(
-                    &api,
-                    exec,
-                    host,
-                    ctx.options.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-                    ctx.inv().kube_version().minor,
-                )
-                .await?,
-            );
+            lines.push(super::drain::drain_for_upgrade(ctx, exec, host).await?);
             Ok(lines)
         })
     }

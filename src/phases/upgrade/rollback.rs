@@ -131,24 +131,8 @@ impl Phase for UpgradeRollback {
             if !has_node(backs(ctx, host)) {
                 return Ok(vec![]);
             }
-            if exec.is_dry_run() {
-                return Ok(vec![format!(
-                    "node {}: would be cordoned and drained",
-                    host.name
-                )]);
-            }
-            let api = ctx.kube_admin()?;
             Ok(vec![
-                super::drain::cordon_and_drain(
-                    &api,
-                    exec,
-                    host,
-                    ctx.options
-                        .drain_timeout
-                        .unwrap_or(super::nodes::DEFAULT_DRAIN_TIMEOUT),
-                    ctx.inv().kube_version().minor,
-                )
-                .await?,
+                super::drain::drain_for_upgrade(ctx, exec, host).await?,
             ])
         })
     }
