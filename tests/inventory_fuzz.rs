@@ -176,10 +176,10 @@ fn check_plan(ctx: &Context, case: &str) {
                     Action::Run {
                         command, unless, ..
                     } => {
-                        cmds.push(command);
-                        cmds.extend(unless.as_deref());
+                        cmds.push(command.as_str());
+                        cmds.extend(unless.as_ref().map(|u| u.as_str()));
                     }
-                    Action::Check { command, .. } => cmds.push(command),
+                    Action::Check { command, .. } => cmds.push(command.as_str()),
                     Action::File { path, .. } | Action::Directory { path, .. } => {
                         assert!(
                             !path.split('/').any(|c| c == "..")

@@ -353,8 +353,16 @@ fn renew_all_certificates_without_dropping_a_request() {
 /// leadership transfer raises it by one) and the name of the host whose member leads.
 fn etcd_term_and_leader(lab: &Lab, inv: &clusterctl::inventory::Inventory) -> (u64, String) {
     let h1 = inv.host("h1").unwrap();
-    let cmd = clusterctl::phases::etcd::health_command(h1)
-        .replace("endpoint health", "endpoint status --cluster -w json");
+    let cmd = clusterctl::phases::etcd::etcdctl(h1)
+        .args([
+            "--command-timeout=5s",
+            "endpoint",
+            "status",
+            "--cluster",
+            "-w",
+            "json",
+        ])
+        .to_string();
     let v: serde_json::Value = serde_json::from_str(&lab.exec_ok("h1", &cmd)).unwrap();
     let mut term = 0;
     let mut leader = String::new();

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use clusterctl::inventory::{self, KnownHostsPolicy};
+use clusterctl::ssh::shell::{Cmd, Script, Shell};
 use clusterctl::ssh::{
     ConnectOpts, ErrorKind, ExecOpts, HostError, Pool, ProgressMode, Target, UploadItem,
     UploadSource, known_hosts,
@@ -204,7 +205,9 @@ async fn exec(lab: &Lab) {
     // One session, many channels: 30 commands at once on h1 (more than sshd's default
     // MaxSessions of 10: the pool queues them), all through the same TCP connection.
     let before = lab.exec_in("h1", "ss -Htn state established '( sport = :22 )' | wc -l");
-    let cmds: Vec<String> = (0..30).map(|i| format!("echo {i}; sleep 0.2")).collect();
+    let cmds: Vec<Shell> = (0..30)
+        .map(|i| Script::new(r#"echo "$1"; sleep 0.2"#).arg(i).into())
+        .collect();
     let futs = cmds.iter().map(|c| pool.exec("h1", c, ExecOpts::default()));
     let outs = futures::future::join_all(futs).await;
     for (i, o) in outs.into_iter().enumerate() {
@@ -367,7 +370,17 @@ async fn upload(lab: &Lab) {
             (o.bytes_sent, o.bytes_skipped, o.skipped),
             (data.len() as u64, 0, false)
         );
-        let st = pool.run(h, &format!("sha256sum '{dest}'; stat -c '%a %U' '{dest}'; ls -a '/opt/ssh-test/sub dir' | wc -l"), ExecOpts::default()).await.unwrap();
+        let st = pool
+            .run(
+                h,
+                Script::new(
+                    r#"sha256sum "$1"; stat -c '%a %U' "$1"; ls -a "$(dirname "$1")" | wc -l"#,
+                )
+                .arg(dest),
+                ExecOpts::default(),
+            )
+            .await
+            .unwrap();
         let lines: Vec<&str> = st.stdout.lines().collect();
         assert!(lines[0].starts_with(&sha), "{h}: {}", st.stdout);
         assert_eq!(lines[1], "640 deploy");
@@ -389,16 +402,20 @@ async fn upload(lab: &Lab) {
         .unwrap();
     assert!(o.skipped);
     assert_eq!(
-        pool.run("h1", &format!("stat -c %a '{dest}'"), ExecOpts::default())
-            .await
-            .unwrap()
-            .stdout,
+        pool.run(
+            "h1",
+            Cmd::new("stat").args(["-c", "%a", dest]),
+            ExecOpts::default()
+        )
+        .await
+        .unwrap()
+        .stdout,
         "600\n"
     );
     // Changed on the far side: sent again.
     pool.run(
         "h2",
-        &format!("echo tampered > '{dest}'"),
+        Script::new(r#"echo tampered > "$1""#).arg(dest),
         ExecOpts::default(),
     )
     .await

@@ -19,7 +19,7 @@ use crate::diag::UserError;
 use crate::engine::Context;
 use crate::inventory::Host;
 use crate::phases::etcd::{etcdctl, snapshot_status_command};
-use crate::ssh::shell::quote;
+use crate::ssh::shell::{Cmd, Shell};
 use crate::ssh::{ExecOpts, Pool};
 use clap::Args;
 
@@ -152,14 +152,13 @@ pub async fn backup(ctx: &Context, pool: &Pool, out: Option<&Path>) -> anyhow::R
     let step = |what: &str| format!("backup on {}: {what}", host.name);
 
     // Snapshot over TLS (etcdctl checks the sha256 etcd appends), then read it back offline.
-    let save = format!(
-        "install -d -m 0700 {REMOTE_DIR} && {}",
-        etcdctl(
-            host,
-            &format!("--command-timeout=300s snapshot save {}", quote(&remote))
-        )
-    );
-    let cleanup = format!("rm -f {} {}.part", quote(&remote), quote(&remote));
+    let save = Cmd::new("install")
+        .args(["-d", "-m", "0700", REMOTE_DIR])
+        .and(etcdctl(host).args(["--command-timeout=300s", "snapshot", "save", &remote]));
+    let cleanup = Cmd::new("rm")
+        .arg("-f")
+        .arg(&remote)
+        .arg(format!("{remote}.part"));
     let result = async {
         pool.run(&host.name, &save, ExecOpts::root())
             .await
@@ -179,7 +178,7 @@ pub async fn backup(ctx: &Context, pool: &Pool, out: Option<&Path>) -> anyhow::R
         let version = pool
             .exec(
                 &host.name,
-                "/usr/local/bin/etcd --version 2>/dev/null | head -1",
+                Shell::from("/usr/local/bin/etcd --version 2>/dev/null | head -1"),
                 ExecOpts::root(),
             )
             .await

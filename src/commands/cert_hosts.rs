@@ -70,13 +70,12 @@ fn cert_of(path: &str, text: &str) -> Result<CertInfo> {
 
 /// A shell script printing each file under a `==> path` header (`==> path MISSING` when
 /// absent); kubeconfigs without their `client-key-data` line.
-fn read_script(paths: &[String]) -> String {
-    let q = crate::engine::executor::q;
-    let list: Vec<String> = paths.iter().map(|p| q(p)).collect();
-    format!(
-        "for f in {}; do if [ -r \"$f\" ]; then echo \"==> $f\"; grep -v 'client-key-data' \"$f\"; echo; else echo \"==> $f MISSING\"; fi; done",
-        list.join(" ")
+fn read_script(paths: &[String]) -> crate::ssh::shell::Shell {
+    crate::ssh::shell::Script::new(
+        r#"for f in "$@"; do if [ -r "$f" ]; then echo "==> $f"; grep -v 'client-key-data' "$f"; echo; else echo "==> $f MISSING"; fi; done"#,
     )
+    .args(paths)
+    .into()
 }
 
 /// Splits `read_script`'s output into path → text (None: missing).
@@ -298,9 +297,29 @@ mod tests {
 
     #[test]
     fn the_read_script_never_prints_a_private_key() {
-        let s = read_script(&["/etc/kubernetes/kubelet.conf".into()]);
-        assert!(s.contains("grep -v 'client-key-data'"), "{s}");
-        assert!(!s.contains(".key"));
+        // Run for real on a kubeconfig with a key and on a missing file.
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("kubelet.conf");
+        std::fs::write(
+            &conf,
+            "users:\n- user:\n    client-certificate-data: Q0VSVA==\n    client-key-data: S0VZ\n",
+        )
+        .unwrap();
+        let paths = [
+            conf.to_str().unwrap().to_string(),
+            "/nonexistent/x.conf".to_string(),
+        ];
+        let s = read_script(&paths);
+        let o = std::process::Command::new("sh")
+            .args(["-c", s.as_str()])
+            .output()
+            .unwrap();
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.contains("client-certificate-data: Q0VSVA=="), "{out}");
+        assert!(!out.contains("client-key-data") && !out.contains("S0VZ"), "{out}");
+        let m = parse_sections(&out);
+        assert_eq!(m["/nonexistent/x.conf"], None);
+        assert!(m[&paths[0]].is_some());
     }
 
     #[test]

@@ -277,7 +277,11 @@ impl Phase for JoinScoped {
     ) -> futures::future::BoxFuture<'a, anyhow::Result<Vec<String>>> {
         self.0.verify(ctx, host, exec)
     }
-    fn running_check(&self, ctx: &Context, host: &crate::inventory::Host) -> Option<String> {
+    fn running_check(
+        &self,
+        ctx: &Context,
+        host: &crate::inventory::Host,
+    ) -> Option<crate::engine::Shell> {
         self.0.running_check(ctx, host)
     }
     fn join_concerns(&self, ctx: &Context, host: &crate::inventory::Host) -> Option<String> {

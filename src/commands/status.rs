@@ -261,10 +261,12 @@ async fn balancer_views(ctx: &Context) -> (Option<Vip>, Vec<BalancerView>) {
     };
     let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
     const SPLIT: &str = "--- servers";
-    let cmd = format!(
-        "ip -o addr show; echo '{SPLIT}'; {}",
-        lb::runtime_api_query(&format!("show servers state {}", lb::BACKEND))
-    );
+    let cmd = crate::ssh::shell::Shell::from("ip -o addr show")
+        .then(crate::ssh::shell::Cmd::new("echo").arg(SPLIT))
+        .then(lb::runtime_api_query(&format!(
+            "show servers state {}",
+            lb::BACKEND
+        )));
     let needle = vip.as_ref().map(|ip| format!(" {ip}/"));
     let answers = futures::future::join_all(pool.hosts().into_iter().map(|h| {
         let (pool, cmd) = (&pool, &cmd);

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{Action, HostPlan, Source};
 use crate::inventory::Host;
-use crate::ssh::shell::systemctl;
+use crate::ssh::shell::{Cmd, Script, Shell, systemctl};
 
 #[derive(Debug, Clone, Default)]
 pub struct CmdOutput {
@@ -35,13 +35,13 @@ pub trait Executor: Send + Sync {
     fn query<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>>;
     /// Runs a command that changes the host.
     fn change<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>>;
     /// Writes a file atomically with this mode (owner root). Called only when the far content
     /// differs; returns the bytes sent.
@@ -86,12 +86,9 @@ pub struct PutFile {
     pub mode: u32,
 }
 
-/// Quotes a word for sh.
-pub fn q(s: &str) -> String {
-    shlex::try_quote(s)
-        .map(|c| c.into_owned())
-        .unwrap_or_else(|_| "''".into())
-}
+/// Quotes a word for sh (for text a person reads, e.g. a plan's line; commands quote through
+/// [`Cmd`] and [`Script`]).
+pub use crate::ssh::shell::quote as q;
 
 /// What converging one host did: the counts a re-run must show as zero.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -213,33 +210,34 @@ impl Pending {
 
 /// A command that adds `entries` to the host's pending record: each written to a temp file
 /// and renamed, so a reader never sees half an entry; only root may read them.
-pub fn pending_write_command(entries: &[Pending]) -> String {
+/// The script of [`pending_write_command`]. Arguments: the record's directory, then pairs of
+/// entry name and text.
+const PENDING_WRITE: &str = r#"set -e; umask 077; d=$1; shift; install -d -m 0700 "$d"
+while [ $# -gt 0 ]; do printf '%s\n' "$2" >"$d/.$1.tmp"; mv -f "$d/.$1.tmp" "$d/$1"; shift 2; done"#;
+
+pub fn pending_write_command(entries: &[Pending]) -> Shell {
     let since = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let mut s = format!("umask 077 && install -d -m 0700 {}", q(PENDING_DIR));
+    let mut script = Script::new(PENDING_WRITE).arg(PENDING_DIR);
     for e in entries {
-        let tmp = format!("{PENDING_DIR}/.{}.tmp", e.file_name());
-        s += &format!(
-            " && printf '%s\\n' {} > {} && mv -f {} {}",
-            q(&format!("since {since}: {}", e.describe())),
-            q(&tmp),
-            q(&tmp),
-            q(&e.path())
-        );
+        script = script
+            .arg(e.file_name())
+            .arg(format!("since {since}: {}", e.describe()));
     }
-    s
+    script.into()
 }
 
 /// A command that removes `entries` from the host's pending record.
-pub fn pending_clear_command(entries: &[Pending]) -> String {
-    let paths: Vec<String> = entries.iter().map(|e| q(&e.path())).collect();
-    format!("rm -f {}", paths.join(" "))
+pub fn pending_clear_command(entries: &[Pending]) -> Shell {
+    Cmd::new("rm")
+        .arg("-f")
+        .args(entries.iter().map(Pending::path))
+        .into()
 }
 
-/// The part of a state query that lists the host's pending record (`pending NAME` lines).
-pub const PENDING_QUERY: &str =
-    "for p in /var/lib/clusterctl/pending/*; do [ -f \"$p\" ] && echo \"pending ${p##*/}\"; done; ";
+/// Lists the host's pending record (`pending NAME` lines): [`PENDING_DIR`]'s files.
+pub const PENDING_QUERY: &str = "for p in /var/lib/clusterctl/pending/*; do [ -f \"$p\" ] && echo \"pending ${p##*/}\"; done; true";
 
 /// Parses the `pending NAME` lines of [`PENDING_QUERY`]'s answer.
 pub fn parse_pending(out: &str) -> Vec<Pending> {
@@ -274,45 +272,40 @@ struct FarState {
     pending: Vec<Pending>,
 }
 
-fn state_query(plan: &HostPlan) -> String {
+/// One round trip: the sha256 of each file, the mode of each directory, each unit's enabled and
+/// active state, and the pending record (a no-op run pays no extra round trip for it).
+/// The script of [`state_query`]. Arguments: the number of files, the number of directories,
+/// then files, dirs, units.
+const STATE: &str = r#"nf=$1 nd=$2; shift 2
+while [ "$nf" -gt 0 ]; do [ -f "$1" ] && sha256sum "$1"; shift; nf=$((nf - 1)); done
+while [ "$nd" -gt 0 ]; do [ -d "$1" ] && echo "dir $(stat -c %a "$1") $1"; shift; nd=$((nd - 1)); done
+for u in "$@"; do echo "unit $u $(systemctl is-enabled "$u" 2>/dev/null || true) $(systemctl is-active "$u" 2>/dev/null || true)"; done
+for p in /var/lib/clusterctl/pending/*; do [ -f "$p" ] && echo "pending ${p##*/}"; done; true"#;
+
+fn state_query(plan: &HostPlan) -> Shell {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     let mut units = Vec::new();
     for a in &plan.actions {
         match a {
             Action::File { path, restarts, .. } => {
-                files.push(q(path));
-                units.extend(restarts.iter().map(|u| q(u)));
+                files.push(path.as_str());
+                units.extend(restarts.iter().map(String::as_str));
             }
-            Action::Directory { path, .. } => dirs.push(q(path)),
-            Action::Service { unit, .. } => units.push(q(unit)),
+            Action::Directory { path, .. } => dirs.push(path.as_str()),
+            Action::Service { unit, .. } => units.push(unit.as_str()),
             _ => {}
         }
     }
     units.sort();
     units.dedup();
-    let mut s = String::new();
-    if !files.is_empty() {
-        s += &format!(
-            "for f in {}; do if [ -f \"$f\" ]; then sha256sum \"$f\"; fi; done; ",
-            files.join(" ")
-        );
-    }
-    if !dirs.is_empty() {
-        s += &format!(
-            "for d in {}; do [ -d \"$d\" ] && echo \"dir $(stat -c %a \"$d\") $d\"; done; ",
-            dirs.join(" ")
-        );
-    }
-    if !units.is_empty() {
-        s += &format!(
-            "for u in {}; do echo \"unit $u $(systemctl is-enabled \"$u\" 2>/dev/null || true) $(systemctl is-active \"$u\" 2>/dev/null || true)\"; done; ",
-            units.join(" ")
-        );
-    }
-    // The pending record rides along: a no-op run pays no extra round trip for it.
-    s += PENDING_QUERY;
-    s + "true"
+    Script::new(STATE)
+        .arg(files.len())
+        .arg(dirs.len())
+        .args(files)
+        .args(dirs)
+        .args(units)
+        .into()
 }
 
 fn parse_state(out: &str) -> FarState {
@@ -447,7 +440,15 @@ pub async fn converge_gated(
             && far.dirs.get(path).map(|m| m.trim_start_matches('0'))
                 != Some(format!("{:o}", mode.0).as_str())
         {
-            run_change(exec, host, &format!("install -d -m {mode} {}", q(path))).await?;
+            run_change(
+                exec,
+                host,
+                &Cmd::new("install")
+                    .args(["-d", "-m", &mode.to_string()])
+                    .arg(path)
+                    .into(),
+            )
+            .await?;
             ch.dirs_made += 1;
         }
     }
@@ -588,12 +589,12 @@ pub async fn converge_gated(
             Action::Directory { .. } | Action::File { .. } => {}
             Action::Service { unit, reload } => {
                 if unit_files_changed {
-                    run_change(exec, host, "systemctl daemon-reload").await?;
+                    run_change(exec, host, &"systemctl daemon-reload".into()).await?;
                     unit_files_changed = false;
                 }
                 let (enabled, active) = far.units.get(unit).cloned().unwrap_or_default();
                 if enabled != "enabled" {
-                    run_change(exec, host, &systemctl(&["enable"], [unit]).to_string()).await?;
+                    run_change(exec, host, &systemctl(&["enable"], [unit]).into()).await?;
                     ch.commands_run += 1;
                 }
                 // A unit on its way up or down counts as running: a restart an interrupted
@@ -659,13 +660,13 @@ pub async fn converge_gated(
         }
     }
     if unit_files_changed {
-        run_change(exec, host, "systemctl daemon-reload").await?;
+        run_change(exec, host, &"systemctl daemon-reload".into()).await?;
     }
     // Files that changed for a unit this plan does not manage (e.g. a re-issued certificate
     // of a running etcd): restart the unit if it runs, so it does not keep the old file loaded.
     for unit in dirty_units {
         if is_active(&unit) {
-            run_change(exec, host, &systemctl(&["restart"], [&unit]).to_string()).await?;
+            run_change(exec, host, &systemctl(&["restart"], [&unit]).into()).await?;
             ch.restarts.push(unit);
         }
     }
@@ -680,7 +681,7 @@ async fn check(
     exec: &dyn Executor,
     host: &Host,
     description: &str,
-    command: &str,
+    command: &Shell,
     warn_only: bool,
     ch: &mut HostChanges,
     failed: &mut Vec<String>,
@@ -716,7 +717,7 @@ fn first_words(o: &CmdOutput) -> String {
     t.lines().take(3).collect::<Vec<_>>().join(" / ")
 }
 
-async fn run_change(exec: &dyn Executor, host: &Host, cmd: &str) -> anyhow::Result<()> {
+async fn run_change(exec: &dyn Executor, host: &Host, cmd: &Shell) -> anyhow::Result<()> {
     let o = exec.change(host, cmd).await?;
     if o.status != 0 {
         bail!("`{cmd}` exited {}: {}", o.status, o.stderr.trim());
@@ -731,13 +732,18 @@ async fn unit_change(
     verb: &str,
     unit: &str,
 ) -> anyhow::Result<()> {
-    let cmd = systemctl(&[verb], [unit]).to_string();
+    let cmd = Shell::from(systemctl(&[verb], [unit]));
     let o = exec.change(host, &cmd).await?;
     if o.status != 0 {
         let log = exec
             .query(
                 host,
-                &format!("journalctl -u {} -n 8 --no-pager -o cat 2>&1", q(unit)),
+                &Cmd::new("journalctl")
+                    .arg("-u")
+                    .arg(unit)
+                    .args(["-n", "8", "--no-pager", "-o", "cat"])
+                    .raw("2>&1")
+                    .into(),
             )
             .await
             .map(|l| l.stdout)
@@ -783,14 +789,14 @@ impl Executor for DryRun<'_> {
     fn query<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
         self.inner.query(host, cmd)
     }
     fn change<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
         self.record(host, format!("would run: {cmd}"));
         Box::pin(async { Ok(CmdOutput::default()) })
@@ -831,10 +837,9 @@ impl DryRun<'_> {
         blob: &Blob,
         mode: u32,
     ) -> anyhow::Result<String> {
-        let p = q(path);
         let exists = self
             .inner
-            .query(host, &format!("test -e {p}"))
+            .query(host, &Cmd::new("test").arg("-e").arg(path).into())
             .await?
             .status
             == 0;
@@ -856,7 +861,15 @@ impl DryRun<'_> {
         };
         let old = self
             .inner
-            .query(host, &format!("head -c {} {p}", DIFF_MAX + 1))
+            .query(
+                host,
+                &Cmd::new("head")
+                    .arg("-c")
+                    .arg((DIFF_MAX + 1).to_string())
+                    .arg("--")
+                    .arg(path)
+                    .into(),
+            )
             .await?
             .stdout;
         let diff = similar::TextDiff::from_lines(old.as_str(), new)
@@ -886,8 +899,9 @@ pub mod fake {
         fn query<'a>(
             &'a self,
             host: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let cmd = cmd.as_str();
             // `test -e` and `head -c` (what a dry run reads to show diffs) on the in-memory
             // files; anything else is taken for the state query and evaluated against them.
             let words = shlex::split(cmd).unwrap_or_default();
@@ -905,7 +919,8 @@ pub mod fake {
                     Some(_) => (0, String::new()),
                     None => (1, String::new()),
                 }),
-                Some("head") => file(3).map(|b| (0, String::from_utf8_lossy(&b).into_owned())),
+                Some("head") => file(words.len() - 1)
+                    .map(|b| (0, String::from_utf8_lossy(&b).into_owned())),
                 _ => None,
             };
             if let Some((status, stdout)) = answer {
@@ -918,7 +933,24 @@ pub mod fake {
                 });
             }
             let mut out = String::new();
-            for (var, list) in loops(cmd) {
+            // The state query: its script with the paths and units as arguments.
+            let mut lists: Vec<(String, Vec<String>)> = Vec::new();
+            if let [sh, c, text, _, args @ ..] = words.as_slice()
+                && sh == "sh"
+                && c == "-c"
+                && text == super::STATE
+            {
+                let nf: usize = args[0].parse().unwrap();
+                let nd: usize = args[1].parse().unwrap();
+                let rest = &args[2..];
+                lists.push(("f".into(), rest[..nf].to_vec()));
+                lists.push(("d".into(), rest[nf..nf + nd].to_vec()));
+                lists.push(("u".into(), rest[nf + nd..].to_vec()));
+                lists.push(("p".into(), vec![format!("{PENDING_DIR}/*")]));
+            } else {
+                lists = loops(cmd);
+            }
+            for (var, list) in lists {
                 for item in list {
                     let key = (host.name.clone(), item.clone());
                     match var.as_str() {
@@ -969,16 +1001,32 @@ pub mod fake {
         fn change<'a>(
             &'a self,
             host: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let cmd = cmd.as_str();
             self.log
                 .lock()
                 .unwrap()
                 .push(format!("{}: {cmd}", host.name));
-            // A few simple commands joined with `&&`, as the converge loop sends them.
+            // A few simple commands joined with `&&`, as the converge loop sends them, or the
+            // pending record's writer.
             let w = shlex::split(cmd).unwrap_or_default();
-            for c in w.split(|t| t == "&&") {
-                self.simple_command(host, c);
+            if let [sh, c, text, _, dir, pairs @ ..] = w.as_slice()
+                && sh == "sh"
+                && c == "-c"
+                && text == super::PENDING_WRITE
+            {
+                let mut files = self.files.lock().unwrap();
+                for p in pairs.chunks(2) {
+                    files.insert(
+                        (host.name.clone(), format!("{dir}/{}", p[0])),
+                        format!("{}\n", p[1]).into_bytes(),
+                    );
+                }
+            } else {
+                for c in w.split(|t| t == "&&") {
+                    self.simple_command(host, c);
+                }
             }
             Box::pin(async { Ok(CmdOutput::default()) })
         }
@@ -1311,7 +1359,7 @@ mod tests {
         fn query<'a>(
             &'a self,
             host: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
             Box::pin(async move {
                 self.alive("")?;
@@ -1321,10 +1369,10 @@ mod tests {
         fn change<'a>(
             &'a self,
             host: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
             Box::pin(async move {
-                self.alive(cmd)?;
+                self.alive(cmd.as_str())?;
                 self.inner.change(host, cmd).await
             })
         }

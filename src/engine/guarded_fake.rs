@@ -37,7 +37,7 @@ impl GuardedHosts {
                     } = a
                     {
                         g.guards
-                            .insert((hp.host.clone(), u.clone()), command.clone());
+                            .insert((hp.host.clone(), u.to_string()), command.to_string());
                     }
                 }
             }
@@ -50,8 +50,9 @@ impl Executor for GuardedHosts {
     fn query<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a crate::ssh::shell::Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+        let cmd = cmd.as_str();
         let status = match self.guards.get(&(host.name.clone(), cmd.to_string())) {
             Some(c) => {
                 if self
@@ -77,8 +78,9 @@ impl Executor for GuardedHosts {
     fn change<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a crate::ssh::shell::Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+        let cmd = cmd.as_str();
         let killed = self.budget.as_ref().is_some_and(|b| {
             b.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_err()

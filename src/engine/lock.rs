@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::executor::{Executor, q};
+use super::executor::Executor;
+use super::{Script, Shell};
 use crate::diag::UserError;
 use crate::inventory::Host;
 
@@ -181,29 +182,21 @@ const TAKEN: &str = "clusterctl: run marker taken";
 /// there is none (`set -C`: the shell creates it with O_EXCL, so of two runs that find the
 /// host free at the same instant exactly one gets it), printing [`TAKEN`], else printing the
 /// marker that is there; otherwise replaced atomically.
-fn write_marker(owner: &Owner, exclusive: bool) -> anyhow::Result<String> {
+fn write_marker(owner: &Owner, exclusive: bool) -> anyhow::Result<Shell> {
+    // Arguments: the marker's path, the owner as JSON, what to print when taken.
+    const EXCLUSIVE: &str = r#"umask 077 && install -d -m 0700 "$(dirname "$1")" &&
+if (set -C && printf '%s\n' "$2" >"$1") 2>/dev/null; then echo "$3"; else cat "$1"; fi"#;
+    const REPLACE: &str = r#"umask 077 && install -d -m 0700 "$(dirname "$1")" &&
+printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1""#;
     let json = serde_json::to_string(owner)?;
-    let dir = Path::new(HOST_MARKER)
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let head = format!("umask 077 && install -d -m 0700 {}", q(&dir));
     Ok(if exclusive {
-        format!(
-            "{head} && if (set -C && printf '%s\\n' {} > {m}) 2>/dev/null; then echo {}; else cat {m}; fi",
-            q(&json),
-            q(TAKEN),
-            m = q(HOST_MARKER)
-        )
+        Script::new(EXCLUSIVE)
+            .arg(HOST_MARKER)
+            .arg(json)
+            .arg(TAKEN)
+            .into()
     } else {
-        let tmp = format!("{HOST_MARKER}.tmp");
-        format!(
-            "{head} && printf '%s\\n' {} > {} && mv -f {} {}",
-            q(&json),
-            q(&tmp),
-            q(&tmp),
-            q(HOST_MARKER)
-        )
+        Script::new(REPLACE).arg(HOST_MARKER).arg(json).into()
     })
 }
 
@@ -266,12 +259,10 @@ pub async fn take_host(
 
 /// Removes the marker on `host` if it is still `owner`'s.
 pub async fn release_host(exec: &dyn Executor, host: &Host, owner: &Owner) {
-    let cmd = format!(
-        "if grep -qF {} {m} 2>/dev/null; then rm -f {m}; fi",
-        q(&format!("\"id\":\"{}\"", owner.id)),
-        m = q(HOST_MARKER)
-    );
-    let _ = exec.change(host, &cmd).await;
+    let cmd = Script::new(r#"if grep -qF -e "$2" "$1" 2>/dev/null; then rm -f "$1"; fi"#)
+        .arg(HOST_MARKER)
+        .arg(format!("\"id\":\"{}\"", owner.id));
+    let _ = exec.change(host, &cmd.into()).await;
 }
 
 /// Takes the markers on every host of `hosts` in parallel. When one is refused, the markers
@@ -372,15 +363,17 @@ mod tests {
         fn query<'a>(
             &'a self,
             _: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let cmd = cmd.as_str();
             self.run(cmd)
         }
         fn change<'a>(
             &'a self,
             _: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let cmd = cmd.as_str();
             self.run(cmd)
         }
         fn put<'a>(
@@ -524,8 +517,9 @@ mod tests {
             fn query<'a>(
                 &'a self,
                 h: &'a Host,
-                c: &'a str,
+                c: &'a crate::ssh::shell::Shell,
             ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+                let c = c.as_str();
                 if h.name == "h1" {
                     self.0.run(c)
                 } else {
@@ -535,7 +529,7 @@ mod tests {
             fn change<'a>(
                 &'a self,
                 h: &'a Host,
-                c: &'a str,
+                c: &'a crate::ssh::shell::Shell,
             ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
                 self.query(h, c)
             }

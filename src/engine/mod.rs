@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use crate::inventory::{Host, Inventory, Loaded};
 use crate::render::Renderer;
+pub use crate::ssh::shell::{Cmd, Script, Shell};
 use crate::state::StateDir;
 
 pub use executor::Executor;
@@ -225,9 +226,9 @@ pub enum Action {
     /// no-op). With `warn_only`, a failure is a warning (e.g. a sysctl a container cannot set).
     Run {
         description: String,
-        command: String,
+        command: Shell,
         #[serde(skip_serializing_if = "Option::is_none")]
-        unless: Option<String>,
+        unless: Option<Shell>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         warn_only: bool,
     },
@@ -236,7 +237,7 @@ pub enum Action {
     /// a failed one leaves the host untouched.
     Check {
         description: String,
-        command: String,
+        command: Shell,
         /// A failed check is a warning, not an error (e.g. a sysctl a container cannot set).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         warn_only: bool,
@@ -288,7 +289,7 @@ impl Action {
         }
     }
 
-    pub fn check(description: &str, command: &str) -> Action {
+    pub fn check(description: &str, command: impl Into<Shell>) -> Action {
         Action::Check {
             description: description.into(),
             command: command.into(),
@@ -296,11 +297,12 @@ impl Action {
         }
     }
 
-    pub fn run(description: &str, command: &str, unless: Option<&str>) -> Action {
+    /// A command that changes the host, skipped when `unless` succeeds (`None`: always runs).
+    pub fn run(description: &str, command: impl Into<Shell>, unless: Option<Shell>) -> Action {
         Action::Run {
             description: description.into(),
             command: command.into(),
-            unless: unless.map(str::to_string),
+            unless,
             warn_only: false,
         }
     }
@@ -405,7 +407,7 @@ pub trait Phase: Send + Sync {
     /// one of the units the host's plan manages or restarts is active. A phase whose program
     /// is no unit of its own (a static pod) says what counts instead: containerd, which the
     /// bundle's package starts on install, does not make an etcd member "running".
-    fn running_check(&self, _ctx: &Context, _host: &Host) -> Option<String> {
+    fn running_check(&self, _ctx: &Context, _host: &Host) -> Option<Shell> {
         None
     }
     /// Work through the cluster's API right before `host` converges (e.g. etcd's `member add

@@ -3,8 +3,8 @@
 //! because every playbook that restarts an apiserver needs it, and a drain clusterctl left
 //! behind (a killed run) is reconciled at the start of every run and shown by `status`.
 
-use crate::engine::executor::{Pending, pending_clear_command, pending_write_command, q};
-use crate::engine::{Context, Executor};
+use crate::engine::executor::{Pending, pending_clear_command, pending_write_command};
+use crate::engine::{Cmd, Context, Executor, Script, Shell};
 use crate::inventory::{HaMode, Host};
 use crate::render::ADMIN_SOCKET;
 
@@ -27,29 +27,27 @@ pub fn balancers(inv: &crate::inventory::Inventory) -> Vec<&Host> {
 /// Debian/Ubuntu host: perl-base is essential; no socat needed). Exits 0 with a note when the
 /// host's haproxy has no socket yet (not installed, or its config predates the socket); exits
 /// 1 with haproxy's answer when haproxy refuses the command (its answer is empty on success).
-pub fn runtime_api_command(command: &str) -> String {
-    let q = crate::engine::executor::q;
-    format!(
-        "if [ ! -S {sock} ]; then echo 'no haproxy runtime API socket'; exit 0; fi; \
-         perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"$ARGV[0]: $!\\n\"; \
-         print $s \"$ARGV[1]\\n\"; $r = join(\"\", <$s>); $r =~ s/\\s+$//; if ($r ne \"\") {{ print \"$r\\n\"; exit 1 }}' {sock} {cmd}",
-        sock = q(ADMIN_SOCKET),
-        cmd = q(command),
-    )
+pub fn runtime_api_command(command: &str) -> Shell {
+    // Arguments: the socket, the command, what to print when there is no socket.
+    const SEND: &str = r#"if [ ! -S "$1" ]; then echo "$3"; exit 0; fi
+perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "$ARGV[0]: $!\n"; print $s "$ARGV[1]\n"; $r = join("", <$s>); $r =~ s/\s+$//; if ($r ne "") { print "$r\n"; exit 1 }' "$1" "$2""#;
+    Script::new(SEND)
+        .arg(ADMIN_SOCKET)
+        .arg(command)
+        .arg(NO_SOCKET)
+        .into()
 }
 
 /// A shell command that prints the local haproxy's answer to a read-only runtime API
 /// `command` (exit 0), or [`NO_SOCKET`] when the host's haproxy has no socket.
-pub fn runtime_api_query(command: &str) -> String {
-    let q = crate::engine::executor::q;
-    format!(
-        "if [ ! -S {sock} ]; then echo {none}; exit 0; fi; \
-         perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"$ARGV[0]: $!\\n\"; \
-         print $s \"$ARGV[1]\\n\"; print <$s>' {sock} {cmd}",
-        sock = q(ADMIN_SOCKET),
-        none = q(NO_SOCKET),
-        cmd = q(command),
-    )
+pub fn runtime_api_query(command: &str) -> Shell {
+    const QUERY: &str = r#"if [ ! -S "$1" ]; then echo "$3"; exit 0; fi
+perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "$ARGV[0]: $!\n"; print $s "$ARGV[1]\n"; print <$s>' "$1" "$2""#;
+    Script::new(QUERY)
+        .arg(ADMIN_SOCKET)
+        .arg(command)
+        .arg(NO_SOCKET)
+        .into()
 }
 
 /// What [`runtime_api_query`] prints on a host whose haproxy has no runtime API socket.
@@ -276,7 +274,10 @@ impl<'a> Rotation<'a> {
             };
             let marked = self
                 .exec
-                .query(host, &format!("test -e {}", q(&Pending::Drain.path())))
+                .query(
+                    host,
+                    &Cmd::new("test").arg("-e").arg(Pending::Drain.path()).into(),
+                )
                 .await
                 .is_ok_and(|o| o.status == 0);
             if !marked {
@@ -415,8 +416,9 @@ mod tests {
         fn query<'a>(
             &'a self,
             h: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let cmd = cmd.as_str();
             let mut out = String::new();
             if cmd.contains("show servers state") {
                 out += "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state\n";
@@ -448,10 +450,12 @@ mod tests {
         fn change<'a>(
             &'a self,
             h: &'a Host,
-            cmd: &'a str,
+            cmd: &'a crate::ssh::shell::Shell,
         ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
+            let cmd = cmd.as_str();
             let drain = Pending::Drain.path();
-            if cmd.contains(&drain) && cmd.contains("printf") {
+            // The pending record's writer gets the entry's name as an argument.
+            if cmd.contains("printf") && cmd.contains(&format!(" {} ", Pending::Drain.file_name())) {
                 self.marked.lock().unwrap().insert(h.name.clone());
                 self.log.lock().unwrap().push(format!("mark {}", h.name));
             } else if cmd.starts_with("rm -f") && cmd.contains(&drain) {
@@ -586,7 +590,7 @@ mod tests {
 
     #[test]
     fn runtime_api_command_quotes_its_argument() {
-        let c = runtime_api_command("set server kube-apiserver/h1 state drain");
+        let c = runtime_api_command("set server kube-apiserver/h1 state drain").to_string();
         assert!(
             c.contains("'set server kube-apiserver/h1 state drain'"),
             "{c}"

@@ -339,7 +339,7 @@ async fn runs_any(exec: &dyn Executor, h: &Host, hp: &super::HostPlan) -> bool {
             super::Action::File { restarts, .. } => restarts.iter().map(String::as_str).collect(),
             _ => vec![],
         })
-        .map(super::executor::q)
+        .map(str::to_string)
         .collect();
     units.sort();
     units.dedup();
@@ -351,7 +351,7 @@ async fn runs_any(exec: &dyn Executor, h: &Host, hp: &super::HostPlan) -> bool {
             h,
             &crate::ssh::shell::systemctl(&["is-active"], &units)
                 .raw("2>/dev/null")
-                .to_string(),
+                .into(),
         )
         .await
     {

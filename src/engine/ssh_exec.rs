@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use super::Shell;
 use super::executor::{Blob, CmdOutput, Executor, PutFile};
 use crate::inventory::Host;
 use crate::ssh::{ExecOpts, Pool, UploadItem, UploadSource};
@@ -18,7 +19,7 @@ pub struct SshExecutor {
 }
 
 impl SshExecutor {
-    async fn exec(&self, host: &Host, cmd: &str) -> anyhow::Result<CmdOutput> {
+    async fn exec(&self, host: &Host, cmd: &Shell) -> anyhow::Result<CmdOutput> {
         let o = self
             .pool
             .exec(&host.name, cmd, ExecOpts::root().timeout(self.timeout))
@@ -40,14 +41,14 @@ impl Executor for SshExecutor {
     fn query<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
         Box::pin(self.exec(host, cmd))
     }
     fn change<'a>(
         &'a self,
         host: &'a Host,
-        cmd: &'a str,
+        cmd: &'a Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
         Box::pin(self.exec(host, cmd))
     }

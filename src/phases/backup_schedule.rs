@@ -4,8 +4,7 @@
 //! the calendar, etcdctl is there. `--schedule off` removes the timer, its service and script
 //! (the snapshots stay).
 
-use crate::engine::executor::q;
-use crate::engine::{Action, Context, Order, Phase, PhasePlan, Schedule};
+use crate::engine::{Action, Cmd, Context, Order, Phase, PhasePlan, Schedule, Shell};
 use crate::inventory::Role;
 use crate::phases::etcd::{ETCD_PKI, SCHEDULED_DIR};
 
@@ -41,7 +40,10 @@ pub fn schedule_actions(
     Ok(vec![
         Action::check(
             &format!("{CALENDAR_CHECK} ({calendar:?}; see `man systemd.time`)"),
-            &format!("systemd-analyze calendar {} 2>&1 >/dev/null", q(calendar)),
+            Cmd::new("systemd-analyze")
+                .arg("calendar")
+                .arg(calendar)
+                .raw("2>&1 >/dev/null"),
         ),
         Action::check(
             "etcdctl is installed (/usr/local/bin/etcdctl)",
@@ -98,7 +100,7 @@ impl Phase for BackupSchedule {
                         "remove etcd-backup.timer, its service and script (the snapshots in {SCHEDULED_DIR} stay)"
                     ),
                     UNSCHEDULE,
-                    Some(&format!("! {{ {INSTALLED}; }}")),
+                    Some(Shell::from(INSTALLED).negated()),
                 )]
             } else {
                 schedule_actions(ctx, h, &s.calendar, s.keep)?
@@ -180,7 +182,17 @@ spec:
         else {
             panic!("{off:?}")
         };
-        assert!(command.contains("rm -f /etc/systemd/system/etcd-backup.timer"));
-        assert!(unless.as_deref().unwrap().contains("etcd-backup.timer"));
+        assert!(
+            command
+                .as_str()
+                .contains("rm -f /etc/systemd/system/etcd-backup.timer")
+        );
+        assert!(
+            unless
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .contains("etcd-backup.timer")
+        );
     }
 }

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::static_pods;
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan, Script};
 use crate::inventory::{Host, Inventory, Role};
 use crate::pki;
 
@@ -299,9 +299,11 @@ async fn wait_port(exec: &dyn Executor, host: &Host, port: u16, what: &str) -> a
     let o = exec
         .query(
             host,
-            &format!(
-                "for i in $(seq 120); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && exit 0; sleep 0.5; done; exit 1"
-            ),
+            &Script::bash(
+                r#"for i in $(seq 120); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && exit 0; sleep 0.5; done; exit 1"#,
+            )
+            .arg(port)
+            .into(),
         )
         .await?;
     if o.status != 0 {

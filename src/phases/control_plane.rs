@@ -122,7 +122,7 @@ impl Phase for ControlPlane {
         }
         Ok(plan)
     }
-    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
+    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<crate::engine::Shell> {
         // Static pods: the control plane runs where its manifests are (on etcd hosts the
         // kubelet runs already: fresh apiservers still start together).
         ctx.inv()

@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan, Script};
 use crate::inventory::Host;
 use crate::render::host_vars;
 
@@ -60,12 +60,7 @@ impl Phase for KubeProxy {
                      printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3; head -1 <&3 | grep -q ' 200 ' && exit 0; \
                      exec 3<&- 3>&-; fi 2>/dev/null; sleep 0.5; done; \
                  systemctl status --no-pager -n 5 kube-proxy 2>&1; exit 1";
-            let o = exec
-                .query(
-                    host,
-                    &format!("bash -c {}", crate::engine::executor::q(script)),
-                )
-                .await?;
+            let o = exec.query(host, &Script::bash(script).into()).await?;
             if o.status != 0 {
                 anyhow::bail!(
                     "kube-proxy on {} not healthy after 30 s: {}",

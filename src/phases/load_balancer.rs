@@ -4,7 +4,7 @@
 //! - `external`: the user's balancer; only checked for reachability.
 
 use crate::engine::rotation::balancers;
-use crate::engine::{Action, Context, Order, Phase, PhasePlan};
+use crate::engine::{Action, Cmd, Context, Order, Phase, PhasePlan};
 use crate::inventory::{HaMode, Host, Role};
 use crate::render::host_vars;
 
@@ -162,11 +162,11 @@ impl LoadBalancer {
                             &format!("external endpoint {host}:{port} reachable"),
                             // Host and port are bash's positional parameters, never
                             // part of the script bash parses.
-                            &format!(
-                                "timeout 3 bash -c {} probe {} {port} 2>&1",
-                                crate::engine::executor::q("</dev/tcp/$1/$2"),
-                                crate::engine::executor::q(&host)
-                            ),
+                            Cmd::new("timeout")
+                                .args(["3", "bash", "-c", "</dev/tcp/$1/$2", "probe"])
+                                .arg(&host)
+                                .arg(port.to_string())
+                                .raw("2>&1"),
                         )],
                     );
                 }

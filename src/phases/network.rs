@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::bundle::Kind;
-use crate::engine::{Action, Context, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Order, Phase, PhasePlan, Script, Shell};
 use crate::inventory::{Cni, Host, Inventory};
 use crate::render::host_vars;
 
@@ -100,7 +100,7 @@ fn read_recorded(path: &PathBuf) -> anyhow::Result<BTreeMap<String, IpNet>> {
 }
 
 /// Succeeds when the routes clusterctl owns (protocol 77) are exactly `routes`.
-fn routes_check(routes: &[serde_json::Value]) -> String {
+fn routes_check(routes: &[serde_json::Value]) -> Shell {
     let mut want: Vec<String> = routes
         .iter()
         .map(|r| {
@@ -112,10 +112,9 @@ fn routes_check(routes: &[serde_json::Value]) -> String {
         })
         .collect();
     want.sort();
-    format!(
-        "[ \"$(ip -4 route show proto 77 | awk '{{print $1\" \"$3}}' | sort)\" = {} ]",
-        crate::engine::executor::q(&want.join("\n"))
-    )
+    Script::new(r#"[ "$(ip -4 route show proto 77 | awk '{print $1" "$3}' | sort)" = "$1" ]"#)
+        .arg(want.join("\n"))
+        .into()
 }
 
 /// The bundle's manifest item for a CNI that comes as a manifest.
@@ -314,11 +313,11 @@ impl Phase for Network {
                 a.push(Action::run(
                     &format!("routes to the pods of {} other node(s)", routes.len()),
                     "sh /etc/clusterctl/pod-routes.sh 2>&1",
-                    Some(&want),
+                    Some(want.clone()),
                 ));
                 a.push(Action::check(
                     "the routes to the other nodes' pods are in place",
-                    &want,
+                    want,
                 ));
             }
             plan.host(h, a);

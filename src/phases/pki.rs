@@ -181,9 +181,10 @@ impl Phase for Pki {
             let o = exec
                 .query(
                     host,
-                    "for c in etcd kube-apiserver; do \
+                    &"for c in etcd kube-apiserver; do \
                        if systemctl is-active --quiet $c.service || [ -e /etc/kubernetes/manifests/$c.yaml ]; \
-                       then echo \"$c runs\"; fi; done",
+                       then echo \"$c runs\"; fi; done"
+                        .into(),
                 )
                 .await?;
             let runs = |c: &str| o.stdout.lines().any(|l| l == format!("{c} runs"));

@@ -4,7 +4,7 @@
 use futures::future::BoxFuture;
 
 use crate::engine::executor::Executor;
-use crate::engine::{Action, Context, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Order, Phase, PhasePlan, Script, Shell};
 use crate::inventory::{HaMode, Host, Role};
 
 /// Largest clock difference allowed between a host and the operator's machine: certificates
@@ -85,13 +85,12 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
 
 /// A shell check that nothing but `owner` listens where `addr:port` would bind: the same
 /// address, a wildcard, or (when `addr` is the wildcard) any address.
-fn port_check(addr: &str, port: u16, owner: &str) -> String {
-    format!(
-        "ss -Hltnp 'sport = :{port}' | awk -v want={addr} -v owner='\"{owner}' \
-         '{{ a = $4; sub(/:[0-9]+$/, \"\", a); gsub(/[][]/, \"\", a); \
-            if (index($0, owner) == 0 && (want == \"0.0.0.0\" || a == want || a == \"0.0.0.0\" || a == \"*\" || a == \"::\")) \
-              {{ print \"in use: \" $0; bad = 1 }} }} END {{ exit bad }}'"
-    )
+fn port_check(addr: &str, port: u16, owner: &str) -> Shell {
+    // Arguments: the port, the address, the owner (as `ss -p` names it, after its `"`).
+    const PORT: &str = r#"ss -Hltnp "sport = :$1" | awk -v want="$2" -v owner="\"$3" '{ a = $4; sub(/:[0-9]+$/, "", a); gsub(/[][]/, "", a);
+  if (index($0, owner) == 0 && (want == "0.0.0.0" || a == want || a == "0.0.0.0" || a == "*" || a == "::"))
+    { print "in use: " $0; bad = 1 } } END { exit bad }'"#;
+    Script::new(PORT).arg(port).arg(addr).arg(owner).into()
 }
 
 impl Phase for Preflight {
@@ -126,10 +125,11 @@ impl Phase for Preflight {
                         "hostname is {} (the node is registered under that name anyway)",
                         h.name
                     ),
-                    command: format!(
-                        "[ \"$(hostname)\" = {} ] || {{ echo \"hostname is $(hostname)\"; exit 1; }}",
-                        crate::engine::executor::q(&h.name)
-                    ),
+                    command: Script::new(
+                        r#"[ "$(hostname)" = "$1" ] || { echo "hostname is $(hostname)"; exit 1; }"#,
+                    )
+                    .arg(&h.name)
+                    .into(),
                     warn_only: true,
                 },
             ];
@@ -143,14 +143,16 @@ impl Phase for Preflight {
             for (addr, port, owner) in ports(ctx, h) {
                 a.push(Action::check(
                     &format!("{addr}:{port} free for {owner}"),
-                    &port_check(&addr, port, owner),
+                    port_check(&addr, port, owner),
                 ));
             }
             for m in ["overlay", "br_netfilter"] {
                 a.push(Action::Check {
                     description: format!("kernel module {m} available"),
                     // /sys/module lists loaded and built-in modules, and is readable in a container.
-                    command: format!("[ -d /sys/module/{m} ] || modprobe -n {m} 2>&1"),
+                    command: Script::new(r#"[ -d "/sys/module/$1" ] || modprobe -n "$1" 2>&1"#)
+                        .arg(m)
+                        .into(),
                     warn_only: true,
                 });
             }
@@ -169,7 +171,7 @@ impl Phase for Preflight {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let sent = now_secs();
-            let o = exec.query(host, "date +%s.%N").await?;
+            let o = exec.query(host, &"date +%s.%N".into()).await?;
             let answered = now_secs();
             let theirs: f64 = o
                 .stdout
@@ -212,7 +214,7 @@ mod tests {
         );
         let out = Command::new("sh")
             .arg("-c")
-            .arg(port_check(addr, port, owner))
+            .arg(port_check(addr, port, owner).as_str())
             .env("PATH", path)
             .output()
             .unwrap();

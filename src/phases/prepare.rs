@@ -4,14 +4,18 @@
 use std::collections::BTreeMap;
 
 use crate::bundle::{Item, Kind};
-use crate::engine::{Action, Context, Mode, Order, Phase, PhasePlan, Source};
+use crate::engine::{Action, Cmd, Context, Mode, Order, Phase, PhasePlan, Script, Source};
 use crate::inventory::{HaMode, Host, Inventory, Role};
 use crate::render::host_vars;
 
 pub struct Prepare;
 
 /// The module names of modules-kubernetes.conf, read on the host.
-const MODULES_LIST: &str = "$(grep -v '^#' /etc/modules-load.d/kubernetes.conf)";
+macro_rules! modules_list {
+    () => {
+        "$(grep -v '^#' /etc/modules-load.d/kubernetes.conf)"
+    };
+}
 
 /// Succeeds when every sysctl of 90-kubernetes.conf already has its value.
 const SYSCTLS_MATCH: &str = "grep -v '^#' /etc/sysctl.d/90-kubernetes.conf | tr -d ' ' | while IFS='=' read -r k v; \
@@ -145,22 +149,21 @@ pub fn archive_actions(it: &Item) -> anyhow::Result<Vec<Action>> {
     };
     let file = format!("{ARCHIVE_DIR}/{}", cache_name(it, ext));
     let mark = format!("{}/.clusterctl-{}-{}", install.path, it.name, &sha[..16]);
-    let q = crate::engine::executor::q;
+    // Arguments: the archive, the directory, the item's name, the marker of this version.
+    const UNPACK: &str =
+        r#"tar -xf "$1" -C "$2" --no-same-owner 2>&1 && rm -f "$2/.clusterctl-$3-"* && touch "$4""#;
     Ok(vec![
         Action::dir(ARCHIVE_DIR, 0o755),
         Action::dir(&install.path, 0o755),
         item_file(it, &file, 0o644),
         Action::run(
             &format!("unpack {} into {}", it.label(), install.path),
-            &format!(
-                "tar -xf {} -C {} --no-same-owner 2>&1 && rm -f {}/.clusterctl-{}-* && touch {}",
-                q(&file),
-                q(&install.path),
-                q(&install.path),
-                q(&it.name),
-                q(&mark)
-            ),
-            Some(&format!("test -e {}", q(&mark))),
+            Script::new(UNPACK)
+                .arg(&file)
+                .arg(&install.path)
+                .arg(&it.name)
+                .arg(&mark),
+            Some(Cmd::new("test").arg("-e").arg(&mark).into()),
         ),
     ])
 }
@@ -169,7 +172,6 @@ pub fn archive_actions(it: &Item) -> anyhow::Result<Vec<Action>> {
 /// live): each tarball sent once, imported unless this exact tarball was imported before and
 /// its reference is still there. Needs containerd running.
 pub fn image_actions(items: &[&Item]) -> anyhow::Result<Vec<Action>> {
-    let q = crate::engine::executor::q;
     let mut a = Vec::new();
     if items.is_empty() {
         return Ok(a);
@@ -186,20 +188,15 @@ pub fn image_actions(items: &[&Item]) -> anyhow::Result<Vec<Action>> {
         let file = format!("{IMAGE_DIR}/{}", cache_name(it, "tar"));
         let mark = format!("{IMAGE_MARKS}/{sha}");
         a.push(item_file(it, &file, 0o644));
+        // Arguments: the tarball, the image reference, the marker of this tarball.
+        const IMPORT: &str = r#"ctr -n k8s.io images import "$1" 2>&1 && ctr -n k8s.io images ls -q | grep -qxF -e "$2" && echo "$2" > "$3""#;
+        // Not a marker alone: the image itself must still be there (garbage collection or a
+        // `crictl rmi` removes it, and an air-gapped node cannot pull it back).
+        const IMPORTED: &str = r#"test -e "$2" && ctr -n k8s.io images ls -q | grep -qxF -e "$1""#;
         a.push(Action::run(
             &format!("import image {image}"),
-            &format!(
-                "ctr -n k8s.io images import {} 2>&1 && ctr -n k8s.io images ls -q | grep -qxF {} && echo {} > {}",
-                q(&file),
-                q(image),
-                q(image),
-                q(&mark)
-            ),
-            Some(&format!(
-                "test -e {} && ctr -n k8s.io images ls -q | grep -qxF {}",
-                q(&mark),
-                q(image)
-            )),
+            Script::new(IMPORT).arg(&file).arg(image).arg(&mark),
+            Some(Script::new(IMPORTED).arg(image).arg(&mark).into()),
         ));
     }
     Ok(a)
@@ -228,32 +225,30 @@ fn bundle_actions(items: &[&Item]) -> Vec<Action> {
         }
     }
     if !debs.is_empty() {
-        let files: Vec<String> = debs
-            .iter()
-            .map(|(_, _, f)| crate::engine::executor::q(f))
-            .collect();
-        let checks: Vec<String> = debs
-            .iter()
-            .map(|(n, v, _)| {
-                format!(
-                    "[ \"$(dpkg-query -W -f='${{Status}} ${{Version}}' {} 2>/dev/null)\" = {} ]",
-                    crate::engine::executor::q(n),
-                    crate::engine::executor::q(&format!("install ok installed {v}"))
-                )
-            })
-            .collect();
-        a.push(Action::Run {
-            description: format!(
+        // Arguments: pairs of package name and version; installed when each is at its version.
+        const INSTALLED: &str = r#"while [ $# -gt 0 ]; do
+  [ "$(dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null)" = "install ok installed $2" ] || exit 1; shift 2
+done"#;
+        a.push(Action::run(
+            &format!(
                 "install {} package(s) from the bundle with dpkg",
                 debs.len()
             ),
-            command: format!(
-                "DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold {} 2>&1",
-                files.join(" ")
+            Cmd::new("env")
+                .args([
+                    "DEBIAN_FRONTEND=noninteractive",
+                    "dpkg",
+                    "-i",
+                    "--force-confold",
+                ])
+                .args(debs.iter().map(|(_, _, f)| f))
+                .raw("2>&1"),
+            Some(
+                Script::new(INSTALLED)
+                    .args(debs.iter().flat_map(|(n, v, _)| [n, v]))
+                    .into(),
             ),
-            unless: Some(checks.join(" && ")),
-            warn_only: false,
-        });
+        ));
     }
     a
 }
@@ -307,12 +302,20 @@ impl Phase for Prepare {
                 // can be set: warn, don't fail.
                 Action::Run {
                     description: "load kernel modules".into(),
-                    command: format!(
-                        "for m in {MODULES_LIST}; do [ -d \"/sys/module/$m\" ] || modprobe \"$m\" 2>&1 || exit 1; done"
+                    command: concat!(
+                        "for m in ",
+                        modules_list!(),
+                        "; do [ -d \"/sys/module/$m\" ] || modprobe \"$m\" 2>&1 || exit 1; done"
+                    )
+                    .into(),
+                    unless: Some(
+                        concat!(
+                            "for m in ",
+                            modules_list!(),
+                            "; do [ -d \"/sys/module/$m\" ] || exit 1; done"
+                        )
+                        .into(),
                     ),
-                    unless: Some(format!(
-                        "for m in {MODULES_LIST}; do [ -d \"/sys/module/$m\" ] || exit 1; done"
-                    )),
                     warn_only: true,
                 },
                 Action::Run {

@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use crate::bundle::{Item, Kind};
 use crate::engine::MANIFESTS;
-use crate::engine::executor::q;
-use crate::engine::{Action, Context, Executor};
+use crate::engine::{Action, Context, Executor, Script, Shell};
 use crate::inventory::{Host, Inventory};
 use crate::render::component_vars;
 use crate::version::KubeVersion;
@@ -198,17 +197,17 @@ pub fn manifest(
 /// switch a running host between modes: both would bind the same ports and the same etcd data
 /// directory, and the switch would need the old member stopped before the new one starts.
 pub fn mode_guard(inv: &Inventory, components: &[&str]) -> Action {
-    let list = components.join(" ");
     if inv.static_pods() {
         Action::check(
             &format!(
                 "no {} systemd unit here (spec.controlPlane.mode is static-pods, and clusterctl does not switch a host between modes: keep `mode: systemd` for this cluster, or reset the host)",
                 components.join("/")
             ),
-            &format!(
-                "bad=; for c in {list}; do if systemctl is-active --quiet \"$c.service\" || [ -e \"/etc/systemd/system/$c.service\" ]; then bad=\"$bad $c.service\"; fi; done; \
-                 [ -z \"$bad\" ] || {{ echo \"found$bad\"; exit 1; }}"
-            ),
+            Script::new(
+                r#"bad=; for c in "$@"; do if systemctl is-active --quiet "$c.service" || [ -e "/etc/systemd/system/$c.service" ]; then bad="$bad $c.service"; fi; done
+[ -z "$bad" ] || { echo "found$bad"; exit 1; }"#,
+            )
+            .args(components),
         )
     } else {
         Action::check(
@@ -216,37 +215,40 @@ pub fn mode_guard(inv: &Inventory, components: &[&str]) -> Action {
                 "no {} static pod here (spec.controlPlane.mode is systemd, and clusterctl does not switch a host between modes: keep `mode: static-pods` for this cluster, or reset the host)",
                 components.join("/")
             ),
-            &format!(
-                "bad=; for c in {list}; do [ -e \"{MANIFESTS}/$c.yaml\" ] && bad=\"$bad {MANIFESTS}/$c.yaml\"; done; \
-                 [ -z \"$bad\" ] || {{ echo \"found$bad\"; exit 1; }}"
-            ),
+            Script::new(
+                r#"m=$1; shift; bad=; for c in "$@"; do [ -e "$m/$c.yaml" ] && bad="$bad $m/$c.yaml"; done
+[ -z "$bad" ] || { echo "found$bad"; exit 1; }"#,
+            )
+            .arg(MANIFESTS)
+            .args(components),
         )
     }
 }
 
 /// For the rolling order: succeeds when one of `components` has a manifest on the host.
-pub fn running_check(components: &[&str]) -> String {
-    components
-        .iter()
-        .map(|c| format!("[ -e {} ]", q(&manifest_path(c))))
-        .collect::<Vec<_>>()
-        .join(" || ")
+pub fn running_check(components: &[&str]) -> Shell {
+    Script::new(r#"for m in "$@"; do [ -e "$m" ] && exit 0; done; exit 1"#)
+        .args(components.iter().map(|c| manifest_path(c)))
+        .into()
 }
 
 /// The shell script behind [`wait_replaced`]: succeeds once every component with a manifest
 /// has a process (its command line starts with the program's name, as the manifests run it)
 /// and every such process started no earlier than the manifest's last change.
-fn replaced_script(components: &[&str], within: Duration) -> String {
-    let list = components.join(" ");
-    format!(
-        "for i in $(seq {n}); do stale=; now=$(date +%s); \
-           for c in {list}; do m={MANIFESTS}/$c.yaml; [ -e \"$m\" ] || continue; mt=$(stat -c %Y \"$m\"); \
-             pids=$(pgrep -f \"^$c( |$)\"); [ -n \"$pids\" ] || {{ stale=\"$stale $c:not-running\"; continue; }}; \
-             for p in $pids; do e=$(ps -o etimes= -p \"$p\" | tr -d ' '); \
-               [ -n \"$e\" ] && [ $((now - e)) -lt \"$mt\" ] && stale=\"$stale $c:pid-$p-older-than-its-manifest\"; done; \
-           done; [ -z \"$stale\" ] && exit 0; sleep 1; done; echo \"$stale\"; exit 1",
-        n = within.as_secs().max(1)
-    )
+fn replaced_script(manifests: &str, components: &[&str], within: Duration) -> Shell {
+    // Arguments: seconds to wait, the manifest directory, the components.
+    const REPLACED: &str = r#"n=$1 dir=$2; shift 2
+for i in $(seq "$n"); do stale=; now=$(date +%s)
+  for c in "$@"; do m="$dir/$c.yaml"; [ -e "$m" ] || continue; mt=$(stat -c %Y "$m")
+    pids=$(pgrep -f "^$c( |$)"); [ -n "$pids" ] || { stale="$stale $c:not-running"; continue; }
+    for p in $pids; do e=$(ps -o etimes= -p "$p" | tr -d ' ')
+      [ -n "$e" ] && [ $((now - e)) -lt "$mt" ] && stale="$stale $c:pid-$p-older-than-its-manifest"; done
+  done; [ -z "$stale" ] && exit 0; sleep 1; done; echo "$stale"; exit 1"#;
+    Script::bash(REPLACED)
+        .arg(within.as_secs().max(1))
+        .arg(manifests)
+        .args(components)
+        .into()
 }
 
 /// Waits until the kubelet runs every one of `components` that has a manifest on `host` from
@@ -259,10 +261,7 @@ pub async fn wait_replaced(
     within: Duration,
 ) -> anyhow::Result<()> {
     let o = exec
-        .query(
-            host,
-            &format!("bash -c {}", q(&replaced_script(components, within))),
-        )
+        .query(host, &replaced_script(MANIFESTS, components, within))
         .await?;
     if o.status != 0 {
         anyhow::bail!(
@@ -833,15 +832,18 @@ spec:
         assert!(p.iter().any(|p| p.contains("pause")), "{p:?}");
         // Rolling: a host counts as running where the manifests are, not where containerd is.
         let cp1 = c.inv().host("cp1").unwrap();
-        assert_eq!(
-            Etcd.running_check(&c, cp1).unwrap(),
-            "[ -e /etc/kubernetes/manifests/etcd.yaml ]"
+        assert!(
+            Etcd.running_check(&c, cp1)
+                .unwrap()
+                .as_str()
+                .ends_with(" sh /etc/kubernetes/manifests/etcd.yaml")
         );
         assert!(
             ControlPlane
                 .running_check(&c, cp1)
                 .unwrap()
-                .contains(" || [ -e /etc/kubernetes/manifests/kube-scheduler.yaml ]")
+                .as_str()
+                .ends_with(" /etc/kubernetes/manifests/kube-scheduler.yaml")
         );
         assert!(
             etcd.notes
@@ -867,7 +869,7 @@ spec:
             a[0]["command"]
                 .as_str()
                 .unwrap()
-                .contains("/etc/kubernetes/manifests/$c.yaml")
+                .ends_with(" sh /etc/kubernetes/manifests etcd")
         );
         assert_eq!(
             paths(&a[1..]),
@@ -900,8 +902,9 @@ spec:
             fn query<'a>(
                 &'a self,
                 _: &'a Host,
-                cmd: &'a str,
+                cmd: &'a crate::ssh::shell::Shell,
             ) -> futures::future::BoxFuture<'a, anyhow::Result<CmdOutput>> {
+                let cmd = cmd.as_str();
                 let cmd = cmd
                     .replace("/etc/systemd/system/", &self.1)
                     .replace("systemctl is-active --quiet", "false");
@@ -919,8 +922,9 @@ spec:
             fn change<'a>(
                 &'a self,
                 _: &'a Host,
-                cmd: &'a str,
+                cmd: &'a crate::ssh::shell::Shell,
             ) -> futures::future::BoxFuture<'a, anyhow::Result<CmdOutput>> {
+                let cmd = cmd.as_str();
                 self.0.lock().unwrap().push(cmd.to_string());
                 Box::pin(async { Ok(CmdOutput::default()) })
             }
@@ -972,12 +976,28 @@ spec:
     }
 
     #[test]
-    fn the_replacement_script_is_valid_shell() {
-        let s = replaced_script(&["etcd", "kube-apiserver"], Duration::from_secs(3));
-        let o = std::process::Command::new("bash")
-            .args(["-n", "-c", &s])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fn the_replacement_script_waits_for_a_process_per_manifest() {
+        // Run for real, locally: no manifest passes at once; a manifest whose program runs
+        // nowhere fails after the wait, naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let run = |components: &[&str]| {
+            let script = replaced_script(
+                dir.path().to_str().unwrap(),
+                components,
+                Duration::from_secs(1),
+            );
+            std::process::Command::new("sh")
+                .args(["-c", script.as_str()])
+                .output()
+                .unwrap()
+        };
+        assert!(run(&["etcd", "kube-apiserver"]).status.success());
+        std::fs::write(dir.path().join("no-such-program-x.yaml"), "").unwrap();
+        let o = run(&["no-such-program-x", "etcd"]);
+        assert!(!o.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "no-such-program-x:not-running"
+        );
     }
 }

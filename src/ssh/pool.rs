@@ -15,6 +15,7 @@ use super::error::{ErrorKind, HostError, HostResult};
 use super::progress::{Progress, ProgressMode};
 use super::session::{self, KeyStore, Session, SessionSettings};
 use super::shell;
+use super::shell::{Cmd, Shell};
 use super::target::Target;
 
 /// How a run connects and reports.
@@ -320,33 +321,34 @@ impl Pool {
     pub async fn exec(
         &self,
         host: &str,
-        cmd: &str,
+        cmd: impl Into<Shell>,
         opts: ExecOpts,
     ) -> Result<ExecOutput, HostError> {
-        self.exec_with_input(host, cmd, &opts, None).await
+        self.exec_with_input(host, &cmd.into(), &opts, None).await
     }
 
     /// Like `exec`, and a non-zero exit is an error naming the host with the command's stderr.
     pub async fn run(
         &self,
         host: &str,
-        cmd: &str,
+        cmd: impl Into<Shell>,
         opts: ExecOpts,
     ) -> Result<ExecOutput, HostError> {
-        let out = self.exec(host, cmd, opts).await?;
+        let cmd = cmd.into();
+        let out = self.exec(host, &cmd, opts).await?;
         if out.success() {
             return Ok(out);
         }
         let c = self.conn(host, "exec")?;
         Err(self
-            .err(c, &short(cmd), ErrorKind::Command, exit_text(&out))
+            .err(c, &short(cmd.as_str()), ErrorKind::Command, exit_text(&out))
             .with_stderr(out.stderr.clone()))
     }
 
     async fn exec_with_input(
         &self,
         host: &str,
-        cmd: &str,
+        cmd: &Shell,
         opts: &ExecOpts,
         input: Option<&UploadSource>,
     ) -> Result<ExecOutput, HostError> {
@@ -354,9 +356,9 @@ impl Pool {
         let full = if opts.sudo {
             shell::as_root(cmd, &c.target.user)
         } else {
-            cmd.to_string()
+            cmd.clone()
         };
-        let step = short(cmd);
+        let step = short(cmd.as_str());
         let progress = &self.inner.progress;
         progress.log(host, &format!("$ {full}"));
         tracing::debug!(host, command = %full, "run");
@@ -365,7 +367,7 @@ impl Pool {
         let _channel = c.channels.acquire().await;
         let out = loop {
             let session = c.session.lock().await.clone();
-            let fut = run_channel(&session, &full, input);
+            let fut = run_channel(&session, full.as_str(), input);
             let r = match opts.timeout {
                 Some(t) => match tokio::time::timeout(t, fut).await {
                     Ok(r) => r,
@@ -619,7 +621,8 @@ impl Pool {
         let far = self
             .run(
                 host,
-                &format!("sha256sum < {}", shell::quote(remote)),
+                // From stdin: the output names no file, so no name can change its format.
+                shell::Script::new(r#"sha256sum <"$1""#).arg(remote),
                 ExecOpts::root(),
             )
             .await
@@ -649,7 +652,10 @@ impl Pool {
                 .map_err(local_err)?;
             tokio::fs::File::from_std(f)
         };
-        let cmd = shell::as_root(&format!("cat -- {}", shell::quote(remote)), &c.target.user);
+        let cmd = shell::as_root(
+            &Cmd::new("cat").arg("--").arg(remote).into(),
+            &c.target.user,
+        );
         let _channel = c.channels.acquire().await;
         let session = c.session.lock().await.clone();
         let ch = session

@@ -55,12 +55,12 @@ impl Cmd {
         self
     }
     /// `self && next`
-    pub fn and(self, next: &Cmd) -> String {
-        format!("{self} && {next}")
+    pub fn and(self, next: impl Into<Shell>) -> Shell {
+        Shell::from(self).and(next)
     }
     /// `! self`: succeeds when the command fails.
-    pub fn negated(&self) -> String {
-        format!("! {self}")
+    pub fn negated(&self) -> Shell {
+        Shell(format!("! {self}"))
     }
 }
 
@@ -79,6 +79,138 @@ impl std::fmt::Display for Cmd {
     }
 }
 
+/// A command line for a remote shell, made only of clusterctl's own text and quoted values: the
+/// one type the executor, the SSH pool and the plan's actions run. There is no `From<String>`:
+/// a runtime value reaches a shell only as an argument of a [`Cmd`] or a [`Script`], which quote
+/// it, so the compiler finds any `format!` into a shell string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Shell(String);
+
+impl Shell {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// `self && next`
+    pub fn and(self, next: impl Into<Shell>) -> Shell {
+        Shell(format!("{} && {}", self.0, next.into().0))
+    }
+    /// `self || next`
+    pub fn or(self, next: impl Into<Shell>) -> Shell {
+        Shell(format!("{} || {}", self.0, next.into().0))
+    }
+    /// `self; next` (next runs whatever self's exit).
+    pub fn then(self, next: impl Into<Shell>) -> Shell {
+        Shell(format!("{}; {}", self.0, next.into().0))
+    }
+    /// `! { self; }`: succeeds when the command fails.
+    pub fn negated(self) -> Shell {
+        Shell(format!("! {{ {}; }}", self.0))
+    }
+    /// `{ self; } >/dev/null 2>&1`: only the exit status is wanted.
+    pub fn silent(self) -> Shell {
+        Shell(format!("{{ {}; }} >/dev/null 2>&1", self.0))
+    }
+    /// The commands joined with `&&` (`true` when there are none).
+    pub fn all(cmds: impl IntoIterator<Item = Shell>) -> Shell {
+        cmds.into_iter()
+            .reduce(Shell::and)
+            .unwrap_or_else(|| Shell::from("true"))
+    }
+}
+
+impl From<&'static str> for Shell {
+    fn from(s: &'static str) -> Shell {
+        Shell(s.to_string())
+    }
+}
+
+impl From<Cmd> for Shell {
+    fn from(c: Cmd) -> Shell {
+        Shell(c.to_string())
+    }
+}
+
+impl From<&Cmd> for Shell {
+    fn from(c: &Cmd) -> Shell {
+        Shell(c.to_string())
+    }
+}
+
+impl From<Script> for Shell {
+    fn from(s: Script) -> Shell {
+        Shell::from(
+            Cmd::new(s.interpreter)
+                .arg("-c")
+                .arg(s.text)
+                .arg(s.interpreter)
+                .args(s.args),
+        )
+    }
+}
+
+impl From<&Shell> for Shell {
+    fn from(s: &Shell) -> Shell {
+        s.clone()
+    }
+}
+
+impl AsRef<str> for Shell {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A shell script written in clusterctl's source whose values arrive as positional parameters
+/// (`"$1"`, `shift`, `"$@"`): run as `sh -c 'TEXT' sh 'v1' 'v2' …`. The text is fixed at
+/// compile time, so a value can change what the script works on, never what it does — the
+/// form for anything a [`Cmd`] cannot say (loops, pipes, tests on several values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    interpreter: &'static str,
+    text: &'static str,
+    args: Vec<String>,
+}
+
+impl Script {
+    /// A POSIX `sh` script.
+    pub fn new(text: &'static str) -> Script {
+        Script {
+            interpreter: "sh",
+            text,
+            args: Vec::new(),
+        }
+    }
+    /// A script that needs bash (`/dev/tcp`, `pipefail`, arrays): run by `bash -c` whatever
+    /// the login shell or sudo's `sh -c` is.
+    pub fn bash(text: &'static str) -> Script {
+        Script {
+            interpreter: "bash",
+            ..Script::new(text)
+        }
+    }
+    /// The next positional parameter.
+    pub fn arg(mut self, a: impl ToString) -> Script {
+        self.args.push(a.to_string());
+        self
+    }
+    /// Each item the next positional parameter.
+    pub fn args<I, S>(mut self, items: I) -> Script
+    where
+        I: IntoIterator<Item = S>,
+        S: ToString,
+    {
+        self.args.extend(items.into_iter().map(|a| a.to_string()));
+        self
+    }
+}
+
 /// `systemctl VERB UNIT…`, each unit quoted.
 pub fn systemctl<S: AsRef<str>>(verb: &[&str], units: impl IntoIterator<Item = S>) -> Cmd {
     Cmd::new("systemctl").args(verb).args(units)
@@ -86,11 +218,15 @@ pub fn systemctl<S: AsRef<str>>(verb: &[&str], units: impl IntoIterator<Item = S
 
 /// Runs `cmd` as root: unchanged for root, else through `sudo -n` (never prompts) and `sh -c`
 /// so pipes, redirections and `&&` all run privileged.
-pub fn as_root(cmd: &str, user: &str) -> String {
+pub fn as_root(cmd: &Shell, user: &str) -> Shell {
     if user == "root" {
-        cmd.to_string()
+        cmd.clone()
     } else {
-        format!("sudo -n -- sh -c {}", quote(cmd))
+        Shell::from(
+            Cmd::new("sudo")
+                .args(["-n", "--", "sh", "-c"])
+                .arg(cmd.as_str()),
+        )
     }
 }
 
@@ -121,20 +257,22 @@ const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
 /// One round trip that reports, for each path, `sha256 mode owner:group` or `-` when missing.
 /// The sha256 comes from the hash cache when the file's stat key still matches, else it is
 /// computed (and cached).
-pub fn stat_script(paths: &[&str], cache_dir: &str) -> String {
-    let mut s = String::new();
+pub fn stat_script(paths: &[&str], cache_dir: &str) -> Shell {
+    const STAT: &str = r#"k=$1 cd=$2; shift 2
+while [ $# -gt 0 ]; do
+  f=$1 c=$2 h=; shift 2
+  if [ -f "$f" ]; then
+    s=$(stat -c "$k %a %U:%G" "$f"); key=${s%% *}; r=${s#* }; m=${r%% *}; o=${r#* }
+    if [ -f "$c" ] && read -r ck h <"$c" && [ "$ck" = "$key" ]; then :
+    else h=$(sha256sum <"$f") && h=${h%% *} && { mkdir -p "$cd" && echo "$key $h" >"$c"; } 2>/dev/null; fi
+    echo "$h $m $o"
+  else echo -; fi
+done"#;
+    let mut script = Script::new(STAT).arg(STAT_KEY).arg(cache_dir);
     for p in paths {
-        s.push_str(&format!(
-            "f={}; c={}; if [ -f \"$f\" ]; then set -- $(stat -c '{STAT_KEY} %a %U:%G' \"$f\"); \
-             if [ -f \"$c\" ] && read -r k h <\"$c\" && [ \"$k\" = \"$1\" ]; then :; \
-             else h=$(sha256sum <\"$f\") && h=${{h%% *}} && \
-             {{ mkdir -p {cd} && echo \"$1 $h\" >\"$c\"; }} 2>/dev/null; fi; echo \"$h $2 $3\"; else echo -; fi; ",
-            quote(p),
-            quote(&cache_entry(cache_dir, p)),
-            cd = quote(cache_dir),
-        ));
+        script = script.arg(p).arg(cache_entry(cache_dir, p));
     }
-    s
+    script.into()
 }
 
 /// Streams stdin into a temp file beside `dest` — created under umask 077 and only if it does
@@ -150,31 +288,36 @@ pub fn upload_script(
     mode: u32,
     owner: Option<&str>,
     cache_dir: &str,
-) -> String {
-    let d = quote(dest);
-    let chown = match owner {
-        Some(o) => format!("chown {} \"$t\" && ", quote(o)),
-        None => String::new(),
-    };
-    format!(
-        "set -e; d={d}; dir=$(dirname \"$d\"); mkdir -p \"$dir\"; t=\"$dir/.clusterctl-upload.$$.$(basename \"$d\")\"; \
-         trap 'rm -f \"$t\"' EXIT; rm -f \"$t\"; umask 077; set -C; cat >\"$t\"; set +C; h=$(sha256sum \"$t\"); h=${{h%% *}}; n=$(stat -c %s \"$t\"); \
-         if [ \"$h\" != {sha256} ] || [ \"$n\" != {size} ]; then \
-         echo \"sha256 mismatch on the far side: got $h ($n bytes written), want {sha256} ({size} bytes)\" >&2; exit 3; fi; \
-         {chown}chmod {mode:o} \"$t\" && mv -f \"$t\" \"$d\"; trap - EXIT; \
-         {{ mkdir -p {cd} && echo \"$(stat -c '{STAT_KEY}' \"$d\") $h\" >{c}; }} 2>/dev/null || true",
-        cd = quote(cache_dir),
-        c = quote(&cache_entry(cache_dir, dest)),
-    )
+) -> Shell {
+    const UPLOAD: &str = r#"set -e; d=$1 want=$2 size=$3 mode=$4 owner=$5 k=$6 cd=$7 c=$8
+dir=$(dirname "$d"); mkdir -p "$dir"; t="$dir/.clusterctl-upload.$$.$(basename "$d")"
+trap 'rm -f "$t"' EXIT; rm -f "$t"; umask 077; set -C; cat >"$t"; set +C
+h=$(sha256sum "$t"); h=${h%% *}; n=$(stat -c %s "$t")
+if [ "$h" != "$want" ] || [ "$n" != "$size" ]; then
+  echo "sha256 mismatch on the far side: got $h ($n bytes written), want $want ($size bytes)" >&2; exit 3
+fi
+if [ -n "$owner" ]; then chown "$owner" "$t"; fi
+chmod "$mode" "$t" && mv -f "$t" "$d"; trap - EXIT
+{ mkdir -p "$cd" && echo "$(stat -c "$k" "$d") $h" >"$c"; } 2>/dev/null || true"#;
+    Script::new(UPLOAD)
+        .arg(dest)
+        .arg(sha256)
+        .arg(size)
+        .arg(format!("{mode:o}"))
+        .arg(owner.unwrap_or(""))
+        .arg(STAT_KEY)
+        .arg(cache_dir)
+        .arg(cache_entry(cache_dir, dest))
+        .into()
 }
 
 /// Sets mode and owner of an existing file whose content is already right.
-pub fn fix_attrs_script(dest: &str, mode: u32, owner: Option<&str>) -> String {
-    let mut s = format!("chmod {mode:o} {}", quote(dest));
-    if let Some(o) = owner {
-        s = format!("chown {} {} && {s}", quote(o), quote(dest));
+pub fn fix_attrs_script(dest: &str, mode: u32, owner: Option<&str>) -> Shell {
+    let chmod = Cmd::new("chmod").arg(format!("{mode:o}")).arg(dest);
+    match owner {
+        Some(o) => Cmd::new("chown").arg(o).arg(dest).and(chmod),
+        None => chmod.into(),
     }
-    s
 }
 
 #[cfg(test)]
@@ -182,8 +325,12 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn sh(script: &str) -> std::process::Output {
-        Command::new("sh").arg("-c").arg(script).output().unwrap()
+    fn sh(script: impl AsRef<str>) -> std::process::Output {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script.as_ref())
+            .output()
+            .unwrap()
     }
 
     #[test]
@@ -198,7 +345,7 @@ mod tests {
             "*",
             "--x;rm",
         ] {
-            let out = sh(&format!("printf %s {}", quote(s)));
+            let out = sh(format!("printf %s {}", quote(s)));
             assert_eq!(String::from_utf8_lossy(&out.stdout), s, "quoting {s:?}");
         }
         assert_eq!(quote("/etc/x.conf"), "/etc/x.conf");
@@ -237,17 +384,36 @@ mod tests {
                 "{line}"
             );
         }
+        // A script's values are its positional parameters, whatever they hold; under sudo's
+        // `sh -c` wrapping too.
+        for v in &nasty {
+            let script: Shell = Script::new(r#"printf '%s|' "$1" "$@""#).args([v, v]).into();
+            let out = sh(&script);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("{v}|{v}|{v}|")
+            );
+            let wrapped = Shell::from(Cmd::new("sh").arg("-c").arg(script.as_str()));
+            let out = sh(&wrapped);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("{v}|{v}|{v}|")
+            );
+        }
         // Raw fragments are source text only, and stay as written.
         let c = systemctl(&["is-active"], ["etcd", "a b"]).raw("2>/dev/null");
         assert_eq!(c.to_string(), "systemctl is-active etcd 'a b' 2>/dev/null");
-        assert_eq!(c.negated(), "! systemctl is-active etcd 'a b' 2>/dev/null");
+        assert_eq!(
+            c.negated().as_str(),
+            "! systemctl is-active etcd 'a b' 2>/dev/null"
+        );
     }
 
     #[test]
     fn sudo_wrapping() {
-        assert_eq!(as_root("true", "root"), "true");
+        assert_eq!(as_root(&"true".into(), "root").as_str(), "true");
         assert_eq!(
-            as_root("a && b > /x", "deploy"),
+            as_root(&"a && b > /x".into(), "deploy").as_str(),
             "sudo -n -- sh -c 'a && b > /x'"
         );
         assert!(sudo_wants_password("sudo: a password is required\n"));
@@ -265,19 +431,12 @@ mod tests {
 
         let cache_dir = dir.path().join("cache");
         let cache = cache_dir.to_str().unwrap();
-        let out = sh(&stat_script(&[dest_s], cache));
+        let out = sh(stat_script(&[dest_s], cache));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "-\n");
 
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(upload_script(
-                dest_s,
-                &sha,
-                data.len() as u64,
-                0o640,
-                None,
-                cache,
-            ))
+            .arg(upload_script(dest_s, &sha, data.len() as u64, 0o640, None, cache).as_str())
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -286,7 +445,7 @@ mod tests {
         assert!(child.wait().unwrap().success());
         assert_eq!(std::fs::read(&dest).unwrap(), data);
         let out =
-            String::from_utf8(sh(&stat_script(&[dest_s, "/nonexistent"], cache)).stdout).unwrap();
+            String::from_utf8(sh(stat_script(&[dest_s, "/nonexistent"], cache)).stdout).unwrap();
         let mut lines = out.lines();
         let first: Vec<&str> = lines.next().unwrap().split(' ').collect();
         assert_eq!(first[0], sha);
@@ -296,14 +455,7 @@ mod tests {
         // A wrong hash leaves the old file and no temp file behind.
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(upload_script(
-                dest_s,
-                &sha,
-                data.len() as u64,
-                0o644,
-                None,
-                cache,
-            ))
+            .arg(upload_script(dest_s, &sha, data.len() as u64, 0o644, None, cache).as_str())
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -266,7 +266,7 @@ pub fn backup_delete_restore(
     // Every member healthy, one cluster of three, the old data kept on every host.
     for h in ETCD_HOSTS {
         let host = inv.host(h).unwrap();
-        lab.exec_ok(h, &clusterctl::phases::etcd::health_command(host));
+        lab.exec_ok(h, clusterctl::phases::etcd::health_command(host).as_str());
         let old = lab.exec_ok(h, "ls -d /var/lib/etcd.before-restore-*/member/snap");
         assert_eq!(old.lines().count(), 1, "{h}: {old}");
         let mode = lab.exec_ok(h, "stat -c %a /var/lib/etcd");
@@ -276,7 +276,9 @@ pub fn backup_delete_restore(
     }
     let members = lab.exec_ok(
         "h2",
-        &clusterctl::phases::etcd::etcdctl(inv.host("h2").unwrap(), "member list"),
+        &clusterctl::phases::etcd::etcdctl(inv.host("h2").unwrap())
+            .args(["member", "list"])
+            .to_string(),
     );
     assert_eq!(members.lines().count(), 3, "{members}");
     // Nodes Ready again, workloads can be created.

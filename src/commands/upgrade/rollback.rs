@@ -12,10 +12,10 @@ use super::{Observations, record};
 use crate::commands::{Global, Output};
 use crate::diag::UserError;
 use crate::engine::blobs::Blobs;
-use crate::engine::executor::{DryRun, Executor, q};
+use crate::engine::executor::{DryRun, Executor};
 use crate::engine::runner::{HostOutcome, Journal, PlainProgress};
 use crate::engine::ssh_exec::SshExecutor;
-use crate::engine::{Context, Source};
+use crate::engine::{Context, Script, Source};
 use crate::inventory::{Host, Role};
 use crate::phases::upgrade::binaries::{self, PREVIOUS_DIR};
 use crate::phases::upgrade::rollback::{Back, RollbackInputs};
@@ -39,12 +39,15 @@ async fn what_goes_back(ctx: &Context, exec: &dyn Executor, h: &Host) -> anyhow:
         let o = exec
             .query(
                 h,
-                &format!(
-                    "k=$(readlink -f {l}) && [ -f \"$k\" ] && echo \"$k $(sha256sum <\"$k\" | cut -c1-64) $(sha256sum <{i} | cut -c1-64) $(\"$k\" {a} 2>&1 | head -1)\"",
-                    l = q(&link),
-                    i = q(&install),
-                    a = c.version_args
-                ),
+                // Arguments: the link to the kept copy, the install path, the version arguments
+                // (split into words: clusterctl's own text).
+                &Script::new(
+                    r#"k=$(readlink -f "$1") && [ -f "$k" ] && echo "$k $(sha256sum <"$k" | cut -c1-64) $(sha256sum <"$2" | cut -c1-64) $("$k" $3 2>&1 | head -1)""#,
+                )
+                .arg(&link)
+                .arg(&install)
+                .arg(c.version_args)
+                .into(),
             )
             .await?;
         if o.status != 0 {

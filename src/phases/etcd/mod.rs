@@ -10,13 +10,14 @@
 
 pub mod members;
 
-use crate::ssh::shell::quote;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use super::static_pods;
-use crate::engine::{Action, Context, Executor, HostPlan, Order, Phase, PhasePlan};
+use crate::engine::{
+    Action, Cmd, Context, Executor, HostPlan, Order, Phase, PhasePlan, Script, Shell,
+};
 use crate::inventory::{Host, Role};
 use crate::render::etcd_component_vars;
 use members::{Membership, join_member, join_order, promote_when_ready, start_for};
@@ -38,13 +39,10 @@ fn joins_running_cluster(ctx: &Context, h: &Host) -> anyhow::Result<bool> {
 }
 
 /// `etcdctl endpoint health` against the member on this host, over TLS.
-pub fn health_command(host: &Host) -> String {
-    format!(
-        "ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints=https://{}:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
-         --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
-         --command-timeout=5s endpoint health",
-        host.address
-    )
+pub fn health_command(host: &Host) -> Shell {
+    etcdctl(host)
+        .args(["--command-timeout=5s", "endpoint", "health"])
+        .into()
 }
 
 impl Phase for Etcd {
@@ -177,7 +175,7 @@ impl Phase for Etcd {
             join_member(ctx, host, exec.is_dry_run()).await
         })
     }
-    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<String> {
+    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<Shell> {
         // Static pods: a member runs where its manifest is (containerd and the kubelet may
         // run on a fresh host already; the members of a new cluster must start together).
         ctx.inv()
@@ -238,24 +236,38 @@ pub const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
 /// Where scheduled snapshots go on the etcd hosts.
 pub const SCHEDULED_DIR: &str = "/var/backups/etcd";
 
-/// `etcdctl ARGS` against the member on `host` over TLS, as the health check does.
-pub fn etcdctl(host: &Host, args: &str) -> String {
-    format!(
-        "ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints=https://{}:2379 --cacert={ETCD_PKI}/ca.crt \
-         --cert={ETCD_PKI}/healthcheck-client.crt --key={ETCD_PKI}/healthcheck-client.key {args}",
-        host.address
-    )
+/// `etcdctl` against the member on `host` over TLS with the healthcheck-client identity, as
+/// the health check does: the caller adds the command's arguments.
+pub fn etcdctl(host: &Host) -> Cmd {
+    Cmd::new("env")
+        .arg("ETCDCTL_API=3")
+        .arg("/usr/local/bin/etcdctl")
+        .arg(format!("--endpoints=https://{}:2379", host.address))
+        .arg(format!("--cacert={ETCD_PKI}/ca.crt"))
+        .arg(format!("--cert={ETCD_PKI}/healthcheck-client.crt"))
+        .arg(format!("--key={ETCD_PKI}/healthcheck-client.key"))
 }
 
-/// A shell prefix that sets `$u` to the offline snapshot tool: `etcdutl` (etcd ≥ 3.5) when the
-/// host has it, else `etcdctl` (3.4, and 3.5 where it still has `snapshot status|restore`).
-pub const SNAPSHOT_TOOL: &str = "if command -v etcdutl >/dev/null 2>&1; then u=etcdutl; \
-     elif [ -x /usr/local/bin/etcdutl ]; then u=/usr/local/bin/etcdutl; \
-     else u='env ETCDCTL_API=3 /usr/local/bin/etcdctl'; fi; ";
+/// The start of a script that sets `$u` to the offline snapshot tool: `etcdutl` (etcd ≥ 3.5)
+/// when the host has it, else `etcdctl` (3.4, and 3.5 where it still has
+/// `snapshot status|restore`). A macro so that scripts can `concat!` it into their fixed text.
+macro_rules! snapshot_tool {
+    () => {
+        "if command -v etcdutl >/dev/null 2>&1; then u=etcdutl; \
+         elif [ -x /usr/local/bin/etcdutl ]; then u=/usr/local/bin/etcdutl; \
+         else u='env ETCDCTL_API=3 /usr/local/bin/etcdctl'; fi; "
+    };
+}
+pub(crate) use snapshot_tool;
 
 /// `snapshot status FILE -w json` with the offline tool.
-pub fn snapshot_status_command(file: &str) -> String {
-    format!("{SNAPSHOT_TOOL}$u snapshot status {} -w json", quote(file))
+pub fn snapshot_status_command(file: &str) -> Shell {
+    Script::new(concat!(
+        snapshot_tool!(),
+        r#"$u snapshot status "$1" -w json"#
+    ))
+    .arg(file)
+    .into()
 }
 
 /// A roll of etcd members changes the leader once: the runner walks the member leading now

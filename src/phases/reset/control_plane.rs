@@ -19,8 +19,8 @@ pub const HOLD: &str = "/etc/kubernetes/manifests.reset";
 fn stop_unit(unit: &str, why: &str) -> Action {
     Action::run(
         &format!("stop {unit} ({why})"),
-        &crate::ssh::shell::systemctl(&["stop"], [unit]).to_string(),
-        Some(&crate::ssh::shell::systemctl(&["is-active", "-q"], [unit]).negated()),
+        crate::ssh::shell::systemctl(&["stop"], [unit]),
+        Some(crate::ssh::shell::systemctl(&["is-active", "-q"], [unit]).negated()),
     )
 }
 
@@ -59,8 +59,8 @@ impl Phase for ResetControlPlane {
                             String::new()
                         }
                     ),
-                    &stop_command(sp, &COMPONENTS, HOLD),
-                    Some(&stopped_check(sp, &COMPONENTS)),
+                    stop_command(sp, &COMPONENTS, HOLD),
+                    Some(stopped_check(sp, &COMPONENTS)),
                 ));
             }
             if !actions.is_empty() {

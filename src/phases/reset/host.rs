@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::future::BoxFuture;
 
 use crate::engine::executor::q;
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Cmd, Context, Executor, Order, Phase, PhasePlan, Script};
 use crate::inventory::{Host, Role};
 
 pub struct ResetHost;
@@ -121,14 +121,6 @@ fn installed_on(ctx: &Context) -> anyhow::Result<BTreeMap<String, Installed>> {
     Ok(all)
 }
 
-/// A shell test that succeeds when none of `items` passes `test`: "nothing left to do".
-fn none_of(items: &[String], test: &str) -> String {
-    format!(
-        "for x in {}; do {test} && exit 1; done; exit 0",
-        items.join(" ")
-    )
-}
-
 /// The steps that reset one host. `etcd_data`: the member's data directory on an etcd host.
 pub fn actions(
     host: &str,
@@ -137,7 +129,6 @@ pub fn actions(
     pod_cidr: &str,
 ) -> Vec<Action> {
     let mut a = Vec::new();
-    let b = q(BACKUP_DIR);
     // The kubelet first (it would restart pods), containerd last (the pods' tasks are killed
     // through it).
     let mut units: Vec<&str> = inst.units.iter().map(String::as_str).collect();
@@ -146,12 +137,11 @@ pub fn actions(
         "containerd.service" => 2,
         _ => 1,
     });
-    let units: Vec<String> = units.iter().map(|u| q(u)).collect();
     if inst.units.contains("kubelet.service") {
         a.push(Action::run(
             "stop the kubelet (it would restart the pods)",
             "systemctl stop kubelet.service",
-            Some("! systemctl is-active -q kubelet.service"),
+            Some("! systemctl is-active -q kubelet.service".into()),
         ));
     }
     if inst.units.contains("containerd.service") {
@@ -165,7 +155,7 @@ pub fn actions(
              for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do ctr -n k8s.io containers delete \"$c\" >/dev/null 2>&1; done; \
              [ -z \"$(ctr -n k8s.io containers ls -q 2>/dev/null)\" ]",
             Some(
-                "! command -v ctr >/dev/null || ! systemctl is-active -q containerd.service || [ -z \"$(ctr -n k8s.io containers ls -q 2>/dev/null)\" ]",
+                "! command -v ctr >/dev/null || ! systemctl is-active -q containerd.service || [ -z \"$(ctr -n k8s.io containers ls -q 2>/dev/null)\" ]".into(),
             ),
         );
         if let Action::Run { warn_only, .. } = &mut kill {
@@ -174,17 +164,13 @@ pub fn actions(
         a.push(kill);
     }
     if !units.is_empty() {
-        let stopped = none_of(
-            &units,
-            "{ systemctl is-enabled -q \"$x\" 2>/dev/null || systemctl is-active -q \"$x\"; }",
-        );
+        const STOPPED: &str = r#"for x in "$@"; do { systemctl is-enabled -q "$x" 2>/dev/null || systemctl is-active -q "$x"; } && exit 1; done; exit 0"#;
+        const STOP: &str = r#"for u in "$@"; do systemctl disable --now "$u" >/dev/null 2>&1 || systemctl stop "$u"; done
+for x in "$@"; do { systemctl is-enabled -q "$x" 2>/dev/null || systemctl is-active -q "$x"; } && exit 1; done; exit 0"#;
         a.push(Action::run(
             &format!("stop and disable {}", units.join(", ")),
-            &format!(
-                "for u in {}; do systemctl disable --now \"$u\" >/dev/null 2>&1 || systemctl stop \"$u\"; done; {stopped}",
-                units.iter().map(|u| q(u)).collect::<Vec<_>>().join(" ")
-            ),
-            Some(&stopped),
+            Script::new(STOP).args(&units),
+            Some(Script::new(STOPPED).args(&units).into()),
         ));
     }
     // Backups of what cannot be re-created: 0700 directory, 0600 tarballs (they hold the CA
@@ -192,22 +178,23 @@ pub fn actions(
     // killed run never leaves a partial tarball that looks complete.
     // `exclude`: file names left out of the tarball (tar patterns, matched per path component).
     let backup = |what: &str, dir: &str, name: &str, exclude: &[&str]| {
-        let exclude: String = exclude
-            .iter()
-            .map(|p| format!(" --exclude={}", q(p)))
-            .collect();
+        // Arguments: backup dir, tarball name, host, the directory, then tar's --exclude options.
+        const BACKUP: &str = r#"set -e; umask 077; b=$1 name=$2 h=$3 d=$4; shift 4
+install -d -m 0700 "$b"; chmod -R go-rwx "$b"; t="$b/$name-$h-$(date -u +%Y%m%dT%H%M%SZ).tar.gz"
+tar -C "$d" "$@" -czf "$t.part" . && mv "$t.part" "$t""#;
         Action::run(
             &format!("back up {what} to {BACKUP_DIR}/{name}-{host}-<UTC time>.tar.gz (0600)"),
-            &format!(
-                "set -e; umask 077; install -d -m 0700 {b}; chmod -R go-rwx {b}; t={b}/{name}-{h}-$(date -u +%Y%m%dT%H%M%SZ).tar.gz; \
-                 tar -C {d}{exclude} -czf \"$t.part\" . && mv \"$t.part\" \"$t\"",
-                h = q(host),
-                d = q(dir)
+            Script::new(BACKUP)
+                .arg(BACKUP_DIR)
+                .arg(name)
+                .arg(host)
+                .arg(dir)
+                .args(exclude.iter().map(|p| format!("--exclude={p}"))),
+            Some(
+                Script::new(r#"[ ! -d "$1" ] || [ -z "$(ls -A "$1")" ]"#)
+                    .arg(dir)
+                    .into(),
             ),
-            Some(&format!(
-                "[ ! -d {d} ] || [ -z \"$(ls -A {d})\" ]",
-                d = q(dir)
-            )),
         )
     };
     if let Some(d) = etcd_data {
@@ -224,83 +211,92 @@ pub fn actions(
         "etc-kubernetes",
         &CA_KEY_NAMES,
     ));
-    let kube_rules = "$ipt-save 2>/dev/null | grep -q -e 'KUBE-' -e 'clusterctl-pod-masq'";
+    // Arguments: backup dir, host.
+    const KUBE_RULES: &str = r#"set -e; umask 077; b=$1 h=$2; install -d -m 0700 "$b"
+for ipt in iptables ip6tables; do command -v $ipt-save >/dev/null || continue
+  if $ipt-save 2>/dev/null | grep -q -e 'KUBE-' -e 'clusterctl-pod-masq'; then
+    d="$b/$ipt-$h-$(date -u +%Y%m%dT%H%M%SZ).rules"; $ipt-save > "$d"
+    grep -v -e 'KUBE-' -e 'clusterctl-pod-masq' "$d" | $ipt-restore
+  fi
+done"#;
     a.push(Action::run(
         &format!("remove kube-proxy's KUBE-* chains and clusterctl's masquerade rules (the iptables dump kept in {BACKUP_DIR}, 0600)"),
-        &format!(
-            "set -e; umask 077; install -d -m 0700 {b}; for ipt in iptables ip6tables; do command -v $ipt-save >/dev/null || continue; \
-             if {kube_rules}; then d={b}/$ipt-{h}-$(date -u +%Y%m%dT%H%M%SZ).rules; $ipt-save > \"$d\"; \
-             grep -v -e 'KUBE-' -e 'clusterctl-pod-masq' \"$d\" | $ipt-restore; fi; done",
-            h = q(host)
+        Script::new(KUBE_RULES).arg(BACKUP_DIR).arg(host),
+        Some(
+            "for ipt in iptables ip6tables; do command -v $ipt-save >/dev/null || continue; \
+             if $ipt-save 2>/dev/null | grep -q -e 'KUBE-' -e 'clusterctl-pod-masq'; then exit 1; fi; done; exit 0"
+                .into(),
         ),
-        Some(&format!(
-            "for ipt in iptables ip6tables; do command -v $ipt-save >/dev/null || continue; if {kube_rules}; then exit 1; fi; done; exit 0"
-        )),
     ));
     a.push(Action::run(
         "remove kube-proxy's ipsets and kube-ipvs0",
         "if command -v ipset >/dev/null; then for s in $(ipset list -n 2>/dev/null | grep '^KUBE-'); do ipset destroy \"$s\"; done; fi; \
          if ip link show kube-ipvs0 >/dev/null 2>&1; then ip link del kube-ipvs0; fi",
-        Some("! { command -v ipset >/dev/null && ipset list -n 2>/dev/null | grep -q '^KUBE-'; } && ! ip link show kube-ipvs0 >/dev/null 2>&1"),
+        Some("! { command -v ipset >/dev/null && ipset list -n 2>/dev/null | grep -q '^KUBE-'; } && ! ip link show kube-ipvs0 >/dev/null 2>&1".into()),
     ));
-    let cidr = q(pod_cidr);
     a.push(Action::run(
         &format!("remove the routes into the pod network {pod_cidr} and the cni0 bridge"),
-        &format!(
-            "ip route show root {cidr} | while read -r r; do ip route del $r; done; \
-             if ip link show cni0 >/dev/null 2>&1; then ip link del cni0; fi"
+        Script::new(
+            r#"ip route show root "$1" | while read -r r; do ip route del $r; done
+if ip link show cni0 >/dev/null 2>&1; then ip link del cni0; fi"#,
+        )
+        .arg(pod_cidr),
+        Some(
+            Script::new(
+                r#"[ -z "$(ip route show root "$1" 2>/dev/null)" ] && ! ip link show cni0 >/dev/null 2>&1"#,
+            )
+            .arg(pod_cidr)
+            .into(),
         ),
-        Some(&format!(
-            "[ -z \"$(ip route show root {cidr} 2>/dev/null)\" ] && ! ip link show cni0 >/dev/null 2>&1"
-        )),
     ));
     // What archives unpacked goes before the archives themselves (they list it).
     for (file, dir, name) in &inst.archives {
+        // Arguments: the archive, the directory it was unpacked into, the item's name.
+        const UNPACKED: &str = r#"f=$1 d=$2 n=$3
+tar -tf "$f" | grep -v '/$' | while read -r x; do rm -f "$d/$x"; done; rm -f "$d/.clusterctl-$n-"*; rm -f "$f""#;
         a.push(Action::run(
             &format!("remove what {file} unpacked into {dir}"),
-            &format!(
-                "tar -tf {f} | grep -v '/$' | while read -r x; do rm -f {d}/\"$x\"; done; rm -f {d}/.clusterctl-{n}-*; rm -f {f}",
-                f = q(file),
-                d = q(dir),
-                n = q(name)
-            ),
-            Some(&format!("[ ! -f {} ]", q(file))),
+            Script::new(UNPACKED).arg(file).arg(dir).arg(name),
+            Some(Cmd::new("[").args(["!", "-f", file.as_str(), "]"]).into()),
         ));
     }
-    let files: Vec<String> = inst.files.iter().map(|f| q(f)).collect();
-    if !files.is_empty() {
+    if !inst.files.is_empty() {
         a.push(Action::run(
-            &format!("remove the {} file(s) clusterctl wrote", files.len()),
-            &format!(
-                "for f in {}; do rm -f \"$f\"; done; systemctl daemon-reload",
-                files.join(" ")
+            &format!("remove the {} file(s) clusterctl wrote", inst.files.len()),
+            Script::new(r#"for f in "$@"; do rm -f "$f"; done; systemctl daemon-reload"#)
+                .args(&inst.files),
+            Some(
+                Script::new(r#"for x in "$@"; do [ -e "$x" ] && exit 1; done; exit 0"#)
+                    .args(&inst.files)
+                    .into(),
             ),
-            Some(&none_of(&files, "[ -e \"$x\" ]")),
         ));
     }
-    let mut data: Vec<String> = DATA_DIRS.iter().map(|d| q(d)).collect();
-    data.extend(etcd_data.map(q));
+    let mut data: Vec<&str> = DATA_DIRS.to_vec();
+    data.extend(etcd_data);
+    // Arguments: the run's own marker, then the directories. The marker (engine::lock) stays:
+    // the runner removes it when the run ends, and a later reset takes a new one, which must
+    // not count as data left behind.
+    const DELETE: &str = r#"marker=$1; shift
+for m in $(awk '$2 ~ "^/var/lib/kubelet/" {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null || umount -l "$m"; done
+for d in "$@"; do [ -d "$d" ] || continue; find "$d" -mindepth 1 ! -path "$marker" -delete 2>/dev/null; rmdir "$d" 2>/dev/null || true; done"#;
+    // A directory that is a mount point stays, empty.
+    const DELETED: &str = r#"marker=$1; shift
+for x in "$@"; do [ -n "$(find "$x" -mindepth 1 ! -path "$marker" -print -quit 2>/dev/null)" ] && exit 1; done; exit 0"#;
     a.push(Action::run(
         &format!(
             "delete {} (mounts under /var/lib/kubelet unmounted first)",
-            data.join(", ")
+            data.iter().map(|d| q(d)).collect::<Vec<_>>().join(", ")
         ),
-        // The run's own marker (phases::lock) stays: the runner removes it when the run ends,
-        // and a later reset takes a new one, which must not count as data left behind.
-        &format!(
-            "for m in $(awk '$2 ~ \"^/var/lib/kubelet/\" {{print $2}}' /proc/mounts | sort -r); do umount \"$m\" 2>/dev/null || umount -l \"$m\"; done; \
-             for d in {}; do [ -d \"$d\" ] || continue; find \"$d\" -mindepth 1 ! -path {marker} -delete 2>/dev/null; rmdir \"$d\" 2>/dev/null || true; done",
-            data.join(" "),
-            marker = q(crate::engine::lock::HOST_MARKER)
+        Script::new(DELETE)
+            .arg(crate::engine::lock::HOST_MARKER)
+            .args(&data),
+        Some(
+            Script::new(DELETED)
+                .arg(crate::engine::lock::HOST_MARKER)
+                .args(&data)
+                .into(),
         ),
-        // A directory that is a mount point stays, empty.
-        Some(&none_of(
-            &data,
-            &format!(
-                "[ -n \"$(find \"$x\" -mindepth 1 ! -path {} -print -quit 2>/dev/null)\" ]",
-                q(crate::engine::lock::HOST_MARKER)
-            ),
-        )),
     ));
     let mut dirs: Vec<&String> = inst
         .dirs
@@ -309,19 +305,18 @@ pub fn actions(
         .collect();
     // Deepest first, so a parent is empty when its turn comes.
     dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
-    let dirs: Vec<String> = dirs.iter().map(|d| q(d)).collect();
     if !dirs.is_empty() {
         a.push(Action::run(
             "remove the directories clusterctl made (when empty)",
-            &format!(
-                "for d in {}; do rmdir \"$d\" 2>/dev/null || true; done",
-                dirs.join(" ")
-            ),
+            Script::new(r#"for d in "$@"; do rmdir "$d" 2>/dev/null || true; done"#).args(&dirs),
             // An empty mount point stays (rmdir cannot remove it): no work left there.
-            Some(&none_of(
-                &dirs,
-                "{ [ -d \"$x\" ] && [ -z \"$(ls -A \"$x\")\" ] && ! mountpoint -q \"$x\"; }",
-            )),
+            Some(
+                Script::new(
+                    r#"for x in "$@"; do { [ -d "$x" ] && [ -z "$(ls -A "$x")" ] && ! mountpoint -q "$x"; } && exit 1; done; exit 0"#,
+                )
+                .args(&dirs)
+                .into(),
+            ),
         ));
     }
     a
@@ -364,7 +359,9 @@ impl Phase for ResetHost {
             let o = exec
                 .query(
                     host,
-                    &format!("ls {} 2>/dev/null | tr '\\n' ' '", q(BACKUP_DIR)),
+                    &Script::new(r#"ls "$1" 2>/dev/null | tr '\n' ' '"#)
+                        .arg(BACKUP_DIR)
+                        .into(),
                 )
                 .await?;
             if !o.stdout.trim().is_empty() {
@@ -429,7 +426,7 @@ mod tests {
                     ..
                 } => {
                     assert!(unless.is_some(), "{description}: every step is guarded");
-                    Some((description.clone(), command.clone()))
+                    Some((description.clone(), command.to_string()))
                 }
                 _ => None,
             })
@@ -441,32 +438,40 @@ mod tests {
         let steps = commands(&actions("w1", &inst(), None, "10.244.0.0/16"));
         assert_eq!(steps[0].1, "systemctl stop kubelet.service");
         assert!(steps[1].0.contains("kill the pods"));
+        // Each step is fixed script text with the host's values as its arguments (after `sh`).
         assert!(
             steps[2]
                 .1
-                .starts_with("for u in kubelet.service kube-proxy.service containerd.service; do"),
+                .ends_with(" sh kubelet.service kube-proxy.service containerd.service"),
             "{}",
             steps[2].1
         );
         let dirs = &steps.last().unwrap().1;
         assert!(!dirs.contains("/usr/local/bin"), "{dirs}");
         assert!(
-            dirs.starts_with("for d in /etc/kubernetes/pki /etc/kubernetes;"),
+            dirs.contains(r#"rmdir "$d""#)
+                && dirs.ends_with(" sh /etc/kubernetes/pki /etc/kubernetes"),
             "{dirs}"
         );
         let all: String = steps.iter().map(|s| s.1.clone() + "\n").collect();
-        assert!(all.contains("ip route show root 10.244.0.0/16"));
+        assert!(all.contains(r#"ip route show root "$1""#) && all.contains(" sh 10.244.0.0/16\n"));
         // The archive's files go before the archive itself and the other files.
         let unpack = all
-            .find("tar -tf /var/cache/clusterctl/archives/cni-plugins_1.1.1.tar.gz")
+            .find(" sh /var/cache/clusterctl/archives/cni-plugins_1.1.1.tar.gz /opt/cni/bin cni-plugins\n")
             .unwrap();
-        let files = all.find("for f in /etc/kubernetes/kubelet.conf").unwrap();
+        let files = all.find(" sh /etc/kubernetes/kubelet.conf").unwrap();
         assert!(unpack < files);
         // Nothing is deleted before it was backed up.
-        let backup = all.find("etc-kubernetes-").unwrap();
-        let delete = all
-            .find("find \"$d\" -mindepth 1 ! -path /var/lib/clusterctl/run.lock -delete")
+        let backup = all
+            .find(" sh /var/backups/clusterctl etc-kubernetes w1 ")
             .unwrap();
+        let delete = all
+            .find(r#"find "$d" -mindepth 1 ! -path "$marker" -delete"#)
+            .unwrap();
+        assert!(
+            all[delete..].contains(" sh /var/lib/clusterctl/run.lock /etc/kubernetes /var/lib/kubelet"),
+            "{all}"
+        );
         assert!(backup < delete && all.find("umask 077").unwrap() < backup);
     }
 
@@ -477,7 +482,7 @@ mod tests {
         let steps = commands(&actions("w1", &inst(), None, "10.244.0.0/16"));
         let cmd = &steps
             .iter()
-            .find(|s| s.1.contains("etc-kubernetes-"))
+            .find(|s| s.1.contains(" etc-kubernetes w1 "))
             .unwrap()
             .1;
         let d = tempfile::tempdir().unwrap();
@@ -499,9 +504,10 @@ mod tests {
             std::fs::write(p, f).unwrap();
         }
         let out = d.path().join("out");
-        let cmd = cmd
-            .replace(BACKUP_DIR, out.to_str().unwrap())
-            .replace("-C /etc/kubernetes", &format!("-C {}", etc.display()));
+        let cmd = cmd.replace(
+            " sh /var/backups/clusterctl etc-kubernetes w1 /etc/kubernetes ",
+            &format!(" sh {} etc-kubernetes w1 {} ", out.display(), etc.display()),
+        );
         let o = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
@@ -555,13 +561,13 @@ mod tests {
         ));
         let backup = steps
             .iter()
-            .position(|s| s.1.contains("etcd-data-e1-"))
+            .position(|s| s.1.ends_with(" sh /var/backups/clusterctl etcd-data e1 /var/lib/etcd"))
             .unwrap();
         let delete = steps
             .iter()
             .position(|s| s.0.starts_with("delete ") && s.0.contains("/var/lib/etcd"))
             .unwrap();
         assert!(backup < delete);
-        assert!(steps[backup].1.contains("tar -C /var/lib/etcd"));
+        assert!(steps[backup].1.contains(r#"tar -C "$d""#));
     }
 }

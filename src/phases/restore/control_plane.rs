@@ -28,7 +28,7 @@ impl Phase for RestoreControlPlane {
                 h,
                 vec![Action::run(
                     "start kube-apiserver",
-                    &start_command(inv.static_pods(), &["kube-apiserver"], super::HOLD),
+                    start_command(inv.static_pods(), &["kube-apiserver"], super::HOLD),
                     None,
                 )],
             );

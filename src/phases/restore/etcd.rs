@@ -11,10 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan, Script, Shell};
 use crate::inventory::{Host, Inventory};
 use crate::phases::components::start_command;
-use crate::ssh::shell::quote as q;
 
 pub struct RestoreEtcd;
 
@@ -25,34 +24,37 @@ pub fn rebuild_command(
     snapshot: &str,
     token: &str,
     aside: &str,
-) -> String {
-    let data = q(&inv.spec.etcd.data_dir);
+) -> Shell {
+    // Arguments: data dir, aside, snapshot, member name, initial cluster, token, peer URL.
+    const REBUILD: &str = concat!(
+        r#"set -e; data=$1 aside=$2; owner=0:0
+if [ -e "$data" ]; then owner=$(stat -c %u:%g "$data"); mv "$data" "$aside"; fi
+"#,
+        crate::phases::etcd::snapshot_tool!(),
+        r#"$u snapshot restore "$3" --name "$4" --initial-cluster "$5" --initial-cluster-token "$6" --initial-advertise-peer-urls "$7" --data-dir "$data"
+chown -R "$owner" "$data"; chmod 0700 "$data""#
+    );
     let initial: Vec<String> = inv
         .etcd_hosts()
         .map(|h| format!("{}=https://{}:2380", h.name, h.address))
         .collect();
-    format!(
-        "set -e; owner=0:0; if [ -e {data} ]; then owner=$(stat -c %u:%g {data}); mv {data} {aside}; fi; \
-         {tool}$u snapshot restore {snap} --name {name} --initial-cluster {ic} \
-         --initial-cluster-token {token} --initial-advertise-peer-urls https://{addr}:2380 --data-dir {data}; \
-         chown -R \"$owner\" {data}; chmod 0700 {data}",
-        tool = crate::phases::etcd::SNAPSHOT_TOOL,
-        aside = q(aside),
-        snap = q(snapshot),
-        name = q(&host.name),
-        ic = q(&initial.join(",")),
-        token = q(token),
-        addr = host.address,
-    )
+    Script::new(REBUILD)
+        .arg(&inv.spec.etcd.data_dir)
+        .arg(aside)
+        .arg(snapshot)
+        .arg(&host.name)
+        .arg(initial.join(","))
+        .arg(token)
+        .arg(format!("https://{}:2380", host.address))
+        .into()
 }
 
 /// Undoes [`rebuild_command`]: the rebuilt directory (ours) goes, the old one comes back.
-pub fn put_back_command(inv: &Inventory, aside: &str) -> String {
-    let data = q(&inv.spec.etcd.data_dir);
-    format!(
-        "if [ -e {a} ]; then rm -rf {data} && mv {a} {data}; fi",
-        a = q(aside)
-    )
+pub fn put_back_command(inv: &Inventory, aside: &str) -> Shell {
+    Script::new(r#"if [ -e "$2" ]; then rm -rf "$1" && mv "$2" "$1"; fi"#)
+        .arg(&inv.spec.etcd.data_dir)
+        .arg(aside)
+        .into()
 }
 
 impl Phase for RestoreEtcd {
@@ -75,12 +77,12 @@ impl Phase for RestoreEtcd {
                             "move {} aside to {aside}, rebuild it from the snapshot (token {token})",
                             inv.spec.etcd.data_dir
                         ),
-                        &rebuild_command(inv, h, &remote, &token, &aside),
+                        rebuild_command(inv, h, &remote, &token, &aside),
                         None,
                     ),
                     Action::run(
                         "start etcd",
-                        &start_command(inv.static_pods(), &["etcd"], super::HOLD),
+                        start_command(inv.static_pods(), &["etcd"], super::HOLD),
                         None,
                     ),
                 ],
@@ -114,12 +116,12 @@ impl Phase for RestoreEtcd {
                 vec![
                     Action::run(
                         "stop etcd",
-                        &crate::phases::components::stop_command(sp, &["etcd"], super::HOLD),
+                        crate::phases::components::stop_command(sp, &["etcd"], super::HOLD),
                         None,
                     ),
                     Action::run(
                         &format!("put {aside} back"),
-                        &put_back_command(inv, &aside),
+                        put_back_command(inv, &aside),
                         None,
                     ),
                 ],
@@ -157,24 +159,33 @@ spec:
             "tok-1",
             "/var/lib/etcd.before-restore-T",
         );
+        // The script is fixed text; the member's values are its arguments, in this order.
+        let c = c.as_str();
         assert!(
-            c.contains("mv /var/lib/etcd /var/lib/etcd.before-restore-T"),
+            c.ends_with(
+                " sh /var/lib/etcd /var/lib/etcd.before-restore-T /x/s.db h2 \
+                 h1=https://10.0.0.1:2380,h2=https://10.0.0.2:2380,h3=https://10.0.0.3:2380 \
+                 tok-1 https://10.0.0.2:2380"
+            ),
             "{c}"
         );
-        assert!(c.contains("snapshot restore /x/s.db --name h2"), "{c}");
-        assert!(c.contains("--initial-cluster h1=https://10.0.0.1:2380,h2=https://10.0.0.2:2380,h3=https://10.0.0.3:2380"), "{c}");
-        assert!(c.contains("--initial-cluster-token tok-1"), "{c}");
-        assert!(
-            c.contains("--initial-advertise-peer-urls https://10.0.0.2:2380"),
-            "{c}"
-        );
-        assert!(c.contains("--data-dir /var/lib/etcd;"), "{c}");
-        assert!(c.contains("chmod 0700 /var/lib/etcd"), "{c}");
+        for part in [
+            r#"mv "$data" "$aside""#,
+            r#"snapshot restore "$3" --name "$4" --initial-cluster "$5""#,
+            r#"--initial-cluster-token "$6" --initial-advertise-peer-urls "$7" --data-dir "$data""#,
+            r#"chmod 0700 "$data""#,
+        ] {
+            assert!(c.contains(part), "{part} in {c}");
+        }
         assert!(
             !c.contains("rm "),
             "the old data is moved, never removed: {c}"
         );
         let back = put_back_command(&inv, "/var/lib/etcd.before-restore-T");
-        assert!(back.contains("mv /var/lib/etcd.before-restore-T /var/lib/etcd"));
+        assert!(
+            back.as_str()
+                .ends_with(" sh /var/lib/etcd /var/lib/etcd.before-restore-T"),
+            "{back}"
+        );
     }
 }

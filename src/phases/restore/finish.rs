@@ -3,8 +3,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::engine::executor::q;
-use crate::engine::{Action, Context, Order, Phase, PhasePlan};
+use crate::engine::{Action, Cmd, Context, Order, Phase, PhasePlan};
 
 pub struct RestoreFinish;
 
@@ -23,8 +22,8 @@ impl Phase for RestoreFinish {
                 h,
                 vec![Action::run(
                     &format!("remove {remote}"),
-                    &format!("rm -f {}", q(&remote)),
-                    Some(&format!("[ ! -e {} ]", q(&remote))),
+                    Cmd::new("rm").arg("-f").arg(&remote),
+                    Some(Cmd::new("test").arg("!").arg("-e").arg(&remote).into()),
                 )],
             );
         }

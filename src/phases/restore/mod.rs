@@ -175,7 +175,7 @@ spec:
         let e = apply(&ctx, &r, &host).unwrap_err();
         assert!(format!("{e:#}").contains("restore-etcd"), "{e:#}");
         let log = host.log.lock().unwrap().join("\n");
-        let put_back = log.find("mv /var/lib/etcd.before-restore-20261204T220000Z /var/lib/etcd");
+        let put_back = log.find(r#"rm -rf "$1" && mv "$2" "$1""#);
         let start = log.rfind("systemctl start --no-block etcd.service");
         assert!(put_back.is_some() && start.is_some(), "{log}");
         assert!(
@@ -207,7 +207,7 @@ spec:
         assert!(format!("{e:#}").contains("restore-control-plane"), "{e:#}");
         let log = host.log.lock().unwrap().join("\n");
         assert!(
-            !log.contains("before-restore-20261204T220000Z /var/lib/etcd"),
+            !log.contains(r#"rm -rf "$1" && mv "$2" "$1""#),
             "{log}"
         );
     }
@@ -226,7 +226,7 @@ spec:
         let log = host.log.lock().unwrap().join("\n");
         for h in ["cp1", "cp2", "e3"] {
             assert!(
-                log.contains(&format!("{h}: set -e; owner=0:0")),
+                log.contains(&format!("{h}: sh -c 'set -e; data=$1 aside=$2; owner=0:0")),
                 "{h} rebuilt:\n{log}"
             );
             assert!(

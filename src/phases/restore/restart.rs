@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::engine::executor::q;
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Cmd, Context, Executor, Order, Phase, PhasePlan, Shell};
 use crate::inventory::{Host, Role};
 use crate::phases::components::start_command;
 
@@ -31,7 +30,7 @@ impl Phase for RestoreRestart {
             if h.has(Role::ControlPlane) {
                 a.push(Action::run(
                     &format!("start {}", SCHEDULING.join(", ")),
-                    &start_command(inv.static_pods(), &SCHEDULING, super::HOLD),
+                    start_command(inv.static_pods(), &SCHEDULING, super::HOLD),
                     None,
                 ));
             }
@@ -57,25 +56,18 @@ impl Phase for RestoreRestart {
         Box::pin(async move {
             let inv = ctx.inv();
             if host.has(Role::ControlPlane) {
-                let running = if inv.static_pods() {
-                    SCHEDULING
-                        .iter()
-                        .map(|c| format!("pgrep -f {} >/dev/null", q(&format!("^{c}( |$)"))))
-                        .collect::<Vec<_>>()
-                        .join(" && ")
-                } else {
-                    SCHEDULING
-                        .iter()
-                        .map(|c| {
-                            crate::ssh::shell::systemctl(
-                                &["is-active", "-q"],
-                                [format!("{c}.service")],
-                            )
-                            .to_string()
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" && ")
-                };
+                let running = Shell::all(SCHEDULING.iter().map(|c| {
+                    if inv.static_pods() {
+                        Cmd::new("pgrep")
+                            .arg("-f")
+                            .arg(format!("^{c}( |$)"))
+                            .raw(">/dev/null")
+                            .into()
+                    } else {
+                        crate::ssh::shell::systemctl(&["is-active", "-q"], [format!("{c}.service")])
+                            .into()
+                    }
+                }));
                 let end = std::time::Instant::now() + Duration::from_secs(120);
                 loop {
                     if exec.query(host, &running).await?.status == 0 {

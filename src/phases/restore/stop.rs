@@ -25,15 +25,15 @@ impl Phase for RestoreStop {
             if h.has(crate::inventory::Role::ControlPlane) {
                 a.push(Action::run(
                     &format!("stop {}", COMPONENTS.join(", ")),
-                    &stop_command(sp, &COMPONENTS, super::HOLD),
-                    Some(&stopped_check(sp, &COMPONENTS)),
+                    stop_command(sp, &COMPONENTS, super::HOLD),
+                    Some(stopped_check(sp, &COMPONENTS)),
                 ));
             }
             if h.has(crate::inventory::Role::Etcd) {
                 a.push(Action::run(
                     "stop etcd",
-                    &stop_command(sp, &["etcd"], super::HOLD),
-                    Some(&stopped_check(sp, &["etcd"])),
+                    stop_command(sp, &["etcd"], super::HOLD),
+                    Some(stopped_check(sp, &["etcd"])),
                 ));
             }
             plan.host(h, a);
@@ -50,14 +50,14 @@ impl Phase for RestoreStop {
             if h.has(crate::inventory::Role::Etcd) {
                 a.push(Action::run(
                     "start etcd",
-                    &start_command(sp, &["etcd"], super::HOLD),
+                    start_command(sp, &["etcd"], super::HOLD),
                     None,
                 ));
             }
             if h.has(crate::inventory::Role::ControlPlane) {
                 a.push(Action::run(
                     &format!("start {}", COMPONENTS.join(", ")),
-                    &start_command(sp, &COMPONENTS, super::HOLD),
+                    start_command(sp, &COMPONENTS, super::HOLD),
                     None,
                 ));
             }

@@ -2,7 +2,7 @@
 //! secret of the cluster), after checks that need nothing stopped: etcdctl is there, and the
 //! place for the old data directory is free.
 
-use crate::engine::{Action, Context, Mode, Order, Phase, PhasePlan, Source};
+use crate::engine::{Action, Cmd, Context, Mode, Order, Phase, PhasePlan, Source};
 
 pub struct RestoreUpload;
 
@@ -27,7 +27,7 @@ impl Phase for RestoreUpload {
                     ),
                     Action::check(
                         &format!("{aside} does not exist yet"),
-                        &format!("[ ! -e {} ]", crate::engine::executor::q(&aside)),
+                        Cmd::new("test").arg("!").arg("-e").arg(&aside),
                     ),
                     Action::dir(super::REMOTE_DIR, 0o700),
                     Action::File {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::bundle::{Item, Kind};
-use crate::engine::executor::q;
-use crate::engine::{Action, Context, Executor, Mode, Source};
+
+use crate::engine::{Action, Context, Executor, Mode, Script, Shell, Source};
 use crate::inventory::Host;
 
 /// Where the binaries an upgrade replaced are kept on each host: `<name>-<version>`, and
@@ -80,29 +80,38 @@ pub const KEEP: &str = "keep the current ";
 /// Skipped when the target is already in place or nothing is there yet. A path that is not a
 /// regular file, or a binary that reports no version, fails the host before anything changes.
 pub fn keep_action(it: &Item, comp: &Component) -> Action {
+    keep_action_in(it, comp, PREVIOUS_DIR)
+}
+
+/// [`keep_action`] with the directory of kept copies named (tests keep them elsewhere).
+fn keep_action_in(it: &Item, comp: &Component, previous: &str) -> Action {
+    // Arguments: the binary, the kept copies' directory, the component's name, the arguments
+    // that make it print its version (split into words: clusterctl's own text, e.g. `version`).
+    const KEEP_SCRIPT: &str = r#"f=$1 d=$2 n=$3 a=$4
+if [ ! -f "$f" ]; then echo "$f is not a regular file: cannot keep it before replacing it" >&2; exit 1; fi
+v=$("$f" $a 2>&1 | grep -oE 'v?[0-9]+\.[0-9]+\.[0-9]+' | head -1)
+if [ -z "$v" ]; then echo "$f $a reports no version: cannot name the kept copy" >&2; exit 1; fi
+s=$(sha256sum <"$f" | cut -c1-64) || exit 1; k="$n-$v"
+if [ -f "$d/$k" ] && [ "$(sha256sum <"$d/$k" | cut -c1-64)" != "$s" ]; then k="$n-$v-$(echo "$s" | cut -c1-12)"; fi
+mkdir -p "$d" && { [ -f "$d/$k" ] || { cp -p "$f" "$d/.$k.tmp" && mv -f "$d/.$k.tmp" "$d/$k"; }; } && ln -sfn "$k" "$d/$n" && echo "kept $f ($v) as $d/$k""#;
     let path = install_path(it);
-    let f = q(path);
     let n = comp.name;
-    let script = format!(
-        "f={f}; d={d}; \
-         if [ ! -f \"$f\" ]; then echo \"$f is not a regular file: cannot keep it before replacing it\" >&2; exit 1; fi; \
-         v=$(\"$f\" {args} 2>&1 | grep -oE 'v?[0-9]+\\.[0-9]+\\.[0-9]+' | head -1); \
-         if [ -z \"$v\" ]; then echo \"$f {args} reports no version: cannot name the kept copy\" >&2; exit 1; fi; \
-         s=$(sha256sum <\"$f\" | cut -c1-64) || exit 1; k={n}-$v; \
-         if [ -f \"$d/$k\" ] && [ \"$(sha256sum <\"$d/$k\" | cut -c1-64)\" != \"$s\" ]; then k={n}-$v-$(echo \"$s\" | cut -c1-12); fi; \
-         mkdir -p \"$d\" && {{ [ -f \"$d/$k\" ] || {{ cp -p \"$f\" \"$d/.$k.tmp\" && mv -f \"$d/.$k.tmp\" \"$d/$k\"; }}; }} && ln -sfn \"$k\" \"$d/{n}\" && echo \"kept $f ($v) as $d/$k\"",
-        d = q(PREVIOUS_DIR),
-        args = comp.version_args,
-    );
-    Action::Run {
-        description: format!("{KEEP}{n} in {PREVIOUS_DIR} before replacing it"),
-        command: script,
-        unless: Some(format!(
-            "! [ -e {f} ] || [ \"$(sha256sum <{f} 2>/dev/null | cut -c1-64)\" = {} ]",
-            sha(it)
-        )),
-        warn_only: false,
-    }
+    Action::run(
+        &format!("{KEEP}{n} in {PREVIOUS_DIR} before replacing it"),
+        Script::new(KEEP_SCRIPT)
+            .arg(path)
+            .arg(previous)
+            .arg(n)
+            .arg(comp.version_args),
+        Some(
+            Script::new(
+                r#"! [ -e "$1" ] || [ "$(sha256sum <"$1" 2>/dev/null | cut -c1-64)" = "$2" ]"#,
+            )
+            .arg(path)
+            .arg(sha(it))
+            .into(),
+        ),
+    )
 }
 
 /// The target binary at its install path; a change restarts the component's unit.
@@ -247,19 +256,17 @@ pub async fn runs_targets(
 
 /// A query that succeeds when every unit of `want` runs the binary with its sha256, and
 /// otherwise says which does not.
-fn runs_script(want: &[(String, String)]) -> String {
-    let mut script = String::from("ok=1; ");
-    for (u, s) in want {
-        script += &format!(
-            "p=$(systemctl show -p MainPID --value {u}); \
-             if [ -z \"$p\" ] || [ \"$p\" = 0 ]; then echo \"{u}: not running\"; ok=0; \
-             else r=$(sha256sum </proc/$p/exe | cut -c1-64); [ \"$r\" = {s} ] || {{ echo \"{u}: runs a binary with sha256 $r, not {short}\"; ok=0; }}; fi; ",
-            u = q(u),
-            short = &s[..12.min(s.len())],
-        );
-    }
-    script += "[ $ok = 1 ]";
-    script
+fn runs_script(want: &[(String, String)]) -> Shell {
+    // Arguments: pairs of unit and sha256.
+    const RUNS: &str = r#"ok=1
+while [ $# -gt 0 ]; do u=$1 s=$2; shift 2
+  p=$(systemctl show -p MainPID --value "$u")
+  if [ -z "$p" ] || [ "$p" = 0 ]; then echo "$u: not running"; ok=0
+  else r=$(sha256sum </proc/$p/exe | cut -c1-64); [ "$r" = "$s" ] || { echo "$u: runs a binary with sha256 $r, not $(echo "$s" | cut -c1-12)"; ok=0; }; fi
+done; [ $ok = 1 ]"#;
+    Script::new(RUNS)
+        .args(want.iter().flat_map(|(u, s)| [u, s]))
+        .into()
 }
 
 /// What one component on one host runs now.
@@ -279,23 +286,26 @@ pub struct Running {
 
 /// One query per host: for each component, the running process's executable (through
 /// /proc/<pid>/exe, which runs even when the file was replaced) asked for its version.
-pub fn observe_script(comps: &[(Component, String)]) -> String {
-    let mut s = String::new();
-    for (c, path) in comps {
-        let p = q(path);
-        let unit = c.unit.unwrap_or("none.clusterctl");
-        s += &format!(
-            "pid=$(systemctl show -p MainPID --value {u} 2>/dev/null); ds=$(sha256sum <{p} 2>/dev/null | cut -c1-64); \
-             if [ -n \"$pid\" ] && [ \"$pid\" != 0 ] && [ -e /proc/$pid/exe ]; then \
-               echo \"{n}|running|$(sha256sum </proc/$pid/exe | cut -c1-64)|$ds|$(/proc/$pid/exe {a} 2>&1 | head -1)\"; \
-             elif [ -f {p} ]; then echo \"{n}|stopped|$ds|$ds|$({p} {a} 2>&1 | head -1)\"; \
-             else echo \"{n}|missing|||\"; fi; ",
-            u = q(unit),
-            n = c.name,
-            a = c.version_args,
-        );
-    }
-    s + "true"
+pub fn observe_script(comps: &[(Component, String)]) -> Shell {
+    // Arguments: for each component, its name, unit, path and version arguments (split into
+    // words: clusterctl's own text).
+    const OBSERVE: &str = r#"while [ $# -gt 0 ]; do n=$1 u=$2 p=$3 a=$4; shift 4
+  pid=$(systemctl show -p MainPID --value "$u" 2>/dev/null); ds=$(sha256sum <"$p" 2>/dev/null | cut -c1-64)
+  if [ -n "$pid" ] && [ "$pid" != 0 ] && [ -e /proc/$pid/exe ]; then
+    echo "$n|running|$(sha256sum </proc/$pid/exe | cut -c1-64)|$ds|$(/proc/$pid/exe $a 2>&1 | head -1)"
+  elif [ -f "$p" ]; then echo "$n|stopped|$ds|$ds|$("$p" $a 2>&1 | head -1)"
+  else echo "$n|missing|||"; fi
+done; true"#;
+    Script::new(OBSERVE)
+        .args(comps.iter().flat_map(|(c, path)| {
+            [
+                c.name,
+                c.unit.unwrap_or("none.clusterctl"),
+                path.as_str(),
+                c.version_args,
+            ]
+        }))
+        .into()
 }
 
 pub fn parse_observed(out: &str) -> Vec<Running> {
@@ -355,14 +365,12 @@ mod tests {
                 command, unless, ..
             } => {
                 assert!(
-                    command.contains("/usr/local/lib/clusterctl/previous"),
+                    command.as_str().ends_with(
+                        " /usr/local/bin/etcd /usr/local/lib/clusterctl/previous etcd --version"
+                    ),
                     "{command}"
                 );
-                assert!(
-                    command.contains("etcd --version") || command.contains("\"$f\" --version"),
-                    "{command}"
-                );
-                assert!(unless.as_deref().unwrap().contains(&"ab".repeat(32)));
+                assert!(unless.as_ref().unwrap().as_str().contains(&"ab".repeat(32)));
             }
             a => panic!("{a:?}"),
         }
@@ -396,11 +404,11 @@ mod tests {
             unit: None,
             version_args: "--version",
         };
-        let Action::Run { command, .. } = keep_action(&it, &comp) else {
+        let prev = dir.path().join("previous");
+        let Action::Run { command, .. } = keep_action_in(&it, &comp, prev.to_str().unwrap()) else {
             unreachable!()
         };
-        let prev = dir.path().join("previous");
-        let command = command.replace(&q(PREVIOUS_DIR), &q(prev.to_str().unwrap()));
+        let command = command.as_str();
         let sh = |c: &str| {
             std::process::Command::new("sh")
                 .arg("-c")
@@ -408,7 +416,7 @@ mod tests {
                 .output()
                 .unwrap()
         };
-        let o = sh(&command);
+        let o = sh(command);
         assert!(o.status.success(), "{o:?}");
         assert_eq!(
             std::fs::read(prev.join("tool-3.4.23")).unwrap(),
@@ -418,10 +426,10 @@ mod tests {
             std::fs::read_link(prev.join("tool")).unwrap().to_str(),
             Some("tool-3.4.23")
         );
-        assert!(sh(&command).status.success(), "a second run is fine");
+        assert!(sh(command).status.success(), "a second run is fine");
         std::fs::remove_file(&bin).unwrap();
         std::fs::create_dir(&bin).unwrap();
-        let o = sh(&command);
+        let o = sh(command);
         assert!(!o.status.success());
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("is not a regular file"),

@@ -27,7 +27,7 @@ fn node_path(n: &str) -> String {
 /// The node entries of `host`'s pending record.
 async fn node_record(exec: &dyn Executor, host: &Host) -> anyhow::Result<Vec<Pending>> {
     // (The listing's status is its last test's: an empty record is no failure.)
-    let o = exec.query(host, &format!("{PENDING_QUERY}true")).await?;
+    let o = exec.query(host, &PENDING_QUERY.into()).await?;
     if o.status != 0 {
         anyhow::bail!(
             "{}: reading the pending record: {}",
@@ -41,7 +41,11 @@ async fn node_record(exec: &dyn Executor, host: &Host) -> anyhow::Result<Vec<Pen
         .collect())
 }
 
-async fn change(exec: &dyn Executor, host: &Host, cmd: &str) -> anyhow::Result<()> {
+async fn change(
+    exec: &dyn Executor,
+    host: &Host,
+    cmd: &crate::engine::Shell,
+) -> anyhow::Result<()> {
     let o = exec.change(host, cmd).await?;
     if o.status != 0 {
         anyhow::bail!(

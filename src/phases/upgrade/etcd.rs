@@ -13,20 +13,18 @@ use crate::inventory::Host;
 
 pub struct UpgradeEtcd;
 
-/// etcdctl against this host's member over TLS with the healthcheck-client identity.
-fn etcdctl(host: &Host, args: &str) -> String {
-    format!(
-        "ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints=https://{}:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
-         --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key \
-         --command-timeout=5s {args}",
-        host.address
-    )
+/// etcdctl against this host's member, with a short deadline: the gates poll it.
+fn etcdctl(host: &Host, args: &[&str]) -> crate::engine::Shell {
+    crate::phases::etcd::etcdctl(host)
+        .arg("--command-timeout=5s")
+        .args(args)
+        .into()
 }
 
 /// The version the member on `host` reports (`endpoint status`).
 pub async fn member_version(exec: &dyn Executor, host: &Host) -> anyhow::Result<String> {
     let o = exec
-        .query(host, &etcdctl(host, "endpoint status -w json"))
+        .query(host, &etcdctl(host, &["endpoint", "status", "-w", "json"]))
         .await?;
     if o.status != 0 {
         anyhow::bail!("etcdctl endpoint status: {}", o.stderr.trim());
@@ -74,7 +72,7 @@ impl Phase for UpgradeEtcd {
                 anyhow::bail!("etcd member on {} reports {v}, not {t}", host.name);
             }
             // Every member healthy: this one rejoined and the others still answer.
-            let cmd = etcdctl(host, "endpoint health --cluster");
+            let cmd = etcdctl(host, &["endpoint", "health", "--cluster"]);
             let mut last = String::new();
             for _ in 0..30 {
                 let o = exec.query(host, &cmd).await?;

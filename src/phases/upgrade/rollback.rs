@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::binaries::{self, Component};
-use crate::engine::executor::q;
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+
+use crate::engine::{Action, Cmd, Context, Executor, Order, Phase, PhasePlan, Script};
 use crate::inventory::Host;
 
 pub struct UpgradeRollback;
@@ -96,19 +96,20 @@ impl Phase for UpgradeRollback {
                     .parent()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "/usr/local/bin".into());
-                let tmp = q(&format!("{dir}/.{}.rollback", b.comp.name));
+                let tmp = format!("{dir}/.{}.rollback", b.comp.name);
                 actions.push(Action::run(
                     &format!("install the kept {} {}", b.comp.name, b.version),
-                    &format!(
-                        "install -m 0755 {k} {tmp} && mv -f {tmp} {i}",
-                        k = q(&b.kept),
-                        i = q(&b.install)
+                    Cmd::new("install")
+                        .args(["-m", "0755"])
+                        .arg(&b.kept)
+                        .arg(&tmp)
+                        .and(Cmd::new("mv").arg("-f").arg(&tmp).arg(&b.install)),
+                    Some(
+                        Script::new(r#"[ "$(sha256sum <"$1" | cut -c1-64)" = "$2" ]"#)
+                            .arg(&b.install)
+                            .arg(&b.sha)
+                            .into(),
                     ),
-                    Some(&format!(
-                        "[ \"$(sha256sum <{} | cut -c1-64)\" = {} ]",
-                        q(&b.install),
-                        q(&b.sha)
-                    )),
                 ));
             }
             for b in backs {
