@@ -316,7 +316,10 @@ mod tests {
             .unwrap();
         let out = String::from_utf8(o.stdout).unwrap();
         assert!(out.contains("client-certificate-data: Q0VSVA=="), "{out}");
-        assert!(!out.contains("client-key-data") && !out.contains("S0VZ"), "{out}");
+        assert!(
+            !out.contains("client-key-data") && !out.contains("S0VZ"),
+            "{out}"
+        );
         let m = parse_sections(&out);
         assert_eq!(m["/nonexistent/x.conf"], None);
         assert!(m[&paths[0]].is_some());

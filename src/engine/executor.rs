@@ -919,8 +919,9 @@ pub mod fake {
                     Some(_) => (0, String::new()),
                     None => (1, String::new()),
                 }),
-                Some("head") => file(words.len() - 1)
-                    .map(|b| (0, String::from_utf8_lossy(&b).into_owned())),
+                Some("head") => {
+                    file(words.len() - 1).map(|b| (0, String::from_utf8_lossy(&b).into_owned()))
+                }
                 _ => None,
             };
             if let Some((status, stdout)) = answer {
@@ -1122,6 +1123,59 @@ mod tests {
     use super::fake::FakeHosts;
     use super::*;
     use crate::engine::{Action, HostPlan};
+
+    /// The state query and the pending record's writer run in a real shell (the fake hosts
+    /// only imitate them): hashes, modes, a missing file, and names with spaces and quotes.
+    #[test]
+    fn the_state_query_and_the_record_writer_run_in_a_real_shell() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("it's a file");
+        std::fs::write(&file, b"x").unwrap();
+        let dir = d.path().join("a dir");
+        std::fs::create_dir(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let (file, dir) = (file.to_str().unwrap(), dir.to_str().unwrap());
+        let missing = d.path().join("missing").to_str().unwrap().to_string();
+        let plan = HostPlan {
+            host: "h1".into(),
+            address: "10.0.0.1".into(),
+            actions: vec![
+                Action::rendered(file, 0o644, "t", "x".into(), &["no-such.service"]),
+                Action::rendered(&missing, 0o644, "t", "y".into(), &[]),
+                Action::dir(dir, 0o750),
+            ],
+        };
+        let sh = |s: &str| {
+            let o = std::process::Command::new("sh")
+                .args(["-c", s])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+            String::from_utf8(o.stdout).unwrap()
+        };
+        let st = parse_state(&sh(state_query(&plan).as_str()));
+        assert_eq!(st.sha.get(file), Some(&crate::engine::sha256_hex(b"x")));
+        assert!(!st.sha.contains_key(&missing));
+        assert_eq!(st.dirs.get(dir).map(String::as_str), Some("750"));
+        assert!(st.units.contains_key("no-such.service"), "{st:?}");
+
+        let record = d.path().join("pending");
+        let w = pending_write_command(&[Pending::Drain, Pending::Unit("a b.service".into())]);
+        let w = w.as_str().replace(
+            &format!(" sh {PENDING_DIR} "),
+            &format!(" sh {} ", record.display()),
+        );
+        sh(&w);
+        let drain = std::fs::read_to_string(record.join("drain")).unwrap();
+        assert!(
+            drain.ends_with(": apiserver drained on the balancers\n"),
+            "{drain}"
+        );
+        assert!(record.join("unit@a b.service").exists());
+        let mode = std::fs::metadata(&record).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     fn host() -> Host {
         Host {

@@ -455,7 +455,8 @@ mod tests {
             let cmd = cmd.as_str();
             let drain = Pending::Drain.path();
             // The pending record's writer gets the entry's name as an argument.
-            if cmd.contains("printf") && cmd.contains(&format!(" {} ", Pending::Drain.file_name())) {
+            if cmd.contains("printf") && cmd.contains(&format!(" {} ", Pending::Drain.file_name()))
+            {
                 self.marked.lock().unwrap().insert(h.name.clone());
                 self.log.lock().unwrap().push(format!("mark {}", h.name));
             } else if cmd.starts_with("rm -f") && cmd.contains(&drain) {

@@ -469,7 +469,8 @@ mod tests {
             .find(r#"find "$d" -mindepth 1 ! -path "$marker" -delete"#)
             .unwrap();
         assert!(
-            all[delete..].contains(" sh /var/lib/clusterctl/run.lock /etc/kubernetes /var/lib/kubelet"),
+            all[delete..]
+                .contains(" sh /var/lib/clusterctl/run.lock /etc/kubernetes /var/lib/kubelet"),
             "{all}"
         );
         assert!(backup < delete && all.find("umask 077").unwrap() < backup);
@@ -561,7 +562,9 @@ mod tests {
         ));
         let backup = steps
             .iter()
-            .position(|s| s.1.ends_with(" sh /var/backups/clusterctl etcd-data e1 /var/lib/etcd"))
+            .position(|s| {
+                s.1.ends_with(" sh /var/backups/clusterctl etcd-data e1 /var/lib/etcd")
+            })
             .unwrap();
         let delete = steps
             .iter()

@@ -206,10 +206,7 @@ spec:
         let e = apply(&ctx, &r, &host).unwrap_err();
         assert!(format!("{e:#}").contains("restore-control-plane"), "{e:#}");
         let log = host.log.lock().unwrap().join("\n");
-        assert!(
-            !log.contains(r#"rm -rf "$1" && mv "$2" "$1""#),
-            "{log}"
-        );
+        assert!(!log.contains(r#"rm -rf "$1" && mv "$2" "$1""#), "{log}");
     }
 
     #[test]
