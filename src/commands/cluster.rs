@@ -752,6 +752,8 @@ spec:
             unit("cp3")
         );
         assert!(unit("cp3").contains("--initial-cluster-state=existing"));
+        // A member coming back asks before it calls an election (etcd 3.4's default is off).
+        assert!(unit("cp3").contains("--pre-vote=true"));
         assert!(
             etcd.notes
                 .iter()
