@@ -28,25 +28,26 @@ pub fn balancers(inv: &crate::inventory::Inventory) -> Vec<&Host> {
 /// host's haproxy has no socket yet (not installed, or its config predates the socket); exits
 /// 1 with haproxy's answer when haproxy refuses the command (its answer is empty on success).
 pub fn runtime_api_command(command: &str) -> Shell {
-    // Arguments: the socket, the command, what to print when there is no socket.
-    const SEND: &str = r#"if [ ! -S "$1" ]; then echo "$3"; exit 0; fi
-perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "$ARGV[0]: $!\n"; print $s "$ARGV[1]\n"; $r = join("", <$s>); $r =~ s/\s+$//; if ($r ne "") { print "$r\n"; exit 1 }' "$1" "$2""#;
-    Script::new(SEND)
-        .arg(ADMIN_SOCKET)
-        .arg(command)
-        .arg(NO_SOCKET)
-        .into()
+    runtime_api(command, "command")
 }
 
 /// A shell command that prints the local haproxy's answer to a read-only runtime API
 /// `command` (exit 0), or [`NO_SOCKET`] when the host's haproxy has no socket.
 pub fn runtime_api_query(command: &str) -> Shell {
-    const QUERY: &str = r#"if [ ! -S "$1" ]; then echo "$3"; exit 0; fi
-perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "$ARGV[0]: $!\n"; print $s "$ARGV[1]\n"; print <$s>' "$1" "$2""#;
-    Script::new(QUERY)
+    runtime_api(command, "query")
+}
+
+/// `mode`: `command` (an answer is haproxy refusing: printed, exit 1) or `query` (printed).
+fn runtime_api(command: &str, mode: &str) -> Shell {
+    // Arguments: the socket, the command, what to print when there is no socket, the mode.
+    const API: &str = r#"if [ ! -S "$1" ]; then echo "$3"; exit 0; fi
+perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "$ARGV[0]: $!\n"; print $s "$ARGV[1]\n"; $r = join("", <$s>);
+if ($ARGV[2] eq "command") { $r =~ s/\s+$//; if ($r ne "") { print "$r\n"; exit 1 } } else { print $r }' "$1" "$2" "$4""#;
+    Script::new(API)
         .arg(ADMIN_SOCKET)
         .arg(command)
         .arg(NO_SOCKET)
+        .arg(mode)
         .into()
 }
 
