@@ -507,6 +507,7 @@ mod tests {
             host_filter: vec![],
             bundle: None,
             options: Default::default(),
+            facts: Default::default(),
         }
     }
 

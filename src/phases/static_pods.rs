@@ -447,6 +447,7 @@ spec:
             host_filter: vec![],
             bundle: Some(bundle()),
             options: Default::default(),
+            facts: Default::default(),
         }
     }
 
