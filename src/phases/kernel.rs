@@ -173,8 +173,13 @@ pub struct Decision {
 }
 
 /// Decides from the inventory's setting and the host's last read-back (None: not read in this
-/// run, e.g. `plan`, or preflight skipped).
-pub fn decide(setting: ProtectKernelDefaults, facts: Option<&KernelFacts>) -> Decision {
+/// run, e.g. `plan`, or preflight skipped). `dry_run`: prepare applies nothing, so a read
+/// taken before it stands for what it would set.
+pub fn decide(
+    setting: ProtectKernelDefaults,
+    facts: Option<&KernelFacts>,
+    dry_run: bool,
+) -> Decision {
     let off = |why: String| Decision { on: false, why };
     match setting {
         ProtectKernelDefaults::Off => off("kubelet.protectKernelDefaults: false".into()),
@@ -201,9 +206,9 @@ pub fn decide(setting: ProtectKernelDefaults, facts: Option<&KernelFacts>) -> De
                     why: "auto: the six kernel settings the kubelet checks read back as it wants them"
                         .into(),
                 },
-                // Read before prepare applied them (a dry run stops there): what prepare's
-                // read-back will confirm on a host that can write them.
-                (Stage::Preflight, false) => Decision {
+                // Read before prepare applied them, in a dry run (which applies nothing): what
+                // prepare's read-back will confirm on a host that can write them.
+                (Stage::Preflight, false) if dry_run => Decision {
                     on: true,
                     why: format!(
                         "auto: the host can write the kernel settings, which the prepare phase \
@@ -211,6 +216,12 @@ pub fn decide(setting: ProtectKernelDefaults, facts: Option<&KernelFacts>) -> De
                         bad.join(", ")
                     ),
                 },
+                // A run in which prepare did not read them back (e.g. --skip-phases prepare):
+                // a kubelet that protects unset values would not start.
+                (Stage::Preflight, false) => off(format!(
+                    "auto, and the prepare phase did not apply them in this run: {}",
+                    bad.join(", ")
+                )),
                 (Stage::Applied, false) => off(format!(
                     "auto, and after applying {SYSCTL_FILE}: {}",
                     bad.join(", ")
@@ -229,6 +240,7 @@ pub fn decision(ctx: &crate::engine::Context, host: &str) -> Decision {
     decide(
         ctx.inv().spec.kubelet.protect_kernel_defaults,
         facts.as_ref(),
+        ctx.options.dry_run,
     )
 }
 
@@ -280,7 +292,7 @@ kernel.keys.root_maxbytes=25000000
         assert_eq!(f.container, None);
         assert!(f.mismatches().is_empty());
         assert!(f.cannot_set().is_none());
-        assert!(decide(ProtectKernelDefaults::Auto, Some(&f)).on);
+        assert!(decide(ProtectKernelDefaults::Auto, Some(&f), false).on);
     }
 
     #[test]
@@ -291,7 +303,7 @@ kernel.keys.root_maxbytes=25000000
             "the lab's values match: {:?}",
             f.mismatches()
         );
-        let d = decide(ProtectKernelDefaults::Auto, Some(&f));
+        let d = decide(ProtectKernelDefaults::Auto, Some(&f), false);
         assert!(!d.on);
         assert!(d.why.contains("container (systemd-nspawn)"), "{}", d.why);
     }
@@ -302,6 +314,7 @@ kernel.keys.root_maxbytes=25000000
         let d = decide(
             ProtectKernelDefaults::Auto,
             Some(&KernelFacts::parse(Stage::Preflight, &out)),
+            false,
         );
         assert!(!d.on);
         assert!(d.why.contains("read-only for kernel.panic"), "{}", d.why);
@@ -312,12 +325,15 @@ kernel.keys.root_maxbytes=25000000
         let out = REAL.replace("kernel.panic=10", "kernel.panic=0");
         let f = KernelFacts::parse(Stage::Applied, &out);
         assert_eq!(f.mismatches(), ["kernel.panic is 0, not 10"]);
-        let d = decide(ProtectKernelDefaults::Auto, Some(&f));
+        let d = decide(ProtectKernelDefaults::Auto, Some(&f), false);
         assert!(!d.on);
         assert!(d.why.contains("kernel.panic is 0, not 10"), "{}", d.why);
-        // Before prepare applied them, a host that can write them is planned on.
+        // Read before prepare applied them: a dry run plans it on where the host can write
+        // them; a run where prepare did not read them back keeps it off.
         let f = KernelFacts::parse(Stage::Preflight, &out);
-        assert!(decide(ProtectKernelDefaults::Auto, Some(&f)).on);
+        assert!(decide(ProtectKernelDefaults::Auto, Some(&f), true).on);
+        let d = decide(ProtectKernelDefaults::Auto, Some(&f), false);
+        assert!(!d.on && d.why.contains("did not apply them"), "{}", d.why);
     }
 
     #[test]
@@ -325,12 +341,13 @@ kernel.keys.root_maxbytes=25000000
         assert!(
             !decide(
                 ProtectKernelDefaults::Off,
-                Some(&KernelFacts::parse(Stage::Applied, REAL))
+                Some(&KernelFacts::parse(Stage::Applied, REAL)),
+                false
             )
             .on
         );
-        assert!(decide(ProtectKernelDefaults::On, None).on);
-        let d = decide(ProtectKernelDefaults::Auto, None);
+        assert!(decide(ProtectKernelDefaults::On, None, false).on);
+        let d = decide(ProtectKernelDefaults::Auto, None, true);
         assert!(!d.on && d.why.contains("not read"), "{}", d.why);
     }
 
