@@ -52,7 +52,7 @@ impl<'a> ModeWatch<'a> {
             lab.exec_ok(
                 h,
                 &format!(
-                    "chmod 0755 {BIN}; setsid {BIN} {ROOTS} >/root/modewatch.log 2>&1 </dev/null & \
+                    "chmod 0755 {BIN}; {BIN} {ROOTS} >/root/modewatch.log 2>&1 </dev/null & \
                      echo $! >/root/modewatch.pid"
                 ),
             );
@@ -83,7 +83,7 @@ impl<'a> ModeWatch<'a> {
             let log = self.lab.exec_ok(
                 h,
                 &format!(
-                    "kill -TERM \"$(cat /root/modewatch.pid)\"; cat /root/modewatch.log; \
+                    "sleep 0.2; kill -TERM \"$(cat /root/modewatch.pid)\"; cat /root/modewatch.log; \
                      rm -f /root/modewatch.pid /root/modewatch.log {BIN}"
                 ),
             );
