@@ -39,7 +39,8 @@ pub use executor::Executor;
 /// The kubelet's `staticPodPath`.
 pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
 
-/// Everything a phase may read. Built once per run; phases never mutate it.
+/// Everything a phase may read. Built once per run; phases never mutate it, but for the
+/// facts they read from hosts (`facts`).
 pub struct Context {
     pub loaded: Loaded,
     pub state: StateDir,
