@@ -116,6 +116,23 @@ impl Fx {
     }
 }
 
+/// No run was journaled anywhere under `state` (a run that reached a host would have).
+fn no_journal(state: &Path) -> bool {
+    fn walk(d: &Path) -> bool {
+        std::fs::read_dir(d).map_or(true, |rd| {
+            rd.flatten().all(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p)
+                } else {
+                    e.file_name() != "journal.jsonl"
+                }
+            })
+        })
+    }
+    walk(state)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -126,10 +143,13 @@ fn unsigned_bundles_need_allow_unsigned_and_the_plan_says_so() {
     f.bundle();
     // A path alone: an unsigned bundle is refused, with the fix, before any host (exit 2).
     let inv = f.inventory("b.tar.zst");
+    // A real `init` too: the example's hosts do not exist, so a run that got past the bundle
+    // check would fail on SSH (exit 1), not with exit 2 and an empty state.
     for args in [
         &["plan"][..],
         &["init", "--dry-run"],
         &["join", "--dry-run"],
+        &["init"],
     ] {
         let o = f.run(&inv, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
@@ -142,6 +162,9 @@ fn unsigned_bundles_need_allow_unsigned_and_the_plan_says_so() {
             e.contains("is unsigned") && e.contains("allowUnsigned: true"),
             "{e}"
         );
+        // `init` takes the cluster's local run lock first; no run went further.
+        assert!(no_journal(&f.p("state")), "{args:?} ran");
+        let _ = std::fs::remove_dir_all(f.p("state"));
     }
     // allowUnsigned: installed, and every plan says it.
     let inv = f.inventory("{path: b.tar.zst, allowUnsigned: true}");
@@ -193,13 +216,17 @@ fn a_named_key_requires_a_signature_that_verifies() {
             *data = random.clone();
         }
     });
-    for args in [&["plan"][..], &["init", "--dry-run"]] {
+    for args in [&["plan"][..], &["init", "--dry-run"], &["init"]] {
         let o = f.run(&inv, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(
             stderr(&o).contains("signature does not match"),
             "{}",
             stderr(&o)
+        );
+        assert!(
+            no_journal(&f.p("state")),
+            "{args:?} refused after writing state"
         );
     }
     let o = cc()

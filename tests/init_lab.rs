@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clusterctl::inventory::{HaMode, Inventory, Role};
+use clusterctl::inventory::{HaMode, Inventory, ProtectKernelDefaults, Role};
 use common::*;
 
 fn init(inv: &Path) -> serde_json::Value {
@@ -96,11 +96,69 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     let lab = Lab::up_profile("initvip", 3, "k8s");
     let inv = vip_inventory(&lab, &[]);
     let inv_path = lab.write_inventory("inventory-vip.yaml", &inv);
-    let admin = lab.dir.join("clusters/lab-initvip/admin.conf");
+    let admin = lab.dir.join(format!("clusters/{}/admin.conf", inv.name()));
+    let nodes = ["h1", "h2", "h3"];
 
+    // kubelet.protectKernelDefaults forced on hosts that are containers: preflight reads each
+    // host's kernel settings back, refuses every one of them (exit 2) and nothing is written.
+    let mut forced = inv.clone();
+    forced.spec.kubelet.protect_kernel_defaults = ProtectKernelDefaults::On;
+    let forced_path = lab.write_inventory("inventory-vip-pkd.yaml", &forced);
+    let o = clusterctl(&["-i", forced_path.to_str().unwrap(), "init"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    for h in nodes {
+        assert!(
+            text(&o).contains(&format!(
+                "host {h}: kubelet.protectKernelDefaults is true, but it is a container (systemd-nspawn)"
+            )),
+            "{}",
+            text(&o)
+        );
+        assert!(
+            lab.exec(
+                h,
+                "[ ! -e /etc/kubernetes ] && [ ! -e /etc/sysctl.d/90-kubelet.conf ]"
+            )
+            .status
+            .success(),
+            "{h} was changed by a refused init"
+        );
+    }
+
+    // Every file appearing under the secrets' directories is watched through the first init
+    // (see common::modes for why this catches an upload that chmods after creating).
+    let watch = modes::ModeWatch::start(&lab, &nodes);
     let first = init(&inv_path);
+    watch.control("h1");
+    modes::assert_uploads_private(&watch.finish(), 20, "h1");
     assert!(totals(&first).0 > 0);
     check_cluster(&lab, &admin);
+    // protectKernelDefaults (auto): read back per host, off in these containers, and the
+    // kubelets run.
+    let kubelet = first["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "kubelet")
+        .expect("a kubelet phase");
+    for h in nodes {
+        let report = kubelet["hosts"][h]["report"].to_string();
+        assert!(
+            report.contains(&format!(
+                "{h}: protectKernelDefaults off: auto, and it is a container (systemd-nspawn)"
+            )),
+            "{h}: {report}"
+        );
+        assert_eq!(lab.exec_ok(h, "systemctl is-active kubelet"), "active");
+        assert_eq!(
+            lab.exec_ok(
+                h,
+                "grep -c protectKernelDefaults /var/lib/kubelet/config.yaml; [ ! -e /etc/sysctl.d/90-kubelet.conf ]"
+            ),
+            "0",
+            "{h}"
+        );
+    }
     // The verify phase's report: every etcd member agreeing on one leader, every apiserver
     // and the VIP ready, both leader leases held by a control-plane host.
     let verify = first["phases"]

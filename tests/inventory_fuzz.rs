@@ -217,6 +217,7 @@ fn context(loaded: clusterctl::inventory::Loaded, dir: &Path) -> Context {
         host_filter: vec![],
         bundle: None,
         options: Default::default(),
+        facts: Default::default(),
     }
 }
 

@@ -155,6 +155,7 @@ fn context(dir: &Path) -> Context {
         host_filter: vec![],
         bundle: None,
         options: Default::default(),
+        facts: Default::default(),
     }
 }
 

@@ -123,6 +123,7 @@ pub fn prepare(
                 break_lock: g.break_lock,
                 ..options
             },
+            facts: Default::default(),
         },
         runner,
     ))
@@ -653,6 +654,7 @@ spec:
             host_filter: hosts.iter().map(|h| h.to_string()).collect(),
             bundle: None,
             options: Default::default(),
+            facts: Default::default(),
         };
         crate::phases::etcd::members::Membership {
             members: [(

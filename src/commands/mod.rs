@@ -383,5 +383,6 @@ pub fn context(g: &Global) -> anyhow::Result<Context> {
         host_filter: vec![],
         bundle: None,
         options: Default::default(),
+        facts: Default::default(),
     })
 }

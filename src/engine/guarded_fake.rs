@@ -141,6 +141,7 @@ pub fn test_context(
         host_filter: hosts.iter().map(|s| s.to_string()).collect(),
         bundle: None,
         options,
+        facts: Default::default(),
     }
 }
 

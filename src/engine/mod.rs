@@ -40,7 +40,8 @@ pub use executor::Executor;
 /// The kubelet's `staticPodPath`.
 pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
 
-/// Everything a phase may read. Built once per run; phases never mutate it.
+/// Everything a phase may read. Built once per run; phases never mutate it, but for the
+/// facts they read from hosts (`facts`).
 pub struct Context {
     pub loaded: Loaded,
     pub state: StateDir,
@@ -51,6 +52,33 @@ pub struct Context {
     pub bundle: Option<BundleRef>,
     /// What the command line asked beyond hosts and phases.
     pub options: RunOptions,
+    /// What phases read from hosts during this run, for the phases after them.
+    pub facts: Facts,
+}
+
+/// Facts read from hosts during a run (e.g. preflight's read-back of the kernel settings the
+/// kubelet checks), by host and name: a phase that reads one sets it, a later phase plans
+/// from it (the runner plans each phase right before it runs). The only thing in a
+/// [`Context`] that changes during a run; `plan` and a run that skipped the reading phase
+/// find nothing, and the planning phase must say what it did without.
+#[derive(Debug, Default)]
+pub struct Facts(std::sync::Mutex<std::collections::BTreeMap<(String, String), String>>);
+
+impl Facts {
+    pub fn set(&self, host: &str, name: &str, value: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((host.to_string(), name.to_string()), value);
+    }
+
+    pub fn get(&self, host: &str, name: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(host.to_string(), name.to_string()))
+            .cloned()
+    }
 }
 
 /// Command-line choices phases may read.

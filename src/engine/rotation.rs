@@ -513,6 +513,7 @@ mod tests {
             host_filter: vec![],
             bundle: None,
             options: Default::default(),
+            facts: Default::default(),
         }
     }
 

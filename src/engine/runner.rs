@@ -135,7 +135,9 @@ impl Runner {
                 .iter()
                 .filter_map(|hp| ctx.inv().host(&hp.host).map(|h| (h, hp)))
                 .collect();
+            let bad_input = std::sync::Mutex::new(Vec::new());
             let one = HostRun {
+                bad_input: &bad_input,
                 command: &self.command,
                 phase: phase.as_ref(),
                 plan: &plan,
@@ -256,7 +258,18 @@ impl Runner {
             if !failed.is_empty() {
                 self.undo(index, ctx, exec, resolve, progress, journal, &mut report)
                     .await;
-                return Err(UserError::failed(format!(
+                // Every host failed on bad input (e.g. preflight refusing what the inventory
+                // asks of a host): the command's answer to bad input, exit 2.
+                let bad = bad_input.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let code = if failed
+                    .iter()
+                    .all(|f| bad.iter().any(|h| f.starts_with(&format!("{h}: "))))
+                {
+                    crate::diag::EXIT_BAD_INPUT
+                } else {
+                    crate::diag::EXIT_FAILED
+                };
+                return Err(UserError::with_code(code, format!(
                     "phase {} failed on {} host(s):\n  {}\nfix the cause and run `clusterctl {}` again: finished steps are not redone",
                     plan.phase,
                     failed.len(),
@@ -363,6 +376,8 @@ async fn runs_any(exec: &dyn Executor, h: &Host, hp: &super::HostPlan) -> bool {
 /// Everything one host's turn in a phase needs.
 #[derive(Clone, Copy)]
 struct HostRun<'a, 'p> {
+    /// Hosts whose failure was bad input ([`UserError`] with exit 2 in the error's chain).
+    bad_input: &'a std::sync::Mutex<Vec<String>>,
     command: &'a str,
     phase: &'a dyn Phase,
     plan: &'p PhasePlan,
@@ -430,7 +445,18 @@ impl HostRun<'_, '_> {
         };
         let outcome = match r {
             Ok(c) => HostOutcome::Done(c),
-            Err(e) => HostOutcome::Failed(format!("{e:#}")),
+            Err(e) => {
+                if e.chain().any(|c| {
+                    c.downcast_ref::<UserError>()
+                        .is_some_and(|u| u.code == crate::diag::EXIT_BAD_INPUT)
+                }) {
+                    self.bad_input
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(h.name.clone());
+                }
+                HostOutcome::Failed(format!("{e:#}"))
+            }
         };
         tracing::info!(
             phase = self.phase.name(),

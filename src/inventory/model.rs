@@ -653,6 +653,59 @@ pub struct Kubelet {
     /// Extra kubelet flags (`name: value`), checked against the version's flag table by tests.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_args: BTreeMap<String, String>,
+    /// KubeletConfiguration `protectKernelDefaults` (CIS 4.2.6): `auto` (default) turns it on
+    /// on each node whose kernel settings read back as the kubelet wants them and that can
+    /// keep them (not a container); `true` requires that of every node (preflight refuses a
+    /// node that cannot); `false` leaves it off.
+    #[serde(default, skip_serializing_if = "ProtectKernelDefaults::is_auto")]
+    pub protect_kernel_defaults: ProtectKernelDefaults,
+}
+
+/// `kubelet.protectKernelDefaults`: `auto`, `true` or `false` (YAML booleans or strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtectKernelDefaults {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl ProtectKernelDefaults {
+    pub fn is_auto(&self) -> bool {
+        *self == ProtectKernelDefaults::Auto
+    }
+}
+
+impl Serialize for ProtectKernelDefaults {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ProtectKernelDefaults::Auto => s.serialize_str("auto"),
+            ProtectKernelDefaults::On => s.serialize_bool(true),
+            ProtectKernelDefaults::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProtectKernelDefaults {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `true` unquoted is a YAML boolean, `auto` a string: accept both shapes.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Bool(true)) => Ok(ProtectKernelDefaults::On),
+            Ok(Raw::Bool(false)) => Ok(ProtectKernelDefaults::Off),
+            Ok(Raw::Str(s)) if s == "auto" => Ok(ProtectKernelDefaults::Auto),
+            Ok(Raw::Str(s)) if s == "true" => Ok(ProtectKernelDefaults::On),
+            Ok(Raw::Str(s)) if s == "false" => Ok(ProtectKernelDefaults::Off),
+            _ => Err(serde::de::Error::custom(
+                "kubelet.protectKernelDefaults must be auto, true or false",
+            )),
+        }
+    }
 }
 
 impl Kubelet {

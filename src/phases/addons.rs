@@ -357,6 +357,7 @@ mod context_tests {
             host_filter: vec![],
             bundle,
             options: Default::default(),
+            facts: Default::default(),
         };
         (dir, ctx)
     }

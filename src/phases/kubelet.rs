@@ -94,6 +94,15 @@ pub fn node_patch(
     (patch != json!({})).then_some(patch)
 }
 
+/// `h1: protectKernelDefaults off: <why>` (plans and the run's report).
+fn protect_line(host: &str, d: &super::kernel::Decision) -> String {
+    format!(
+        "{host}: protectKernelDefaults {}: {}",
+        if d.on { "on" } else { "off" },
+        d.why
+    )
+}
+
 fn node_path(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
@@ -103,7 +112,11 @@ fn node_path(name: &str) -> String {
 /// their hosts (the kubelet runs their static pods from /etc/kubernetes/manifests), so the
 /// kubelet phase finds nothing left to do there but its gate.
 pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
-    let vars = host_vars(ctx.inv(), h);
+    let mut vars = host_vars(ctx.inv(), h);
+    vars.insert(
+        "protect_kernel_defaults",
+        &super::kernel::decision(ctx, &h.name).on,
+    );
     let unit = "kubelet.service";
     Ok(vec![
         Action::dir("/var/lib/kubelet", 0o700),
@@ -138,6 +151,10 @@ impl Phase for Kubelet {
         let mut plan = PhasePlan::new(self, Order::Rolling);
         for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
             plan.host(h, host_actions(ctx, h)?);
+            plan.notes.push(protect_line(
+                &h.name,
+                &super::kernel::decision(ctx, &h.name),
+            ));
             let labels = node_labels(inv, h);
             if !labels.is_empty() {
                 plan.local.push(format!(
@@ -148,6 +165,18 @@ impl Phase for Kubelet {
             }
         }
         Ok(plan)
+    }
+    /// Says, per node, whether its kubelet runs with `protectKernelDefaults` and why.
+    fn before_host<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        _exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            let d = super::kernel::decision(ctx, &host.name);
+            Ok(vec![protect_line(&host.name, &d)])
+        })
     }
     fn verify<'a>(
         &'a self,

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod components;
 pub mod control_plane;
 pub mod etcd;
+pub mod kernel;
 pub mod kube_proxy;
 pub mod kubeconfig;
 pub mod kubelet;

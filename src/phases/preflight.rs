@@ -5,7 +5,9 @@ use futures::future::BoxFuture;
 
 use crate::engine::executor::Executor;
 use crate::engine::{Action, Context, Order, Phase, PhasePlan, Script, Shell};
-use crate::inventory::{HaMode, Host, Role};
+use crate::inventory::{HaMode, Host, ProtectKernelDefaults, Role};
+
+use super::kernel::{self, KernelFacts, Stage};
 
 /// Largest clock difference allowed between a host and the operator's machine: certificates
 /// are dated by this machine, and etcd and leader election need agreeing clocks.
@@ -162,6 +164,42 @@ impl Phase for Preflight {
             "each host's clock within {MAX_SKEW_SECS} s of this machine's"
         ));
         Ok(plan)
+    }
+    /// Reads the kernel settings the kubelet checks back as a fact (dry runs too: it only
+    /// reads), and refuses a node that cannot hold them when the inventory forces
+    /// `kubelet.protectKernelDefaults: true` (bad input: exit 2, before any host changed).
+    fn before_host<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            if !ctx.inv().runs_kubelet(host) {
+                return Ok(vec![]);
+            }
+            let o = exec.query(host, &kernel::read_back_command()).await?;
+            let facts = KernelFacts::parse(Stage::Preflight, &o.stdout);
+            if ctx.inv().spec.kubelet.protect_kernel_defaults == ProtectKernelDefaults::On
+                && let Some(why) = facts.cannot_set()
+            {
+                return Err(crate::diag::UserError::bad_input(format!(
+                    "host {}: kubelet.protectKernelDefaults is true, but {why}, so the kubelet \
+                     would refuse to start whenever they differ from what it wants; fix: set \
+                     kubelet.protectKernelDefaults: auto (on where the host allows it) or \
+                     false, or give the node a machine or VM of its own",
+                    host.name
+                ))
+                .on_host(host.name.clone())
+                .into());
+            }
+            ctx.facts.set(
+                &host.name,
+                kernel::FACT,
+                KernelFacts::to_fact(Stage::Preflight, &o.stdout),
+            );
+            Ok(vec![])
+        })
     }
     fn verify<'a>(
         &'a self,

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 
 use crate::bundle::{Item, Kind};
 use crate::engine::{Action, Cmd, Context, Mode, Order, Phase, PhasePlan, Script, Source};
-use crate::inventory::{HaMode, Host, Inventory, Role};
+use crate::inventory::{HaMode, Host, Inventory, ProtectKernelDefaults, Role};
 use crate::render::host_vars;
+use futures::future::BoxFuture;
+
+use super::kernel::{self, KernelFacts, Stage};
 
 pub struct Prepare;
 
@@ -325,9 +328,74 @@ impl Phase for Prepare {
                     warn_only: true,
                 },
             ];
+            if ctx.inv().runs_kubelet(h) {
+                actions.extend(kubelet_tunables(ctx, h, &mut plan.notes));
+            }
             actions.extend(bundle_actions(&items_for(ctx, h)?));
             plan.host(h, actions);
         }
         Ok(plan)
     }
+    /// After applying: the kernel settings the kubelet checks are read back again, the fact
+    /// the kubelet phase plans `protectKernelDefaults` from (see `kernel`).
+    fn verify<'a>(
+        &'a self,
+        ctx: &'a Context,
+        host: &'a Host,
+        exec: &'a dyn crate::engine::Executor,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async move {
+            if !ctx.inv().runs_kubelet(host) {
+                return Ok(vec![]);
+            }
+            let o = exec.query(host, &kernel::read_back_command()).await?;
+            ctx.facts.set(
+                &host.name,
+                kernel::FACT,
+                KernelFacts::to_fact(Stage::Applied, &o.stdout),
+            );
+            Ok(vec![])
+        })
+    }
+}
+
+/// A node's sysctl.d file with the kernel settings the kubelet checks, and their apply: not
+/// where `kubelet.protectKernelDefaults` is false or where preflight found the host cannot
+/// write them (a container: writing there would only fail `systemd-sysctl` at every boot).
+/// The apply is fatal only when the inventory forces protectKernelDefaults on.
+fn kubelet_tunables(ctx: &Context, h: &Host, notes: &mut Vec<String>) -> Vec<Action> {
+    let setting = ctx.inv().spec.kubelet.protect_kernel_defaults;
+    if setting == ProtectKernelDefaults::Off {
+        return Vec::new();
+    }
+    let facts = ctx
+        .facts
+        .get(&h.name, kernel::FACT)
+        .map(|f| KernelFacts::from_fact(&f));
+    if let Some(why) = facts.as_ref().and_then(KernelFacts::cannot_set) {
+        notes.push(format!(
+            "{}: {} not written: {why}",
+            h.name,
+            kernel::SYSCTL_FILE
+        ));
+        return Vec::new();
+    }
+    vec![
+        Action::rendered(
+            kernel::SYSCTL_FILE,
+            0o644,
+            "(built in: phases/kernel.rs)",
+            kernel::sysctl_file(),
+            &[],
+        ),
+        Action::Run {
+            description: "apply the kernel settings the kubelet checks".into(),
+            command: Cmd::new("sysctl")
+                .args(["-q", "-p", kernel::SYSCTL_FILE])
+                .raw("2>&1")
+                .into(),
+            unless: Some(kernel::values_match_check()),
+            warn_only: setting != ProtectKernelDefaults::On,
+        },
+    ]
 }

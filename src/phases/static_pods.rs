@@ -446,6 +446,7 @@ spec:
             host_filter: vec![],
             bundle: Some(bundle()),
             options: Default::default(),
+            facts: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod chaos;
+pub mod modes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
