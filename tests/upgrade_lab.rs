@@ -26,7 +26,8 @@ fn restamped_bundle() -> PathBuf {
     let out = run(Command::new("bash")
         .arg(root().join("tests/lab/build-bundle.sh"))
         .args(["--restamped", TARGET])
-        .env("CLUSTERCTL", env!("CARGO_BIN_EXE_clusterctl")));
+        .env("CLUSTERCTL", env!("CARGO_BIN_EXE_clusterctl"))
+        .env_remove("OUT_DIR"));
     assert!(out.status.success(), "build-bundle.sh: {}", text(&out));
     let p = PathBuf::from(
         String::from_utf8_lossy(&out.stdout)

@@ -186,7 +186,11 @@ pub fn lab_bundle() -> PathBuf {
     // Use the clusterctl under test rather than a separate release build.
     let out = run(Command::new("bash")
         .arg(root().join("tests/lab/build-bundle.sh"))
-        .env("CLUSTERCTL", env!("CARGO_BIN_EXE_clusterctl")));
+        .env("CLUSTERCTL", env!("CARGO_BIN_EXE_clusterctl"))
+        // `cargo test` sets OUT_DIR, which Kubernetes' own make takes for its output
+        // directory (its build then fails on a missing generator); tests/run.sh runs the test
+        // binaries directly and has none.
+        .env_remove("OUT_DIR"));
     assert!(out.status.success(), "build-bundle.sh: {}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let p = PathBuf::from(
