@@ -111,8 +111,22 @@ pub fn items_for<'m>(ctx: &'m Context, h: &Host) -> anyhow::Result<Vec<&'m Item>
     if inv.spec.ha.mode != HaMode::Vip {
         items.retain(|i| i.name != "keepalived");
     }
+    // Static pods run etcd and the control plane from their images: their binaries would be
+    // sent (~300 MB per host) and never run. etcdctl and kubectl stay: clusterctl's health
+    // checks and backups use them on the host.
+    if inv.static_pods() {
+        items.retain(|i| i.kind != Kind::Binary || !RUN_FROM_IMAGES.contains(&i.name.as_str()));
+    }
     Ok(items)
 }
+
+/// The programs that static-pods mode runs from their images, not from a binary on the host.
+const RUN_FROM_IMAGES: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
 
 /// Where archive items wait on a host before they are unpacked.
 pub const ARCHIVE_DIR: &str = "/var/cache/clusterctl/archives";

@@ -831,6 +831,20 @@ spec:
             "{p:?}"
         );
         assert!(p.iter().any(|p| p.contains("pause")), "{p:?}");
+        // The etcd binary stays off the hosts: the member runs from its image (the mode's
+        // systemd counterpart sends it, see below).
+        let prepare = crate::phases::prepare::Prepare.plan(&c).unwrap();
+        assert!(
+            !paths(&actions(&prepare, "e1")).contains(&"/usr/local/bin/etcd".to_string()),
+            "{:?}",
+            paths(&actions(&prepare, "e1"))
+        );
+        let systemd = ctx(
+            &INV.replace("mode: static-pods", "mode: systemd"),
+            dir.path(),
+        );
+        let prepare = crate::phases::prepare::Prepare.plan(&systemd).unwrap();
+        assert!(paths(&actions(&prepare, "e1")).contains(&"/usr/local/bin/etcd".to_string()));
         // Rolling: a host counts as running where the manifests are, not where containerd is.
         let cp1 = c.inv().host("cp1").unwrap();
         assert!(
