@@ -7,7 +7,7 @@ use crate::commands::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
 use crate::engine::blobs::Blobs;
 use crate::engine::executor::{DryRun, Executor};
-use crate::engine::runner::{Journal, PlainProgress, Runner};
+use crate::engine::runner::{ConsoleProgress, Journal, Runner};
 use crate::engine::ssh_exec::SshExecutor;
 use crate::engine::{Action, Context, Order, Phase, PhasePlan, Source};
 use crate::phases::playbook;
@@ -457,7 +457,7 @@ pub(crate) fn execute(
         };
         let resolve = |s: &Source| blobs.resolve(s);
         let r = runner
-            .apply(ctx, exec, &resolve, &PlainProgress, &journal)
+            .apply(ctx, exec, &resolve, &ConsoleProgress, &journal)
             .await;
         pool.close().await;
         let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());

@@ -256,7 +256,7 @@ async fn balancer_views(ctx: &Context) -> (Option<Vip>, Vec<BalancerView>) {
             .collect();
     let opts = crate::ssh::ConnectOpts {
         retries: 0,
-        progress: crate::ssh::ProgressMode::Quiet,
+        progress: crate::ssh::ProgressMode::live_or_quiet(),
         ..Default::default()
     };
     let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
@@ -368,7 +368,7 @@ async fn missing_bundle_images(ctx: &Context) -> Vec<(String, Result<Vec<String>
             .collect();
     let opts = crate::ssh::ConnectOpts {
         retries: 0,
-        progress: crate::ssh::ProgressMode::Quiet,
+        progress: crate::ssh::ProgressMode::live_or_quiet(),
         ..Default::default()
     };
     let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
