@@ -75,35 +75,22 @@ fn nodes_pods_services_and_join() {
             assert!(!taints.contains("node-role"), "{name}: {taints}");
         }
     }
-    // Add-ons: the objects exist with the inventory's settings (their images are in no
-    // registry reachable here, so their pods cannot run in the lab).
-    let addons = first["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["phase"] == "addons")
-        .expect("an addons phase");
-    let report = addons["cluster"].to_string();
+    // Add-ons: their images are in no registry reachable here and not in the lab bundle, so
+    // their pods could not run: init skips them and says so, and registers no APIService
+    // that nothing would serve (the objects themselves are checked by tests/kube_apply.rs).
+    let addons = first["addons"].to_string();
+    for a in ["coredns", "metrics-server"] {
+        assert!(
+            addons.contains(&format!("add-on {a}: NOT running: skipped: image ")),
+            "{addons}"
+        );
+    }
     assert!(
-        report.contains("coredns:") && report.contains("metrics-server:"),
-        "{report}"
+        !kubectl(&admin, &["get", "apiservice", "v1beta1.metrics.k8s.io"])
+            .status
+            .success(),
+        "an APIService nothing serves was registered"
     );
-    let dns = kubectl_json(
-        &admin,
-        &["-n", "kube-system", "get", "deployment", "coredns"],
-    );
-    assert_eq!(dns["spec"]["replicas"], 2);
-    assert!(
-        dns["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_object(),
-        "{dns}"
-    );
-    let svc = kubectl_json(&admin, &["-n", "kube-system", "get", "service", "kube-dns"]);
-    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
-    kubectl_json(
-        &admin,
-        &["-n", "kube-system", "get", "deployment", "metrics-server"],
-    );
-    kubectl_json(&admin, &["get", "apiservice", "v1beta1.metrics.k8s.io"]);
 
     // The workload checks: 4 pods over the workers, pod to pod, ClusterIP, NodePort, logs, exec.
     let by_node = check_web_workload(&lab, &admin, &bundle);

@@ -384,6 +384,7 @@ fn run_with(
                 "seconds": started.elapsed().as_secs_f64(),
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
+                "addons": crate::phases::addons::summary_lines(&report),
                 "logs": crate::ssh::run_logs_dir(&ctx.state.logs()),
             });
             crate::output::print(g.output, &v)?;
@@ -403,6 +404,11 @@ fn run_with(
             );
             for p in &report.phases {
                 println!("  {:<14} {:>6.1}s", p.phase, p.seconds);
+            }
+            // Which add-ons run and which do not (and why): a cluster without DNS or a metrics
+            // API must not end with a bare "done".
+            for l in crate::phases::addons::summary_lines(&report) {
+                println!("{l}");
             }
             let logs = crate::ssh::run_logs_dir(&ctx.state.logs());
             if logs.is_dir() {
