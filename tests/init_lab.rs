@@ -178,14 +178,18 @@ fn assert_no_control_characters(bytes: &[u8]) {
     );
 }
 
-/// A live per-host line: `<spinner> <host> <elapsed> <step...>` for a lab host.
+/// A live per-host line: `<spinner> <host> <elapsed> <step...>` for a lab host (a host done
+/// with the phase has a blank spinner until the phase ends).
 fn live_host_line(l: &str) -> bool {
     let t: Vec<&str> = l.split_whitespace().collect();
-    t.len() >= 4
-        && t[0].chars().count() == 1
-        && ["h1", "h2", "h3"].contains(&t[1])
-        && t[2].starts_with(|c: char| c.is_ascii_digit())
-        && t[2].ends_with('s')
+    let hosts = ["h1", "h2", "h3"];
+    let at = |i: usize| {
+        t.len() > i + 2
+            && hosts.contains(&t[i])
+            && t[i + 1].starts_with(|c: char| c.is_ascii_digit())
+            && t[i + 1].ends_with('s')
+    };
+    (t.first().is_some_and(|s| s.chars().count() == 1) && at(1)) || at(0)
 }
 
 /// `init` in a 200x50 tmux pane (CI unset): while it runs the screen shows live per-host
@@ -221,15 +225,16 @@ fn init_in_tmux(inv: &Path) {
     let mut live_screens = Vec::new();
     let mut hosts_seen = std::collections::BTreeSet::new();
     let screen = loop {
-        let s = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "run"]).stdout)
-            .to_string();
+        let s =
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "run"]).stdout).to_string();
         if s.contains("clusterctl-exit=") {
             break s;
         }
         let live: Vec<&str> = s.lines().filter(|l| live_host_line(l)).collect();
         if live.len() >= 2 {
             for l in &live {
-                hosts_seen.insert(l.split_whitespace().nth(1).unwrap().to_string());
+                let host = l.split_whitespace().take(2).find(|t| t.starts_with('h'));
+                hosts_seen.insert(host.unwrap_or_default().to_string());
             }
             live_screens.push(s.clone());
         }
