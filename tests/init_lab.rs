@@ -290,7 +290,7 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     let lab = Lab::up_profile("initvip", 3, "k8s");
     let inv = vip_inventory(&lab, &[]);
     let inv_path = lab.write_inventory("inventory-vip.yaml", &inv);
-    let admin = lab.dir.join("clusters/lab-initvip/admin.conf");
+    let admin = lab.dir.join("clusters").join(inv.name()).join("admin.conf");
 
     let first = init(&inv_path);
     assert!(totals(&first).0 > 0);
@@ -525,7 +525,7 @@ fn init_vip_on_two_separate_lb_hosts() {
     let inv = vip_inventory(&lab, &["h4", "h5"]);
     let inv_path = lab.write_inventory("inventory-lb.yaml", &inv);
     init(&inv_path);
-    let admin = lab.dir.join("clusters/lab-initlb/admin.conf");
+    let admin = lab.dir.join("clusters").join(inv.name()).join("admin.conf");
     check_cluster(&lab, &admin);
     let vip = lab.addr(100);
     // Every keepalived starts as BACKUP with nopreempt (the VIP never moves back on its own),
@@ -592,7 +592,7 @@ fn init_local_proxy_and_converging_after_a_host_dies_mid_run() {
     assert!(log.contains("h3"), "the failure names the host:\n{log}");
     lab.start_host("h3");
     let report = init(&inv_path);
-    let admin = lab.dir.join("clusters/lab-initlp/admin.conf");
+    let admin = lab.dir.join("clusters").join(inv.name()).join("admin.conf");
     check_cluster(&lab, &admin);
     // local-proxy: every node has haproxy on 127.0.0.1:6443 in front of all apiservers.
     for h in ["h1", "h4"] {
