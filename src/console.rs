@@ -33,7 +33,10 @@ struct View {
 
 struct HostLine {
     bar: ProgressBar,
+    /// What the engine does on the host (`writing 3 file(s)`, `restart etcd`).
     step: String,
+    /// The command or upload under way (from the SSH pool).
+    detail: String,
     bytes: u64,
     done: bool,
 }
@@ -41,12 +44,16 @@ struct HostLine {
 impl HostLine {
     fn show(&self) {
         // One screen line: a multi-line step (a script, an error) shows its first line.
-        let step = self.step.lines().next().unwrap_or_default();
-        let msg = if self.bytes > 0 {
-            format!("{step} · {} sent", HumanBytes(self.bytes))
-        } else {
-            step.to_string()
+        let first = |s: &str| s.lines().next().unwrap_or_default().to_string();
+        let (step, detail) = (first(&self.step), first(&self.detail));
+        let mut msg = match (step.is_empty(), detail.is_empty()) {
+            (_, true) => step,
+            (true, false) => detail,
+            (false, false) => format!("{step}: {detail}"),
         };
+        if self.bytes > 0 {
+            msg.push_str(&format!(" · {} sent", HumanBytes(self.bytes)));
+        }
         self.bar.set_message(msg);
     }
 }
@@ -142,6 +149,7 @@ pub fn begin_phase(title: &str, hosts: &[String]) {
         let line = HostLine {
             bar,
             step: "waiting".into(),
+            detail: String::new(),
             bytes: 0,
             done: false,
         };
@@ -155,13 +163,22 @@ pub fn host_start(host: &str) {
     with_host(host, |h| {
         h.bar.reset_elapsed();
         h.step = "started".into();
+        h.detail.clear();
         h.bytes = 0;
     });
 }
 
-/// What `host` does now (a command, an upload).
+/// What `host` does now, in the engine's words (`writing 3 file(s)`, `restart etcd`).
 pub fn host_step(host: &str, step: &str) {
-    with_host(host, |h| h.step = step.to_string());
+    with_host(host, |h| {
+        h.step = step.to_string();
+        h.detail.clear();
+    });
+}
+
+/// The command or upload under way on `host`, shown after its step.
+pub fn host_detail(host: &str, detail: &str) {
+    with_host(host, |h| h.detail = detail.to_string());
 }
 
 /// `bytes` more were sent to `host`.
@@ -173,6 +190,7 @@ pub fn host_sent(host: &str, bytes: u64) {
 pub fn host_done(host: &str, outcome: &str) {
     with_host(host, |h| {
         h.step = outcome.to_string();
+        h.detail.clear();
         h.done = true;
     });
 }

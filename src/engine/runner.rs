@@ -396,6 +396,7 @@ impl HostRun<'_, '_> {
                 changes.report = before;
                 return anyhow::Ok(changes);
             }
+            crate::console::host_step(&h.name, "health check");
             changes.report = self
                 .phase
                 .verify(self.ctx, h, self.exec)

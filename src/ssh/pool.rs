@@ -359,7 +359,7 @@ impl Pool {
         let step = short(cmd);
         if input.is_none() {
             // The live line shows the command; an upload's line already says what it sends.
-            crate::console::host_step(host, &step);
+            crate::console::host_detail(host, &step);
         }
         let progress = &self.inner.progress;
         progress.log(host, &format!("$ {full}"));
