@@ -264,6 +264,16 @@ fn init_in_tmux(inv: &Path) {
         3,
         "live lines for every host: {hosts_seen:?}"
     );
+    // The step in the engine's words (the command under way follows it).
+    assert!(
+        live_screens.iter().any(|s| s
+            .lines()
+            .filter(|l| live_host_line(l))
+            .any(|l| l.contains("reading the state of files and services")
+                || l.contains("health check")
+                || l.contains("check: "))),
+        "no live line names a step"
+    );
     let summary = screen
         .lines()
         .find(|l| l.starts_with("init: done in "))
