@@ -41,7 +41,9 @@ fn nodes_pods_services_and_join() {
     // h6 (a worker) and h7 (a 4th control-plane host) join later.
     let later: Vec<Host> = inv.spec.hosts.drain(5..).collect();
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
-    let admin = lab.dir.join("clusters/lab-nodes/admin.conf");
+    // The cluster is named after the lab, which CLUSTERCTL_LAB_PREFIX may rename.
+    let cluster_dir = lab.dir.join("clusters").join(inv.name());
+    let admin = cluster_dir.join("admin.conf");
     let inv_arg = inv_path.to_str().unwrap();
 
     let first = run_report(&["-i", inv_arg, "-o", "json", "init"]);
@@ -198,9 +200,7 @@ spec:
     }
     // h7 has its own apiserver certificate, with its address; the others keep serving theirs
     // (a new control-plane host restarts no apiserver).
-    let crt = lab
-        .dir
-        .join("clusters/lab-nodes/pki/nodes/h7/apiserver.crt");
+    let crt = cluster_dir.join("pki/nodes/h7/apiserver.crt");
     let sans = sh(&format!(
         "openssl x509 -noout -ext subjectAltName -in {}",
         crt.display()
@@ -314,8 +314,7 @@ fn reset_killed_midway_is_finished_by_a_rerun(
         assert_eq!(mode, want, "{l}");
     }
     assert!(modes.contains("etc-kubernetes-h7-"), "{modes}");
-    let journal =
-        std::fs::read_to_string(lab.dir.join("clusters/lab-nodes/journal.jsonl")).unwrap();
+    let journal = std::fs::read_to_string(admin.with_file_name("journal.jsonl")).unwrap();
     assert!(
         journal.lines().any(|l| l.contains("\"command\":\"reset\"")
             && l.contains("\"phase\":\"reset-host\"")
