@@ -18,8 +18,19 @@ macro_rules! println {
     ($($arg:tt)*) => { $crate::stdout::write(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+// Every `eprintln!`/`eprint!` goes through `console`: above the live per-host lines on a
+// terminal (so nothing tears them), plain lines everywhere else.
+macro_rules! eprintln {
+    () => { $crate::console::line("") };
+    ($($arg:tt)*) => { $crate::console::line(&format!($($arg)*)) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::console::prompt(&format!($($arg)*)) };
+}
+
 pub mod bundle;
 pub mod commands;
+pub mod console;
 pub mod diag;
 pub mod duration;
 pub mod engine;

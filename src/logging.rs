@@ -38,7 +38,8 @@ pub fn init(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(UtcTime::rfc_3339())
-        .with_writer(std::io::stderr)
+        // Through the console: above the live per-host lines on a terminal, never through them.
+        .with_writer(crate::console::lines)
         .with_ansi(ansi)
         .with_target(true)
         .try_init();

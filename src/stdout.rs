@@ -9,16 +9,23 @@ use std::io::Write as _;
 /// Writes to stdout. A closed pipe ends the process with exit 0 (the reader asked for no more);
 /// any other write error (a full disk behind a redirect) with exit 1 and the reason.
 pub fn write(args: std::fmt::Arguments<'_>) {
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+    // On a terminal stdout and stderr share the screen: the live lines step aside.
+    let r = crate::console::suspend(|| {
+        let mut out = std::io::stdout().lock();
+        out.write_fmt(args).and_then(|()| out.flush())
+    });
+    if let Err(e) = r {
         gone(e)
     }
 }
 
 /// Writes bytes to stdout, with the same handling of a closed pipe as [`write`].
 pub fn write_bytes(bytes: &[u8]) {
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+    let r = crate::console::suspend(|| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes).and_then(|()| out.flush())
+    });
+    if let Err(e) = r {
         gone(e)
     }
 }
@@ -27,6 +34,6 @@ fn gone(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
-    eprintln!("clusterctl: writing to standard output: {e}");
+    crate::console::line(&format!("clusterctl: writing to standard output: {e}"));
     std::process::exit(crate::diag::EXIT_FAILED);
 }

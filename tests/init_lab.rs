@@ -90,13 +90,217 @@ fn check_cluster(lab: &Lab, admin: &Path) {
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
 }
 
+/// Full API discovery (what every kubectl does) answers without an error, and every
+/// registered APIService is Available.
+fn assert_discovery_clean(admin: &Path) {
+    // A fresh cache directory: kubectl would otherwise answer from its discovery cache.
+    let cache = tempfile::tempdir().unwrap();
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    for args in [
+        vec!["api-resources", cache_arg.as_str()],
+        vec!["get", "pods", "-A", cache_arg.as_str()],
+    ] {
+        let o = kubectl(admin, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success()
+                && !err.contains("couldn't get resource list")
+                && !err.contains("unable to retrieve"),
+            "kubectl {args:?}: {}",
+            text(&o)
+        );
+    }
+    let list = kubectl_json(admin, &["get", "apiservices"]);
+    let unavailable: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            !a["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Available" && c["status"] == "True")
+        })
+        .map(|a| a["metadata"]["name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert!(
+        unavailable.is_empty(),
+        "unavailable APIServices: {unavailable:?}"
+    );
+}
+
+/// `init -o json` with CI unset and stderr going to a file (as `clusterctl init 2>log`): its
+/// report and everything it printed.
+fn init_to_file(lab: &Lab, inv: &Path) -> (serde_json::Value, Vec<u8>) {
+    let log = lab.dir.join("init-piped.log");
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(["-i", inv.to_str().unwrap(), "-o", "json", "init"])
+        .env_remove("CI")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .output()
+        .unwrap();
+    let mut bytes = std::fs::read(&log).unwrap();
+    eprintln!(
+        "init piped to a file: {:.1}s\n{}",
+        t.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let report = serde_json::from_slice(&out.stdout).expect("-o json prints the report");
+    bytes.extend_from_slice(&out.stdout);
+    (report, bytes)
+}
+
+fn assert_no_control_characters(bytes: &[u8]) {
+    let bad: Vec<(usize, u8)> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| (**b < 0x20 && **b != b'\n' && **b != b'\t') || **b == 0x7f)
+        .map(|(i, b)| (i, *b))
+        .take(5)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "control characters in piped output at {bad:?}: {:?}",
+        String::from_utf8_lossy(
+            &bytes[bad[0].0.saturating_sub(60)..(bad[0].0 + 60).min(bytes.len())]
+        )
+    );
+    assert!(
+        bytes.windows(10).any(|w| w == b" == etcd: "),
+        "the plain phase lines are there"
+    );
+}
+
+/// A live per-host line: `<spinner> <host> <elapsed> <step...>` for a lab host (a host done
+/// with the phase has a blank spinner until the phase ends).
+fn live_host_line(l: &str) -> bool {
+    let t: Vec<&str> = l.split_whitespace().collect();
+    let hosts = ["h1", "h2", "h3"];
+    let at = |i: usize| {
+        t.len() > i + 2
+            && hosts.contains(&t[i])
+            && t[i + 1].starts_with(|c: char| c.is_ascii_digit())
+            && t[i + 1].ends_with('s')
+    };
+    (t.first().is_some_and(|s| s.chars().count() == 1) && at(1)) || at(0)
+}
+
+/// `init` in a 200x50 tmux pane (CI unset): while it runs the screen shows live per-host
+/// lines (host, elapsed, step) under the current phase; once it ended, the summary is intact
+/// and no live line is left.
+fn init_in_tmux(inv: &Path) {
+    let socket = format!("clusterctl-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cmd = format!(
+        "env -u CI {} -i {} init; echo clusterctl-exit=$?; sleep 600",
+        env!("CARGO_BIN_EXE_clusterctl"),
+        inv.display()
+    );
+    let t = Instant::now();
+    let o = tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "-s",
+        "run",
+        &cmd,
+    ]);
+    assert!(o.status.success(), "tmux: {}", text(&o));
+    let mut live_screens = Vec::new();
+    let mut hosts_seen = std::collections::BTreeSet::new();
+    let screen = loop {
+        let s =
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "run"]).stdout).to_string();
+        if s.contains("clusterctl-exit=") {
+            break s;
+        }
+        let live: Vec<&str> = s.lines().filter(|l| live_host_line(l)).collect();
+        if live.len() >= 2 {
+            for l in &live {
+                let host = l.split_whitespace().take(2).find(|t| t.starts_with('h'));
+                hosts_seen.insert(host.unwrap_or_default().to_string());
+            }
+            live_screens.push(s.clone());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "init in tmux did not end:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = tmux(&["kill-server"]);
+    eprintln!(
+        "init in tmux: {:.1}s, {} screens with live per-host lines; one of them:\n{}\nfinal screen:\n{screen}",
+        t.elapsed().as_secs_f64(),
+        live_screens.len(),
+        live_screens
+            .get(live_screens.len() / 2)
+            .cloned()
+            .unwrap_or_default()
+    );
+    assert!(screen.contains("clusterctl-exit=0"), "{screen}");
+    assert!(
+        !live_screens.is_empty(),
+        "no live per-host lines were ever on the screen; final screen:\n{screen}"
+    );
+    assert_eq!(
+        hosts_seen.len(),
+        3,
+        "live lines for every host: {hosts_seen:?}"
+    );
+    // The step in the engine's words (the command under way follows it).
+    assert!(
+        live_screens.iter().any(|s| s
+            .lines()
+            .filter(|l| live_host_line(l))
+            .any(|l| l.contains("reading the state of files and services")
+                || l.contains("health check")
+                || l.contains("check: "))),
+        "no live line names a step"
+    );
+    let summary = screen
+        .lines()
+        .find(|l| l.starts_with("init: done in "))
+        .unwrap_or_else(|| panic!("no summary line:\n{screen}"));
+    assert!(
+        summary.ends_with("service start(s)/restart(s)"),
+        "summary line torn: {summary:?}"
+    );
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.starts_with("add-on metrics-server: NOT running: skipped: ")),
+        "{screen}"
+    );
+    assert!(
+        !screen.lines().any(live_host_line),
+        "live lines left after the run:\n{screen}"
+    );
+}
+
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
 fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     let lab = Lab::up_profile("initvip", 3, "k8s");
     let inv = vip_inventory(&lab, &[]);
     let inv_path = lab.write_inventory("inventory-vip.yaml", &inv);
-    let admin = lab.dir.join(format!("clusters/{}/admin.conf", inv.name()));
+    let admin = lab.dir.join("clusters").join(inv.name()).join("admin.conf");
     let nodes = ["h1", "h2", "h3"];
 
     // kubelet.protectKernelDefaults forced on hosts that are containers: preflight reads each
@@ -214,14 +418,44 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
         "admin.conf must point at the VIP"
     );
 
-    // A second init changes nothing: no byte sent, no restart.
-    let again = init(&inv_path);
+    // Add-ons: CoreDNS's and metrics-server's images are in neither the lab bundle nor any
+    // registry the hosts reach, so their pods could not run: init skips them and says so,
+    // and no APIService is left that nothing serves (API discovery stays clean).
+    let addons = first["addons"].to_string();
+    for a in ["coredns", "metrics-server"] {
+        assert!(
+            addons.contains(&format!("add-on {a}: NOT running: skipped: image ")),
+            "{addons}"
+        );
+    }
+    assert_discovery_clean(&admin);
+
+    // A second init changes nothing: no byte sent, no restart. Run as a person would pipe it
+    // (CI unset, stderr to a file): plain lines, not one control character.
+    let (again, log) = init_to_file(&lab, &inv_path);
     assert_eq!(
         totals(&again),
         (0, 0, 0),
         "second init was not a no-op: {}",
         again["totals"]
     );
+    assert_no_control_characters(&log);
+
+    // An older clusterctl registered metrics-server's APIService unconditionally: a re-run
+    // removes it (nothing serves it). That re-run is watched live in tmux, as a person sees
+    // it: one line per host under the current phase, then the summary intact.
+    apply(
+        &admin,
+        "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1beta1.metrics.k8s.io}\nspec: {service: {name: metrics-server, namespace: kube-system}, group: metrics.k8s.io, version: v1beta1, insecureSkipTLSVerify: true, groupPriorityMinimum: 100, versionPriority: 100}\n",
+    );
+    init_in_tmux(&inv_path);
+    assert!(
+        !kubectl(&admin, &["get", "apiservice", "v1beta1.metrics.k8s.io"])
+            .status
+            .success(),
+        "the re-run left the APIService nothing serves"
+    );
+    assert_discovery_clean(&admin);
 
     // Another apiserver flag: `plan --diff` shows it on each host and changes nothing; `init`
     // then rewrites only that unit and restarts the apiservers one at a time, while requests
@@ -271,6 +505,31 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     let inv_arg = inv_path.to_str().unwrap();
     let st = clusterctl(&["-i", inv_arg, "status"]);
     assert!(st.status.success(), "status: {}", text(&st));
+    // ... with the add-ons' health: both skipped (with why), no unavailable APIService.
+    let js = clusterctl(&["-i", inv_arg, "-o", "json", "status"]);
+    let js: serde_json::Value = serde_json::from_slice(&js.stdout).expect("status -o json");
+    let states: Vec<(String, String)> = js["addons"]
+        .as_array()
+        .expect("status carries addons")
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("coredns".to_string(), "skipped".to_string()),
+            ("metrics-server".to_string(), "skipped".to_string())
+        ],
+        "{}",
+        js["addons"]
+    );
+    assert!(js.get("unavailableApiServices").is_none(), "{js}");
+    assert!(text(&st).contains("\nadd-ons:\n"), "{}", text(&st));
     let t = text(&st);
     assert!(
         t.lines().any(|l| l.trim_start().starts_with("h1 ")
@@ -334,7 +593,7 @@ fn init_vip_on_two_separate_lb_hosts() {
     let inv = vip_inventory(&lab, &["h4", "h5"]);
     let inv_path = lab.write_inventory("inventory-lb.yaml", &inv);
     init(&inv_path);
-    let admin = lab.dir.join("clusters/lab-initlb/admin.conf");
+    let admin = lab.dir.join("clusters").join(inv.name()).join("admin.conf");
     check_cluster(&lab, &admin);
     let vip = lab.addr(100);
     // Every keepalived starts as BACKUP with nopreempt (the VIP never moves back on its own),
@@ -401,7 +660,7 @@ fn init_local_proxy_and_converging_after_a_host_dies_mid_run() {
     assert!(log.contains("h3"), "the failure names the host:\n{log}");
     lab.start_host("h3");
     let report = init(&inv_path);
-    let admin = lab.dir.join("clusters/lab-initlp/admin.conf");
+    let admin = lab.dir.join("clusters").join(inv.name()).join("admin.conf");
     check_cluster(&lab, &admin);
     // local-proxy: every node has haproxy on 127.0.0.1:6443 in front of all apiservers.
     for h in ["h1", "h4"] {

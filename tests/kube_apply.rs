@@ -284,7 +284,7 @@ async fn addons_apply_to_a_real_apiserver() {
     );
     assert!(
         lines.contains(
-            &"metrics-server (dry run): 9 objects (9 created, 0 changed, 0 unchanged)".to_string()
+            &"metrics-server (dry run): 8 objects (8 created, 0 changed, 0 unchanged)".to_string()
         ),
         "{lines:#?}"
     );
@@ -293,19 +293,44 @@ async fn addons_apply_to_a_real_apiserver() {
         client.get_opt(deploy).await.unwrap().is_none(),
         "a dry run created it"
     );
+    assert!(
+        lines.contains(
+            &"  would register APIService v1beta1.metrics.k8s.io once Deployment kube-system/metrics-server is available".to_string()
+        ),
+        "{lines:#?}"
+    );
 
     // 2. Apply: created, with the inventory's settings.
+    // No controller-manager runs here, so no Deployment becomes available: metrics-server's
+    // APIService is held back (registered, nothing would serve it and discovery would break).
     let lines = apply(&ctx, false).await;
     assert_eq!(
-        lines,
+        lines[..5],
         [
             "coredns: 6 objects (6 created, 0 changed, 0 unchanged)",
-            "metrics-server: 9 objects (9 created, 0 changed, 0 unchanged)",
+            "metrics-server: 8 objects (8 created, 0 changed, 0 unchanged)",
             "extra manifest extra.yaml: 3 objects (3 created, 0 changed, 0 unchanged)",
             "coredns: not waiting for pods: image registry.example.cn/google_containers/coredns:1.7.0 is not in the bundle (spec.bundle is not set)",
             "metrics-server: not waiting for pods: image k8s.gcr.io/metrics-server/metrics-server:v0.5.2 is not in the bundle (spec.bundle is not set)",
-        ]
+        ],
+        "{lines:#?}"
     );
+    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert!(
+        lines[5].starts_with(
+            "add-on coredns: NOT running yet (Deployment kube-system/coredns 0/3 available"
+        ),
+        "{}",
+        lines[5]
+    );
+    assert!(
+        lines[6].starts_with("add-on metrics-server: NOT running yet (")
+            && lines[6].ends_with("; APIService v1beta1.metrics.k8s.io is not registered until then (a re-run registers it)"),
+        "{}",
+        lines[6]
+    );
+    let apiservice = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io";
+    assert!(client.get_opt(apiservice).await.unwrap().is_none());
     let d = client.get(deploy).await.unwrap();
     assert_eq!(d["spec"]["replicas"], 3);
     assert_eq!(
@@ -349,11 +374,7 @@ async fn addons_apply_to_a_real_apiserver() {
         ms["spec"]["template"]["spec"]["containers"][0]["image"],
         "k8s.gcr.io/metrics-server/metrics-server:v0.5.2"
     );
-    let api = client
-        .get("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io")
-        .await
-        .unwrap();
-    assert_eq!(api["spec"]["service"]["namespace"], "kube-system");
+
     let cm = client
         .get("/api/v1/namespaces/shop/configmaps/settings")
         .await
@@ -365,13 +386,31 @@ async fn addons_apply_to_a_real_apiserver() {
         .unwrap();
     assert_eq!(web["spec"]["ports"][0]["protocol"], "TCP");
 
-    // 3. Re-apply: nothing changes, and a dry run agrees.
+    // An older clusterctl registered the APIService unconditionally: nothing serves it.
+    client
+        .apply_manifest(
+            "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1beta1.metrics.k8s.io}\nspec: {service: {name: metrics-server, namespace: kube-system}, group: metrics.k8s.io, version: v1beta1, insecureSkipTLSVerify: true, groupPriorityMinimum: 100, versionPriority: 100}\n",
+            "old-clusterctl.yaml",
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(client.get_opt(apiservice).await.unwrap().is_some());
+
+    // 3. Re-apply: nothing changes (and the stale APIService goes), and a dry run agrees.
     let lines = apply(&ctx, false).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "metrics-server: removed APIService v1beta1.metrics.k8s.io that nothing serves ("
+        )),
+        "{lines:#?}"
+    );
+    assert!(client.get_opt(apiservice).await.unwrap().is_none());
     assert_eq!(
         &lines[..3],
         [
             "coredns: 6 objects (0 created, 0 changed, 6 unchanged)",
-            "metrics-server: 9 objects (0 created, 0 changed, 9 unchanged)",
+            "metrics-server: 8 objects (0 created, 0 changed, 8 unchanged)",
             "extra manifest extra.yaml: 3 objects (0 created, 0 changed, 3 unchanged)",
         ]
     );
@@ -381,7 +420,8 @@ async fn addons_apply_to_a_real_apiserver() {
         lines,
         [
             "coredns (dry run): 6 objects (0 created, 0 changed, 6 unchanged)",
-            "metrics-server (dry run): 9 objects (0 created, 0 changed, 9 unchanged)",
+            "metrics-server (dry run): 8 objects (0 created, 0 changed, 8 unchanged)",
+            "  would register APIService v1beta1.metrics.k8s.io once Deployment kube-system/metrics-server is available",
             "extra manifest extra.yaml (dry run): 3 objects (0 created, 0 changed, 3 unchanged)",
         ]
     );

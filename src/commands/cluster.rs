@@ -7,7 +7,7 @@ use crate::commands::{Global, Output, load_inventory, state_dir};
 use crate::diag::UserError;
 use crate::engine::blobs::Blobs;
 use crate::engine::executor::{DryRun, Executor};
-use crate::engine::runner::{Journal, PlainProgress, Runner};
+use crate::engine::runner::{ConsoleProgress, Journal, Runner};
 use crate::engine::ssh_exec::SshExecutor;
 use crate::engine::{Action, Context, Order, Phase, PhasePlan, Source};
 use crate::phases::playbook;
@@ -389,6 +389,7 @@ fn run_with(
                 "seconds": started.elapsed().as_secs_f64(),
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
+                "addons": crate::phases::addons::summary_lines(&report),
                 "logs": crate::ssh::run_logs_dir(&ctx.state.logs()),
             });
             crate::output::print(g.output, &v)?;
@@ -408,6 +409,11 @@ fn run_with(
             );
             for p in &report.phases {
                 println!("  {:<14} {:>6.1}s", p.phase, p.seconds);
+            }
+            // Which add-ons run and which do not (and why): a cluster without DNS or a metrics
+            // API must not end with a bare "done".
+            for l in crate::phases::addons::summary_lines(&report) {
+                println!("{l}");
             }
             let logs = crate::ssh::run_logs_dir(&ctx.state.logs());
             if logs.is_dir() {
@@ -462,7 +468,7 @@ pub(crate) fn execute(
         };
         let resolve = |s: &Source| blobs.resolve(s);
         let r = runner
-            .apply(ctx, exec, &resolve, &PlainProgress, &journal)
+            .apply(ctx, exec, &resolve, &ConsoleProgress, &journal)
             .await;
         pool.close().await;
         let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());

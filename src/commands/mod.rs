@@ -65,6 +65,10 @@ pub struct Global {
     /// run left them: for a run that is gone (its machine died). See "How `init` works".
     #[arg(long, global = true)]
     pub break_lock: bool,
+    /// No live per-host lines on a terminal: the plain timestamped lines of a pipe or CI
+    /// (which never get the live view anyway).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
 }
 
 pub use crate::output::Output;
@@ -150,6 +154,7 @@ pub enum ImportFrom {
 /// Entry point: parses arguments, runs, prints errors; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    crate::console::init(cli.global.no_progress);
     crate::logging::init(cli.global.verbose);
     let output = cli.global.output;
     match run(cli) {

@@ -2,7 +2,11 @@
 //! in parallel with short timeouts: etcd members (name, URLs, leader, DB size, health,
 //! version), each apiserver's `/readyz` and the endpoint's, the VIP holder (vip mode, over
 //! SSH), nodes with their kubelet versions and readiness, the nearest certificate expiry of
-//! the local PKI, and what differs from the inventory. Exit 1 when something is unhealthy.
+//! the local PKI, what differs from the inventory, and the add-ons' health (CoreDNS's
+//! Deployment available with endpoints behind kube-dns, the metrics API's APIService
+//! Available; every unavailable APIService, since it breaks API discovery). An add-on `init`
+//! skipped (its image cannot run) is shown with the reason, not counted as a problem. Exit 1
+//! when something is unhealthy.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -109,10 +113,137 @@ pub struct Status {
     pub nodes_error: Option<String>,
     pub nearest_certificate_expiry: Option<CertExpiry>,
     pub drift: Drift,
+    /// Each built-in add-on: whether it runs, and why not.
+    pub addons: Vec<AddonHealth>,
+    /// Registered APIServices that are not Available (each breaks every API discovery).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unavailable_api_services: Vec<crate::kube::nodes::ApiServiceStatus>,
     /// Per node, the bundle's images its containerd lacks.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub missing_images: std::collections::BTreeMap<String, Vec<String>>,
     pub problems: Vec<String>,
+}
+
+/// A built-in add-on as the cluster runs it now.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddonHealth {
+    pub name: String,
+    /// `running`, `not-running` (installed, not serving: a problem), `skipped` (`init` does
+    /// not install it here, for `detail`'s reason) or `unknown` (the API could not be read).
+    pub state: String,
+    pub running: bool,
+    pub detail: String,
+}
+
+/// The add-ons' health and the unavailable APIServices, with the problems they make.
+async fn addon_health(
+    ctx: &Context,
+    kube: &crate::kube::Client,
+) -> (
+    Vec<AddonHealth>,
+    Vec<crate::kube::nodes::ApiServiceStatus>,
+    Vec<String>,
+) {
+    use crate::phases::addons::{self, Decision};
+    let mut problems = Vec::new();
+    let unavailable: Vec<_> = match kube.api_services().await {
+        Ok(v) => v.into_iter().filter(|a| !a.available).collect(),
+        Err(e) => {
+            problems.push(format!("APIServices: cannot list them: {e:#}"));
+            Vec::new()
+        }
+    };
+    for a in &unavailable {
+        problems.push(format!(
+            "APIService {} ({}) is unavailable ({}): every API discovery (kubectl) fails on it and namespaces cannot be deleted; `clusterctl init` removes clusterctl's own, `kubectl delete apiservice {}` any other",
+            a.name, a.service, a.why, a.name
+        ));
+    }
+    let manifests = match addons::manifests(ctx) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("add-ons: {e:#}"));
+            return (Vec::new(), unavailable, problems);
+        }
+    };
+    let mut out = Vec::new();
+    for m in &manifests {
+        let Some(d) = addons::decision(ctx, m) else {
+            continue;
+        };
+        let h = one_addon(kube, m, &d).await;
+        let h = match h {
+            Ok(h) => h,
+            Err(e) => AddonHealth {
+                name: m.name.clone(),
+                state: "unknown".into(),
+                running: false,
+                detail: format!("{e:#}"),
+            },
+        };
+        if matches!(h.state.as_str(), "not-running" | "unknown") && !matches!(d, Decision::Skip(_))
+        {
+            problems.push(format!("add-on {}: {}", h.name, h.detail));
+        }
+        out.push(h);
+    }
+    (out, unavailable, problems)
+}
+
+async fn one_addon(
+    kube: &crate::kube::Client,
+    m: &crate::phases::addons::AddonManifest,
+    d: &crate::phases::addons::Decision,
+) -> anyhow::Result<AddonHealth> {
+    use crate::phases::addons::Decision;
+    let mut seen = Vec::new();
+    let mut running = true;
+    let mut installed = false;
+    for (ns, name) in m.deployments() {
+        match kube.deployment_status_opt(&ns, &name).await? {
+            Some(s) => {
+                installed = true;
+                running &= s.available;
+                seen.push(format!("Deployment {ns}/{name} {}", s.summary));
+            }
+            None => {
+                running = false;
+                seen.push(format!("no Deployment {ns}/{name}"));
+            }
+        }
+    }
+    // Answering: something behind each of its Services (kube-dns for CoreDNS).
+    for (ns, name) in m.services() {
+        let n = kube.ready_endpoints(&ns, &name).await?;
+        running &= n > 0;
+        seen.push(format!("Service {ns}/{name}: {n} ready endpoint(s)"));
+    }
+    // The metrics API: its APIService's Available condition.
+    for a in m.gated_api_services() {
+        match kube.api_service(&a).await? {
+            Some(s) if s.available => seen.push(format!("APIService {a} available")),
+            Some(s) => {
+                running = false;
+                seen.push(format!("APIService {a} unavailable ({})", s.why));
+            }
+            None => {
+                running = false;
+                seen.push(format!("APIService {a} not registered"));
+            }
+        }
+    }
+    let (state, detail) = match d {
+        Decision::Skip(why) if !installed => ("skipped", format!("not installed: {why}")),
+        _ if running => ("running", seen.join("; ")),
+        _ => ("not-running", seen.join("; ")),
+    };
+    Ok(AddonHealth {
+        name: m.name.clone(),
+        state: state.into(),
+        running,
+        detail,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -256,7 +387,7 @@ async fn balancer_views(ctx: &Context) -> (Option<Vip>, Vec<BalancerView>) {
             .collect();
     let opts = crate::ssh::ConnectOpts {
         retries: 0,
-        progress: crate::ssh::ProgressMode::Quiet,
+        progress: crate::ssh::ProgressMode::live_or_quiet(),
         ..Default::default()
     };
     let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
@@ -370,7 +501,7 @@ async fn missing_bundle_images(ctx: &Context) -> Vec<(String, Result<Vec<String>
             .collect();
     let opts = crate::ssh::ConnectOpts {
         retries: 0,
-        progress: crate::ssh::ProgressMode::Quiet,
+        progress: crate::ssh::ProgressMode::live_or_quiet(),
         ..Default::default()
     };
     let (pool, _errors) = crate::ssh::Pool::connect(&targets, &opts).await;
@@ -467,15 +598,17 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
             .map(crate::kube::nodes::Node::from_json)
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    let (etcd, apiservers, endpoint, nodes, (vip, balancers), images) = tokio::join!(
+    let (etcd, apiservers, endpoint, nodes, (vip, balancers), images, addons) = tokio::join!(
         etcd_status(ctx),
         apiservers,
         endpoint,
         nodes,
         balancer_views(ctx),
         missing_bundle_images(ctx),
+        addon_health(ctx, &kube),
     );
-    let mut problems = Vec::new();
+    let (addons, unavailable_api_services, addon_problems) = addons;
+    let mut problems = addon_problems;
     let mut missing_images = std::collections::BTreeMap::new();
     for (host, r) in images {
         match r {
@@ -638,6 +771,8 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
         nodes_error,
         nearest_certificate_expiry: cert,
         drift,
+        addons,
+        unavailable_api_services,
         missing_images,
         problems,
     })
@@ -766,6 +901,12 @@ pub fn render_text(s: &Status) -> String {
             if n.ready { "Ready" } else { "NotReady" },
             n.kubelet_version
         );
+    }
+    if !s.addons.is_empty() {
+        let _ = writeln!(o, "\nadd-ons:");
+        for a in &s.addons {
+            let _ = writeln!(o, "  {:<15} {:<11} {}", a.name, a.state, a.detail);
+        }
     }
     if let Some(c) = &s.nearest_certificate_expiry {
         let _ = writeln!(

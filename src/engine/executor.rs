@@ -390,6 +390,8 @@ pub async fn converge_gated(
     guard: &dyn BeforeRestart,
 ) -> anyhow::Result<HostChanges> {
     let mut ch = HostChanges::default();
+    // The live line's step (a no-op off a terminal); the SSH pool adds the command itself.
+    crate::console::host_step(&host.name, "reading the state of files and services");
     let out = exec
         .query(host, &state_query(plan))
         .await
@@ -581,6 +583,7 @@ pub async fn converge_gated(
         ch.warnings.extend(guard.before(host, &running).await);
     }
     if !batch.is_empty() {
+        crate::console::host_step(&host.name, &format!("writing {} file(s)", batch.len()));
         ch.bytes_sent += exec.put_many(host, &batch).await?;
         ch.files_written += batch.len();
     }
@@ -622,6 +625,7 @@ pub async fn converge_gated(
                 unless,
                 warn_only,
             } => {
+                crate::console::host_step(&host.name, description);
                 if let Some(u) = unless
                     && exec.query(host, u).await?.status == 0
                 {
@@ -686,6 +690,7 @@ async fn check(
     ch: &mut HostChanges,
     failed: &mut Vec<String>,
 ) -> anyhow::Result<()> {
+    crate::console::host_step(&host.name, &format!("check: {description}"));
     let o = exec.query(host, command).await?;
     if o.status != 0 {
         let detail = if o.stderr.trim().is_empty() {
@@ -732,6 +737,7 @@ async fn unit_change(
     verb: &str,
     unit: &str,
 ) -> anyhow::Result<()> {
+    crate::console::host_step(&host.name, &format!("{verb} {unit}"));
     let cmd = Shell::from(systemctl(&[verb], [unit]));
     let o = exec.change(host, &cmd).await?;
     if o.status != 0 {

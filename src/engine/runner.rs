@@ -89,6 +89,8 @@ impl Runner {
         let r = self
             .apply_phases(ctx, exec, resolve, progress, journal)
             .await;
+        // The live lines go before anything reports the run: its summary or its error.
+        crate::console::end_phase();
         if marked {
             super::lock::release_hosts(exec, &hosts, &owner).await;
         }
@@ -409,6 +411,7 @@ impl HostRun<'_, '_> {
                 changes.report = before;
                 return anyhow::Ok(changes);
             }
+            crate::console::host_step(&h.name, "health check");
             changes.report = self
                 .phase
                 .verify(self.ctx, h, self.exec)
@@ -512,8 +515,8 @@ impl RunReport {
     }
 }
 
-/// Per-host progress. `PlainProgress` prints timestamped lines (CI, pipes); the SSH engine
-/// adds a terminal view.
+/// Per-host progress. `ConsoleProgress` prints timestamped lines (above the live per-host lines
+/// on a terminal, plainly on a pipe or in CI) and drives those live lines.
 pub trait Progress: Send + Sync {
     fn phase(&self, plan: &PhasePlan);
     fn host_started(&self, plan: &PhasePlan, host: &Host);
@@ -526,14 +529,18 @@ pub trait Progress: Send + Sync {
     }
 }
 
-pub struct PlainProgress;
+/// The console's progress: each line below goes through `eprintln!` (the console: above the
+/// live view on a terminal, exactly these plain lines off one), and on a terminal each phase
+/// gets one live line per host (step, bytes sent, elapsed; see `crate::console`), cleared when
+/// the next phase or the end of the run comes.
+pub struct ConsoleProgress;
 
 fn stamp() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!("{:02}:{:02}:{:02}", now.hour(), now.minute(), now.second())
 }
 
-impl Progress for PlainProgress {
+impl Progress for ConsoleProgress {
     fn phase(&self, plan: &PhasePlan) {
         eprintln!(
             "{} == {}: {} ({} host(s))",
@@ -542,8 +549,12 @@ impl Progress for PlainProgress {
             plan.summary,
             plan.hosts.len()
         );
+        let hosts: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+        crate::console::begin_phase(&format!("{}: {}", plan.phase, plan.summary), &hosts);
     }
-    fn host_started(&self, _plan: &PhasePlan, _host: &Host) {}
+    fn host_started(&self, _plan: &PhasePlan, host: &Host) {
+        crate::console::host_start(&host.name);
+    }
     fn host_finished(&self, plan: &PhasePlan, host: &Host, outcome: &HostOutcome, took: Duration) {
         let what = match outcome {
             HostOutcome::Done(c) if c.is_noop() => "unchanged".to_string(),
@@ -561,6 +572,7 @@ impl Progress for PlainProgress {
             ),
             HostOutcome::Failed(e) => format!("FAILED: {e}"),
         };
+        crate::console::host_done(&host.name, &format!("{what} [{:.1}s]", took.as_secs_f64()));
         eprintln!(
             "{} {} {}: {what} [{:.1}s]",
             stamp(),

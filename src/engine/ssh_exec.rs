@@ -118,7 +118,7 @@ pub async fn connect_hosts(
         .collect();
     let opts = crate::ssh::ConnectOpts {
         concurrency: loaded.inventory.spec.ssh.concurrency,
-        progress: crate::ssh::ProgressMode::Quiet,
+        progress: crate::ssh::ProgressMode::live_or_quiet(),
         logs_dir: Some(state.logs()),
         ..Default::default()
     };

@@ -1,5 +1,6 @@
-//! Nodes and Deployments as the nodes and add-ons phases need them: which nodes are Ready
-//! with which kubelet and address, their labels, and whether a Deployment is Available.
+//! Nodes, Deployments and APIServices as the nodes and add-ons phases need them: which nodes
+//! are Ready with which kubelet and address, their labels, whether a Deployment is Available,
+//! and whether an aggregated API is served (an unavailable one breaks every discovery).
 
 use std::collections::BTreeMap;
 
@@ -131,7 +132,112 @@ impl DeploymentStatus {
     }
 }
 
+/// An APIService (`v1beta1.metrics.k8s.io`) and whether the aggregator can serve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiServiceStatus {
+    pub name: String,
+    /// Available=True.
+    pub available: bool,
+    /// `Local`, or `kube-system/metrics-server` for an aggregated API.
+    pub service: String,
+    /// The Available condition's reason and message when it is not True.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub why: String,
+}
+
+impl ApiServiceStatus {
+    pub fn from_json(v: &Value) -> ApiServiceStatus {
+        let status = v.get("status").cloned().unwrap_or(Value::Null);
+        let cond = condition(&status, "Available");
+        let available = cond.is_some_and(|c| s(c, "status") == "True");
+        let svc = v.pointer("/spec/service");
+        let service = match svc {
+            Some(sv) if !sv.is_null() => format!("{}/{}", s(sv, "namespace"), s(sv, "name")),
+            _ => "Local".into(),
+        };
+        let why = match (available, cond) {
+            (true, _) => String::new(),
+            (false, Some(c)) => format!("{}: {}", s(c, "reason"), s(c, "message")),
+            (false, None) => "no Available condition yet".into(),
+        };
+        ApiServiceStatus {
+            name: v
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            available,
+            service,
+            why,
+        }
+    }
+}
+
 impl Client {
+    /// One APIService, or None when it is not registered.
+    pub async fn api_service(&self, name: &str) -> anyhow::Result<Option<ApiServiceStatus>> {
+        Ok(self
+            .get_opt(&format!(
+                "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
+            ))
+            .await?
+            .as_ref()
+            .map(ApiServiceStatus::from_json))
+    }
+
+    /// Every registered APIService.
+    pub async fn api_services(&self) -> anyhow::Result<Vec<ApiServiceStatus>> {
+        let list = self
+            .get("/apis/apiregistration.k8s.io/v1/apiservices")
+            .await?;
+        Ok(list
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(ApiServiceStatus::from_json)
+            .collect())
+    }
+
+    /// Deletes an APIService; Ok(false) when it was not registered.
+    pub async fn delete_api_service(&self, name: &str) -> anyhow::Result<bool> {
+        self.delete(&format!(
+            "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
+        ))
+        .await
+    }
+
+    /// A Deployment's status, or None when it does not exist.
+    pub async fn deployment_status_opt(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<DeploymentStatus>> {
+        Ok(self
+            .get_opt(&format!(
+                "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+            ))
+            .await?
+            .as_ref()
+            .map(DeploymentStatus::from_json))
+    }
+
+    /// Ready addresses behind a Service (its Endpoints object); 0 when there is none.
+    pub async fn ready_endpoints(&self, namespace: &str, name: &str) -> anyhow::Result<usize> {
+        let e = self
+            .get_opt(&format!("/api/v1/namespaces/{namespace}/endpoints/{name}"))
+            .await?;
+        Ok(e.as_ref()
+            .and_then(|e| e.get("subsets"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.get("addresses").and_then(Value::as_array))
+            .map(Vec::len)
+            .sum())
+    }
+
     /// Every node with its Ready condition, kubelet version, InternalIP and labels.
     pub async fn list_nodes(&self) -> anyhow::Result<Vec<Node>> {
         let list = self.get("/api/v1/nodes").await?;
@@ -175,6 +281,31 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_service_is_available_only_with_its_condition_true() {
+        let a = ApiServiceStatus::from_json(&json!({
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {"service": {"namespace": "kube-system", "name": "metrics-server"}},
+            "status": {"conditions": [{"type": "Available", "status": "False",
+                "reason": "MissingEndpoints", "message": "endpoints for service/metrics-server in \"kube-system\" have no addresses"}]}
+        }));
+        assert!(!a.available);
+        assert_eq!(a.service, "kube-system/metrics-server");
+        assert!(
+            a.why.starts_with("MissingEndpoints: endpoints"),
+            "{}",
+            a.why
+        );
+        let l = ApiServiceStatus::from_json(&json!({
+            "metadata": {"name": "v1.apps"},
+            "spec": {"service": null},
+            "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Local"}]}
+        }));
+        assert!(l.available && l.why.is_empty());
+        assert_eq!(l.service, "Local");
+        assert!(!ApiServiceStatus::from_json(&json!({"metadata": {"name": "x"}})).available);
+    }
 
     #[test]
     fn reads_nodes_as_the_kubelet_reports_them() {

@@ -3,17 +3,30 @@
 //! touched. A re-run reports every object unchanged; a dry run asks the API server what would
 //! change (`dryRun=All`) and changes nothing.
 //!
-//! Waiting for pods: an add-on's Deployment is waited for (up to `spec.addons.waitTimeoutSecs`)
-//! only when its image can run: with `waitForPods: auto` (default) when the image is an image
-//! item of the offline bundle, with `always` regardless (images from a registry or mirror),
-//! never with `never`. Otherwise the report says why it did not wait.
+//! An add-on whose pods cannot run must not break the cluster: an aggregated APIService
+//! (metrics-server's `v1beta1.metrics.k8s.io`) that nothing serves makes every kubectl call
+//! print discovery errors and blocks namespace deletion. So, per built-in add-on ([`decide`]):
+//! - its image is an image item of the offline bundle (or `waitForPods: always`): applied, its
+//!   Deployments waited for (up to `spec.addons.waitTimeout`), then its APIServices registered;
+//! - the bundle lacks its image and no registry mirror is configured for the image's registry
+//!   (an offline node cannot pull it): skipped, with the reason;
+//! - otherwise (no bundle, a mirror, a chosen image, `waitForPods: never`): applied without
+//!   waiting; its APIServices are registered only when its Deployments are already Available
+//!   (a later run registers them).
+//!
+//! An APIService of a built-in add-on that is registered but unavailable (an older clusterctl
+//! registered it unconditionally) is removed whenever the add-on is not known to run. The
+//! report ends with one `add-on NAME: ...` line per built-in add-on: whether it runs, and why
+//! not; `init` repeats them at its end.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 
+use crate::engine::runner::RunReport;
 use crate::engine::{Context, Order, Phase, PhasePlan};
 use crate::inventory::WaitForPods;
 use crate::kube::{self, Applied, Change, Client, Object, Summary, Wait, manifest};
@@ -21,23 +34,50 @@ use crate::render::addons::{COREDNS, METRICS_SERVER, addon_vars};
 
 pub struct Addons;
 
+/// The start of the report's line per built-in add-on (see [`summary_lines`]).
+pub const ADDON_LINE: &str = "add-on ";
+
 /// One manifest the phase applies.
-struct AddonManifest {
+pub struct AddonManifest {
     /// `coredns`, `metrics-server`, or `extra manifest <path as written>`.
-    name: String,
+    pub name: String,
     /// Where its text came from: a template path or a file.
     origin: String,
     objects: Vec<Object>,
     /// The image its Deployments run (built-in add-ons only: extra manifests are not waited
-    /// for).
+    /// for, and their APIServices are theirs to manage).
     image: Option<String>,
+    /// Whether the inventory chose the image (`spec.addons.*.image`).
+    image_chosen: bool,
 }
 
 impl AddonManifest {
-    fn deployments(&self) -> Vec<(String, String)> {
+    /// `(namespace, name)` of its Deployments.
+    pub fn deployments(&self) -> Vec<(String, String)> {
+        self.of_kind("Deployment", "apps/v1")
+    }
+
+    /// `(namespace, name)` of its Services.
+    pub fn services(&self) -> Vec<(String, String)> {
+        self.of_kind("Service", "v1")
+    }
+
+    /// The APIServices a built-in add-on registers only once its Deployments are available.
+    pub fn gated_api_services(&self) -> Vec<String> {
+        if self.image.is_none() {
+            return Vec::new();
+        }
         self.objects
             .iter()
-            .filter(|o| o.kind() == "Deployment" && o.api_version() == "apps/v1")
+            .filter(|o| o.kind() == "APIService")
+            .map(|o| o.name().to_string())
+            .collect()
+    }
+
+    fn of_kind(&self, kind: &str, api_version: &str) -> Vec<(String, String)> {
+        self.objects
+            .iter()
+            .filter(|o| o.kind() == kind && o.api_version() == api_version)
             .map(|o| {
                 (
                     o.namespace().unwrap_or("default").to_string(),
@@ -46,24 +86,48 @@ impl AddonManifest {
             })
             .collect()
     }
+
+    /// (applied at once, registered once its Deployments are available).
+    fn split(&self) -> (Vec<Object>, Vec<Object>) {
+        let gated = self.gated_api_services();
+        self.objects
+            .iter()
+            .cloned()
+            .partition(|o| !(o.kind() == "APIService" && gated.iter().any(|g| g == o.name())))
+    }
+
+    fn deployments_text(&self) -> String {
+        self.deployments()
+            .iter()
+            .map(|(ns, n)| format!("Deployment {ns}/{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Rendered and parsed, in apply order: CoreDNS, metrics-server, then each extra manifest.
-fn manifests(ctx: &Context) -> anyhow::Result<Vec<AddonManifest>> {
+pub fn manifests(ctx: &Context) -> anyhow::Result<Vec<AddonManifest>> {
     let inv = ctx.inv();
     let a = &inv.spec.addons;
     let vars = addon_vars(inv);
     let mut out = Vec::new();
     let builtin = [
-        (a.coredns.enabled, "coredns", COREDNS, inv.coredns_image()),
+        (
+            a.coredns.enabled,
+            "coredns",
+            COREDNS,
+            inv.coredns_image(),
+            a.coredns.image.is_some(),
+        ),
         (
             a.metrics_server.enabled,
             "metrics-server",
             METRICS_SERVER,
             inv.metrics_server_image(),
+            a.metrics_server.image.is_some(),
         ),
     ];
-    for (enabled, name, template, image) in builtin {
+    for (enabled, name, template, image, chosen) in builtin {
         if !enabled {
             continue;
         }
@@ -74,6 +138,7 @@ fn manifests(ctx: &Context) -> anyhow::Result<Vec<AddonManifest>> {
             objects: manifest::parse(&text, &origin)?,
             origin,
             image: Some(image),
+            image_chosen: chosen,
         });
     }
     for p in &a.extra_manifests {
@@ -86,6 +151,7 @@ fn manifests(ctx: &Context) -> anyhow::Result<Vec<AddonManifest>> {
             objects: manifest::parse(&text, &origin)?,
             origin,
             image: None,
+            image_chosen: false,
         });
     }
     Ok(out)
@@ -114,28 +180,94 @@ fn normalize_image(r: &str) -> String {
     full
 }
 
-/// Why the phase will not wait for an add-on's pods, or None when it will.
-fn no_wait_reason(ctx: &Context, image: &str) -> Option<String> {
-    match ctx.inv().spec.addons.wait_for_pods {
-        WaitForPods::Never => Some("spec.addons.waitForPods is never".into()),
-        WaitForPods::Always => None,
-        WaitForPods::Auto => {
-            let want = normalize_image(image);
-            let in_bundle = ctx.bundle.as_ref().is_some_and(|b| {
-                b.manifest.items.iter().any(|it| {
-                    it.kind == crate::bundle::Kind::Image
-                        && it.image.as_deref().map(normalize_image).as_deref() == Some(&want)
-                })
-            });
-            match (&ctx.bundle, in_bundle) {
-                (_, true) => None,
-                (Some(_), false) => Some(format!("image {image} is not in the bundle")),
-                (None, false) => Some(format!(
-                    "image {image} is not in the bundle (spec.bundle is not set)"
-                )),
+/// The registry host an image is pulled from (`k8s.gcr.io`, `docker.io`).
+fn registry_of(image: &str) -> String {
+    normalize_image(image)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// What a run does with a built-in add-on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Apply, wait for its Deployments, then register its APIServices.
+    Wait,
+    /// Apply without waiting (why not); register its APIServices only if its Deployments are
+    /// already available.
+    NoWait(String),
+    /// Apply nothing: its pods could not run (why). An unavailable APIService of it that an
+    /// earlier run registered is removed.
+    Skip(String),
+}
+
+/// The decision for an add-on running `image`: `in_bundle` is None without a bundle (the
+/// nodes pull from registries), else whether the bundle has the image; `chosen` when the
+/// inventory set the image (a registry the operator picked); `mirrors` is
+/// `spec.containerRuntime.registryMirrors`.
+pub fn decide(
+    wait: WaitForPods,
+    image: &str,
+    in_bundle: Option<bool>,
+    chosen: bool,
+    mirrors: &BTreeMap<String, Vec<String>>,
+) -> Decision {
+    match (wait, in_bundle) {
+        (WaitForPods::Never, _) => Decision::NoWait("spec.addons.waitForPods is never".into()),
+        (WaitForPods::Always, _) | (WaitForPods::Auto, Some(true)) => Decision::Wait,
+        (WaitForPods::Auto, None) => Decision::NoWait(format!(
+            "image {image} is not in the bundle (spec.bundle is not set)"
+        )),
+        (WaitForPods::Auto, Some(false)) => {
+            let registry = registry_of(image);
+            if mirrors.contains_key(&registry) || mirrors.contains_key("*") {
+                Decision::NoWait(format!(
+                    "image {image} is not in the bundle; the nodes pull it through the mirror configured for {registry}"
+                ))
+            } else if chosen {
+                Decision::NoWait(format!(
+                    "image {image} (set in the inventory) is not in the bundle; the nodes pull it from {registry}"
+                ))
+            } else {
+                Decision::Skip(format!(
+                    "image {image} is not in the bundle and no registry mirror is configured for {registry} (spec.containerRuntime.registryMirrors), so its pods could not start; add the image to the bundle, or set a mirror or `spec.addons.waitForPods: always`"
+                ))
             }
         }
     }
+}
+
+/// [`decide`] for one of the run's manifests (None: an extra manifest).
+pub fn decision(ctx: &Context, m: &AddonManifest) -> Option<Decision> {
+    let image = m.image.as_deref()?;
+    let want = normalize_image(image);
+    let in_bundle = ctx.bundle.as_ref().map(|b| {
+        b.manifest.items.iter().any(|it| {
+            it.kind == crate::bundle::Kind::Image
+                && it.image.as_deref().map(normalize_image).as_deref() == Some(&want)
+        })
+    });
+    let inv = ctx.inv();
+    Some(decide(
+        inv.spec.addons.wait_for_pods,
+        image,
+        in_bundle,
+        m.image_chosen,
+        &inv.spec.container_runtime.registry_mirrors,
+    ))
+}
+
+/// The `add-on NAME: ...` lines of a run's addons phase, for the end of its summary.
+pub fn summary_lines(report: &RunReport) -> Vec<String> {
+    report
+        .phases
+        .iter()
+        .filter(|p| p.phase == "addons")
+        .flat_map(|p| p.cluster.iter())
+        .filter(|l| l.starts_with(ADDON_LINE))
+        .cloned()
+        .collect()
 }
 
 fn dry_run_lines(m: &AddonManifest, applied: &[Applied]) -> Vec<String> {
@@ -177,6 +309,40 @@ async fn wait_available(
     ))
 }
 
+/// Removes `name` when it is registered and unavailable (nothing serves it, and every API
+/// discovery fails on it); an available one is left: something serves it.
+async fn remove_unserved(
+    client: &Client,
+    addon: &str,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    match client.api_service(name).await? {
+        Some(a) if !a.available => {
+            client
+                .delete_api_service(name)
+                .await
+                .with_context(|| format!("{addon}: removing APIService {name}"))?;
+            Ok(Some(format!(
+                "{addon}: removed APIService {name} that nothing serves ({}): it broke API discovery",
+                a.why
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The add-on's Deployments as they are now: (all available, `ns/name: summary` each).
+async fn deployments_now(client: &Client, m: &AddonManifest) -> anyhow::Result<(bool, String)> {
+    let mut all = true;
+    let mut seen = Vec::new();
+    for (ns, name) in m.deployments() {
+        let s = client.deployment_status(&ns, &name).await?;
+        all &= s.available;
+        seen.push(format!("Deployment {ns}/{name} {}", s.summary));
+    }
+    Ok((all, seen.join("; ")))
+}
+
 impl Phase for Addons {
     fn name(&self) -> &'static str {
         "addons"
@@ -187,32 +353,49 @@ impl Phase for Addons {
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let mut plan = PhasePlan::new(self, Order::Parallel);
         for m in manifests(ctx)? {
+            let gated = m.gated_api_services();
+            let d = decision(ctx, &m);
+            if let Some(Decision::Skip(why)) = &d {
+                plan.notes.push(format!("{}: skipped: {why}", m.name));
+                continue;
+            }
+            let now = m.objects.len() - gated.len();
             plan.local.push(format!(
                 "apply {}: {} object{} from {} (server-side apply as {})",
                 m.name,
-                m.objects.len(),
-                if m.objects.len() == 1 { "" } else { "s" },
+                now,
+                if now == 1 { "" } else { "s" },
                 m.origin,
                 kube::FIELD_MANAGER
             ));
-            if let Some(img) = &m.image
-                && !m.deployments().is_empty()
-            {
-                match no_wait_reason(ctx, img) {
-                    Some(why) => plan.notes.push(format!(
+            if m.deployments().is_empty() {
+                continue;
+            }
+            match &d {
+                Some(Decision::NoWait(why)) => {
+                    plan.notes.push(format!(
                         "{}: not waiting for pods: {why}; `spec.addons.waitForPods: always` waits anyway",
                         m.name
-                    )),
-                    None => plan.local.push(format!(
+                    ));
+                    for a in &gated {
+                        plan.notes.push(format!(
+                            "{}: APIService {a} is registered only when {} is available",
+                            m.name,
+                            m.deployments_text()
+                        ));
+                    }
+                }
+                Some(Decision::Wait) => {
+                    plan.local.push(format!(
                         "wait up to {} s for {} to be available",
                         ctx.inv().spec.addons.wait_timeout.as_secs(),
-                        m.deployments()
-                            .iter()
-                            .map(|(ns, n)| format!("Deployment {ns}/{n}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
+                        m.deployments_text()
+                    ));
+                    for a in &gated {
+                        plan.local.push(format!("then register APIService {a}"));
+                    }
                 }
+                _ => {}
             }
         }
         Ok(plan)
@@ -238,14 +421,27 @@ impl Phase for Addons {
             if dry_run && let Err(e) = client.get("/version").await {
                 return Ok(unreachable_dry_run(&all, &e));
             }
+            let decisions: Vec<Option<Decision>> = all.iter().map(|m| decision(ctx, m)).collect();
             let mut lines = Vec::new();
-            for m in &all {
+            for (m, d) in all.iter().zip(&decisions) {
+                if let Some(Decision::Skip(why)) = d {
+                    lines.push(format!("{}: skipped: {why}", m.name));
+                    continue;
+                }
+                let (now, gated) = m.split();
                 let applied = client
-                    .apply_objects(&m.objects, dry_run)
+                    .apply_objects(&now, dry_run)
                     .await
                     .with_context(|| format!("applying {}", m.name))?;
                 if dry_run {
                     lines.extend(dry_run_lines(m, &applied));
+                    for a in &gated {
+                        lines.push(format!(
+                            "  would register APIService {} once {} is available",
+                            a.name(),
+                            m.deployments_text()
+                        ));
+                    }
                 } else {
                     lines.push(format!("{}: {}", m.name, Summary::of(&applied)));
                 }
@@ -254,24 +450,84 @@ impl Phase for Addons {
                 return Ok(lines);
             }
             let timeout = ctx.inv().spec.addons.wait_timeout;
-            for m in &all {
-                let (Some(img), deployments) = (&m.image, m.deployments()) else {
-                    continue;
+            let mut verdicts = Vec::new();
+            for (m, d) in all.iter().zip(&decisions) {
+                let Some(d) = d else { continue };
+                let (_, gated) = m.split();
+                let verdict = match d {
+                    Decision::Skip(why) => {
+                        for a in &gated {
+                            lines.extend(remove_unserved(&client, &m.name, a.name()).await?);
+                        }
+                        format!("NOT running: skipped: {why}")
+                    }
+                    Decision::Wait => {
+                        for (ns, name) in m.deployments() {
+                            lines
+                                .push(wait_available(&client, &m.name, &ns, &name, timeout).await?);
+                        }
+                        register(&client, m, &gated, &mut lines).await?;
+                        let (_, seen) = deployments_now(&client, m).await?;
+                        format!("running ({seen})")
+                    }
+                    Decision::NoWait(why) => {
+                        lines.push(format!("{}: not waiting for pods: {why}", m.name));
+                        let (available, seen) = deployments_now(&client, m).await?;
+                        if available {
+                            register(&client, m, &gated, &mut lines).await?;
+                            format!("running ({seen})")
+                        } else {
+                            for a in &gated {
+                                lines.extend(remove_unserved(&client, &m.name, a.name()).await?);
+                            }
+                            let held: Vec<&str> = gated.iter().map(|a| a.name()).collect();
+                            format!(
+                                "NOT running yet ({seen}): {why}{}",
+                                if held.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        "; APIService {} is not registered until then (a re-run registers it)",
+                                        held.join(", ")
+                                    )
+                                }
+                            )
+                        }
+                    }
                 };
-                if deployments.is_empty() {
-                    continue;
-                }
-                if let Some(why) = no_wait_reason(ctx, img) {
-                    lines.push(format!("{}: not waiting for pods: {why}", m.name));
-                    continue;
-                }
-                for (ns, name) in deployments {
-                    lines.push(wait_available(&client, &m.name, &ns, &name, timeout).await?);
-                }
+                verdicts.push(format!("{ADDON_LINE}{}: {verdict}", m.name));
             }
+            lines.extend(verdicts);
             Ok(lines)
         })
     }
+}
+
+/// Registers an add-on's gated APIServices (its Deployments are available).
+async fn register(
+    client: &Client,
+    m: &AddonManifest,
+    gated: &[Object],
+    lines: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if gated.is_empty() {
+        return Ok(());
+    }
+    let applied = client
+        .apply_objects(gated, false)
+        .await
+        .with_context(|| format!("registering the APIService of {}", m.name))?;
+    lines.push(format!(
+        "{}: APIService {} registered ({})",
+        m.name,
+        gated
+            .iter()
+            .map(|o| o.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Summary::of(&applied)
+    ));
+    Ok(())
 }
 
 /// A dry run before the control plane exists (a first `init --dry-run`): say what would be
@@ -374,7 +630,7 @@ mod context_tests {
             "{}",
             plan.local[0]
         );
-        assert!(plan.local[1].starts_with("apply metrics-server: 9 objects"));
+        assert!(plan.local[1].starts_with("apply metrics-server: 8 objects"));
         assert!(plan.local[2].starts_with("apply extra manifest extra.yaml: 2 objects"));
         assert_eq!(
             plan.notes[0],
@@ -382,33 +638,155 @@ mod context_tests {
         );
     }
 
+    fn builtin<'a>(all: &'a [AddonManifest], name: &str) -> &'a AddonManifest {
+        all.iter().find(|m| m.name == name).unwrap()
+    }
+
     #[test]
-    fn waits_only_for_images_that_can_run() {
+    fn waits_only_for_images_that_can_run_and_skips_those_that_cannot() {
         let (_d, c) = ctx("", &["k8s.gcr.io/coredns:1.7.0"]);
-        assert_eq!(no_wait_reason(&c, "k8s.gcr.io/coredns:1.7.0"), None);
+        let all = manifests(&c).unwrap();
+        assert_eq!(decision(&c, builtin(&all, "coredns")), Some(Decision::Wait));
+        let Some(Decision::Skip(why)) = decision(&c, builtin(&all, "metrics-server")) else {
+            panic!("metrics-server's image is not in the bundle: skipped")
+        };
+        assert!(
+            why.starts_with("image k8s.gcr.io/metrics-server/metrics-server:v0.5.2 is not in the bundle and no registry mirror is configured for k8s.gcr.io"),
+            "{why}"
+        );
+        assert_eq!(decision(&c, all.last().unwrap()), None, "extra manifests");
+        let plan = Addons.plan(&c).unwrap();
         assert_eq!(
-            no_wait_reason(&c, "k8s.gcr.io/metrics-server/metrics-server:v0.5.2").as_deref(),
-            Some("image k8s.gcr.io/metrics-server/metrics-server:v0.5.2 is not in the bundle")
+            plan.local[..2],
+            [
+                "apply coredns: 6 objects from templates/addons/coredns.yaml (server-side apply as clusterctl)",
+                "wait up to 300 s for Deployment kube-system/coredns to be available",
+            ]
+        );
+        assert_eq!(plan.local.len(), 3, "metrics-server is not applied at all");
+        assert!(plan.local[2].starts_with("apply extra manifest extra.yaml: 2 objects"));
+        assert!(
+            plan.notes[0].starts_with("metrics-server: skipped: image k8s.gcr.io/metrics-server"),
+            "{:?}",
+            plan.notes
+        );
+        // A mirror for the image's registry: applied, not waited for, the APIService held back.
+        let (_d, c) = ctx(
+            "  containerRuntime:\n    registryMirrors: {k8s.gcr.io: ['https://mirror.example.cn']}\n",
+            &["k8s.gcr.io/coredns:1.7.0"],
         );
         let plan = Addons.plan(&c).unwrap();
         assert!(
             plan.local
                 .iter()
-                .any(|l| l == "wait up to 300 s for Deployment kube-system/coredns to be available"),
+                .any(|l| l.starts_with("apply metrics-server: 8 objects")),
             "{:?}",
             plan.local
         );
+        assert!(
+            plan.notes.iter().any(|n| n
+                == "metrics-server: APIService v1beta1.metrics.k8s.io is registered only when Deployment kube-system/metrics-server is available"),
+            "{:?}",
+            plan.notes
+        );
         let (_d, c) = ctx("    waitForPods: always\n", &[]);
-        assert_eq!(no_wait_reason(&c, "anything:1"), None);
+        let all = manifests(&c).unwrap();
+        assert_eq!(
+            decision(&c, builtin(&all, "metrics-server")),
+            Some(Decision::Wait)
+        );
+        let plan = Addons.plan(&c).unwrap();
+        assert!(
+            plan.local
+                .iter()
+                .any(|l| l == "then register APIService v1beta1.metrics.k8s.io"),
+            "{:?}",
+            plan.local
+        );
         let (_d, c) = ctx(
             "    waitForPods: never\n    coredns: {enabled: false}\n",
             &["k8s.gcr.io/coredns:1.7.0"],
         );
-        assert!(no_wait_reason(&c, "k8s.gcr.io/coredns:1.7.0").is_some());
+        let all = manifests(&c).unwrap();
+        assert!(matches!(
+            decision(&c, builtin(&all, "metrics-server")),
+            Some(Decision::NoWait(_))
+        ));
         let plan = Addons.plan(&c).unwrap();
         assert!(
             plan.local[0].starts_with("apply metrics-server"),
             "coredns disabled"
         );
+    }
+
+    #[test]
+    fn the_decision_table() {
+        let none = BTreeMap::new();
+        let img = "k8s.gcr.io/metrics-server/metrics-server:v0.5.2";
+        use WaitForPods::*;
+        assert_eq!(decide(Auto, img, Some(true), false, &none), Decision::Wait);
+        assert_eq!(
+            decide(Always, img, Some(false), false, &none),
+            Decision::Wait
+        );
+        assert_eq!(decide(Always, img, None, false, &none), Decision::Wait);
+        assert!(
+            matches!(decide(Never, img, Some(true), false, &none), Decision::NoWait(w) if w.contains("never"))
+        );
+        // No bundle: the nodes pull from the registry; not waited for, not skipped.
+        assert!(
+            matches!(decide(Auto, img, None, false, &none), Decision::NoWait(w) if w.contains("spec.bundle is not set"))
+        );
+        // A bundle without the image, nowhere to pull it from: skipped.
+        assert!(matches!(
+            decide(Auto, img, Some(false), false, &none),
+            Decision::Skip(_)
+        ));
+        // ... unless a mirror serves its registry (or every registry), or the operator chose it.
+        let mirror = |k: &str| BTreeMap::from([(k.to_string(), vec!["https://m".to_string()])]);
+        assert!(
+            matches!(decide(Auto, img, Some(false), false, &mirror("k8s.gcr.io")), Decision::NoWait(w) if w.contains("mirror configured for k8s.gcr.io"))
+        );
+        assert!(matches!(
+            decide(Auto, img, Some(false), false, &mirror("*")),
+            Decision::NoWait(_)
+        ));
+        assert!(matches!(
+            decide(Auto, img, Some(false), false, &mirror("docker.io")),
+            Decision::Skip(_)
+        ));
+        assert!(matches!(
+            decide(
+                Auto,
+                "coredns/coredns:1.8.0",
+                Some(false),
+                false,
+                &mirror("docker.io")
+            ),
+            Decision::NoWait(_)
+        ));
+        assert!(
+            matches!(decide(Auto, img, Some(false), true, &none), Decision::NoWait(w) if w.contains("set in the inventory"))
+        );
+    }
+
+    #[test]
+    fn only_builtin_api_services_are_held_back() {
+        let (_d, c) = ctx("", &[]);
+        let all = manifests(&c).unwrap();
+        let ms = builtin(&all, "metrics-server");
+        assert_eq!(ms.gated_api_services(), ["v1beta1.metrics.k8s.io"]);
+        let (now, gated) = ms.split();
+        assert_eq!((now.len(), gated.len()), (8, 1));
+        assert!(now.iter().all(|o| o.kind() != "APIService"));
+        let extra = AddonManifest {
+            name: "extra".into(),
+            origin: "x".into(),
+            objects: ms.objects.clone(),
+            image: None,
+            image_chosen: false,
+        };
+        assert!(extra.gated_api_services().is_empty());
+        assert_eq!(extra.split().0.len(), 9);
     }
 }

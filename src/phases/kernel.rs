@@ -567,7 +567,7 @@ spec:
                 &c,
                 &exec,
                 &crate::engine::guarded_fake::resolve,
-                &crate::engine::runner::PlainProgress,
+                &crate::engine::runner::ConsoleProgress,
                 &journal,
             ))
             .unwrap_err();

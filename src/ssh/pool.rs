@@ -359,6 +359,10 @@ impl Pool {
             cmd.clone()
         };
         let step = short(cmd.as_str());
+        if input.is_none() {
+            // The live line shows the command; an upload's line already says what it sends.
+            crate::console::host_detail(host, &step);
+        }
         let progress = &self.inner.progress;
         progress.log(host, &format!("$ {full}"));
         tracing::debug!(host, command = %full, "run");
@@ -598,6 +602,7 @@ impl Pool {
                     .with_stderr(out.stderr));
             }
             tracing::debug!(host, dest = %it.dest, bytes_sent = size, "uploaded");
+            crate::console::host_sent(host, *size);
             outcomes.push(UploadOutcome {
                 bytes_sent: *size,
                 bytes_skipped: 0,

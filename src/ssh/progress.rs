@@ -1,4 +1,4 @@
-//! Progress and per-host logs: indicatif bars (one line per host and a total) on a terminal,
+//! Progress and per-host logs: live lines per host (drawn by `crate::console`) on a terminal,
 //! plain timestamped lines otherwise (CI, env `CI`, pipes: crate notes #8), and the full
 //! per-host log of this run in `logs/<run>/<host>.log` under the cluster's state directory
 //! (one directory per run, so a re-run never mixes with the run it repairs), with
@@ -6,17 +6,17 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProgressMode {
-    /// Bars when stdout and stderr are terminals and `CI` is not set, plain lines otherwise.
+    /// Bars when the console draws a live view (a terminal, `CI` unset, no `--no-progress`),
+    /// plain lines otherwise.
     #[default]
     Auto,
+    /// The console's live lines (nothing when the console is not live).
     Bars,
     Plain,
     /// Only the log files.
@@ -24,16 +24,20 @@ pub enum ProgressMode {
 }
 
 impl ProgressMode {
+    /// The live lines on a terminal, else nothing: for callers whose plain output is their
+    /// own (the engine's timestamped phase lines, `status`'s table).
+    pub fn live_or_quiet() -> ProgressMode {
+        if crate::console::is_live() {
+            ProgressMode::Bars
+        } else {
+            ProgressMode::Quiet
+        }
+    }
+
     pub fn resolve(self) -> ProgressMode {
         match self {
-            ProgressMode::Auto => {
-                let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-                if !ci && std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
-                    ProgressMode::Bars
-                } else {
-                    ProgressMode::Plain
-                }
-            }
+            ProgressMode::Auto if crate::console::is_live() => ProgressMode::Bars,
+            ProgressMode::Auto => ProgressMode::Plain,
             m => m,
         }
     }
@@ -41,9 +45,7 @@ impl ProgressMode {
 
 pub struct Progress {
     mode: ProgressMode,
-    multi: Option<MultiProgress>,
-    bars: HashMap<String, ProgressBar>,
-    total: Option<ProgressBar>,
+    hosts: Vec<String>,
     logs_dir: Option<PathBuf>,
     files: Mutex<HashMap<String, File>>,
 }
@@ -98,40 +100,12 @@ fn timestamp() -> String {
 impl Progress {
     pub fn new(hosts: &[String], mode: ProgressMode, logs_dir: Option<PathBuf>) -> Progress {
         let mode = mode.resolve();
-        let (mut multi, mut bars, mut total) = (None, HashMap::new(), None);
-        if mode == ProgressMode::Bars {
-            let m = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let width = hosts.iter().map(|h| h.len()).max().unwrap_or(4);
-            let style = ProgressStyle::with_template(&format!(
-                "{{spinner}} {{prefix:<{width}}} {{wide_msg}}"
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
-            for h in hosts {
-                let b = m.add(
-                    ProgressBar::new_spinner()
-                        .with_style(style.clone())
-                        .with_prefix(h.clone()),
-                );
-                bars.insert(h.clone(), b);
-            }
-            let t = m.add(
-                ProgressBar::new(hosts.len() as u64).with_style(
-                    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                ),
-            );
-            t.set_prefix("total");
-            total = Some(t);
-            multi = Some(m);
-        }
         if let Some(d) = &logs_dir {
             let _ = std::fs::create_dir_all(d);
         }
         Progress {
             mode,
-            multi,
-            bars,
-            total,
+            hosts: hosts.to_vec(),
             logs_dir,
             files: Mutex::new(HashMap::new()),
         }
@@ -177,12 +151,7 @@ impl Progress {
     pub fn host(&self, host: &str, msg: &str) {
         self.log(host, msg);
         match self.mode {
-            ProgressMode::Bars => {
-                if let Some(b) = self.bars.get(host) {
-                    b.set_message(msg.to_string());
-                    b.tick();
-                }
-            }
+            ProgressMode::Bars => crate::console::host_step(host, msg),
             ProgressMode::Plain => eprintln!("{} {host}: {msg}", timestamp()),
             _ => {}
         }
@@ -191,13 +160,7 @@ impl Progress {
     /// A new step on `n` hosts: resets the total.
     pub fn step(&self, step: &str, n: usize) {
         match self.mode {
-            ProgressMode::Bars => {
-                if let Some(t) = &self.total {
-                    t.set_length(n as u64);
-                    t.set_position(0);
-                    t.set_message(step.to_string());
-                }
-            }
+            ProgressMode::Bars => crate::console::begin_phase(step, &self.hosts),
             ProgressMode::Plain => eprintln!("{} == {step} on {n} host(s)", timestamp()),
             _ => {}
         }
@@ -205,22 +168,18 @@ impl Progress {
 
     /// One host finished the current step.
     pub fn done(&self, host: &str, msg: &str) {
-        self.host(host, msg);
-        if let Some(t) = &self.total {
-            t.inc(1);
+        self.log(host, msg);
+        match self.mode {
+            ProgressMode::Bars => crate::console::host_done(host, msg),
+            ProgressMode::Plain => eprintln!("{} {host}: {msg}", timestamp()),
+            _ => {}
         }
     }
 
-    /// Clears the bars (call at the end of a run).
+    /// Clears the live lines (call at the end of a run).
     pub fn finish(&self) {
-        for b in self.bars.values() {
-            b.finish();
-        }
-        if let Some(t) = &self.total {
-            t.finish();
-        }
-        if let Some(m) = &self.multi {
-            let _ = m.clear();
+        if self.mode == ProgressMode::Bars {
+            crate::console::end_phase();
         }
     }
 }

@@ -18,6 +18,7 @@ declare -A need=(
 	[sha256sum]=coreutils
 	[kubectl]=kubernetes-client
 	[openssl]=openssl
+	[tmux]=tmux
 )
 missing=()
 for cmd in "${!need[@]}"; do

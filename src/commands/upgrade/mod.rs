@@ -40,7 +40,7 @@ use crate::commands::{Global, Output};
 use crate::diag::UserError;
 use crate::engine::blobs::Blobs;
 use crate::engine::executor::{DryRun, Executor};
-use crate::engine::runner::{HostOutcome, Journal, PlainProgress, RunReport, Runner};
+use crate::engine::runner::{ConsoleProgress, HostOutcome, Journal, RunReport, Runner};
 use crate::engine::ssh_exec::SshExecutor;
 use crate::engine::{Context, Source};
 use crate::inventory::{Host, Role};
@@ -570,7 +570,7 @@ async fn upgrade(
     // The stages are the playbook's phases on the one runner: its ordering, gates, balancer
     // rotation, host run markers, pending records and journal.
     let report = match runner
-        .apply(ctx, exec, &resolve, &PlainProgress, &journal)
+        .apply(ctx, exec, &resolve, &ConsoleProgress, &journal)
         .await
     {
         Ok(r) => r,

@@ -13,7 +13,7 @@ use crate::commands::{Global, Output};
 use crate::diag::UserError;
 use crate::engine::blobs::Blobs;
 use crate::engine::executor::{DryRun, Executor};
-use crate::engine::runner::{HostOutcome, Journal, PlainProgress};
+use crate::engine::runner::{ConsoleProgress, HostOutcome, Journal};
 use crate::engine::ssh_exec::SshExecutor;
 use crate::engine::{Context, Script, Source};
 use crate::inventory::{Host, Role};
@@ -177,7 +177,7 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
         } else {
             Journal::at(ctx.state.journal())
         };
-        let report = rt.block_on(runner.apply(&ctx, exec, &resolve, &PlainProgress, &journal))?;
+        let report = rt.block_on(runner.apply(&ctx, exec, &resolve, &ConsoleProgress, &journal))?;
         if !a.dry_run {
             let mut rec = record::load(&ctx)?.unwrap_or_default();
             for (h, bs) in &backs {

@@ -75,7 +75,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use crate::engine::guarded_fake::GuardedHosts;
-    use crate::engine::runner::{HostOutcome, Journal, PlainProgress, Runner};
+    use crate::engine::runner::{ConsoleProgress, HostOutcome, Journal, Runner};
     use crate::engine::{Action, Context, Source};
 
     const INV: &str = r#"
@@ -199,7 +199,7 @@ spec:
             ctx,
             exec,
             &resolve,
-            &PlainProgress,
+            &ConsoleProgress,
             &journal,
         ))
     }

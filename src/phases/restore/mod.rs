@@ -64,7 +64,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use crate::engine::guarded_fake::GuardedHosts;
-    use crate::engine::runner::{Journal, PlainProgress, Runner};
+    use crate::engine::runner::{ConsoleProgress, Journal, Runner};
     use crate::engine::{Action, Context};
     use crate::phases::playbook::Selection;
 
@@ -112,7 +112,7 @@ spec:
         let journal = Journal::disabled();
         tokio::runtime::Runtime::new()
             .unwrap()
-            .block_on(r.apply(ctx, exec, &resolve, &PlainProgress, &journal))
+            .block_on(r.apply(ctx, exec, &resolve, &ConsoleProgress, &journal))
             .map(|_| ())
     }
 
