@@ -69,7 +69,8 @@ fn static_pod_control_plane() {
     inv.spec.control_plane.mode = ControlPlaneMode::StaticPods;
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
-    let admin = lab.dir.join("clusters/lab-static/admin.conf");
+    // Under the cluster's own name (CLUSTERCTL_LAB_PREFIX renames the lab and so the cluster).
+    let admin = lab.dir.join("clusters").join(inv.name()).join("admin.conf");
 
     let first = run_report(&["-i", inv_arg, "-o", "json", "init"]);
     assert!(totals(&first).0 > 0, "a first init writes files");
