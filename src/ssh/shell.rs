@@ -83,7 +83,7 @@ impl std::fmt::Display for Cmd {
 /// one type the executor, the SSH pool and the plan's actions run. There is no `From<String>`:
 /// a runtime value reaches a shell only as an argument of a [`Cmd`] or a [`Script`], which quote
 /// it, so the compiler finds any `format!` into a shell string.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
 pub struct Shell(String);
 
@@ -95,10 +95,6 @@ impl Shell {
     pub fn and(self, next: impl Into<Shell>) -> Shell {
         Shell(format!("{} && {}", self.0, next.into().0))
     }
-    /// `self || next`
-    pub fn or(self, next: impl Into<Shell>) -> Shell {
-        Shell(format!("{} || {}", self.0, next.into().0))
-    }
     /// `self; next` (next runs whatever self's exit).
     pub fn then(self, next: impl Into<Shell>) -> Shell {
         Shell(format!("{}; {}", self.0, next.into().0))
@@ -106,10 +102,6 @@ impl Shell {
     /// `! { self; }`: succeeds when the command fails.
     pub fn negated(self) -> Shell {
         Shell(format!("! {{ {}; }}", self.0))
-    }
-    /// `{ self; } >/dev/null 2>&1`: only the exit status is wanted.
-    pub fn silent(self) -> Shell {
-        Shell(format!("{{ {}; }} >/dev/null 2>&1", self.0))
     }
     /// The commands joined with `&&` (`true` when there are none).
     pub fn all(cmds: impl IntoIterator<Item = Shell>) -> Shell {
