@@ -236,8 +236,14 @@ pub fn pending_clear_command(entries: &[Pending]) -> Shell {
         .into()
 }
 
-/// Lists the host's pending record (`pending NAME` lines): [`PENDING_DIR`]'s files.
-pub const PENDING_QUERY: &str = "for p in /var/lib/clusterctl/pending/*; do [ -f \"$p\" ] && echo \"pending ${p##*/}\"; done; true";
+/// Lists the host's pending record (`pending NAME` lines): [`PENDING_DIR`]'s files. A macro so
+/// that the state query can `concat!` it into its fixed text.
+macro_rules! pending_query {
+    () => {
+        "for p in /var/lib/clusterctl/pending/*; do [ -f \"$p\" ] && echo \"pending ${p##*/}\"; done; true"
+    };
+}
+pub const PENDING_QUERY: &str = pending_query!();
 
 /// Parses the `pending NAME` lines of [`PENDING_QUERY`]'s answer.
 pub fn parse_pending(out: &str) -> Vec<Pending> {
@@ -272,16 +278,19 @@ struct FarState {
     pending: Vec<Pending>,
 }
 
-/// One round trip: the sha256 of each file, the mode of each directory, each unit's enabled and
-/// active state, and the pending record (a no-op run pays no extra round trip for it).
 /// The script of [`state_query`]. Arguments: the number of files, the number of directories,
 /// then files, dirs, units.
-const STATE: &str = r#"nf=$1 nd=$2; shift 2
+const STATE: &str = concat!(
+    r#"nf=$1 nd=$2; shift 2
 while [ "$nf" -gt 0 ]; do [ -f "$1" ] && sha256sum "$1"; shift; nf=$((nf - 1)); done
 while [ "$nd" -gt 0 ]; do [ -d "$1" ] && echo "dir $(stat -c %a "$1") $1"; shift; nd=$((nd - 1)); done
 for u in "$@"; do echo "unit $u $(systemctl is-enabled "$u" 2>/dev/null || true) $(systemctl is-active "$u" 2>/dev/null || true)"; done
-for p in /var/lib/clusterctl/pending/*; do [ -f "$p" ] && echo "pending ${p##*/}"; done; true"#;
+"#,
+    pending_query!()
+);
 
+/// One round trip: the sha256 of each file, the mode of each directory, each unit's enabled and
+/// active state, and the pending record (a no-op run pays no extra round trip for it).
 fn state_query(plan: &HostPlan) -> Shell {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -1166,6 +1175,10 @@ mod tests {
         assert_eq!(st.dirs.get(dir).map(String::as_str), Some("750"));
         assert!(st.units.contains_key("no-such.service"), "{st:?}");
 
+        // The pending listing (a macro, for concat!) names the record's directory.
+        assert!(
+            PENDING_QUERY.contains(&format!("{PENDING_DIR}/*")) && STATE.ends_with(PENDING_QUERY)
+        );
         let record = d.path().join("pending");
         let w = pending_write_command(&[Pending::Drain, Pending::Unit("a b.service".into())]);
         let w = w.as_str().replace(
