@@ -43,26 +43,6 @@ pub fn sysctl_file() -> String {
     s
 }
 
-/// Succeeds when every setting already has its value (the apply step's `unless`).
-pub fn values_match_check() -> Shell {
-    values_match_in("/proc/sys")
-}
-
-/// [`values_match_check`] against the tree at `proc_sys` (tests use a fake one).
-fn values_match_in(proc_sys: &str) -> Shell {
-    // Arguments: the /proc/sys tree, then pairs of the setting's path under it and its value.
-    const MATCH: &str = r#"r=$1; shift
-while [ $# -gt 0 ]; do [ "$(cat "$r/$1")" = "$2" ] || exit 1; shift 2; done"#;
-    Script::new(MATCH)
-        .arg(proc_sys)
-        .args(
-            KUBELET_TUNABLES
-                .iter()
-                .flat_map(|(k, v)| [k.replace('.', "/"), v.to_string()]),
-        )
-        .into()
-}
-
 /// A read-only script printing `container=<systemd-detect-virt -c, or none>` and, per setting,
 /// `<name>=<value>` and `<name> writable` when /proc/sys lets root write it. Nothing in it
 /// comes from the inventory.
@@ -385,7 +365,22 @@ kernel.keys.root_maxbytes=25000000
         let root = dir.path();
         let fake = root.to_str().unwrap();
         let script = read_back_in(fake).to_string();
-        let check = values_match_in(fake).to_string();
+        // The apply step's `unless` (prepare's check of a sysctl.d file) on the file this
+        // module writes, with a `sysctl` that reads the fake tree.
+        let conf = root.join("90-kubelet.conf");
+        std::fs::write(&conf, sysctl_file()).unwrap();
+        let check = crate::phases::prepare::sysctls_match(conf.to_str().unwrap()).to_string();
+        let bin = root.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(
+            bin.join("sysctl"),
+            format!("#!/bin/sh\ncat \"{fake}/$(echo \"$2\" | tr . /)\"\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join("sysctl"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:/usr/bin:/bin", bin.display());
         for (k, v) in KUBELET_TUNABLES {
             let p = root.join(k.replace('.', "/"));
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -405,6 +400,7 @@ kernel.keys.root_maxbytes=25000000
             std::process::Command::new("sh")
                 .arg("-c")
                 .arg(c)
+                .env("PATH", &path)
                 .status()
                 .unwrap()
                 .success()

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::bundle::{Item, Kind};
-use crate::engine::{Action, Cmd, Context, Mode, Order, Phase, PhasePlan, Script, Source};
+use crate::engine::{Action, Cmd, Context, Mode, Order, Phase, PhasePlan, Script, Shell, Source};
 use crate::inventory::{HaMode, Host, Inventory, ProtectKernelDefaults, Role};
 use crate::render::host_vars;
 use futures::future::BoxFuture;
@@ -20,9 +20,26 @@ macro_rules! modules_list {
     };
 }
 
-/// Succeeds when every sysctl of 90-kubernetes.conf already has its value.
-const SYSCTLS_MATCH: &str = "grep -v '^#' /etc/sysctl.d/90-kubernetes.conf | tr -d ' ' | while IFS='=' read -r k v; \
-    do [ -z \"$k\" ] || [ \"$(sysctl -n \"$k\" 2>/dev/null)\" = \"$v\" ] || exit 1; done";
+/// Applies the sysctl.d file `path` (`sysctl -p`), skipped when every setting in it already
+/// has its value. `warn_only`: a failure is a warning (a container cannot set most of them).
+fn apply_sysctl_file(description: &str, path: &str, warn_only: bool) -> Action {
+    Action::Run {
+        description: description.into(),
+        command: Cmd::new("sysctl")
+            .args(["-q", "-p", path])
+            .raw("2>&1")
+            .into(),
+        unless: Some(sysctls_match(path)),
+        warn_only,
+    }
+}
+
+/// Succeeds when every setting of the sysctl.d file `path` already has its value.
+pub(crate) fn sysctls_match(path: &str) -> Shell {
+    const MATCH: &str = r#"grep -v '^#' "$1" | tr -d ' ' | while IFS='=' read -r k v; do
+  [ -z "$k" ] || [ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] || exit 1; done"#;
+    Script::new(MATCH).arg(path).into()
+}
 
 /// Where .deb items wait on a host before dpkg installs them.
 pub const DEB_DIR: &str = "/var/cache/clusterctl/debs";
@@ -335,12 +352,7 @@ impl Phase for Prepare {
                     ),
                     warn_only: true,
                 },
-                Action::Run {
-                    description: "apply sysctls".into(),
-                    command: "sysctl -q -p /etc/sysctl.d/90-kubernetes.conf 2>&1".into(),
-                    unless: Some(SYSCTLS_MATCH.into()),
-                    warn_only: true,
-                },
+                apply_sysctl_file("apply sysctls", "/etc/sysctl.d/90-kubernetes.conf", true),
             ];
             if ctx.inv().runs_kubelet(h) {
                 actions.extend(kubelet_tunables(ctx, h, &mut plan.notes));
@@ -402,14 +414,10 @@ fn kubelet_tunables(ctx: &Context, h: &Host, notes: &mut Vec<String>) -> Vec<Act
             kernel::sysctl_file(),
             &[],
         ),
-        Action::Run {
-            description: "apply the kernel settings the kubelet checks".into(),
-            command: Cmd::new("sysctl")
-                .args(["-q", "-p", kernel::SYSCTL_FILE])
-                .raw("2>&1")
-                .into(),
-            unless: Some(kernel::values_match_check()),
-            warn_only: setting != ProtectKernelDefaults::On,
-        },
+        apply_sysctl_file(
+            "apply the kernel settings the kubelet checks",
+            kernel::SYSCTL_FILE,
+            setting != ProtectKernelDefaults::On,
+        ),
     ]
 }
