@@ -104,22 +104,24 @@ impl fmt::Display for KubeVersion {
 
 impl FromStr for KubeVersion {
     type Err = String;
-    /// Accepts `v1.20.2` or `1.20.2` (a pre-release/build suffix such as `-rc.1` is kept out).
+    /// Accepts `v1.20.2` or `1.20.2` by semver's rules (a pre-release or build suffix such as
+    /// `-rc.1` is allowed and kept out of the triple).
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim().strip_prefix('v').unwrap_or(s.trim());
-        let core = t.split(['-', '+']).next().unwrap_or("");
-        let parts: Vec<&str> = core.split('.').collect();
-        if parts.len() != 3 {
-            return Err(format!("`{s}` is not a version of the form v1.MINOR.PATCH"));
-        }
-        let num = |p: &str| {
-            p.parse::<u32>()
-                .map_err(|_| format!("`{s}` is not a version of the form v1.MINOR.PATCH"))
+        let t = s.trim();
+        let v = semver::Version::parse(t.strip_prefix('v').unwrap_or(t)).map_err(|_| {
+            format!(
+                "`{}` is not a version of the form v1.MINOR.PATCH",
+                crate::diag::escape(s)
+            )
+        })?;
+        let num = |n: u64| {
+            u32::try_from(n)
+                .map_err(|_| format!("`{}` has a number out of range", crate::diag::escape(s)))
         };
         Ok(KubeVersion {
-            major: num(parts[0])?,
-            minor: num(parts[1])?,
-            patch: num(parts[2])?,
+            major: num(v.major)?,
+            minor: num(v.minor)?,
+            patch: num(v.patch)?,
         })
     }
 }

@@ -62,7 +62,7 @@ fn rendered(minor: u32) -> BTreeMap<&'static str, BTreeSet<(String, String)>> {
         )
         .unwrap()
         .inventory;
-        inv.spec.kubernetes_version = format!("v1.{minor}.0");
+        inv.spec.kubernetes_version = format!("v1.{minor}.0").parse().unwrap();
         for h in inv.hosts_with(Role::ControlPlane) {
             for (component, tpl) in UNITS {
                 // The control plane's units take their flags from `<component>.flags`.

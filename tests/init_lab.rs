@@ -461,11 +461,10 @@ fn init_vip_on_the_control_plane_survives_vip_holder_and_apiserver_loss() {
     // then rewrites only that unit and restarts the apiservers one at a time, while requests
     // through the VIP keep being answered.
     let mut changed = inv.clone();
-    changed
-        .spec
-        .control_plane
-        .apiserver_extra_args
-        .insert("default-watch-cache-size".into(), "200".into());
+    changed.spec.control_plane.apiserver_extra_args.insert(
+        "default-watch-cache-size".parse().unwrap(),
+        "200".parse().unwrap(),
+    );
     let changed_path = lab.write_inventory("inventory-vip-flag.yaml", &changed);
     let diff = clusterctl(&["-i", changed_path.to_str().unwrap(), "plan", "--diff"]);
     assert!(diff.status.success(), "plan --diff: {}", text(&diff));

@@ -44,7 +44,7 @@ fn kubeasz_hosts_round_trips_into_a_valid_inventory() {
     // The content matches what kubeasz would have built.
     let inv = clusterctl::inventory::load(&out).unwrap().inventory;
     assert_eq!(inv.metadata.name, "cluster1");
-    assert_eq!(inv.spec.kubernetes_version, "v1.20.2");
+    assert_eq!(inv.spec.kubernetes_version.to_string(), "v1.20.2");
     let names: Vec<&str> = inv.spec.hosts.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(
         names,
@@ -65,16 +65,26 @@ fn kubeasz_hosts_round_trips_into_a_valid_inventory() {
     assert_eq!(inv.host("worker-02").unwrap().port, Some(2222));
     assert_eq!(inv.hosts_with(Role::Lb).count(), 2);
     assert_eq!(inv.spec.ha.mode, HaMode::Vip);
-    assert_eq!(inv.spec.ha.vip.as_ref().unwrap().address, "192.168.1.250");
+    assert_eq!(
+        inv.spec.ha.vip.as_ref().unwrap().address.to_string(),
+        "192.168.1.250"
+    );
     assert_eq!(inv.spec.ha.vip.as_ref().unwrap().port, 8443);
-    assert_eq!(inv.spec.network.pod_cidr, "172.20.0.0/16");
-    assert_eq!(inv.spec.network.service_cidr, "10.68.0.0/16");
+    assert_eq!(inv.spec.network.pod_cidr.to_string(), "172.20.0.0/16");
+    assert_eq!(inv.spec.network.service_cidr.to_string(), "10.68.0.0/16");
     assert_eq!(inv.spec.network.cluster_domain, "cluster.local");
     assert_eq!(inv.dns_ip().to_string(), "10.68.0.2");
     assert_eq!(inv.spec.network.cni, Cni::Flannel);
     assert_eq!(inv.spec.network.proxy_mode, ProxyMode::Ipvs);
-    assert_eq!(inv.spec.pki.ca_validity, "876000h");
-    assert_eq!(inv.spec.pki.extra_sans, ["10.1.1.1", "k8s.easzlab.io"]);
+    assert_eq!(inv.spec.pki.ca_validity.as_str(), "876000h");
+    let sans: Vec<String> = inv
+        .spec
+        .pki
+        .extra_sans
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(sans, ["IP:10.1.1.1", "DNS:k8s.easzlab.io"]);
     assert!(!inv.spec.addons.metrics_server.enabled);
 }
 

@@ -379,7 +379,7 @@ fn etcd_term_and_leader(lab: &Lab, inv: &clusterctl::inventory::Inventory) -> (u
                 .hosts
                 .iter()
                 .find(|h| url.contains(&format!("//{}:", h.address)))
-                .map(|h| h.name.clone())
+                .map(|h| h.name.to_string())
                 .unwrap();
         }
     }
@@ -529,24 +529,29 @@ fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) -> std
         (
             "after h1's files were written, before its restart",
             Box::new(|i| {
-                i.spec
-                    .control_plane
-                    .apiserver_extra_args
-                    .insert("default-watch-cache-size".into(), "201".into());
+                i.spec.control_plane.apiserver_extra_args.insert(
+                    "default-watch-cache-size".parse().unwrap(),
+                    "201".parse().unwrap(),
+                );
             }),
         ),
         (
             "while h1 is drained",
             Box::new(|i| {
-                i.spec
-                    .control_plane
-                    .apiserver_extra_args
-                    .insert("default-watch-cache-size".into(), "202".into());
+                i.spec.control_plane.apiserver_extra_args.insert(
+                    "default-watch-cache-size".parse().unwrap(),
+                    "202".parse().unwrap(),
+                );
             }),
         ),
         (
             "while h1's gate waits",
-            Box::new(|i| i.spec.pki.extra_sans.push("chaos.example.internal".into())),
+            Box::new(|i| {
+                i.spec
+                    .pki
+                    .extra_sans
+                    .push("chaos.example.internal".parse().unwrap())
+            }),
         ),
     ];
     for (round, (what, change)) in steps.iter().enumerate() {

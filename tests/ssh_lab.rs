@@ -746,7 +746,9 @@ async fn bastion(lab: &Lab) {
     let mut t = lab.targets[1].clone();
     let mut b = lab.targets[0].clone();
     b.name = "deadjump".into();
-    b.address = format!("{}.250", lab.ip(0).rsplit_once('.').unwrap().0);
+    b.address = format!("{}.250", lab.ip(0).rsplit_once('.').unwrap().0)
+        .parse()
+        .unwrap();
     b.connect_timeout = Duration::from_secs(2);
     t.bastion = Some(Box::new(b));
     let e = connect_err(

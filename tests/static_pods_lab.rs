@@ -202,11 +202,10 @@ fn static_pod_control_plane() {
     // replace the pods one host at a time (the gate waits for the new process before /readyz),
     // while reads through the VIP keep being answered.
     let mut changed = inv.clone();
-    changed
-        .spec
-        .control_plane
-        .apiserver_extra_args
-        .insert("default-watch-cache-size".into(), "200".into());
+    changed.spec.control_plane.apiserver_extra_args.insert(
+        "default-watch-cache-size".parse().unwrap(),
+        "200".parse().unwrap(),
+    );
     let changed_path = lab.write_inventory("inventory-flag.yaml", &changed);
     let probe = ReadProbe::start(&admin);
     let rolled = run_report(&["-i", changed_path.to_str().unwrap(), "-o", "json", "init"]);

@@ -109,10 +109,7 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     let lab = Lab::up_profile("upgrade", 5, "k8s");
     let bundle = restamped_bundle();
     let mut inv = lab.vip_inventory(&bundle);
-    assert_eq!(
-        inv.spec.kubernetes_version.trim_start_matches('v'),
-        "1.20.2"
-    );
+    assert_eq!(inv.spec.kubernetes_version.to_string(), "v1.20.2");
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     let inv_arg = inv_path.to_str().unwrap();
     // (The cluster is named after the lab, whose name CLUSTERCTL_LAB_PREFIX may change.)
@@ -149,7 +146,7 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     // read probe at 0 failures; the control plane and the nodes are neither restarted nor
     // drained; the old etcd is kept on each member; `init` with the old etcd version is refused.
     let old_path = lab.write_inventory("inventory-old.yaml", &inv);
-    inv.spec.etcd.version = Some("3.5.16".into());
+    inv.spec.etcd.version = Some("3.5.16".parse().unwrap());
     lab.write_inventory("inventory.yaml", &inv);
     assert_eq!(etcd_versions(&lab), ["3.4.23"; 3]);
     let plan = clusterctl(&["-i", inv_arg, "upgrade", "plan"]);

@@ -365,7 +365,7 @@ impl Manifest {
                     "{at}: an image needs `image`, the reference its tarball is tagged with"
                 )),
                 (Kind::Image, Some(r)) => {
-                    if let Err(e) = crate::inventory::validate::check_image_reference(r) {
+                    if let Err(e) = crate::inventory::types::check_image_reference(r) {
                         p.push(format!(
                             "{at}: image `{}` is not an image reference: {e}",
                             crate::diag::escape(r)

@@ -63,8 +63,8 @@ pub fn members(ctx: &Context) -> Vec<Member> {
     ctx.inv()
         .etcd_hosts()
         .map(|h| Member {
-            name: h.name.clone(),
-            address: h.address.clone(),
+            name: h.name.to_string(),
+            address: h.address.to_string(),
         })
         .collect()
 }
@@ -229,9 +229,9 @@ pub async fn backup(ctx: &Context, pool: &Pool, out: Option<&Path>) -> anyhow::R
         inventory_file: ctx.loaded.path.display().to_string(),
         etcd: EtcdInfo {
             members: members(ctx),
-            snapshot_from: host.name.clone(),
+            snapshot_from: host.name.to_string(),
             version,
-            data_dir: inv.spec.etcd.data_dir.clone(),
+            data_dir: inv.spec.etcd.data_dir.to_string(),
             status,
         },
         files: vec![],
@@ -264,7 +264,7 @@ pub async fn backup(ctx: &Context, pool: &Pool, out: Option<&Path>) -> anyhow::R
             .collect(),
         signer: sealed.signer,
         signer_file: super::seal::signing_pub_path(&ctx.state),
-        snapshot_from: host.name.clone(),
+        snapshot_from: host.name.to_string(),
         snapshot_bytes: bytes,
         status,
         seconds: started.elapsed().as_secs_f64(),

@@ -128,7 +128,7 @@ pub async fn inspect_hosts(
                         .then(|| (r, state.root.join(&f.local)))
                 })
                 .collect();
-            (h.name.clone(), files)
+            (h.name.to_string(), files)
         })
         .collect();
     let reads = futures::future::join_all(per_host.iter().map(|(h, files)| {

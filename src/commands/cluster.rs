@@ -190,8 +190,8 @@ fn scope_join(ctx: &mut Context, runner: Runner) -> anyhow::Result<(Vec<String>,
         .spec
         .hosts
         .iter()
-        .filter(|h| !joined.contains(&h.name))
-        .map(|h| h.name.clone())
+        .filter(|h| !joined.contains(h.name.as_str()))
+        .map(|h| h.name.to_string())
         .collect();
     let selected: Vec<String> = if ctx.host_filter.is_empty() {
         new.clone()
@@ -211,7 +211,7 @@ fn scope_join(ctx: &mut Context, runner: Runner) -> anyhow::Result<(Vec<String>,
         .inventory
         .spec
         .hosts
-        .retain(|h| joined.contains(&h.name) || selected.contains(&h.name));
+        .retain(|h| joined.contains(h.name.as_str()) || selected.iter().any(|n| *n == h.name));
     ctx.host_filter.clear();
     ctx.options.joining = selected.clone();
     let phases = runner

@@ -38,8 +38,8 @@ pub fn mismatch(m: &Manifest, inv: &Inventory) -> Option<String> {
     let mut ours: Vec<archive::Member> = inv
         .etcd_hosts()
         .map(|h| archive::Member {
-            name: h.name.clone(),
-            address: h.address.clone(),
+            name: h.name.to_string(),
+            address: h.address.to_string(),
         })
         .collect();
     ours.sort();
@@ -166,7 +166,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
                 "snapshotTaken": m.created,
                 "revision": m.etcd.status.revision,
                 "token": token,
-                "oldDataDirs": inv.etcd_hosts().map(|h| (h.name.clone(), aside.clone())).collect::<Vec<_>>(),
+                "oldDataDirs": inv.etcd_hosts().map(|h| (h.name.to_string(), aside.clone())).collect::<Vec<_>>(),
                 "seconds": secs,
                 "steps": report.phases.iter().map(|p| (p.phase.clone(), p.seconds)).collect::<Vec<_>>(),
                 "wouldChange": recorded
@@ -265,8 +265,8 @@ spec:
                 members: inv
                     .etcd_hosts()
                     .map(|h| archive::Member {
-                        name: h.name.clone(),
-                        address: h.address.clone(),
+                        name: h.name.to_string(),
+                        address: h.address.to_string(),
                     })
                     .collect::<Vec<_>>()
                     .into_iter()

@@ -176,7 +176,7 @@ async fn addon_health(
         let h = match h {
             Ok(h) => h,
             Err(e) => AddonHealth {
-                name: m.name.clone(),
+                name: m.name.to_string(),
                 state: "unknown".into(),
                 running: false,
                 detail: format!("{e:#}"),
@@ -239,7 +239,7 @@ async fn one_addon(
         _ => ("not-running", seen.join("; ")),
     };
     Ok(AddonHealth {
-        name: m.name.clone(),
+        name: m.name.to_string(),
         state: state.into(),
         running,
         detail,
@@ -261,7 +261,7 @@ async fn etcd_status(ctx: &Context) -> EtcdStatus {
         Ok(mut e) => {
             // Ask every inventory etcd host, not only the recorded members.
             for h in ctx.inv().etcd_hosts() {
-                let u = Inventory::url(&h.address, 2379);
+                let u = Inventory::url(h.address, 2379);
                 if !e.endpoints.contains(&u) {
                     e.endpoints.push(u);
                 }
@@ -315,7 +315,7 @@ async fn etcd_status(ctx: &Context) -> EtcdStatus {
         };
         out.push(EtcdMember {
             name: if m.started() {
-                m.name.clone()
+                m.name.to_string()
             } else {
                 String::new()
             },
@@ -331,7 +331,7 @@ async fn etcd_status(ctx: &Context) -> EtcdStatus {
         });
     }
     out.sort_by(|a, b| (a.name.is_empty(), &a.name).cmp(&(b.name.is_empty(), &b.name)));
-    let leader = out.iter().find(|m| m.leader).map(|m| m.name.clone());
+    let leader = out.iter().find(|m| m.leader).map(|m| m.name.to_string());
     EtcdStatus {
         members: out,
         leader,
@@ -376,7 +376,10 @@ async fn balancer_views(ctx: &Context) -> (Option<Vip>, Vec<BalancerView>) {
         (HaMode::Vip, Some(v)) => Some(v.ip_and_prefix().0.to_string()),
         _ => None,
     };
-    let names: Vec<String> = lb::balancers(inv).iter().map(|h| h.name.clone()).collect();
+    let names: Vec<String> = lb::balancers(inv)
+        .iter()
+        .map(|h| h.name.to_string())
+        .collect();
     if names.is_empty() {
         return (None, Vec::new());
     }
@@ -486,7 +489,7 @@ async fn missing_bundle_images(ctx: &Context) -> Vec<(String, Result<Vec<String>
     for h in inv.spec.hosts.iter().filter(|h| inv.runs_kubelet(h)) {
         match runtime::bundle_images(ctx, h) {
             Ok(v) if !v.is_empty() => {
-                wanted.insert(h.name.clone(), v);
+                wanted.insert(h.name.to_string(), v);
             }
             _ => {}
         }
@@ -586,7 +589,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
     };
     let apiservers = futures::future::join_all(
         inv.control_plane_hosts()
-            .map(|h| readyz(&api, h.name.clone(), Inventory::url(&h.address, port))),
+            .map(|h| readyz(&api, h.name.to_string(), Inventory::url(h.address, port))),
     );
     let kube = ctx.kube_admin()?;
     let nodes = async {
@@ -699,7 +702,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
     let nodes: Option<Vec<NodeStatus>> = nodes.map(|ns| {
         ns.into_iter()
             .map(|n| NodeStatus {
-                name: n.name.clone(),
+                name: n.name.to_string(),
                 ready: n.ready,
                 kubelet_version: n.kubelet_version.clone(),
             })
@@ -742,7 +745,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
         drift.inventory_etcd_hosts_not_members = inv
             .etcd_hosts()
             .filter(|h| !member_peers.contains(crate::render::peer_url(h).as_str()))
-            .map(|h| h.name.clone())
+            .map(|h| h.name.to_string())
             .collect();
         let inv_peers: BTreeSet<String> = inv.etcd_hosts().map(crate::render::peer_url).collect();
         drift.etcd_members_not_in_inventory = etcd
@@ -753,7 +756,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
                 if m.name.is_empty() {
                     m.peer_url.clone()
                 } else {
-                    m.name.clone()
+                    m.name.to_string()
                 }
             })
             .collect();

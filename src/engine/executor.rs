@@ -796,7 +796,7 @@ impl<'e> DryRun<'e> {
         self.recorded
             .lock()
             .unwrap()
-            .push((host.name.clone(), what));
+            .push((host.name.to_string(), what));
     }
 }
 
@@ -925,7 +925,7 @@ pub mod fake {
                     self.files
                         .lock()
                         .unwrap()
-                        .get(&(host.name.clone(), p.clone()))
+                        .get(&(host.name.to_string(), p.clone()))
                         .cloned()
                 })
             };
@@ -968,7 +968,7 @@ pub mod fake {
             }
             for (var, list) in lists {
                 for item in list {
-                    let key = (host.name.clone(), item.clone());
+                    let key = (host.name.to_string(), item.clone());
                     match var.as_str() {
                         "f" => {
                             if let Some(b) = self.files.lock().unwrap().get(&key) {
@@ -1035,7 +1035,7 @@ pub mod fake {
                 let mut files = self.files.lock().unwrap();
                 for p in pairs.chunks(2) {
                     files.insert(
-                        (host.name.clone(), format!("{dir}/{}", p[0])),
+                        (host.name.to_string(), format!("{dir}/{}", p[0])),
                         format!("{}\n", p[1]).into_bytes(),
                     );
                 }
@@ -1060,7 +1060,7 @@ pub mod fake {
             self.files
                 .lock()
                 .unwrap()
-                .insert((host.name.clone(), path.to_string()), b.clone());
+                .insert((host.name.to_string(), path.to_string()), b.clone());
             self.log
                 .lock()
                 .unwrap()
@@ -1074,7 +1074,7 @@ pub mod fake {
         /// `install -d -m M DIR`, `systemctl start|restart U`, `printf '%s\n' TEXT > FILE`,
         /// `mv -f A B`, `rm -f FILES...`; anything else only goes to the log.
         fn simple_command(&self, host: &Host, w: &[String]) {
-            let key = |p: &str| (host.name.clone(), p.to_string());
+            let key = |p: &str| (host.name.to_string(), p.to_string());
             let mut files = self.files.lock().unwrap();
             match w.first().map(String::as_str) {
                 Some("install") if w.len() == 5 => {
@@ -1198,8 +1198,8 @@ mod tests {
 
     fn host() -> Host {
         Host {
-            name: "h1".into(),
-            address: "10.77.0.11".into(),
+            name: "h1".parse().unwrap(),
+            address: "10.77.0.11".parse().unwrap(),
             port: None,
             user: None,
             key_file: None,
@@ -1343,7 +1343,7 @@ mod tests {
         );
         // Now the key exists and differs: said so, never shown.
         fake.files.lock().unwrap().insert(
-            (h.name.clone(), "/etc/demo dir/secret.key".into()),
+            (h.name.to_string(), "/etc/demo dir/secret.key".into()),
             b"PRIVATE KEY v0".to_vec(),
         );
         let dry = DryRun::new(&fake);
@@ -1353,8 +1353,10 @@ mod tests {
         assert!(key.1.contains("only root may read it"), "{key:?}");
         assert!(!rec.iter().any(|(_, w)| w.contains("PRIVATE")), "{rec:?}");
         assert_eq!(
-            fake.files.lock().unwrap()
-                [&(h.name.clone(), "/etc/systemd/system/demo.service".into())],
+            fake.files.lock().unwrap()[&(
+                h.name.to_string(),
+                "/etc/systemd/system/demo.service".into()
+            )],
             b"[Service]\nExecStart=/bin/demo --old\n",
             "a dry run changes nothing"
         );
@@ -1393,7 +1395,7 @@ mod tests {
         fake.files
             .lock()
             .unwrap()
-            .insert((h.name.clone(), "/etc/guard-ok".into()), vec![]);
+            .insert((h.name.to_string(), "/etc/guard-ok".into()), vec![]);
         let mut p = plan("v1");
         p.actions.insert(
             0,
@@ -1510,8 +1512,10 @@ mod tests {
             "killed"
         );
         assert_eq!(
-            fake.files.lock().unwrap()
-                [&(h.name.clone(), "/etc/systemd/system/demo.service".into())],
+            fake.files.lock().unwrap()[&(
+                h.name.to_string(),
+                "/etc/systemd/system/demo.service".into()
+            )],
             b"v2",
             "the new file is on the host, the old process runs"
         );
@@ -1586,7 +1590,10 @@ mod tests {
     async fn pending_work_of_units_another_phase_manages_waits_for_that_phase() {
         let (fake, h) = running_v1().await;
         fake.files.lock().unwrap().insert(
-            (h.name.clone(), Pending::Unit("other.service".into()).path()),
+            (
+                h.name.to_string(),
+                Pending::Unit("other.service".into()).path(),
+            ),
             b"x".to_vec(),
         );
         let ch = converge(&fake, &h, &plan("v1"), &resolve).await.unwrap();

@@ -53,13 +53,13 @@ impl Executor for GuardedHosts {
         cmd: &'a crate::ssh::shell::Shell,
     ) -> BoxFuture<'a, anyhow::Result<CmdOutput>> {
         let cmd = cmd.as_str();
-        let status = match self.guards.get(&(host.name.clone(), cmd.to_string())) {
+        let status = match self.guards.get(&(host.name.to_string(), cmd.to_string())) {
             Some(c) => {
                 if self
                     .done
                     .lock()
                     .unwrap()
-                    .contains(&(host.name.clone(), c.clone()))
+                    .contains(&(host.name.to_string(), c.clone()))
                 {
                     0
                 } else {
@@ -97,7 +97,7 @@ impl Executor for GuardedHosts {
             self.done
                 .lock()
                 .unwrap()
-                .insert((host.name.clone(), cmd.to_string()));
+                .insert((host.name.to_string(), cmd.to_string()));
         }
         Box::pin(async move {
             if killed {

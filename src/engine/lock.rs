@@ -508,7 +508,7 @@ mod tests {
     async fn one_refusing_host_releases_the_markers_taken_on_the_others() {
         let (sh1, sh2) = (LocalShell::new(), LocalShell::new());
         let (h1, mut h2) = (host(), host());
-        h2.name = "h2".into();
+        h2.name = "h2".parse().unwrap();
         let other = owner("ops-b", 1);
         take_host(&sh2, &h2, &other, false).await.unwrap();
         // One executor per host: route by name.

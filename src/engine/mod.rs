@@ -392,8 +392,8 @@ impl PhasePlan {
 
     pub fn host(&mut self, h: &Host, actions: Vec<Action>) {
         self.hosts.push(HostPlan {
-            host: h.name.clone(),
-            address: h.address.clone(),
+            host: h.name.to_string(),
+            address: h.address.to_string(),
             actions,
         });
     }

@@ -209,7 +209,7 @@ impl<'a> Rotation<'a> {
             )),
             Err(e) => warnings.push(format!("recording the drain on {}: {e:#}", host.name)),
         }
-        self.out.lock().unwrap().insert(host.name.clone());
+        self.out.lock().unwrap().insert(host.name.to_string());
         warnings.extend(
             self.set(host, TAKE_OUT)
                 .await
@@ -223,7 +223,7 @@ impl<'a> Rotation<'a> {
     /// decides again. A no-op for a host that was not taken out. The host's `drain` record
     /// goes only once every balancer took it back.
     pub async fn put_back(&self, host: &Host) -> Vec<String> {
-        if !self.out.lock().unwrap().remove(&host.name) {
+        if !self.out.lock().unwrap().remove(host.name.as_str()) {
             return Vec::new();
         }
         let warnings: Vec<String> = self
@@ -347,7 +347,7 @@ pub async fn read_views(
                 Ok(o) => Err(format!("exit {}: {}", o.status, o.stderr.trim())),
                 Err(e) => Err(format!("{e:#}")),
             };
-            (b.name.clone(), r)
+            (b.name.to_string(), r)
         }
     }))
     .await
@@ -428,7 +428,7 @@ mod tests {
                         .drained
                         .lock()
                         .unwrap()
-                        .contains(&(h.name.clone(), s.to_string()));
+                        .contains(&(h.name.to_string(), s.to_string()));
                     let (admin, check) = if d { (8, 2) } else { (0, 6) };
                     out += &format!(
                         "3 kube-apiserver {i} {s} 10.0.0.{i} 2 {admin} 1 1 5 15 3 3 {check}\n"
@@ -436,7 +436,7 @@ mod tests {
                 }
             }
             let status = if cmd.starts_with("test -e") {
-                i32::from(!self.marked.lock().unwrap().contains(&h.name))
+                i32::from(!self.marked.lock().unwrap().contains(h.name.as_str()))
             } else {
                 0
             };
@@ -458,17 +458,17 @@ mod tests {
             // The pending record's writer gets the entry's name as an argument.
             if cmd.contains("printf") && cmd.contains(&format!(" {} ", Pending::Drain.file_name()))
             {
-                self.marked.lock().unwrap().insert(h.name.clone());
+                self.marked.lock().unwrap().insert(h.name.to_string());
                 self.log.lock().unwrap().push(format!("mark {}", h.name));
             } else if cmd.starts_with("rm -f") && cmd.contains(&drain) {
-                self.marked.lock().unwrap().remove(&h.name);
+                self.marked.lock().unwrap().remove(h.name.as_str());
                 self.log.lock().unwrap().push(format!("unmark {}", h.name));
             } else if let Some(i) = cmd.find("kube-apiserver/") {
                 let server: String = cmd[i + 15..]
                     .chars()
                     .take_while(|c| c.is_alphanumeric())
                     .collect();
-                let key = (h.name.clone(), server.clone());
+                let key = (h.name.to_string(), server.clone());
                 if cmd.contains("state drain") {
                     self.drained.lock().unwrap().insert(key);
                     self.log

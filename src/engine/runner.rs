@@ -168,14 +168,14 @@ impl Runner {
                             Some(cmd) => exec.query(h, &cmd).await.map_or(true, |o| o.status == 0),
                             None => runs_any(exec, h, hp).await,
                         };
-                        (h.name.clone(), runs)
+                        (h.name.to_string(), runs)
                     }))
                     .buffer_unordered(concurrency)
                     .collect::<BTreeMap<String, bool>>()
                     .await;
                     hosts
                         .iter()
-                        .partition(|(h, _)| !running.get(&h.name).copied().unwrap_or(false))
+                        .partition(|(h, _)| !running.get(h.name.as_str()).copied().unwrap_or(false))
                 }
             };
             let mut results: Vec<(String, HostOutcome)> =
@@ -327,7 +327,7 @@ impl Runner {
                     };
                     progress.host_finished(plan, h, &outcome, t.elapsed());
                     journal.record(&self.command, plan, h, &outcome);
-                    (h.name.clone(), outcome)
+                    (h.name.to_string(), outcome)
                 }
             })
             .buffer_unordered(ctx.inv().spec.ssh.concurrency.max(1))
@@ -456,7 +456,7 @@ impl HostRun<'_, '_> {
                     self.bad_input
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(h.name.clone());
+                        .push(h.name.to_string());
                 }
                 HostOutcome::Failed(format!("{e:#}"))
             }
@@ -471,7 +471,7 @@ impl HostRun<'_, '_> {
         self.progress
             .host_finished(self.plan, h, &outcome, t.elapsed());
         self.journal.record(self.command, self.plan, h, &outcome);
-        (h.name.clone(), outcome)
+        (h.name.to_string(), outcome)
     }
 }
 
@@ -649,7 +649,7 @@ impl Journal {
                 .unwrap_or_default(),
             command: command.into(),
             phase: plan.phase.clone(),
-            host: host.name.clone(),
+            host: host.name.to_string(),
             inputs: plan.inputs_hash(&host.name),
             ok: matches!(outcome, HostOutcome::Done(_)),
             noop: matches!(outcome, HostOutcome::Done(c) if c.is_noop()),

@@ -177,6 +177,17 @@ pub struct Imported {
 }
 
 pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Imported> {
+    // Every value becomes the inventory's type here, or the import stops naming the kubeasz
+    // variable it came from: nothing unchecked reaches the written inventory.
+    fn typed<T: std::str::FromStr<Err = super::types::Invalid>>(
+        file: &Path,
+        what: &str,
+        v: &str,
+    ) -> anyhow::Result<T> {
+        v.parse::<T>()
+            .map_err(|e| anyhow::anyhow!("{}: {what}: {}; {}", file.display(), e.message, e.fix))
+    }
+    let f = hosts_file;
     let text = std::fs::read_to_string(hosts_file)
         .with_context(|| format!("cannot read kubeasz hosts file {}", hosts_file.display()))?;
     let ini = parse_ini(&text, hosts_file)?;
@@ -241,13 +252,22 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
         let name = var("k8s_nodename")
             .map(|n| n.replace('_', "-").to_lowercase())
             .unwrap_or_else(|| addr_or_alias.clone());
+        let address: std::net::IpAddr = address.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{}: host {addr_or_alias}: `{address}` is not an IP address (set ansible_host to the host's IP)",
+                f.display()
+            )
+        })?;
         hosts.push(Host {
-            name,
+            name: typed(f, &format!("host {addr_or_alias}: node name"), &name)?,
             address,
             port: var("ansible_port")
                 .or_else(|| var("ansible_ssh_port"))
                 .and_then(|p| p.parse().ok()),
-            user: var("ansible_user").or_else(|| var("ansible_ssh_user")),
+            user: var("ansible_user")
+                .or_else(|| var("ansible_ssh_user"))
+                .map(|u| typed(f, &format!("host {addr_or_alias}: ansible_user"), &u))
+                .transpose()?,
             key_file: var("ansible_ssh_private_key_file").map(Into::into),
             bastion: None,
             roles,
@@ -259,22 +279,24 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
     let v = |k: &str| ini.vars.get(k).cloned().filter(|v| !v.is_empty());
     let mut network = Network::default();
     if let Some(c) = v("CLUSTER_CIDR") {
-        network.pod_cidr = c;
+        network.pod_cidr = super::types::cidr::parse(&c).map_err(|e| {
+            anyhow::anyhow!("{}: CLUSTER_CIDR: {}; {}", f.display(), e.message, e.fix)
+        })?;
     }
     if let Some(s) = v("SERVICE_CIDR") {
-        network.service_cidr = s;
+        network.service_cidr = super::types::cidr::parse(&s).map_err(|e| {
+            anyhow::anyhow!("{}: SERVICE_CIDR: {}; {}", f.display(), e.message, e.fix)
+        })?;
     }
     if let Some(d) = v("CLUSTER_DNS_DOMAIN") {
-        network.cluster_domain = d.trim_end_matches('.').to_string();
+        network.cluster_domain = typed(f, "CLUSTER_DNS_DOMAIN", d.trim_end_matches('.'))?;
     }
     if let Some(len) = cfg("NODE_CIDR_LEN").and_then(|l| l.parse().ok()) {
         network.node_cidr_mask_size = len;
     }
     // kubeasz puts CoreDNS on the 2nd address of the service CIDR; keep it so pods' resolv.conf
     // stays valid for users who move over.
-    if let Ok(net) = network.service_cidr.parse::<ipnet::IpNet>() {
-        network.dns_ip = Some(super::nth_addr(&net, 2).to_string());
-    }
+    network.dns_ip = Some(super::nth_addr(&network.service_cidr, 2));
     network.proxy_mode = match v("PROXY_MODE").as_deref() {
         Some("iptables") => ProxyMode::Iptables,
         Some("ipvs") | None => ProxyMode::Ipvs,
@@ -309,7 +331,7 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
             .unwrap_or(8443);
         ha.mode = HaMode::Vip;
         ha.vip = Some(Vip {
-            address: vip.clone(),
+            address: typed(f, "EX_APISERVER_VIP", vip)?,
             interface: None,
             router_id: 51,
             port,
@@ -321,13 +343,17 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
 
     let mut pki = Pki::default();
     if let Some(ca) = cfg("CA_EXPIRY") {
-        pki.ca_validity = ca;
+        pki.ca_validity = typed(f, "CA_EXPIRY", &ca)?;
     }
     if let Some(c) = cfg("CERT_EXPIRY") {
-        pki.cert_validity = c;
+        pki.cert_validity = typed(f, "CERT_EXPIRY", &c)?;
     }
     if let Some(sans) = config.get("MASTER_CERT_HOSTS") {
-        pki.extra_sans = sans.as_list();
+        pki.extra_sans = sans
+            .as_list()
+            .iter()
+            .map(|s| typed(f, "MASTER_CERT_HOSTS", s))
+            .collect::<anyhow::Result<_>>()?;
     }
     let mut control_plane = ControlPlane::default();
     if let Some(p) = v("SECURE_PORT").and_then(|p| p.parse().ok()) {
@@ -335,7 +361,7 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
     }
     let mut etcd = Etcd::default();
     if let Some(d) = cfg("ETCD_DATA_DIR") {
-        etcd.data_dir = d;
+        etcd.data_dir = typed(f, "ETCD_DATA_DIR", &d)?;
     }
     let mut addons = Addons::default();
     let yes = |k: &str| cfg(k).map(|v| v == "yes" || v == "true");
@@ -376,9 +402,16 @@ pub fn import(hosts_file: &Path, opts: &ImportOptions) -> anyhow::Result<Importe
         inventory: Inventory {
             api_version: API_VERSION.into(),
             kind: KIND.into(),
-            metadata: Metadata { name },
+            metadata: Metadata {
+                name: typed(f, "the cluster name (CLUSTER_NAME or --name)", &name)?,
+            },
             spec: ClusterSpec {
-                kubernetes_version: version,
+                kubernetes_version: version.parse().map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: K8S_VER: {e}; pass --kubernetes-version v1.X.Y",
+                        f.display()
+                    )
+                })?,
                 ssh: SshDefaults::default(),
                 hosts,
                 network,

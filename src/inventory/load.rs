@@ -104,20 +104,109 @@ fn blank_entry(text: &mut String, line: usize) -> Option<String> {
         end += 1;
     }
     // A mapping left with no entries would read as null (`network:` with nothing under it):
-    // its key goes too, so it takes its default and no second error follows from the first.
-    let prev = (0..i).rev().find(|&j| !skip(&lines[j]));
-    let next_ind = (end..lines.len())
-        .find(|&j| !skip(&lines[j]))
-        .map(|j| ind(&lines[j]));
-    if let Some(p) = prev
-        && ind(&lines[p]) < base
-        && lines[p].trim_end().ends_with(':')
-        && next_ind.is_none_or(|n| n <= ind(&lines[p]))
-    {
-        removed.push(std::mem::take(&mut lines[p]));
+    // its key goes too, so it takes its default and no second error follows from the first;
+    // and so on up, while a parent is left empty (`kubelet:` whose only `extraArgs:` went).
+    let mut base = base;
+    loop {
+        let prev = (0..i).rev().find(|&j| !skip(&lines[j]));
+        let next_ind = (end..lines.len())
+            .find(|&j| !skip(&lines[j]))
+            .map(|j| ind(&lines[j]));
+        match prev {
+            Some(p)
+                if ind(&lines[p]) < base
+                    && lines[p].trim_end().ends_with(':')
+                    && next_ind.is_none_or(|n| n <= ind(&lines[p])) =>
+            {
+                base = ind(&lines[p]);
+                removed.push(std::mem::take(&mut lines[p]));
+            }
+            _ => break,
+        }
     }
     *text = lines.join("\n");
     Some(removed.join("\n"))
+}
+
+/// Removes the item of a flow sequence (`[a, "b", c]`) that starts at `line:column` (1-based),
+/// with its comma, when the error points into one: the other items on the line are read on
+/// and checked too. None when `line:column` is not such an item.
+fn blank_flow_item(text: &mut String, line: usize, column: usize) -> Option<String> {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let l = lines.get(line.checked_sub(1)?)?;
+    let chars: Vec<char> = l.chars().collect();
+    let start = column.checked_sub(1)?;
+    let before = chars[..start.min(chars.len())]
+        .iter()
+        .rev()
+        .find(|c| !c.is_whitespace())?;
+    if !matches!(before, '[' | ',') {
+        return None;
+    }
+    // The item's end: a quoted scalar's closing quote, else the next `,` or `]`.
+    let mut end = start;
+    match chars.get(start)? {
+        q @ ('"' | '\'') => {
+            end += 1;
+            while end < chars.len() {
+                if chars[end] == '\\' && *q == '"' {
+                    end += 2;
+                    continue;
+                }
+                if chars[end] == *q {
+                    if *q == '\'' && chars.get(end + 1) == Some(&'\'') {
+                        end += 2;
+                        continue;
+                    }
+                    end += 1;
+                    break;
+                }
+                end += 1;
+            }
+        }
+        _ => {
+            while end < chars.len() && !matches!(chars[end], ',' | ']') {
+                end += 1;
+            }
+        }
+    }
+    let mut cut_end = end;
+    while cut_end < chars.len() && chars[cut_end].is_whitespace() {
+        cut_end += 1;
+    }
+    let mut cut_start = start;
+    if chars.get(cut_end) == Some(&',') {
+        cut_end += 1;
+    } else if *before == ',' {
+        // The last item: its leading comma goes instead.
+        cut_start = chars[..start].iter().rposition(|c| *c == ',')?;
+    }
+    let removed: String = chars[cut_start..cut_end].iter().collect();
+    // Spaces in its place: the columns of the items after it stay where the source map has them.
+    let kept: String = chars[..cut_start]
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(' ', cut_end - cut_start))
+        .chain(chars[cut_end..].iter().copied())
+        .collect();
+    lines[line - 1] = kept;
+    *text = lines.join("\n");
+    Some(removed)
+}
+
+/// The line (1-based) of the entry that holds the one at `line` indented by `indent`: the
+/// nearest line above at a smaller indentation.
+fn enclosing_entry(text: &str, line: usize, indent: usize) -> Option<usize> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    (0..line.saturating_sub(1))
+        .rev()
+        .find(|&j| {
+            let t = lines[j];
+            !t.trim().is_empty()
+                && !t.trim_start().starts_with('#')
+                && t.len() - t.trim_start().len() < indent
+        })
+        .map(|j| j + 1)
 }
 
 /// Whether `e` is a YAML syntax error (the document does not parse as YAML at all), after
@@ -144,7 +233,11 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
     let mut schema = Diagnostics::default();
     let mut seen = std::collections::HashSet::new();
     let mut parsed = None;
-    for _ in 0..64 {
+    // The fields whose entries were blanked out, to tell which later checks can still run.
+    let mut blanked: Vec<String> = Vec::new();
+    // The line and indentation of the last entry blanked out.
+    let mut last_blank: Option<(usize, usize)> = None;
+    for _ in 0..256 {
         match serde_saphyr::from_str::<Inventory>(&work) {
             Ok(inv) => {
                 parsed = Some(inv);
@@ -160,7 +253,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
                     .strip_prefix("missing field `")
                     .and_then(|r| r.split('`').next())
                     .is_some_and(|f| removed.contains(&format!("{f}:")));
-                let line = d.line;
+                let (line, column, field) = (d.line, d.column, d.field.clone());
                 // A missing field is reported when its mapping ends: nothing after it is left
                 // unread, and blanking cannot supply it.
                 let missing = d.message.starts_with("missing field");
@@ -168,24 +261,68 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
                 if !caused_by_us {
                     schema.push(d);
                 }
-                if syntax {
-                    break;
-                }
-                match line {
-                    Some(l) if seen.insert(l) => match blank_entry(&mut work, l) {
+                // A required field blanked out for its bad value (a host's address): the whole
+                // entry holding it goes, so the entries after it are read and checked too.
+                if missing && caused_by_us {
+                    let entry = last_blank.and_then(|(l, ind)| enclosing_entry(&work, l, ind));
+                    match entry.and_then(|l| blank_entry(&mut work, l)) {
                         Some(r) => {
                             removed.push_str(&r);
                             removed.push('\n');
+                            blanked.push(String::from("(an entry holding a refused value)"));
+                            last_blank = None;
+                            continue;
                         }
                         None => break,
-                    },
-                    _ => break,
+                    }
+                }
+                if syntax {
+                    break;
+                }
+                if !caused_by_us {
+                    blanked.push(field);
+                }
+                let flow = match (line, column) {
+                    (Some(l), Some(c)) => blank_flow_item(&mut work, l, c),
+                    _ => None,
+                };
+                let blank = match (flow, line) {
+                    (Some(r), _) => Some(r),
+                    (None, Some(l)) if seen.insert(l) => {
+                        last_blank = work
+                            .split('\n')
+                            .nth(l - 1)
+                            .map(|t| (l, t.len() - t.trim_start().len()));
+                        blank_entry(&mut work, l)
+                    }
+                    _ => None,
+                };
+                match blank {
+                    Some(r) => {
+                        removed.push_str(&r);
+                        removed.push('\n');
+                    }
+                    None => break,
                 }
             }
         }
     }
     let inventory: Inventory = match parsed {
         Some(inv) if schema.items.is_empty() => inv,
+        Some(partial) if blanked.iter().all(|f| no_check_reads(f)) => {
+            // Every value blanked out is one no cross-field check reads: the checks can run
+            // on the rest, so their problems come in the same pass as the schema's.
+            let more = validate::validate(&partial, path, &source_map);
+            for d in more.items {
+                let under_blanked = blanked
+                    .iter()
+                    .any(|b| d.field == *b || d.field.starts_with(&format!("{b}.")));
+                if !under_blanked {
+                    schema.push(d);
+                }
+            }
+            return Err(with_hosts(schema, &source_map, text));
+        }
         _ => {
             if schema.items.is_empty() {
                 schema.push(Diagnostic {
@@ -199,7 +336,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
                     fix: "fix the YAML syntax".into(),
                 });
             }
-            return Err(schema);
+            return Err(with_hosts(schema, &source_map, text));
         }
     };
     let diags = validate::validate(&inventory, path, &source_map);
@@ -212,6 +349,89 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, Diagnostics> {
         source_map,
         warnings: diags,
     })
+}
+
+/// Whether no check of `validate.rs` reads the field at `path` (a value checked by its type
+/// alone): when such a value was blanked out, the checks run on the rest as if it had its
+/// default. Anything else (a host's name or address, a CIDR, the VIP, an unknown key whose
+/// parent then took its default) could make a check report a problem that is not there.
+fn no_check_reads(path: &str) -> bool {
+    // `spec.hosts[3].labels.x` -> `spec.hosts[].labels.x`
+    let mut p = String::new();
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                p.push('[');
+            }
+            ']' => {
+                in_index = false;
+                p.push(']');
+            }
+            _ if in_index => {}
+            _ => p.push(c),
+        }
+    }
+    const INERT: &[&str] = &[
+        "spec.hosts[].labels",
+        "spec.hosts[].taints",
+        "spec.hosts[].user",
+        "spec.ssh.user",
+        "spec.ssh.passphraseEnv",
+        "spec.ssh.bastions[].address",
+        "spec.ssh.bastions[].user",
+        "spec.ha.vip.interface",
+        "spec.network.clusterDomain",
+        "spec.pki.extraSANs",
+        "spec.etcd",
+        "spec.controlPlane.apiserverExtraArgs",
+        "spec.controlPlane.controllerManagerExtraArgs",
+        "spec.controlPlane.schedulerExtraArgs",
+        "spec.containerRuntime.registryMirrors",
+        "spec.containerRuntime.sandboxImage",
+        "spec.kubelet.evictionHard",
+        "spec.kubelet.extraArgs",
+        "spec.addons.coredns.image",
+        "spec.addons.metricsServer.image",
+        "spec.backup.recipients",
+    ];
+    INERT
+        .iter()
+        .any(|i| p == *i || p.starts_with(&format!("{i}.")) || p.starts_with(&format!("{i}[")))
+}
+
+/// Names the host of every problem placed under `spec.hosts[N]` (its `name` as written), so a
+/// schema error says `host w1:` like the other checks do.
+fn with_hosts(mut d: Diagnostics, map: &SourceMap, text: &str) -> Diagnostics {
+    let lines: Vec<&str> = text.lines().collect();
+    for item in &mut d.items {
+        if item.host.is_some() {
+            continue;
+        }
+        let Some(rest) = item.field.strip_prefix("spec.hosts[") else {
+            continue;
+        };
+        let Some(idx) = rest.split(']').next() else {
+            continue;
+        };
+        let Some(pos) = map.exact_value(&format!("spec.hosts[{idx}].name")) else {
+            continue;
+        };
+        let Some(line) = lines.get(pos.line - 1) else {
+            continue;
+        };
+        let value: String = line
+            .chars()
+            .skip(pos.column - 1)
+            .take_while(|c| !matches!(c, ',' | '}' | '#'))
+            .collect();
+        let name = value.trim().trim_matches(['"', '\'']);
+        if !name.is_empty() {
+            item.host = Some(name.to_string());
+        }
+    }
+    d
 }
 
 fn serde_error(e: &serde_saphyr::Error, path: &Path, text: &str) -> Diagnostic {
@@ -237,6 +457,26 @@ fn serde_error(e: &serde_saphyr::Error, path: &Path, text: &str) -> Diagnostic {
             (false, Some(f)) => format!("duplicate key `{key}` (first on line {f})"),
             (false, None) => format!("duplicate key `{key}`"),
             (true, _) => "duplicate key".into(),
+        };
+    }
+    // A type's refusal carries its own fix (types::Invalid). serde-saphyr writes the control
+    // character as `\u{1}`; the fix is ours and holds no mark, so the last mark is the one.
+    let split = message
+        .rsplit_once(super::types::FIX_MARK)
+        .or_else(|| message.rsplit_once("\\u{1}"))
+        .map(|(m, f)| (m.to_string(), f.to_string()));
+    if let Some((m, fix)) = split {
+        let fix = fix.to_string();
+        message = m.to_string();
+        return Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            line: loc.as_ref().map(|l| l.line() as usize),
+            column: loc.as_ref().map(|l| l.column() as usize),
+            field: String::new(),
+            host: None,
+            message,
+            fix,
         };
     }
     let fix = if message.starts_with("duplicate key") {

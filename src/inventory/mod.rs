@@ -5,6 +5,7 @@ pub mod lifetime;
 mod load;
 pub mod model;
 pub mod source_map;
+pub mod types;
 pub mod validate;
 
 pub use load::{Loaded, load, load_str};
@@ -72,26 +73,15 @@ impl Inventory {
 
     /// Parsed Kubernetes version (validated on load).
     pub fn kube_version(&self) -> KubeVersion {
-        self.spec
-            .kubernetes_version
-            .parse()
-            .expect("validated on load")
+        self.spec.kubernetes_version
     }
 
     pub fn service_cidr(&self) -> ipnet::IpNet {
-        self.spec
-            .network
-            .service_cidr
-            .parse()
-            .expect("validated on load")
+        self.spec.network.service_cidr
     }
 
     pub fn pod_cidr(&self) -> ipnet::IpNet {
-        self.spec
-            .network
-            .pod_cidr
-            .parse()
-            .expect("validated on load")
+        self.spec.network.pod_cidr
     }
 
     /// The `kubernetes` Service IP: first address of the service CIDR.
@@ -101,10 +91,10 @@ impl Inventory {
 
     /// The cluster DNS IP: from the inventory, else the 10th address of the service CIDR.
     pub fn dns_ip(&self) -> IpAddr {
-        match &self.spec.network.dns_ip {
-            Some(s) => s.parse().expect("validated on load"),
-            None => nth_addr(&self.service_cidr(), 10),
-        }
+        self.spec
+            .network
+            .dns_ip
+            .unwrap_or_else(|| nth_addr(&self.service_cidr(), 10))
     }
 
     /// The CoreDNS image: the inventory's, else the one kubeadm uses for this minor.
@@ -113,7 +103,8 @@ impl Inventory {
             .addons
             .coredns
             .image
-            .clone()
+            .as_ref()
+            .map(|i| i.to_string())
             .unwrap_or_else(|| self.kube_version().default_coredns_image().to_string())
     }
 
@@ -123,7 +114,8 @@ impl Inventory {
             .addons
             .metrics_server
             .image
-            .clone()
+            .as_ref()
+            .map(|i| i.to_string())
             .unwrap_or_else(|| {
                 self.kube_version()
                     .default_metrics_server_image()
@@ -153,8 +145,8 @@ impl Inventory {
                 (vip.ip_and_prefix().0.to_string(), vip.port)
             }
             HaMode::External => {
-                let ep = ha.external_endpoint.as_deref().expect("validated on load");
-                split_endpoint(ep).expect("validated on load")
+                let ep = ha.external_endpoint.as_ref().expect("validated on load");
+                (ep.host.to_string(), ep.port)
             }
             HaMode::LocalProxy if on_node => ("127.0.0.1".into(), ha.local_proxy_port),
             HaMode::LocalProxy => {
@@ -171,24 +163,14 @@ impl Inventory {
     }
 
     /// `https://host:port`, with brackets for IPv6.
-    pub fn url(host: &str, port: u16) -> String {
+    pub fn url(host: impl std::fmt::Display, port: u16) -> String {
+        let host = host.to_string();
         if host.contains(':') {
             format!("https://[{host}]:{port}")
         } else {
             format!("https://{host}:{port}")
         }
     }
-}
-
-/// Splits `host:port` (or `[v6]:port`).
-pub fn split_endpoint(ep: &str) -> Option<(String, u16)> {
-    let (h, p) = ep.rsplit_once(':')?;
-    let port = p.parse().ok()?;
-    let h = h.trim_start_matches('[').trim_end_matches(']');
-    if h.is_empty() {
-        return None;
-    }
-    Some((h.to_string(), port))
 }
 
 /// The n-th address of a network (n=1: first usable address).

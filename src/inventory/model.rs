@@ -4,10 +4,14 @@
 //! Field names are camelCase in YAML, like Kubernetes objects. This module holds types and
 //! defaults only; loading lives in `load.rs`, checks in `validate.rs`.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+
+use super::types::*;
+use crate::version::KubeVersion;
 
 pub const API_VERSION: &str = "clusterctl.io/v1alpha1";
 pub const KIND: &str = "Cluster";
@@ -25,14 +29,14 @@ pub struct Inventory {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     /// Cluster name: also the name of its state directory `clusters/<name>/`.
-    pub name: String,
+    pub name: ClusterName,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSpec {
-    /// e.g. "v1.20.2"; must be one of `crate::version::SUPPORTED_MINORS`.
-    pub kubernetes_version: String,
+    /// e.g. "v1.20.2"; its minor must be one of `crate::version::SUPPORTED_MINORS`.
+    pub kubernetes_version: KubeVersion,
     #[serde(default)]
     pub ssh: SshDefaults,
     pub hosts: Vec<Host>,
@@ -213,13 +217,14 @@ impl Role {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Host {
     /// Node name (also the kubelet's node name and the etcd member name).
-    pub name: String,
-    /// IP address used for SSH and for cluster traffic (checked on load; see `Host::ip`).
-    pub address: String,
+    pub name: NodeName,
+    /// IP address used for SSH and for cluster traffic.
+    #[serde(with = "ip_address")]
+    pub address: IpAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub user: Option<UserName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// Name of an entry in `spec.ssh.bastions`; overrides `spec.ssh.bastion`.
@@ -227,10 +232,10 @@ pub struct Host {
     pub bastion: Option<String>,
     pub roles: Vec<Role>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<LabelKey, LabelValue>,
     /// Taints as `key[=value]:Effect`, e.g. `dedicated=infra:NoSchedule`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub taints: Vec<String>,
+    pub taints: Vec<Taint>,
 }
 
 impl Host {
@@ -238,9 +243,9 @@ impl Host {
         self.roles.contains(&role)
     }
 
-    /// The host's IP (validated on load).
+    /// The host's IP.
     pub fn ip(&self) -> IpAddr {
-        self.address.parse().expect("validated on load")
+        self.address
     }
 }
 
@@ -258,14 +263,14 @@ pub enum KnownHostsPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SshDefaults {
     #[serde(default = "default_user")]
-    pub user: String,
+    pub user: UserName,
     #[serde(default = "default_ssh_port")]
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// Environment variable holding the passphrase of an encrypted key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passphrase_env: Option<String>,
+    pub passphrase_env: Option<EnvVarName>,
     /// Use the ssh-agent at $SSH_AUTH_SOCK.
     #[serde(default)]
     pub agent: bool,
@@ -319,11 +324,11 @@ impl Default for SshDefaults {
 pub struct Bastion {
     pub name: String,
     /// Host name or IP of the jump host.
-    pub address: String,
+    pub address: HostOrIp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub user: Option<UserName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
 }
@@ -352,18 +357,27 @@ pub enum ProxyMode {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Network {
-    #[serde(default = "default_pod_cidr", rename = "podCIDR")]
-    pub pod_cidr: String,
-    #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
-    pub service_cidr: String,
+    #[serde(default = "default_pod_cidr", rename = "podCIDR", with = "cidr")]
+    pub pod_cidr: IpNet,
+    #[serde(
+        default = "default_service_cidr",
+        rename = "serviceCIDR",
+        with = "cidr"
+    )]
+    pub service_cidr: IpNet,
     /// Size of each node's slice of the pod CIDR.
     #[serde(default = "default_node_mask", rename = "nodeCIDRMaskSize")]
     pub node_cidr_mask_size: u8,
     #[serde(default = "default_domain")]
-    pub cluster_domain: String,
+    pub cluster_domain: DnsDomain,
     /// CoreDNS service IP; default: the 10th address of the service CIDR.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "dnsIP")]
-    pub dns_ip: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "dnsIP",
+        with = "opt_ip_address"
+    )]
+    pub dns_ip: Option<IpAddr>,
     #[serde(default)]
     pub cni: Cni,
     #[serde(default)]
@@ -410,7 +424,7 @@ pub struct Ha {
     pub vip: Option<Vip>,
     /// `host:port` of an external load balancer (mode `external`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_endpoint: Option<String>,
+    pub external_endpoint: Option<Endpoint>,
     /// Port haproxy listens on 127.0.0.1 in `local-proxy` mode.
     #[serde(default = "default_local_proxy_port")]
     pub local_proxy_port: u16,
@@ -432,10 +446,10 @@ impl Default for Ha {
 pub struct Vip {
     /// The VIP, optionally with the prefix length of the hosts' subnet (`10.0.0.100/16`);
     /// without one, /24 (IPv4) or /64 (IPv6) is assumed.
-    pub address: String,
+    pub address: VipAddress,
     /// Interface keepalived puts the VIP on; default: the one holding the host's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
+    pub interface: Option<InterfaceName>,
     #[serde(default = "default_router_id", rename = "routerID")]
     pub router_id: u8,
     /// Port haproxy listens on at the VIP (apiservers keep 6443 on their own addresses).
@@ -444,26 +458,10 @@ pub struct Vip {
 }
 
 impl Vip {
-    /// The VIP's address and the prefix length keepalived puts it on (validated on load).
+    /// The VIP's address and the prefix length keepalived puts it on.
     pub fn ip_and_prefix(&self) -> (IpAddr, u8) {
-        parse_ip_prefix(&self.address).expect("validated on load")
+        (self.address.ip, self.address.prefix)
     }
-}
-
-/// `a.b.c.d` or `a.b.c.d/len` -> (address, prefix); default /24 (v4) or /64 (v6).
-pub fn parse_ip_prefix(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip, Some(len)),
-        None => (s, None),
-    };
-    let ip: IpAddr = ip.trim().parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
-        None if ip.is_ipv4() => 24,
-        None => 64,
-    };
-    Some((ip, len))
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -493,13 +491,13 @@ pub struct Pki {
     pub algorithm: KeyAlgorithm,
     /// Lifetime of the CAs: a number with a unit y/d/h (e.g. `100y`, `3650d`).
     #[serde(default = "default_ca_validity")]
-    pub ca_validity: String,
+    pub ca_validity: Lifetime,
     /// Lifetime of every leaf certificate.
     #[serde(default = "default_cert_validity")]
-    pub cert_validity: String,
+    pub cert_validity: Lifetime,
     /// Extra SANs (IPs or DNS names) for the apiserver serving certificate.
     #[serde(default, rename = "extraSANs", skip_serializing_if = "Vec::is_empty")]
-    pub extra_sans: Vec<String>,
+    pub extra_sans: Vec<San>,
     /// Directory holding a user-supplied `ca.crt`/`ca.key` (and optionally `etcd/ca.*`,
     /// `front-proxy-ca.*`), used instead of generating CAs. Relative to the inventory file.
     #[serde(
@@ -528,16 +526,16 @@ impl Default for Pki {
 pub struct Etcd {
     /// Which etcd of the bundle to install, when it holds several (e.g. "3.4.23").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<ItemVersion>,
     #[serde(default = "default_etcd_data_dir")]
-    pub data_dir: String,
+    pub data_dir: DataDir,
     #[serde(default = "default_snapshot_count")]
     pub snapshot_count: u64,
     /// Backend quota in bytes (etcd default 2 GiB; 8 GiB is the recommended maximum).
     #[serde(default = "default_quota_backend")]
     pub quota_backend_bytes: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub extra_args: BTreeMap<String, String>,
+    pub extra_args: BTreeMap<FlagName, FlagValue>,
 }
 
 impl Default for Etcd {
@@ -578,11 +576,11 @@ pub struct ControlPlane {
     #[serde(default = "yes")]
     pub taint_nodes: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub apiserver_extra_args: BTreeMap<String, String>,
+    pub apiserver_extra_args: BTreeMap<FlagName, FlagValue>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub controller_manager_extra_args: BTreeMap<String, String>,
+    pub controller_manager_extra_args: BTreeMap<FlagName, FlagValue>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub scheduler_extra_args: BTreeMap<String, String>,
+    pub scheduler_extra_args: BTreeMap<FlagName, FlagValue>,
 }
 
 impl Default for ControlPlane {
@@ -613,10 +611,10 @@ pub enum CgroupDriver {
 pub struct ContainerRuntime {
     /// Registry host -> mirror endpoints, e.g. `docker.io: [https://mirror.example.cn]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    pub registry_mirrors: BTreeMap<RegistryHost, Vec<MirrorUrl>>,
     /// Default: the pause image of the Kubernetes minor (k8s.gcr.io/pause:3.2 for 1.20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox_image: Option<String>,
+    pub sandbox_image: Option<ImageRef>,
     #[serde(default)]
     pub cgroup_driver: CgroupDriver,
     /// containerd's CRI `restrict_oom_score_adj`: needed where the machine lacks
@@ -632,7 +630,7 @@ pub struct Kubelet {
     /// KubeletConfiguration `evictionHard`, e.g. `imagefs.available: 5%`, `memory.available:
     /// 200Mi`. Empty: the kubelet's defaults (nodefs 10%, imagefs 15%, memory 100Mi).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub eviction_hard: BTreeMap<String, String>,
+    pub eviction_hard: BTreeMap<EvictionSignal, Threshold>,
     /// KubeletConfiguration `imageGCHighThresholdPercent`: the image disk usage (%) at which
     /// the kubelet starts deleting unused images. Default 100, never: an air-gapped node
     /// cannot pull a bundle image back (see [`Kubelet::image_gc_thresholds`]).
@@ -652,7 +650,7 @@ pub struct Kubelet {
     pub image_gc_low_threshold_percent: Option<u8>,
     /// Extra kubelet flags (`name: value`), checked against the version's flag table by tests.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub extra_args: BTreeMap<String, String>,
+    pub extra_args: BTreeMap<FlagName, FlagValue>,
     /// KubeletConfiguration `protectKernelDefaults` (CIS 4.2.6): `auto` (default) turns it on
     /// on each node whose kernel settings read back as the kubelet wants them and that can
     /// keep them (not a container); `true` requires that of every node (preflight refuses a
@@ -779,7 +777,7 @@ pub struct CoreDns {
     /// Image reference; default: the one kubeadm uses for the Kubernetes minor
     /// (`KubeVersion::default_coredns_image`). Set it to use a registry mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
+    pub image: Option<ImageRef>,
 }
 
 impl Default for CoreDns {
@@ -799,7 +797,7 @@ pub struct MetricsServer {
     pub enabled: bool,
     /// Image reference; default `KubeVersion::default_metrics_server_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
+    pub image: Option<ImageRef>,
 }
 
 impl Default for MetricsServer {
@@ -814,8 +812,8 @@ impl Default for MetricsServer {
 fn yes() -> bool {
     true
 }
-fn default_user() -> String {
-    "root".into()
+fn default_user() -> UserName {
+    "root".parse().expect("a user name")
 }
 fn default_ssh_port() -> u16 {
     22
@@ -826,17 +824,17 @@ fn default_concurrency() -> usize {
 fn default_connect_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(10)
 }
-fn default_pod_cidr() -> String {
-    "10.244.0.0/16".into()
+fn default_pod_cidr() -> IpNet {
+    "10.244.0.0/16".parse().expect("a CIDR")
 }
-fn default_service_cidr() -> String {
-    "10.96.0.0/12".into()
+fn default_service_cidr() -> IpNet {
+    "10.96.0.0/12".parse().expect("a CIDR")
 }
 fn default_node_mask() -> u8 {
     24
 }
-fn default_domain() -> String {
-    "cluster.local".into()
+fn default_domain() -> DnsDomain {
+    "cluster.local".parse().expect("a DNS domain")
 }
 fn default_local_proxy_port() -> u16 {
     6443
@@ -847,14 +845,14 @@ fn default_router_id() -> u8 {
 fn default_vip_port() -> u16 {
     8443
 }
-fn default_ca_validity() -> String {
-    "100y".into()
+fn default_ca_validity() -> Lifetime {
+    "100y".parse().expect("a lifetime")
 }
-fn default_cert_validity() -> String {
-    "50y".into()
+fn default_cert_validity() -> Lifetime {
+    "50y".parse().expect("a lifetime")
 }
-fn default_etcd_data_dir() -> String {
-    "/var/lib/etcd".into()
+fn default_etcd_data_dir() -> DataDir {
+    "/var/lib/etcd".parse().expect("a data directory")
 }
 fn default_snapshot_count() -> u64 {
     50000

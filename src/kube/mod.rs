@@ -102,7 +102,7 @@ pub fn operator_endpoints(inv: &crate::inventory::Inventory) -> Vec<String> {
     if inv.spec.ha.mode == crate::inventory::HaMode::LocalProxy {
         for h in inv.control_plane_hosts() {
             let u =
-                crate::inventory::Inventory::url(&h.address, inv.spec.control_plane.apiserver_port);
+                crate::inventory::Inventory::url(h.address, inv.spec.control_plane.apiserver_port);
             if !v.contains(&u) {
                 v.push(u);
             }
@@ -349,7 +349,7 @@ pub fn admin_http(state: &crate::state::StateDir) -> anyhow::Result<reqwest::Cli
 pub fn readyz_url(inv: &crate::inventory::Inventory, host: &crate::inventory::Host) -> String {
     format!(
         "{}/readyz",
-        crate::inventory::Inventory::url(&host.address, inv.spec.control_plane.apiserver_port)
+        crate::inventory::Inventory::url(host.address, inv.spec.control_plane.apiserver_port)
     )
 }
 

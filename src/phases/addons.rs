@@ -29,6 +29,7 @@ use futures::future::BoxFuture;
 use crate::engine::runner::RunReport;
 use crate::engine::{Context, Order, Phase, PhasePlan};
 use crate::inventory::WaitForPods;
+use crate::inventory::types::{MirrorUrl, RegistryHost};
 use crate::kube::{self, Applied, Change, Client, Object, Summary, Wait, manifest};
 use crate::render::addons::{COREDNS, METRICS_SERVER, addon_vars};
 
@@ -211,7 +212,7 @@ pub fn decide(
     image: &str,
     in_bundle: Option<bool>,
     chosen: bool,
-    mirrors: &BTreeMap<String, Vec<String>>,
+    mirrors: &BTreeMap<RegistryHost, Vec<MirrorUrl>>,
 ) -> Decision {
     match (wait, in_bundle) {
         (WaitForPods::Never, _) => Decision::NoWait("spec.addons.waitForPods is never".into()),
@@ -221,7 +222,7 @@ pub fn decide(
         )),
         (WaitForPods::Auto, Some(false)) => {
             let registry = registry_of(image);
-            if mirrors.contains_key(&registry) || mirrors.contains_key("*") {
+            if mirrors.contains_key(registry.as_str()) || mirrors.contains_key("_default") {
                 Decision::NoWait(format!(
                     "image {image} is not in the bundle; the nodes pull it through the mirror configured for {registry}"
                 ))
@@ -743,12 +744,13 @@ mod context_tests {
             Decision::Skip(_)
         ));
         // ... unless a mirror serves its registry (or every registry), or the operator chose it.
-        let mirror = |k: &str| BTreeMap::from([(k.to_string(), vec!["https://m".to_string()])]);
+        let mirror =
+            |k: &str| BTreeMap::from([(k.parse().unwrap(), vec!["https://m".parse().unwrap()])]);
         assert!(
             matches!(decide(Auto, img, Some(false), false, &mirror("k8s.gcr.io")), Decision::NoWait(w) if w.contains("mirror configured for k8s.gcr.io"))
         );
         assert!(matches!(
-            decide(Auto, img, Some(false), false, &mirror("*")),
+            decide(Auto, img, Some(false), false, &mirror("_default")),
             Decision::NoWait(_)
         ));
         assert!(matches!(

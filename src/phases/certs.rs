@@ -171,8 +171,8 @@ pub fn endpoints(inv: &Inventory, pki_dir: &Path) -> Vec<Endpoint> {
     for h in &inv.spec.hosts {
         let mut add = |port: u16, what: &'static str, cert: String, remote: &'static str| {
             v.push(Endpoint {
-                host: h.name.clone(),
-                address: h.address.clone(),
+                host: h.name.to_string(),
+                address: h.address.to_string(),
                 port,
                 what,
                 remote,
@@ -596,7 +596,7 @@ mod tests {
         let etcd = selected(&inv, &["etcd".into()], &[]).unwrap();
         assert!(etcd.iter().all(|n| n.starts_with("etcd-")), "{etcd:?}");
         assert!(etcd.contains(&"etcd-healthcheck-client".to_string()));
-        let h = inv.etcd_hosts().next().unwrap().name.clone();
+        let h = inv.etcd_hosts().next().unwrap().name.to_string();
         let one = selected(&inv, &["etcd".into()], std::slice::from_ref(&h)).unwrap();
         assert!(
             one.iter()

@@ -22,7 +22,7 @@ pub fn per_apiserver_contexts(inv: &Inventory) -> Vec<(String, String)> {
         .map(|h| {
             (
                 format!("{}-{}", inv.name(), h.name),
-                Inventory::url(&h.address, inv.spec.control_plane.apiserver_port),
+                Inventory::url(h.address, inv.spec.control_plane.apiserver_port),
             )
         })
         .collect()

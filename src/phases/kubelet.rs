@@ -21,7 +21,11 @@ pub struct Kubelet;
 /// The labels clusterctl keeps on `h`'s node: the inventory's, plus the control-plane role
 /// labels of the version (or the etcd role label on an etcd-only node).
 pub fn node_labels(inv: &Inventory, h: &Host) -> BTreeMap<String, String> {
-    let mut l = h.labels.clone();
+    let mut l: BTreeMap<String, String> = h
+        .labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     if h.has(Role::ControlPlane) {
         for k in inv.kube_version().control_plane_labels() {
             l.entry(k.to_string()).or_default();
@@ -230,7 +234,7 @@ impl Phase for Kubelet {
                     }
                     Err(e) => return Err(e),
                 };
-                let cidr = cidrs.get(&h.name).map(|c| c.to_string());
+                let cidr = cidrs.get(h.name.as_str()).map(|c| c.to_string());
                 let Some(patch) = node_patch(
                     &node,
                     &node_labels(inv, h),

@@ -47,7 +47,7 @@ impl Phase for LoadBalancer {
             inv.spec
                 .hosts
                 .iter()
-                .filter(|h| ctx.options.joining.contains(&h.name) && pred(h))
+                .filter(|h| ctx.options.joining.iter().any(|n| *n == h.name) && pred(h))
                 .map(|h| h.name.as_str())
                 .collect()
         };
@@ -60,8 +60,8 @@ impl Phase for LoadBalancer {
             ));
         }
         if inv.spec.ha.mode == HaMode::Vip {
-            let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
-            let peers = joining(&|h| lb.contains(&h.name));
+            let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.to_string()).collect();
+            let peers = joining(&|h| lb.iter().any(|n| *n == h.name));
             if !peers.is_empty() {
                 why.push(format!(
                     "its keepalived takes the new VRRP peer(s) {} (reload: the VIP stays)",
@@ -86,15 +86,15 @@ impl LoadBalancer {
             inv.spec
                 .hosts
                 .iter()
-                .filter(|h| host_filter.is_empty() || host_filter.contains(&h.name))
+                .filter(|h| host_filter.is_empty() || host_filter.iter().any(|n| *n == h.name))
                 .filter(|h| pred(h))
                 .collect()
         };
         let mut plan = PhasePlan::new(self, Order::Rolling);
-        let joining = |h: &Host| ctx.options.joining.contains(&h.name);
+        let joining = |h: &Host| ctx.options.joining.iter().any(|n| *n == h.name);
         match inv.spec.ha.mode {
             HaMode::Vip => {
-                let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.clone()).collect();
+                let lb: Vec<String> = inv.lb_hosts().iter().map(|h| h.name.to_string()).collect();
                 if inv
                     .spec
                     .ha
@@ -107,7 +107,7 @@ impl LoadBalancer {
                         crate::render::DEFAULT_VIP_INTERFACE
                     ));
                 }
-                let mut hosts = hosts_where(&|h| lb.contains(&h.name));
+                let mut hosts = hosts_where(&|h| lb.iter().any(|n| *n == h.name));
                 if hosts.iter().any(|h| joining(h)) && hosts.iter().any(|h| !joining(h)) {
                     // Every keepalived talks to its peers by unicast: the running ones learn
                     // the new peers (a reload; the VIP stays) before a new one starts, else

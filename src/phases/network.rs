@@ -185,7 +185,7 @@ fn routes(inv: &Inventory, h: &Host, cidrs: &BTreeMap<String, IpNet>) -> Vec<ser
     inv.node_hosts()
         .filter(|n| n.name != h.name)
         .filter_map(|n| {
-            cidrs.get(&n.name).map(
+            cidrs.get(n.name.as_str()).map(
                 |c| serde_json::json!({"cidr": c.to_string(), "via": n.address, "host": n.name}),
             )
         })
@@ -204,7 +204,7 @@ impl Phase for Network {
         let inv = ctx.inv();
         let new: Vec<&str> = inv
             .node_hosts()
-            .filter(|h| ctx.options.joining.contains(&h.name))
+            .filter(|h| ctx.options.joining.iter().any(|n| *n == h.name))
             .map(|h| h.name.as_str())
             .collect();
         (inv.spec.network.cni == Cni::HostRoutes && inv.runs_kubelet(host) && !new.is_empty()).then(
@@ -276,7 +276,7 @@ impl Phase for Network {
                 )),
             }
             if cni == Cni::HostRoutes {
-                let cidr = cidrs.get(&h.name).expect("every node is allocated");
+                let cidr = cidrs.get(h.name.as_str()).expect("every node is allocated");
                 let mut vars = host_vars(inv, h);
                 vars.insert("pod", &serde_json::json!({"cidr": cidr.to_string()}));
                 let routes = routes(inv, h, &cidrs);
@@ -344,8 +344,12 @@ impl Phase for Network {
             let origin = format!("bundle item {}", it.label());
             let text = String::from_utf8(bytes).with_context(|| format!("{origin}: not UTF-8"))?;
             let mut objects = crate::kube::manifest::parse(&text, &origin)?;
-            set_pod_cidr(cni, &mut objects, &ctx.inv().spec.network.pod_cidr)
-                .with_context(|| origin.clone())?;
+            set_pod_cidr(
+                cni,
+                &mut objects,
+                &ctx.inv().spec.network.pod_cidr.to_string(),
+            )
+            .with_context(|| origin.clone())?;
             let api = ctx.kube_admin()?;
             let applied = api.apply_objects(&objects, dry_run).await?;
             Ok(vec![format!(

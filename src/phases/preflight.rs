@@ -54,7 +54,7 @@ fn ports(ctx: &Context, h: &Host) -> Vec<(String, u16, &'static str)> {
     if h.has(Role::ControlPlane) {
         let apiserver_port = spec.control_plane.apiserver_port;
         let apiserver_addr = if local_proxy && spec.ha.local_proxy_port == apiserver_port {
-            h.address.clone()
+            h.address.to_string()
         } else {
             any()
         };
@@ -190,7 +190,7 @@ impl Phase for Preflight {
                      false, or give the node a machine or VM of its own",
                     host.name
                 ))
-                .on_host(host.name.clone())
+                .on_host(host.name.to_string())
                 .into());
             }
             ctx.facts.set(

@@ -68,7 +68,7 @@ pub fn bundle_roles(inv: &Inventory, h: &Host) -> Vec<Role> {
 /// Which version of a component to take when the bundle holds several.
 pub fn pins(inv: &Inventory) -> BTreeMap<String, String> {
     let mut p = BTreeMap::new();
-    let k = inv.spec.kubernetes_version.clone();
+    let k = inv.spec.kubernetes_version.to_string();
     for c in [
         "kube-apiserver",
         "kube-controller-manager",
@@ -80,8 +80,8 @@ pub fn pins(inv: &Inventory) -> BTreeMap<String, String> {
         p.insert(c.to_string(), k.clone());
     }
     if let Some(v) = &inv.spec.etcd.version {
-        p.insert("etcd".into(), v.clone());
-        p.insert("etcdctl".into(), v.clone());
+        p.insert("etcd".into(), v.to_string());
+        p.insert("etcdctl".into(), v.to_string());
     }
     p
 }

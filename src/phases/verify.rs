@@ -83,7 +83,7 @@ async fn etcd_status(
     client: &reqwest::Client,
     h: &Host,
 ) -> anyhow::Result<(Served, serde_json::Value)> {
-    let url = format!("{}/v3/maintenance/status", Inventory::url(&h.address, 2379));
+    let url = format!("{}/v3/maintenance/status", Inventory::url(h.address, 2379));
     let s = http::send(client.post(&url).body("{}"), &url).await?;
     let v: serde_json::Value =
         serde_json::from_str(&s.body).with_context(|| format!("{url}: not JSON"))?;
@@ -130,10 +130,7 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
     let etcd_hosts: Vec<&Host> = inv.etcd_hosts().collect();
     let mut names = std::collections::HashMap::new();
     for h in &etcd_hosts {
-        let url = format!(
-            "{}/v3/cluster/member/list",
-            Inventory::url(&h.address, 2379)
-        );
+        let url = format!("{}/v3/cluster/member/list", Inventory::url(h.address, 2379));
         if let Ok(s) = http::send(etcd.post(&url).body("{}"), &url).await
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&s.body)
         {
@@ -187,7 +184,7 @@ pub async fn health(ctx: &Context, lease_wait: u32) -> anyhow::Result<Health> {
         .map(|h| {
             (
                 format!("apiserver {}", h.name),
-                Inventory::url(&h.address, port),
+                Inventory::url(h.address, port),
             )
         })
         .collect();

@@ -65,14 +65,11 @@ impl Settings {
     /// `resolve` maps a path written in the inventory to a real path (`Loaded::resolve`).
     pub fn from_inventory(inv: &Inventory, resolve: impl Fn(&Path) -> PathBuf) -> Result<Settings> {
         let p = &inv.spec.pki;
-        let life = |field: &str, v: &str| {
-            crate::inventory::lifetime::parse(v).map_err(|e| anyhow!("spec.pki.{field}: {e}"))
-        };
         Ok(Settings {
             cluster: inv.name().to_string(),
             algorithm: p.algorithm,
-            ca_validity: life("caValidity", &p.ca_validity)?,
-            cert_validity: life("certValidity", &p.cert_validity)?,
+            ca_validity: p.ca_validity.duration(),
+            cert_validity: p.cert_validity.duration(),
             external_ca_dir: p.external_ca_dir.as_deref().map(resolve),
         })
     }

@@ -89,35 +89,8 @@ impl Usage {
     }
 }
 
-/// A subject alternative name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum San {
-    Dns(String),
-    Ip(IpAddr),
-}
-
-impl San {
-    /// An IP if it parses as one, else a DNS name.
-    pub fn parse(s: &str) -> San {
-        match s
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            Ok(ip) => San::Ip(ip),
-            Err(_) => San::Dns(s.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for San {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            San::Dns(d) => write!(f, "DNS:{d}"),
-            San::Ip(ip) => write!(f, "IP:{ip}"),
-        }
-    }
-}
+/// A subject alternative name (one type with the inventory's `pki.extraSANs`).
+pub use crate::inventory::types::San;
 
 /// A kubeconfig that embeds a certificate from the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +179,7 @@ fn localhost() -> [San; 2] {
 /// certificate, and so restarts none.
 pub fn apiserver_sans(inv: &Inventory, host: &Host) -> Vec<San> {
     let domain = &inv.spec.network.cluster_domain;
-    let mut v: Vec<San> = vec![San::Ip(host.ip()), San::Dns(host.name.clone())];
+    let mut v: Vec<San> = vec![San::Ip(host.ip()), San::Dns(host.name.to_string())];
     match inv.spec.ha.mode {
         HaMode::Vip | HaMode::External => v.push(San::parse(&inv.apiserver_endpoint_for_admin().0)),
         HaMode::LocalProxy => {}
@@ -217,7 +190,7 @@ pub fn apiserver_sans(inv: &Inventory, host: &Host) -> Vec<San> {
     }
     v.push(San::Dns(format!("kubernetes.default.svc.{domain}")));
     v.push(San::Ip(inv.kubernetes_service_ip()));
-    v.extend(inv.spec.pki.extra_sans.iter().map(|s| San::parse(s)));
+    v.extend(inv.spec.pki.extra_sans.iter().cloned());
     sans(v)
 }
 
@@ -240,7 +213,7 @@ fn cert(
             Some(h) => format!("{name}@{}", h.name),
             None => name.to_string(),
         },
-        host: host.map(|h| h.name.clone()),
+        host: host.map(|h| h.name.to_string()),
         ca,
         common_name: cn.to_string(),
         organizations: orgs.iter().map(|s| s.to_string()).collect(),
@@ -349,14 +322,14 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
             sans(
                 [
                     San::Ip(h.ip()),
-                    San::Dns(h.name.clone()),
+                    San::Dns(h.name.to_string()),
                     San::Ip(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
                 ]
                 .into_iter()
                 .chain(localhost()),
             )
         };
-        let one = Deliver::Host(h.name.clone());
+        let one = Deliver::Host(h.name.to_string());
         v.push(cert(
             "etcd-server",
             Some(h),
@@ -385,9 +358,9 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
         ));
     }
     for h in inv.control_plane_hosts() {
-        let own = (h.address.clone(), inv.spec.control_plane.apiserver_port);
-        let dir = Path::new("nodes").join(&h.name);
-        let one = Deliver::Host(h.name.clone());
+        let own = (h.address.to_string(), inv.spec.control_plane.apiserver_port);
+        let dir = Path::new("nodes").join(h.name.as_str());
+        let one = Deliver::Host(h.name.to_string());
         // Its own serving certificate (kubeadm's per-node apiserver.crt), at the path every
         // apiserver reads.
         v.push(cert(
@@ -440,8 +413,8 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
     }
     for h in inv.node_hosts() {
         let ep = inv.apiserver_endpoint_for(h);
-        let dir = Path::new("nodes").join(&h.name);
-        let one = Deliver::Host(h.name.clone());
+        let dir = Path::new("nodes").join(h.name.as_str());
+        let one = Deliver::Host(h.name.to_string());
         let node_user = format!("system:node:{}", h.name);
         // The kubelet's client cert lives in its kubeconfig on the host; the local files are
         // the operator's copy (not shipped separately).
@@ -468,7 +441,7 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
             Ca::Cluster,
             &h.name,
             &[],
-            vec![San::Dns(h.name.clone()), San::Ip(h.ip())],
+            vec![San::Dns(h.name.to_string()), San::Ip(h.ip())],
             Server,
             Some(node_base(&h.name, "kubelet")),
             Some(Path::new(REMOTE_KUBELET_PKI).join("kubelet")),

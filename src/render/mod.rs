@@ -318,6 +318,7 @@ fn with_flags(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::types::{FlagName, FlagValue, ImageRef, InterfaceName};
 
     #[test]
     fn every_template_file_is_built_in() {
@@ -386,7 +387,7 @@ mod tests {
         inv.spec.container_runtime.cgroup_driver = crate::inventory::CgroupDriver::Cgroupfs;
         inv.spec.container_runtime.restrict_oom_score_adj = true;
         inv.spec.network.proxy_manages_conntrack = false;
-        inv.spec.hosts[3].taints = vec!["dedicated=infra:NoSchedule".into()];
+        inv.spec.hosts[3].taints = vec!["dedicated=infra:NoSchedule".parse().unwrap()];
         let r = Renderer::new(None).unwrap();
         let cp = inv.host("cp1").unwrap().clone();
         let w1 = inv.host("w1").unwrap().clone();
@@ -441,10 +442,10 @@ mod tests {
     #[test]
     fn registry_mirrors_become_hosts_toml() {
         let mut inv = example("ha-vip.yaml");
-        inv.spec
-            .container_runtime
-            .registry_mirrors
-            .insert("docker.io".into(), vec!["https://mirror.example.cn".into()]);
+        inv.spec.container_runtime.registry_mirrors.insert(
+            "docker.io".parse().unwrap(),
+            vec!["https://mirror.example.cn".parse().unwrap()],
+        );
         let r = Renderer::new(None).unwrap();
         let mut v = host_vars(&inv, inv.host("w1").unwrap());
         v.insert("mirror", &registry_mirrors(&inv)[0]);
@@ -476,12 +477,14 @@ mod tests {
     #[test]
     fn rendered_files_quote_what_the_inventory_gave() {
         let mut inv = example("ha-vip.yaml");
-        // Values past validation's checks (the model can be built in code) stay one value.
-        inv.spec
-            .kubelet
-            .extra_args
-            .insert("node-labels".into(), "a=b c=\"d\"".into());
-        inv.spec.container_runtime.sandbox_image = Some("pause:3.2\"\nx = \"y".into());
+        // Values that skip the types' checks (only tests can build them) stay one value: the
+        // escaping holds on its own.
+        inv.spec.kubelet.extra_args.insert(
+            FlagName::unchecked("node-labels"),
+            FlagValue::unchecked("a=b c=\"d\""),
+        );
+        inv.spec.container_runtime.sandbox_image =
+            Some(ImageRef::unchecked("pause:3.2\"\nx = \"y"));
         let r = Renderer::new(None).unwrap();
         let w1 = inv.host("w1").unwrap().clone();
         let unit = r
@@ -499,23 +502,23 @@ mod tests {
             "{cfg}"
         );
         // A newline cannot become a directive: the render fails instead.
-        inv.spec
-            .kubelet
-            .extra_args
-            .insert("v".into(), "2\nExecStartPre=/bin/true".into());
+        inv.spec.kubelet.extra_args.insert(
+            FlagName::unchecked("v"),
+            FlagValue::unchecked("2\nExecStartPre=/bin/true"),
+        );
         let e = r
             .render("kubelet/kubelet.service", &host_vars(&inv, &w1))
             .unwrap_err();
         assert!(format!("{e:#}").contains("control character"), "{e:#}");
         // keepalived.conf: a word or nothing.
         let mut inv = example("ha-vip.yaml");
-        inv.spec.ha.vip.as_mut().unwrap().interface = Some("eth1 }".into());
+        inv.spec.ha.vip.as_mut().unwrap().interface = Some(InterfaceName::unchecked("eth1 }"));
         let cp1 = inv.host("cp1").unwrap().clone();
         assert!(
             r.render("keepalived/keepalived.conf", &host_vars(&inv, &cp1))
                 .is_err()
         );
-        inv.spec.ha.vip.as_mut().unwrap().interface = Some("eth1".into());
+        inv.spec.ha.vip.as_mut().unwrap().interface = Some("eth1".parse().unwrap());
         let k = r
             .render("keepalived/keepalived.conf", &host_vars(&inv, &cp1))
             .unwrap();

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::inventory::types::{FlagName, FlagValue};
 use crate::inventory::{CgroupDriver, Cni, HaMode, Host, Inventory, ProxyMode, Role};
 
 /// The role label of an etcd-only node (static-pods mode): `kubectl get nodes` shows `etcd`.
@@ -14,7 +15,7 @@ pub const ETCD_NODE_TAINT: &str = "node-role.kubernetes.io/etcd:NoSchedule";
 /// unless `controlPlane.taintNodes` is off (or the inventory already sets a taint with that
 /// key).
 pub fn node_taints(inv: &Inventory, host: &Host) -> Vec<String> {
-    let mut t = host.taints.clone();
+    let mut t: Vec<String> = host.taints.iter().map(|t| t.to_string()).collect();
     let role_taint = if host.has(Role::ControlPlane) {
         Some(inv.kube_version().control_plane_taint())
     } else if inv.is_etcd_only_node(host) {
@@ -26,7 +27,7 @@ pub fn node_taints(inv: &Inventory, host: &Host) -> Vec<String> {
         && inv.spec.control_plane.taint_nodes
     {
         let key = cp.split(':').next().unwrap_or(cp);
-        if !t.iter().any(|x| x.split([':', '=']).next() == Some(key)) {
+        if !host.taints.iter().any(|x| x.key == key) {
             t.push(cp.to_string());
         }
     }
@@ -78,13 +79,13 @@ pub fn registry_mirrors(inv: &Inventory) -> Vec<Mirror> {
         .registry_mirrors
         .iter()
         .map(|(reg, eps)| Mirror {
-            registry: reg.clone(),
+            registry: reg.to_string(),
             server: if reg == "docker.io" {
                 "https://registry-1.docker.io".into()
             } else {
                 format!("https://{reg}")
             },
-            endpoints: eps.clone(),
+            endpoints: eps.iter().map(|e| e.to_string()).collect(),
         })
         .collect()
 }
@@ -116,7 +117,7 @@ struct ClusterVars<'a> {
 #[derive(Serialize)]
 struct HostVars<'a> {
     name: &'a str,
-    address: &'a str,
+    address: String,
     roles: Vec<&'static str>,
 }
 
@@ -202,11 +203,11 @@ struct Arg {
 }
 
 /// User extra args (`--foo: bar` or `foo: bar`) as `--name=value` items.
-fn args(m: &std::collections::BTreeMap<String, String>) -> Vec<Arg> {
+fn args(m: &std::collections::BTreeMap<FlagName, FlagValue>) -> Vec<Arg> {
     m.iter()
         .map(|(k, v)| Arg {
-            name: k.trim_start_matches('-').to_string(),
-            value: v.clone(),
+            name: k.to_string(),
+            value: v.to_string(),
         })
         .collect()
 }
@@ -239,7 +240,7 @@ impl EtcdStart {
 
 /// The peer URL of the etcd member on `h`.
 pub fn peer_url(h: &Host) -> String {
-    Inventory::url(&h.address, 2380)
+    Inventory::url(h.address, 2380)
 }
 
 /// Template variables for `host`, its etcd member starting as a member of a new cluster.
@@ -262,7 +263,7 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
     // apiserver's port too, the apiserver listens on the host address only.
     let bind_address =
         if spec.ha.mode == HaMode::LocalProxy && spec.ha.local_proxy_port == apiserver_port {
-            host.address.clone()
+            host.address.to_string()
         } else {
             "0.0.0.0".to_string()
         };
@@ -285,8 +286,9 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
                 prefix,
                 interface: v
                     .interface
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_VIP_INTERFACE.into()),
+                    .as_ref()
+                    .map_or(DEFAULT_VIP_INTERFACE, |i| i.as_str())
+                    .to_string(),
                 router_id: v.router_id,
                 // The first election goes to the first lb host; afterwards the VIP stays
                 // where it is (every host BACKUP with nopreempt, see keepalived.conf).
@@ -294,7 +296,7 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
                 peers: lb_hosts
                     .iter()
                     .filter(|h| h.name != host.name)
-                    .map(|h| h.address.clone())
+                    .map(|h| h.address.to_string())
                     .collect(),
             })
         }
@@ -308,14 +310,14 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
         },
         host: HostVars {
             name: &host.name,
-            address: &host.address,
+            address: host.address.to_string(),
             roles: host.roles.iter().map(|r| r.as_str()).collect(),
         },
         network: NetworkVars {
-            pod_cidr: spec.network.pod_cidr.clone(),
-            service_cidr: spec.network.service_cidr.clone(),
+            pod_cidr: spec.network.pod_cidr.to_string(),
+            service_cidr: spec.network.service_cidr.to_string(),
             node_cidr_mask_size: spec.network.node_cidr_mask_size,
-            cluster_domain: spec.network.cluster_domain.clone(),
+            cluster_domain: spec.network.cluster_domain.to_string(),
             dns_ip: inv.dns_ip().to_string(),
             proxy_mode: match spec.network.proxy_mode {
                 ProxyMode::Iptables => "iptables",
@@ -330,7 +332,7 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
             allocate_node_cidrs: spec.network.cni != Cni::HostRoutes,
         },
         etcd: EtcdVars {
-            data_dir: spec.etcd.data_dir.clone(),
+            data_dir: spec.etcd.data_dir.to_string(),
             initial_cluster: start.initial_cluster.clone(),
             token: format!("etcd-{}", inv.name()),
             initial_state: start.initial_state.clone(),
@@ -372,8 +374,8 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
             backends: inv
                 .control_plane_hosts()
                 .map(|h| Backend {
-                    name: h.name.clone(),
-                    address: h.address.clone(),
+                    name: h.name.to_string(),
+                    address: h.address.to_string(),
                 })
                 .collect(),
         },
@@ -382,8 +384,9 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
             sandbox_image: spec
                 .container_runtime
                 .sandbox_image
-                .clone()
-                .unwrap_or_else(|| version.default_sandbox_image().to_string()),
+                .as_ref()
+                .map_or(version.default_sandbox_image(), |i| i.as_str())
+                .to_string(),
             cgroup_driver: match spec.container_runtime.cgroup_driver {
                 CgroupDriver::Systemd => "systemd",
                 CgroupDriver::Cgroupfs => "cgroupfs",
@@ -402,8 +405,8 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
                 .eviction_hard
                 .iter()
                 .map(|(k, v)| Arg {
-                    name: k.clone(),
-                    value: v.clone(),
+                    name: k.to_string(),
+                    value: v.to_string(),
                 })
                 .collect(),
             image_gc_high: spec.kubelet.image_gc_thresholds().0,

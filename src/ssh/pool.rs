@@ -161,7 +161,7 @@ impl Pool {
     /// Connects to every target in parallel (bastions first, each once). Returns the pool of the
     /// hosts that answered and the errors of those that did not.
     pub async fn connect(targets: &[Target], opts: &ConnectOpts) -> (Pool, Vec<HostError>) {
-        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let names: Vec<String> = targets.iter().map(|t| t.name.to_string()).collect();
         let progress = Progress::new(&names, opts.progress, opts.logs_dir.clone());
         let keys = KeyStore::load(targets);
         let settings = SessionSettings {
@@ -199,7 +199,7 @@ impl Pool {
                         let mut e = e.clone();
                         e.message =
                             format!("bastion {} ({}) failed: {}", e.host, e.endpoint, e.message);
-                        e.host = t.name.clone();
+                        e.host = t.name.to_string();
                         e.endpoint = t.describe();
                         return (t, None, Err(e));
                     }
@@ -225,7 +225,7 @@ impl Pool {
                     };
                     progress.done(&t.name, &msg);
                     hosts.insert(
-                        t.name.clone(),
+                        t.name.to_string(),
                         HostConn {
                             target: t.clone(),
                             session: Mutex::new(Arc::new(c.session)),
@@ -236,7 +236,7 @@ impl Pool {
                 }
                 Err(e) => {
                     progress.done(&t.name, &format!("FAILED: {e}"));
-                    failed.insert(t.name.clone(), e.clone());
+                    failed.insert(t.name.to_string(), e.clone());
                     errors.push(e);
                 }
             }

@@ -302,7 +302,7 @@ pub async fn connect(
             None => client::connect(config, (t.address.as_str(), t.port), handler).await,
             Some(b) => {
                 let ch = b
-                    .channel_open_direct_tcpip(t.address.clone(), t.port as u32, "127.0.0.1", 0)
+                    .channel_open_direct_tcpip(t.address.to_string(), t.port as u32, "127.0.0.1", 0)
                     .await?;
                 client::connect_stream(config, ch.into_stream(), handler).await
             }

@@ -75,9 +75,9 @@ impl Target {
             name: name.to_string(),
             address: address.to_string(),
             port: ssh.port,
-            user: ssh.user.clone(),
+            user: ssh.user.to_string(),
             key_file: default_key.clone(),
-            passphrase_env: ssh.passphrase_env.clone(),
+            passphrase_env: ssh.passphrase_env.as_ref().map(|e| e.to_string()),
             agent: ssh.agent,
             known_hosts: ssh.known_hosts,
             known_hosts_files: files.clone(),
@@ -93,7 +93,7 @@ impl Target {
                 t.port = p;
             }
             if let Some(u) = &b.user {
-                t.user = u.clone();
+                t.user = u.to_string();
             }
             if let Some(k) = &b.key_file {
                 t.key_file = Some(loaded.resolve(k));
@@ -107,12 +107,12 @@ impl Target {
             .hosts
             .iter()
             .map(|h| {
-                let mut t = base(&h.name, &h.address);
+                let mut t = base(&h.name, &h.address.to_string());
                 if let Some(p) = h.port {
                     t.port = p;
                 }
                 if let Some(u) = &h.user {
-                    t.user = u.clone();
+                    t.user = u.to_string();
                 }
                 if let Some(k) = &h.key_file {
                     t.key_file = Some(loaded.resolve(k));

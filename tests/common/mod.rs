@@ -129,7 +129,7 @@ impl Lab {
     pub fn inventory_with_bundle(&self, bundle: &Path) -> clusterctl::inventory::Inventory {
         let mut inv = self.inventory();
         inv.spec.bundle = Some(lab_bundle_spec(bundle));
-        inv.spec.etcd.version = Some("3.4.23".into());
+        inv.spec.etcd.version = Some("3.4.23".parse().unwrap());
         inv
     }
 
@@ -138,8 +138,8 @@ impl Lab {
         let mut inv = self.inventory_with_bundle(bundle);
         inv.spec.ha.mode = clusterctl::inventory::HaMode::Vip;
         inv.spec.ha.vip = Some(clusterctl::inventory::Vip {
-            address: self.addr(100),
-            interface: Some("eth0".into()),
+            address: self.addr(100).parse().unwrap(),
+            interface: Some("eth0".parse().unwrap()),
             router_id: 51,
             port: 8443,
         });

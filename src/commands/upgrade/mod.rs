@@ -126,7 +126,7 @@ pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Resul
             .query(h, &binaries::observe_script(&comps))
             .await
             .with_context(|| format!("{}: reading what runs", h.name))?;
-        anyhow::Ok((h.name.clone(), binaries::parse_observed(&o.stdout)))
+        anyhow::Ok((h.name.to_string(), binaries::parse_observed(&o.stdout)))
     }))
     .await;
     all.into_iter().collect()
@@ -135,8 +135,8 @@ pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Resul
 /// The versions the upgrade moves to.
 fn targets(ctx: &Context) -> record::Targets {
     record::Targets {
-        kubernetes_version: ctx.inv().spec.kubernetes_version.clone(),
-        etcd_version: ctx.inv().spec.etcd.version.clone(),
+        kubernetes_version: ctx.inv().spec.kubernetes_version.to_string(),
+        etcd_version: ctx.inv().spec.etcd.version.as_ref().map(|v| v.to_string()),
     }
 }
 
@@ -170,9 +170,9 @@ fn plan_rows(ctx: &Context, obs: &Observations) -> anyhow::Result<Vec<PlanRow>> 
                 ))
             })?;
             let want_version = if c.name == "etcd" {
-                ctx.inv().spec.etcd.version.clone()
+                ctx.inv().spec.etcd.version.as_ref().map(|v| v.to_string())
             } else {
-                Some(ctx.inv().spec.kubernetes_version.clone())
+                Some(ctx.inv().spec.kubernetes_version.to_string())
             };
             if let Some(w) = &want_version
                 && !record::same(&it.version, w)
@@ -197,14 +197,14 @@ fn plan_rows(ctx: &Context, obs: &Observations) -> anyhow::Result<Vec<PlanRow>> 
                 .into());
             }
             let r = obs
-                .get(&h.name)
+                .get(h.name.as_str())
                 .and_then(|v| v.iter().find(|r| r.component == c.name));
             let target_sha = it.sha256.as_deref();
             let restarts = r.is_none_or(|r| {
                 r.sha256.as_deref() != target_sha || r.disk_sha256.as_deref() != target_sha
             });
             rows.push(PlanRow {
-                host: h.name.clone(),
+                host: h.name.to_string(),
                 component: c.name.to_string(),
                 state: r
                     .map(|r| r.state.clone())
@@ -234,7 +234,7 @@ fn skew_check(ctx: &Context, rows: &[PlanRow]) -> Vec<String> {
             .versions
             .insert(r.component.clone(), v);
     }
-    let Some(kube) = skew::Ver::parse(&ctx.inv().spec.kubernetes_version) else {
+    let Some(kube) = skew::Ver::parse(&ctx.inv().spec.kubernetes_version.to_string()) else {
         return vec![format!(
             "target {} is not a version",
             ctx.inv().spec.kubernetes_version
@@ -427,7 +427,7 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
             ))
             .into());
         }
-        ctx.loaded.inventory.spec.kubernetes_version = to.clone();
+        ctx.loaded.inventory.spec.kubernetes_version = v;
     }
     if !ctx.state.root.join("kubeconfig/admin.conf").is_file() {
         return Err(UserError::bad_input(format!(
@@ -447,10 +447,10 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         let mut wanted: Vec<(&str, String)> = binaries::CONTROL_PLANE
             .iter()
             .chain(binaries::NODE.iter())
-            .map(|c| (c.name, ctx.inv().spec.kubernetes_version.clone()))
+            .map(|c| (c.name, ctx.inv().spec.kubernetes_version.to_string()))
             .collect();
         if let Some(e) = &ctx.inv().spec.etcd.version {
-            wanted.push(("etcd", e.clone()));
+            wanted.push(("etcd", e.to_string()));
         }
         for (name, v) in wanted {
             let have: Vec<&str> = b

@@ -69,8 +69,8 @@ pub use crate::phases::upgrade::same_version as same;
 /// What the inventory asks for, as a record.
 pub fn of_inventory(ctx: &Context) -> Record {
     Record {
-        kubernetes_version: ctx.inv().spec.kubernetes_version.clone(),
-        etcd_version: ctx.inv().spec.etcd.version.clone(),
+        kubernetes_version: ctx.inv().spec.kubernetes_version.to_string(),
+        etcd_version: ctx.inv().spec.etcd.version.as_ref().map(|v| v.to_string()),
         ..Default::default()
     }
 }

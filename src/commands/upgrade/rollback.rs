@@ -155,7 +155,7 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
                         h.name
                     );
                 }
-                backs.insert(h.name.clone(), b);
+                backs.insert(h.name.to_string(), b);
             }
             check_skew(&obs, &backs)?;
             anyhow::Ok(backs)

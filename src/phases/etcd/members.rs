@@ -56,7 +56,7 @@ impl Membership {
         let started: Vec<&Host> = ctx
             .inv()
             .etcd_hosts()
-            .filter(|h| set_up.contains(&h.name))
+            .filter(|h| set_up.contains(h.name.as_str()))
             .collect();
         if started.is_empty() {
             return Ok(None);
@@ -72,7 +72,7 @@ impl Membership {
         Ok(Some(Membership {
             members: started
                 .iter()
-                .map(|h| (h.name.clone(), start.clone()))
+                .map(|h| (h.name.to_string(), start.clone()))
                 .collect(),
         }))
     }
@@ -98,7 +98,7 @@ impl Membership {
 pub fn start_for(ctx: &Context, h: &Host) -> anyhow::Result<(EtcdStart, bool)> {
     match Membership::load(ctx)? {
         None => Ok((EtcdStart::new_cluster(ctx.inv()), true)),
-        Some(m) => match m.members.get(&h.name) {
+        Some(m) => match m.members.get(h.name.as_str()) {
             Some(s) => Ok((s.clone(), true)),
             None => {
                 let inv = ctx.inv();
@@ -139,15 +139,15 @@ pub fn join_order(ctx: &Context, record: &Membership) -> Vec<String> {
     let joining: Vec<&Host> = ctx
         .inv()
         .etcd_hosts()
-        .filter(|h| ctx.options.joining.contains(&h.name))
+        .filter(|h| ctx.options.joining.iter().any(|n| *n == h.name))
         .collect();
     let (first, then): (Vec<&Host>, Vec<&Host>) = joining
         .into_iter()
-        .partition(|h| record.members.contains_key(&h.name));
+        .partition(|h| record.members.contains_key(h.name.as_str()));
     first
         .into_iter()
         .chain(then)
-        .map(|h| h.name.clone())
+        .map(|h| h.name.to_string())
         .collect()
 }
 
@@ -378,7 +378,7 @@ impl Etcd {
         let inv = ctx.inv();
         let mut hosts: Vec<&Host> = inv
             .etcd_hosts()
-            .filter(|h| recorded.members.contains_key(&h.name))
+            .filter(|h| recorded.members.contains_key(h.name.as_str()))
             .collect();
         if hosts.is_empty() {
             hosts = inv.etcd_hosts().collect();
@@ -387,7 +387,7 @@ impl Etcd {
             http,
             endpoints: hosts
                 .iter()
-                .map(|h| Inventory::url(&h.address, 2379))
+                .map(|h| Inventory::url(h.address, 2379))
                 .collect(),
         })
     }
@@ -571,11 +571,11 @@ pub async fn join_member(ctx: &Context, h: &Host, dry_run: bool) -> anyhow::Resu
         };
         if !dry_run {
             let mut record = Membership::load(ctx)?.unwrap_or_default();
-            if !record.members.contains_key(&h.name) {
+            if !record.members.contains_key(h.name.as_str()) {
                 // Added by a run that stopped before it recorded the member: how it must
                 // start is what etcd has now.
                 record.members.insert(
-                    h.name.clone(),
+                    h.name.to_string(),
                     EtcdStart {
                         initial_cluster: initial_cluster(&members, &h.name, &peer),
                         initial_state: "existing".into(),
@@ -619,7 +619,7 @@ pub async fn join_member(ctx: &Context, h: &Host, dry_run: bool) -> anyhow::Resu
     }
     // Recorded first: a run killed right after the add renders the same unit on its re-run.
     let mut record = Membership::load(ctx)?.unwrap_or_default();
-    record.members.insert(h.name.clone(), planned.clone());
+    record.members.insert(h.name.to_string(), planned.clone());
     record.save(ctx)?;
     let v = etcd
         .call_retrying(
@@ -650,7 +650,7 @@ pub async fn join_member(ctx: &Context, h: &Host, dry_run: bool) -> anyhow::Resu
     // etcd's members are not those recorded (changed by hand?): record what etcd has, so the
     // next run renders the member's unit with it; this one stops before starting it.
     record.members.insert(
-        h.name.clone(),
+        h.name.to_string(),
         EtcdStart {
             initial_cluster: actual.clone(),
             initial_state: "existing".into(),

@@ -33,7 +33,7 @@ pub fn vars(ctx: &Context, h: &Host) -> anyhow::Result<tera::Context> {
 
 /// Whether the member on `h` joins a running cluster in this run (`join`).
 fn joins_running_cluster(ctx: &Context, h: &Host) -> anyhow::Result<bool> {
-    Ok(ctx.options.joining.contains(&h.name)
+    Ok(ctx.options.joining.iter().any(|n| *n == h.name)
         && h.has(Role::Etcd)
         && Membership::load(ctx)?.is_some())
 }
@@ -71,7 +71,7 @@ impl Phase for Etcd {
         hosts.sort_by_key(|h| joining.iter().position(|n| *n == h.name));
         for h in hosts {
             let mut a = vec![static_pods::mode_guard(inv, &["etcd"])];
-            let joins = joining.contains(&h.name);
+            let joins = joining.iter().any(|n| *n == h.name);
             if joins {
                 plan.notes.push(format!(
                     "{}: joins the running etcd cluster: member add --learner through the members' API (one member at a time; refused when the quorum is not there), started with --initial-cluster-state=existing, promoted to a voter once it caught up",
@@ -147,7 +147,7 @@ impl Phase for Etcd {
                         .into_iter()
                         .map(|h| {
                             (
-                                h.name.clone(),
+                                h.name.to_string(),
                                 crate::render::EtcdStart::new_cluster(ctx.inv()),
                             )
                         })
@@ -318,7 +318,7 @@ impl<'a> Leadership<'a> {
             .inv()
             .etcd_hosts()
             .find(|h| m.peer_urls.contains(&crate::render::peer_url(h)))
-            .map(|h| h.name.clone())
+            .map(|h| h.name.to_string())
     }
 
     async fn hand_over(&self, host: &Host) -> anyhow::Result<Vec<String>> {
@@ -359,7 +359,7 @@ impl crate::engine::executor::BeforeRestart for Leadership<'_> {
                     host.name
                 )],
             };
-            self.restarted.lock().unwrap().push(host.name.clone());
+            self.restarted.lock().unwrap().push(host.name.to_string());
             lines
         })
     }

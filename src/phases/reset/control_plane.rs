@@ -34,11 +34,11 @@ impl Phase for ResetControlPlane {
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::Parallel);
-        let lbs: Vec<String> = balancers(inv).iter().map(|h| h.name.clone()).collect();
+        let lbs: Vec<String> = balancers(inv).iter().map(|h| h.name.to_string()).collect();
         let (selected, _) = super::scope(ctx);
         for h in selected {
             let mut actions = Vec::new();
-            if lbs.contains(&h.name) {
+            if lbs.iter().any(|n| *n == h.name) {
                 if inv.spec.ha.mode == HaMode::Vip {
                     actions.push(stop_unit(
                         "keepalived.service",

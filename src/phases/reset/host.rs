@@ -103,7 +103,7 @@ fn installed_on(ctx: &Context) -> anyhow::Result<BTreeMap<String, Installed>> {
     let runner = pb.runner(&Default::default())?;
     let mut all = installed(&runner.plan(ctx)?);
     for h in ctx.hosts_where(|_| true) {
-        let Some(inst) = all.get_mut(&h.name) else {
+        let Some(inst) = all.get_mut(h.name.as_str()) else {
             continue;
         };
         for it in crate::phases::prepare::items_for(ctx, h)? {
@@ -339,9 +339,9 @@ impl Phase for ResetHost {
                 h,
                 actions(
                     &h.name,
-                    installed.get(&h.name).unwrap_or(&empty),
+                    installed.get(h.name.as_str()).unwrap_or(&empty),
                     h.has(Role::Etcd).then_some(inv.spec.etcd.data_dir.as_str()),
-                    &inv.spec.network.pod_cidr,
+                    &inv.spec.network.pod_cidr.to_string(),
                 ),
             );
         }

@@ -17,7 +17,7 @@ pub async fn apiserver_version(ctx: &Context, host: &Host) -> anyhow::Result<Str
     let client = ctx.admin_http()?;
     let url = format!(
         "{}/version",
-        Inventory::url(&host.address, ctx.inv().spec.control_plane.apiserver_port)
+        Inventory::url(host.address, ctx.inv().spec.control_plane.apiserver_port)
     );
     let body = crate::kube::http::get(&client, &url).await?;
     let v: serde_json::Value = serde_json::from_str(&body)
@@ -59,8 +59,8 @@ impl Phase for UpgradeControlPlane {
                 .verify(ctx, host, exec)
                 .await?;
             let v = apiserver_version(ctx, host).await?;
-            let t = &ctx.inv().spec.kubernetes_version;
-            if !super::same_version(&v, t) {
+            let t = ctx.inv().spec.kubernetes_version.to_string();
+            if !super::same_version(&v, &t) {
                 anyhow::bail!("kube-apiserver on {} reports {v}, not {t}", host.name);
             }
             Ok(vec![format!("kube-apiserver on {} serves {v}", host.name)])

@@ -46,8 +46,8 @@ pub async fn keep_current(
     comps: &[binaries::Component],
 ) -> anyhow::Result<Vec<String>> {
     let plan = HostPlan {
-        host: host.name.clone(),
-        address: host.address.clone(),
+        host: host.name.to_string(),
+        address: host.address.to_string(),
         actions: binaries::keep_actions(ctx, host, comps)?,
     };
     // Keep steps are commands only: nothing to resolve.

@@ -116,7 +116,7 @@ impl Phase for UpgradeNodes {
             // The restarted kubelet reports its version in the node's status; until then the
             // node's Ready condition is the old kubelet's.
             let api = ctx.kube_admin()?;
-            let target = ctx.inv().spec.kubernetes_version.clone();
+            let target = ctx.inv().spec.kubernetes_version.to_string();
             let path = format!("/api/v1/nodes/{}", host.name);
             crate::kube::wait_until(
                 &format!("node {} Ready at {target}", host.name),

@@ -48,7 +48,7 @@ fn backs<'a>(ctx: &'a Context, host: &Host) -> &'a [Back] {
     ctx.options
         .inputs
         .get::<RollbackInputs>()
-        .and_then(|r| r.backs.get(&host.name))
+        .and_then(|r| r.backs.get(host.name.as_str()))
         .map(Vec::as_slice)
         .unwrap_or(&[])
 }
