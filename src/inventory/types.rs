@@ -564,7 +564,7 @@ pub fn check_data_dir(p: &str) -> Result<(), String> {
 
 checked_string!(
     /// A directory on the hosts that clusterctl owns (and `reset` empties): absolute,
-    /// normalised, no system directory, only path-safe characters; kept without a trailing `/`.
+    /// normalised, no system directory, only path-safe characters (`path()` drops a trailing `/`).
     DataDir,
     |s| check_data_dir(s).map_err(|e| {
         if e.starts_with('`') {
