@@ -119,17 +119,58 @@ fn every_supported_minor_has_a_flag_table_and_templates_use_only_its_flags() {
 
 #[test]
 fn flags_removed_in_later_minors_are_not_rendered_for_them() {
-    // --insecure-port (apiserver) is gone in 1.24, --port/--address (controller-manager,
-    // scheduler: the insecure health ports componentstatuses reads) after 1.21.
-    let later = rendered(24);
-    assert!(
-        !later["kube-apiserver"]
-            .iter()
-            .any(|(n, _)| n == "insecure-port")
-    );
-    assert!(!later["kube-scheduler"].iter().any(|(n, _)| n == "port"));
+    // --insecure-port (apiserver) is gone in 1.24, --port (controller-manager, scheduler: the
+    // insecure health ports) after 1.21, the kubelet's --container-runtime in 1.27.
+    let later = rendered(34);
+    for (component, gone) in [
+        ("kube-apiserver", "insecure-port"),
+        ("kube-scheduler", "port"),
+        ("kube-controller-manager", "port"),
+        ("kubelet", "container-runtime"),
+    ] {
+        assert!(
+            !later[component].iter().any(|(n, _)| n == gone),
+            "1.34 {component} renders --{gone}"
+        );
+    }
     let v120 = rendered(20);
     assert!(v120["kube-apiserver"].contains(&("insecure-port".into(), "0".into())));
+    assert!(v120["kube-scheduler"].contains(&("port".into(), "0".into())));
+    assert!(v120["kubelet"].contains(&("container-runtime".into(), "remote".into())));
+}
+
+/// Templates branch on the facts of a minor (`k8s.*`, src/version.rs), never on its number:
+/// a new minor then changes one table row, not every template.
+#[test]
+fn no_template_compares_a_minor_number() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root().join("templates"), &mut files);
+    assert!(files.len() > 20, "templates found: {}", files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.contains("{%") || line.contains("{{");
+            assert!(
+                !(code
+                    && (line.contains("minor") || line.contains("version"))
+                    && (line.contains('<') || line.contains('>') || line.contains("==")))
+                    && !line.contains("cluster.minor"),
+                "{}:{}: branches on a version number: {line}",
+                f.display(),
+                i + 1
+            );
+        }
+    }
 }
 
 #[test]
