@@ -59,6 +59,21 @@ pub struct MinorFacts {
     pub pod_security_policy: bool,
     /// The Eviction API group/version a drain posts to (`policy/v1` from 1.22).
     pub eviction_api: &'static str,
+    /// containerd's config file format: 2 for containerd 1.6/1.7 (the lab's Debian packages
+    /// for 1.20), 3 for containerd 2.x, which the offline-bundle manifests of 1.32–1.34 ship
+    /// (2.1.5). Picks `templates/containerd/config.toml` or `config-v3.toml`.
+    pub containerd_config_version: u32,
+}
+
+impl MinorFacts {
+    /// The containerd config template of this minor.
+    pub fn containerd_template(&self) -> &'static str {
+        if self.containerd_config_version >= 3 {
+            "containerd/config-v3.toml"
+        } else {
+            "containerd/config.toml"
+        }
+    }
 }
 
 /// One row per supported minor, oldest first. Sources: kubeadm's
@@ -79,6 +94,7 @@ pub const MINOR_FACTS: &[MinorFacts] = &[
         master_label_and_taint: true,
         pod_security_policy: true,
         eviction_api: "policy/v1beta1",
+        containerd_config_version: 2,
     },
     current(
         31,
@@ -127,6 +143,7 @@ const fn current(
         master_label_and_taint: false,
         pod_security_policy: false,
         eviction_api: "policy/v1",
+        containerd_config_version: 3,
     }
 }
 

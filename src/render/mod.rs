@@ -124,6 +124,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/containerd/config.toml"),
     ),
     (
+        "containerd/config-v3.toml",
+        include_str!("../../templates/containerd/config-v3.toml"),
+    ),
+    (
         "containerd/hosts.toml",
         include_str!("../../templates/containerd/hosts.toml"),
     ),
