@@ -173,6 +173,116 @@ fn no_template_compares_a_minor_number() {
     }
 }
 
+/// Dotted JSON paths of a parsed config document: `a.b` for fields, `a[]` for list elements
+/// (maps given as `.*` in the tables match any key at their place).
+fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(p.clone());
+                paths(v, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for v in a {
+                paths(v, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `path` is in `fields`, where a recorded `a.*` (a map) takes any key under `a`,
+/// dots included (evictionHard's `memory.available`).
+fn known_path(fields: &BTreeSet<String>, path: &str) -> bool {
+    if fields.contains(path) {
+        return true;
+    }
+    let segs: Vec<&str> = path.split('.').collect();
+    (1..segs.len()).any(|i| fields.contains(&format!("{}.*", segs[..i].join("."))))
+}
+
+fn config_fields(file: &str) -> BTreeSet<String> {
+    std::fs::read_to_string(root().join("flags/config").join(file))
+        .unwrap_or_else(|e| panic!("flags/config/{file}: {e}"))
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The KubeletConfiguration and KubeProxyConfiguration clusterctl renders for every minor it
+/// has facts for (supported or not yet) use only fields of the published config API: the
+/// field tables come from the Go types of a release (flags/config/record.sh says which).
+#[test]
+fn rendered_config_files_use_only_published_fields() {
+    let kubelet = config_fields("kubelet.config.k8s.io-v1beta1-1.32.7.txt");
+    let proxy = config_fields("kubeproxy.config.k8s.io-v1alpha1-1.36.4.txt");
+    assert!(kubelet.contains("cgroupDriver") && proxy.contains("conntrack.maxPerCore"));
+    let r = Renderer::new(None).unwrap();
+    for f in clusterctl::version::MINOR_FACTS {
+        for ex in ["ha-vip.yaml", "local-proxy.yaml"] {
+            let text = std::fs::read_to_string(root().join("examples").join(ex)).unwrap();
+            let mut inv = inventory::load_str(
+                &text.replace(
+                    "~/.ssh/id_ed25519",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+                ),
+                Path::new(ex),
+            )
+            .unwrap()
+            .inventory;
+            inv.spec.kubernetes_version = format!("v1.{}.0", f.minor);
+            // Every optional block on: evictionHard and the conntrack settings.
+            inv.spec.network.proxy_manages_conntrack = false;
+            inv.spec
+                .kubelet
+                .eviction_hard
+                .insert("memory.available".into(), "200Mi".into());
+            for h in inv.hosts_with(Role::ControlPlane) {
+                let vars = host_vars(&inv, h);
+                for (tpl, fields, kind) in [
+                    (
+                        "kubelet/kubelet-config.yaml",
+                        &kubelet,
+                        "KubeletConfiguration",
+                    ),
+                    (
+                        "kube-proxy/kube-proxy-config.yaml",
+                        &proxy,
+                        "KubeProxyConfiguration",
+                    ),
+                ] {
+                    let doc: serde_json::Value =
+                        serde_saphyr::from_str(&r.render(tpl, &vars).unwrap()).unwrap();
+                    assert_eq!(doc["kind"], kind);
+                    let mut p = BTreeSet::new();
+                    paths(&doc, "", &mut p);
+                    let unknown: Vec<&String> = p
+                        .iter()
+                        .filter(|p| *p != "apiVersion" && *p != "kind")
+                        .filter(|p| !known_path(fields, p))
+                        .collect();
+                    assert!(
+                        unknown.is_empty(),
+                        "1.{} {kind} has fields the published API does not: {unknown:?}",
+                        f.minor
+                    );
+                }
+            }
+        }
+    }
+    // The check can fail: a made-up field is caught.
+    assert!(!known_path(&kubelet, "cgroupDrivers"));
+    assert!(!known_path(&proxy, "conntrack.maxPerCores"));
+    assert!(known_path(&kubelet, "evictionHard.memory.available"));
+}
+
 #[test]
 #[ignore = "lab: run by tests/run.sh (needs the v1.20.2 build, ~5 min the first time)"]
 fn flags_accepted_by_real_binaries() {
