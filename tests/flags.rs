@@ -139,6 +139,52 @@ fn flags_removed_in_later_minors_are_not_rendered_for_them() {
     assert!(v120["kubelet"].contains(&("container-runtime".into(), "remote".into())));
 }
 
+/// A minor whose scheduler reads a config file gets `--config` instead of the flags it
+/// deprecated (`--kubeconfig`, `--profiling`); 1.20 stays on flags (its v1beta1 file would
+/// reopen the insecure port 10251).
+#[test]
+fn the_scheduler_reads_its_config_file_where_the_minor_has_one() {
+    let s34 = &rendered(34)["kube-scheduler"];
+    let names: BTreeSet<&str> = s34.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains("config"), "{names:?}");
+    for gone in ["kubeconfig", "profiling", "leader-elect", "port"] {
+        assert!(!names.contains(gone), "1.34 scheduler renders --{gone}");
+    }
+    let s20 = &rendered(20)["kube-scheduler"];
+    assert!(s20.contains(&("kubeconfig".into(), "/etc/kubernetes/scheduler.conf".into())));
+    assert!(!s20.iter().any(|(n, _)| n == "config"));
+
+    let r = Renderer::new(None).unwrap();
+    let text = std::fs::read_to_string(root().join("examples/ha-vip.yaml")).unwrap();
+    let mut inv = inventory::load_str(
+        &text.replace(
+            "~/.ssh/id_ed25519",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        ),
+        Path::new("ha-vip.yaml"),
+    )
+    .unwrap()
+    .inventory;
+    inv.spec.kubernetes_version = "v1.34.2".into();
+    let h = inv.hosts_with(Role::ControlPlane).next().unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(
+        &r.render(
+            "kube-scheduler/kube-scheduler-config.yaml",
+            &host_vars(&inv, h),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["apiVersion"], "kubescheduler.config.k8s.io/v1");
+    assert_eq!(doc["kind"], "KubeSchedulerConfiguration");
+    assert_eq!(
+        doc["clientConnection"]["kubeconfig"],
+        "/etc/kubernetes/scheduler.conf"
+    );
+    assert_eq!(doc["enableProfiling"], false);
+    assert_eq!(doc["leaderElection"]["leaderElect"], true);
+}
+
 /// Templates branch on the facts of a minor (`k8s.*`, src/version.rs), never on its number:
 /// a new minor then changes one table row, not every template.
 #[test]

@@ -112,6 +112,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-scheduler/kube-scheduler.yaml"),
     ),
     (
+        "kube-scheduler/kube-scheduler-config.yaml",
+        include_str!("../../templates/kube-scheduler/kube-scheduler-config.yaml"),
+    ),
+    (
         "system/sysctl-kubernetes.conf",
         include_str!("../../templates/system/sysctl-kubernetes.conf"),
     ),
