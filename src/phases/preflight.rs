@@ -232,8 +232,12 @@ impl Phase for Preflight {
             // to since 1.22): reported, and a mismatch warned about, never refused — the
             // inventory's choice stands (the nspawn lab runs cgroupfs on a v1 hybrid host).
             let cg = exec.query(host, &CGROUP_FS.into()).await?;
-            let cgroup_line =
-                cgroup_report(&cg.stdout, ctx.inv().spec.container_runtime.cgroup_driver);
+            // The runner prints report lines under the phase's name only: say whose it is.
+            let cgroup_line = format!(
+                "{}: {}",
+                host.name,
+                cgroup_report(&cg.stdout, ctx.inv().spec.container_runtime.cgroup_driver)
+            );
             let o = exec.query(host, &kernel::read_back_command()).await?;
             let facts = KernelFacts::parse(Stage::Preflight, &o.stdout);
             if ctx.inv().spec.kubelet.protect_kernel_defaults == ProtectKernelDefaults::On
