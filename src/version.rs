@@ -17,45 +17,170 @@ pub struct KubeVersion {
     pub patch: u32,
 }
 
+/// What differs between Kubernetes minors, in one table ([`MINOR_FACTS`]). Templates see it as
+/// `k8s.*` and phases read it through [`KubeVersion::facts`]; no template compares a minor
+/// number. A minor is added to [`SUPPORTED_MINORS`] together with its row here and its flag
+/// table under `flags/v1.MINOR/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MinorFacts {
+    pub minor: u32,
+    /// Where kubeadm of the minor pulls its images from: `k8s.gcr.io` was frozen in 2023 and
+    /// kubeadm switched to `registry.k8s.io` in 1.25.
+    pub registry: &'static str,
+    /// kubeadm's pause image (containerd's `sandbox_image`).
+    pub pause_image: &'static str,
+    /// kubeadm's etcd image tag (`SupportedEtcdVersion` of the minor's newest patch).
+    pub etcd_image_tag: &'static str,
+    /// kubeadm's CoreDNS image (the repository moved to `coredns/coredns` in 1.21).
+    pub coredns_image: &'static str,
+    /// kube-apiserver accepts `--insecure-port` (removed in 1.24): clusterctl closes the
+    /// insecure port with `--insecure-port=0` where it exists.
+    pub apiserver_insecure_port_flag: bool,
+    /// kube-controller-manager and kube-scheduler still open their insecure HTTP ports
+    /// (10252/10251) unless `--port=0` (insecure serving was removed in 1.22/1.23; the flag
+    /// only lingered deprecated): clusterctl closes them where they exist by default.
+    pub insecure_serving_port_flag: bool,
+    /// The kubelet needs `--container-runtime=remote` to use a CRI socket (dockershim was
+    /// removed in 1.24, the flag itself in 1.27).
+    pub kubelet_container_runtime_flag: bool,
+    /// The kubelet still reads `--pod-infra-container-image` for the sandbox (deprecated in
+    /// 1.27, where the CRI runtime's own setting rules): clusterctl never renders it and sets
+    /// containerd's `sandbox_image` instead, so this is recorded for the flag check only.
+    pub kubelet_pod_infra_image_flag_current: bool,
+    /// kube-scheduler reads its settings from a `KubeSchedulerConfiguration` file at this
+    /// API version; `None`: flags (1.20's v1beta1 file would reopen the insecure port 10251,
+    /// so 1.20 stays on the flags the lab proved).
+    pub scheduler_config_api: Option<&'static str>,
+    /// kubeadm labels control-plane nodes `node-role.kubernetes.io/master` too (dropped in
+    /// 1.24) and taints them with the `master` key (replaced by `control-plane` in 1.24/1.25).
+    pub master_label_and_taint: bool,
+    /// The PodSecurityPolicy admission plugin exists (removed in 1.25); Pod Security
+    /// Admission (`PodSecurity`, on by default from 1.23) replaces it.
+    pub pod_security_policy: bool,
+    /// The Eviction API group/version a drain posts to (`policy/v1` from 1.22).
+    pub eviction_api: &'static str,
+    /// containerd's config file format: 2 for containerd 1.6/1.7 (the lab's Debian packages
+    /// for 1.20), 3 for containerd 2.x, which the offline-bundle manifests of 1.32–1.34 ship
+    /// (2.1.5). Picks `templates/containerd/config.toml` or `config-v3.toml`.
+    pub containerd_config_version: u32,
+}
+
+impl MinorFacts {
+    /// The containerd config template of this minor.
+    pub fn containerd_template(&self) -> &'static str {
+        if self.containerd_config_version >= 3 {
+            "containerd/config-v3.toml"
+        } else {
+            "containerd/config.toml"
+        }
+    }
+}
+
+/// One row per supported minor, oldest first. Sources: kubeadm's
+/// cmd/kubeadm/app/constants/constants.go (pause, etcd, CoreDNS), the CHANGELOG-1.MINOR.md
+/// "Urgent upgrade notes" of each removal, and the flag tables under flags/ (see its README).
+pub const MINOR_FACTS: &[MinorFacts] = &[
+    MinorFacts {
+        minor: 20,
+        registry: "k8s.gcr.io",
+        pause_image: "k8s.gcr.io/pause:3.2",
+        etcd_image_tag: "3.4.13-0",
+        coredns_image: "k8s.gcr.io/coredns:1.7.0",
+        apiserver_insecure_port_flag: true,
+        insecure_serving_port_flag: true,
+        kubelet_container_runtime_flag: true,
+        kubelet_pod_infra_image_flag_current: true,
+        scheduler_config_api: None,
+        master_label_and_taint: true,
+        pod_security_policy: true,
+        eviction_api: "policy/v1beta1",
+        containerd_config_version: 2,
+    },
+    current(
+        31,
+        "3.5.24-0",
+        "registry.k8s.io/coredns/coredns:v1.11.3",
+        "registry.k8s.io/pause:3.10",
+    ),
+    current(
+        32,
+        "3.5.24-0",
+        "registry.k8s.io/coredns/coredns:v1.11.3",
+        "registry.k8s.io/pause:3.10",
+    ),
+    current(
+        33,
+        "3.5.24-0",
+        "registry.k8s.io/coredns/coredns:v1.12.0",
+        "registry.k8s.io/pause:3.10",
+    ),
+    current(
+        34,
+        "3.6.5-0",
+        "registry.k8s.io/coredns/coredns:v1.12.1",
+        "registry.k8s.io/pause:3.10.1",
+    ),
+];
+
+/// A row of a minor after every removal above (1.27+): only the images differ.
+const fn current(
+    minor: u32,
+    etcd_image_tag: &'static str,
+    coredns_image: &'static str,
+    pause_image: &'static str,
+) -> MinorFacts {
+    MinorFacts {
+        minor,
+        registry: "registry.k8s.io",
+        pause_image,
+        etcd_image_tag,
+        coredns_image,
+        apiserver_insecure_port_flag: false,
+        insecure_serving_port_flag: false,
+        kubelet_container_runtime_flag: false,
+        kubelet_pod_infra_image_flag_current: false,
+        scheduler_config_api: Some("kubescheduler.config.k8s.io/v1"),
+        master_label_and_taint: false,
+        pod_security_policy: false,
+        eviction_api: "policy/v1",
+        containerd_config_version: 3,
+    }
+}
+
 impl KubeVersion {
     pub fn is_supported(&self) -> bool {
         self.major == 1 && SUPPORTED_MINORS.contains(&self.minor)
     }
 
+    /// The facts row of this version's minor. Inventories of other minors are refused on
+    /// load; for one that slipped through, the nearest older row (or the oldest) stands in.
+    pub fn facts(&self) -> &'static MinorFacts {
+        MINOR_FACTS
+            .iter()
+            .rev()
+            .find(|f| f.minor <= self.minor)
+            .unwrap_or(&MINOR_FACTS[0])
+    }
+
     /// The pause image the kubelet/containerd of this minor expects by default.
     pub fn default_sandbox_image(&self) -> &'static str {
-        match self.minor {
-            0..=21 => "k8s.gcr.io/pause:3.2",
-            22..=24 => "k8s.gcr.io/pause:3.6",
-            25..=26 => "registry.k8s.io/pause:3.9",
-            _ => "registry.k8s.io/pause:3.10",
-        }
+        self.facts().pause_image
     }
 
     /// The image kubeadm of this minor runs `component` (etcd or a kube-* program) from in its
     /// static pods: the fallback when the bundle has no image of that repository.
     pub fn default_image(&self, component: &str) -> String {
-        let registry = if self.minor >= 25 {
-            "registry.k8s.io"
-        } else {
-            "k8s.gcr.io"
-        };
+        let f = self.facts();
         if component == "etcd" {
-            // kubeadm's etcd of the minor; recorded for the supported minors only (a minor is
-            // added with its flag table: add its etcd here too).
-            let tag = match self.minor {
-                0..=21 => "3.4.13-0",
-                _ => "3.5.15-0",
-            };
-            format!("{registry}/etcd:{tag}")
+            format!("{}/etcd:{}", f.registry, f.etcd_image_tag)
         } else {
-            format!("{registry}/{component}:{self}")
+            format!("{}/{component}:{self}", f.registry)
         }
     }
 
     /// Labels kubeadm of this minor puts on control-plane nodes.
     pub fn control_plane_labels(&self) -> &'static [&'static str] {
-        if self.minor < 24 {
+        if self.facts().master_label_and_taint {
             &[
                 "node-role.kubernetes.io/master",
                 "node-role.kubernetes.io/control-plane",
@@ -67,18 +192,16 @@ impl KubeVersion {
 
     /// The taint kubeadm of this minor puts on control-plane nodes.
     pub fn control_plane_taint(&self) -> &'static str {
-        if self.minor < 24 {
+        if self.facts().master_label_and_taint {
             "node-role.kubernetes.io/master:NoSchedule"
         } else {
             "node-role.kubernetes.io/control-plane:NoSchedule"
         }
     }
 
-    /// The CoreDNS image kubeadm installs for this minor (coredns/deployment's
-    /// CoreDNS-k8s_version.md: v1.20 -> CoreDNS 1.7.0). Minors outside `SUPPORTED_MINORS` are
-    /// refused on load; a minor added there adds its line here.
+    /// The CoreDNS image kubeadm installs for this minor.
     pub fn default_coredns_image(&self) -> &'static str {
-        "k8s.gcr.io/coredns:1.7.0"
+        self.facts().coredns_image
     }
 
     /// The metrics-server release whose manifest `templates/addons/metrics-server.yaml` follows
@@ -156,5 +279,28 @@ mod tests {
             "k8s.gcr.io/kube-apiserver:v1.20.2"
         );
         assert_eq!(v.default_image("etcd"), "k8s.gcr.io/etcd:3.4.13-0");
+        let v: KubeVersion = "v1.34.2".parse().unwrap();
+        assert_eq!(
+            v.default_image("kube-apiserver"),
+            "registry.k8s.io/kube-apiserver:v1.34.2"
+        );
+        assert_eq!(v.default_image("etcd"), "registry.k8s.io/etcd:3.6.5-0");
+        assert_eq!(v.default_sandbox_image(), "registry.k8s.io/pause:3.10.1");
+    }
+
+    #[test]
+    fn every_supported_minor_has_exactly_its_facts_row() {
+        for &m in SUPPORTED_MINORS {
+            assert_eq!(
+                MINOR_FACTS.iter().filter(|f| f.minor == m).count(),
+                1,
+                "1.{m} needs one row in MINOR_FACTS"
+            );
+        }
+        assert!(MINOR_FACTS.windows(2).all(|w| w[0].minor < w[1].minor));
+        for f in MINOR_FACTS {
+            assert!(f.pause_image.starts_with(f.registry), "{f:?}");
+            assert!(f.coredns_image.starts_with(f.registry), "{f:?}");
+        }
     }
 }

@@ -192,6 +192,7 @@ fn opts(work: &Path, manifest: PathBuf) -> BuildOptions {
         key: None,
         attempts: 4,
         quiet: false,
+        pin_on_first_download: false,
     }
 }
 
@@ -409,10 +410,56 @@ async fn items_without_a_published_hash_are_refused() {
     let m = write_manifest(work.path(), vec![it]);
     let e = build(&opts(work.path(), m)).await.unwrap_err().to_string();
     assert!(
-        e.contains("refusing to build") && e.contains("crictl 1.0.0: no published sha256"),
+        e.contains("refusing to build")
+            && e.contains("crictl 1.0.0: no published sha256")
+            && e.contains("--pin-on-first-download"),
         "{e}"
     );
     assert!(out_dir_entries(work.path()).is_empty());
+}
+
+/// With --pin-on-first-download, a hash-less item is downloaded once and the bundle's
+/// manifest records the hash that arrived, marked as pinned; items with a published hash are
+/// still checked against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_on_first_download_records_the_downloaded_hash() {
+    let srv = Server::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let bytes = data(200_000, 3);
+    let (url, sha) = srv.put("kube-apiserver", &bytes);
+    let (u2, s2) = srv.put("kubelet", &data(50_000, 5));
+    let mut it = item(
+        "kube-apiserver",
+        &url,
+        "",
+        Kind::Binary,
+        &[Need::ControlPlane],
+    );
+    it.sha256 = None;
+    it.hash_missing = Some("no published sha256 found for this version".into());
+    let m = write_manifest(
+        work.path(),
+        vec![it, item("kubelet", &u2, &s2, Kind::Binary, &[Need::Worker])],
+    );
+    let mut o = opts(work.path(), m);
+    o.pin_on_first_download = true;
+    build(&o).await.expect("build with pinning");
+    let packed = clusterctl::bundle::load_manifest_any(&o.out).unwrap();
+    let api = &packed.items[0];
+    assert_eq!(api.sha256.as_deref(), Some(sha.as_str()));
+    assert!(api.hash_missing.is_none());
+    assert!(
+        api.hash_source.starts_with("pinned on first download (")
+            && api.hash_source.contains(&url)
+            && api.hash_source.contains("no published sha256 found"),
+        "{}",
+        api.hash_source
+    );
+    assert_eq!(packed.items[1].hash_source, "computed by the test");
+    assert!(clusterctl::bundle::verify(&o.out, None).unwrap().ok());
+    // Downloaded once: the pinned bytes sit in the cache under their hash.
+    assert_eq!(srv.requests("kube-apiserver").len(), 1);
+    assert!(work.path().join("cache/sha256").join(&sha).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,17 +119,214 @@ fn every_supported_minor_has_a_flag_table_and_templates_use_only_its_flags() {
 
 #[test]
 fn flags_removed_in_later_minors_are_not_rendered_for_them() {
-    // --insecure-port (apiserver) is gone in 1.24, --port/--address (controller-manager,
-    // scheduler: the insecure health ports componentstatuses reads) after 1.21.
-    let later = rendered(24);
-    assert!(
-        !later["kube-apiserver"]
-            .iter()
-            .any(|(n, _)| n == "insecure-port")
-    );
-    assert!(!later["kube-scheduler"].iter().any(|(n, _)| n == "port"));
+    // --insecure-port (apiserver) is gone in 1.24, --port (controller-manager, scheduler: the
+    // insecure health ports) after 1.21, the kubelet's --container-runtime in 1.27.
+    let later = rendered(34);
+    for (component, gone) in [
+        ("kube-apiserver", "insecure-port"),
+        ("kube-scheduler", "port"),
+        ("kube-controller-manager", "port"),
+        ("kubelet", "container-runtime"),
+    ] {
+        assert!(
+            !later[component].iter().any(|(n, _)| n == gone),
+            "1.34 {component} renders --{gone}"
+        );
+    }
     let v120 = rendered(20);
     assert!(v120["kube-apiserver"].contains(&("insecure-port".into(), "0".into())));
+    assert!(v120["kube-scheduler"].contains(&("port".into(), "0".into())));
+    assert!(v120["kubelet"].contains(&("container-runtime".into(), "remote".into())));
+}
+
+/// A minor whose scheduler reads a config file gets `--config` instead of the flags it
+/// deprecated (`--kubeconfig`, `--profiling`); 1.20 stays on flags (its v1beta1 file would
+/// reopen the insecure port 10251).
+#[test]
+fn the_scheduler_reads_its_config_file_where_the_minor_has_one() {
+    let s34 = &rendered(34)["kube-scheduler"];
+    let names: BTreeSet<&str> = s34.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains("config"), "{names:?}");
+    for gone in ["kubeconfig", "profiling", "leader-elect", "port"] {
+        assert!(!names.contains(gone), "1.34 scheduler renders --{gone}");
+    }
+    let s20 = &rendered(20)["kube-scheduler"];
+    assert!(s20.contains(&("kubeconfig".into(), "/etc/kubernetes/scheduler.conf".into())));
+    assert!(!s20.iter().any(|(n, _)| n == "config"));
+
+    let r = Renderer::new(None).unwrap();
+    let text = std::fs::read_to_string(root().join("examples/ha-vip.yaml")).unwrap();
+    let mut inv = inventory::load_str(
+        &text.replace(
+            "~/.ssh/id_ed25519",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        ),
+        Path::new("ha-vip.yaml"),
+    )
+    .unwrap()
+    .inventory;
+    inv.spec.kubernetes_version = "v1.34.2".into();
+    let h = inv.hosts_with(Role::ControlPlane).next().unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(
+        &r.render(
+            "kube-scheduler/kube-scheduler-config.yaml",
+            &host_vars(&inv, h),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["apiVersion"], "kubescheduler.config.k8s.io/v1");
+    assert_eq!(doc["kind"], "KubeSchedulerConfiguration");
+    assert_eq!(
+        doc["clientConnection"]["kubeconfig"],
+        "/etc/kubernetes/scheduler.conf"
+    );
+    assert_eq!(doc["enableProfiling"], false);
+    assert_eq!(doc["leaderElection"]["leaderElect"], true);
+}
+
+/// Templates branch on the facts of a minor (`k8s.*`, src/version.rs), never on its number:
+/// a new minor then changes one table row, not every template.
+#[test]
+fn no_template_compares_a_minor_number() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root().join("templates"), &mut files);
+    assert!(files.len() > 20, "templates found: {}", files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.contains("{%") || line.contains("{{");
+            assert!(
+                !(code
+                    && (line.contains("minor") || line.contains("version"))
+                    && (line.contains('<') || line.contains('>') || line.contains("==")))
+                    && !line.contains("cluster.minor"),
+                "{}:{}: branches on a version number: {line}",
+                f.display(),
+                i + 1
+            );
+        }
+    }
+}
+
+/// Dotted JSON paths of a parsed config document: `a.b` for fields, `a[]` for list elements
+/// (maps given as `.*` in the tables match any key at their place).
+fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(p.clone());
+                paths(v, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for v in a {
+                paths(v, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `path` is in `fields`, where a recorded `a.*` (a map) takes any key under `a`,
+/// dots included (evictionHard's `memory.available`).
+fn known_path(fields: &BTreeSet<String>, path: &str) -> bool {
+    if fields.contains(path) {
+        return true;
+    }
+    let segs: Vec<&str> = path.split('.').collect();
+    (1..segs.len()).any(|i| fields.contains(&format!("{}.*", segs[..i].join("."))))
+}
+
+fn config_fields(file: &str) -> BTreeSet<String> {
+    std::fs::read_to_string(root().join("flags/config").join(file))
+        .unwrap_or_else(|e| panic!("flags/config/{file}: {e}"))
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The KubeletConfiguration and KubeProxyConfiguration clusterctl renders for every minor it
+/// has facts for (supported or not yet) use only fields of the published config API: the
+/// field tables come from the Go types of a release (flags/config/record.sh says which).
+#[test]
+fn rendered_config_files_use_only_published_fields() {
+    let kubelet = config_fields("kubelet.config.k8s.io-v1beta1-1.32.7.txt");
+    let proxy = config_fields("kubeproxy.config.k8s.io-v1alpha1-1.36.4.txt");
+    assert!(kubelet.contains("cgroupDriver") && proxy.contains("conntrack.maxPerCore"));
+    let r = Renderer::new(None).unwrap();
+    for f in clusterctl::version::MINOR_FACTS {
+        for ex in ["ha-vip.yaml", "local-proxy.yaml"] {
+            let text = std::fs::read_to_string(root().join("examples").join(ex)).unwrap();
+            let mut inv = inventory::load_str(
+                &text.replace(
+                    "~/.ssh/id_ed25519",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+                ),
+                Path::new(ex),
+            )
+            .unwrap()
+            .inventory;
+            inv.spec.kubernetes_version = format!("v1.{}.0", f.minor);
+            // Every optional block on: evictionHard and the conntrack settings.
+            inv.spec.network.proxy_manages_conntrack = false;
+            inv.spec
+                .kubelet
+                .eviction_hard
+                .insert("memory.available".into(), "200Mi".into());
+            for h in inv.hosts_with(Role::ControlPlane) {
+                let vars = host_vars(&inv, h);
+                for (tpl, fields, kind) in [
+                    (
+                        "kubelet/kubelet-config.yaml",
+                        &kubelet,
+                        "KubeletConfiguration",
+                    ),
+                    (
+                        "kube-proxy/kube-proxy-config.yaml",
+                        &proxy,
+                        "KubeProxyConfiguration",
+                    ),
+                ] {
+                    let doc: serde_json::Value =
+                        serde_saphyr::from_str(&r.render(tpl, &vars).unwrap()).unwrap();
+                    assert_eq!(doc["kind"], kind);
+                    let mut p = BTreeSet::new();
+                    paths(&doc, "", &mut p);
+                    let unknown: Vec<&String> = p
+                        .iter()
+                        .filter(|p| *p != "apiVersion" && *p != "kind")
+                        .filter(|p| !known_path(fields, p))
+                        .collect();
+                    assert!(
+                        unknown.is_empty(),
+                        "1.{} {kind} has fields the published API does not: {unknown:?}",
+                        f.minor
+                    );
+                }
+            }
+        }
+    }
+    // The check can fail: a made-up field is caught.
+    assert!(!known_path(&kubelet, "cgroupDrivers"));
+    assert!(!known_path(&proxy, "conntrack.maxPerCores"));
+    assert!(known_path(&kubelet, "evictionHard.memory.available"));
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub struct BuildOptions {
     pub attempts: u32,
     /// Print one plain line per item (when no progress bar can be drawn).
     pub quiet: bool,
+    /// Build even with items that carry `hashMissing`: each is downloaded once, its sha256
+    /// computed and written into the packed manifest with `hashSource: pinned on first
+    /// download ...`. Trust-on-first-use, so it is never the default.
+    pub pin_on_first_download: bool,
 }
 
 impl BuildOptions {
@@ -135,9 +139,9 @@ pub async fn build(o: &BuildOptions) -> anyhow::Result<BuildReport> {
                 .map(|why| format!("  - {}: {why}", it.label()))
         })
         .collect();
-    if !refused.is_empty() {
+    if !refused.is_empty() && !o.pin_on_first_download {
         bail!(
-            "{}: refusing to build: {} item(s) have no published sha256:\n{}\n  fix: find the published hash, or remove the item",
+            "{}: refusing to build: {} item(s) have no published sha256:\n{}\n  fix: find the published hash, or remove the item, or pass --pin-on-first-download to trust what is downloaded now (recorded in the bundle's manifest as pinned on first download)",
             o.manifest.display(),
             refused.len(),
             refused.join("\n")
@@ -156,6 +160,22 @@ pub async fn build(o: &BuildOptions) -> anyhow::Result<BuildReport> {
     let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut fetched = Vec::new();
     for it in &mut m.items {
+        if let Some(why) = it.hash_missing.take() {
+            // Only reached with --pin-on-first-download (refused above otherwise).
+            let sha = pin(&http, it, &blobs_dir, o).await?;
+            if !o.quiet {
+                eprintln!(
+                    "  !! {}: no published sha256; pinned the downloaded one: {sha}",
+                    it.label()
+                );
+            }
+            it.hash_source = format!(
+                "pinned on first download ({}) from {}: no published sha256 was available ({why})",
+                chrono_date(),
+                it.url
+            );
+            it.sha256 = Some(sha);
+        }
         let sha = it.sha256.clone().expect("checked");
         let f = fetch(&http, it, &blobs_dir, o).await?;
         if let Some(s) = it.size
@@ -207,6 +227,64 @@ pub async fn build(o: &BuildOptions) -> anyhow::Result<BuildReport> {
         signed: key.is_some(),
         items: fetched,
     })
+}
+
+/// Today's UTC date (YYYY-MM-DD), for the record of a pinned hash.
+fn chrono_date() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Downloads an item that has no published hash (or hashes its local file) and returns the
+/// sha256 of what arrived; the bytes land in the cache under that hash, so the normal fetch
+/// that follows finds them there.
+async fn pin(
+    http: &reqwest::Client,
+    it: &Item,
+    blobs: &Path,
+    o: &BuildOptions,
+) -> anyhow::Result<String> {
+    if let Some(rest) = it.url.strip_prefix("file://") {
+        return Ok(hash_blocking(Path::new(rest)).await?.0);
+    }
+    // Named by the URL's hash: a re-run resumes the same partial file.
+    let partial = blobs.join(format!(
+        "pin-{}.partial",
+        hex::encode(Sha256::digest(it.url.as_bytes()))
+    ));
+    let mut last_err: Option<anyhow::Error> = None;
+    for attempt in 1..=o.attempts.max(1) {
+        match download_once(http, it, &partial).await {
+            Ok(Step::Complete) => {
+                let (sha, _) = hash_blocking(&partial).await?;
+                std::fs::rename(&partial, blobs.join(&sha))?;
+                return Ok(sha);
+            }
+            Ok(Step::Fatal(e)) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+            Err(e) => {
+                last_err = Some(e);
+                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+        .with_context(|| format!("item `{}`: download from {} failed", it.label(), it.url))
 }
 
 /// sha256 and size of `path`, computed off the async threads.

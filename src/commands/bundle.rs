@@ -32,6 +32,10 @@ pub enum BundleCmd {
         /// Attempts per item when a connection drops (each resumes).
         #[arg(long, default_value_t = 5)]
         attempts: u32,
+        /// Build even where an item has no published sha256 (`hashMissing`): download it once
+        /// and record the hash that arrived as "pinned on first download" in the manifest.
+        #[arg(long)]
+        pin_on_first_download: bool,
     },
     /// Verify every hash and the signature of a bundle. Exit 0: intact and the signature verifies
     /// against --key; 1: a hash, a blob or the signature is wrong; 3: intact but unsigned, or
@@ -89,6 +93,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
             cache,
             key,
             attempts,
+            pin_on_first_download,
         } => {
             let o = BuildOptions {
                 manifest,
@@ -97,6 +102,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                 key,
                 attempts,
                 quiet: json,
+                pin_on_first_download,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -83,12 +83,40 @@ impl Phase for ControlPlane {
                     restarts: api.iter().map(|u| u.to_string()).collect(),
                 });
             }
+            // The scheduler of a minor that reads a config file gets it here (1.20's stays on
+            // flags: its v1beta1 file would reopen the insecure port 10251).
+            let mut scheduler_inputs = Vec::new();
+            if inv.kube_version().facts().scheduler_config_api.is_some() {
+                let tpl = "kube-scheduler/kube-scheduler-config.yaml";
+                let restarts: &[&str] = if static_pods {
+                    &[]
+                } else {
+                    &["kube-scheduler.service"]
+                };
+                let f = Action::rendered(
+                    "/etc/kubernetes/kube-scheduler-config.yaml",
+                    0o644,
+                    tpl,
+                    ctx.render.render(tpl, &vars)?,
+                    restarts,
+                );
+                if let Action::File {
+                    path,
+                    sha256: Some(sha),
+                    ..
+                } = &f
+                {
+                    scheduler_inputs.push((path.clone(), sha.clone()));
+                }
+                a.push(f);
+            }
             for c in COMPONENTS {
                 if static_pods {
-                    let inputs: &[(String, String)] = if c == "kube-apiserver" {
-                        &rendered
-                    } else {
-                        &[]
+                    // A changed input file changes the manifest, so the kubelet replaces the pod.
+                    let inputs: &[(String, String)] = match c {
+                        "kube-apiserver" => &rendered,
+                        "kube-scheduler" => &scheduler_inputs,
+                        _ => &[],
                     };
                     a.push(static_pods::manifest(ctx, h, c, inputs)?);
                     continue;

@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 
 use crate::engine::executor::Executor;
 use crate::engine::{Action, Context, Order, Phase, PhasePlan, Script, Shell};
-use crate::inventory::{HaMode, Host, ProtectKernelDefaults, Role};
+use crate::inventory::{CgroupDriver, HaMode, Host, ProtectKernelDefaults, Role};
 
 use super::kernel::{self, KernelFacts, Stage};
 
@@ -95,6 +95,56 @@ fn port_check(addr: &str, port: u16, owner: &str) -> Shell {
     Script::new(PORT).arg(port).arg(addr).arg(owner).into()
 }
 
+/// Prints the filesystem type of the cgroup root (`cgroup2fs`: v2 only; `tmpfs`: v1, hybrid
+/// when the v2 `unified` mount sits beside the controllers).
+const CGROUP_FS: &str =
+    "stat -fc %T /sys/fs/cgroup/; [ -d /sys/fs/cgroup/unified ] && echo hybrid || true";
+
+/// The cgroup hierarchies a host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    Hybrid,
+    V2,
+    Unknown,
+}
+
+impl CgroupVersion {
+    pub fn parse(out: &str) -> CgroupVersion {
+        let mut words = out.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("cgroup2fs"), _) => CgroupVersion::V2,
+            (Some("tmpfs"), Some("hybrid")) => CgroupVersion::Hybrid,
+            (Some("tmpfs"), _) => CgroupVersion::V1,
+            _ => CgroupVersion::Unknown,
+        }
+    }
+}
+
+/// One report line: the host's cgroup version and the driver the kubelet and containerd get,
+/// with a warning where they do not fit (cgroupfs on a v2-only host: a second cgroup manager
+/// beside systemd, which kubeadm and the kubelet docs advise against).
+pub fn cgroup_report(stat_out: &str, driver: CgroupDriver) -> String {
+    let d = match driver {
+        CgroupDriver::Systemd => "systemd",
+        CgroupDriver::Cgroupfs => "cgroupfs",
+    };
+    match CgroupVersion::parse(stat_out) {
+        CgroupVersion::V2 if driver == CgroupDriver::Cgroupfs => format!(
+            "warning: cgroup v2 host with cgroup driver {d}: set containerRuntime.cgroupDriver: systemd (the default) so systemd stays the only cgroup manager"
+        ),
+        CgroupVersion::V2 => format!("cgroup v2; cgroup driver {d}"),
+        CgroupVersion::Hybrid => {
+            format!("cgroup v1 (hybrid, v2 unified mount beside it); cgroup driver {d}")
+        }
+        CgroupVersion::V1 => format!("cgroup v1; cgroup driver {d}"),
+        CgroupVersion::Unknown => format!(
+            "cgroup version unknown (`stat -fc %T /sys/fs/cgroup/` printed {:?}); cgroup driver {d}",
+            stat_out.trim()
+        ),
+    }
+}
+
 impl Phase for Preflight {
     fn name(&self) -> &'static str {
         "preflight"
@@ -178,6 +228,16 @@ impl Phase for Preflight {
             if !ctx.inv().runs_kubelet(host) {
                 return Ok(vec![]);
             }
+            // The cgroup version decides which driver fits (systemd on v2, as kubeadm defaults
+            // to since 1.22): reported, and a mismatch warned about, never refused — the
+            // inventory's choice stands (the nspawn lab runs cgroupfs on a v1 hybrid host).
+            let cg = exec.query(host, &CGROUP_FS.into()).await?;
+            // The runner prints report lines under the phase's name only: say whose it is.
+            let cgroup_line = format!(
+                "{}: {}",
+                host.name,
+                cgroup_report(&cg.stdout, ctx.inv().spec.container_runtime.cgroup_driver)
+            );
             let o = exec.query(host, &kernel::read_back_command()).await?;
             let facts = KernelFacts::parse(Stage::Preflight, &o.stdout);
             if ctx.inv().spec.kubelet.protect_kernel_defaults == ProtectKernelDefaults::On
@@ -198,7 +258,7 @@ impl Phase for Preflight {
                 kernel::FACT,
                 KernelFacts::to_fact(Stage::Preflight, &o.stdout),
             );
-            Ok(vec![])
+            Ok(vec![cgroup_line])
         })
     }
     fn verify<'a>(
@@ -224,7 +284,27 @@ impl Phase for Preflight {
 
 #[cfg(test)]
 mod tests {
-    use super::{clock_skew, port_check};
+    use super::{CgroupDriver, CgroupVersion, cgroup_report, clock_skew, port_check};
+
+    #[test]
+    fn cgroup_version_is_read_from_the_root_filesystem_type() {
+        assert_eq!(CgroupVersion::parse("cgroup2fs\n"), CgroupVersion::V2);
+        assert_eq!(
+            CgroupVersion::parse("tmpfs\nhybrid\n"),
+            CgroupVersion::Hybrid
+        );
+        assert_eq!(CgroupVersion::parse("tmpfs\n"), CgroupVersion::V1);
+        assert_eq!(CgroupVersion::parse(""), CgroupVersion::Unknown);
+        assert_eq!(
+            cgroup_report("cgroup2fs\n", CgroupDriver::Systemd),
+            "cgroup v2; cgroup driver systemd"
+        );
+        assert!(cgroup_report("cgroup2fs\n", CgroupDriver::Cgroupfs).starts_with("warning: "));
+        assert_eq!(
+            cgroup_report("tmpfs\nhybrid\n", CgroupDriver::Cgroupfs),
+            "cgroup v1 (hybrid, v2 unified mount beside it); cgroup driver cgroupfs"
+        );
+    }
 
     #[test]
     fn clock_skew_is_judged_against_the_round_trip_midpoint() {

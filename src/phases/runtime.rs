@@ -34,14 +34,17 @@ fn is_static_pod_image(reference: &str) -> bool {
 pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
     let inv = ctx.inv();
     let vars = host_vars(inv, h);
+    // containerd 1.x reads config version 2, 2.x version 3: the minor's facts say which the
+    // bundle ships.
+    let tpl = inv.kube_version().facts().containerd_template();
     let mut a = vec![
         Action::dir("/etc/containerd", 0o755),
         Action::dir("/etc/containerd/certs.d", 0o755),
         Action::rendered(
             "/etc/containerd/config.toml",
             0o644,
-            "containerd/config.toml",
-            ctx.render.render("containerd/config.toml", &vars)?,
+            tpl,
+            ctx.render.render(tpl, &vars)?,
             &["containerd.service"],
         ),
     ];

@@ -112,6 +112,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-scheduler/kube-scheduler.yaml"),
     ),
     (
+        "kube-scheduler/kube-scheduler-config.yaml",
+        include_str!("../../templates/kube-scheduler/kube-scheduler-config.yaml"),
+    ),
+    (
         "system/sysctl-kubernetes.conf",
         include_str!("../../templates/system/sysctl-kubernetes.conf"),
     ),
@@ -122,6 +126,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "containerd/config.toml",
         include_str!("../../templates/containerd/config.toml"),
+    ),
+    (
+        "containerd/config-v3.toml",
+        include_str!("../../templates/containerd/config-v3.toml"),
     ),
     (
         "containerd/hosts.toml",

@@ -37,6 +37,9 @@ pub fn node_taints(inv: &Inventory, host: &Host) -> Vec<String> {
 #[derive(Serialize)]
 struct Vars<'a> {
     cluster: ClusterVars<'a>,
+    /// The facts of the cluster's Kubernetes minor (`crate::version::MINOR_FACTS`): templates
+    /// branch on these, never on a minor number.
+    k8s: &'static crate::version::MinorFacts,
     host: HostVars<'a>,
     network: NetworkVars,
     etcd: EtcdVars,
@@ -111,7 +114,6 @@ struct ProxyVars {
 struct ClusterVars<'a> {
     name: &'a str,
     version: String,
-    minor: u32,
 }
 
 #[derive(Serialize)]
@@ -306,8 +308,8 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
         cluster: ClusterVars {
             name: inv.name(),
             version: version.to_string(),
-            minor: version.minor,
         },
+        k8s: version.facts(),
         host: HostVars {
             name: &host.name,
             address: host.address.to_string(),

@@ -239,11 +239,13 @@ pub async fn drain(
     timeout: Duration,
     minor: u32,
 ) -> anyhow::Result<Drained> {
-    let policy = if minor >= 22 {
-        "policy/v1"
-    } else {
-        "policy/v1beta1"
-    };
+    let policy = crate::version::KubeVersion {
+        major: 1,
+        minor,
+        patch: 0,
+    }
+    .facts()
+    .eviction_api;
     let t = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let list = api
