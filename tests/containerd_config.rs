@@ -24,7 +24,7 @@ fn inv(version: &str, driver: &str) -> Inventory {
     )
     .unwrap()
     .inventory;
-    inv.spec.kubernetes_version = version.into();
+    inv.spec.kubernetes_version = version.parse().unwrap();
     inv.spec.container_runtime.cgroup_driver = match driver {
         "systemd" => inventory::CgroupDriver::Systemd,
         _ => inventory::CgroupDriver::Cgroupfs,

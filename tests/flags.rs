@@ -165,7 +165,7 @@ fn the_scheduler_reads_its_config_file_where_the_minor_has_one() {
     )
     .unwrap()
     .inventory;
-    inv.spec.kubernetes_version = "v1.34.2".into();
+    inv.spec.kubernetes_version = "v1.34.2".parse().unwrap();
     let h = inv.hosts_with(Role::ControlPlane).next().unwrap();
     let doc: serde_json::Value = serde_saphyr::from_str(
         &r.render(
@@ -283,13 +283,13 @@ fn rendered_config_files_use_only_published_fields() {
             )
             .unwrap()
             .inventory;
-            inv.spec.kubernetes_version = format!("v1.{}.0", f.minor);
+            inv.spec.kubernetes_version = format!("v1.{}.0", f.minor).parse().unwrap();
             // Every optional block on: evictionHard and the conntrack settings.
             inv.spec.network.proxy_manages_conntrack = false;
-            inv.spec
-                .kubelet
-                .eviction_hard
-                .insert("memory.available".into(), "200Mi".into());
+            inv.spec.kubelet.eviction_hard.insert(
+                "memory.available".parse().unwrap(),
+                "200Mi".parse().unwrap(),
+            );
             for h in inv.hosts_with(Role::ControlPlane) {
                 let vars = host_vars(&inv, h);
                 for (tpl, fields, kind) in [
