@@ -182,15 +182,6 @@ fn backup_delete_restore_and_schedule() {
     haproxy_death_moves_the_vip_once(&lab, &admin);
 }
 
-/// The balancer that holds the VIP (`addr(100)`) among h1-h3, if one does.
-fn vip_holder(lab: &Lab) -> Option<String> {
-    let vip = format!(" {}/", lab.addr(100));
-    ["h1", "h2", "h3"]
-        .into_iter()
-        .find(|h| lab.exec_ok(h, "ip -4 -o addr show dev eth0").contains(&vip))
-        .map(str::to_string)
-}
-
 /// Issue 18's failover, on this cluster's 3 balancers: the VIP holder's haproxy dies (stopped:
 /// with `Restart=always` a killed one is back before keepalived's check could fail twice), its
 /// keepalived goes to FAULT and gives the VIP up, another balancer takes it and the API answers
