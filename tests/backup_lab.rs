@@ -39,6 +39,7 @@ fn cluster() -> (Lab, Inventory, PathBuf, PathBuf) {
         )
     };
     let before = stamp("h1");
+    let since = lab.exec_ok("h1", "date +%s.%N");
     let probe = ReadProbe::start(&admin);
     lab.write_inventory("inventory.yaml", &full);
     let t = std::time::Instant::now();
@@ -61,6 +62,17 @@ fn cluster() -> (Lab, Inventory, PathBuf, PathBuf) {
         before,
         "a unit on h1 restarted during the join"
     );
+    // The VIP stayed on h1 all along: its keepalived, given its first peers by a reload, did
+    // not re-initialise its VRRP instance (it did when a lone balancer ran in multicast mode:
+    // the VIP was gone for 3.4 s, and a read through it now and then timed out).
+    let vrrp = lab.exec_ok(
+        "h1",
+        &format!("journalctl -q --no-pager -o cat -t Keepalived_vrrp --since @{since}"),
+    );
+    assert!(
+        vrrp.contains("Reloading") && !vrrp.contains("Entering"),
+        "h1's keepalived changed state during the join: {vrrp}"
+    );
     let members = lab.exec_ok(
         "h1",
         "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt \
@@ -81,7 +93,39 @@ fn cluster() -> (Lab, Inventory, PathBuf, PathBuf) {
 #[ignore = "lab: run by tests/run.sh"]
 fn backup_delete_restore_and_schedule() {
     let (lab, inv, inv_path, admin) = cluster();
+    // The restore stops the controller-managers and schedulers before etcd and starts them
+    // again afterwards, and restarts every kubelet (restore-restart): new start stamps.
+    let started = |h: &str, units: &str| {
+        lab.exec_ok(
+            h,
+            &format!("systemctl show -p ExecMainStartTimestampMonotonic --value {units}"),
+        )
+    };
+    let cached = "kube-controller-manager kube-scheduler kubelet";
+    let before = (started("h1", cached), started("h4", "kubelet"));
     let (backup_secs, restore_secs) = backup_delete_restore(&lab, &inv, &inv_path, &admin);
+    let (h1_after, h4_after) = (started("h1", cached), started("h4", "kubelet"));
+    // One value per unit (systemctl separates the units' blocks with an empty line).
+    let stamps = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (b1, a1) = (stamps(&before.0), stamps(&h1_after));
+    assert!(b1.len() == 3 && a1.len() == 3, "{b1:?} {a1:?}");
+    for (i, (b, a)) in b1.iter().zip(&a1).enumerate() {
+        assert_ne!(
+            b,
+            a,
+            "h1's {} kept its process through the restore",
+            cached.split(' ').nth(i).unwrap()
+        );
+    }
+    assert_ne!(
+        before.1, h4_after,
+        "h4's kubelet kept its process through the restore"
+    );
 
     // Scheduled snapshots: a timer on every etcd host; its service keeps the newest 2.
     let o = clusterctl_in(
@@ -155,4 +199,72 @@ fn backup_delete_restore_and_schedule() {
     }
     assert_eq!(lab.exec_ok("h1", "ls -1 /var/backups/etcd | wc -l"), "2");
     eprintln!("TIMING summary: backup {backup_secs:.1}s, restore {restore_secs:.1}s");
+
+    haproxy_death_moves_the_vip_once(&lab, &admin);
+}
+
+/// Issue 18's failover, on this cluster's 3 balancers: the VIP holder's haproxy dies (stopped:
+/// with `Restart=always` a killed one is back before keepalived's check could fail twice), its
+/// keepalived goes to FAULT and gives the VIP up, another balancer takes it and the API answers
+/// through it; when haproxy returns, the former holder leaves FAULT as a backup and the VIP
+/// stays where it went (nopreempt: one move per failure).
+fn haproxy_death_moves_the_vip_once(lab: &Lab, admin: &std::path::Path) {
+    let old = vip_holder(lab).expect("a balancer holds the VIP");
+    let since = lab.exec_ok(&old, "date +%s.%N");
+    let t = Instant::now();
+    lab.exec_ok(&old, "systemctl stop haproxy");
+    let new = eventually(Duration::from_secs(15), || {
+        vip_holder(lab).filter(|h| *h != old)
+    })
+    .unwrap_or_else(|| panic!("the VIP did not leave {old} after its haproxy stopped"));
+    eprintln!(
+        "TIMING VIP moved {old} -> {new} {:.1}s after haproxy stopped",
+        t.elapsed().as_secs_f64()
+    );
+    let vrrp = |h: &str| {
+        lab.exec_ok(
+            h,
+            &format!("journalctl -q --no-pager -o cat -t Keepalived_vrrp --since @{since}"),
+        )
+    };
+    assert!(
+        vrrp(&old).contains("Entering FAULT STATE"),
+        "{}",
+        vrrp(&old)
+    );
+    assert!(
+        vrrp(&new).contains("Entering MASTER STATE"),
+        "{}",
+        vrrp(&new)
+    );
+    let o = eventually(Duration::from_secs(10), || {
+        let o = kubectl(admin, &["get", "--raw", "/api/v1/namespaces/kube-system"]);
+        o.status.success().then_some(o)
+    });
+    assert!(o.is_some(), "no read through the VIP on {new}");
+
+    // haproxy back: `rise 2` at `interval 1`, so 2 s to leave FAULT; 4 s of advert exchange
+    // after that show the VIP staying.
+    lab.exec_ok(&old, "systemctl start haproxy");
+    let left_fault = eventually(Duration::from_secs(10), || {
+        vrrp(&old).contains("Entering BACKUP STATE").then_some(())
+    });
+    assert!(
+        left_fault.is_some(),
+        "{old} stayed in FAULT: {}",
+        vrrp(&old)
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        vip_holder(lab).as_deref(),
+        Some(new.as_str()),
+        "the VIP moved again when haproxy returned on {old}: {}\n{}",
+        vrrp(&old),
+        vrrp(&new)
+    );
+    assert!(
+        !vrrp(&old).contains("Entering MASTER STATE"),
+        "{}",
+        vrrp(&old)
+    );
 }

@@ -426,18 +426,6 @@ fn lost_image_comes_back(lab: &Lab, inv_path: &Path) {
     assert!(o.status.success(), "status after init: {}", text(&o));
 }
 
-/// Which of the control-plane hosts carries the VIP now.
-fn vip_holder(lab: &Lab) -> Option<String> {
-    let vip = lab.addr(100);
-    ["h1", "h2", "h3"]
-        .into_iter()
-        .find(|h| {
-            let o = lab.exec(h, "ip -o -4 addr show dev eth0");
-            o.status.success() && text(&o).contains(&format!(" {vip}/"))
-        })
-        .map(str::to_string)
-}
-
 /// The failover: the VIP holder powers off, the VIP moves; it comes back, and the VIP
 /// stays where it went (keepalived BACKUP everywhere, nopreempt). keepalived's logs on the
 /// three balancers show one transition to MASTER in all.

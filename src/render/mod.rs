@@ -536,4 +536,44 @@ mod tests {
             "no secret in keepalived.conf: {k}"
         );
     }
+
+    /// The words of keepalived.conf's `unicast_peer { ... }` block.
+    fn unicast_peers(conf: &str) -> Vec<String> {
+        let block = conf
+            .split("unicast_peer {")
+            .nth(1)
+            .expect("a unicast_peer block");
+        let block = &block[..block.find('}').unwrap()];
+        block.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn keepalived_stays_in_unicast_mode_with_one_balancer_or_more() {
+        let r = Renderer::new(None).unwrap();
+        let mut inv = example("ha-vip.yaml");
+        let cp1 = inv.host("cp1").unwrap().clone();
+        let k = r
+            .render("keepalived/keepalived.conf", &host_vars(&inv, &cp1))
+            .unwrap();
+        let others: Vec<String> = inv
+            .lb_hosts()
+            .iter()
+            .filter(|h| h.name != "cp1")
+            .map(|h| h.address.to_string())
+            .collect();
+        assert_eq!(others.len(), 2);
+        assert_eq!(unicast_peers(&k), others, "{k}");
+        assert!(k.contains("check_unicast_src"), "{k}");
+        // Alone: its peer is the VIP (an empty block would mean multicast, and the reload that
+        // adds its first peers would then drop the VIP).
+        inv.spec
+            .hosts
+            .retain(|h| h.name == "cp1" || !h.has(crate::inventory::Role::ControlPlane));
+        let k = r
+            .render("keepalived/keepalived.conf", &host_vars(&inv, &cp1))
+            .unwrap();
+        let (vip, _) = inv.spec.ha.vip.as_ref().unwrap().ip_and_prefix();
+        assert_eq!(unicast_peers(&k), [vip.to_string()], "{k}");
+        assert!(k.contains("check_unicast_src"), "{k}");
+    }
 }

@@ -295,11 +295,26 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
                 // The first election goes to the first lb host; afterwards the VIP stays
                 // where it is (every host BACKUP with nopreempt, see keepalived.conf).
                 priority: if idx == 0 { 150 } else { 100 - idx as u32 },
-                peers: lb_hosts
-                    .iter()
-                    .filter(|h| h.name != host.name)
-                    .map(|h| h.address.to_string())
-                    .collect(),
+                peers: {
+                    let others: Vec<String> = lb_hosts
+                        .iter()
+                        .filter(|h| h.name != host.name)
+                        .map(|h| h.address.to_string())
+                        .collect();
+                    // A lone balancer names the VIP as its peer: keepalived stays in unicast
+                    // mode (with no peer it falls back to multicast), so the reload that gives
+                    // it its first peers (a `join`), or takes its last (a `reset`), does not
+                    // switch modes. That switch re-initialises the VRRP instance, which drops
+                    // the VIP for its master-down time (3.4 s in the lab: 1-4 failed reads
+                    // through the VIP per such reload, 0 without the switch). Its adverts then
+                    // go to itself and are dropped, without a log line, by
+                    // `check_unicast_src` (their source is not a peer).
+                    if others.is_empty() {
+                        vec![ip.to_string()]
+                    } else {
+                        others
+                    }
+                },
             })
         }
         _ => None,

@@ -467,6 +467,18 @@ impl ReadProbe {
     }
 }
 
+/// The balancer among h1-h3 that holds the VIP (`addr(100)`), if one does.
+pub fn vip_holder(lab: &Lab) -> Option<String> {
+    let vip = lab.addr(100);
+    ["h1", "h2", "h3"]
+        .into_iter()
+        .find(|h| {
+            let o = lab.exec(h, "ip -o -4 addr show dev eth0");
+            o.status.success() && text(&o).contains(&format!(" {vip}/"))
+        })
+        .map(str::to_string)
+}
+
 /// What the haproxy on each of `hosts` logged about its apiserver backends (servers going
 /// DOWN/UP, maintenance), with Unix times: to read beside a ReadProbe's failures.
 pub fn balancer_events(lab: &Lab, hosts: &[&str]) -> String {
