@@ -6,7 +6,9 @@
 # reports sent, and bytes that left the machine onto the lab bridge during the init (the
 # bridge's tx counter: what the operator's link carried, SSH framing included).
 #
-# Usage: lab-slot bench/init.sh [--hosts 5] [--runs 3] [--label NAME]
+# Usage: lab-slot bench/init.sh [--hosts 5] [--runs 3] [--label NAME] [--shape RATE]
+#   --shape RATE: the machine's link to the lab bridge (operator -> hosts) is shaped with tc
+#   (tbf, e.g. 200mbit), like an operator's uplink.
 # Env:   CLUSTERCTL=path to the clusterctl to measure (default: a release build of this tree),
 #        LAB=lab name (default "binit").
 # Results: bench/results/init-<UTC date>-<label>/runs.jsonl and summary.md (medians).
@@ -18,12 +20,14 @@ lab=${LAB:-binit}
 hosts=5
 runs=3
 label=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo tree)
+shape=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--hosts) hosts=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--label) label=$2; shift 2 ;;
-	*) sed -n '9,12p' "$0" >&2; exit 2 ;;
+	--shape) shape=$2; shift 2 ;;
+	*) sed -n '9,14p' "$0" >&2; exit 2 ;;
 	esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: must run as root (the lab)" >&2; exit 1; }
@@ -44,7 +48,7 @@ mkdir -p "$out"
 	nproc
 	"$CLUSTERCTL" --version 2>/dev/null || true
 	echo "bundle: $bundle"
-	echo "hosts: $hosts, runs: $runs, clusterctl: $CLUSTERCTL"
+	echo "hosts: $hosts, runs: $runs, clusterctl: $CLUSTERCTL, link shaped: ${shape:-no}"
 } >"$out/env.txt"
 
 d=/var/lib/clusterctl-lab/$lab
@@ -65,6 +69,10 @@ for run in $(seq 1 "$runs"); do
   etcd:
     version: "3.4.23"
 YAML
+	if [ -n "$shape" ]; then
+		# Egress of the bridge device = what the machine (the operator) sends to the hosts.
+		tc qdisc replace dev "$LAB_BRIDGE" root tbf rate "$shape" burst 256kb latency 100ms
+	fi
 	tx=/sys/class/net/$LAB_BRIDGE/statistics/tx_bytes
 	load=$(cut -d' ' -f1 /proc/loadavg)
 	tx0=$(cat "$tx")
@@ -75,9 +83,9 @@ YAML
 	"$CLUSTERCTL" -i "$inv" -o json init >"$out/run$run-rerun.json" 2>"$out/run$run-rerun.log"
 	t2=$(date +%s.%N)
 	tx2=$(cat "$tx")
-	python3 - "$out" "$run" "$hosts" "$load" "$t0" "$t1" "$t2" "$tx0" "$tx1" "$tx2" >>"$out/runs.jsonl" <<'PY'
+	python3 - "$out" "$run" "$hosts" "$load" "$t0" "$t1" "$t2" "$tx0" "$tx1" "$tx2" "$shape" >>"$out/runs.jsonl" <<'PY'
 import json, sys
-out, run, hosts, load, t0, t1, t2, tx0, tx1, tx2 = sys.argv[1:]
+out, run, hosts, load, t0, t1, t2, tx0, tx1, tx2 = sys.argv[1:11]
 def summary(path):
     r = json.load(open(path))
     phases, sent = {}, 0
@@ -88,7 +96,7 @@ def summary(path):
     return phases, sent
 phases, sent = summary(f"{out}/run{run}-init.json")
 _, resent = summary(f"{out}/run{run}-rerun.json")
-print(json.dumps({"run": int(run), "hosts": int(hosts), "load1": float(load),
+print(json.dumps({"run": int(run), "hosts": int(hosts), "load1": float(load), "shape": sys.argv[11] or None,
     "init_s": round(float(t1) - float(t0), 2), "phases": phases, "bytes_sent": sent,
     "wire_tx_bytes": int(tx1) - int(tx0), "rerun_s": round(float(t2) - float(t1), 2),
     "rerun_bytes_sent": resent, "rerun_wire_tx_bytes": int(tx2) - int(tx1)}))
