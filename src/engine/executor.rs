@@ -28,6 +28,11 @@ pub struct CmdOutput {
 pub enum Blob {
     Bytes(Vec<u8>),
     Path(PathBuf),
+    /// The file at `path`, with its gzip stream at `gz` for transports that send it so.
+    Packed {
+        path: PathBuf,
+        gz: PathBuf,
+    },
 }
 
 pub trait Executor: Send + Sync {
@@ -775,7 +780,7 @@ async fn unit_change(
 fn blob_sha(blob: &Blob) -> anyhow::Result<String> {
     Ok(match blob {
         Blob::Bytes(b) => super::sha256_hex(b),
-        Blob::Path(p) => crate::hashing::hash_file(p)?.0,
+        Blob::Path(p) | Blob::Packed { path: p, .. } => crate::hashing::hash_file(p)?.0,
     })
 }
 

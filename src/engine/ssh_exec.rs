@@ -98,6 +98,10 @@ fn source(blob: &Blob) -> UploadSource {
     match blob {
         Blob::Bytes(b) => UploadSource::Bytes(b.clone()),
         Blob::Path(p) => UploadSource::Path(p.clone()),
+        Blob::Packed { path, gz } => UploadSource::Gzip {
+            path: path.clone(),
+            gz: gz.clone(),
+        },
     }
 }
 

@@ -43,21 +43,25 @@ pub fn sysctl_file() -> String {
     s
 }
 
-/// A read-only script printing `container=<systemd-detect-virt -c, or none>` and, per setting,
-/// `<name>=<value>` and `<name> writable` when /proc/sys lets root write it. Nothing in it
-/// comes from the inventory.
+/// A read-only script printing `container=<systemd-detect-virt -c, or none>`, `cloud=aws` on
+/// an EC2 instance (its firmware says so) and, per setting, `<name>=<value>` and `<name>
+/// writable` when /proc/sys lets root write it. Nothing in it comes from the inventory.
 pub fn read_back_command() -> Shell {
-    read_back_in("/proc/sys")
+    read_back_in("/proc/sys", "/sys")
 }
 
-/// [`read_back_command`] against the tree at `proc_sys` (tests use a fake one).
-fn read_back_in(proc_sys: &str) -> Shell {
-    // Arguments: the /proc/sys tree, then the settings' names.
-    const READ: &str = r#"r=$1; shift
+/// [`read_back_command`] against the trees at `proc_sys` and `sys` (tests use fake ones).
+fn read_back_in(proc_sys: &str, sys: &str) -> Shell {
+    // Arguments: the /proc/sys tree, the /sys tree, then the settings' names. EC2: Nitro
+    // instances name Amazon as system and BIOS vendor, Xen ones put `amazon` in the product
+    // version and `ec2` at the start of the hypervisor's UUID.
+    const READ: &str = r#"r=$1; s=$2; shift 2
 v=$(systemd-detect-virt -c 2>/dev/null); echo "container=${v:-none}"
+cat "$s/class/dmi/id/sys_vendor" "$s/class/dmi/id/bios_vendor" "$s/class/dmi/id/product_version" "$s/hypervisor/uuid" 2>/dev/null | grep -qi -e amazon -e '^ec2' && echo "cloud=aws"
 for k in "$@"; do p="$r/$(echo "$k" | tr . /)"; echo "$k=$(cat "$p" 2>/dev/null)"; [ -w "$p" ] && echo "$k writable"; done; true"#;
     Script::new(READ)
         .arg(proc_sys)
+        .arg(sys)
         .args(KUBELET_TUNABLES.iter().map(|(k, _)| k))
         .into()
 }
@@ -75,6 +79,9 @@ pub struct KernelFacts {
     pub stage: Stage,
     /// `systemd-detect-virt -c`'s answer when the host is a container.
     pub container: Option<String>,
+    /// The host is an EC2 instance (where the kubelet's built-in ECR credentials come from
+    /// the instance metadata service).
+    pub aws: bool,
     /// (name, value read) for the six, in order; an empty value when unreadable.
     pub values: Vec<(String, String)>,
     pub writable: Vec<String>,
@@ -86,11 +93,14 @@ impl KernelFacts {
         let mut f = KernelFacts {
             stage,
             container: None,
+            aws: false,
             values: Vec::new(),
             writable: Vec::new(),
         };
         for line in out.lines().map(str::trim) {
-            if let Some(name) = line.strip_suffix(" writable") {
+            if line == "cloud=aws" {
+                f.aws = true;
+            } else if let Some(name) = line.strip_suffix(" writable") {
                 f.writable.push(name.to_string());
             } else if let Some(v) = line.strip_prefix("container=") {
                 if v != "none" && !v.is_empty() {
@@ -224,6 +234,13 @@ pub fn decide(
             }
         }
     }
+}
+
+/// Whether `host` is an EC2 instance, by the read-back of this run (None: not read).
+pub fn on_ec2(ctx: &crate::engine::Context, host: &str) -> Option<bool> {
+    ctx.facts
+        .get(host, FACT)
+        .map(|f| KernelFacts::from_fact(&f).aws)
 }
 
 /// `decide` for `host` in this run: the inventory's setting and the host's fact.
@@ -364,7 +381,7 @@ kernel.keys.root_maxbytes=25000000
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let fake = root.to_str().unwrap();
-        let script = read_back_in(fake).to_string();
+        let script = read_back_in(fake, &format!("{fake}/sys")).to_string();
         // The apply step's `unless` (prepare's check of a sysctl.d file) on the file this
         // module writes, with a `sysctl` that reads the fake tree.
         let conf = root.join("90-kubelet.conf");
@@ -396,6 +413,27 @@ kernel.keys.root_maxbytes=25000000
         let f = KernelFacts::parse(Stage::Applied, &String::from_utf8_lossy(&out.stdout));
         assert_eq!(f.values.len(), 6, "{f:?}");
         assert!(f.mismatches().is_empty(), "{f:?}");
+        assert!(!f.aws, "no firmware vendor: not EC2");
+        // A Nitro instance's firmware, then a Xen one's hypervisor UUID.
+        let aws = |file: &str, text: &str| {
+            let p = root.join("sys").join(file);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .env("PATH", "/usr/bin:/bin")
+                .output()
+                .unwrap();
+            std::fs::remove_file(&p).unwrap();
+            KernelFacts::parse(Stage::Applied, &String::from_utf8_lossy(&out.stdout)).aws
+        };
+        assert!(!aws("class/dmi/id/sys_vendor", "QEMU\n"));
+        assert!(aws("class/dmi/id/sys_vendor", "Amazon EC2\n"));
+        assert!(aws(
+            "hypervisor/uuid",
+            "ec2e1916-9099-7caf-fd21-012345abcdef\n"
+        ));
         let ok = |c: &str| {
             std::process::Command::new("sh")
                 .arg("-c")
@@ -517,6 +555,28 @@ spec:
         assert!(
             notes.contains("w1: protectKernelDefaults on: auto"),
             "{notes}"
+        );
+        // Both read as no EC2 instance: their kubelets skip the EC2 metadata lookup; on an
+        // instance, or unread, it stays (the ECR credentials come from there).
+        const OFF: &str = "\nEnvironment=AWS_EC2_METADATA_DISABLED=true\n";
+        let unit = |p: &crate::engine::PhasePlan, h: &str| {
+            file(p, h, "/etc/systemd/system/kubelet.service").unwrap()
+        };
+        assert!(
+            unit(&kubelet, "w1").contains(OFF),
+            "{}",
+            unit(&kubelet, "w1")
+        );
+        assert!(unit(&kubelet, "cp1").contains(OFF));
+        c.facts.set(
+            "w1",
+            FACT,
+            KernelFacts::to_fact(Stage::Applied, &format!("cloud=aws\n{REAL}")),
+        );
+        assert!(!unit(&plan(&c, "kubelet"), "w1").contains("AWS_EC2"));
+        assert!(
+            !unit(&plan(&ctx(d.path(), "auto"), "kubelet"), "w1").contains("AWS_EC2"),
+            "not read in this run"
         );
         let prepare = plan(&c, "prepare");
         assert_eq!(

@@ -107,6 +107,49 @@ fn protect_line(host: &str, d: &super::kernel::Decision) -> String {
     )
 }
 
+/// Sets `name`'s pod CIDR to `cidr` once its kubelet can post Ready; true when done (or the
+/// node has one already), false when it is too early.
+///
+/// Measured in the lab (v1.20.2): a fresh kubelet registers its node with Ready=False
+/// ("CSINode is not yet initialized": it creates its CSINode object right after the Node),
+/// is able to be Ready within a second, but posts its status only every
+/// nodeStatusUpdateFrequency (10 s). Its fastStatusUpdateOnce polls its Node every 100 ms
+/// until a pod CIDR appears, then syncs its runtime state and posts its status once: a pod
+/// CIDR set after the CSINode exists makes that post Ready. Set earlier (e.g. by the
+/// controller-manager at registration), the post still says NotReady and the node waits for
+/// the tick; so the CIDR waits for the CSINode. The steady state is untouched: the status
+/// frequency stays 10 s and the node gets the same CIDR the cluster step would give it.
+async fn early_pod_cidr(
+    api: &crate::kube::Client,
+    name: &str,
+    node: &Value,
+    cidr: &str,
+) -> anyhow::Result<bool> {
+    let Some(patch) = node_patch(node, &BTreeMap::new(), &[], Some(cidr)) else {
+        return Ok(true);
+    };
+    if api
+        .get_opt(&format!("/apis/storage.k8s.io/v1/csinodes/{name}"))
+        .await?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    api.merge_patch(&node_path(name), &patch)
+        .await
+        .with_context(|| format!("setting the pod CIDR of node {name}"))?;
+    Ok(true)
+}
+
+/// Whether `h`'s kubelet starts with the EC2 metadata lookup off: kubelets before 1.27 carry
+/// an ECR credential provider that asks 169.254.169.254 at start; off EC2 nothing answers
+/// and the kubelet waits out the SDK's retries (6.3 s in the lab) before it registers. On
+/// an EC2 instance, or when the host was not read in this run (`plan`), the lookup stays, so
+/// ECR pulls with the instance's role keep working.
+fn ec2_metadata_off(ctx: &Context, h: &Host) -> bool {
+    ctx.inv().kube_version().minor < 27 && super::kernel::on_ec2(ctx, &h.name) == Some(false)
+}
+
 fn node_path(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
@@ -121,6 +164,7 @@ pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
         "protect_kernel_defaults",
         &super::kernel::decision(ctx, &h.name).on,
     );
+    vars.insert("ec2_metadata_off", &ec2_metadata_off(ctx, h));
     let unit = "kubelet.service";
     Ok(vec![
         Action::dir("/var/lib/kubelet", 0o700),
@@ -191,12 +235,31 @@ impl Phase for Kubelet {
         Box::pin(async move {
             let api = ctx.kube_admin()?;
             let path = node_path(&host.name);
+            // host-routes: the node's pod CIDR is clusterctl's to set. Set as soon as the
+            // kubelet can be Ready, it makes the kubelet post its status at once (its
+            // one-shot fast update fires when a pod CIDR appears) instead of at its next
+            // 10 s status tick, which is what a fresh node waited for (see early_pod_cidr).
+            let cidr = if ctx.inv().spec.network.cni == Cni::HostRoutes {
+                super::network::pod_cidrs(ctx)?
+                    .get(&host.name)
+                    .map(|c| c.to_string())
+            } else {
+                None
+            };
+            let pending_cidr = std::sync::atomic::AtomicBool::new(cidr.is_some());
             crate::kube::wait_until(
                 &format!("node {} Ready", host.name),
                 Duration::from_secs(120),
-                Duration::from_millis(500),
+                Duration::from_millis(200),
                 || async {
-                    let n = crate::kube::nodes::Node::from_json(&api.get(&path).await?)?;
+                    let node = api.get(&path).await?;
+                    if let Some(c) = cidr.as_deref()
+                        && pending_cidr.load(std::sync::atomic::Ordering::Relaxed)
+                        && early_pod_cidr(&api, &host.name, &node, c).await?
+                    {
+                        pending_cidr.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let n = crate::kube::nodes::Node::from_json(&node)?;
                     Ok(match n.not_ready_because {
                         None => crate::kube::Wait::Done(()),
                         Some(why) => crate::kube::Wait::Pending(format!("not Ready ({why})")),

@@ -94,13 +94,19 @@ impl ExecOutput {
 pub enum UploadSource {
     Bytes(Vec<u8>),
     Path(PathBuf),
+    /// The bytes of `path`, sent as `gz` (their gzip stream) and expanded on the host: the
+    /// far check is on the expanded bytes, against `path`'s sha256.
+    Gzip {
+        path: PathBuf,
+        gz: PathBuf,
+    },
 }
 
 impl UploadSource {
     fn describe(&self) -> String {
         match self {
             UploadSource::Bytes(b) => format!("{} bytes", b.len()),
-            UploadSource::Path(p) => p.display().to_string(),
+            UploadSource::Path(p) | UploadSource::Gzip { path: p, .. } => p.display().to_string(),
         }
     }
 }
@@ -458,7 +464,7 @@ impl Pool {
     async fn local_hash(&self, src: &UploadSource) -> std::io::Result<(u64, String)> {
         match src {
             UploadSource::Bytes(b) => Ok((b.len() as u64, hex::encode(Sha256::digest(b)))),
-            UploadSource::Path(p) => {
+            UploadSource::Path(p) | UploadSource::Gzip { path: p, .. } => {
                 let meta = tokio::fs::metadata(p).await?;
                 let key = (meta.len(), meta.modified().ok());
                 let cell = {
@@ -576,16 +582,49 @@ impl Pool {
                 });
                 continue;
             }
-            self.inner
-                .progress
-                .host(host, &format!("{step} ({size} bytes)"));
-            let script = shell::upload_script(
-                &it.dest,
-                sha,
-                *size,
-                it.mode,
-                it.owner.as_deref(),
-                shell::HASH_CACHE_DIR,
+            // What travels: the file, or its gzip stream (expanded and checked on the host).
+            let (script, sent) = match &it.source {
+                UploadSource::Gzip { gz, .. } => {
+                    let sent = tokio::fs::metadata(gz)
+                        .await
+                        .map(|m| m.len())
+                        .map_err(|e| {
+                            self.err(
+                                c,
+                                &step,
+                                ErrorKind::Local,
+                                format!("cannot read {}: {e}", gz.display()),
+                            )
+                        })?;
+                    let script = shell::upload_gzip_script(
+                        &it.dest,
+                        sha,
+                        *size,
+                        it.mode,
+                        it.owner.as_deref(),
+                        shell::HASH_CACHE_DIR,
+                    );
+                    (script, sent)
+                }
+                _ => {
+                    let script = shell::upload_script(
+                        &it.dest,
+                        sha,
+                        *size,
+                        it.mode,
+                        it.owner.as_deref(),
+                        shell::HASH_CACHE_DIR,
+                    );
+                    (script, *size)
+                }
+            };
+            self.inner.progress.host(
+                host,
+                &if sent == *size {
+                    format!("{step} ({size} bytes)")
+                } else {
+                    format!("{step} ({size} bytes as {sent} gzip)")
+                },
             );
             let out = self
                 .exec_with_input(host, &script, &ExecOpts::root(), Some(&it.source))
@@ -601,10 +640,10 @@ impl Pool {
                     .err(c, &step, kind, exit_text(&out))
                     .with_stderr(out.stderr));
             }
-            tracing::debug!(host, dest = %it.dest, bytes_sent = size, "uploaded");
-            crate::console::host_sent(host, *size);
+            tracing::debug!(host, dest = %it.dest, bytes = size, bytes_sent = sent, "uploaded");
+            crate::console::host_sent(host, sent);
             outcomes.push(UploadOutcome {
-                bytes_sent: *size,
+                bytes_sent: sent,
                 bytes_skipped: 0,
                 skipped: false,
             });
@@ -866,30 +905,32 @@ async fn run_channel(
             Some(UploadSource::Bytes(b)) => {
                 wr.data_bytes(b.clone()).await.map_err(|e| e.to_string())
             }
-            Some(UploadSource::Path(p)) => match tokio::fs::File::open(p).await {
-                Ok(mut f) => {
-                    use tokio::io::AsyncReadExt;
-                    let mut r = Ok(());
-                    loop {
-                        let mut buf = Vec::with_capacity(CHUNK);
-                        match (&mut f).take(CHUNK as u64).read_to_end(&mut buf).await {
-                            Ok(0) => break,
-                            Ok(_) => {
-                                if let Err(e) = wr.data_bytes(buf).await {
-                                    r = Err(e.to_string());
+            Some(UploadSource::Path(p) | UploadSource::Gzip { gz: p, .. }) => {
+                match tokio::fs::File::open(p).await {
+                    Ok(mut f) => {
+                        use tokio::io::AsyncReadExt;
+                        let mut r = Ok(());
+                        loop {
+                            let mut buf = Vec::with_capacity(CHUNK);
+                            match (&mut f).take(CHUNK as u64).read_to_end(&mut buf).await {
+                                Ok(0) => break,
+                                Ok(_) => {
+                                    if let Err(e) = wr.data_bytes(buf).await {
+                                        r = Err(e.to_string());
+                                        break;
+                                    }
+                                }
+                                Err(e) => {
+                                    r = Err(format!("cannot read {}: {e}", p.display()));
                                     break;
                                 }
                             }
-                            Err(e) => {
-                                r = Err(format!("cannot read {}: {e}", p.display()));
-                                break;
-                            }
                         }
+                        r
                     }
-                    r
+                    Err(e) => Err(format!("cannot read {}: {e}", p.display())),
                 }
-                Err(e) => Err(format!("cannot read {}: {e}", p.display())),
-            },
+            }
         };
         let _ = wr.eof().await;
         r

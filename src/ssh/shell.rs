@@ -281,9 +281,36 @@ pub fn upload_script(
     owner: Option<&str>,
     cache_dir: &str,
 ) -> Shell {
-    const UPLOAD: &str = r#"set -e; d=$1 want=$2 size=$3 mode=$4 owner=$5 k=$6 cd=$7 c=$8
+    upload_script_as(dest, sha256, size, mode, owner, cache_dir, false)
+}
+
+/// [`upload_script`] for a gzip stream: stdin is expanded with `gzip -dc` (gzip is on every
+/// Linux host; zstd is not) and the expanded bytes are checked against `sha256` and `size`.
+/// Exit 3 also when the stream does not expand.
+pub fn upload_gzip_script(
+    dest: &str,
+    sha256: &str,
+    size: u64,
+    mode: u32,
+    owner: Option<&str>,
+    cache_dir: &str,
+) -> Shell {
+    upload_script_as(dest, sha256, size, mode, owner, cache_dir, true)
+}
+
+fn upload_script_as(
+    dest: &str,
+    sha256: &str,
+    size: u64,
+    mode: u32,
+    owner: Option<&str>,
+    cache_dir: &str,
+    gzip: bool,
+) -> Shell {
+    const UPLOAD: &str = r#"set -e; d=$1 want=$2 size=$3 mode=$4 owner=$5 k=$6 cd=$7 c=$8 z=$9
 dir=$(dirname "$d"); mkdir -p "$dir"; t="$dir/.clusterctl-upload.$$.$(basename "$d")"
-trap 'rm -f "$t"' EXIT; rm -f "$t"; umask 077; set -C; cat >"$t"; set +C
+trap 'rm -f "$t"' EXIT; rm -f "$t"; umask 077; set -C
+if [ "$z" = gzip ]; then gzip -dc >"$t" || { echo "the gzip stream did not expand" >&2; exit 3; }; else cat >"$t"; fi; set +C
 h=$(sha256sum "$t"); h=${h%% *}; n=$(stat -c %s "$t")
 if [ "$h" != "$want" ] || [ "$n" != "$size" ]; then
   echo "sha256 mismatch on the far side: got $h ($n bytes written), want $want ($size bytes)" >&2; exit 3
@@ -300,6 +327,7 @@ chmod "$mode" "$t" && mv -f "$t" "$d"; trap - EXIT
         .arg(STAT_KEY)
         .arg(cache_dir)
         .arg(cache_entry(cache_dir, dest))
+        .arg(if gzip { "gzip" } else { "" })
         .into()
 }
 
@@ -461,6 +489,70 @@ mod tests {
             std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    /// A gzip stream lands expanded and hash-checked; a stream that does not expand, or
+    /// expands to other bytes, leaves the old file and no temp file (exit 3).
+    #[test]
+    fn a_gzip_upload_lands_expanded_and_checked() {
+        use sha2::{Digest, Sha256};
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("bin/kubelet");
+        let dest_s = dest.to_str().unwrap();
+        let cache = dir.path().join("cache");
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let sha = hex::encode(Sha256::digest(&data));
+        let gz = |d: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(d).unwrap();
+            e.finish().unwrap()
+        };
+        let put = |input: &[u8]| {
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(
+                    upload_gzip_script(
+                        dest_s,
+                        &sha,
+                        data.len() as u64,
+                        0o755,
+                        None,
+                        cache.to_str().unwrap(),
+                    )
+                    .as_str(),
+                )
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let packed = gz(&data);
+        assert!(packed.len() < data.len() / 4, "{}", packed.len());
+        let out = put(&packed);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        for (bad, why) in [
+            (gz(b"other bytes"), "sha256 mismatch"),
+            (b"not gzip at all".to_vec(), "did not expand"),
+        ] {
+            let out = put(&bad);
+            assert_eq!(out.status.code(), Some(3));
+            assert!(String::from_utf8_lossy(&out.stderr).contains(why));
+            assert_eq!(std::fs::read(&dest).unwrap(), data);
+            assert_eq!(
+                std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+                1
+            );
+        }
     }
 
     #[test]
