@@ -241,7 +241,7 @@ impl Phase for Kubelet {
             // 10 s status tick, which is what a fresh node waited for (see early_pod_cidr).
             let cidr = if ctx.inv().spec.network.cni == Cni::HostRoutes {
                 super::network::pod_cidrs(ctx)?
-                    .get(&host.name)
+                    .get(host.name.as_str())
                     .map(|c| c.to_string())
             } else {
                 None
