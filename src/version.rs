@@ -47,6 +47,11 @@ pub struct MinorFacts {
     /// 1.27, where the CRI runtime's own setting rules): clusterctl never renders it and sets
     /// containerd's `sandbox_image` instead, so this is recorded for the flag check only.
     pub kubelet_pod_infra_image_flag_current: bool,
+    /// The kubelet reads `containerRuntimeEndpoint` (KubeletConfiguration, added in 1.27) and
+    /// `registerWithTaints` from its config file; the flags `--container-runtime-endpoint` and
+    /// `--register-with-taints` are deprecated in favour of them (flags/v1.34/DEPRECATED, from
+    /// the 1.34 reference page). 1.20 has no `containerRuntimeEndpoint` field: flags there.
+    pub kubelet_runtime_and_taints_in_config: bool,
     /// kube-scheduler reads its settings from a `KubeSchedulerConfiguration` file at this
     /// API version; `None`: flags (1.20's v1beta1 file would reopen the insecure port 10251,
     /// so 1.20 stays on the flags the lab proved).
@@ -90,6 +95,7 @@ pub const MINOR_FACTS: &[MinorFacts] = &[
         insecure_serving_port_flag: true,
         kubelet_container_runtime_flag: true,
         kubelet_pod_infra_image_flag_current: true,
+        kubelet_runtime_and_taints_in_config: false,
         scheduler_config_api: None,
         master_label_and_taint: true,
         pod_security_policy: true,
@@ -139,6 +145,7 @@ const fn current(
         insecure_serving_port_flag: false,
         kubelet_container_runtime_flag: false,
         kubelet_pod_infra_image_flag_current: false,
+        kubelet_runtime_and_taints_in_config: true,
         scheduler_config_api: Some("kubescheduler.config.k8s.io/v1"),
         master_label_and_taint: false,
         pod_security_policy: false,

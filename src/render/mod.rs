@@ -389,6 +389,48 @@ mod tests {
         crate::inventory::load_str(&text, &path).unwrap().inventory
     }
 
+    /// Where the minor deprecated `--container-runtime-endpoint` and `--register-with-taints`
+    /// (flags/v1.34/DEPRECATED), the kubelet gets both settings from its config file instead:
+    /// the same values, not dropped.
+    #[test]
+    fn kubelet_settings_move_to_the_config_file_where_the_minor_deprecated_the_flags() {
+        let mut inv = example("ha-vip.yaml");
+        inv.spec.kubernetes_version = "v1.34.2".parse().unwrap();
+        inv.spec.hosts[3].taints = vec!["dedicated=infra:NoSchedule".parse().unwrap()];
+        let r = Renderer::new(None).unwrap();
+        for (name, taint) in [
+            ("cp1", ("node-role.kubernetes.io/control-plane", None)),
+            ("w1", ("dedicated", Some("infra"))),
+        ] {
+            let h = inv.host(name).unwrap().clone();
+            let unit = r
+                .render("kubelet/kubelet.service", &host_vars(&inv, &h))
+                .unwrap();
+            assert!(!unit.contains("--container-runtime-endpoint"), "{unit}");
+            assert!(!unit.contains("--register-with-taints"), "{unit}");
+            let cfg = r
+                .render("kubelet/kubelet-config.yaml", &host_vars(&inv, &h))
+                .unwrap();
+            let doc: serde_json::Value = serde_saphyr::from_str(&cfg).unwrap();
+            assert_eq!(
+                doc["containerRuntimeEndpoint"],
+                "unix:///run/containerd/containerd.sock"
+            );
+            let t = &doc["registerWithTaints"][0];
+            assert_eq!(t["key"], taint.0, "{cfg}");
+            assert_eq!(t["value"].as_str(), taint.1, "{cfg}");
+            assert_eq!(t["effect"], "NoSchedule", "{cfg}");
+            assert_eq!(doc["registerWithTaints"].as_array().unwrap().len(), 1);
+        }
+        // Without taints the list is left out (the kubelet's default: none).
+        inv.spec.control_plane.taint_nodes = false;
+        let h = inv.host("cp1").unwrap().clone();
+        let cfg = r
+            .render("kubelet/kubelet-config.yaml", &host_vars(&inv, &h))
+            .unwrap();
+        assert!(!cfg.contains("registerWithTaints"), "{cfg}");
+    }
+
     #[test]
     fn node_templates_follow_the_inventory() {
         let mut inv = example("ha-vip.yaml");

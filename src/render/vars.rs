@@ -93,10 +93,36 @@ pub fn registry_mirrors(inv: &Inventory) -> Vec<Mirror> {
         .collect()
 }
 
+/// One taint split into the fields of a Kubernetes `Taint` (`key[=value]:effect`).
+#[derive(Serialize)]
+struct TaintVar {
+    key: String,
+    value: Option<String>,
+    effect: String,
+}
+
+impl TaintVar {
+    fn parse(t: &str) -> TaintVar {
+        let (kv, effect) = t.rsplit_once(':').unwrap_or((t, ""));
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        TaintVar {
+            key: key.to_string(),
+            value,
+            effect: effect.to_string(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct KubeletVars {
     /// `--register-with-taints`: the inventory's taints, plus the control-plane taint.
     taints: String,
+    /// The same taints as KubeletConfiguration's `registerWithTaints` entries, for minors
+    /// whose kubelet deprecated the flag (`k8s.kubelet_runtime_and_taints_in_config`).
+    taint_list: Vec<TaintVar>,
     /// `https://endpoint:port` the node's kubelet and kube-proxy use.
     server: String,
     eviction_hard: Vec<Arg>,
@@ -413,6 +439,10 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
         },
         kubelet: KubeletVars {
             taints: node_taints(inv, host).join(","),
+            taint_list: node_taints(inv, host)
+                .iter()
+                .map(|t| TaintVar::parse(t))
+                .collect(),
             server: {
                 let (h, p) = inv.apiserver_endpoint_for(host);
                 Inventory::url(&h, p)
