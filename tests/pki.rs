@@ -1063,7 +1063,7 @@ fn ca_rotation_stages_compose_bundles_and_reissue_from_the_new_cas() {
     let (_, out) = stage(Stage::Reissue);
     assert_eq!(out.count(Action::Reissued), 35);
     assert_eq!(ders("ca.crt"), [new_ca.clone(), old["ca"].clone()]);
-    assert_eq!(ders("ca-signing.crt"), [new_ca.clone()]);
+    assert_eq!(ders("ca-signing.crt"), std::slice::from_ref(&new_ca));
     assert_ne!(f.cert("nodes/cp1/apiserver.crt").serial, old_api.serial);
     let new_info = inspect::from_der(&new_ca, "new").unwrap();
     let old_info = inspect::from_der(&old["ca"], "old").unwrap();
@@ -1101,8 +1101,11 @@ fn ca_rotation_stages_compose_bundles_and_reissue_from_the_new_cas() {
         assert_eq!(d.len(), 1, "{rel}");
         assert_ne!(d[0], old[name], "{rel}");
     }
-    assert_eq!(kc_ca("admin.conf"), [new_ca.clone()]);
-    assert_eq!(kc_ca("nodes/w1/kube-proxy.conf"), [new_ca.clone()]);
+    assert_eq!(kc_ca("admin.conf"), std::slice::from_ref(&new_ca));
+    assert_eq!(
+        kc_ca("nodes/w1/kube-proxy.conf"),
+        std::slice::from_ref(&new_ca)
+    );
     assert_eq!(verify_all_chains(&f), 35);
     let done = rotation::mark_finished(&f.layout, "x").unwrap().unwrap();
     assert!(done.finished);
