@@ -358,7 +358,7 @@ pub fn issue(
         key_pem: key.serialize_pem(),
         capped: capped.then(|| {
             format!(
-                "{}: notAfter capped at {}, when the {} CA expires (certValidity {} would outlive it); renew the CA before then",
+                "{}: notAfter capped at {}, when the {} CA expires (certValidity {} would outlive it); rotate the CA before then (`renew-certs --ca trust`, `reissue`, `finish`)",
                 spec.name,
                 fmt_time(ca.info.not_after),
                 ca.ca.name(),
