@@ -1127,4 +1127,13 @@ fn ca_rotation_stages_compose_bundles_and_reissue_from_the_new_cas() {
         rotation::step(state.as_ref(), Stage::Trust).unwrap(),
         rotation::Step::Start
     );
+    // The next rotation's old CA is this one's new CA, even when a run was killed before
+    // this one's CAs moved to the backups (they are moved first, not taken for the next's).
+    std::fs::rename(&backup, rotation::work_dir(&f.layout.pki)).unwrap();
+    let (rec, out) = stage(Stage::Trust);
+    assert_eq!(out.count(Action::Reissued), 0);
+    assert_eq!(ders("ca.crt")[0], new_ca);
+    assert_ne!(ders("ca.crt")[1], new_ca);
+    assert_eq!(rec.old["ca"], rotation::fingerprint(&new_ca));
+    assert!(backup.join("old/ca.crt").is_file());
 }

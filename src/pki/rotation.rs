@@ -282,6 +282,16 @@ pub fn apply_local(
     let work = work_dir(&layout.pki);
     let (old_dir, new_dir) = (work.join("old"), work.join("new"));
     if stage == Stage::Trust && how == Step::Start {
+        // The last rotation's CAs, if a run was killed between recording it finished and
+        // moving them: moved now, or they would pass for this rotation's.
+        if let Some(s) = state
+            && let Some(to) = &s.backup
+            && work.exists()
+        {
+            std::fs::create_dir_all(&layout.backup)?;
+            std::fs::rename(&work, to)
+                .with_context(|| format!("moving {} to {}", work.display(), to.display()))?;
+        }
         // A rotation finished earlier left nothing here (its directory moved to the backups);
         // what is here is this rotation's, from a run killed before it recorded its start.
         for ca in Ca::ALL {
