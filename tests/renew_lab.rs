@@ -760,8 +760,39 @@ fn rotate_cas(
     let probe = VipProbe::with_token(admin, Some(&token_kc));
     let mut took = Vec::new();
     for stage in ["trust", "reissue", "finish"] {
+        let mut issued = None;
+        if stage == "reissue" {
+            // Killed once the first apiserver took its new certificate: the re-run resumes
+            // the stage, issuing nothing again.
+            let log = lab.dir.join("ca-reissue.killed.log");
+            kill_when(
+                &["-i", inv_arg, "renew-certs", "--ca", "reissue"],
+                &log,
+                "after the first apiserver's turn",
+                || {
+                    std::fs::read_to_string(&log).is_ok_and(|t| {
+                        t.lines().any(|l| {
+                            l.contains("certs-apiserver h") && l.contains("file(s) written")
+                        })
+                    })
+                },
+            );
+            let st = rotation::read_state(&pki).unwrap().unwrap();
+            assert!(
+                st.stage == rotation::Stage::Reissue && !st.finished,
+                "{st:?}"
+            );
+            issued = Some(served(&eps));
+        }
+        // (reissue: the resumed run's time)
         let t = Instant::now();
         let report = run_report(&["-i", inv_arg, "-o", "json", "renew-certs", "--ca", stage]);
+        if let Some(before) = issued {
+            let after = served(&eps);
+            for (ep, (_, f)) in &after {
+                assert_eq!(f, &before[ep].1, "{ep}: re-issued again by the resumed run");
+            }
+        }
         took.push((stage, t.elapsed()));
         let (files, _, restarts) = totals(&report);
         eprintln!(
