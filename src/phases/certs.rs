@@ -529,6 +529,21 @@ impl Phase for Certs {
                     a
                 })
                 .collect();
+            // A CA rotation makes ca.crt a bundle, which kube-controller-manager refuses as
+            // its signing certificate: its unit (flags) must read ca-signing.crt before this
+            // step's ca.crt restarts it. A no-op where `init` already wrote it so; it matters
+            // for clusters whose unit predates ca-signing.crt.
+            if self.0 == Step::Apiserver
+                && ctx.options.ca_stage.is_some()
+                && !inv.static_pods()
+                && !a.is_empty()
+            {
+                a.push(super::control_plane::unit_action(
+                    ctx,
+                    h,
+                    "kube-controller-manager",
+                )?);
+            }
             if a.is_empty() {
                 continue;
             }
@@ -739,6 +754,70 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `--ca`: the apiserver step takes the controller-manager's unit along (it must read
+    /// ca-signing.crt before ca.crt becomes a bundle), and the etcd step restarts etcd only
+    /// (a changed etcd CA bundle reaches the apiserver at its drained step).
+    #[test]
+    fn a_ca_stage_rolls_the_controller_managers_unit_and_etcd_restarts_only_etcd() {
+        use crate::engine::{RunOptions, Source};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = |ca_stage| {
+            crate::engine::guarded_fake::test_context(
+                crate::pki::spec::tests::INV,
+                dir.path(),
+                &[],
+                RunOptions {
+                    ca_stage,
+                    ..Default::default()
+                },
+            )
+        };
+        let kcm_units = |c: &Context| -> Vec<String> {
+            let plan = Certs(Step::Apiserver).plan(c).unwrap();
+            plan.hosts
+                .iter()
+                .flat_map(|hp| &hp.actions)
+                .filter_map(|a| match a {
+                    Action::File {
+                        path,
+                        source: Source::Rendered { content, .. },
+                        ..
+                    } if path == "/etc/systemd/system/kube-controller-manager.service" => {
+                        Some(String::from_utf8_lossy(content).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let rotating = ctx(Some(pki::rotation::Stage::Trust));
+        let units = kcm_units(&rotating);
+        assert_eq!(units.len(), rotating.inv().control_plane_hosts().count());
+        assert!(
+            units
+                .iter()
+                .all(|u| u
+                    .contains("--cluster-signing-cert-file=/etc/kubernetes/pki/ca-signing.crt")),
+            "{units:?}"
+        );
+        assert!(
+            kcm_units(&ctx(None)).is_empty(),
+            "a plain renewal leaves it"
+        );
+        let plan = Certs(Step::Etcd).plan(&rotating).unwrap();
+        let mut ca_seen = 0;
+        for a in plan.hosts.iter().flat_map(|hp| &hp.actions) {
+            if let Action::File { path, restarts, .. } = a {
+                assert!(
+                    restarts.iter().all(|u| u == "etcd.service"),
+                    "{path}: {restarts:?}"
+                );
+                ca_seen +=
+                    usize::from(path == "/etc/kubernetes/pki/etcd/ca.crt" && !restarts.is_empty());
+            }
+        }
+        assert!(ca_seen > 0, "the etcd CA bundle restarts etcd");
     }
 
     #[test]
