@@ -72,7 +72,20 @@ impl VipProbe {
                     n += 1;
                     let o = kubectl(kc, args);
                     if !o.status.success() {
-                        failed.push(format!("{}: {}", args.join(" "), text(&o)));
+                        // The time of day (UTC), to find the step in the run's log.
+                        let secs = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs()
+                            % 86400;
+                        failed.push(format!(
+                            "{:02}:{:02}:{:02} {}: {}",
+                            secs / 3600,
+                            secs / 60 % 60,
+                            secs % 60,
+                            args.join(" "),
+                            text(&o)
+                        ));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
