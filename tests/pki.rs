@@ -588,7 +588,7 @@ fn renew_gives_new_serials_from_the_same_ca() {
     let last = f.snapshot();
     for (k, v) in &after {
         let s = k.to_str().unwrap();
-        let is_ca = s.contains("ca.") || s.starts_with("pki/sa.");
+        let is_ca = s.contains("ca.") || s.ends_with("ca-signing.crt") || s.starts_with("pki/sa.");
         assert_eq!(is_ca, &last[k] == v, "{s}: only CA files and sa.* stay");
     }
     assert_eq!(verify_all_chains(&f), 35);
@@ -987,4 +987,153 @@ fn loosened_key_files_are_tightened_with_a_warning() {
         f.generate().warnings.is_empty(),
         "a second run has nothing to say"
     );
+}
+
+/// The local side of a CA rotation (`renew-certs --ca`), stage by stage: which CA signs, what
+/// every trust bundle and kubeconfig holds, that a re-run of a stage changes nothing, that
+/// sa.key never changes, and that the old CAs end in the backups.
+#[test]
+fn ca_rotation_stages_compose_bundles_and_reissue_from_the_new_cas() {
+    use clusterctl::pki::rotation::{self, Stage};
+    let f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    let s = f.settings();
+    let ders =
+        |rel: &str| rotation::certificates(&std::fs::read_to_string(f.pki(rel)).unwrap()).unwrap();
+    let kc_ca = |rel: &str| {
+        let (k, _) = f.kubeconfig(rel);
+        rotation::certificates(&k.ca_pem().unwrap().unwrap()).unwrap()
+    };
+    let old: BTreeMap<&str, Vec<u8>> = [
+        ("ca", "ca.crt"),
+        ("etcd-ca", "etcd/ca.crt"),
+        ("front-proxy-ca", "front-proxy-ca.crt"),
+    ]
+    .into_iter()
+    .map(|(n, p)| (n, ders(p).remove(0)))
+    .collect();
+    let sa = std::fs::read(f.pki("sa.key")).unwrap();
+    let old_api = f.cert("nodes/cp1/apiserver.crt");
+    let stage = |st: Stage| {
+        let state = rotation::read_state(&f.layout.pki).unwrap();
+        let rec = rotation::apply_local(&f.layout, &s, st, state.as_ref(), "t").unwrap();
+        (rec, f.generate())
+    };
+    // Out of order: refused before anything is written.
+    let e = rotation::apply_local(&f.layout, &s, Stage::Reissue, None, "t").unwrap_err();
+    assert!(e.to_string().contains("--ca trust"), "{e}");
+
+    // trust: old + new everywhere, the old CA still signs, no leaf re-issued.
+    let (rec, out) = stage(Stage::Trust);
+    assert_eq!(out.count(Action::Reissued), 0);
+    assert!(
+        out.count(Action::Rewritten) >= 5,
+        "every kubeconfig gets the bundle"
+    );
+    let bundle = ders("ca.crt");
+    assert_eq!(bundle.len(), 2);
+    assert_eq!(bundle[0], old["ca"]);
+    let new_ca = bundle[1].clone();
+    assert_eq!(rec.new["ca"], rotation::fingerprint(&new_ca));
+    assert_eq!(rec.old["ca"], rotation::fingerprint(&old["ca"]));
+    assert_eq!(ders("etcd/ca.crt").len(), 2);
+    assert_eq!(ders("front-proxy-ca.crt").len(), 2);
+    assert_eq!(ders("ca-signing.crt"), [old["ca"].clone()]);
+    assert_eq!(kc_ca("admin.conf"), bundle);
+    assert_eq!(kc_ca("nodes/w1/kubelet.conf"), bundle);
+    assert_eq!(f.cert("nodes/cp1/apiserver.crt").serial, old_api.serial);
+    // Re-running the stage (converge, or resume after a kill) writes nothing new.
+    let before = f.snapshot();
+    let (_, out) = stage(Stage::Trust);
+    assert_eq!(out.count(Action::Reissued), 0);
+    assert_eq!(f.snapshot(), before, "trust again changed files");
+    // Not finished yet: the next stage waits.
+    let e = rotation::apply_local(
+        &f.layout,
+        &s,
+        Stage::Reissue,
+        rotation::read_state(&f.layout.pki).unwrap().as_ref(),
+        "t",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("has not finished"), "{e}");
+    rotation::mark_finished(&f.layout, "x").unwrap();
+
+    // reissue: the new CA signs every leaf; the bundles keep the old CA (second).
+    let (_, out) = stage(Stage::Reissue);
+    assert_eq!(out.count(Action::Reissued), 35);
+    assert_eq!(ders("ca.crt"), [new_ca.clone(), old["ca"].clone()]);
+    assert_eq!(ders("ca-signing.crt"), std::slice::from_ref(&new_ca));
+    assert_ne!(f.cert("nodes/cp1/apiserver.crt").serial, old_api.serial);
+    let new_info = inspect::from_der(&new_ca, "new").unwrap();
+    let old_info = inspect::from_der(&old["ca"], "old").unwrap();
+    let api = f.cert("nodes/cp1/apiserver.crt");
+    assert!(rotation::signed_by(&api, &new_info));
+    assert!(
+        !rotation::signed_by(&api, &old_info),
+        "same CA name, told apart by key id"
+    );
+    assert!(!rotation::signed_by(&old_api, &new_info));
+    assert_eq!(
+        verify_all_chains(&f),
+        35,
+        "every chain verifies against the bundles"
+    );
+    let before = f.snapshot();
+    let (_, out) = stage(Stage::Reissue);
+    assert_eq!(
+        out.count(Action::Reissued),
+        0,
+        "a resumed reissue issues nothing again"
+    );
+    assert_eq!(f.snapshot(), before);
+    rotation::mark_finished(&f.layout, "x").unwrap();
+
+    // finish: only the new CAs; the old ones in the backups; sa.key never changed.
+    let (_, out) = stage(Stage::Finish);
+    assert_eq!(out.count(Action::Reissued), 0);
+    for (rel, name) in [
+        ("ca.crt", "ca"),
+        ("etcd/ca.crt", "etcd-ca"),
+        ("front-proxy-ca.crt", "front-proxy-ca"),
+    ] {
+        let d = ders(rel);
+        assert_eq!(d.len(), 1, "{rel}");
+        assert_ne!(d[0], old[name], "{rel}");
+    }
+    assert_eq!(kc_ca("admin.conf"), std::slice::from_ref(&new_ca));
+    assert_eq!(
+        kc_ca("nodes/w1/kube-proxy.conf"),
+        std::slice::from_ref(&new_ca)
+    );
+    assert_eq!(verify_all_chains(&f), 35);
+    let done = rotation::mark_finished(&f.layout, "x").unwrap().unwrap();
+    assert!(done.finished);
+    let backup = done.backup.unwrap();
+    assert_eq!(
+        rotation::certificates(&std::fs::read_to_string(backup.join("old/ca.crt")).unwrap())
+            .unwrap(),
+        [old["ca"].clone()]
+    );
+    assert!(backup.join("old/etcd/ca.key").is_file());
+    assert!(!rotation::work_dir(&f.layout.pki).exists());
+    assert_eq!(std::fs::read(f.pki("sa.key")).unwrap(), sa);
+    // A finished rotation: generate keeps everything, and a new rotation may start.
+    let before = f.snapshot();
+    assert_eq!(f.generate().count(Action::Reissued), 0);
+    assert_eq!(f.snapshot(), before);
+    let state = rotation::read_state(&f.layout.pki).unwrap();
+    assert_eq!(
+        rotation::step(state.as_ref(), Stage::Trust).unwrap(),
+        rotation::Step::Start
+    );
+    // The next rotation's old CA is this one's new CA, even when a run was killed before
+    // this one's CAs moved to the backups (they are moved first, not taken for the next's).
+    std::fs::rename(&backup, rotation::work_dir(&f.layout.pki)).unwrap();
+    let (rec, out) = stage(Stage::Trust);
+    assert_eq!(out.count(Action::Reissued), 0);
+    assert_eq!(ders("ca.crt")[0], new_ca);
+    assert_ne!(ders("ca.crt")[1], new_ca);
+    assert_eq!(rec.old["ca"], rotation::fingerprint(&new_ca));
+    assert!(backup.join("old/ca.crt").is_file());
 }

@@ -210,3 +210,37 @@ fn bad_threshold_and_missing_pki_are_clear_errors() {
     .code(2)
     .stderr(predicates::str::contains("--warn-within"));
 }
+
+/// `renew-certs --ca`: stages out of order and a rotation limited to some hosts are refused
+/// before any host is contacted, each with what to run instead; an unknown stage is a usage
+/// error.
+#[test]
+fn ca_rotation_stages_out_of_order_are_refused_with_the_next_step() {
+    let dir = setup("50y");
+    let out = cmd(dir.path(), &["certs", "generate"]).output().unwrap();
+    assert!(out.status.success());
+    let err = |args: &[&str]| {
+        let o = cmd(dir.path(), args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (_, e) = err(&["renew-certs", "--ca", "finish"]);
+    assert!(e.contains("no CA rotation is under way"), "{e}");
+    assert!(e.contains("--ca trust"), "{e}");
+    let (code, e) = err(&["renew-certs", "--ca", "trust", "--hosts", "cp1"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("cluster-wide"), "{e}");
+    let (code, e) = err(&["renew-certs", "--ca", "later"]);
+    assert_eq!(code, Some(2), "{e}");
+    let (_, e) = err(&["renew-certs", "--ca", "trust", "--component", "etcd"]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    // Nothing was written: no rotation recorded.
+    assert!(
+        !dir.path()
+            .join("clusters/prod/pki/ca-rotation.json")
+            .exists()
+    );
+}

@@ -5,6 +5,9 @@
 //! running pod's container was not restarted. Then `certs check-expiration --hosts` reads the
 //! files on the hosts and what they serve, and flags a file the endpoint has not loaded.
 //!
+//! Then the CAs are rotated on the same cluster ([`rotate_cas`]): `renew-certs --ca trust`,
+//! `reissue`, `finish`, with the probe (and a pod's service-account token) through the VIP.
+//!
 //! etcd's members restart leader last, the leadership handed to a restarted member first: the
 //! raft term rises by exactly one over the whole renewal and the probe sees no "leader
 //! changed" answer.
@@ -37,24 +40,52 @@ struct VipProbe {
 
 impl VipProbe {
     fn start(admin: &Path) -> VipProbe {
+        VipProbe::with_token(admin, None)
+    }
+
+    /// With `token`, a kubeconfig holding a pod's service-account token: each round also
+    /// reads `/api` with it (200 only when the apiserver accepts the token; it skips TLS
+    /// verification, which the admin requests check).
+    fn with_token(admin: &Path, token: Option<&Path>) -> VipProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, admin) = (stop.clone(), admin.to_path_buf());
+        let token = token.map(Path::to_path_buf);
         let handle = std::thread::spawn(move || {
             let (mut n, mut failed) = (0, Vec::new());
             while !flag.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                for args in [
-                    &["get", "--raw", "/readyz"][..],
-                    &[
-                        "get",
-                        "--raw",
-                        "/api/v1/namespaces/default/configmaps/probe",
-                    ][..],
-                ] {
+                let mut rounds = vec![
+                    (&admin, &["get", "--raw", "/readyz"][..]),
+                    (
+                        &admin,
+                        &[
+                            "get",
+                            "--raw",
+                            "/api/v1/namespaces/default/configmaps/probe",
+                        ][..],
+                    ),
+                ];
+                if let Some(t) = &token {
+                    rounds.push((t, &["get", "--raw", "/api"][..]));
+                }
+                for (kc, args) in rounds {
                     n += 1;
-                    let o = kubectl(&admin, args);
+                    let o = kubectl(kc, args);
                     if !o.status.success() {
-                        failed.push(format!("{}: {}", args.join(" "), text(&o)));
+                        // The time of day (UTC), to find the step in the run's log.
+                        let secs = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs()
+                            % 86400;
+                        failed.push(format!(
+                            "{:02}:{:02}:{:02} {}: {}",
+                            secs / 3600,
+                            secs / 60 % 60,
+                            secs % 60,
+                            args.join(" "),
+                            text(&o)
+                        ));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
@@ -273,6 +304,8 @@ fn renew_all_certificates_without_dropping_a_request() {
         (0, 0),
         "init after renew-certs changed hosts"
     );
+
+    rotate_cas(&lab, &inv, inv_arg, &state, &admin);
 
     let current = chaos(&lab, &inv, &state);
 
@@ -649,4 +682,236 @@ fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) -> std
     assert!(requests > 100, "{requests}");
     assert!(failures.is_empty(), "{failures:#?}");
     path
+}
+
+/// `renew-certs --ca trust`, then `reissue`, then `finish` on the running cluster, with the
+/// probe through the VIP at 10 Hz plus a pod's service-account token read with every round:
+/// no failed request, the workload's containers not restarted, every endpoint finally serving
+/// a leaf of the new CAs and no trust bundle (on the hosts, in the kubeconfigs) naming an old
+/// CA. `finish` is refused while endpoints serve old-CA leaves (checked right after `trust`).
+fn rotate_cas(
+    lab: &Lab,
+    inv: &clusterctl::inventory::Inventory,
+    inv_arg: &str,
+    state: &Path,
+    admin: &Path,
+) {
+    use clusterctl::pki::rotation;
+    let pki = state.join("pki");
+    let eps = endpoints(inv, &pki);
+    let pods_before = containers(admin);
+    let bundle_of = |rel: &str| {
+        rotation::certificates(&std::fs::read_to_string(pki.join(rel)).unwrap()).unwrap()
+    };
+    let old_cas: Vec<Vec<u8>> = ["ca.crt", "etcd/ca.crt", "front-proxy-ca.crt"]
+        .iter()
+        .map(|r| bundle_of(r).remove(0))
+        .collect();
+    let sa_before = std::fs::read(pki.join("sa.key")).unwrap();
+
+    // A web pod's token, used through the VIP with every probe round.
+    let pod = &pods_before[0].0;
+    let token = kubectl_ok(
+        admin,
+        &[
+            "exec",
+            pod,
+            "--",
+            "cat",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ],
+    );
+    let server = clusterctl::pki::kubeconfig::Kubeconfig::from_yaml(
+        &std::fs::read_to_string(admin).unwrap(),
+        "admin.conf",
+    )
+    .unwrap()
+    .clusters[0]
+        .cluster
+        .server
+        .clone();
+    let token_kc = lab.dir.join("pod-token.conf");
+    std::fs::write(
+        &token_kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: pod, user: {{token: \"{}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: pod}}}}]\ncurrent-context: c\n",
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let o = kubectl(&token_kc, &["get", "--raw", "/api"]);
+    assert!(o.status.success(), "the pod's token before: {}", text(&o));
+
+    // Certificates (or CA data) on a host: how many, and whether an old CA is among them.
+    let on_host = |host: &str, what: &str| -> Vec<Vec<u8>> {
+        let cmd = if what.ends_with(".conf") {
+            format!("sed -n 's/^ *certificate-authority-data: *//p' {what} | base64 -d")
+        } else {
+            format!("cat {what}")
+        };
+        rotation::certificates(&lab.exec_ok(host, &cmd)).unwrap()
+    };
+    let host_bundles = [
+        ("h1", "/etc/kubernetes/pki/ca.crt"),
+        ("h1", "/etc/kubernetes/pki/etcd/ca.crt"),
+        ("h1", "/etc/kubernetes/pki/front-proxy-ca.crt"),
+        ("h1", "/etc/kubernetes/controller-manager.conf"),
+        ("h2", "/etc/kubernetes/admin.conf"),
+        ("h3", "/etc/kubernetes/scheduler.conf"),
+        ("h4", "/etc/kubernetes/pki/ca.crt"),
+        ("h4", "/etc/kubernetes/kubelet.conf"),
+        ("h5", "/etc/kubernetes/kube-proxy.conf"),
+    ];
+
+    let probe = VipProbe::with_token(admin, Some(&token_kc));
+    let mut took = Vec::new();
+    for stage in ["trust", "reissue", "finish"] {
+        let mut issued = None;
+        if stage == "reissue" {
+            // Killed once the first apiserver took its new certificate: the re-run resumes
+            // the stage, issuing nothing again.
+            let log = lab.dir.join("ca-reissue.killed.log");
+            kill_when(
+                &["-i", inv_arg, "renew-certs", "--ca", "reissue"],
+                &log,
+                "after the first apiserver's turn",
+                || {
+                    std::fs::read_to_string(&log).is_ok_and(|t| {
+                        t.lines().any(|l| {
+                            l.contains("certs-apiserver h") && l.contains("file(s) written")
+                        })
+                    })
+                },
+            );
+            let st = rotation::read_state(&pki).unwrap().unwrap();
+            assert!(
+                st.stage == rotation::Stage::Reissue && !st.finished,
+                "{st:?}"
+            );
+            issued = Some(served(&eps));
+        }
+        // (reissue: the resumed run's time)
+        let t = Instant::now();
+        let report = run_report(&["-i", inv_arg, "-o", "json", "renew-certs", "--ca", stage]);
+        if let Some(before) = issued {
+            let after = served(&eps);
+            for (ep, (_, f)) in &after {
+                assert_eq!(f, &before[ep].1, "{ep}: re-issued again by the resumed run");
+            }
+        }
+        took.push((stage, t.elapsed()));
+        let (files, _, restarts) = totals(&report);
+        eprintln!(
+            "renew-certs --ca {stage}: {:.1} s, {files} files, {restarts} restarts",
+            t.elapsed().as_secs_f64()
+        );
+        for p in report["phases"].as_array().unwrap() {
+            eprintln!(
+                "  {:<26} {:>6.1} s",
+                p["phase"].as_str().unwrap(),
+                p["seconds"].as_f64().unwrap()
+            );
+        }
+        let st = rotation::read_state(&pki).unwrap().unwrap();
+        assert!(st.finished && st.stage.name() == stage, "{st:?}");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        match stage {
+            "trust" => {
+                for (h, f) in host_bundles {
+                    let certs = on_host(h, f);
+                    assert_eq!(certs.len(), 2, "{h}:{f} is not old + new");
+                    assert!(old_cas.contains(&certs[0]), "{h}:{f}: the old CA first");
+                }
+                // Leaves are still the old CAs': finish must refuse, naming every endpoint.
+                let old = rt.block_on(clusterctl::phases::certs::old_ca_endpoints(inv, &pki));
+                assert_eq!(old.len(), eps.len(), "{old:#?}");
+                let o = clusterctl(&["-i", inv_arg, "renew-certs", "--ca", "finish"]);
+                assert!(
+                    !o.status.success(),
+                    "finish right after trust: {}",
+                    text(&o)
+                );
+                assert!(text(&o).contains("--ca reissue"), "{}", text(&o));
+            }
+            "reissue" => {
+                let old = rt.block_on(clusterctl::phases::certs::old_ca_endpoints(inv, &pki));
+                assert!(old.is_empty(), "endpoints still on an old CA: {old:#?}");
+            }
+            _ => {}
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (requests, failures) = probe.finish();
+    eprintln!(
+        "CA rotation: {} ; probe: {requests} requests (a third with the pod's token), {} failures",
+        took.iter()
+            .map(|(s, d)| format!("{s} {:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        failures.len()
+    );
+    assert!(requests > 100, "the probe ran: {requests}");
+    assert!(
+        failures.is_empty(),
+        "{} probe failures: {failures:#?}",
+        failures.len()
+    );
+    assert_eq!(containers(admin), pods_before, "containers restarted");
+
+    // Every endpoint serves the local PKI's leaf, signed by the new CA of its kind.
+    let new_ca = |rel: &str| {
+        let b = bundle_of(rel);
+        assert_eq!(b.len(), 1, "{rel} still a bundle");
+        assert!(!old_cas.contains(&b[0]), "{rel} is an old CA");
+        clusterctl::pki::inspect::from_der(&b[0], rel).unwrap()
+    };
+    let (cluster_ca, etcd_ca) = (new_ca("ca.crt"), new_ca("etcd/ca.crt"));
+    new_ca("front-proxy-ca.crt");
+    for (ep, (s, f)) in served(&eps) {
+        assert!(s.is_some() && s == f, "{ep}: serves {s:?}, PKI holds {f:?}");
+    }
+    for e in &eps {
+        let leaf = clusterctl::pki::inspect::from_pem(
+            &std::fs::read_to_string(&e.local).unwrap(),
+            &e.certificate,
+        )
+        .unwrap();
+        let ca = if e.what.starts_with("etcd") {
+            &etcd_ca
+        } else {
+            &cluster_ca
+        };
+        assert!(
+            rotation::signed_by(&leaf, ca),
+            "{}: not from the new CA",
+            e.certificate
+        );
+    }
+    // No trust bundle names an old CA: on the hosts, and the hosts hold exactly the local PKI.
+    for (h, f) in host_bundles {
+        let certs = on_host(h, f);
+        assert_eq!(certs.len(), 1, "{h}:{f}");
+        assert!(
+            !old_cas.contains(&certs[0]),
+            "{h}:{f} still trusts an old CA"
+        );
+    }
+    let again = run_report(&["-i", inv_arg, "-o", "json", "init", "--only-phase", "pki"]);
+    let (files, _, restarts) = totals(&again);
+    assert_eq!(
+        (files, restarts),
+        (0, 0),
+        "init after the CA rotation changed hosts"
+    );
+    // sa.key kept; the old CAs kept locally.
+    assert_eq!(std::fs::read(pki.join("sa.key")).unwrap(), sa_before);
+    let st = rotation::read_state(&pki).unwrap().unwrap();
+    let backup = st.backup.unwrap();
+    assert_eq!(
+        rotation::certificates(&std::fs::read_to_string(backup.join("old/ca.crt")).unwrap())
+            .unwrap(),
+        [old_cas[0].clone()]
+    );
+    // The user's admin.conf was rewritten at each stage: it works with the new CA alone.
+    kubectl_ok(admin, &["get", "nodes"]);
 }

@@ -46,6 +46,12 @@ pub struct RenewArgs {
     /// controller-manager, scheduler, kubelet, kube-proxy, admin.
     #[arg(long, value_delimiter = ',')]
     pub component: Vec<String>,
+    /// Rotate the CAs (cluster, etcd, front-proxy), one stage per run, in order: `trust` (new
+    /// CAs beside the old in every trust bundle), `reissue` (every leaf from the new CAs),
+    /// `finish` (the old CAs out of every bundle; refused while an endpoint serves an old-CA
+    /// leaf). Each stage is rolled like a renewal and resumes when run again.
+    #[arg(long, value_name = "STAGE", value_parser = ["trust", "reissue", "finish"], conflicts_with_all = ["component", "all"])]
+    pub ca: Option<String>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -312,6 +318,16 @@ pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
             .into());
         }
     }
+    let ca_stage = a.ca.as_deref().and_then(crate::pki::rotation::Stage::parse);
+    if let Some(stage) = ca_stage {
+        if !a.run.scope.hosts.is_empty() {
+            return Err(UserError::bad_input(
+                "--ca with --hosts: a CA rotation is cluster-wide (every host trusts the CAs); run it without --hosts",
+            )
+            .into());
+        }
+        ca_finish_gate(g, stage)?;
+    }
     run_with(
         "renew-certs",
         g,
@@ -319,9 +335,44 @@ pub fn renew_certs(g: &Global, a: &RenewArgs) -> anyhow::Result<()> {
         crate::engine::RunOptions {
             dry_run: a.run.dry_run,
             renew_components: a.component.clone(),
+            ca_stage,
             ..Default::default()
         },
     )
+}
+
+/// `--ca finish` starts only when no endpoint serves a leaf of an old CA any more (read over
+/// TLS): dropping the old CA from the bundles would cut it off. A resumed or converging
+/// `finish` (the bundles already changed) is not gated again.
+fn ca_finish_gate(g: &Global, stage: crate::pki::rotation::Stage) -> anyhow::Result<()> {
+    use crate::pki::rotation;
+    if stage != rotation::Stage::Finish {
+        return Ok(());
+    }
+    let loaded = crate::commands::load_inventory(g)?;
+    let pki_dir = crate::commands::state_dir(g, &loaded).pki();
+    let state = rotation::read_state(&pki_dir)?;
+    if rotation::step(state.as_ref(), stage)
+        .map_err(|e| UserError::failed(format!("renew-certs --ca finish: {e:#}")))?
+        != rotation::Step::Start
+    {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let old = rt.block_on(crate::phases::certs::old_ca_endpoints(
+        &loaded.inventory,
+        &pki_dir,
+    ));
+    if !old.is_empty() {
+        return Err(UserError::failed(format!(
+            "renew-certs --ca finish refused: {} endpoint(s) do not serve a leaf of the new CA, and would lose their clients' trust:\n  {}\nfix: run `renew-certs --ca reissue` again (it resumes), then check with `certs check-expiration`",
+            old.len(),
+            old.join("\n  ")
+        ))
+        .into());
+    }
+    eprintln!("renew-certs --ca finish: every endpoint serves a leaf of the new CAs");
+    Ok(())
 }
 
 pub fn run(command: &str, g: &Global, a: &RunArgs) -> anyhow::Result<()> {

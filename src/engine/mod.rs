@@ -88,6 +88,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `renew-certs --component`: the components whose certificates are renewed (empty: all).
     pub renew_components: Vec<String>,
+    /// `renew-certs --ca STAGE`: the CA rotation stage this run makes and rolls.
+    pub ca_stage: Option<crate::pki::rotation::Stage>,
     /// `join`: the hosts joining the cluster in this run (empty for other commands). Phases
     /// plan their steps for them, and an existing host only where [`Phase::join_concerns`]
     /// says why.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-/// A client for the cluster's endpoints: trusts only the cluster CA, presents `cert`/`key`.
+/// A client for the cluster's endpoints: trusts only the cluster CA (bundle), presents `cert`/`key`.
 pub fn client(
     ca_pem: &[u8],
     cert_pem: &[u8],
@@ -17,9 +17,10 @@ pub fn client(
     identity.push(b'\n');
     identity.extend_from_slice(key_pem);
     reqwest::Client::builder()
-        .tls_certs_only([
-            reqwest::Certificate::from_pem(ca_pem).context("the cluster CA certificate")?
-        ])
+        // A bundle during a CA rotation (old and new CA): trust each.
+        .tls_certs_only(
+            reqwest::Certificate::from_pem_bundle(ca_pem).context("the cluster CA certificate")?,
+        )
         .identity(reqwest::Identity::from_pem(&identity).context("the client certificate and key")?)
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(3))

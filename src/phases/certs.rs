@@ -9,6 +9,11 @@
 //! One struct per step ([`Certs`]); `playbooks/renew-certs.yaml` orders them. A renewal is
 //! recorded in `pki/renewal.json` until its last step passed, so a re-run after a failure
 //! resumes the distribution instead of issuing yet another set.
+//!
+//! `renew-certs --ca STAGE` is the same playbook: `certs-renew` makes the CA rotation stage's
+//! local files instead (`pki::rotation`: bundles old + new, then leaves from the new CAs, then
+//! the new CAs alone), the same steps roll them to the hosts, and `certs-served` records the
+//! stage finished in `pki/ca-rotation.json` once every endpoint serves the local PKI.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -315,6 +320,93 @@ async fn wait_port(exec: &dyn Executor, host: &Host, port: u16, what: &str) -> a
     Ok(())
 }
 
+/// What the operator must hear at every stage: kubeconfigs made before it are not updated.
+const HANDED_OUT: &str = "kubeconfigs handed out earlier (copies of admin.conf, `clusterctl kubeconfig` output, /etc/kubernetes/admin.conf copied off a host) are not updated: replace them with clusters/<name>/admin.conf after each stage (`clusterctl kubeconfig --merge`); after `--ca finish` the old ones are refused";
+
+fn ca_stage_summary(stage: pki::rotation::Stage) -> &'static str {
+    match stage {
+        pki::rotation::Stage::Trust => {
+            "new cluster, etcd and front-proxy CAs beside the old ones; every trust bundle (ca.crt, etcd/ca.crt, front-proxy-ca.crt, the kubeconfigs' CA data) becomes old + new and is rolled; leaves and sa.key kept"
+        }
+        pki::rotation::Stage::Reissue => {
+            "the new CAs sign: every leaf certificate re-issued from them and rolled; the bundles keep the old CA; sa.key kept (service-account tokens stay valid)"
+        }
+        pki::rotation::Stage::Finish => {
+            "the old CAs dropped from every trust bundle in a last roll (refused while an endpoint serves an old-CA leaf); the old CAs kept in pki-backup/"
+        }
+    }
+}
+
+/// `certs-renew` for `--ca STAGE`: the stage's bundles and keys (pki::rotation), then what
+/// `generate` makes of them (the leaves the signing CA did not sign re-issued; every
+/// kubeconfig's CA data rewritten), then the user's admin.conf.
+fn ca_stage_local(ctx: &Context, stage: pki::rotation::Stage) -> anyhow::Result<()> {
+    let inv = ctx.inv();
+    let settings = pki::generate::Settings::from_inventory(inv, |p| ctx.loaded.resolve(p))?;
+    let layout = pki::generate::Layout::new(&ctx.state);
+    let state = pki::rotation::read_state(&layout.pki)?;
+    let now = pki::generate::fmt_time(time::OffsetDateTime::now_utc().unix_timestamp());
+    let s = pki::rotation::apply_local(&layout, &settings, stage, state.as_ref(), &now)?;
+    let outcome = pki::generate::generate(inv, &settings, &layout)?;
+    for b in &outcome.backups {
+        eprintln!("certs-renew: backed up {}", b.display());
+    }
+    eprintln!(
+        "certs-renew: CA rotation stage `{}` (new CA sha256 {}): {} certificate(s) re-issued, {} kubeconfig(s) rewritten",
+        stage.name(),
+        s.new.get("ca").map(|f| &f[..16]).unwrap_or_default(),
+        outcome.count(pki::generate::Action::Reissued),
+        outcome.count(pki::generate::Action::Rewritten),
+    );
+    // The user's copy, so that `kubectl --kubeconfig clusters/<name>/admin.conf` keeps
+    // working through every stage.
+    use crate::engine::Phase as _;
+    super::kubeconfig::Kubeconfig.apply_local(ctx)?;
+    eprintln!("certs-renew: {HANDED_OUT}");
+    Ok(())
+}
+
+/// For `--ca finish`: every endpoint that does not serve a leaf of the rotation's new CA,
+/// with what it serves instead (empty: the old CAs may go). Read over TLS, as
+/// `certs check-expiration` reads what endpoints serve.
+pub async fn old_ca_endpoints(inv: &Inventory, pki_dir: &Path) -> Vec<String> {
+    let eps = endpoints(inv, pki_dir);
+    let checks = futures::future::join_all(eps.iter().map(|e| async move {
+        let ca = if e.what.starts_with("etcd") {
+            pki::spec::Ca::Etcd
+        } else {
+            pki::spec::Ca::Cluster
+        };
+        let Some(new) = pki::rotation::new_ca(pki_dir, ca) else {
+            return Some(format!(
+                "{} {}:{}: no new {} CA in {} (no rotation under way?)",
+                e.what,
+                e.host,
+                e.port,
+                ca.name(),
+                pki::rotation::work_dir(pki_dir).display()
+            ));
+        };
+        let served = crate::tls::served_certificate(&e.address, e.port, Duration::from_secs(5))
+            .await
+            .and_then(|der| pki::inspect::from_der(&der, &e.certificate));
+        match served {
+            Ok(c) if pki::rotation::signed_by(&c, &new) => None,
+            Ok(c) => Some(format!(
+                "{} {}:{} serves serial {}, not signed by the new {} CA",
+                e.what,
+                e.host,
+                e.port,
+                c.serial,
+                ca.name()
+            )),
+            Err(err) => Some(format!("{} {}:{}: {err:#}", e.what, e.host, e.port)),
+        }
+    }))
+    .await;
+    checks.into_iter().flatten().collect()
+}
+
 impl Certs {
     /// The component manifest (static-pods mode) this step re-renders: the certificates'
     /// hashes are among its inputs, so the kubelet replaces the pod.
@@ -370,7 +462,34 @@ impl Phase for Certs {
         let inv = ctx.inv();
         let mut plan = PhasePlan::new(self, Order::OneAtATime);
         match self.0 {
+            Step::Renew if ctx.options.ca_stage.is_some() => {
+                let stage = ctx.options.ca_stage.expect("checked");
+                let pki_dir = ctx.state.pki();
+                let state = pki::rotation::read_state(&pki_dir)?;
+                plan.local.push(pki::rotation::describe(state.as_ref()));
+                let how = pki::rotation::step(state.as_ref(), stage)?;
+                plan.local.push(format!(
+                    "CA rotation stage `{}` ({}): {}",
+                    stage.name(),
+                    match how {
+                        pki::rotation::Step::Start => "start",
+                        pki::rotation::Step::Resume => "resume the unfinished run",
+                        pki::rotation::Step::Converge => "already done: converge again",
+                    },
+                    ca_stage_summary(stage)
+                ));
+                plan.local.push(HANDED_OUT.into());
+                return Ok(plan);
+            }
             Step::Renew => {
+                if let Some(st) = pki::rotation::read_state(&ctx.state.pki())?
+                    && !(st.stage == pki::rotation::Stage::Finish && st.finished)
+                {
+                    plan.notes.push(format!(
+                        "{}: this renewal issues from the CAs that sign now",
+                        pki::rotation::describe(Some(&st))
+                    ));
+                }
                 let names = selected(inv, &ctx.options.renew_components, &ctx.host_filter)?;
                 plan.local.push(format!(
                     "re-issue {} certificate(s) in {} (new keys and serials; the old files backed up; the CAs kept){}",
@@ -397,8 +516,34 @@ impl Phase for Certs {
             let mut a: Vec<Action> = pki::files_for_host(inv, h)
                 .iter()
                 .filter(|f| step_of(inv, h, &f.remote) == self.0)
-                .map(|f| super::pki::file_action(ctx, f, !inv.static_pods()))
+                .map(|f| {
+                    let mut a = super::pki::file_action(ctx, f, !inv.static_pods());
+                    // etcd's step restarts etcd only: a changed etcd CA bundle (a CA
+                    // rotation) reaches the apiserver at its own step, drained and gated
+                    // there (its other CA bundles change in the same stage).
+                    if self.0 == Step::Etcd
+                        && let Action::File { restarts, .. } = &mut a
+                    {
+                        restarts.retain(|u| u == "etcd.service");
+                    }
+                    a
+                })
                 .collect();
+            // A CA rotation makes ca.crt a bundle, which kube-controller-manager refuses as
+            // its signing certificate: its unit (flags) must read ca-signing.crt before this
+            // step's ca.crt restarts it. A no-op where `init` already wrote it so; it matters
+            // for clusters whose unit predates ca-signing.crt.
+            if self.0 == Step::Apiserver
+                && ctx.options.ca_stage.is_some()
+                && !inv.static_pods()
+                && !a.is_empty()
+            {
+                a.push(super::control_plane::unit_action(
+                    ctx,
+                    h,
+                    "kube-controller-manager",
+                )?);
+            }
             if a.is_empty() {
                 continue;
             }
@@ -414,6 +559,9 @@ impl Phase for Certs {
     fn apply_local(&self, ctx: &Context) -> anyhow::Result<()> {
         if self.0 != Step::Renew || ctx.options.dry_run {
             return Ok(());
+        }
+        if let Some(stage) = ctx.options.ca_stage {
+            return ca_stage_local(ctx, stage);
         }
         let inv = ctx.inv();
         let names = selected(inv, &ctx.options.renew_components, &ctx.host_filter)?;
@@ -546,15 +694,35 @@ impl Phase for Certs {
                     stale.join("\n  ")
                 );
             }
-            let path = renewal_path(ctx);
-            if let Some(mut r) = read_renewal(&path) {
-                r.finished = true;
-                write_renewal(&path, &r)?;
-            }
-            Ok(vec![format!(
+            let mut lines = vec![format!(
                 "{} endpoint(s) serve the certificates of the local PKI",
                 checks.len()
-            )])
+            )];
+            if let Some(stage) = ctx.options.ca_stage {
+                let layout = pki::generate::Layout::new(&ctx.state);
+                let stamp = time::OffsetDateTime::now_utc()
+                    .format(time::macros::format_description!(
+                        "[year][month][day]T[hour][minute][second]Z"
+                    ))
+                    .unwrap_or_default();
+                if let Some(s) = pki::rotation::mark_finished(&layout, &stamp)? {
+                    lines.push(format!("CA rotation stage `{}` finished", stage.name()));
+                    if let Some(b) = &s.backup {
+                        lines.push(format!(
+                            "the old CAs (and the new ones' first copies) are kept in {}",
+                            b.display()
+                        ));
+                    }
+                    lines.push(HANDED_OUT.into());
+                }
+            } else {
+                let path = renewal_path(ctx);
+                if let Some(mut r) = read_renewal(&path) {
+                    r.finished = true;
+                    write_renewal(&path, &r)?;
+                }
+            }
+            Ok(lines)
         })
     }
 }
@@ -586,6 +754,70 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `--ca`: the apiserver step takes the controller-manager's unit along (it must read
+    /// ca-signing.crt before ca.crt becomes a bundle), and the etcd step restarts etcd only
+    /// (a changed etcd CA bundle reaches the apiserver at its drained step).
+    #[test]
+    fn a_ca_stage_rolls_the_controller_managers_unit_and_etcd_restarts_only_etcd() {
+        use crate::engine::{RunOptions, Source};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = |ca_stage| {
+            crate::engine::guarded_fake::test_context(
+                crate::pki::spec::tests::INV,
+                dir.path(),
+                &[],
+                RunOptions {
+                    ca_stage,
+                    ..Default::default()
+                },
+            )
+        };
+        let kcm_units = |c: &Context| -> Vec<String> {
+            let plan = Certs(Step::Apiserver).plan(c).unwrap();
+            plan.hosts
+                .iter()
+                .flat_map(|hp| &hp.actions)
+                .filter_map(|a| match a {
+                    Action::File {
+                        path,
+                        source: Source::Rendered { content, .. },
+                        ..
+                    } if path == "/etc/systemd/system/kube-controller-manager.service" => {
+                        Some(String::from_utf8_lossy(content).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let rotating = ctx(Some(pki::rotation::Stage::Trust));
+        let units = kcm_units(&rotating);
+        assert_eq!(units.len(), rotating.inv().control_plane_hosts().count());
+        assert!(
+            units
+                .iter()
+                .all(|u| u
+                    .contains("--cluster-signing-cert-file=/etc/kubernetes/pki/ca-signing.crt")),
+            "{units:?}"
+        );
+        assert!(
+            kcm_units(&ctx(None)).is_empty(),
+            "a plain renewal leaves it"
+        );
+        let plan = Certs(Step::Etcd).plan(&rotating).unwrap();
+        let mut ca_seen = 0;
+        for a in plan.hosts.iter().flat_map(|hp| &hp.actions) {
+            if let Action::File { path, restarts, .. } = a {
+                assert!(
+                    restarts.iter().all(|u| u == "etcd.service"),
+                    "{path}: {restarts:?}"
+                );
+                ca_seen +=
+                    usize::from(path == "/etc/kubernetes/pki/etcd/ca.crt" && !restarts.is_empty());
+            }
+        }
+        assert!(ca_seen > 0, "the etcd CA bundle restarts etcd");
     }
 
     #[test]

@@ -21,6 +21,22 @@ pub const COMPONENTS: [&str; 3] = [
     "kube-scheduler",
 ];
 
+/// Component `c`'s systemd unit on `h` (its flags inside), restarting it when it changes.
+pub(crate) fn unit_action(ctx: &Context, h: &Host, c: &str) -> anyhow::Result<Action> {
+    let tpl = format!("{c}/{c}.service");
+    let unit = format!("{c}.service");
+    let text = ctx
+        .render
+        .render(&tpl, &component_vars(&ctx.render, ctx.inv(), h, c)?)?;
+    Ok(Action::rendered(
+        format!("/etc/systemd/system/{unit}"),
+        0o644,
+        &tpl,
+        text,
+        &[&unit],
+    ))
+}
+
 impl Phase for ControlPlane {
     fn name(&self) -> &'static str {
         "control-plane"
@@ -121,18 +137,7 @@ impl Phase for ControlPlane {
                     a.push(static_pods::manifest(ctx, h, c, inputs)?);
                     continue;
                 }
-                let tpl = format!("{c}/{c}.service");
-                let unit = format!("{c}.service");
-                let text = ctx
-                    .render
-                    .render(&tpl, &component_vars(&ctx.render, inv, h, c)?)?;
-                a.push(Action::rendered(
-                    format!("/etc/systemd/system/{unit}"),
-                    0o644,
-                    &tpl,
-                    text,
-                    &[&unit],
-                ));
+                a.push(unit_action(ctx, h, c)?);
             }
             if !static_pods {
                 for c in COMPONENTS {

@@ -36,7 +36,7 @@ pub(crate) fn units_for(remote: &Path) -> Vec<&'static str> {
         "ca.crt" | "ca.key" | "sa.key" => {
             vec!["kube-apiserver.service", "kube-controller-manager.service"]
         }
-        "controller-manager.conf" => vec!["kube-controller-manager.service"],
+        "controller-manager.conf" | "ca-signing.crt" => vec!["kube-controller-manager.service"],
         "scheduler.conf" => vec!["kube-scheduler.service"],
         "kubelet.conf" => vec!["kubelet.service"],
         "kube-proxy.conf" => vec!["kube-proxy.service"],

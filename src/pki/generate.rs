@@ -301,6 +301,11 @@ fn new_ca(ca: Ca, s: &Settings, now: OffsetDateTime) -> Result<(String, String)>
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A new self-signed CA (certificate PEM, key PEM) valid from now: a CA rotation's new CA.
+pub(crate) fn new_ca_now(ca: Ca, s: &Settings) -> Result<(String, String)> {
+    new_ca(ca, s, OffsetDateTime::now_utc())
+}
+
 /// Issues `spec` from `ca` with a fresh key, never valid beyond the CA.
 pub fn issue(
     spec: &CertSpec,
@@ -350,7 +355,7 @@ pub fn issue(
         key_pem: key.serialize_pem(),
         capped: capped.then(|| {
             format!(
-                "{}: notAfter capped at {}, when the {} CA expires (certValidity {} would outlive it); renew the CA before then",
+                "{}: notAfter capped at {}, when the {} CA expires (certValidity {} would outlive it); rotate the CA before then (`renew-certs --ca trust`, `reissue`, `finish`)",
                 spec.name,
                 fmt_time(ca.info.not_after),
                 ca.ca.name(),
@@ -803,6 +808,15 @@ fn run(
         let m = e.ca(ca, renew.is_none())?;
         cas.insert(ca, m);
     }
+    // kube-controller-manager signs with the cluster CA and wants exactly one certificate in
+    // its --cluster-signing-cert-file, while `ca.crt` is a bundle of two during a CA rotation
+    // (see rotation.rs): the signer alone, always.
+    let signer = inspect::pem_to_der(&cas[&Ca::Cluster].cert_pem, "the cluster CA")?;
+    e.store.put(
+        &layout.pki.join(spec::CA_SIGNING_CRT),
+        super::rotation::pem_of(&signer).as_bytes(),
+        spec::CERT_MODE,
+    )?;
     e.sa()?;
     for c in &table {
         let force = match &renew {

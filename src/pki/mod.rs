@@ -3,12 +3,14 @@
 //! - `spec`: the one declarative table of certificates (`cert_list`) and `files_for_host`.
 //! - `generate`: idempotent generation, external CAs, renewal (`renew`), backups.
 //! - `expiry`: `check-expiration` reports over pluggable `CertSource`s.
+//! - `rotation`: the local side of a CA rotation (bundles, stages, their record).
 //! - `keys`, `kubeconfig`, `inspect`: key handling, kubeconfig files, reading certs back.
 pub mod expiry;
 pub mod generate;
 pub mod inspect;
 pub mod keys;
 pub mod kubeconfig;
+pub mod rotation;
 pub mod spec;
 pub mod vrrp;
 

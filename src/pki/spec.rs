@@ -147,6 +147,9 @@ pub struct CertSpec {
 }
 
 pub const SA_KEY: &str = "sa.key";
+/// The cluster CA's signing certificate alone (`ca.crt` may be a bundle: see rotation.rs),
+/// for kube-controller-manager's --cluster-signing-cert-file; on the hosts that get the key.
+pub const CA_SIGNING_CRT: &str = "ca-signing.crt";
 pub const SA_PUB: &str = "sa.pub";
 const REMOTE_PKI: &str = "/etc/kubernetes/pki";
 const REMOTE_KUBELET_PKI: &str = "/var/lib/kubelet/pki";
@@ -525,6 +528,13 @@ pub fn files_for_host(inv: &Inventory, host: &Host) -> Vec<HostFile> {
         }
         if ca.key_to().iter().any(|r| host.has(*r)) {
             add(pki.join(key_path(base)), key_path(&rbase), KEY_MODE);
+            if ca == Ca::Cluster {
+                add(
+                    pki.join(CA_SIGNING_CRT),
+                    Path::new(REMOTE_PKI).join(CA_SIGNING_CRT),
+                    CERT_MODE,
+                );
+            }
         }
     }
     if host.has(Role::ControlPlane) {
