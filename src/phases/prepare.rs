@@ -138,7 +138,7 @@ pub fn items_for<'m>(ctx: &'m Context, h: &Host) -> anyhow::Result<Vec<&'m Item>
 }
 
 /// The programs that static-pods mode runs from their images, not from a binary on the host.
-const RUN_FROM_IMAGES: [&str; 4] = [
+pub const RUN_FROM_IMAGES: [&str; 4] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
