@@ -334,7 +334,7 @@ fn static_pod_control_plane() {
     for h in CONTROL_PLANE {
         let images = lab.exec_ok(
             h,
-            "sed -n 's/^[ -]*image: *//p' /etc/kubernetes/manifests/kube-*.yaml | sort -u | tr '\\n' ' '",
+            "sed -n 's/^[ -]*image: *//p' /etc/kubernetes/manifests/kube-*.yaml | tr -d '\"' | sort -u | tr '\\n' ' '",
         );
         assert_eq!(
             images.trim(),
