@@ -6,7 +6,9 @@
 //! the hosts, workloads spread over the workers reaching each other, Services, logs and exec
 //! through the VIP; a second `init` changes nothing; a changed apiserver flag replaces the
 //! apiserver pods one host at a time with no failed request through the VIP; `backup`, a deleted
-//! namespace and `restore` bring it back with the static pods back in place.
+//! namespace and `restore` bring it back with the static pods back in place; `upgrade` to the
+//! re-stamped build swaps the control plane's images host by host and the nodes' binaries, with
+//! no failed request through the VIP.
 
 mod common;
 
@@ -290,5 +292,93 @@ fn static_pod_control_plane() {
         lab.exec_ok(h, "! ls -d /etc/kubernetes/manifests.restore-* 2>/dev/null");
     }
     eprintln!("TIMING static-pods backup {b:.1}s, restore {r:.1}s");
+
+    // upgrade in static-pods mode: each host's manifests move to the re-stamped images one host
+    // at a time behind the same gates (the apiserver out of the balancers first), then each
+    // node's kubelet and kube-proxy to the re-stamped binaries; reads through the VIP are all
+    // answered. `upgrade plan` reads the images the manifests name.
+    let target = "v1.20.3";
+    let restamped = restamped_bundle(target);
+    let mut up = changed.clone();
+    up.spec.bundle = Some(lab_bundle_spec(&restamped));
+    let up_path = lab.write_inventory("inventory-upgrade.yaml", &up);
+    let up_arg = up_path.to_str().unwrap();
+    let plan = clusterctl(&["-i", up_arg, "upgrade", "plan", "--to", target]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let plan_text = String::from_utf8_lossy(&plan.stdout).to_string();
+    for c in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        assert!(
+            plan_text.lines().any(|l| l.contains(c)
+                && l.contains("static-pod")
+                && l.contains("v1.20.2")
+                && l.contains(target)
+                && l.contains("replace + restart")),
+            "{c}: {plan_text}"
+        );
+    }
+    let probe = ReadProbe::start(&admin);
+    let t = Instant::now();
+    let upgraded = clusterctl(&["-i", up_arg, "-o", "json", "upgrade", "--to", target]);
+    let secs = t.elapsed().as_secs_f64();
+    let (ok, failed) = probe.finish();
+    assert!(upgraded.status.success(), "{}", text(&upgraded));
+    assert!(
+        failed.is_empty(),
+        "requests failed during the upgrade: {failed:?}\n{}",
+        balancer_events(&lab, &CONTROL_PLANE)
+    );
+    for h in CONTROL_PLANE {
+        let images = lab.exec_ok(
+            h,
+            "sed -n 's/^[ -]*image: *//p' /etc/kubernetes/manifests/kube-*.yaml | tr -d '\"' | sort -u | tr '\\n' ' '",
+        );
+        assert_eq!(
+            images.trim(),
+            format!(
+                "k8s.gcr.io/kube-apiserver:{target} k8s.gcr.io/kube-controller-manager:{target} k8s.gcr.io/kube-scheduler:{target}"
+            ),
+            "{h}"
+        );
+        let v = kubectl_ok(
+            &admin,
+            &[
+                "get",
+                "--raw",
+                "/version",
+                "--server",
+                &format!("https://{}:6443", lab.ip(h)),
+            ],
+        );
+        assert!(
+            v.contains(&format!("\"gitVersion\": \"{target}\"")),
+            "{h}: {v}"
+        );
+    }
+    let nodes = kubectl_json(&admin, &["get", "nodes"]);
+    for n in nodes["items"].as_array().unwrap() {
+        assert_eq!(
+            n["status"]["nodeInfo"]["kubeletVersion"], target,
+            "{}",
+            n["metadata"]["name"]
+        );
+        assert!(node_ready(n), "{}", n["metadata"]["name"]);
+        assert_ne!(
+            n["spec"]["unschedulable"], true,
+            "{}",
+            n["metadata"]["name"]
+        );
+    }
+    // A second run changes nothing.
+    let again = clusterctl(&["-i", up_arg, "upgrade", "plan", "--to", target]);
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("replace + restart"),
+        "{}",
+        text(&again)
+    );
+    eprintln!("TIMING static-pods upgrade {secs:.1}s, probe {ok} answered");
     eprintln!("whole test {:.1}s", t0.elapsed().as_secs_f64());
 }

@@ -12,33 +12,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 
 use common::chaos::*;
 use common::*;
 
 const TARGET: &str = "v1.20.3";
-
-/// The lab bundle with the re-stamped Kubernetes build added (cached like the plain one).
-fn restamped_bundle() -> PathBuf {
-    let out = run(Command::new("bash")
-        .arg(root().join("tests/lab/build-bundle.sh"))
-        .args(["--restamped", TARGET])
-        .env("CLUSTERCTL", env!("CARGO_BIN_EXE_clusterctl"))
-        .env_remove("OUT_DIR"));
-    assert!(out.status.success(), "build-bundle.sh: {}", text(&out));
-    let p = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    );
-    assert!(p.is_file(), "{}", p.display());
-    p
-}
 
 /// Per unit on `host`: the version its running process reports (through /proc/<pid>/exe).
 fn running_versions(lab: &Lab, host: &str, units: &[&str]) -> Vec<(String, String)> {
@@ -107,7 +87,7 @@ fn stage_seconds(report: &serde_json::Value) -> Vec<(String, f64)> {
 #[ignore = "lab: run by tests/run.sh"]
 fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     let lab = Lab::up_profile("upgrade", 5, "k8s");
-    let bundle = restamped_bundle();
+    let bundle = restamped_bundle(TARGET);
     let mut inv = lab.vip_inventory(&bundle);
     assert_eq!(inv.spec.kubernetes_version.to_string(), "v1.20.2");
     let inv_path = lab.write_inventory("inventory.yaml", &inv);

@@ -118,6 +118,22 @@ pub fn items_for<'m>(ctx: &'m Context, h: &Host) -> anyhow::Result<Vec<&'m Item>
             }
         }
     }
+    // The control plane's images: the ones the static-pods phases choose for the cluster's
+    // versions (by reference), so a bundle holding two versions of them (what an upgrade
+    // moves between) needs no other pin.
+    for comp in RUN_FROM_IMAGES {
+        let Ok(chosen) = super::static_pods::image(ctx, comp) else {
+            continue;
+        };
+        if let Some(it) = b
+            .manifest
+            .items
+            .iter()
+            .find(|i| i.kind == Kind::Image && i.image.as_deref() == Some(chosen.as_str()))
+        {
+            pins.insert(it.name.clone(), it.version.clone());
+        }
+    }
     let mut items = crate::bundle::items_for_roles(&b.manifest, &bundle_roles(inv, h), &pins)
         .map_err(|e| {
             anyhow::anyhow!(
@@ -131,14 +147,20 @@ pub fn items_for<'m>(ctx: &'m Context, h: &Host) -> anyhow::Result<Vec<&'m Item>
     // Static pods run etcd and the control plane from their images: their binaries would be
     // sent (~300 MB per host) and never run. etcdctl and kubectl stay: clusterctl's health
     // checks and backups use them on the host.
+    // In systemd mode their images are never run: not sent either.
     if inv.static_pods() {
         items.retain(|i| i.kind != Kind::Binary || !RUN_FROM_IMAGES.contains(&i.name.as_str()));
+    } else {
+        items.retain(|i| {
+            i.kind != Kind::Image
+                || !super::static_pods::is_control_plane_image(i.image.as_deref().unwrap_or(""))
+        });
     }
     Ok(items)
 }
 
 /// The programs that static-pods mode runs from their images, not from a binary on the host.
-const RUN_FROM_IMAGES: [&str; 4] = [
+pub const RUN_FROM_IMAGES: [&str; 4] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",

@@ -12,20 +12,6 @@ pub struct Runtime;
 /// Waits up to 10 s for containerd's socket to answer.
 const WAIT_CONTAINERD: &str = "for i in 1 2 3 4 5 6 7 8 9 10; do ctr -n k8s.io version >/dev/null 2>&1 && exit 0; sleep 1; done; ctr -n k8s.io version 2>&1";
 
-/// Repositories of the static-pod control plane's images: imported only in that mode.
-const STATIC_POD_REPOS: &[&str] = &[
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-];
-
-/// `k8s.gcr.io/kube-apiserver:v1.20.2` -> true: the repository's last path element is one
-/// of the control plane's.
-fn is_static_pod_image(reference: &str) -> bool {
-    STATIC_POD_REPOS.contains(&super::static_pods::repo_and_tag(reference).0)
-}
-
 /// containerd on `h`, configured, running and answering, with the bundle's images the host
 /// needs imported (the static-pod images only in static-pods mode). The runtime phase plans
 /// this on every node; in static-pods mode the etcd and control-plane phases plan the same
@@ -76,17 +62,15 @@ pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
     Ok(a)
 }
 
-/// The bundle's images `h` needs in containerd (the static-pod images only in static-pods
-/// mode).
+/// The bundle's images `h` needs in containerd (`prepare::items_for` chooses them: the
+/// control plane's only in static-pods mode, at the cluster's versions).
 fn bundle_image_items<'m>(
     ctx: &'m Context,
     h: &Host,
 ) -> anyhow::Result<Vec<&'m crate::bundle::Item>> {
-    let static_pods = ctx.inv().static_pods();
     Ok(super::prepare::items_for(ctx, h)?
         .into_iter()
         .filter(|i| i.kind == Kind::Image)
-        .filter(|i| static_pods || !is_static_pod_image(i.image.as_deref().unwrap_or("")))
         .collect())
 }
 
@@ -160,14 +144,16 @@ mod tests {
 
     #[test]
     fn static_pod_images_by_repository() {
-        assert!(super::is_static_pod_image(
+        assert!(crate::phases::static_pods::is_control_plane_image(
             "k8s.gcr.io/kube-apiserver:v1.20.2"
         ));
-        assert!(super::is_static_pod_image(
+        assert!(crate::phases::static_pods::is_control_plane_image(
             "registry.example.cn:5000/k8s/etcd:3.4.23-0"
         ));
-        assert!(!super::is_static_pod_image("k8s.gcr.io/pause:3.2"));
-        assert!(!super::is_static_pod_image(
+        assert!(!crate::phases::static_pods::is_control_plane_image(
+            "k8s.gcr.io/pause:3.2"
+        ));
+        assert!(!crate::phases::static_pods::is_control_plane_image(
             "docker.io/library/busybox:1.35.0"
         ));
     }

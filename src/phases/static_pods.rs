@@ -39,6 +39,12 @@ pub fn repo_and_tag(reference: &str) -> (&str, &str) {
     (repo.rsplit('/').next().unwrap_or(repo), tag)
 }
 
+/// `k8s.gcr.io/kube-apiserver:v1.20.2` -> true: an image of the static-pod control plane (the
+/// repository's last path element is etcd or a kube-* control-plane program).
+pub fn is_control_plane_image(reference: &str) -> bool {
+    crate::phases::prepare::RUN_FROM_IMAGES.contains(&repo_and_tag(reference).0)
+}
+
 fn strip_v(s: &str) -> &str {
     s.strip_prefix('v').unwrap_or(s)
 }

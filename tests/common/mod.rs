@@ -181,6 +181,26 @@ pub fn lab_bundle_spec(bundle: &Path) -> clusterctl::inventory::BundleSpec {
     }
 }
 
+/// The lab bundle with the Kubernetes build re-stamped as `version` added (binaries and the
+/// static-pod images; cached like the plain one): what the upgrade tests move to.
+pub fn restamped_bundle(version: &str) -> PathBuf {
+    let out = run(Command::new("bash")
+        .arg(root().join("tests/lab/build-bundle.sh"))
+        .args(["--restamped", version])
+        .env("CLUSTERCTL", env!("CARGO_BIN_EXE_clusterctl"))
+        .env_remove("OUT_DIR"));
+    assert!(out.status.success(), "build-bundle.sh: {}", text(&out));
+    let p = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    );
+    assert!(p.is_file(), "{}", p.display());
+    p
+}
+
 /// The lab bundle (built from Debian's packages by tests/lab/build-bundle.sh, cached).
 pub fn lab_bundle() -> PathBuf {
     // Use the clusterctl under test rather than a separate release build.

@@ -16,7 +16,8 @@
 #     busybox 1.35.0      docker.io/library/busybox:1.35.0  bookworm busybox-static, /bin symlink per
 #                                                         applet, Cmd sh (control-plane,worker; test workloads)
 #     kube-apiserver-image, kube-controller-manager-image, kube-scheduler-image 1.20.2
-#                         k8s.gcr.io/<name>:v1.20.2       the bundle's own binary (control-plane)
+#                         k8s.gcr.io/<name>:v1.20.2       the bundle's own binary (control-plane);
+#                         with --restamped also at that version, from the re-stamped binary
 #     etcd-image 3.4.23-0 k8s.gcr.io/etcd:3.4.23-0        bookworm etcd + its loader and libc from
 #                                                         bookworm libc6 (etcd)
 #     Image items have their own names (NAME-image): a pin like etcd=3.4.23 picks among items of one
@@ -349,6 +350,17 @@ for b in kube-apiserver kube-controller-manager kube-scheduler; do
 		"static-pod image built by the lab from the bundle's $b binary (its only file), not upstream's image" \
 		"Kubernetes v1\\.20\\.2|/usr/local/bin/$b --version" "/usr/local/bin/$b" "$kbin/$b:/usr/local/bin/$b:0755"
 done
+# With --restamped, the same images of the re-stamped build: what a static-pods upgrade moves to.
+if [ -n "$kbin_re" ]; then
+	ksrc_re=$(sed -n 's/^source: //p' "$kbin_re/../BUILD-INFO")
+	for b in kube-apiserver kube-controller-manager kube-scheduler; do
+		file "$kbin_re/$b" | grep -q 'statically linked' || die "$kbin_re/$b is not static"
+		image "$b-image" "${restamp#v}" "k8s.gcr.io/$b:$restamp" control-plane \
+			"computed by tests/lab/build-bundle.sh: docker-save.py of tests/lab/build-kubernetes.sh --stamp $restamp's $b ($ksrc_re; sha256 $(sha256sum <"$kbin_re/$b" | cut -c1-64), as in its BUILD-INFO) as /usr/local/bin/$b" \
+			"RE-STAMPED BUILD: static-pod image of the unchanged v1.20.2 code built with KUBE_GIT_VERSION=$restamp; only for exercising upgrade mechanics, not a real $restamp" \
+			"Kubernetes ${restamp//./\\.}|/usr/local/bin/$b --version" "/usr/local/bin/$b" "$kbin_re/$b:/usr/local/bin/$b:0755"
+	done
+fi
 
 # etcd 3.4.23-0 (the -0 as in upstream's etcd image tags) from bookworm's etcd-server. That etcd is
 # a dynamic (cgo) binary needing only libc (check_bin above), so the image also holds glibc's

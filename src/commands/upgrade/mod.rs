@@ -111,7 +111,11 @@ fn host_components(ctx: &Context, h: &Host) -> Vec<Component> {
 pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Result<Observations> {
     let hosts: Vec<&Host> = ctx.inv().spec.hosts.iter().collect();
     let all = futures::future::join_all(hosts.iter().map(|h| async move {
-        let comps: Vec<(Component, String)> = host_components(ctx, h)
+        let (from_images, from_binaries): (Vec<Component>, Vec<Component>) =
+            host_components(ctx, h)
+                .into_iter()
+                .partition(|c| binaries::runs_from_image(ctx, c));
+        let comps: Vec<(Component, String)> = from_binaries
             .into_iter()
             .map(|c| {
                 let path = binaries::target_item(ctx, h, &c)
@@ -126,7 +130,15 @@ pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Resul
             .query(h, &binaries::observe_script(&comps))
             .await
             .with_context(|| format!("{}: reading what runs", h.name))?;
-        anyhow::Ok((h.name.to_string(), binaries::parse_observed(&o.stdout)))
+        let mut running = binaries::parse_observed(&o.stdout);
+        if !from_images.is_empty() {
+            let o = exec
+                .query(h, &binaries::observe_images_script(&from_images))
+                .await
+                .with_context(|| format!("{}: reading its static pods' images", h.name))?;
+            running.extend(binaries::parse_observed_images(&o.stdout));
+        }
+        anyhow::Ok((h.name.to_string(), running))
     }))
     .await;
     all.into_iter().collect()
@@ -160,6 +172,34 @@ fn plan_rows(ctx: &Context, obs: &Observations) -> anyhow::Result<Vec<PlanRow>> 
     let mut rows = Vec::new();
     for h in &ctx.inv().spec.hosts {
         for c in host_components(ctx, h) {
+            let r = obs
+                .get(h.name.as_str())
+                .and_then(|v| v.iter().find(|r| r.component == c.name));
+            if binaries::runs_from_image(ctx, &c) {
+                // A static pod: its manifest names the image; the change is the image.
+                let target = binaries::target_image(ctx, &c)?.ok_or_else(|| {
+                    UserError::bad_input(format!(
+                        "{}: the bundle has no {} image for {} (static-pods mode runs it from one)\n  fix: use a bundle that holds the target versions' images (`clusterctl bundle ls`)",
+                        ctx.loaded.path.display(),
+                        c.name,
+                        ctx.inv().spec.kubernetes_version
+                    ))
+                })?;
+                rows.push(PlanRow {
+                    host: h.name.to_string(),
+                    component: c.name.to_string(),
+                    state: r
+                        .map(|r| r.state.clone())
+                        .unwrap_or_else(|| "missing".into()),
+                    now: r.and_then(|r| r.version.clone()),
+                    target: crate::phases::static_pods::repo_and_tag(&target)
+                        .1
+                        .to_string(),
+                    restarts: r.is_none_or(|r| r.image.as_deref() != Some(target.as_str())),
+                    note: None,
+                });
+                continue;
+            }
             let it = binaries::target_item(ctx, h, &c)?.ok_or_else(|| {
                 UserError::bad_input(format!(
                     "{}: the bundle has no {} binary for {} (roles {:?})\n  fix: use a bundle that holds the target versions (`clusterctl bundle ls`)",
@@ -196,9 +236,6 @@ fn plan_rows(ctx: &Context, obs: &Observations) -> anyhow::Result<Vec<PlanRow>> 
                 ))
                 .into());
             }
-            let r = obs
-                .get(h.name.as_str())
-                .and_then(|v| v.iter().find(|r| r.component == c.name));
             let target_sha = it.sha256.as_deref();
             let restarts = r.is_none_or(|r| {
                 r.sha256.as_deref() != target_sha || r.disk_sha256.as_deref() != target_sha
@@ -403,10 +440,10 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         },
     )?;
     let inv_path = ctx.loaded.path.display().to_string();
-    if ctx.inv().static_pods() {
+    if a.rollback && ctx.inv().static_pods() {
         return Err(UserError::not_built(
-            "upgrade of a static-pods control plane (controlPlane.mode: static-pods)",
-            "issue 8: only the systemd mode is upgraded yet",
+            "upgrade --rollback of a static-pods control plane (controlPlane.mode: static-pods)",
+            "only systemd mode keeps the previous binaries; in static-pods mode upgrade again with --to the previous version (its images stay in containerd), or restore the pre-upgrade backup",
         )
         .into());
     }
@@ -442,13 +479,30 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    // The targets must be in the bundle (checked before anything is planned or contacted).
+    // The targets must be in the bundle (checked before anything is planned or contacted): the
+    // binaries, and in static-pods mode the control plane's images.
     if let Some(b) = &ctx.bundle {
         let mut wanted: Vec<(&str, String)> = binaries::CONTROL_PLANE
             .iter()
             .chain(binaries::NODE.iter())
+            .filter(|c| !binaries::runs_from_image(&ctx, c))
             .map(|c| (c.name, ctx.inv().spec.kubernetes_version.to_string()))
             .collect();
+        for c in binaries::CONTROL_PLANE
+            .iter()
+            .chain(&binaries::ETCD[..1])
+            .filter(|c| binaries::runs_from_image(&ctx, c))
+        {
+            if binaries::target_image(&ctx, c)?.is_none() {
+                let want = crate::phases::static_pods::image(&ctx, c.name)?;
+                return Err(UserError::bad_input(format!(
+                    "{}: has no image {want} (static-pods mode runs {} from it); nothing was changed\n  fix: pick a version the bundle holds (--to, spec.etcd.version) or use a bundle with that image",
+                    b.path.display(),
+                    c.name
+                ))
+                .into());
+            }
+        }
         if let Some(e) = &ctx.inv().spec.etcd.version {
             wanted.push(("etcd", e.to_string()));
         }

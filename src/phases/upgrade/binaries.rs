@@ -282,6 +282,74 @@ pub struct Running {
     pub sha256: Option<String>,
     /// sha256 of the file at the install path now.
     pub disk_sha256: Option<String>,
+    /// Static-pods mode: the image the component's manifest names (what the kubelet runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Whether `comp` runs from an image on this cluster (static-pods mode: etcd and the
+/// control plane are static pods; their manifests name the image, no binary is on the host).
+pub fn runs_from_image(ctx: &Context, comp: &Component) -> bool {
+    ctx.inv().static_pods() && crate::phases::prepare::RUN_FROM_IMAGES.contains(&comp.name)
+}
+
+/// The image `comp` moves to (the static-pods phases' own choice for the target version) when
+/// the bundle holds it; None when it does not (the nodes could not pull it).
+pub fn target_image(ctx: &Context, comp: &Component) -> anyhow::Result<Option<String>> {
+    let want = crate::phases::static_pods::image(ctx, comp.name)?;
+    let held = ctx.bundle.iter().any(|b| {
+        b.manifest
+            .items
+            .iter()
+            .any(|i| i.kind == Kind::Image && i.image.as_deref() == Some(want.as_str()))
+    });
+    Ok(held.then_some(want))
+}
+
+/// One query per host: for each static-pod component, the image its manifest names.
+pub fn observe_images_script(comps: &[Component]) -> Shell {
+    // Arguments: for each component, its name and its manifest's path.
+    const OBSERVE: &str = r#"while [ $# -gt 0 ]; do n=$1 m=$2; shift 2
+  i=$(sed -n 's/^[ -]*image: *//p' "$m" 2>/dev/null | head -1 | tr -d "\"'")
+  if [ -n "$i" ]; then echo "$n|static-pod|$i"; else echo "$n|missing|"; fi
+done; true"#;
+    let paths: Vec<(String, String)> = comps
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                crate::phases::static_pods::manifest_path(c.name),
+            )
+        })
+        .collect();
+    Script::new(OBSERVE)
+        .args(paths.iter().flat_map(|(n, m)| [n, m]))
+        .into()
+}
+
+/// [`observe_images_script`]'s answer: the version is the image's tag (`v1.20.2`, `3.4.23-0`).
+pub fn parse_observed_images(out: &str) -> Vec<Running> {
+    out.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, '|');
+            let component = it.next()?.to_string();
+            let state = it.next()?.to_string();
+            let image = it.next().filter(|x| !x.is_empty()).map(str::to_string);
+            let version = image
+                .as_deref()
+                .map(|i| crate::phases::static_pods::repo_and_tag(i).1)
+                .and_then(super::skew::Ver::find_in)
+                .map(|(_, w)| w);
+            Some(Running {
+                component,
+                state,
+                version,
+                sha256: None,
+                disk_sha256: None,
+                image,
+            })
+        })
+        .collect()
 }
 
 /// One query per host: for each component, the running process's executable (through
@@ -327,6 +395,7 @@ pub fn parse_observed(out: &str) -> Vec<Running> {
                 version,
                 sha256,
                 disk_sha256,
+                image: None,
             })
         })
         .collect()
@@ -347,6 +416,49 @@ mod tests {
         assert_eq!(r[1].state, "stopped");
         assert_eq!(r[2].version, None);
         assert_eq!(r[2].sha256, None);
+    }
+
+    #[test]
+    fn static_pod_images_are_read_from_their_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("kube-apiserver.yaml");
+        std::fs::write(
+            &m,
+            "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command: [x]\n    image: k8s.gcr.io/kube-apiserver:v1.20.2\n    name: kube-apiserver\n",
+        )
+        .unwrap();
+        let e = dir.path().join("etcd.yaml");
+        std::fs::write(
+            &e,
+            "spec:\n  containers:\n  - image: \"k8s.gcr.io/etcd:3.4.23-0\"\n",
+        )
+        .unwrap();
+        // The command as the host runs it, with this test's manifests in place of the real ones.
+        let text = observe_images_script(&[ETCD[0], CONTROL_PLANE[0]])
+            .as_str()
+            .replace("/etc/kubernetes/manifests", dir.path().to_str().unwrap());
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&text)
+            .output()
+            .unwrap();
+        let r = parse_observed_images(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(r.len(), 2, "{o:?}");
+        assert_eq!(r[0].image.as_deref(), Some("k8s.gcr.io/etcd:3.4.23-0"));
+        assert_eq!(r[0].version.as_deref(), Some("3.4.23-0"));
+        assert_eq!(r[1].version.as_deref(), Some("v1.20.2"));
+        assert_eq!(r[1].state, "static-pod");
+        std::fs::remove_file(&m).unwrap();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&text)
+            .output()
+            .unwrap();
+        let r = parse_observed_images(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(
+            (r[1].state.as_str(), r[1].version.as_deref()),
+            ("missing", None)
+        );
     }
 
     #[test]
