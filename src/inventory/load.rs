@@ -465,35 +465,29 @@ fn serde_error(e: &serde_saphyr::Error, path: &Path, text: &str) -> Diagnostic {
         .rsplit_once(super::types::FIX_MARK)
         .or_else(|| message.rsplit_once("\\u{1}"))
         .map(|(m, f)| (m.to_string(), f.to_string()));
-    if let Some((m, fix)) = split {
-        let fix = fix.to_string();
-        message = m.to_string();
-        return Diagnostic {
-            severity: Severity::Error,
-            file: path.to_path_buf(),
-            line: loc.as_ref().map(|l| l.line() as usize),
-            column: loc.as_ref().map(|l| l.column() as usize),
-            field: String::new(),
-            host: None,
-            message,
-            fix,
-        };
-    }
-    let fix = if message.starts_with("duplicate key") {
-        "write each key once in a mapping (merge the two entries)"
-    } else if message.starts_with("unknown field") {
-        "remove the key or correct its spelling (keys are camelCase, see README \"Inventory\")"
-    } else if message.starts_with("missing field") {
-        "add the field; see the inventory example in README.md"
-    } else if message.starts_with("unknown variant") {
-        "use one of the listed values"
-    } else if message.contains("invalid type")
-        || message.starts_with("invalid")
-        || message.starts_with("expected")
-    {
-        "give the field a value of the expected type"
-    } else {
-        "fix the YAML syntax at that place"
+    let fix = match split {
+        Some((m, fix)) => {
+            message = m;
+            fix
+        }
+        None if message.starts_with("duplicate key") => {
+            "write each key once in a mapping (merge the two entries)".into()
+        }
+        None if message.starts_with("unknown field") => {
+            "remove the key or correct its spelling (keys are camelCase, see README \"Inventory\")"
+                .into()
+        }
+        None if message.starts_with("missing field") => {
+            "add the field; see the inventory example in README.md".into()
+        }
+        None if message.starts_with("unknown variant") => "use one of the listed values".into(),
+        None if message.contains("invalid type")
+            || message.starts_with("invalid")
+            || message.starts_with("expected") =>
+        {
+            "give the field a value of the expected type".into()
+        }
+        None => "fix the YAML syntax at that place".into(),
     };
     Diagnostic {
         severity: Severity::Error,
@@ -503,7 +497,7 @@ fn serde_error(e: &serde_saphyr::Error, path: &Path, text: &str) -> Diagnostic {
         field: String::new(),
         host: None,
         message,
-        fix: fix.into(),
+        fix,
     }
 }
 

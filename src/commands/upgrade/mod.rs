@@ -175,71 +175,11 @@ fn plan_rows(ctx: &Context, obs: &Observations) -> anyhow::Result<Vec<PlanRow>> 
             let r = obs
                 .get(h.name.as_str())
                 .and_then(|v| v.iter().find(|r| r.component == c.name));
-            if binaries::runs_from_image(ctx, &c) {
-                // A static pod: its manifest names the image; the change is the image.
-                let target = binaries::target_image(ctx, &c)?.ok_or_else(|| {
-                    UserError::bad_input(format!(
-                        "{}: the bundle has no {} image for {} (static-pods mode runs it from one)\n  fix: use a bundle that holds the target versions' images (`clusterctl bundle ls`)",
-                        ctx.loaded.path.display(),
-                        c.name,
-                        ctx.inv().spec.kubernetes_version
-                    ))
-                })?;
-                rows.push(PlanRow {
-                    host: h.name.to_string(),
-                    component: c.name.to_string(),
-                    state: r
-                        .map(|r| r.state.clone())
-                        .unwrap_or_else(|| "missing".into()),
-                    now: r.and_then(|r| r.version.clone()),
-                    target: crate::phases::static_pods::repo_and_tag(&target)
-                        .1
-                        .to_string(),
-                    restarts: r.is_none_or(|r| r.image.as_deref() != Some(target.as_str())),
-                    note: None,
-                });
-                continue;
-            }
-            let it = binaries::target_item(ctx, h, &c)?.ok_or_else(|| {
-                UserError::bad_input(format!(
-                    "{}: the bundle has no {} binary for {} (roles {:?})\n  fix: use a bundle that holds the target versions (`clusterctl bundle ls`)",
-                    ctx.loaded.path.display(),
-                    c.name,
-                    h.name,
-                    h.roles
-                ))
-            })?;
-            let want_version = if c.name == "etcd" {
-                ctx.inv().spec.etcd.version.as_ref().map(|v| v.to_string())
+            let (target, restarts, note) = if binaries::runs_from_image(ctx, &c) {
+                image_target(ctx, &c, r)?
             } else {
-                Some(ctx.inv().spec.kubernetes_version.to_string())
+                binary_target(ctx, h, &c, r)?
             };
-            if let Some(w) = &want_version
-                && !record::same(&it.version, w)
-            {
-                let have: Vec<String> = ctx
-                    .bundle
-                    .as_ref()
-                    .map(|b| {
-                        b.manifest
-                            .items
-                            .iter()
-                            .filter(|i| i.name == c.name)
-                            .map(|i| i.version.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                return Err(UserError::bad_input(format!(
-                    "the bundle has no {} {w} (it has: {})\n  fix: use a bundle with that version, or pick one it has with --to / spec.etcd.version",
-                    c.name,
-                    have.join(", ")
-                ))
-                .into());
-            }
-            let target_sha = it.sha256.as_deref();
-            let restarts = r.is_none_or(|r| {
-                r.sha256.as_deref() != target_sha || r.disk_sha256.as_deref() != target_sha
-            });
             rows.push(PlanRow {
                 host: h.name.to_string(),
                 component: c.name.to_string(),
@@ -247,13 +187,86 @@ fn plan_rows(ctx: &Context, obs: &Observations) -> anyhow::Result<Vec<PlanRow>> 
                     .map(|r| r.state.clone())
                     .unwrap_or_else(|| "missing".into()),
                 now: r.and_then(|r| r.version.clone()),
-                target: it.version.clone(),
+                target,
                 restarts,
-                note: it.note.clone(),
+                note,
             });
         }
     }
     Ok(rows)
+}
+
+/// (target version, restarts?, bundle note) of a static pod: its manifest names the image,
+/// and the change is the image.
+fn image_target(
+    ctx: &Context,
+    c: &Component,
+    r: Option<&Running>,
+) -> anyhow::Result<(String, bool, Option<String>)> {
+    let target = binaries::target_image(ctx, c)?.ok_or_else(|| {
+        UserError::bad_input(format!(
+            "{}: the bundle has no {} image for {} (static-pods mode runs it from one)\n  fix: use a bundle that holds the target versions' images (`clusterctl bundle ls`)",
+            ctx.loaded.path.display(),
+            c.name,
+            ctx.inv().spec.kubernetes_version
+        ))
+    })?;
+    let restarts = r.is_none_or(|r| r.image.as_deref() != Some(target.as_str()));
+    let tag = crate::phases::static_pods::repo_and_tag(&target)
+        .1
+        .to_string();
+    Ok((tag, restarts, None))
+}
+
+/// (target version, restarts?, bundle note) of a binary: the bundle's item at the target
+/// version, and whether the running (or installed) binary differs from it.
+fn binary_target(
+    ctx: &Context,
+    h: &Host,
+    c: &Component,
+    r: Option<&Running>,
+) -> anyhow::Result<(String, bool, Option<String>)> {
+    let it = binaries::target_item(ctx, h, c)?.ok_or_else(|| {
+        UserError::bad_input(format!(
+            "{}: the bundle has no {} binary for {} (roles {:?})\n  fix: use a bundle that holds the target versions (`clusterctl bundle ls`)",
+            ctx.loaded.path.display(),
+            c.name,
+            h.name,
+            h.roles
+        ))
+    })?;
+    let want_version = if c.name == "etcd" {
+        ctx.inv().spec.etcd.version.as_ref().map(|v| v.to_string())
+    } else {
+        Some(ctx.inv().spec.kubernetes_version.to_string())
+    };
+    if let Some(w) = &want_version
+        && !record::same(&it.version, w)
+    {
+        let have: Vec<String> = ctx
+            .bundle
+            .as_ref()
+            .map(|b| {
+                b.manifest
+                    .items
+                    .iter()
+                    .filter(|i| i.name == c.name)
+                    .map(|i| i.version.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Err(UserError::bad_input(format!(
+            "the bundle has no {} {w} (it has: {})\n  fix: use a bundle with that version, or pick one it has with --to / spec.etcd.version",
+            c.name,
+            have.join(", ")
+        ))
+        .into());
+    }
+    let target_sha = it.sha256.as_deref();
+    let restarts = r.is_none_or(|r| {
+        r.sha256.as_deref() != target_sha || r.disk_sha256.as_deref() != target_sha
+    });
+    Ok((it.version.clone(), restarts, it.note.clone()))
 }
 
 fn skew_check(ctx: &Context, rows: &[PlanRow]) -> Vec<String> {
