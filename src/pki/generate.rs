@@ -128,6 +128,30 @@ struct Store<'a> {
     backups: Vec<PathBuf>,
 }
 
+/// Writes `bytes` to `path` atomically (a temp file beside it, synced, renamed over it), the
+/// file at `mode` from its first byte and its directories 0700: the PKI's one way to write.
+pub(crate) fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        mkdir_private(parent)?;
+    }
+    let tmp = path.with_extension("clusterctl-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    // An earlier temp file left by a killed run keeps its mode through `open`: set it again.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
 fn mkdir_private(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -186,23 +210,7 @@ impl<'a> Store<'a> {
             }
             self.backup(path)?;
         }
-        if let Some(parent) = path.parent() {
-            mkdir_private(parent)?;
-        }
-        let tmp = path.with_extension("clusterctl-tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        write_private(path, bytes, mode)?;
         Ok(true)
     }
 

@@ -105,27 +105,7 @@ pub fn read_state(pki: &Path) -> Result<Option<State>> {
 
 pub fn write_state(pki: &Path, s: &State) -> Result<()> {
     let p = state_path(pki);
-    write_atomic(&p, &serde_json::to_vec_pretty(s)?, spec::CERT_MODE)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    let tmp = path.with_extension("clusterctl-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    super::generate::write_private(&p, &serde_json::to_vec_pretty(s)?, spec::CERT_MODE)
 }
 
 /// What a run of `stage` does with the recorded state: start it, or go through it again
@@ -256,8 +236,8 @@ fn load_pair(dir: &Path, ca: Ca) -> Result<Pair> {
 
 fn save_pair(dir: &Path, ca: Ca, p: &Pair) -> Result<()> {
     let (crt, key) = ca_files(dir, ca);
-    write_atomic(&key, p.key.as_bytes(), spec::KEY_MODE)?;
-    write_atomic(&crt, pem_of(&p.der).as_bytes(), spec::CERT_MODE)
+    super::generate::write_private(&key, p.key.as_bytes(), spec::KEY_MODE)?;
+    super::generate::write_private(&crt, pem_of(&p.der).as_bytes(), spec::CERT_MODE)
 }
 
 /// The local files of `stage`: on `Start` of `trust` the old CAs are copied aside and new ones
@@ -393,7 +373,7 @@ fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if std::fs::read(path).is_ok_and(|b| b == bytes) {
         return Ok(());
     }
-    write_atomic(path, bytes, mode)
+    super::generate::write_private(path, bytes, mode)
 }
 
 /// After `stage`'s roll passed: recorded as finished; after `finish`, the rotation's CAs go to
