@@ -21,13 +21,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clusterctl::phases::certs::{Endpoint, check_served, endpoints};
+use clusterctl::phases::certs::endpoints;
 use common::chaos::*;
 use common::*;
 
@@ -101,22 +100,6 @@ impl VipProbe {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap()
     }
-}
-
-fn served(eps: &[Endpoint]) -> BTreeMap<String, (Option<String>, Option<String>)> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(futures::future::join_all(eps.iter().map(check_served)))
-        .into_iter()
-        .map(|c| {
-            (
-                format!(
-                    "{}:{} {}",
-                    c.endpoint.host, c.endpoint.port, c.endpoint.what
-                ),
-                (c.served_serial, c.file_serial),
-            )
-        })
-        .collect()
 }
 
 /// `certs check-expiration --hosts HOSTS -o json`: (exit 0, the report).

@@ -51,7 +51,7 @@ if [ "$lab" = 1 ]; then
 	logs=$(mktemp -d)
 	mapfile -t bins < <(cargo test --no-run --message-format=json 2>/dev/null | grep -E '"profile":\{[^}]*"test":true' |
 		grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//' | sort -u)
-	longest_first="upgrade_lab nodes_lab init_lab static_pods_lab members_lab backup_lab renew_lab"
+	longest_first="renew_lab upgrade_lab static_pods_lab nodes_lab init_lab members_lab backup_lab"
 	ordered=()
 	for n in $longest_first; do
 		for b in "${bins[@]}"; do [[ $(basename "$b") == "$n"-* ]] && ordered+=("$b"); done

@@ -443,6 +443,28 @@ pub fn without_leader_changes(failed: Vec<String>) -> Vec<String> {
     other
 }
 
+/// Per endpoint (`host:port what`): the serial it serves now over TLS and the serial of the
+/// certificate the PKI holds for it.
+pub fn served(
+    eps: &[clusterctl::phases::certs::Endpoint],
+) -> std::collections::BTreeMap<String, (Option<String>, Option<String>)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(futures::future::join_all(
+        eps.iter().map(clusterctl::phases::certs::check_served),
+    ))
+    .into_iter()
+    .map(|c| {
+        (
+            format!(
+                "{}:{} {}",
+                c.endpoint.host, c.endpoint.port, c.endpoint.what
+            ),
+            (c.served_serial, c.file_serial),
+        )
+    })
+    .collect()
+}
+
 /// The read probe of the rolling tests: a real read through the cluster endpoint in a loop
 /// (a stopping apiserver fails `/readyz` on purpose while it still serves requests, so
 /// `/readyz` is not the probe), counting answers and failures until `finish`.
