@@ -131,6 +131,23 @@ pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Resul
             .await
             .with_context(|| format!("{}: reading what runs", h.name))?;
         let mut running = binaries::parse_observed(&o.stdout);
+        // The host facts the kubelet's rendering reads (protectKernelDefaults, the EC2
+        // metadata lookup), as `init` left them: without them the stages would render a
+        // different kubelet unit and config than `init` did, and restart every kubelet.
+        if ctx.inv().runs_kubelet(h) {
+            let k = exec
+                .query(h, &crate::phases::kernel::read_back_command())
+                .await
+                .with_context(|| format!("{}: reading its kernel settings", h.name))?;
+            ctx.facts.set(
+                &h.name,
+                crate::phases::kernel::FACT,
+                crate::phases::kernel::KernelFacts::to_fact(
+                    crate::phases::kernel::Stage::Applied,
+                    &k.stdout,
+                ),
+            );
+        }
         if !from_images.is_empty() {
             let o = exec
                 .query(h, &binaries::observe_images_script(&from_images))
