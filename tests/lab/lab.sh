@@ -480,6 +480,14 @@ cmd_up() {
 	done
 	[ "$(id -u)" = 0 ] || die "must run as root"
 	[ "$n" -le 200 ] || die "at most 200 hosts"
+	# The kubelets of a lab see this machine's disk as their image filesystem: below 15% free
+	# they report DiskPressure, evict pods and delete unused images the bundle imported, and a
+	# test then fails far from its cause (seen: a `status` naming a bundle image missing on
+	# every node). Say so before starting.
+	local free_pct
+	free_pct=$(df --output=avail,size -k /var/lib | awk 'NR==2 {printf "%d", $1 * 100 / $2}')
+	[ "$free_pct" -ge 20 ] ||
+		log "WARNING: only ${free_pct}% of /var/lib's filesystem is free; the lab's kubelets report DiskPressure below 15% (they evict pods and delete images): free space first (old cargo target dirs, bundles in /var/cache/clusterctl/bundles)"
 	profile_args "${LAB_PROFILE:-plain}" >/dev/null
 	t0=$SECONDS
 	local lower
