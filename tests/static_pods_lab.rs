@@ -92,13 +92,16 @@ fn static_pod_control_plane() {
         );
     }
 
-    // The mirror pods etcd-h1, kube-apiserver-h1, ... Running and Ready in kube-system. Their
-    // status comes from the kubelets' next sync: give them a moment.
+    // The mirror pods etcd-h1, kube-apiserver-h1, ... Running and Ready in kube-system. A
+    // kubelet creates a static pod's mirror pod on one of its pod syncs (every minute, with
+    // backoff after the tries it made before its node existed): with the kubelet phase now
+    // passing seconds after registration, two runs still lacked 3 of the 12 a minute after
+    // `init` (the others 6-25 s old), so the wait covers two sync periods.
     let want: Vec<String> = CONTROL_PLANE
         .iter()
         .flat_map(|h| COMPONENTS.iter().map(move |c| format!("{c}-{h}")))
         .collect();
-    let pods = eventually(Duration::from_secs(60), || {
+    let pods = eventually(Duration::from_secs(150), || {
         let m = mirror_pods(&admin);
         want.iter()
             .all(|p| m.get(p).is_some_and(|s| s.0 == "Running" && s.1))
