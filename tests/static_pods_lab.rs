@@ -7,8 +7,8 @@
 //! through the VIP; a second `init` changes nothing; a changed apiserver flag replaces the
 //! apiserver pods one host at a time with no failed request through the VIP; `backup`, a deleted
 //! namespace and `restore` bring it back with the static pods back in place; `upgrade` to the
-//! re-stamped build swaps the control plane's images host by host and the nodes' binaries, and
-//! `renew-certs --all` replaces every served certificate, with no failed request through the VIP.
+//! re-stamped build swaps the control plane's images host by host and the nodes' binaries, with
+//! no failed request through the VIP.
 
 mod common;
 
@@ -383,42 +383,5 @@ fn static_pod_control_plane() {
         text(&again)
     );
     eprintln!("TIMING static-pods upgrade {secs:.1}s, probe {ok} answered");
-
-    // renew-certs --all in static-pods mode (the inventory now at the upgraded version): the
-    // manifests carry the hash of every file their component loads, so each new certificate
-    // replaces its pods one host at a time behind the gates; afterwards every endpoint serves
-    // a new certificate, the one the PKI holds, and reads through the VIP were all answered.
-    up.spec.kubernetes_version = target.parse().unwrap();
-    let up_path = lab.write_inventory("inventory-upgraded.yaml", &up);
-    let up_arg = up_path.to_str().unwrap();
-    let eps = clusterctl::phases::certs::endpoints(
-        &up,
-        &lab.dir.join("clusters").join(up.name()).join("pki"),
-    );
-    let before = served(&eps);
-    let probe = ReadProbe::start(&admin);
-    let t = Instant::now();
-    let renewed = clusterctl(&["-i", up_arg, "-o", "json", "renew-certs", "--all"]);
-    let secs = t.elapsed().as_secs_f64();
-    let (ok, failed) = probe.finish();
-    assert!(renewed.status.success(), "{}", text(&renewed));
-    assert!(
-        failed.is_empty(),
-        "requests failed during renew-certs: {failed:?}\n{}",
-        balancer_events(&lab, &CONTROL_PLANE)
-    );
-    let after = served(&eps);
-    assert_eq!(after.len(), eps.len());
-    for (ep, (now, file)) in &after {
-        assert!(
-            now.is_some() && now == file,
-            "{ep}: serves {now:?}, PKI holds {file:?}"
-        );
-        assert_ne!(now, &before[ep].0, "{ep}: still serves its old certificate");
-    }
-    eprintln!(
-        "TIMING static-pods renew-certs --all {secs:.1}s, {} endpoints renewed, probe {ok} answered",
-        after.len()
-    );
     eprintln!("whole test {:.1}s", t0.elapsed().as_secs_f64());
 }
