@@ -236,6 +236,20 @@ pub fn decide(
     }
 }
 
+/// Reads `host`'s kernel settings back and keeps them as its fact for this run, taken at
+/// `stage`; returns the read-back.
+pub async fn read_into_facts(
+    ctx: &crate::engine::Context,
+    exec: &dyn crate::engine::Executor,
+    host: &crate::inventory::Host,
+    stage: Stage,
+) -> anyhow::Result<String> {
+    let o = exec.query(host, &read_back_command()).await?;
+    ctx.facts
+        .set(&host.name, FACT, KernelFacts::to_fact(stage, &o.stdout));
+    Ok(o.stdout)
+}
+
 /// Whether `host` is an EC2 instance, by the read-back of this run (None: not read).
 pub fn on_ec2(ctx: &crate::engine::Context, host: &str) -> Option<bool> {
     ctx.facts

@@ -396,12 +396,7 @@ impl Phase for Prepare {
             if !ctx.inv().runs_kubelet(host) {
                 return Ok(vec![]);
             }
-            let o = exec.query(host, &kernel::read_back_command()).await?;
-            ctx.facts.set(
-                &host.name,
-                kernel::FACT,
-                KernelFacts::to_fact(Stage::Applied, &o.stdout),
-            );
+            kernel::read_into_facts(ctx, exec, host, Stage::Applied).await?;
             Ok(vec![])
         })
     }

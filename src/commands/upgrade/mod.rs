@@ -135,18 +135,10 @@ pub(crate) async fn observe(ctx: &Context, exec: &dyn Executor) -> anyhow::Resul
         // metadata lookup), as `init` left them: without them the stages would render a
         // different kubelet unit and config than `init` did, and restart every kubelet.
         if ctx.inv().runs_kubelet(h) {
-            let k = exec
-                .query(h, &crate::phases::kernel::read_back_command())
+            use crate::phases::kernel;
+            kernel::read_into_facts(ctx, exec, h, kernel::Stage::Applied)
                 .await
                 .with_context(|| format!("{}: reading its kernel settings", h.name))?;
-            ctx.facts.set(
-                &h.name,
-                crate::phases::kernel::FACT,
-                crate::phases::kernel::KernelFacts::to_fact(
-                    crate::phases::kernel::Stage::Applied,
-                    &k.stdout,
-                ),
-            );
         }
         if !from_images.is_empty() {
             let o = exec
