@@ -512,12 +512,13 @@ impl Phase for Certs {
             _ => {}
         }
         for h in ctx.hosts_where(|h| self.takes(inv, h)) {
-            // Static pods: no unit to restart; the re-rendered manifest replaces the pod.
+            // Static pods: the re-rendered manifest (below) replaces the pod; the kubelet and
+            // kube-proxy are units in both modes (file_action).
             let mut a: Vec<Action> = pki::files_for_host(inv, h)
                 .iter()
                 .filter(|f| step_of(inv, h, &f.remote) == self.0)
                 .map(|f| {
-                    let mut a = super::pki::file_action(ctx, f, !inv.static_pods());
+                    let mut a = super::pki::file_action(ctx, f);
                     // etcd's step restarts etcd only: a changed etcd CA bundle (a CA
                     // rotation) reaches the apiserver at its own step, drained and gated
                     // there (its other CA bundles change in the same stage).
@@ -818,6 +819,53 @@ mod tests {
             }
         }
         assert!(ca_seen > 0, "the etcd CA bundle restarts etcd");
+    }
+
+    /// Static-pods mode: a renewed kubelet certificate restarts the kubelet (a unit in both
+    /// modes), while a control-plane certificate names no unit and re-renders the pod's
+    /// manifest instead. Renewals there once restarted nothing at all, and the kubelet kept
+    /// serving its old certificate.
+    #[test]
+    fn static_pods_renewals_restart_the_kubelet_and_replace_pods_by_their_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = crate::pki::spec::tests::INV
+            .replace("  hosts:", "  controlPlane: {mode: static-pods}\n  hosts:")
+            .replace("roles: [control-plane]}", "roles: [etcd, control-plane]}");
+        let ctx =
+            crate::engine::guarded_fake::test_context(&yaml, dir.path(), &[], Default::default());
+        assert!(ctx.inv().static_pods());
+        let files = |step| -> Vec<(String, Vec<String>)> {
+            Certs(step)
+                .plan(&ctx)
+                .unwrap()
+                .hosts
+                .iter()
+                .flat_map(|hp| &hp.actions)
+                .filter_map(|a| match a {
+                    Action::File { path, restarts, .. } => Some((path.clone(), restarts.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let nodes = files(Step::Nodes);
+        let kubelet_files: Vec<_> = nodes
+            .iter()
+            .filter(|(p, _)| p.contains("kubelet"))
+            .collect();
+        assert!(!kubelet_files.is_empty());
+        for (path, restarts) in kubelet_files {
+            assert_eq!(restarts, &["kubelet.service"], "{path}");
+        }
+        let apiserver = files(Step::Apiserver);
+        assert!(
+            apiserver
+                .iter()
+                .any(|(p, _)| p == "/etc/kubernetes/manifests/kube-apiserver.yaml"),
+            "{apiserver:?}"
+        );
+        for (path, restarts) in apiserver.iter().chain(&files(Step::Etcd)) {
+            assert!(restarts.is_empty(), "{path}: {restarts:?}");
+        }
     }
 
     #[test]

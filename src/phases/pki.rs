@@ -26,9 +26,13 @@ pub(crate) fn units_for(remote: &Path) -> Vec<&'static str> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if p.starts_with("/etc/kubernetes/pki/etcd/") {
+        // etcd (since 3.2, etcd-io/etcd#7829) reads its serving and peer certificate and key
+        // again on every TLS handshake (pkg/transport's GetCertificate and
+        // GetClientCertificate), so a renewed leaf needs no restart, and a renewal causes no
+        // leader change. Its trusted CA pool is built once at start: a changed CA bundle (a CA
+        // rotation) still restarts it.
         return match name.as_str() {
             "ca.crt" => vec!["etcd.service", "kube-apiserver.service"],
-            n if n.starts_with("server.") || n.starts_with("peer.") => vec!["etcd.service"],
             _ => vec![],
         };
     }
@@ -48,9 +52,14 @@ pub(crate) fn units_for(remote: &Path) -> Vec<&'static str> {
     }
 }
 
-/// A PKI file (certificate, key or kubeconfig) on its host, from the local PKI; with
-/// `restarts`, a change restarts the units that load it ([`units_for`]).
-pub(crate) fn file_action(ctx: &Context, f: &pki::HostFile, restarts: bool) -> Action {
+/// A PKI file (certificate, key or kubeconfig) on its host, from the local PKI; a change
+/// restarts the systemd units that load it ([`units_for`]). In static-pods mode etcd and the
+/// control plane are pods, not units: their manifests carry the hash of every file they load,
+/// so the re-rendered manifest replaces the pod and no unit of theirs is named here; the
+/// kubelet and kube-proxy stay units in both modes and must still restart to load a renewed
+/// certificate (dropping every restart there once left a kubelet serving its old one).
+pub(crate) fn file_action(ctx: &Context, f: &pki::HostFile) -> Action {
+    let static_pods = ctx.inv().static_pods();
     Action::File {
         path: f.remote.to_string_lossy().into_owned(),
         mode: Mode(f.mode),
@@ -59,14 +68,15 @@ pub(crate) fn file_action(ctx: &Context, f: &pki::HostFile, restarts: bool) -> A
         },
         sha256: None,
         size: None,
-        restarts: if restarts {
-            units_for(&f.remote)
-                .into_iter()
-                .map(str::to_string)
-                .collect()
-        } else {
-            Vec::new()
-        },
+        restarts: units_for(&f.remote)
+            .into_iter()
+            .filter(|u| {
+                !(static_pods
+                    && u.strip_suffix(".service")
+                        .is_some_and(|c| super::prepare::RUN_FROM_IMAGES.contains(&c)))
+            })
+            .map(str::to_string)
+            .collect(),
     }
 }
 
@@ -148,7 +158,7 @@ impl Phase for Pki {
             if files.is_empty() {
                 continue;
             }
-            let actions = files.iter().map(|f| file_action(ctx, f, true)).collect();
+            let actions = files.iter().map(|f| file_action(ctx, f)).collect();
             plan.host(h, actions);
         }
         Ok(plan)
@@ -207,9 +217,18 @@ mod tests {
 
     #[test]
     fn certificates_restart_the_components_that_load_them() {
+        // etcd reads its leaf certificates again on every handshake; its CA pool only at start.
         assert_eq!(
             units_for(Path::new("/etc/kubernetes/pki/etcd/server.crt")),
-            ["etcd.service"]
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            units_for(Path::new("/etc/kubernetes/pki/etcd/peer.key")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            units_for(Path::new("/etc/kubernetes/pki/etcd/ca.crt")),
+            ["etcd.service", "kube-apiserver.service"]
         );
         assert_eq!(
             units_for(Path::new("/etc/kubernetes/pki/etcd/healthcheck-client.crt")),

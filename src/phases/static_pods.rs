@@ -713,8 +713,14 @@ spec:
             [false, true, false, false],
             "apiserver.crt: only kube-apiserver"
         );
+        // etcd reloads its leaf certificates by itself (no pod replaced); its CA bundle it
+        // reads only at start.
         write("pki/nodes/cp1/etcd/server.crt", "two");
-        assert_ne!(all()[0], after[0], "etcd/server.crt: etcd");
+        assert_eq!(all(), after, "etcd/server.crt: nothing");
+        write("pki/etcd/ca.crt", "two");
+        let ca = all();
+        assert_ne!(ca[0], after[0], "etcd/ca.crt: etcd");
+        assert_ne!(ca[1], after[1], "etcd/ca.crt: kube-apiserver");
         write("pki/ca.key", "k");
         let now = all();
         assert_eq!(
