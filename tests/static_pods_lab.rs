@@ -7,8 +7,10 @@
 //! through the VIP; a second `init` changes nothing; a changed apiserver flag replaces the
 //! apiserver pods one host at a time with no failed request through the VIP; `backup`, a deleted
 //! namespace and `restore` bring it back with the static pods back in place; `upgrade` to the
-//! re-stamped build swaps the control plane's images host by host and the nodes' binaries, with
-//! no failed request through the VIP.
+//! re-stamped build swaps the control plane's images host by host and the nodes' binaries;
+//! `renew-certs --all` replaces every served certificate; `reset` of the control-plane + etcd
+//! host holding the VIP and its `join` back take etcd from 3 members to 2 and back to 3; all
+//! with no failed request through the VIP.
 
 mod common;
 
@@ -383,5 +385,141 @@ fn static_pod_control_plane() {
         text(&again)
     );
     eprintln!("TIMING static-pods upgrade {secs:.1}s, probe {ok} answered");
+
+    // renew-certs --all in static-pods mode (the inventory now at the upgraded version): the
+    // manifests carry the hash of every file their component loads, so each new certificate
+    // replaces its pods one host at a time behind the gates; the kubelets and kube-proxies,
+    // units in both modes, restart; etcd reads its new certificates on its next handshakes.
+    // Afterwards every endpoint serves a new certificate, the one the PKI holds, and reads
+    // through the VIP were all answered.
+    up.spec.kubernetes_version = target.parse().unwrap();
+    let up_path = lab.write_inventory("inventory-upgraded.yaml", &up);
+    let up_arg = up_path.to_str().unwrap();
+    let eps = clusterctl::phases::certs::endpoints(
+        &up,
+        &lab.dir.join("clusters").join(up.name()).join("pki"),
+    );
+    let before = served(&eps);
+    let probe = ReadProbe::start(&admin);
+    let t = Instant::now();
+    let renewed = clusterctl(&["-i", up_arg, "-o", "json", "renew-certs", "--all"]);
+    let secs = t.elapsed().as_secs_f64();
+    let (ok, failed) = probe.finish();
+    assert!(renewed.status.success(), "{}", text(&renewed));
+    assert!(
+        failed.is_empty(),
+        "requests failed during renew-certs: {failed:?}\n{}",
+        balancer_events(&lab, &CONTROL_PLANE)
+    );
+    let after = served(&eps);
+    assert_eq!(after.len(), eps.len());
+    for (ep, (now, file)) in &after {
+        assert!(
+            now.is_some() && now == file,
+            "{ep}: serves {now:?}, PKI holds {file:?}"
+        );
+        assert_ne!(now, &before[ep].0, "{ep}: still serves its old certificate");
+    }
+    eprintln!(
+        "TIMING static-pods renew-certs --all {secs:.1}s, {} endpoints renewed, probe {ok} answered",
+        after.len()
+    );
+
+    // reset of a control-plane + etcd host in static-pods mode, the one holding the VIP (so
+    // the VIP moves too), then `join` brings it back: 3 -> 2 -> 3 etcd members, with reads
+    // through the VIP answered all along.
+    let gone = vip_holder(&lab).expect("a control-plane host holds the VIP");
+    let probe = ReadProbe::start(&admin);
+    let t = Instant::now();
+    let out = clusterctl(&["-i", up_arg, "reset", "--hosts", &gone, "--yes"]);
+    let reset_secs = t.elapsed().as_secs_f64();
+    // Its member leaves etcd: if it led, the leadership is handed over first.
+    let (ok, failed) = probe.finish_after(&[&text(&out)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        failed.is_empty(),
+        "requests failed during the reset of {gone}: {failed:?}\n{}",
+        balancer_events(&lab, &CONTROL_PLANE)
+    );
+    let holder = vip_holder(&lab);
+    assert!(
+        holder.as_ref().is_some_and(|h| h != &gone),
+        "the VIP left {gone}: {holder:?}"
+    );
+    lab.exec_ok(
+        &gone,
+        "! ls /etc/kubernetes/manifests/*.yaml 2>/dev/null && ! pgrep -f '^(etcd|kube-apiserver|kube-controller-manager|kube-scheduler)( |$)' && ! systemctl is-active kubelet.service",
+    );
+    let nodes = kubectl_ok(&admin, &["get", "nodes", "-o", "name"]);
+    assert!(!nodes.contains(&format!("node/{gone}\n")), "{nodes}");
+    assert_eq!(
+        etcd_members(up_arg),
+        CONTROL_PLANE
+            .iter()
+            .filter(|h| **h != gone)
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "TIMING static-pods reset of {gone} {reset_secs:.1}s, probe {ok} answered, the VIP on {holder:?}"
+    );
+
+    let probe = ReadProbe::start(&admin);
+    let t = Instant::now();
+    let joined = clusterctl(&["-i", up_arg, "-o", "json", "join"]);
+    let join_secs = t.elapsed().as_secs_f64();
+    let (ok, failed) = probe.finish();
+    assert!(joined.status.success(), "{}", text(&joined));
+    assert!(
+        failed.is_empty(),
+        "requests failed during the join of {gone}: {failed:?}\n{}",
+        balancer_events(&lab, &CONTROL_PLANE)
+    );
+    assert_eq!(etcd_members(up_arg), CONTROL_PLANE.map(str::to_string));
+    let back: Vec<String> = COMPONENTS.iter().map(|c| format!("{c}-{gone}")).collect();
+    eventually(Duration::from_secs(150), || {
+        let m = mirror_pods(&admin);
+        back.iter()
+            .all(|p| m.get(p).is_some_and(|s| s.0 == "Running" && s.1))
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{gone}'s mirror pods not Running and Ready: {}",
+            kubectl_ok(&admin, &["-n", "kube-system", "get", "pods", "-o", "wide"])
+        )
+    });
+    let images = lab.exec_ok(
+        &gone,
+        "sed -n 's/^[ -]*image: *//p' /etc/kubernetes/manifests/kube-apiserver.yaml | tr -d '\"'",
+    );
+    assert_eq!(
+        images.trim(),
+        format!("k8s.gcr.io/kube-apiserver:{target}"),
+        "{gone} came back at the cluster's version"
+    );
+    eprintln!("TIMING static-pods join of {gone} {join_secs:.1}s, probe {ok} answered");
     eprintln!("whole test {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// The etcd members `clusterctl status` reports, sorted by name, each healthy (one leader).
+fn etcd_members(inv: &str) -> Vec<String> {
+    let o = clusterctl(&["-i", inv, "-o", "json", "status"]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("status -o json: {e}: {}", text(&o)));
+    let ms = s["etcd"]["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no etcd members: {s:#}"));
+    assert!(ms.iter().all(|m| m["healthy"] == true), "{s:#}");
+    assert_eq!(
+        ms.iter().filter(|m| m["leader"] == true).count(),
+        1,
+        "one leader: {s:#}"
+    );
+    let mut names: Vec<String> = ms
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
 }

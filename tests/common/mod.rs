@@ -424,20 +424,32 @@ pub fn http_get(addr: &str) -> Option<String> {
     (out.starts_with("HTTP/1.") && out.lines().next()?.contains(" 200 ")).then_some(out)
 }
 
-/// Per probe: one per member of a 3-member etcd restarted one at a time.
-pub const LEADER_CHANGES_TOLERATED: usize = 3;
+/// The etcd leader hand-overs a run made on purpose, as its output reports them (the runner's
+/// "etcd: leadership moved from A to B" before restarting or removing a leading member).
+pub fn handovers(outputs: &[&str]) -> usize {
+    outputs
+        .iter()
+        .map(|o| o.matches("leadership moved from").count())
+        .sum()
+}
 
-/// A probe's failures without up to [`LEADER_CHANGES_TOLERATED`] answers "etcdserver: leader
-/// changed" (see [`ReadProbe::finish`]); those are printed, and all count when there are more.
-pub fn without_leader_changes(failed: Vec<String>) -> Vec<String> {
+/// A probe's failures without up to `handovers` answers "etcdserver: leader changed": at most
+/// one per leader hand-over the run itself reported ([`handovers`]), none otherwise. etcd
+/// fails the linearizable reads pending at the instant its leader changes with that error
+/// (its read loop, on any leader change, even a deliberate move-leader), and the 1.20
+/// apiserver passes it on without retrying (kubernetes/kubernetes#112152, still open). So a
+/// run that must restart a leading member (a new etcd binary, a CA bundle etcd reads only at
+/// start) may cost one such answer per hand-over; a run that needs no leader change
+/// (renew-certs, flag rolls, joins) may cost none. Printed either way.
+pub fn without_leader_changes(failed: Vec<String>, handovers: usize) -> Vec<String> {
     let (leader, other): (Vec<String>, Vec<String>) = failed
         .into_iter()
         .partition(|f| f.ends_with("Error from server: etcdserver: leader changed\n"));
     eprintln!(
-        "probe: {} 'leader changed' answers: {leader:?}",
+        "probe: {} 'leader changed' answers ({handovers} hand-over(s) reported): {leader:?}",
         leader.len()
     );
-    if leader.len() > LEADER_CHANGES_TOLERATED {
+    if leader.len() > handovers {
         return leader.into_iter().chain(other).collect();
     }
     other
@@ -497,15 +509,18 @@ impl ReadProbe {
         ReadProbe { stop, handle }
     }
 
-    /// Stops the probe: (requests answered, failures). Up to [`LEADER_CHANGES_TOLERATED`]
-    /// answers "etcdserver: leader changed" are not failures: a restarted etcd leader hands
-    /// its leadership over (etcd does so on a graceful stop), a read waiting on the old
-    /// leader then gets that error from the apiserver, and Kubernetes 1.20's apiserver does
-    /// not retry it. The API answered; no connection was lost. Printed, and more of them fail.
+    /// Stops the probe: (requests answered, failures); every failed request counts.
     pub fn finish(self) -> (usize, Vec<String>) {
+        self.finish_after(&[])
+    }
+
+    /// [`ReadProbe::finish`] for a run whose `outputs` may report etcd leader hand-overs:
+    /// one "etcdserver: leader changed" answer per hand-over is not a failure (see
+    /// [`without_leader_changes`]).
+    pub fn finish_after(self, outputs: &[&str]) -> (usize, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (ok, failed) = self.handle.join().unwrap();
-        (ok, without_leader_changes(failed))
+        (ok, without_leader_changes(failed, handovers(outputs)))
     }
 }
 
