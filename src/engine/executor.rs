@@ -284,10 +284,18 @@ struct FarState {
 }
 
 /// The script of [`state_query`]. Arguments: the number of files, the number of directories,
-/// then files, dirs, units.
+/// the stat key format, then each file with its hash-cache entry, dirs, units. A file's sha256
+/// comes from the hash cache the uploads write ([`crate::ssh::shell::HASH_CACHE_DIR`]) while
+/// its size, mtime, ctime and inode are those recorded (a write, chmod or rename changes the
+/// ctime, which only the kernel sets), else from `sha256sum`: a no-op run re-reads no
+/// unchanged binary (it hashed ~400 MB per host, most of a re-run's time). The query only
+/// reads the cache: a dry run writes nothing.
 const STATE: &str = concat!(
-    r#"nf=$1 nd=$2; shift 2
-while [ "$nf" -gt 0 ]; do [ -f "$1" ] && sha256sum "$1"; shift; nf=$((nf - 1)); done
+    r#"nf=$1 nd=$2 k=$3; shift 3
+while [ "$nf" -gt 0 ]; do f=$1 c=$2; shift 2; nf=$((nf - 1))
+  [ -f "$f" ] || continue
+  if [ -f "$c" ] && read -r ck h <"$c" && [ "$ck" = "$(stat -c "$k" "$f")" ]; then echo "$h  $f"; else sha256sum "$f"; fi
+done
 while [ "$nd" -gt 0 ]; do [ -d "$1" ] && echo "dir $(stat -c %a "$1") $1"; shift; nd=$((nd - 1)); done
 for u in "$@"; do echo "unit $u $(systemctl is-enabled "$u" 2>/dev/null || true) $(systemctl is-active "$u" 2>/dev/null || true)"; done
 "#,
@@ -297,6 +305,10 @@ for u in "$@"; do echo "unit $u $(systemctl is-enabled "$u" 2>/dev/null || true)
 /// One round trip: the sha256 of each file, the mode of each directory, each unit's enabled and
 /// active state, and the pending record (a no-op run pays no extra round trip for it).
 fn state_query(plan: &HostPlan) -> Shell {
+    state_query_in(plan, crate::ssh::shell::HASH_CACHE_DIR)
+}
+
+fn state_query_in(plan: &HostPlan, cache_dir: &str) -> Shell {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     let mut units = Vec::new();
@@ -313,13 +325,16 @@ fn state_query(plan: &HostPlan) -> Shell {
     }
     units.sort();
     units.dedup();
-    Script::new(STATE)
+    let mut script = Script::new(STATE)
         .arg(files.len())
         .arg(dirs.len())
-        .args(files)
-        .args(dirs)
-        .args(units)
-        .into()
+        .arg(crate::ssh::shell::STAT_KEY);
+    for f in files {
+        script = script
+            .arg(f)
+            .arg(crate::ssh::shell::cache_entry(cache_dir, f));
+    }
+    script.args(dirs).args(units).into()
 }
 
 fn parse_state(out: &str) -> FarState {
@@ -963,10 +978,13 @@ pub mod fake {
             {
                 let nf: usize = args[0].parse().unwrap();
                 let nd: usize = args[1].parse().unwrap();
-                let rest = &args[2..];
-                lists.push(("f".into(), rest[..nf].to_vec()));
-                lists.push(("d".into(), rest[nf..nf + nd].to_vec()));
-                lists.push(("u".into(), rest[nf + nd..].to_vec()));
+                // args[2]: the stat key; then each file with its hash-cache entry.
+                let rest = &args[3..];
+                let files = rest[..2 * nf].iter().step_by(2).cloned().collect();
+                let rest = &rest[2 * nf..];
+                lists.push(("f".into(), files));
+                lists.push(("d".into(), rest[..nd].to_vec()));
+                lists.push(("u".into(), rest[nd..].to_vec()));
                 lists.push(("p".into(), vec![format!("{PENDING_DIR}/*")]));
             } else {
                 lists = loops(cmd);
@@ -1174,9 +1192,31 @@ mod tests {
             assert!(o.status.success(), "{o:?}");
             String::from_utf8(o.stdout).unwrap()
         };
-        let st = parse_state(&sh(state_query(&plan).as_str()));
+        let cache = d.path().join("cache");
+        let cache = cache.to_str().unwrap();
+        let query = || parse_state(&sh(state_query_in(&plan, cache).as_str()));
+        let st = query();
         assert_eq!(st.sha.get(file), Some(&crate::engine::sha256_hex(b"x")));
         assert!(!st.sha.contains_key(&missing));
+        // An entry of the hash cache whose stat key matches is taken as is (the query read
+        // no byte of the file); once the file changes, its key no longer matches.
+        let key = sh(&format!(
+            "stat -c {} {}",
+            crate::ssh::shell::quote(crate::ssh::shell::STAT_KEY),
+            crate::ssh::shell::quote(file)
+        ));
+        let entry = crate::ssh::shell::cache_entry(cache, file);
+        std::fs::create_dir_all(cache).unwrap();
+        std::fs::write(&entry, format!("{} cached-hash\n", key.trim())).unwrap();
+        assert_eq!(
+            query().sha.get(file).map(String::as_str),
+            Some("cached-hash")
+        );
+        std::fs::write(file, b"x2").unwrap();
+        assert_eq!(
+            query().sha.get(file),
+            Some(&crate::engine::sha256_hex(b"x2"))
+        );
         assert_eq!(st.dirs.get(dir).map(String::as_str), Some("750"));
         assert!(st.units.contains_key("no-such.service"), "{st:?}");
 

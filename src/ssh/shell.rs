@@ -235,7 +235,7 @@ pub fn sudo_wants_password(stderr: &str) -> bool {
 pub const HASH_CACHE_DIR: &str = "/var/lib/clusterctl/filehash";
 
 /// The cache entry of a far path: its own name is the sha256 of the path.
-fn cache_entry(cache_dir: &str, path: &str) -> String {
+pub fn cache_entry(cache_dir: &str, path: &str) -> String {
     use sha2::{Digest, Sha256};
     format!(
         "{cache_dir}/{}",
@@ -244,7 +244,7 @@ fn cache_entry(cache_dir: &str, path: &str) -> String {
 }
 
 /// The far-side identity of a file's content version: size, mtime, ctime (ns) and inode.
-const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
+pub const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
 
 /// One round trip that reports, for each path, `sha256 mode owner:group` or `-` when missing.
 /// The sha256 comes from the hash cache when the file's stat key still matches, else it is
