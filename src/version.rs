@@ -68,6 +68,14 @@ pub struct MinorFacts {
     /// for 1.20), 3 for containerd 2.x, which the offline-bundle manifests of 1.32–1.34 ship
     /// (2.1.5). Picks `templates/containerd/config.toml` or `config-v3.toml`.
     pub containerd_config_version: u32,
+    /// How many minors older than the oldest kube-apiserver a kubelet or kube-proxy may be.
+    /// Kubernetes' version skew policy (<https://kubernetes.io/releases/version-skew-policy/>:
+    /// "kubelet may be up to three minor versions older than kube-apiserver (kubelet < 1.25
+    /// may only be up to two minor versions older)", kube-proxy likewise) widened it from 2 to
+    /// 3 with 1.28 control planes (sig-release's 1.28 major themes, kubernetes/sig-release
+    /// discussion 2271: "starting with 1.28 control planes / 1.25 nodes"). The two readings
+    /// agree: a node 3 minors behind a 1.28+ apiserver is 1.25 or newer.
+    pub node_skew_minors: u32,
 }
 
 impl MinorFacts {
@@ -101,6 +109,21 @@ pub const MINOR_FACTS: &[MinorFacts] = &[
         pod_security_policy: true,
         eviction_api: "policy/v1beta1",
         containerd_config_version: 2,
+        node_skew_minors: 2,
+    },
+    // Not a supported minor: the row where the skew policy widened (`node_skew_minors`), so
+    // that 1.28–1.30 (upgrade sources and skew checks) do not stand in with 1.20's row. Its
+    // images are kubeadm 1.28's (pause 3.9, CoreDNS v1.10.1, etcd 3.5.15-0 of its last
+    // patches) as recorded from memory, not re-read here: the index holds no release-1.28
+    // copy of kubeadm's constants.go. containerd 1.7 (config version 2) was that era's runtime.
+    MinorFacts {
+        containerd_config_version: 2,
+        ..current(
+            28,
+            "3.5.15-0",
+            "registry.k8s.io/coredns/coredns:v1.10.1",
+            "registry.k8s.io/pause:3.9",
+        )
     },
     current(
         31,
@@ -128,7 +151,7 @@ pub const MINOR_FACTS: &[MinorFacts] = &[
     ),
 ];
 
-/// A row of a minor after every removal above (1.27+): only the images differ.
+/// A row of a minor after every removal above (1.28+): only the images differ.
 const fn current(
     minor: u32,
     etcd_image_tag: &'static str,
@@ -151,6 +174,7 @@ const fn current(
         pod_security_policy: false,
         eviction_api: "policy/v1",
         containerd_config_version: 3,
+        node_skew_minors: 3,
     }
 }
 
@@ -215,6 +239,26 @@ impl KubeVersion {
     /// (v0.5.x serves metrics.k8s.io/v1beta1 and supports Kubernetes 1.8+).
     pub fn default_metrics_server_image(&self) -> &'static str {
         "k8s.gcr.io/metrics-server/metrics-server:v0.5.2"
+    }
+
+    /// How many minors older than an apiserver of this version a kubelet or kube-proxy may
+    /// be ([`MinorFacts::node_skew_minors`]).
+    pub fn node_skew_minors(&self) -> u32 {
+        self.facts().node_skew_minors
+    }
+
+    /// The first `[v]X.Y.Z` word of a program's `--version` output or an image tag
+    /// (`Kubernetes v1.20.2`, `etcd Version: 3.4.23`, `3.4.13-0`), with the word as written.
+    /// etcd's versions are read into the same triple: the skew check compares them alike.
+    pub fn find_in(text: &str) -> Option<(KubeVersion, String)> {
+        text.split(|c: char| c.is_whitespace() || c == ',')
+            .find_map(|w| w.parse::<KubeVersion>().ok().map(|v| (v, w.to_string())))
+    }
+
+    /// `1.20.2`: the triple without the leading `v` (how etcd writes its versions, and how
+    /// the skew check's messages name every version).
+    pub fn number(&self) -> String {
+        format!("{}.{}.{}", self.major, self.minor, self.patch)
     }
 
     pub fn supported_list() -> String {
@@ -293,6 +337,35 @@ mod tests {
         );
         assert_eq!(v.default_image("etcd"), "registry.k8s.io/etcd:3.6.5-0");
         assert_eq!(v.default_sandbox_image(), "registry.k8s.io/pause:3.10.1");
+    }
+
+    #[test]
+    fn nodes_may_lag_two_minors_before_1_28_and_three_from_it() {
+        let skew = |v: &str| v.parse::<KubeVersion>().unwrap().node_skew_minors();
+        for (v, n) in [
+            ("v1.20.2", 2),
+            ("v1.27.9", 2),
+            ("v1.28.0", 3),
+            ("v1.30.1", 3),
+            ("v1.34.2", 3),
+        ] {
+            assert_eq!(skew(v), n, "{v}");
+        }
+    }
+
+    #[test]
+    fn versions_are_found_in_program_output_and_image_tags() {
+        let (v, w) = KubeVersion::find_in("etcd Version: 3.4.23, Git SHA: x").unwrap();
+        assert_eq!(
+            (v.number(), w),
+            ("3.4.23".to_string(), "3.4.23".to_string())
+        );
+        let (v, w) = KubeVersion::find_in("3.4.13-0").unwrap();
+        assert_eq!(
+            (v.to_string(), w.as_str()),
+            ("v3.4.13".to_string(), "3.4.13-0")
+        );
+        assert!(KubeVersion::find_in("kubelet: not found").is_none());
     }
 
     #[test]
