@@ -83,6 +83,13 @@ pub struct State {
     pub backup: Option<PathBuf>,
 }
 
+impl State {
+    /// The rotation is over: its `finish` stage's roll passed.
+    pub fn done(&self) -> bool {
+        self.stage == Stage::Finish && self.finished
+    }
+}
+
 pub fn state_path(pki: &Path) -> PathBuf {
     pki.join("ca-rotation.json")
 }
@@ -118,7 +125,7 @@ pub enum Step {
 }
 
 pub fn step(state: Option<&State>, stage: Stage) -> Result<Step> {
-    let done_rotation = |s: &State| s.stage == Stage::Finish && s.finished;
+    let done_rotation = State::done;
     match (state, stage.previous()) {
         (None, None) => Ok(Step::Start),
         (Some(s), None) if done_rotation(s) => Ok(Step::Start),
@@ -155,7 +162,7 @@ pub fn step(state: Option<&State>, stage: Stage) -> Result<Step> {
 pub fn describe(state: Option<&State>) -> String {
     match state {
         None => "no CA rotation recorded".into(),
-        Some(s) if s.stage == Stage::Finish && s.finished => format!(
+        Some(s) if s.done() => format!(
             "last CA rotation finished (started {}); old CAs kept in {}",
             s.started,
             s.backup
@@ -409,12 +416,28 @@ pub fn new_ca(pki: &Path, ca: Ca) -> Option<inspect::CertInfo> {
     inspect::from_pem(&text, ca.name()).ok()
 }
 
-/// Whether `leaf` was signed by `ca` (its authority key id names the CA's key, and the issuer
-/// names the CA): how an old-CA leaf is told from a new-CA one (both CAs have the same name).
-pub fn signed_by(leaf: &inspect::CertInfo, ca: &inspect::CertInfo) -> bool {
-    leaf.issuer_raw == ca.subject_raw
-        && leaf.authority_key_id.is_some()
-        && leaf.authority_key_id == ca.subject_key_id
+/// Whether `leaf` was signed by `ca` (a signature check): how an old-CA leaf is told from a
+/// new-CA one (both CAs have the same name).
+pub use super::inspect::signed_by;
+
+/// Whether a rotation is under way: recorded, and not past a finished `finish`.
+pub fn under_way(state: Option<&State>) -> Option<&State> {
+    state.filter(|s| !s.done())
+}
+
+/// During a rotation, whether the CA certificate `der` of `ca` (`ca`, `etcd-ca`,
+/// `front-proxy-ca`) is the rotation's old or new one; None when no rotation is under way
+/// or it is neither.
+pub fn old_or_new(state: Option<&State>, ca: &str, der: &[u8]) -> Option<&'static str> {
+    let s = under_way(state)?;
+    let f = fingerprint(der);
+    if s.new.get(ca) == Some(&f) {
+        Some("new")
+    } else if s.old.get(ca) == Some(&f) {
+        Some("old")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
