@@ -57,6 +57,10 @@ impl Stage {
         Stage::ALL.into_iter().find(|x| x.name() == s)
     }
 
+    fn next(self) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|x| x.previous() == Some(self))
+    }
+
     fn previous(self) -> Option<Stage> {
         match self {
             Stage::Trust => None,
@@ -149,16 +153,41 @@ pub fn step(state: Option<&State>, stage: Stage) -> Result<Step> {
         (Some(s), _) => bail!(
             "the CA rotation is past `{}`: the next stage is `renew-certs --ca {}`",
             s.stage.name(),
-            Stage::ALL
-                .into_iter()
-                .find(|x| x.previous() == Some(s.stage))
-                .map(Stage::name)
-                .unwrap_or("trust")
+            s.stage.next().map(Stage::name).unwrap_or("trust")
         ),
     }
 }
 
-/// One line for plans and `status`: where the rotation stands.
+/// Where a rotation under way stands (`status`); none once its `finish` passed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// When its `trust` stage started.
+    pub started: String,
+    /// The stages whose roll passed, in order.
+    pub done: Vec<Stage>,
+    /// The stage started last and not finished (its run stopped or was killed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<Stage>,
+    /// What to run next: the following stage, or the unfinished one again (it resumes).
+    pub next: String,
+}
+
+pub fn progress(state: Option<&State>) -> Option<Progress> {
+    let s = under_way(state)?;
+    let next = if s.finished { s.stage.next()? } else { s.stage };
+    Some(Progress {
+        started: s.started.clone(),
+        done: Stage::ALL
+            .into_iter()
+            .filter(|x| *x < s.stage || (*x == s.stage && s.finished))
+            .collect(),
+        unfinished: (!s.finished).then_some(s.stage),
+        next: format!("clusterctl renew-certs --ca {}", next.name()),
+    })
+}
+
+/// One line for plans: where the rotation stands.
 pub fn describe(state: Option<&State>) -> String {
     match state {
         None => "no CA rotation recorded".into(),
@@ -481,6 +510,31 @@ mod tests {
         assert_eq!(step(Some(&f), Trust).unwrap(), Step::Start);
         let e = step(Some(&f), Reissue).unwrap_err().to_string();
         assert!(e.contains("no CA rotation is under way"), "{e}");
+    }
+
+    #[test]
+    fn progress_names_the_stages_done_and_the_next_command_until_finish_passed() {
+        use Stage::*;
+        assert_eq!(progress(None), None);
+        let p = progress(Some(&st(Trust, false))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![], Some(Trust)));
+        assert_eq!(p.next, "clusterctl renew-certs --ca trust");
+        let p = progress(Some(&st(Trust, true))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![Trust], None));
+        assert_eq!(p.next, "clusterctl renew-certs --ca reissue");
+        let p = progress(Some(&st(Reissue, false))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![Trust], Some(Reissue)));
+        assert_eq!(p.next, "clusterctl renew-certs --ca reissue");
+        let p = progress(Some(&st(Reissue, true))).unwrap();
+        assert_eq!(p.next, "clusterctl renew-certs --ca finish");
+        let p = progress(Some(&st(Finish, false))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![Trust, Reissue], Some(Finish)));
+        assert_eq!(progress(Some(&st(Finish, true))), None, "finished: nothing");
+        let json = serde_json::to_value(progress(Some(&st(Trust, true)))).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"started": "t", "done": ["trust"], "next": "clusterctl renew-certs --ca reissue"})
+        );
     }
 
     #[test]
