@@ -229,51 +229,35 @@ mod tests {
     #[test]
     fn how_far_nodes_may_lag_is_a_fact_of_the_apiservers_minor() {
         let nodes = |v: &str| host("h4", &[("kubelet", v), ("kube-proxy", v)]);
-        let lagging = |v: &[String]| {
-            v.iter()
+        // (control plane, target, minors allowed, nodes just within, nodes one minor too old)
+        // A 1.27 control plane: 2 (the policy before 1.28); a 1.30 one: 3 (from 1.28 on).
+        for (now, to, n, within, too_old) in [
+            ("v1.27.3", "v1.27.4", 2, "v1.25.0", "v1.24.9"),
+            ("v1.30.2", "v1.30.5", 3, "v1.27.16", "v1.26.1"),
+        ] {
+            let cp = cp("h1", now, "3.5.9");
+            let ok = check(&[cp.clone(), nodes(within)], &targets(to, None));
+            assert!(ok.is_empty(), "{now} with {within} nodes: {ok:?}");
+            let v = check(&[cp, nodes(too_old)], &targets(to, None));
+            let lagging: Vec<&String> = v
+                .iter()
                 .filter(|m| m.starts_with("h4: ") && m.contains("minor versions older"))
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        // A 1.27 control plane: 2 minors (policy before 1.28).
-        let cp127 = cp("h1", "v1.27.3", "3.5.9");
-        assert!(
-            check(
-                &[cp127.clone(), nodes("v1.25.0")],
-                &targets("v1.27.4", None)
-            )
-            .is_empty()
-        );
-        let v = check(
-            &[cp127.clone(), nodes("v1.24.9")],
-            &targets("v1.27.4", None),
-        );
-        let l = lagging(&v);
-        assert_eq!(l.len(), 2, "kubelet and kube-proxy: {v:?}");
-        assert!(
-            l.iter()
-                .all(|m| m.contains("more than 2 minor") && m.contains("1.25.x or newer")),
-            "{l:?}"
-        );
-        // A 1.30 control plane: 3 minors (from 1.28 on).
-        let cp130 = cp("h1", "v1.30.2", "3.5.12");
-        assert!(
-            check(
-                &[cp130.clone(), nodes("v1.27.16")],
-                &targets("v1.30.5", None)
-            )
-            .is_empty()
-        );
-        let v = check(&[cp130, nodes("v1.26.1")], &targets("v1.30.5", None));
-        let l = lagging(&v);
-        assert_eq!(l.len(), 2, "{v:?}");
-        assert!(
-            l.iter()
-                .all(|m| m.contains("more than 3 minor") && m.contains("1.27.x or newer")),
-            "{l:?}"
-        );
+                .collect();
+            assert_eq!(lagging.len(), 2, "kubelet and kube-proxy: {v:?}");
+            let (more, first) = (
+                format!("more than {n} minor"),
+                format!("{}.x or newer", &within[1..within.rfind('.').unwrap()]),
+            );
+            assert!(
+                lagging
+                    .iter()
+                    .all(|m| m.contains(&more) && m.contains(&first)),
+                "{lagging:?}"
+            );
+        }
         // The boundary: 1.25 nodes stay within policy when a 1.27 control plane goes to 1.28.
-        assert!(check(&[cp127, nodes("v1.25.0")], &targets("v1.28.0", None)).is_empty());
+        let hosts = [cp("h1", "v1.27.3", "3.5.9"), nodes("v1.25.0")];
+        assert!(check(&hosts, &targets("v1.28.0", None)).is_empty());
     }
 
     #[test]
