@@ -1179,6 +1179,13 @@ fn check_expiration_names_every_ca_of_a_bundle_and_the_ca_that_signed_each_leaf(
             .clone()
     };
     let leaves = |rows: &[Row]| rows.iter().filter(|r| !r.is_ca).count();
+    let trusts = |rows: &[Row], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .trusts
+            .clone()
+    };
 
     let r = report();
     assert_eq!(bundle_rows(&r, "ca"), [None]);
@@ -1195,6 +1202,11 @@ fn check_expiration_names_every_ca_of_a_bundle_and_the_ca_that_signed_each_leaf(
     assert_eq!(ca_of(&r, "nodes/cp1/etcd/server"), "etcd-ca (old)");
     assert_eq!(ca_of(&r, "front-proxy-client"), "front-proxy-ca (old)");
     assert_eq!(ca_of(&r, "admin.conf"), "ca (old)");
+    assert_eq!(trusts(&r, "admin.conf"), ["ca (old)", "ca (new)"]);
+    assert_eq!(
+        trusts(&r, "nodes/w1/kubelet.conf"),
+        ["ca (old)", "ca (new)"]
+    );
     assert!(r.iter().filter(|r| !r.is_ca).all(|r| r.signer.is_some()));
     let old_api = std::fs::read(f.pki("nodes/cp1/apiserver.crt")).unwrap();
 
@@ -1207,6 +1219,7 @@ fn check_expiration_names_every_ca_of_a_bundle_and_the_ca_that_signed_each_leaf(
     assert_eq!(ca_of(&r, "nodes/cp1/apiserver"), "ca (old)");
     assert_eq!(ca_of(&r, "nodes/cp2/apiserver"), "ca (new)");
     assert_eq!(ca_of(&r, "admin.conf"), "ca (new)");
+    assert_eq!(trusts(&r, "admin.conf"), ["ca (new)", "ca (old)"]);
     let text = expiry::table(&r, "180d");
     assert!(text.contains("ROTATION"), "{text}");
     assert_eq!(
@@ -1220,6 +1233,7 @@ fn check_expiration_names_every_ca_of_a_bundle_and_the_ca_that_signed_each_leaf(
     assert_eq!(bundle_rows(&r, "ca"), [None]);
     assert_eq!(bundle_rows(&r, "etcd/ca"), [None]);
     assert_eq!(ca_of(&r, "nodes/cp1/apiserver"), "ca");
+    assert_eq!(trusts(&r, "admin.conf"), ["ca"]);
     assert_eq!(leaves(&r), n);
     assert!(!expiry::table(&r, "180d").contains("ROTATION"));
 }

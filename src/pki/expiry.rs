@@ -30,6 +30,8 @@ pub struct Found {
     pub location: String,
     /// The certificate PEM (for a kubeconfig: its client certificate).
     pub pem: String,
+    /// For a kubeconfig: its `certificate-authority-data` (old + new during a CA rotation).
+    pub trust_pem: Option<String>,
 }
 
 /// Somewhere certificates can be read from.
@@ -83,6 +85,7 @@ impl CertSource for LocalDir {
                 kind: Kind::Certificate,
                 location: p.display().to_string(),
                 pem,
+                trust_pem: None,
             });
         }
         let mut confs = Vec::new();
@@ -95,12 +98,14 @@ impl CertSource for LocalDir {
             let Some(pem) = kc.client_cert_pem().with_context(|| what.clone())? else {
                 continue;
             };
+            let trust_pem = kc.ca_pem().with_context(|| what.clone())?;
             let rel = p.strip_prefix(&self.kubeconfig).unwrap_or(&p);
             out.push(Found {
                 name: rel.display().to_string(),
                 kind: Kind::Kubeconfig,
                 location: what,
                 pem,
+                trust_pem,
             });
         }
         Ok(out)
@@ -137,6 +142,13 @@ pub struct Row {
     /// A CA of a trust bundle while a CA rotation is under way: `old` or `new`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation: Option<&'static str>,
+    /// A kubeconfig: the CAs its `certificate-authority-data` holds, named as in the CA
+    /// table (`ca (old)`, `ca (new)`; `not a local CA: <subject>` for any other).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusts: Vec<String>,
+    /// Their certificates (DER).
+    #[serde(skip)]
+    pub trust_ders: Vec<Vec<u8>>,
     /// The CA whose certificate (in its bundle) verifies this leaf's signature
     /// ([`authorities`]); None: no local CA signed it.
     #[serde(skip)]
@@ -156,7 +168,8 @@ pub fn bundle_of(name: &str) -> Option<Ca> {
 /// while a rotation is under way (`rotation`: `pki/ca-rotation.json`); and every leaf's
 /// CERTIFICATE AUTHORITY decided by the CA whose key verifies its signature, not by the
 /// bundle's first certificate (during a rotation both CAs share one name). A leaf no CA of
-/// the bundles signed keeps an empty `certificate_authority` and no `signer`.
+/// the bundles signed keeps an empty `certificate_authority` and no `signer`. A kubeconfig's
+/// `trusts` names the CAs of its `certificate-authority-data` the same way.
 pub fn authorities(rows: &mut [Row], rotation: Option<&super::rotation::State>) {
     let mut cas: Vec<(Ca, String, inspect::CertInfo)> = Vec::new();
     for r in rows
@@ -183,6 +196,17 @@ pub fn authorities(rows: &mut [Row], rotation: Option<&super::rotation::State>) 
             r.signer = Some(*ca);
             r.certificate_authority = label.clone();
         }
+        r.trusts = r
+            .trust_ders
+            .iter()
+            .map(|d| match cas.iter().find(|(_, _, c)| c.der == *d) {
+                Some((_, label, _)) => label.clone(),
+                None => match inspect::from_der(d, &r.location) {
+                    Ok(i) => format!("not a local CA: {}", i.subject),
+                    Err(e) => format!("not a certificate: {e}"),
+                },
+            })
+            .collect();
     }
 }
 
@@ -203,6 +227,10 @@ pub fn report(sources: &[&dyn CertSource], now: i64, threshold_secs: i64) -> Res
             if ders.is_empty() {
                 anyhow::bail!("{}: no CERTIFICATE block", f.location);
             }
+            let trust_ders = match &f.trust_pem {
+                Some(t) => super::rotation::certificates(t).with_context(|| f.location.clone())?,
+                None => Vec::new(),
+            };
             for der in ders {
                 let info = inspect::from_der(&der, &f.location)?;
                 let left = info.not_after - now;
@@ -222,6 +250,8 @@ pub fn report(sources: &[&dyn CertSource], now: i64, threshold_secs: i64) -> Res
                     externally_managed: false,
                     component: String::new(),
                     rotation: None,
+                    trusts: Vec::new(),
+                    trust_ders: trust_ders.clone(),
                     signer: None,
                     der,
                 });
