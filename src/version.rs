@@ -128,6 +128,9 @@ pub const MINOR_FACTS: &[MinorFacts] = &[
     ),
 ];
 
+/// The first apiserver minor whose nodes may lag 3 minors ([`KubeVersion::node_skew_minors`]).
+const NODE_SKEW_WIDENED_IN: u32 = 28;
+
 /// A row of a minor after every removal above (1.27+): only the images differ.
 const fn current(
     minor: u32,
@@ -217,6 +220,36 @@ impl KubeVersion {
         "k8s.gcr.io/metrics-server/metrics-server:v0.5.2"
     }
 
+    /// How many minors older than an apiserver of this version a kubelet or kube-proxy may
+    /// be: 2, and 3 from 1.28 on. Kubernetes' version skew policy
+    /// (<https://kubernetes.io/releases/version-skew-policy/>: "kubelet may be up to three
+    /// minor versions older than kube-apiserver (kubelet < 1.25 may only be up to two minor
+    /// versions older)", kube-proxy likewise) widened it with 1.28 control planes
+    /// (kubernetes/sig-release discussion 2271: "starting with 1.28 control planes / 1.25
+    /// nodes"); the two readings agree. A rule of the minor's number, not a row of
+    /// [`MINOR_FACTS`]: those rows stand in for the minors after them, and 1.21–1.30 have none.
+    pub fn node_skew_minors(&self) -> u32 {
+        if (self.major, self.minor) >= (1, NODE_SKEW_WIDENED_IN) {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// The first `[v]X.Y.Z` word of a program's `--version` output or an image tag
+    /// (`Kubernetes v1.20.2`, `etcd Version: 3.4.23`, `3.4.13-0`), with the word as written.
+    /// etcd's versions are read into the same triple: the skew check compares them alike.
+    pub fn find_in(text: &str) -> Option<(KubeVersion, String)> {
+        text.split(|c: char| c.is_whitespace() || c == ',')
+            .find_map(|w| w.parse::<KubeVersion>().ok().map(|v| (v, w.to_string())))
+    }
+
+    /// `1.20.2`: the triple without the leading `v` (how etcd writes its versions, and how
+    /// the skew check's messages name every version).
+    pub fn number(&self) -> String {
+        format!("{}.{}.{}", self.major, self.minor, self.patch)
+    }
+
     pub fn supported_list() -> String {
         SUPPORTED_MINORS
             .iter()
@@ -293,6 +326,35 @@ mod tests {
         );
         assert_eq!(v.default_image("etcd"), "registry.k8s.io/etcd:3.6.5-0");
         assert_eq!(v.default_sandbox_image(), "registry.k8s.io/pause:3.10.1");
+    }
+
+    #[test]
+    fn nodes_may_lag_two_minors_before_1_28_and_three_from_it() {
+        let skew = |v: &str| v.parse::<KubeVersion>().unwrap().node_skew_minors();
+        for (v, n) in [
+            ("v1.20.2", 2),
+            ("v1.27.9", 2),
+            ("v1.28.0", 3),
+            ("v1.30.1", 3),
+            ("v1.34.2", 3),
+        ] {
+            assert_eq!(skew(v), n, "{v}");
+        }
+    }
+
+    #[test]
+    fn versions_are_found_in_program_output_and_image_tags() {
+        let (v, w) = KubeVersion::find_in("etcd Version: 3.4.23, Git SHA: x").unwrap();
+        assert_eq!(
+            (v.number(), w),
+            ("3.4.23".to_string(), "3.4.23".to_string())
+        );
+        let (v, w) = KubeVersion::find_in("3.4.13-0").unwrap();
+        assert_eq!(
+            (v.to_string(), w.as_str()),
+            ("v3.4.13".to_string(), "3.4.13-0")
+        );
+        assert!(KubeVersion::find_in("kubelet: not found").is_none());
     }
 
     #[test]

@@ -1071,7 +1071,7 @@ fn ca_rotation_stages_compose_bundles_and_reissue_from_the_new_cas() {
     assert!(rotation::signed_by(&api, &new_info));
     assert!(
         !rotation::signed_by(&api, &old_info),
-        "same CA name, told apart by key id"
+        "same CA name, told apart by the signature"
     );
     assert!(!rotation::signed_by(&old_api, &new_info));
     assert_eq!(
@@ -1136,4 +1136,104 @@ fn ca_rotation_stages_compose_bundles_and_reissue_from_the_new_cas() {
     assert_ne!(ders("ca.crt")[1], new_ca);
     assert_eq!(rec.old["ca"], rotation::fingerprint(&new_ca));
     assert!(backup.join("old/ca.crt").is_file());
+}
+
+/// `certs check-expiration`'s view of a real rotation: every CA of each bundle is its own row,
+/// old or new, and each leaf is attributed to the CA whose key signed it, even where the
+/// bundle's first CA is the other one (a leaf left from before a killed `reissue`).
+#[test]
+fn check_expiration_names_every_ca_of_a_bundle_and_the_ca_that_signed_each_leaf() {
+    use clusterctl::pki::expiry::{self, CertSource, LocalDir, Row};
+    use clusterctl::pki::rotation::{self, Stage};
+    let f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    let s = f.settings();
+    let report = || {
+        let local = LocalDir {
+            pki: f.layout.pki.clone(),
+            kubeconfig: f.layout.kubeconfig.clone(),
+        };
+        let sources: [&dyn CertSource; 1] = [&local];
+        let mut rows = expiry::report(&sources, 0, 0).unwrap();
+        let state = rotation::read_state(&f.layout.pki).unwrap();
+        expiry::authorities(&mut rows, state.as_ref());
+        rows
+    };
+    let stage = |st: Stage| {
+        let state = rotation::read_state(&f.layout.pki).unwrap();
+        rotation::apply_local(&f.layout, &s, st, state.as_ref(), "t").unwrap();
+        f.generate();
+        rotation::mark_finished(&f.layout, "x").unwrap();
+    };
+    let bundle_rows = |rows: &[Row], name: &str| {
+        rows.iter()
+            .filter(|r| r.is_ca && r.name == name)
+            .map(|r| r.rotation)
+            .collect::<Vec<_>>()
+    };
+    let ca_of = |rows: &[Row], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .certificate_authority
+            .clone()
+    };
+    let leaves = |rows: &[Row]| rows.iter().filter(|r| !r.is_ca).count();
+    let trusts = |rows: &[Row], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .trusts
+            .clone()
+    };
+
+    let r = report();
+    assert_eq!(bundle_rows(&r, "ca"), [None]);
+    assert_eq!(ca_of(&r, "nodes/cp1/apiserver"), "ca");
+    let n = leaves(&r);
+    assert!(n >= 35, "{n}");
+
+    stage(Stage::Trust);
+    let r = report();
+    for b in ["ca", "etcd/ca", "front-proxy-ca"] {
+        assert_eq!(bundle_rows(&r, b), [Some("old"), Some("new")], "{b}");
+    }
+    assert_eq!(ca_of(&r, "nodes/cp1/apiserver"), "ca (old)");
+    assert_eq!(ca_of(&r, "nodes/cp1/etcd/server"), "etcd-ca (old)");
+    assert_eq!(ca_of(&r, "front-proxy-client"), "front-proxy-ca (old)");
+    assert_eq!(ca_of(&r, "admin.conf"), "ca (old)");
+    assert_eq!(trusts(&r, "admin.conf"), ["ca (old)", "ca (new)"]);
+    assert_eq!(
+        trusts(&r, "nodes/w1/kubelet.conf"),
+        ["ca (old)", "ca (new)"]
+    );
+    assert!(r.iter().filter(|r| !r.is_ca).all(|r| r.signer.is_some()));
+    let old_api = std::fs::read(f.pki("nodes/cp1/apiserver.crt")).unwrap();
+
+    stage(Stage::Reissue);
+    // The leaf of a host the killed run had not reached yet: still the old CA's, though the
+    // bundle now starts with the new one.
+    std::fs::write(f.pki("nodes/cp1/apiserver.crt"), &old_api).unwrap();
+    let r = report();
+    assert_eq!(bundle_rows(&r, "ca"), [Some("new"), Some("old")]);
+    assert_eq!(ca_of(&r, "nodes/cp1/apiserver"), "ca (old)");
+    assert_eq!(ca_of(&r, "nodes/cp2/apiserver"), "ca (new)");
+    assert_eq!(ca_of(&r, "admin.conf"), "ca (new)");
+    assert_eq!(trusts(&r, "admin.conf"), ["ca (new)", "ca (old)"]);
+    let text = expiry::table(&r, "180d");
+    assert!(text.contains("ROTATION"), "{text}");
+    assert_eq!(
+        f.generate().count(Action::Reissued),
+        1,
+        "generate puts the new one back"
+    );
+
+    stage(Stage::Finish);
+    let r = report();
+    assert_eq!(bundle_rows(&r, "ca"), [None]);
+    assert_eq!(bundle_rows(&r, "etcd/ca"), [None]);
+    assert_eq!(ca_of(&r, "nodes/cp1/apiserver"), "ca");
+    assert_eq!(trusts(&r, "admin.conf"), ["ca"]);
+    assert_eq!(leaves(&r), n);
+    assert!(!expiry::table(&r, "180d").contains("ROTATION"));
 }

@@ -94,7 +94,9 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
             };
             let sources: [&dyn CertSource; 1] = [&local];
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let rows = expiry::report(&sources, now, threshold.as_secs() as i64)?;
+            let mut rows = expiry::report(&sources, now, threshold.as_secs() as i64)?;
+            let rotation = crate::pki::rotation::read_state(&layout.pki)?;
+            expiry::authorities(&mut rows, rotation.as_ref());
             let rows = named_for_the_inventory(&loaded.inventory, &layout, rows);
             if rows.is_empty() {
                 return Err(UserError::failed(format!(
@@ -168,21 +170,17 @@ pub fn run(g: &Global, c: CertsCmd) -> Result<()> {
 }
 
 /// The report's rows for what the inventory has now, named as `renew-certs` names them
-/// (`apiserver@cp1`, `admin.conf`), with their CA, whether that CA is external (no key here)
-/// and the `--component` that renews them. Files of hosts no longer in the inventory are left
-/// out: they are nobody's certificates.
+/// (`apiserver@cp1`, `admin.conf`), with whether their CA is external (no key here) and the
+/// `--component` that renews them; the CA that signed each ([`expiry::authorities`]) stays,
+/// and a leaf none of the local CAs signed says which one should have. Files of hosts no
+/// longer in the inventory are left out: they are nobody's certificates.
 fn named_for_the_inventory(
     inv: &crate::inventory::Inventory,
     layout: &Layout,
     rows: Vec<expiry::Row>,
 ) -> Vec<expiry::Row> {
     use crate::pki::spec::{Ca, cert_list};
-    let ca_base = |ca: &Ca| match ca {
-        Ca::Cluster => "ca",
-        Ca::Etcd => "etcd/ca",
-        Ca::FrontProxy => "front-proxy-ca",
-    };
-    let external = |base: &str| !layout.pki.join(format!("{base}.key")).is_file();
+    let external = |ca: Ca| !layout.pki.join(format!("{}.key", ca.base())).is_file();
     let component = |name: &str| {
         let base = name.split('@').next().unwrap_or_default();
         crate::phases::certs::COMPONENTS
@@ -195,12 +193,9 @@ fn named_for_the_inventory(
     rows.into_iter()
         .filter_map(|mut r| {
             if r.is_ca && r.kind == expiry::Kind::Certificate {
-                let base = r.name.clone();
-                if !["ca", "etcd/ca", "front-proxy-ca"].contains(&base.as_str()) {
-                    return None;
-                }
-                r.externally_managed = external(&base);
-                r.name = expiry::ca_name(&base);
+                let ca = expiry::bundle_of(&r.name)?;
+                r.externally_managed = external(ca);
+                r.name = ca.name().to_string();
                 r.certificate_authority = r.name.clone();
                 return Some(r);
             }
@@ -229,8 +224,14 @@ fn named_for_the_inventory(
                 }
                 _ => spec.name.clone(),
             };
-            r.certificate_authority = expiry::ca_name(ca_base(&spec.ca));
-            r.externally_managed = external(ca_base(&spec.ca));
+            match r.signer {
+                Some(ca) => r.externally_managed = external(ca),
+                None => {
+                    r.certificate_authority =
+                        format!("NONE: not signed by the local {}", spec.ca.name());
+                    r.externally_managed = external(spec.ca);
+                }
+            }
             r.component = component(&spec.name);
             Some(r)
         })

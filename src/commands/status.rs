@@ -112,6 +112,10 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nodes_error: Option<String>,
     pub nearest_certificate_expiry: Option<CertExpiry>,
+    /// A CA rotation under way (`pki/ca-rotation.json`): the stages done and the next command.
+    /// Absent when none is (never started, or its `finish` passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<crate::pki::rotation::Progress>,
     pub drift: Drift,
     /// Each built-in add-on: whether it runs, and why not.
     pub addons: Vec<AddonHealth>,
@@ -725,6 +729,15 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
     {
         problems.push(format!("certificate {} expired {}", c.name, c.not_after));
     }
+    // A rotation half way is no health problem (every stage leaves a working cluster), but
+    // it is shown until `finish` passed, with what to run next.
+    let ca_rotation = match crate::pki::rotation::read_state(&ctx.state.pki()) {
+        Ok(s) => crate::pki::rotation::progress(s.as_ref()),
+        Err(e) => {
+            problems.push(format!("local PKI: {e:#}"));
+            None
+        }
+    };
     // What differs from the inventory (reported; not a health problem by itself).
     let mut drift = Drift::default();
     let node_names: BTreeSet<&str> = nodes.iter().flatten().map(|n| n.name.as_str()).collect();
@@ -773,6 +786,7 @@ pub async fn read(ctx: &Context) -> anyhow::Result<Status> {
         nodes,
         nodes_error,
         nearest_certificate_expiry: cert,
+        ca_rotation,
         drift,
         addons,
         unavailable_api_services,
@@ -918,6 +932,9 @@ pub fn render_text(s: &Status) -> String {
             c.name, c.location, c.not_after, c.days
         );
     }
+    if let Some(r) = &s.ca_rotation {
+        o.push_str(&rotation_text(r));
+    }
     if !s.drift.is_empty() {
         let d = &s.drift;
         let _ = writeln!(o, "\ndiffers from the inventory:");
@@ -947,6 +964,27 @@ pub fn render_text(s: &Status) -> String {
     o
 }
 
+/// The CA rotation under way, in two lines.
+fn rotation_text(r: &crate::pki::rotation::Progress) -> String {
+    let names = |v: &[crate::pki::rotation::Stage]| {
+        v.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+    };
+    let state = match r.unfinished {
+        Some(u) => format!("; `{}` started, not finished", u.name()),
+        None => String::new(),
+    };
+    format!(
+        "\nCA rotation under way (started {}): done: {}{state}\n  next: {}\n",
+        r.started,
+        if r.done.is_empty() {
+            "none".to_string()
+        } else {
+            names(&r.done)
+        },
+        r.next
+    )
+}
+
 pub fn run(g: &Global) -> anyhow::Result<()> {
     let (ctx, _) =
         crate::commands::cluster::prepare(g, "init", &Default::default(), Default::default())?;
@@ -972,5 +1010,33 @@ pub fn run(g: &Global) -> anyhow::Result<()> {
             s.problems.len()
         ))
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pki::rotation::{Stage, State, progress};
+
+    #[test]
+    fn a_rotation_under_way_says_what_is_done_and_what_comes_next() {
+        let st = |stage, finished| State {
+            stage,
+            finished,
+            started: "2026-12-05T12:00:00Z".into(),
+            old: Default::default(),
+            new: Default::default(),
+            backup: None,
+        };
+        let t = super::rotation_text(&progress(Some(&st(Stage::Trust, true))).unwrap());
+        assert_eq!(
+            t,
+            "\nCA rotation under way (started 2026-12-05T12:00:00Z): done: trust\n  next: clusterctl renew-certs --ca reissue\n"
+        );
+        let t = super::rotation_text(&progress(Some(&st(Stage::Reissue, false))).unwrap());
+        assert!(
+            t.contains("done: trust; `reissue` started, not finished")
+                && t.contains("next: clusterctl renew-certs --ca reissue"),
+            "{t}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::generate::fmt_time;
 use super::inspect;
 use super::kubeconfig::Kubeconfig;
+use super::spec::Ca;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +30,8 @@ pub struct Found {
     pub location: String,
     /// The certificate PEM (for a kubeconfig: its client certificate).
     pub pem: String,
+    /// For a kubeconfig: its `certificate-authority-data` (old + new during a CA rotation).
+    pub trust_pem: Option<String>,
 }
 
 /// Somewhere certificates can be read from.
@@ -82,6 +85,7 @@ impl CertSource for LocalDir {
                 kind: Kind::Certificate,
                 location: p.display().to_string(),
                 pem,
+                trust_pem: None,
             });
         }
         let mut confs = Vec::new();
@@ -94,12 +98,14 @@ impl CertSource for LocalDir {
             let Some(pem) = kc.client_cert_pem().with_context(|| what.clone())? else {
                 continue;
             };
+            let trust_pem = kc.ca_pem().with_context(|| what.clone())?;
             let rel = p.strip_prefix(&self.kubeconfig).unwrap_or(&p);
             out.push(Found {
                 name: rel.display().to_string(),
                 kind: Kind::Kubeconfig,
                 location: what,
                 pem,
+                trust_pem,
             });
         }
         Ok(out)
@@ -133,6 +139,75 @@ pub struct Row {
     /// What `renew-certs --component` calls the component that renews it (empty for a CA).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub component: String,
+    /// A CA of a trust bundle while a CA rotation is under way: `old` or `new`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<&'static str>,
+    /// A kubeconfig: the CAs its `certificate-authority-data` holds, named as in the CA
+    /// table (`ca (old)`, `ca (new)`; `not a local CA: <subject>` for any other).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusts: Vec<String>,
+    /// Their certificates (DER).
+    #[serde(skip)]
+    pub trust_ders: Vec<Vec<u8>>,
+    /// The CA whose certificate (in its bundle) verifies this leaf's signature
+    /// ([`authorities`]); None: no local CA signed it.
+    #[serde(skip)]
+    pub signer: Option<Ca>,
+    /// The certificate (DER), for the signature checks.
+    #[serde(skip)]
+    pub der: Vec<u8>,
+}
+
+/// The CA whose bundle is the certificate file `name` (relative to `pki/`, no extension):
+/// `ca`, `etcd/ca`, `front-proxy-ca`, each one CA, or the old and new ones during a rotation.
+pub fn bundle_of(name: &str) -> Option<Ca> {
+    Ca::ALL.into_iter().find(|c| c.base() == name)
+}
+
+/// Every CA certificate of the CAs' bundles named after its CA, with `old`/`new`
+/// while a rotation is under way (`rotation`: `pki/ca-rotation.json`); and every leaf's
+/// CERTIFICATE AUTHORITY decided by the CA whose key verifies its signature, not by the
+/// bundle's first certificate (during a rotation both CAs share one name). A leaf no CA of
+/// the bundles signed keeps an empty `certificate_authority` and no `signer`. A kubeconfig's
+/// `trusts` names the CAs of its `certificate-authority-data` the same way.
+pub fn authorities(rows: &mut [Row], rotation: Option<&super::rotation::State>) {
+    let mut cas: Vec<(Ca, String, inspect::CertInfo)> = Vec::new();
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.is_ca && r.kind == Kind::Certificate)
+    {
+        let Some(ca) = bundle_of(&r.name) else {
+            continue;
+        };
+        r.rotation = super::rotation::old_or_new(rotation, ca.name(), &r.der);
+        let label = match r.rotation {
+            Some(which) => format!("{} ({which})", ca.name()),
+            None => ca.name().to_string(),
+        };
+        if let Ok(info) = inspect::from_der(&r.der, &r.location) {
+            cas.push((ca, label, info));
+        }
+    }
+    for r in rows.iter_mut().filter(|r| !r.is_ca) {
+        let Ok(leaf) = inspect::from_der(&r.der, &r.location) else {
+            continue;
+        };
+        if let Some((ca, label, _)) = cas.iter().find(|(_, _, c)| inspect::signed_by(&leaf, c)) {
+            r.signer = Some(*ca);
+            r.certificate_authority = label.clone();
+        }
+        r.trusts = r
+            .trust_ders
+            .iter()
+            .map(|d| match cas.iter().find(|(_, _, c)| c.der == *d) {
+                Some((_, label, _)) => label.clone(),
+                None => match inspect::from_der(d, &r.location) {
+                    Ok(i) => format!("not a local CA: {}", i.subject),
+                    Err(e) => format!("not a certificate: {e}"),
+                },
+            })
+            .collect();
+    }
 }
 
 /// Rows for every certificate of every source; `threshold_secs`: warn when less is left.
@@ -141,24 +216,46 @@ pub fn report(sources: &[&dyn CertSource], now: i64, threshold_secs: i64) -> Res
     for s in sources {
         let label = s.label();
         for f in s.certificates()? {
-            let info = inspect::from_pem(&f.pem, &f.location)?;
-            let left = info.not_after - now;
-            rows.push(Row {
-                source: label.clone(),
-                name: f.name,
-                kind: f.kind,
-                location: f.location,
-                subject: info.subject,
-                issuer: info.issuer,
-                is_ca: info.is_ca,
-                not_after: fmt_time(info.not_after),
-                residual_seconds: left,
-                residual: human(left),
-                warning: left < threshold_secs,
-                certificate_authority: String::new(),
-                externally_managed: false,
-                component: String::new(),
-            });
+            // A certificate file may be a trust bundle (old + new CA during a rotation): a row
+            // for each of its certificates. A kubeconfig: its client certificate.
+            let ders = match f.kind {
+                Kind::Certificate => {
+                    super::rotation::certificates(&f.pem).with_context(|| f.location.clone())?
+                }
+                Kind::Kubeconfig => vec![inspect::pem_to_der(&f.pem, &f.location)?],
+            };
+            if ders.is_empty() {
+                anyhow::bail!("{}: no CERTIFICATE block", f.location);
+            }
+            let trust_ders = match &f.trust_pem {
+                Some(t) => super::rotation::certificates(t).with_context(|| f.location.clone())?,
+                None => Vec::new(),
+            };
+            for der in ders {
+                let info = inspect::from_der(&der, &f.location)?;
+                let left = info.not_after - now;
+                rows.push(Row {
+                    source: label.clone(),
+                    name: f.name.clone(),
+                    kind: f.kind,
+                    location: f.location.clone(),
+                    subject: info.subject,
+                    issuer: info.issuer,
+                    is_ca: info.is_ca,
+                    not_after: fmt_time(info.not_after),
+                    residual_seconds: left,
+                    residual: human(left),
+                    warning: left < threshold_secs,
+                    certificate_authority: String::new(),
+                    externally_managed: false,
+                    component: String::new(),
+                    rotation: None,
+                    trusts: Vec::new(),
+                    trust_ders: trust_ders.clone(),
+                    signer: None,
+                    der,
+                });
+            }
         }
     }
     Ok(rows)
@@ -176,14 +273,6 @@ pub fn human(secs: i64) -> String {
         (0, 0) => format!("{}h", h.max(1)),
         (0, d) => format!("{d}d {h}h"),
         (y, d) => format!("{y}y {d}d"),
-    }
-}
-
-/// kubeadm's name of the CA whose files sit at `base` (relative to `pki/`, no extension).
-pub fn ca_name(base: &str) -> String {
-    match base {
-        "etcd/ca" => "etcd-ca".into(),
-        other => other.replace('/', "-"),
     }
 }
 
@@ -248,17 +337,24 @@ pub fn table(rows: &[Row], threshold: &str) -> String {
             ]
         })
         .collect();
+    // The ROTATION column only while a CA rotation is under way (kubeadm's layout otherwise).
+    let rotating = rows.iter().any(|r| r.is_ca && r.rotation.is_some());
     let cas: Vec<Vec<String>> = rows
         .iter()
         .filter(|r| r.is_ca)
         .map(|r| {
-            vec![
+            let mut c = vec![
                 r.name.clone(),
+                r.subject.clone(),
                 r.not_after.clone(),
                 r.residual.clone(),
                 yes_no(r.externally_managed),
-                warning_cell(r, threshold),
-            ]
+            ];
+            if rotating {
+                c.push(r.rotation.unwrap_or_default().to_string());
+            }
+            c.push(warning_cell(r, threshold));
+            c
         })
         .collect();
     let mut out = columns(
@@ -274,21 +370,148 @@ pub fn table(rows: &[Row], threshold: &str) -> String {
         &leaves,
     );
     out.push('\n');
-    out.push_str(&columns(
-        &[
-            "CERTIFICATE AUTHORITY",
-            "EXPIRES",
-            "RESIDUAL TIME",
-            "EXTERNALLY MANAGED",
-            "WARNING",
-        ],
-        &cas,
-    ));
+    let mut head = vec![
+        "CERTIFICATE AUTHORITY",
+        "SUBJECT",
+        "EXPIRES",
+        "RESIDUAL TIME",
+        "EXTERNALLY MANAGED",
+    ];
+    if rotating {
+        head.push("ROTATION");
+    }
+    head.push("WARNING");
+    out.push_str(&columns(&head, &cas));
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::pki::rotation::{self, Stage, State};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+
+    /// A CA named like the cluster CA (an old and a new one share the name).
+    fn ca() -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "kubernetes");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = p.self_signed(&key).unwrap().pem();
+        (pem, Issuer::new(p, key))
+    }
+
+    /// A leaf without an authority key id: only its signature says which CA made it.
+    fn leaf(cn: &str, by: &Issuer<'static, KeyPair>) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.signed_by(&key, by).unwrap().pem()
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        inspect::pem_to_der(pem, "test").unwrap()
+    }
+
+    /// `pki/` with `ca.crt` = `bundle`, and the given leaves; its rows with their authorities.
+    fn rows(bundle: &str, leaves: &[(&str, &str)], state: Option<&State>) -> Vec<Row> {
+        let d = tempfile::tempdir().unwrap();
+        let pki = d.path().join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        std::fs::write(pki.join("ca.crt"), bundle).unwrap();
+        for (name, pem) in leaves {
+            std::fs::write(pki.join(format!("{name}.crt")), pem).unwrap();
+        }
+        let local = LocalDir {
+            pki,
+            kubeconfig: d.path().join("kubeconfig"),
+        };
+        let sources: [&dyn CertSource; 1] = [&local];
+        let mut rows = report(&sources, 0, 0).unwrap();
+        authorities(&mut rows, state);
+        rows
+    }
+
+    fn row<'a>(rows: &'a [Row], name: &str) -> &'a Row {
+        rows.iter().find(|r| r.name == name).unwrap()
+    }
+
+    #[test]
+    fn every_ca_of_a_bundle_is_a_row_and_a_leaf_names_the_ca_that_signed_it() {
+        let ((old_pem, old), (new_pem, new)) = (ca(), ca());
+        // The trust stage's bundle: old first. A leaf of the new CA (a re-issue under way) is
+        // the new CA's, though the old one comes first in the file.
+        let bundle = format!("{old_pem}{new_pem}");
+        let leaves = [
+            ("apiserver", leaf("kube-apiserver", &new)),
+            (
+                "apiserver-kubelet-client",
+                leaf("kube-apiserver-kubelet-client", &old),
+            ),
+            ("stray", leaf("stray", &ca().1)),
+        ];
+        let leaves: Vec<(&str, &str)> = leaves.iter().map(|(n, p)| (*n, p.as_str())).collect();
+
+        // No rotation recorded: both CAs are `ca`, without old/new.
+        let r = rows(&bundle, &leaves, None);
+        let cas: Vec<&Row> = r.iter().filter(|r| r.is_ca).collect();
+        assert_eq!(cas.len(), 2, "{r:?}");
+        assert_eq!(cas[0].der, der(&old_pem));
+        assert_eq!(cas[1].der, der(&new_pem));
+        assert!(cas.iter().all(|c| c.name == "ca" && c.rotation.is_none()));
+        assert!(
+            cas[0].subject.contains("CN=kubernetes"),
+            "{}",
+            cas[0].subject
+        );
+        assert_eq!(row(&r, "apiserver").signer, Some(Ca::Cluster));
+        assert_eq!(row(&r, "apiserver").certificate_authority, "ca");
+        assert_eq!(row(&r, "stray").signer, None);
+        assert_eq!(row(&r, "stray").certificate_authority, "");
+
+        // A rotation under way: each CA and each leaf says old or new.
+        let mut st = State {
+            stage: Stage::Trust,
+            finished: true,
+            started: "t".into(),
+            old: [("ca".to_string(), rotation::fingerprint(&der(&old_pem)))].into(),
+            new: [("ca".to_string(), rotation::fingerprint(&der(&new_pem)))].into(),
+            backup: None,
+        };
+        let r = rows(&bundle, &leaves, Some(&st));
+        let cas: Vec<&Row> = r.iter().filter(|r| r.is_ca).collect();
+        assert_eq!(
+            cas.iter().map(|c| c.rotation).collect::<Vec<_>>(),
+            [Some("old"), Some("new")]
+        );
+        assert_eq!(row(&r, "apiserver").certificate_authority, "ca (new)");
+        assert_eq!(
+            row(&r, "apiserver-kubelet-client").certificate_authority,
+            "ca (old)"
+        );
+        let t = table(&r, "180d");
+        assert!(t.contains("ROTATION") && t.contains("SUBJECT"), "{t}");
+        let json = serde_json::to_value(row(&r, "ca")).unwrap();
+        assert_eq!(json["rotation"], "old", "{json}");
+        assert!(json.get("der").is_none() && json.get("signer").is_none());
+
+        // After `finish`: the new CA alone, no old/new any more, the old CA's leaf signed by
+        // no CA of the bundle.
+        st.stage = Stage::Finish;
+        let r = rows(&new_pem, &leaves, Some(&st));
+        assert_eq!(r.iter().filter(|r| r.is_ca).count(), 1);
+        assert!(r.iter().all(|r| r.rotation.is_none()));
+        assert_eq!(row(&r, "apiserver").certificate_authority, "ca");
+        assert_eq!(row(&r, "apiserver-kubelet-client").signer, None);
+        assert!(!table(&r, "180d").contains("ROTATION"));
+    }
+
     #[test]
     fn human_residual() {
         assert_eq!(super::human(-5), "expired");

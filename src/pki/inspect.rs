@@ -35,6 +35,24 @@ pub struct CertInfo {
     pub authority_key_id: Option<Vec<u8>>,
     /// DER SubjectPublicKeyInfo.
     pub spki: Vec<u8>,
+    /// The whole certificate (DER): what a signature check needs.
+    pub der: Vec<u8>,
+}
+
+/// Whether `ca` signed `cert`: the issuer names the CA and the CA's key verifies the
+/// signature. Names and key ids alone cannot tell two CAs of the same name apart when one
+/// was made without a subject key id; the signature can (a CA rotation's old and new CAs).
+pub fn signed_by(cert: &CertInfo, ca: &CertInfo) -> bool {
+    if cert.issuer_raw != ca.subject_raw {
+        return false;
+    }
+    let (Ok((_, c)), Ok((_, issuer))) = (
+        x509_parser::parse_x509_certificate(&cert.der),
+        x509_parser::parse_x509_certificate(&ca.der),
+    ) else {
+        return false;
+    };
+    c.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
 /// DER of the first `CERTIFICATE` block of a PEM text.
@@ -118,5 +136,6 @@ pub fn from_der(der: &[u8], what: &str) -> Result<CertInfo> {
         subject_key_id: ski,
         authority_key_id: aki,
         spki: c.public_key().raw.to_vec(),
+        der: der.to_vec(),
     })
 }

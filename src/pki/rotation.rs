@@ -57,6 +57,10 @@ impl Stage {
         Stage::ALL.into_iter().find(|x| x.name() == s)
     }
 
+    fn next(self) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|x| x.previous() == Some(self))
+    }
+
     fn previous(self) -> Option<Stage> {
         match self {
             Stage::Trust => None,
@@ -81,6 +85,13 @@ pub struct State {
     /// Where the old and new CAs went once `finish` passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<PathBuf>,
+}
+
+impl State {
+    /// The rotation is over: its `finish` stage's roll passed.
+    pub fn done(&self) -> bool {
+        self.stage == Stage::Finish && self.finished
+    }
 }
 
 pub fn state_path(pki: &Path) -> PathBuf {
@@ -118,7 +129,7 @@ pub enum Step {
 }
 
 pub fn step(state: Option<&State>, stage: Stage) -> Result<Step> {
-    let done_rotation = |s: &State| s.stage == Stage::Finish && s.finished;
+    let done_rotation = State::done;
     match (state, stage.previous()) {
         (None, None) => Ok(Step::Start),
         (Some(s), None) if done_rotation(s) => Ok(Step::Start),
@@ -142,20 +153,45 @@ pub fn step(state: Option<&State>, stage: Stage) -> Result<Step> {
         (Some(s), _) => bail!(
             "the CA rotation is past `{}`: the next stage is `renew-certs --ca {}`",
             s.stage.name(),
-            Stage::ALL
-                .into_iter()
-                .find(|x| x.previous() == Some(s.stage))
-                .map(Stage::name)
-                .unwrap_or("trust")
+            s.stage.next().map(Stage::name).unwrap_or("trust")
         ),
     }
 }
 
-/// One line for plans and `status`: where the rotation stands.
+/// Where a rotation under way stands (`status`); none once its `finish` passed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// When its `trust` stage started.
+    pub started: String,
+    /// The stages whose roll passed, in order.
+    pub done: Vec<Stage>,
+    /// The stage started last and not finished (its run stopped or was killed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<Stage>,
+    /// What to run next: the following stage, or the unfinished one again (it resumes).
+    pub next: String,
+}
+
+pub fn progress(state: Option<&State>) -> Option<Progress> {
+    let s = under_way(state)?;
+    let next = if s.finished { s.stage.next()? } else { s.stage };
+    Some(Progress {
+        started: s.started.clone(),
+        done: Stage::ALL
+            .into_iter()
+            .filter(|x| *x < s.stage || (*x == s.stage && s.finished))
+            .collect(),
+        unfinished: (!s.finished).then_some(s.stage),
+        next: format!("clusterctl renew-certs --ca {}", next.name()),
+    })
+}
+
+/// One line for plans: where the rotation stands.
 pub fn describe(state: Option<&State>) -> String {
     match state {
         None => "no CA rotation recorded".into(),
-        Some(s) if s.stage == Stage::Finish && s.finished => format!(
+        Some(s) if s.done() => format!(
             "last CA rotation finished (started {}); old CAs kept in {}",
             s.started,
             s.backup
@@ -409,12 +445,28 @@ pub fn new_ca(pki: &Path, ca: Ca) -> Option<inspect::CertInfo> {
     inspect::from_pem(&text, ca.name()).ok()
 }
 
-/// Whether `leaf` was signed by `ca` (its authority key id names the CA's key, and the issuer
-/// names the CA): how an old-CA leaf is told from a new-CA one (both CAs have the same name).
-pub fn signed_by(leaf: &inspect::CertInfo, ca: &inspect::CertInfo) -> bool {
-    leaf.issuer_raw == ca.subject_raw
-        && leaf.authority_key_id.is_some()
-        && leaf.authority_key_id == ca.subject_key_id
+/// Whether `leaf` was signed by `ca` (a signature check): how an old-CA leaf is told from a
+/// new-CA one (both CAs have the same name).
+pub use super::inspect::signed_by;
+
+/// Whether a rotation is under way: recorded, and not past a finished `finish`.
+pub fn under_way(state: Option<&State>) -> Option<&State> {
+    state.filter(|s| !s.done())
+}
+
+/// During a rotation, whether the CA certificate `der` of `ca` (`ca`, `etcd-ca`,
+/// `front-proxy-ca`) is the rotation's old or new one; None when no rotation is under way
+/// or it is neither.
+pub fn old_or_new(state: Option<&State>, ca: &str, der: &[u8]) -> Option<&'static str> {
+    let s = under_way(state)?;
+    let f = fingerprint(der);
+    if s.new.get(ca) == Some(&f) {
+        Some("new")
+    } else if s.old.get(ca) == Some(&f) {
+        Some("old")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -458,6 +510,31 @@ mod tests {
         assert_eq!(step(Some(&f), Trust).unwrap(), Step::Start);
         let e = step(Some(&f), Reissue).unwrap_err().to_string();
         assert!(e.contains("no CA rotation is under way"), "{e}");
+    }
+
+    #[test]
+    fn progress_names_the_stages_done_and_the_next_command_until_finish_passed() {
+        use Stage::*;
+        assert_eq!(progress(None), None);
+        let p = progress(Some(&st(Trust, false))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![], Some(Trust)));
+        assert_eq!(p.next, "clusterctl renew-certs --ca trust");
+        let p = progress(Some(&st(Trust, true))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![Trust], None));
+        assert_eq!(p.next, "clusterctl renew-certs --ca reissue");
+        let p = progress(Some(&st(Reissue, false))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![Trust], Some(Reissue)));
+        assert_eq!(p.next, "clusterctl renew-certs --ca reissue");
+        let p = progress(Some(&st(Reissue, true))).unwrap();
+        assert_eq!(p.next, "clusterctl renew-certs --ca finish");
+        let p = progress(Some(&st(Finish, false))).unwrap();
+        assert_eq!((p.done, p.unfinished), (vec![Trust, Reissue], Some(Finish)));
+        assert_eq!(progress(Some(&st(Finish, true))), None, "finished: nothing");
+        let json = serde_json::to_value(progress(Some(&st(Trust, true)))).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"started": "t", "done": ["trust"], "next": "clusterctl renew-certs --ca reissue"})
+        );
     }
 
     #[test]

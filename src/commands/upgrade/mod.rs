@@ -281,7 +281,7 @@ fn binary_target(
 fn skew_check(ctx: &Context, rows: &[PlanRow]) -> Vec<String> {
     let mut hosts: BTreeMap<String, skew::Observed> = BTreeMap::new();
     for r in rows {
-        let Some(v) = r.now.as_deref().and_then(skew::Ver::parse) else {
+        let Some(v) = r.now.as_deref().and_then(|s| s.parse().ok()) else {
             continue;
         };
         hosts
@@ -293,21 +293,15 @@ fn skew_check(ctx: &Context, rows: &[PlanRow]) -> Vec<String> {
             .versions
             .insert(r.component.clone(), v);
     }
-    let Some(kube) = skew::Ver::parse(&ctx.inv().spec.kubernetes_version.to_string()) else {
-        return vec![format!(
-            "target {} is not a version",
-            ctx.inv().spec.kubernetes_version
-        )];
-    };
     let t = skew::Targets {
-        kube,
+        kube: ctx.inv().spec.kubernetes_version,
         etcd: ctx
             .inv()
             .spec
             .etcd
             .version
             .as_deref()
-            .and_then(skew::Ver::parse),
+            .and_then(|s| s.parse().ok()),
     };
     let mut v = skew::check(&hosts.into_values().collect::<Vec<_>>(), &t);
     for r in rows {

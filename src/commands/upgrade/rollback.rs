@@ -61,7 +61,7 @@ async fn what_goes_back(ctx: &Context, exec: &dyn Executor, h: &Host) -> anyhow:
             continue;
         }
         let rest: Vec<&str> = w.collect();
-        let version = skew::Ver::find_in(&rest.join(" "))
+        let version = crate::version::KubeVersion::find_in(&rest.join(" "))
             .map(|(_, s)| s)
             .unwrap_or_else(|| "?".into());
         out.push(Back {
@@ -84,14 +84,14 @@ fn check_skew(obs: &Observations, backs: &BTreeMap<String, Vec<Back>>) -> Result
             ..Default::default()
         });
         for r in runs {
-            if let Some(v) = r.version.as_deref().and_then(skew::Ver::parse) {
+            if let Some(v) = r.version.as_deref().and_then(|s| s.parse().ok()) {
                 o.versions.insert(r.component.clone(), v);
             }
         }
     }
     for (h, bs) in backs {
         for b in bs {
-            if let (Some(o), Some(v)) = (after.get_mut(h), skew::Ver::parse(&b.version)) {
+            if let (Some(o), Some(v)) = (after.get_mut(h), b.version.parse().ok()) {
                 o.versions.insert(b.comp.name.to_string(), v);
             }
         }

@@ -338,7 +338,7 @@ pub fn parse_observed_images(out: &str) -> Vec<Running> {
             let version = image
                 .as_deref()
                 .map(|i| crate::phases::static_pods::repo_and_tag(i).1)
-                .and_then(super::skew::Ver::find_in)
+                .and_then(crate::version::KubeVersion::find_in)
                 .map(|(_, w)| w);
             Some(Running {
                 component,
@@ -387,7 +387,7 @@ pub fn parse_observed(out: &str) -> Vec<Running> {
             let disk_sha256 = opt(it.next());
             let version = it
                 .next()
-                .and_then(super::skew::Ver::find_in)
+                .and_then(crate::version::KubeVersion::find_in)
                 .map(|(_, w)| w);
             Some(Running {
                 component,

@@ -1,46 +1,13 @@
 //! The version skew check of `upgrade plan` (and of every `upgrade` before it touches a host):
 //! what runs now on each host against the targets, under Kubernetes' version skew policy
-//! (<https://kubernetes.io/releases/version-skew-policy/>, as it reads for 1.2x) and etcd's
-//! upgrade rules. Pure: the observations come from the hosts, the verdict is computed here.
+//! (<https://kubernetes.io/releases/version-skew-policy/>; how far a node may lag is a fact
+//! of the apiserver's minor, `KubeVersion::node_skew_minors`) and etcd's upgrade rules. Pure:
+//! the observations come from the hosts, the verdict is computed here. Versions are
+//! [`KubeVersion`]s (etcd's too: the same triple, compared alike).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-/// `MAJOR.MINOR.PATCH`, with or without a leading `v`; a `-suffix`/`+build` is ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ver {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-impl Ver {
-    pub fn parse(s: &str) -> Option<Ver> {
-        let t = s.trim();
-        let t = t.strip_prefix('v').unwrap_or(t);
-        let core = t.split(['-', '+']).next()?;
-        let mut it = core.split('.').map(|p| p.parse::<u32>().ok());
-        let v = Ver {
-            major: it.next()??,
-            minor: it.next()??,
-            patch: it.next()??,
-        };
-        it.next().is_none().then_some(v)
-    }
-
-    /// The first `[v]X.Y.Z` word of a program's `--version` output (`Kubernetes v1.20.2`,
-    /// `etcd Version: 3.4.23`).
-    pub fn find_in(text: &str) -> Option<(Ver, String)> {
-        text.split(|c: char| c.is_whitespace() || c == ',')
-            .find_map(|w| Ver::parse(w).map(|v| (v, w.to_string())))
-    }
-}
-
-impl fmt::Display for Ver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
+use crate::version::KubeVersion;
 
 /// The Kubernetes programs on a host, in upgrade order.
 pub const CONTROL_PLANE: [&str; 3] = [
@@ -55,14 +22,14 @@ pub const NODE: [&str; 2] = ["kubelet", "kube-proxy"];
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub host: String,
-    pub versions: BTreeMap<String, Ver>,
+    pub versions: BTreeMap<String, KubeVersion>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Targets {
-    pub kube: Ver,
+    pub kube: KubeVersion,
     /// None: etcd is not changed (no etcd version pinned, or no etcd host in the run).
-    pub etcd: Option<Ver>,
+    pub etcd: Option<KubeVersion>,
 }
 
 /// Every violation, each a sentence naming the host and the fix. Empty: the plan may run.
@@ -92,18 +59,20 @@ pub fn check(hosts: &[Observed], t: &Targets) -> Vec<String> {
                     t.kube,
                     cur.minor + 1
                 ));
-            } else if NODE.contains(c) && t.kube.minor > cur.minor + 2 {
+            } else if NODE.contains(c) && t.kube.minor > cur.minor + t.kube.node_skew_minors() {
+                let n = t.kube.node_skew_minors();
                 v.push(format!(
-                    "{h}: {c} {cur} would be more than 2 minor versions older than the target apiservers {} (the 1.2x skew policy allows 2): upgrade the nodes to 1.{}.x or newer first",
+                    "{h}: {c} {cur} would be more than {n} minor versions older than the target apiservers {} (the skew policy of 1.{} allows {n}): upgrade the nodes to 1.{}.x or newer first",
                     t.kube,
-                    t.kube.minor - 2
+                    t.kube.minor,
+                    t.kube.minor - n
                 ));
             }
         }
     }
     // What runs now must itself be within policy (a half-finished upgrade of another tool, a
     // node someone upgraded by hand): else each step would start from a violation.
-    let api: Vec<(&str, Ver)> = all("kube-apiserver").collect();
+    let api: Vec<(&str, KubeVersion)> = all("kube-apiserver").collect();
     if let (Some(lo), Some(hi)) = (
         api.iter().min_by_key(|(_, x)| *x),
         api.iter().max_by_key(|(_, x)| *x),
@@ -138,13 +107,15 @@ pub fn check(hosts: &[Observed], t: &Targets) -> Vec<String> {
     }
     if let Some(te) = t.etcd {
         for (h, cur) in all("etcd") {
+            // etcd writes its versions without a `v`.
+            let (cur_n, te_n) = (cur.number(), te.number());
             if te < cur {
                 v.push(format!(
-                    "{h}: etcd runs {cur}, the target is {te}: etcd members are never downgraded (restore a backup taken before the upgrade instead)"
+                    "{h}: etcd runs {cur_n}, the target is {te_n}: etcd members are never downgraded (restore a backup taken before the upgrade instead)"
                 ));
             } else if te.major != cur.major || te.minor > cur.minor + 1 {
                 v.push(format!(
-                    "{h}: etcd {cur} -> {te}: etcd upgrades one minor version at a time; go to {}.{}.x first",
+                    "{h}: etcd {cur_n} -> {te_n}: etcd upgrades one minor version at a time; go to {}.{}.x first",
                     cur.major,
                     cur.minor + 1
                 ));
@@ -158,8 +129,8 @@ pub fn check(hosts: &[Observed], t: &Targets) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn ver(s: &str) -> Ver {
-        Ver::parse(s).unwrap()
+    fn ver(s: &str) -> KubeVersion {
+        s.parse().unwrap()
     }
 
     fn host(name: &str, vs: &[(&str, &str)]) -> Observed {
@@ -193,18 +164,20 @@ mod tests {
     #[test]
     fn versions_are_read_from_version_output() {
         assert_eq!(
-            Ver::find_in("Kubernetes v1.20.3").unwrap(),
+            KubeVersion::find_in("Kubernetes v1.20.3").unwrap(),
             (ver("1.20.3"), "v1.20.3".into())
         );
         assert_eq!(
-            Ver::find_in("etcd Version: 3.5.16\nGit SHA: GitNotFound\nGo Version: go1.22")
+            KubeVersion::find_in("etcd Version: 3.5.16\nGit SHA: GitNotFound\nGo Version: go1.22")
                 .unwrap()
                 .0,
             ver("3.5.16")
         );
-        assert!(Ver::find_in("command not found").is_none());
+        assert!(KubeVersion::find_in("command not found").is_none());
         assert_eq!(ver("v1.31.4-rc.1").patch, 4);
-        assert!(Ver::parse("1.20").is_none() && Ver::parse("1.20.1.1").is_none());
+        assert!(
+            "1.20".parse::<KubeVersion>().is_err() && "1.20.1.1".parse::<KubeVersion>().is_err()
+        );
     }
 
     #[test]
@@ -251,6 +224,40 @@ mod tests {
                 .any(|m| m.starts_with("h4: kubelet") && m.contains("more than 2 minor")),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn how_far_nodes_may_lag_is_a_fact_of_the_apiservers_minor() {
+        let nodes = |v: &str| host("h4", &[("kubelet", v), ("kube-proxy", v)]);
+        // (control plane, target, minors allowed, nodes just within, nodes one minor too old)
+        // A 1.27 control plane: 2 (the policy before 1.28); a 1.30 one: 3 (from 1.28 on).
+        for (now, to, n, within, too_old) in [
+            ("v1.27.3", "v1.27.4", 2, "v1.25.0", "v1.24.9"),
+            ("v1.30.2", "v1.30.5", 3, "v1.27.16", "v1.26.1"),
+        ] {
+            let cp = cp("h1", now, "3.5.9");
+            let ok = check(&[cp.clone(), nodes(within)], &targets(to, None));
+            assert!(ok.is_empty(), "{now} with {within} nodes: {ok:?}");
+            let v = check(&[cp, nodes(too_old)], &targets(to, None));
+            let lagging: Vec<&String> = v
+                .iter()
+                .filter(|m| m.starts_with("h4: ") && m.contains("minor versions older"))
+                .collect();
+            assert_eq!(lagging.len(), 2, "kubelet and kube-proxy: {v:?}");
+            let (more, first) = (
+                format!("more than {n} minor"),
+                format!("{}.x or newer", &within[1..within.rfind('.').unwrap()]),
+            );
+            assert!(
+                lagging
+                    .iter()
+                    .all(|m| m.contains(&more) && m.contains(&first)),
+                "{lagging:?}"
+            );
+        }
+        // The boundary: 1.25 nodes stay within policy when a 1.27 control plane goes to 1.28.
+        let hosts = [cp("h1", "v1.27.3", "3.5.9"), nodes("v1.25.0")];
+        assert!(check(&hosts, &targets("v1.28.0", None)).is_empty());
     }
 
     #[test]
