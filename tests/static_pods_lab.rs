@@ -389,7 +389,7 @@ fn static_pod_control_plane() {
     // renew-certs --all in static-pods mode (the inventory now at the upgraded version): the
     // manifests carry the hash of every file their component loads, so each new certificate
     // replaces its pods one host at a time behind the gates; the kubelets and kube-proxies,
-    // units in both modes, restart; etcd reads its new certificates on its next handshakes.
+    // units in both modes, restart.
     // Afterwards every endpoint serves a new certificate, the one the PKI holds, and reads
     // through the VIP were all answered.
     up.spec.kubernetes_version = target.parse().unwrap();

@@ -863,7 +863,13 @@ mod tests {
                 .any(|(p, _)| p == "/etc/kubernetes/manifests/kube-apiserver.yaml"),
             "{apiserver:?}"
         );
-        for (path, restarts) in apiserver.iter().chain(&files(Step::Etcd)) {
+        let etcd = files(Step::Etcd);
+        assert!(
+            etcd.iter()
+                .any(|(p, _)| p == "/etc/kubernetes/manifests/etcd.yaml"),
+            "{etcd:?}"
+        );
+        for (path, restarts) in apiserver.iter().chain(&etcd) {
             assert!(restarts.is_empty(), "{path}: {restarts:?}");
         }
     }

@@ -26,13 +26,16 @@ pub(crate) fn units_for(remote: &Path) -> Vec<&'static str> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if p.starts_with("/etc/kubernetes/pki/etcd/") {
-        // etcd (since 3.2, etcd-io/etcd#7829) reads its serving and peer certificate and key
-        // again on every TLS handshake (pkg/transport's GetCertificate and
-        // GetClientCertificate), so a renewed leaf needs no restart, and a renewal causes no
-        // leader change. Its trusted CA pool is built once at start: a changed CA bundle (a CA
-        // rotation) still restarts it.
+        // etcd reads its serving and peer certificate and key again on every TLS handshake
+        // (since 3.2, etcd-io/etcd#7829), but a renewal still restarts it, leader last after a
+        // hand-over: tried without the restart, a CA rotation's `reissue` (new-CA leaves
+        // written under running members) cost two failed reads through the VIP (`etcd failed`
+        // in /readyz and a gRPC "missing content-type" answer) within seconds, cause not
+        // established, where the restarting roll had none in three runs. Its CA pool it reads
+        // only at start.
         return match name.as_str() {
             "ca.crt" => vec!["etcd.service", "kube-apiserver.service"],
+            n if n.starts_with("server.") || n.starts_with("peer.") => vec!["etcd.service"],
             _ => vec![],
         };
     }
@@ -217,14 +220,13 @@ mod tests {
 
     #[test]
     fn certificates_restart_the_components_that_load_them() {
-        // etcd reads its leaf certificates again on every handshake; its CA pool only at start.
         assert_eq!(
             units_for(Path::new("/etc/kubernetes/pki/etcd/server.crt")),
-            Vec::<&str>::new()
+            ["etcd.service"]
         );
         assert_eq!(
             units_for(Path::new("/etc/kubernetes/pki/etcd/peer.key")),
-            Vec::<&str>::new()
+            ["etcd.service"]
         );
         assert_eq!(
             units_for(Path::new("/etc/kubernetes/pki/etcd/ca.crt")),

@@ -713,10 +713,11 @@ spec:
             [false, true, false, false],
             "apiserver.crt: only kube-apiserver"
         );
-        // etcd reloads its leaf certificates by itself (no pod replaced); its CA bundle it
-        // reads only at start.
         write("pki/nodes/cp1/etcd/server.crt", "two");
-        assert_eq!(all(), after, "etcd/server.crt: nothing");
+        let leaf = all();
+        assert_ne!(leaf[0], after[0], "etcd/server.crt: etcd");
+        assert_eq!(leaf[1..], after[1..], "etcd/server.crt: etcd only");
+        let after = leaf;
         write("pki/etcd/ca.crt", "two");
         let ca = all();
         assert_ne!(ca[0], after[0], "etcd/ca.crt: etcd");
