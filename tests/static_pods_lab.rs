@@ -277,11 +277,7 @@ fn static_pod_control_plane() {
         );
         assert!(cmd.contains("--default-watch-cache-size=200"), "{h}: {cmd}");
     }
-    assert!(
-        failed.is_empty(),
-        "requests failed during the roll: {failed:?}\n{}",
-        balancer_events(&lab, &CONTROL_PLANE)
-    );
+    no_failed_read(&lab, "the roll", &failed);
     assert!(ok >= 10, "only {ok} probes ran during the roll");
 
     // backup and restore (the checks of backup_lab): etcd and the control plane stop by their
@@ -331,11 +327,7 @@ fn static_pod_control_plane() {
     let secs = t.elapsed().as_secs_f64();
     let (ok, failed) = probe.finish();
     assert!(upgraded.status.success(), "{}", text(&upgraded));
-    assert!(
-        failed.is_empty(),
-        "requests failed during the upgrade: {failed:?}\n{}",
-        balancer_events(&lab, &CONTROL_PLANE)
-    );
+    no_failed_read(&lab, "the upgrade", &failed);
     for h in CONTROL_PLANE {
         let images = lab.exec_ok(
             h,
@@ -406,11 +398,7 @@ fn static_pod_control_plane() {
     let secs = t.elapsed().as_secs_f64();
     let (ok, failed) = probe.finish();
     assert!(renewed.status.success(), "{}", text(&renewed));
-    assert!(
-        failed.is_empty(),
-        "requests failed during renew-certs: {failed:?}\n{}",
-        balancer_events(&lab, &CONTROL_PLANE)
-    );
+    no_failed_read(&lab, "renew-certs", &failed);
     let after = served(&eps);
     assert_eq!(after.len(), eps.len());
     for (ep, (now, file)) in &after {
@@ -436,11 +424,7 @@ fn static_pod_control_plane() {
     // Its member leaves etcd: if it led, the leadership is handed over first.
     let (ok, failed) = probe.finish_after(&[&text(&out)]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        failed.is_empty(),
-        "requests failed during the reset of {gone}: {failed:?}\n{}",
-        balancer_events(&lab, &CONTROL_PLANE)
-    );
+    no_failed_read(&lab, &format!("the reset of {gone}"), &failed);
     let holder = vip_holder(&lab);
     assert!(
         holder.as_ref().is_some_and(|h| h != &gone),
@@ -470,11 +454,7 @@ fn static_pod_control_plane() {
     let join_secs = t.elapsed().as_secs_f64();
     let (ok, failed) = probe.finish();
     assert!(joined.status.success(), "{}", text(&joined));
-    assert!(
-        failed.is_empty(),
-        "requests failed during the join of {gone}: {failed:?}\n{}",
-        balancer_events(&lab, &CONTROL_PLANE)
-    );
+    no_failed_read(&lab, &format!("the join of {gone}"), &failed);
     assert_eq!(etcd_members(up_arg), CONTROL_PLANE.map(str::to_string));
     let back: Vec<String> = COMPONENTS.iter().map(|c| format!("{c}-{gone}")).collect();
     eventually(Duration::from_secs(150), || {
@@ -500,6 +480,16 @@ fn static_pod_control_plane() {
     );
     eprintln!("TIMING static-pods join of {gone} {join_secs:.1}s, probe {ok} answered");
     eprintln!("whole test {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// A read probe's failures must be none; else they fail the test beside what the balancers
+/// logged.
+fn no_failed_read(lab: &Lab, during: &str, failed: &[String]) {
+    assert!(
+        failed.is_empty(),
+        "requests failed during {during}: {failed:?}\n{}",
+        balancer_events(lab, &CONTROL_PLANE)
+    );
 }
 
 /// The etcd members `clusterctl status` reports, sorted by name, each healthy (one leader).
