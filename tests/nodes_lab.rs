@@ -3,7 +3,9 @@
 //! the lab bundle imported offline. 3 control-plane hosts behind a keepalived VIP + 2 workers:
 //! nodes Ready, pods spread over the workers, pod-to-pod across nodes, a ClusterIP Service from
 //! a pod, a NodePort from the machine, `kubectl logs`/`exec` through the VIP; then `join` of a
-//! worker (nothing else restarts) and of a 4th control-plane host (SANs, VIP backends).
+//! worker by TLS bootstrap (`kubelet.certificates: bootstrap`: nothing else restarts, its
+//! certificates come from approved CSRs) and of a 4th control-plane host (SANs, VIP
+//! backends); `reset` of both.
 
 mod common;
 
@@ -98,9 +100,12 @@ fn nodes_pods_services_and_join() {
     let by_node = check_web_workload(&lab, &admin, &bundle);
     let (p4, _) = by_node["h4"][0].clone();
 
-    // join h6 (a worker): Ready, and nothing on the other hosts restarts.
+    // join h6 (a worker) by TLS bootstrap: Ready, and nothing on the other hosts restarts.
+    // The mode is switched for the cluster now: h4 and h5 keep their pushed certificates
+    // until an `init` re-run converts them (not done here: a join touches no existing node).
     let old = ["h1", "h2", "h3", "h4", "h5"];
     let before = unit_stamps(&lab, &old);
+    inv.spec.kubelet.certificates = clusterctl::inventory::KubeletCertificates::Bootstrap;
     inv.spec.hosts.push(later[0].clone());
     lab.write_inventory("inventory.yaml", &inv);
     let join = run_report(&["-i", inv_arg, "-o", "json", "join"]);
@@ -149,6 +154,7 @@ spec:
     })
     .expect("a pod on the joined node runs");
     assert!(get_from_pod(&admin, &p4, &ip6, 8080).contains("hello from h6"));
+    bootstrap_worker_certificates(&lab, &admin, &join, &cluster_dir);
 
     // join h7 (a 4th control-plane host): its own apiserver certificate, in the VIP backends.
     let mut h7 = later[1].clone();
@@ -225,6 +231,180 @@ spec:
     assert!(o.status.success(), "readyz through the VIP: {}", text(&o));
 
     reset_killed_midway_is_finished_by_a_rerun(&lab, inv_arg, &admin, &lb_stamps);
+    reset_of_a_bootstrap_worker(&lab, inv_arg, &admin);
+}
+
+/// h6 joined by TLS bootstrap: the operator sent it no key or certificate (the CA certificate
+/// and one bootstrap kubeconfig only); its kubelet's client certificate is the cluster CA's,
+/// issued through a CSR the controller-manager approved; its serving certificate through a
+/// CSR clusterctl approved after checking it, CA-signed with h6's name and address; the
+/// apiserver (--kubelet-certificate-authority) reaches it: `kubectl logs` and `exec`.
+fn bootstrap_worker_certificates(
+    lab: &Lab,
+    admin: &std::path::Path,
+    join: &serde_json::Value,
+    cluster_dir: &std::path::Path,
+) {
+    let t = std::time::Instant::now();
+    let report = join.to_string();
+    assert!(
+        report.contains("h6: bootstrap token ") && report.contains("h6: approved serving CSR "),
+        "the join did not say it made a token and approved the serving CSR: {report}"
+    );
+    assert!(
+        !cluster_dir.join("pki/nodes/h6").exists()
+            && !cluster_dir.join("kubeconfig/nodes/h6").exists(),
+        "the operator issued certificates for h6"
+    );
+    // What the host holds: no private key or certificate came from the operator. The only
+    // keys on it are the kubelet's own (/var/lib/kubelet/pki, made on the host).
+    let files = lab.exec_ok("h6", "cd /etc/kubernetes && find . -type f | sort");
+    eprintln!("h6 /etc/kubernetes:\n{files}");
+    let pki: Vec<&str> = files.lines().filter(|f| f.starts_with("./pki/")).collect();
+    assert_eq!(pki, ["./pki/ca.crt"], "h6 got PKI files: {files}");
+    assert!(files.contains("./bootstrap-kubelet.conf"), "{files}");
+    let keys = lab.exec_ok(
+        "h6",
+        "grep -rl 'PRIVATE KEY\\|client-key-data\\|client-certificate-data' /etc/kubernetes; true",
+    );
+    assert_eq!(
+        keys.trim(),
+        "",
+        "a key or certificate from the operator on h6"
+    );
+    // The kubelet's client certificate: the cluster CA's, for system:node:h6.
+    let client = lab.exec_ok(
+        "h6",
+        "f=/var/lib/kubelet/pki/kubelet-client-current.pem; openssl x509 -in $f -noout -subject -issuer -dates && openssl verify -CAfile /etc/kubernetes/pki/ca.crt $f",
+    );
+    eprintln!("h6 kubelet client certificate:\n{client}");
+    assert!(
+        client.contains("CN = system:node:h6") && client.contains("issuer=CN = kubernetes"),
+        "{client}"
+    );
+    assert!(client.contains(": OK"), "{client}");
+    let csrs = kubectl_json(admin, &["get", "csr"]);
+    let mine = |signer: &str| -> Vec<serde_json::Value> {
+        csrs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["spec"]["signerName"] == signer)
+            .filter(|c| {
+                let u = c["spec"]["username"].as_str().unwrap_or("");
+                u == "system:node:h6" || u.starts_with("system:bootstrap:")
+            })
+            .cloned()
+            .collect()
+    };
+    let approved_by = |c: &serde_json::Value| -> String {
+        c["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|k| k["type"] == "Approved")
+            .map(|k| k["reason"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let client_csrs = mine("kubernetes.io/kube-apiserver-client-kubelet");
+    assert!(
+        client_csrs.iter().any(|c| approved_by(c) == "AutoApproved"
+            && c["spec"]["username"]
+                .as_str()
+                .unwrap()
+                .starts_with("system:bootstrap:")
+            && c["status"]["certificate"].is_string()),
+        "no client CSR of h6's bootstrap token approved by the controller-manager and issued: {client_csrs:?}"
+    );
+    let serving = mine("kubernetes.io/kubelet-serving");
+    assert!(
+        serving
+            .iter()
+            .any(|c| approved_by(c) == "ClusterctlInventoryMatch"
+                && c["spec"]["username"] == "system:node:h6"
+                && c["status"]["certificate"].is_string()),
+        "no serving CSR of h6 approved by clusterctl and issued: {serving:?}"
+    );
+    // The serving certificate h6's kubelet serves: CA-signed, its name and address only.
+    let ip6 = lab.ip("h6");
+    let ca = cluster_dir.join("pki/ca.crt");
+    let served = sh(&format!(
+        "openssl s_client -connect {ip6}:10250 -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName -issuer",
+        ca.display()
+    ));
+    let verify = sh(&format!(
+        "openssl s_client -connect {ip6}:10250 -CAfile {} </dev/null 2>&1 | grep 'Verify return code'",
+        ca.display()
+    ));
+    eprintln!("h6:10250 serves: {served} / {verify}");
+    assert!(
+        served.contains(&format!("DNS:h6, IP Address:{ip6}"))
+            && served.contains("issuer=CN = kubernetes"),
+        "{served}"
+    );
+    assert!(verify.contains("Verify return code: 0 (ok)"), "{verify}");
+    // The apiserver verifies it (--kubelet-certificate-authority): logs and exec work.
+    assert!(
+        kubectl_ok(admin, &["exec", "on-h6", "--", "cat", "/www/index.html"])
+            .contains("hello from h6")
+    );
+    let o = kubectl(admin, &["logs", "on-h6"]);
+    assert!(o.status.success(), "kubectl logs on-h6: {}", text(&o));
+    // Its token: a Secret of kube-system, labelled with the node, with a short TTL.
+    let tokens = kubectl_json(
+        admin,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "secret",
+            "-l",
+            "clusterctl.io/bootstrap-node=h6",
+        ],
+    );
+    assert_eq!(tokens["items"].as_array().unwrap().len(), 1, "{tokens}");
+    eprintln!("bootstrap worker checks: {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// `reset --hosts h6` of the TLS-bootstrap worker deletes its node and its bootstrap token.
+fn reset_of_a_bootstrap_worker(lab: &Lab, inv_arg: &str, admin: &std::path::Path) {
+    // A bare pod stops a drain (no controller would recreate it).
+    kubectl_ok(admin, &["delete", "pod", "on-h6", "--wait=false"]);
+    let t = std::time::Instant::now();
+    let out = clusterctl(&["-i", inv_arg, "reset", "--hosts", "h6", "--yes"]);
+    eprintln!(
+        "reset h6 ({:.1}s):\n{}",
+        t.elapsed().as_secs_f64(),
+        text(&out)
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("h6: deleted bootstrap-token-"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !kubectl(admin, &["get", "node", "h6"]).status.success(),
+        "node h6 is still there"
+    );
+    let tokens = kubectl_json(
+        admin,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "secret",
+            "-l",
+            "clusterctl.io/bootstrap-node=h6",
+        ],
+    );
+    assert_eq!(tokens["items"], serde_json::json!([]), "{tokens}");
+    let left = lab.exec_ok(
+        "h6",
+        "ls -d /etc/kubernetes /var/lib/kubelet/pki 2>/dev/null; true",
+    );
+    assert_eq!(left.trim(), "", "h6 keeps {left}");
 }
 
 /// `reset --hosts h7` (the control-plane host that joined last) killed with SIGKILL while it

@@ -28,8 +28,72 @@ pub struct HostFileRow {
     pub warning: bool,
     /// The same certificate as the local PKI's copy.
     pub matches_local: bool,
+    /// Issued by the cluster to a TLS-bootstrap worker's kubelet, which renews it (the local
+    /// PKI has no copy): its issuer is checked instead, and it warns only once past the
+    /// kubelet's renewal window (90 % of its lifetime), when the renewal did not happen.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_rotated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A TLS-bootstrap worker's kubelet certificates (each file holds the key too: only its
+/// CERTIFICATE blocks are read).
+pub const ROTATED: [&str; 2] = [
+    "/var/lib/kubelet/pki/kubelet-client-current.pem",
+    "/var/lib/kubelet/pki/kubelet-server-current.pem",
+];
+
+/// Like [`read_script`] for files that hold a key after their certificate: only the
+/// CERTIFICATE blocks are printed.
+fn read_certs_only_script(paths: &[&str]) -> crate::ssh::shell::Shell {
+    crate::ssh::shell::Script::new(
+        r#"for f in "$@"; do if [ -r "$f" ]; then echo "==> $f"; sed -n '/^-----BEGIN CERTIFICATE-----$/,/^-----END CERTIFICATE-----$/p' "$f"; echo; else echo "==> $f MISSING"; fi; done"#,
+    )
+    .args(paths)
+    .into()
+}
+
+/// The row of a cluster-rotated certificate read from `text` (see [`HostFileRow::cluster_rotated`]).
+fn rotated_row(
+    host: &str,
+    path: &str,
+    text: Option<&str>,
+    ca: Option<&CertInfo>,
+    now: i64,
+) -> HostFileRow {
+    let mut row = HostFileRow {
+        host: host.to_string(),
+        path: path.to_string(),
+        serial: None,
+        not_after: None,
+        residual: None,
+        warning: false,
+        matches_local: false,
+        cluster_rotated: true,
+        error: None,
+    };
+    let Some(text) = text else {
+        row.error = Some("missing on the host".into());
+        return row;
+    };
+    match inspect::from_pem(text, path) {
+        Ok(c) => {
+            let left = c.not_after - now;
+            let lifetime = (c.not_after - c.not_before).max(1);
+            row.warning = left < lifetime / 10;
+            row.residual = Some(crate::pki::expiry::human(left));
+            row.not_after = Some(crate::pki::generate::fmt_time(c.not_after));
+            if let Some(ca) = ca
+                && c.issuer_raw != ca.subject_raw
+            {
+                row.error = Some(format!("not issued by the cluster CA ({})", c.issuer));
+            }
+            row.serial = Some(c.serial);
+        }
+        Err(e) => row.error = Some(format!("{e:#}")),
+    }
+    row
 }
 
 /// One TLS endpoint.
@@ -142,8 +206,41 @@ pub async fn inspect_hosts(
         }
     }))
     .await;
+    // TLS-bootstrap workers: the certificates their kubelet requested and renews.
+    let rotated_hosts: Vec<String> = chosen_hosts
+        .iter()
+        .filter(|h| inv.kubelet_bootstraps(h))
+        .map(|h| h.name.to_string())
+        .collect();
+    let rotated_reads = futures::future::join_all(rotated_hosts.iter().map(|h| {
+        let pool = &pool;
+        async move {
+            let o = pool
+                .run(
+                    h,
+                    &read_certs_only_script(&ROTATED),
+                    crate::ssh::ExecOpts::root(),
+                )
+                .await;
+            (h.clone(), o)
+        }
+    }))
+    .await;
     pool.close().await;
+    let ca = std::fs::read_to_string(state.pki().join("ca.crt"))
+        .ok()
+        .and_then(|t| inspect::from_pem(&t, "ca.crt").ok());
     let mut rows = Vec::new();
+    for (host, out) in rotated_reads {
+        let sections = match out {
+            Ok(o) => parse_sections(&o.stdout),
+            Err(e) => anyhow::bail!("{host}: reading its kubelet certificates: {e}"),
+        };
+        for path in ROTATED {
+            let text = sections.get(path).cloned().flatten();
+            rows.push(rotated_row(&host, path, text.as_deref(), ca.as_ref(), now));
+        }
+    }
     let mut on_host: BTreeMap<(String, String), String> = BTreeMap::new();
     for ((host, files), (_, out)) in per_host.iter().zip(reads) {
         let sections = match out {
@@ -162,6 +259,7 @@ pub async fn inspect_hosts(
                 residual: None,
                 warning: false,
                 matches_local: false,
+                cluster_rotated: false,
                 error: None,
             };
             match sections.get(remote) {
@@ -226,6 +324,10 @@ pub fn table(rows: &[HostFileRow], served: &[ServedRow]) -> String {
     for r in rows {
         let state = match (&r.error, r.matches_local) {
             (Some(e), _) => format!("ERROR: {e}"),
+            (None, _) if r.cluster_rotated && r.warning => {
+                "cluster-rotated, but past the kubelet's renewal window (see its journal)".into()
+            }
+            (None, _) if r.cluster_rotated => "cluster-rotated (the kubelet renews it)".into(),
             (None, false) => "DIFFERS from the local PKI (not distributed)".into(),
             (None, true) if r.warning => "expires soon".into(),
             _ => "ok".into(),
@@ -271,7 +373,7 @@ pub fn table(rows: &[HostFileRow], served: &[ServedRow]) -> String {
 /// endpoints that did not answer.
 pub fn problems(rows: &[HostFileRow], served: &[ServedRow]) -> usize {
     rows.iter()
-        .filter(|r| r.error.is_some() || !r.matches_local)
+        .filter(|r| r.error.is_some() || !(r.matches_local || r.cluster_rotated))
         .count()
         + served.iter().filter(|s| !s.loaded).count()
 }

@@ -207,7 +207,9 @@ pub fn endpoints(inv: &Inventory, pki_dir: &Path) -> Vec<Endpoint> {
                 "/etc/kubernetes/pki/apiserver.crt",
             );
         }
-        if inv.runs_kubelet(h) {
+        // A TLS-bootstrap worker's kubelet serves a certificate the cluster issued it
+        // (rotated by the kubelet): no local file to compare with.
+        if inv.runs_kubelet(h) && !inv.kubelet_bootstraps(h) {
             add(
                 10250,
                 "kubelet",
@@ -512,6 +514,12 @@ impl Phase for Certs {
             _ => {}
         }
         for h in ctx.hosts_where(|h| self.takes(inv, h)) {
+            if self.0 == Step::Nodes && inv.kubelet_bootstraps(h) {
+                plan.notes.push(format!(
+                    "{}: kubelet.certificates bootstrap: its kubelet (and kube-proxy) certificates are cluster-rotated, nothing to push",
+                    h.name
+                ));
+            }
             // Static pods: no unit to restart; the re-rendered manifest replaces the pod.
             let mut a: Vec<Action> = pki::files_for_host(inv, h)
                 .iter()
