@@ -382,6 +382,85 @@ pub fn problems(rows: &[HostFileRow], served: &[ServedRow]) -> usize {
 mod tests {
     use super::*;
 
+    /// A CA and a leaf it signed valid from `from` to `to` (Unix seconds), as PEM.
+    fn ca_and_leaf(from: i64, to: i64) -> (String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "kubernetes");
+        let ca = p.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), ca_key).unwrap();
+        let mut l = rcgen::CertificateParams::new(vec!["h6".to_string()]).unwrap();
+        l.distinguished_name
+            .push(rcgen::DnType::CommonName, "system:node:h6");
+        l.not_before = time::OffsetDateTime::from_unix_timestamp(from).unwrap();
+        l.not_after = time::OffsetDateTime::from_unix_timestamp(to).unwrap();
+        let leaf = l
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        (ca.pem(), leaf.pem())
+    }
+
+    /// A kubelet-rotated certificate is no problem while the kubelet can still renew it
+    /// (even within --warn-within), warns once past 90 % of its lifetime, and is an error
+    /// when another CA issued it or it is missing.
+    #[test]
+    fn cluster_rotated_certificates_warn_only_past_the_renewal_window() {
+        let day = 86_400;
+        let now = 1_800_000_000;
+        let (ca, leaf) = ca_and_leaf(now - 200 * day, now + 165 * day);
+        let ca_info = inspect::from_pem(&ca, "ca").unwrap();
+        let r = rotated_row("h6", ROTATED[0], Some(&leaf), Some(&ca_info), now);
+        assert!(
+            r.cluster_rotated && !r.warning && r.error.is_none(),
+            "{r:?}"
+        );
+        assert_eq!(problems(std::slice::from_ref(&r), &[]), 0);
+        assert!(table(&[r], &[]).contains("cluster-rotated (the kubelet renews it)"));
+        let (_, late) = ca_and_leaf(now - 340 * day, now + 25 * day);
+        let (other_ca, _) = ca_and_leaf(now, now + day);
+        let r = rotated_row("h6", ROTATED[0], Some(&late), Some(&ca_info), now);
+        assert!(r.warning, "{r:?}");
+        let other = inspect::from_pem(&other_ca, "other").unwrap();
+        let r = rotated_row("h6", ROTATED[0], Some(&leaf), Some(&other), now);
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap()
+                .contains("not issued by the cluster CA")
+        );
+        assert_eq!(problems(&[r], &[]), 1);
+        let r = rotated_row("h6", ROTATED[1], None, Some(&ca_info), now);
+        assert_eq!(r.error.as_deref(), Some("missing on the host"));
+    }
+
+    #[test]
+    fn the_rotated_read_prints_certificates_never_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, leaf) = ca_and_leaf(0, 2_000_000_000);
+        let f = d.path().join("kubelet-client-current.pem");
+        std::fs::write(
+            &f,
+            format!(
+                "{leaf}-----BEGIN EC PRIVATE KEY-----\nc2VjcmV0\n-----END EC PRIVATE KEY-----\n"
+            ),
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let script = read_certs_only_script(&[path]);
+        let o = std::process::Command::new("sh")
+            .args(["-c", script.as_str()])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("BEGIN CERTIFICATE"), "{out}");
+        assert!(
+            !out.contains("PRIVATE KEY") && !out.contains("c2VjcmV0"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn sections_split_files_and_mark_missing_ones() {
         let out = "==> /a.crt\n-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n\n==> /b.conf MISSING\n==> /c.conf\napiVersion: v1\n";

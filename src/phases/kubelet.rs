@@ -478,6 +478,77 @@ impl Phase for Kubelet {
 mod tests {
     use super::*;
 
+    /// `kubelet.certificates: bootstrap`: the worker's kubelet requests and rotates both its
+    /// certificates (no pushed files named), kube-proxy runs on the kubelet's client
+    /// certificate; the control-plane node keeps its pushed ones.
+    #[test]
+    fn a_bootstrap_worker_runs_on_requested_and_rotated_certificates() {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::engine::guarded_fake::test_context(
+            "apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  kubernetesVersion: v1.20.2
+  kubelet: {certificates: bootstrap}
+  hosts:
+    - {name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}
+    - {name: w1, address: 10.0.0.2, roles: [worker]}
+",
+            d.path(),
+            &[],
+            Default::default(),
+        );
+        let plan = |phase: &str| {
+            crate::phases::registry()
+                .into_iter()
+                .find(|p| p.name() == phase)
+                .unwrap()
+                .plan(&c)
+                .unwrap()
+        };
+        let file = |plan: &PhasePlan, host: &str, path: &str| -> Option<String> {
+            plan.hosts
+                .iter()
+                .filter(|h| h.host == host)
+                .flat_map(|h| &h.actions)
+                .find_map(|a| match a {
+                    Action::File {
+                        path: p,
+                        source: crate::engine::Source::Rendered { content, .. },
+                        ..
+                    } if p == path => Some(String::from_utf8_lossy(content).into_owned()),
+                    _ => None,
+                })
+        };
+        let k = plan("kubelet");
+        let cfg = |h: &str| file(&k, h, "/var/lib/kubelet/config.yaml").unwrap();
+        let unit = |h: &str| file(&k, h, "/etc/systemd/system/kubelet.service").unwrap();
+        assert!(
+            cfg("w1").contains("\nrotateCertificates: true\nserverTLSBootstrap: true\n")
+                && !cfg("w1").contains("tlsCertFile"),
+            "{}",
+            cfg("w1")
+        );
+        assert!(
+            unit("w1").contains("--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf")
+        );
+        assert!(
+            cfg("cp1").contains("tlsCertFile: /var/lib/kubelet/pki/kubelet.crt")
+                && cfg("cp1").contains("serverTLSBootstrap: false")
+        );
+        assert!(!unit("cp1").contains("bootstrap"));
+        let p = plan("kube-proxy");
+        let kc = file(&p, "w1", "/etc/kubernetes/kube-proxy.conf").unwrap();
+        let (host, port) = c.inv().apiserver_endpoint_for(c.inv().host("w1").unwrap());
+        assert!(
+            kc.contains("client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem")
+                && kc.contains(&crate::inventory::Inventory::url(host, port)),
+            "{kc}"
+        );
+        assert!(file(&p, "cp1", "/etc/kubernetes/kube-proxy.conf").is_none());
+    }
+
     #[test]
     fn patch_adds_only_what_is_missing_and_keeps_the_rest() {
         let node = json!({
