@@ -42,13 +42,6 @@ fn nodes_pods_services_and_join() {
     let mut inv: Inventory = lab.vip_inventory(&bundle);
     // h6 (a worker) and h7 (a 4th control-plane host) join later.
     let later: Vec<Host> = inv.spec.hosts.drain(5..).collect();
-    // What the controller-manager signs lives 90 s, so h6's kubelet (a TLS-bootstrap worker:
-    // the only certificates of this cluster signed from CSRs) rotates its certificates
-    // within the test (at 70-90 % of their lifetime).
-    inv.spec.control_plane.controller_manager_extra_args.insert(
-        "cluster-signing-duration".parse().unwrap(),
-        "90s".parse().unwrap(),
-    );
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     // The cluster is named after the lab, which CLUSTERCTL_LAB_PREFIX may rename.
     let cluster_dir = lab.dir.join("clusters").join(inv.name());
@@ -161,7 +154,7 @@ spec:
     })
     .expect("a pod on the joined node runs");
     assert!(get_from_pod(&admin, &p4, &ip6, 8080).contains("hello from h6"));
-    let issued = bootstrap_worker_certificates(&lab, &admin, &join, &cluster_dir);
+    bootstrap_worker_certificates(&lab, &admin, &join, &cluster_dir);
 
     // join h7 (a 4th control-plane host): its own apiserver certificate, in the VIP backends.
     let mut h7 = later[1].clone();
@@ -238,162 +231,7 @@ spec:
     assert!(o.status.success(), "readyz through the VIP: {}", text(&o));
 
     reset_killed_midway_is_finished_by_a_rerun(&lab, inv_arg, &admin, &lb_stamps);
-    bootstrap_worker_rotates(&lab, inv_arg, &admin, &cluster_dir, &issued);
     reset_of_a_bootstrap_worker(&lab, inv_arg, &admin);
-}
-
-/// h6's kubelet certificates as first issued.
-struct Issued {
-    client_serial: String,
-    serving_serial: String,
-    /// Unix seconds.
-    client_not_after: i64,
-}
-
-/// `serial not_after(unix)` of the certificate in `file` on h6.
-fn cert_on_h6(lab: &Lab, file: &str) -> (String, i64) {
-    let out = lab.exec_ok(
-        "h6",
-        &format!(
-            "f={file}; echo $(openssl x509 -in $f -noout -serial | cut -d= -f2) $(date -d \"$(openssl x509 -in $f -noout -enddate | cut -d= -f2)\" +%s)"
-        ),
-    );
-    let (serial, end) = out.trim().split_once(' ').unwrap();
-    (serial.to_string(), end.parse().unwrap())
-}
-
-/// The serial of the certificate h6's kubelet serves.
-fn served_serial_h6(lab: &Lab, ca: &std::path::Path) -> String {
-    sh(&format!(
-        "openssl s_client -connect {}:10250 -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -serial | cut -d= -f2",
-        lab.ip("h6"),
-        ca.display()
-    ))
-    .trim()
-    .to_string()
-}
-
-/// With the 90 s signing duration: h6's kubelet renews its client certificate by itself
-/// (approved by the controller-manager: selfnodeclient) and asks for a new serving one,
-/// which only an approver can let through: the next run of the kubelet phase checks and
-/// approves it. Past the first client certificate's end, kube-proxy (which runs on the
-/// kubelet's client certificate file) still programs a new Service, and the apiserver still
-/// reaches the kubelet (exec).
-fn bootstrap_worker_rotates(
-    lab: &Lab,
-    inv_arg: &str,
-    admin: &std::path::Path,
-    cluster_dir: &std::path::Path,
-    issued: &Issued,
-) {
-    let t = std::time::Instant::now();
-    let client = "/var/lib/kubelet/pki/kubelet-client-current.pem";
-    let rotated = eventually(Duration::from_secs(120), || {
-        let (serial, _) = cert_on_h6(lab, client);
-        (serial != issued.client_serial).then_some(serial)
-    });
-    let deadlines = lab.exec_ok(
-        "h6",
-        "journalctl -u kubelet --no-pager | grep -o 'rotation deadline is [^\"]*' | tail -4; true",
-    );
-    eprintln!(
-        "h6 client certificate rotated after {:.1}s: {rotated:?}; kubelet: {deadlines}",
-        t.elapsed().as_secs_f64()
-    );
-    assert!(
-        rotated.is_some(),
-        "h6's kubelet did not renew its client certificate"
-    );
-    let verify = lab.exec_ok(
-        "h6",
-        &format!("openssl verify -CAfile /etc/kubernetes/pki/ca.crt {client}"),
-    );
-    assert!(verify.contains(": OK"), "{verify}");
-    // Its new serving CSR waits for an approver: the kubelet phase, run again.
-    let pending = eventually(Duration::from_secs(120), || {
-        let csrs = kubectl_json(admin, &["get", "csr"]);
-        csrs["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| {
-                c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
-                    && c["spec"]["username"] == "system:node:h6"
-                    && c["status"]["conditions"].is_null()
-            })
-            .then_some(())
-    });
-    assert!(
-        pending.is_some(),
-        "h6's kubelet asked for no new serving certificate"
-    );
-    // --hosts h6: h4 and h5 still have pushed certificates; a run over them would convert
-    // them to the cluster's mode (their kubelets restart), which this test does not check.
-    let out = run_report(&[
-        "-i",
-        inv_arg,
-        "-o",
-        "json",
-        "init",
-        "--only-phase",
-        "kubelet",
-        "--hosts",
-        "h6",
-    ]);
-    assert!(
-        out.to_string().contains("h6: approved serving CSR "),
-        "the kubelet phase did not approve h6's new serving CSR: {out}"
-    );
-    let ca = cluster_dir.join("pki/ca.crt");
-    let served = eventually(Duration::from_secs(30), || {
-        let s = served_serial_h6(lab, &ca);
-        (!s.is_empty() && s != issued.serving_serial).then_some(s)
-    });
-    assert!(
-        served.is_some(),
-        "h6 still serves its first serving certificate"
-    );
-    // Past the first client certificate's end: kube-proxy reloaded the rotated file.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    if issued.client_not_after + 2 > now {
-        std::thread::sleep(Duration::from_secs(
-            (issued.client_not_after + 2 - now) as u64,
-        ));
-    }
-    kubectl_ok(
-        admin,
-        &[
-            "create",
-            "service",
-            "clusterip",
-            "after-rotation",
-            "--tcp=8081:8080",
-        ],
-    );
-    let programmed = eventually(Duration::from_secs(30), || {
-        lab.exec_ok(
-            "h6",
-            "iptables-save -t nat | grep -c 'default/after-rotation' ; true",
-        )
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|n| *n > 0)
-    });
-    assert!(
-        programmed.is_some(),
-        "kube-proxy on h6 did not program a Service created after its first certificate expired: {}",
-        lab.exec_ok("h6", "journalctl -u kube-proxy --no-pager | tail -5")
-    );
-    assert!(
-        kubectl_ok(admin, &["exec", "on-h6", "--", "cat", "/www/index.html"])
-            .contains("hello from h6")
-    );
-    kubectl_ok(admin, &["delete", "service", "after-rotation"]);
-    eprintln!("rotation checks: {:.1}s", t.elapsed().as_secs_f64());
 }
 
 /// h6 joined by TLS bootstrap: the operator sent it no key or certificate (the CA certificate
@@ -406,7 +244,7 @@ fn bootstrap_worker_certificates(
     admin: &std::path::Path,
     join: &serde_json::Value,
     cluster_dir: &std::path::Path,
-) -> Issued {
+) {
     let t = std::time::Instant::now();
     let report = join.to_string();
     assert!(
@@ -550,15 +388,7 @@ fn bootstrap_worker_certificates(
         rows.iter().all(|r| r["error"].is_null()),
         "check-expiration found a problem on h6: {rows:?}"
     );
-    let (client_serial, client_not_after) =
-        cert_on_h6(lab, "/var/lib/kubelet/pki/kubelet-client-current.pem");
-    let serving_serial = served_serial_h6(lab, &ca);
     eprintln!("bootstrap worker checks: {:.1}s", t.elapsed().as_secs_f64());
-    Issued {
-        client_serial,
-        serving_serial,
-        client_not_after,
-    }
 }
 
 /// The inventory next to the cluster's state directory (`<lab>/clusters/<name>`).
