@@ -84,8 +84,9 @@ fn rotated_row(
             row.warning = left < lifetime / 10;
             row.residual = Some(crate::pki::expiry::human(left));
             row.not_after = Some(crate::pki::generate::fmt_time(c.not_after));
+            // Its issuer's name and key: the CA's (a CA being rotated in has the same name).
             if let Some(ca) = ca
-                && c.issuer_raw != ca.subject_raw
+                && !crate::pki::rotation::signed_by(&c, ca)
             {
                 row.error = Some(format!("not issued by the cluster CA ({})", c.issuer));
             }
@@ -396,6 +397,8 @@ mod tests {
             .push(rcgen::DnType::CommonName, "system:node:h6");
         l.not_before = time::OffsetDateTime::from_unix_timestamp(from).unwrap();
         l.not_after = time::OffsetDateTime::from_unix_timestamp(to).unwrap();
+        // As Go's x509 (the controller-manager's signer) does.
+        l.use_authority_key_identifier_extension = true;
         let leaf = l
             .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
             .unwrap();

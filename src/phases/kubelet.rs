@@ -346,6 +346,15 @@ impl Phase for Kubelet {
                 &h.name,
                 &super::kernel::decision(ctx, &h.name),
             ));
+            if inv.kubelet_bootstraps(h) {
+                plan.local.push(format!(
+                    "{}: TLS bootstrap unless it is a node already: bootstrap RBAC, a token of {} min for it, {BOOTSTRAP_KUBECONFIG} before its kubelet starts; its serving CSR checked against the inventory (name {}, address {}) and only then approved",
+                    h.name,
+                    BOOTSTRAP_TTL.as_secs() / 60,
+                    h.name,
+                    h.ip()
+                ));
+            }
             let labels = node_labels(inv, h);
             if !labels.is_empty() {
                 plan.local.push(format!(
