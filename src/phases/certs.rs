@@ -865,4 +865,29 @@ mod tests {
         let k = eps.iter().find(|e| e.what == "kubelet").unwrap();
         assert!(k.local.ends_with(format!("nodes/{}/kubelet.crt", k.host)));
     }
+
+    /// A TLS-bootstrap worker: no kubelet endpoint to compare with a local file, nothing of
+    /// it among the certificates a renewal re-issues, and the control-plane nodes' kubelets
+    /// still in both.
+    #[test]
+    fn a_bootstrap_worker_is_left_to_its_kubelet() {
+        use crate::pki::spec::tests::INV;
+        let text = INV.replace(
+            "  ha: {mode: vip",
+            "  kubelet: {certificates: bootstrap}\n  ha: {mode: vip",
+        );
+        let inv = crate::inventory::load_str(&text, Path::new("t.yaml"))
+            .unwrap_or_else(|d| panic!("{d}"))
+            .inventory;
+        let kubelets: Vec<String> = endpoints(&inv, Path::new("/x/pki"))
+            .into_iter()
+            .filter(|e| e.what == "kubelet")
+            .map(|e| e.host)
+            .collect();
+        assert!(!kubelets.contains(&"w1".to_string()), "{kubelets:?}");
+        assert!(kubelets.contains(&"cp1".to_string()), "{kubelets:?}");
+        let names = selected(&inv, &["kubelet".into(), "kube-proxy".into()], &[]).unwrap();
+        assert!(!names.iter().any(|n| n.ends_with("@w1")), "{names:?}");
+        assert!(names.contains(&"kubelet@cp1".to_string()), "{names:?}");
+    }
 }
