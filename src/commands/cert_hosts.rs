@@ -28,8 +28,73 @@ pub struct HostFileRow {
     pub warning: bool,
     /// The same certificate as the local PKI's copy.
     pub matches_local: bool,
+    /// Issued by the cluster to a TLS-bootstrap worker's kubelet, which renews it (the local
+    /// PKI has no copy): its issuer is checked instead, and it warns only once past the
+    /// kubelet's renewal window (90 % of its lifetime), when the renewal did not happen.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_rotated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A TLS-bootstrap worker's kubelet certificates (each file holds the key too: only its
+/// CERTIFICATE blocks are read).
+pub const ROTATED: [&str; 2] = [
+    "/var/lib/kubelet/pki/kubelet-client-current.pem",
+    "/var/lib/kubelet/pki/kubelet-server-current.pem",
+];
+
+/// Like [`read_script`] for files that hold a key after their certificate: only the
+/// CERTIFICATE blocks are printed.
+fn read_certs_only_script(paths: &[&str]) -> crate::ssh::shell::Shell {
+    crate::ssh::shell::Script::new(
+        r#"for f in "$@"; do if [ -r "$f" ]; then echo "==> $f"; sed -n '/^-----BEGIN CERTIFICATE-----$/,/^-----END CERTIFICATE-----$/p' "$f"; echo; else echo "==> $f MISSING"; fi; done"#,
+    )
+    .args(paths)
+    .into()
+}
+
+/// The row of a cluster-rotated certificate read from `text` (see [`HostFileRow::cluster_rotated`]).
+fn rotated_row(
+    host: &str,
+    path: &str,
+    text: Option<&str>,
+    ca: Option<&CertInfo>,
+    now: i64,
+) -> HostFileRow {
+    let mut row = HostFileRow {
+        host: host.to_string(),
+        path: path.to_string(),
+        serial: None,
+        not_after: None,
+        residual: None,
+        warning: false,
+        matches_local: false,
+        cluster_rotated: true,
+        error: None,
+    };
+    let Some(text) = text else {
+        row.error = Some("missing on the host".into());
+        return row;
+    };
+    match inspect::from_pem(text, path) {
+        Ok(c) => {
+            let left = c.not_after - now;
+            let lifetime = (c.not_after - c.not_before).max(1);
+            row.warning = left < lifetime / 10;
+            row.residual = Some(crate::pki::expiry::human(left));
+            row.not_after = Some(crate::pki::generate::fmt_time(c.not_after));
+            // Its issuer's name and key: the CA's (a CA being rotated in has the same name).
+            if let Some(ca) = ca
+                && !crate::pki::rotation::signed_by(&c, ca)
+            {
+                row.error = Some(format!("not issued by the cluster CA ({})", c.issuer));
+            }
+            row.serial = Some(c.serial);
+        }
+        Err(e) => row.error = Some(format!("{e:#}")),
+    }
+    row
 }
 
 /// One TLS endpoint.
@@ -142,8 +207,41 @@ pub async fn inspect_hosts(
         }
     }))
     .await;
+    // TLS-bootstrap workers: the certificates their kubelet requested and renews.
+    let rotated_hosts: Vec<String> = chosen_hosts
+        .iter()
+        .filter(|h| inv.kubelet_bootstraps(h))
+        .map(|h| h.name.to_string())
+        .collect();
+    let rotated_reads = futures::future::join_all(rotated_hosts.iter().map(|h| {
+        let pool = &pool;
+        async move {
+            let o = pool
+                .run(
+                    h,
+                    &read_certs_only_script(&ROTATED),
+                    crate::ssh::ExecOpts::root(),
+                )
+                .await;
+            (h.clone(), o)
+        }
+    }))
+    .await;
     pool.close().await;
+    let ca = std::fs::read_to_string(state.pki().join("ca.crt"))
+        .ok()
+        .and_then(|t| inspect::from_pem(&t, "ca.crt").ok());
     let mut rows = Vec::new();
+    for (host, out) in rotated_reads {
+        let sections = match out {
+            Ok(o) => parse_sections(&o.stdout),
+            Err(e) => anyhow::bail!("{host}: reading its kubelet certificates: {e}"),
+        };
+        for path in ROTATED {
+            let text = sections.get(path).cloned().flatten();
+            rows.push(rotated_row(&host, path, text.as_deref(), ca.as_ref(), now));
+        }
+    }
     let mut on_host: BTreeMap<(String, String), String> = BTreeMap::new();
     for ((host, files), (_, out)) in per_host.iter().zip(reads) {
         let sections = match out {
@@ -162,6 +260,7 @@ pub async fn inspect_hosts(
                 residual: None,
                 warning: false,
                 matches_local: false,
+                cluster_rotated: false,
                 error: None,
             };
             match sections.get(remote) {
@@ -226,6 +325,10 @@ pub fn table(rows: &[HostFileRow], served: &[ServedRow]) -> String {
     for r in rows {
         let state = match (&r.error, r.matches_local) {
             (Some(e), _) => format!("ERROR: {e}"),
+            (None, _) if r.cluster_rotated && r.warning => {
+                "cluster-rotated, but past the kubelet's renewal window (see its journal)".into()
+            }
+            (None, _) if r.cluster_rotated => "cluster-rotated (the kubelet renews it)".into(),
             (None, false) => "DIFFERS from the local PKI (not distributed)".into(),
             (None, true) if r.warning => "expires soon".into(),
             _ => "ok".into(),
@@ -271,7 +374,7 @@ pub fn table(rows: &[HostFileRow], served: &[ServedRow]) -> String {
 /// endpoints that did not answer.
 pub fn problems(rows: &[HostFileRow], served: &[ServedRow]) -> usize {
     rows.iter()
-        .filter(|r| r.error.is_some() || !r.matches_local)
+        .filter(|r| r.error.is_some() || !(r.matches_local || r.cluster_rotated))
         .count()
         + served.iter().filter(|s| !s.loaded).count()
 }
@@ -279,6 +382,87 @@ pub fn problems(rows: &[HostFileRow], served: &[ServedRow]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA and a leaf it signed valid from `from` to `to` (Unix seconds), as PEM.
+    fn ca_and_leaf(from: i64, to: i64) -> (String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "kubernetes");
+        let ca = p.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), ca_key).unwrap();
+        let mut l = rcgen::CertificateParams::new(vec!["h6".to_string()]).unwrap();
+        l.distinguished_name
+            .push(rcgen::DnType::CommonName, "system:node:h6");
+        l.not_before = time::OffsetDateTime::from_unix_timestamp(from).unwrap();
+        l.not_after = time::OffsetDateTime::from_unix_timestamp(to).unwrap();
+        // As Go's x509 (the controller-manager's signer) does.
+        l.use_authority_key_identifier_extension = true;
+        let leaf = l
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        (ca.pem(), leaf.pem())
+    }
+
+    /// A kubelet-rotated certificate is no problem while the kubelet can still renew it
+    /// (even within --warn-within), warns once past 90 % of its lifetime, and is an error
+    /// when another CA issued it or it is missing.
+    #[test]
+    fn cluster_rotated_certificates_warn_only_past_the_renewal_window() {
+        let day = 86_400;
+        let now = 1_800_000_000;
+        let (ca, leaf) = ca_and_leaf(now - 200 * day, now + 165 * day);
+        let ca_info = inspect::from_pem(&ca, "ca").unwrap();
+        let r = rotated_row("h6", ROTATED[0], Some(&leaf), Some(&ca_info), now);
+        assert!(
+            r.cluster_rotated && !r.warning && r.error.is_none(),
+            "{r:?}"
+        );
+        assert_eq!(problems(std::slice::from_ref(&r), &[]), 0);
+        assert!(table(&[r], &[]).contains("cluster-rotated (the kubelet renews it)"));
+        let (_, late) = ca_and_leaf(now - 340 * day, now + 25 * day);
+        let (other_ca, _) = ca_and_leaf(now, now + day);
+        let r = rotated_row("h6", ROTATED[0], Some(&late), Some(&ca_info), now);
+        assert!(r.warning, "{r:?}");
+        let other = inspect::from_pem(&other_ca, "other").unwrap();
+        let r = rotated_row("h6", ROTATED[0], Some(&leaf), Some(&other), now);
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap()
+                .contains("not issued by the cluster CA")
+        );
+        assert_eq!(problems(&[r], &[]), 1);
+        let r = rotated_row("h6", ROTATED[1], None, Some(&ca_info), now);
+        assert_eq!(r.error.as_deref(), Some("missing on the host"));
+    }
+
+    #[test]
+    fn the_rotated_read_prints_certificates_never_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, leaf) = ca_and_leaf(0, 2_000_000_000);
+        let f = d.path().join("kubelet-client-current.pem");
+        std::fs::write(
+            &f,
+            format!(
+                "{leaf}-----BEGIN EC PRIVATE KEY-----\nc2VjcmV0\n-----END EC PRIVATE KEY-----\n"
+            ),
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        let script = read_certs_only_script(&[path]);
+        let o = std::process::Command::new("sh")
+            .args(["-c", script.as_str()])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("BEGIN CERTIFICATE"), "{out}");
+        assert!(
+            !out.contains("PRIVATE KEY") && !out.contains("c2VjcmV0"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn sections_split_files_and_mark_missing_ones() {

@@ -56,6 +56,16 @@ impl Inventory {
             || (self.static_pods() && host.has(Role::Etcd))
     }
 
+    /// Whether `host`'s kubelet joins by TLS bootstrap (`kubelet.certificates: bootstrap`):
+    /// worker nodes only. A control-plane host's kubelet (and in static-pods mode an etcd
+    /// host's) runs before an apiserver could sign its request, so it keeps pushed ones.
+    pub fn kubelet_bootstraps(&self, host: &Host) -> bool {
+        self.spec.kubelet.certificates == KubeletCertificates::Bootstrap
+            && self.runs_kubelet(host)
+            && !host.has(Role::ControlPlane)
+            && !(self.static_pods() && host.has(Role::Etcd))
+    }
+
     /// An etcd host that is a node only because of static-pods mode (no other node role).
     pub fn is_etcd_only_node(&self, host: &Host) -> bool {
         self.runs_kubelet(host) && !host.has(Role::ControlPlane) && !host.has(Role::Worker)

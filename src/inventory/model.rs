@@ -657,6 +657,36 @@ pub struct Kubelet {
     /// node that cannot); `false` leaves it off.
     #[serde(default, skip_serializing_if = "ProtectKernelDefaults::is_auto")]
     pub protect_kernel_defaults: ProtectKernelDefaults,
+    /// How worker nodes get their kubelet certificates: `pushed` (default) or `bootstrap`
+    /// (see [`KubeletCertificates`]).
+    #[serde(default, skip_serializing_if = "KubeletCertificates::is_pushed")]
+    pub certificates: KubeletCertificates,
+}
+
+/// `kubelet.certificates`: where a worker's kubelet client and serving certificates come from.
+/// Control-plane hosts (and etcd hosts in static-pods mode) always get pushed ones: their
+/// kubelet must run before (or without) an apiserver that could sign a request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeletCertificates {
+    /// clusterctl issues each node's client and serving certificate from the cluster CA on
+    /// the operator's machine and copies them (with kube-proxy's) to the node; `renew-certs`
+    /// renews them. The default: a serving certificate re-requested by a kubelet needs an
+    /// approver, and clusterctl is not running between its commands.
+    #[default]
+    Pushed,
+    /// Kubernetes' TLS bootstrap: the node gets the bundle and one bootstrap kubeconfig
+    /// (a token of short TTL) and nothing else; its kubelet requests its client certificate
+    /// (approved by the controller-manager) and its serving certificate (approved by
+    /// clusterctl after checking the name and addresses against the inventory) and rotates
+    /// them itself; kube-proxy uses the kubelet's client certificate.
+    Bootstrap,
+}
+
+impl KubeletCertificates {
+    pub fn is_pushed(&self) -> bool {
+        *self == KubeletCertificates::Pushed
+    }
 }
 
 /// `kubelet.protectKernelDefaults`: `auto`, `true` or `false` (YAML booleans or strings).

@@ -7,10 +7,12 @@
 //! - [`discovery`]: (apiVersion, kind) -> resource path, read from the API once per run;
 //! - [`manifest`]: multi-document YAML -> objects in apply order;
 //! - [`apply`]: server-side apply of one object or a manifest, reporting what changed;
+//! - [`bootstrap`]: bootstrap tokens and kubelet serving CSRs (TLS-bootstrap workers);
 //! - [`nodes`]: nodes with their Ready condition, label patches, Deployment availability;
 //! - [`wait_until`]: poll a check until it is done or a timeout passes.
 
 pub mod apply;
+pub mod bootstrap;
 pub mod discovery;
 pub mod http;
 pub mod manifest;

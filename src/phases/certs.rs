@@ -207,7 +207,9 @@ pub fn endpoints(inv: &Inventory, pki_dir: &Path) -> Vec<Endpoint> {
                 "/etc/kubernetes/pki/apiserver.crt",
             );
         }
-        if inv.runs_kubelet(h) {
+        // A TLS-bootstrap worker's kubelet serves a certificate the cluster issued it
+        // (rotated by the kubelet): no local file to compare with.
+        if inv.runs_kubelet(h) && !inv.kubelet_bootstraps(h) {
             add(
                 10250,
                 "kubelet",
@@ -512,6 +514,12 @@ impl Phase for Certs {
             _ => {}
         }
         for h in ctx.hosts_where(|h| self.takes(inv, h)) {
+            if self.0 == Step::Nodes && inv.kubelet_bootstraps(h) {
+                plan.notes.push(format!(
+                    "{}: kubelet.certificates bootstrap: its kubelet (and kube-proxy) certificates are cluster-rotated, nothing to push",
+                    h.name
+                ));
+            }
             // Static pods: the re-rendered manifest (below) replaces the pod; the kubelet and
             // kube-proxy are units in both modes (file_action).
             let mut a: Vec<Action> = pki::files_for_host(inv, h)
@@ -910,5 +918,30 @@ mod tests {
         );
         let k = eps.iter().find(|e| e.what == "kubelet").unwrap();
         assert!(k.local.ends_with(format!("nodes/{}/kubelet.crt", k.host)));
+    }
+
+    /// A TLS-bootstrap worker: no kubelet endpoint to compare with a local file, nothing of
+    /// it among the certificates a renewal re-issues, and the control-plane nodes' kubelets
+    /// still in both.
+    #[test]
+    fn a_bootstrap_worker_is_left_to_its_kubelet() {
+        use crate::pki::spec::tests::INV;
+        let text = INV.replace(
+            "  ha: {mode: vip",
+            "  kubelet: {certificates: bootstrap}\n  ha: {mode: vip",
+        );
+        let inv = crate::inventory::load_str(&text, Path::new("t.yaml"))
+            .unwrap_or_else(|d| panic!("{d}"))
+            .inventory;
+        let kubelets: Vec<String> = endpoints(&inv, Path::new("/x/pki"))
+            .into_iter()
+            .filter(|e| e.what == "kubelet")
+            .map(|e| e.host)
+            .collect();
+        assert!(!kubelets.contains(&"w1".to_string()), "{kubelets:?}");
+        assert!(kubelets.contains(&"cp1".to_string()), "{kubelets:?}");
+        let names = selected(&inv, &["kubelet".into(), "kube-proxy".into()], &[]).unwrap();
+        assert!(!names.iter().any(|n| n.ends_with("@w1")), "{names:?}");
+        assert!(names.contains(&"kubelet@cp1".to_string()), "{names:?}");
     }
 }

@@ -21,28 +21,49 @@ impl Phase for KubeProxy {
         let mut plan = PhasePlan::new(self, Order::Rolling);
         let unit = "kube-proxy.service";
         for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
-            let vars = host_vars(inv, h);
+            let mut vars = host_vars(inv, h);
+            let mut actions = Vec::new();
+            if inv.kubelet_bootstraps(h) {
+                // No kube-proxy certificate is pushed to a TLS-bootstrap worker (the pki
+                // phase writes this path elsewhere): it runs on the kubelet's.
+                let (server, port) = inv.apiserver_endpoint_for(h);
+                vars.insert(
+                    "apiserver_url",
+                    &crate::inventory::Inventory::url(&server, port),
+                );
+                actions.push(Action::rendered(
+                    "/etc/kubernetes/kube-proxy.conf",
+                    0o600,
+                    "kube-proxy/kube-proxy-node.conf",
+                    ctx.render
+                        .render("kube-proxy/kube-proxy-node.conf", &vars)?,
+                    &[unit],
+                ));
+            }
             plan.host(
                 h,
-                vec![
-                    Action::dir("/var/lib/kube-proxy", 0o755),
-                    Action::rendered(
-                        "/var/lib/kube-proxy/config.yaml",
-                        0o644,
-                        "kube-proxy/kube-proxy-config.yaml",
-                        ctx.render
-                            .render("kube-proxy/kube-proxy-config.yaml", &vars)?,
-                        &[unit],
-                    ),
-                    Action::rendered(
-                        format!("/etc/systemd/system/{unit}"),
-                        0o644,
-                        "kube-proxy/kube-proxy.service",
-                        ctx.render.render("kube-proxy/kube-proxy.service", &vars)?,
-                        &[unit],
-                    ),
-                    Action::service(unit),
-                ],
+                actions
+                    .into_iter()
+                    .chain([
+                        Action::dir("/var/lib/kube-proxy", 0o755),
+                        Action::rendered(
+                            "/var/lib/kube-proxy/config.yaml",
+                            0o644,
+                            "kube-proxy/kube-proxy-config.yaml",
+                            ctx.render
+                                .render("kube-proxy/kube-proxy-config.yaml", &vars)?,
+                            &[unit],
+                        ),
+                        Action::rendered(
+                            format!("/etc/systemd/system/{unit}"),
+                            0o644,
+                            "kube-proxy/kube-proxy.service",
+                            ctx.render.render("kube-proxy/kube-proxy.service", &vars)?,
+                            &[unit],
+                        ),
+                        Action::service(unit),
+                    ])
+                    .collect(),
             );
         }
         Ok(plan)

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::engine::{Action, Context, Executor, Order, Phase, PhasePlan};
+use crate::engine::{Action, Cmd, Context, Executor, Order, Phase, PhasePlan, Shell};
 use crate::inventory::{Cni, Host, Inventory, Role};
 use crate::render::{host_vars, node_taints};
 
@@ -154,6 +154,148 @@ fn node_path(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
 
+/// Where a TLS-bootstrap worker's kubelet finds its bootstrap kubeconfig.
+pub const BOOTSTRAP_KUBECONFIG: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+/// How long a bootstrap token is valid: the join needs it for seconds (the kubelet's first
+/// client CSR); a killed join re-run later makes a new one. The controller-manager's
+/// tokencleaner deletes it once expired.
+const BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 60);
+/// The kubelet's current serving pair (a symlink it moves on each rotation).
+const KUBELET_SERVER_PEM: &str = "/var/lib/kubelet/pki/kubelet-server-current.pem";
+
+/// Before a TLS-bootstrap worker's kubelet starts: unless it is a node already (its kubelet
+/// then has its client certificate and rotates it), the bootstrap RBAC, a new token of short
+/// TTL for it, and the bootstrap kubeconfig holding that token written to the host (mode
+/// 600; no key or certificate of the operator's). The kubelet reads it only while it has no
+/// valid client certificate, so nothing restarts for it.
+async fn bootstrap_kubeconfig(
+    ctx: &Context,
+    host: &Host,
+    exec: &dyn Executor,
+) -> anyhow::Result<Vec<String>> {
+    let api = ctx.kube_admin()?;
+    if api.get_opt(&node_path(&host.name)).await?.is_some() {
+        return Ok(vec![format!(
+            "{}: a node already: its kubelet rotates its own certificates, no bootstrap token",
+            host.name
+        )]);
+    }
+    if exec.is_dry_run() {
+        return Ok(vec![format!(
+            "{}: would create a bootstrap token (TTL {} min) and write {BOOTSTRAP_KUBECONFIG}",
+            host.name,
+            BOOTSTRAP_TTL.as_secs() / 60
+        )]);
+    }
+    api.apply_manifest(crate::kube::bootstrap::RBAC, "bootstrap RBAC", false)
+        .await
+        .context("applying the TLS bootstrap RBAC")?;
+    let token = api
+        .create_bootstrap_token(&host.name, BOOTSTRAP_TTL)
+        .await?;
+    let ca_path = ctx
+        .state
+        .pki()
+        .join(crate::pki::spec::crt_path(std::path::Path::new(
+            crate::pki::spec::Ca::Cluster.base(),
+        )));
+    let ca = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading {}", ca_path.display()))?;
+    let (server, port) = ctx.inv().apiserver_endpoint_for(host);
+    let kc = crate::pki::kubeconfig::Kubeconfig::bootstrap(
+        ctx.inv().name(),
+        &crate::inventory::Inventory::url(&server, port),
+        &ca,
+        &token.value(),
+    )
+    .to_yaml()?;
+    let bytes = kc.into_bytes();
+    let sha = crate::hashing::sha256_hex(&bytes);
+    exec.put(
+        host,
+        BOOTSTRAP_KUBECONFIG,
+        &crate::engine::executor::Blob::Bytes(bytes),
+        &sha,
+        0o600,
+    )
+    .await
+    .with_context(|| format!("writing {BOOTSTRAP_KUBECONFIG}"))?;
+    Ok(vec![format!(
+        "{}: bootstrap token {} (TTL {} min) in {BOOTSTRAP_KUBECONFIG}",
+        host.name,
+        token.id,
+        BOOTSTRAP_TTL.as_secs() / 60
+    )])
+}
+
+/// After a TLS-bootstrap worker is Ready: its kubelet's serving-certificate request checked
+/// against the inventory (name and address) and approved, then issued. A request that does
+/// not match is left pending and fails the phase: clusterctl approves nothing unexpected.
+async fn serving_certificate(
+    ctx: &Context,
+    host: &Host,
+    exec: &dyn Executor,
+) -> anyhow::Result<Vec<String>> {
+    use crate::kube::bootstrap::{CsrState, SERVING_SIGNER, check_serving_csr, csr_state};
+    if exec.is_dry_run() {
+        return Ok(vec![]);
+    }
+    let api = ctx.kube_admin()?;
+    let user = format!("system:node:{}", host.name);
+    let ips = [host.ip()];
+    let approved = std::sync::Mutex::new(Vec::<String>::new());
+    let has_cert = Shell::from(Cmd::new("test").arg("-e").arg(KUBELET_SERVER_PEM));
+    let refused: Option<String> = crate::kube::wait_until(
+        &format!("{}: the kubelet's serving certificate", host.name),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || async {
+            let csrs = api.csrs_of(SERVING_SIGNER, &user).await?;
+            let mut issued = false;
+            for c in &csrs {
+                let name = c["metadata"]["name"].as_str().unwrap_or_default();
+                match csr_state(c) {
+                    CsrState::Pending => match check_serving_csr(c, &host.name, &ips) {
+                        Ok(what) => {
+                            api.approve_csr(c, &format!("clusterctl: matches the inventory: {what}"))
+                                .await?;
+                            approved
+                                .lock()
+                                .unwrap()
+                                .push(format!("{}: approved serving CSR {name}: {what}", host.name));
+                        }
+                        // Nothing to wait out (an error would count as pending): stop
+                        // here and say why.
+                        Err(why) => {
+                            return Ok(crate::kube::Wait::Done(Some(format!(
+                                "REFUSED: serving CSR {name} of {} does not match the inventory: {why}; left pending (`kubectl certificate deny {name}` rejects it)",
+                                host.name
+                            ))));
+                        }
+                    },
+                    CsrState::Issued => issued = true,
+                    _ => {}
+                }
+            }
+            // CSRs are garbage-collected after an hour: on a later run the certificate on
+            // the host is what says it was issued.
+            if !issued && csrs.is_empty() {
+                issued = exec.query(host, &has_cert).await?.status == 0;
+            }
+            Ok(if issued {
+                crate::kube::Wait::Done(None)
+            } else {
+                crate::kube::Wait::Pending(format!("{} serving CSR(s), none issued yet", csrs.len()))
+            })
+        },
+    )
+    .await?;
+    if let Some(refused) = refused {
+        anyhow::bail!("{refused}");
+    }
+    Ok(approved.into_inner().unwrap())
+}
+
 /// The kubelet on `h`: its config, its unit, running. The kubelet phase plans this on every
 /// node; in static-pods mode the etcd and control-plane phases plan the same actions first on
 /// their hosts (the kubelet runs their static pods from /etc/kubernetes/manifests), so the
@@ -165,6 +307,7 @@ pub fn host_actions(ctx: &Context, h: &Host) -> anyhow::Result<Vec<Action>> {
         &super::kernel::decision(ctx, &h.name).on,
     );
     vars.insert("ec2_metadata_off", &ec2_metadata_off(ctx, h));
+    vars.insert("kubelet_bootstrap", &ctx.inv().kubelet_bootstraps(h));
     let unit = "kubelet.service";
     Ok(vec![
         Action::dir("/var/lib/kubelet", 0o700),
@@ -203,6 +346,15 @@ impl Phase for Kubelet {
                 &h.name,
                 &super::kernel::decision(ctx, &h.name),
             ));
+            if inv.kubelet_bootstraps(h) {
+                plan.local.push(format!(
+                    "{}: TLS bootstrap unless it is a node already: bootstrap RBAC, a token of {} min for it, {BOOTSTRAP_KUBECONFIG} before its kubelet starts; its serving CSR checked against the inventory (name {}, address {}) and only then approved",
+                    h.name,
+                    BOOTSTRAP_TTL.as_secs() / 60,
+                    h.name,
+                    h.ip()
+                ));
+            }
             let labels = node_labels(inv, h);
             if !labels.is_empty() {
                 plan.local.push(format!(
@@ -214,23 +366,28 @@ impl Phase for Kubelet {
         }
         Ok(plan)
     }
-    /// Says, per node, whether its kubelet runs with `protectKernelDefaults` and why.
+    /// Says, per node, whether its kubelet runs with `protectKernelDefaults` and why; gives
+    /// a TLS-bootstrap worker that is no node yet its bootstrap kubeconfig.
     fn before_host<'a>(
         &'a self,
         ctx: &'a Context,
         host: &'a Host,
-        _exec: &'a dyn Executor,
+        exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let d = super::kernel::decision(ctx, &host.name);
-            Ok(vec![protect_line(&host.name, &d)])
+            let mut lines = vec![protect_line(&host.name, &d)];
+            if ctx.inv().kubelet_bootstraps(host) {
+                lines.extend(bootstrap_kubeconfig(ctx, host, exec).await?);
+            }
+            Ok(lines)
         })
     }
     fn verify<'a>(
         &'a self,
         ctx: &'a Context,
         host: &'a Host,
-        _exec: &'a dyn Executor,
+        exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let api = ctx.kube_admin()?;
@@ -268,6 +425,9 @@ impl Phase for Kubelet {
             )
             .await
             .context("see `journalctl -u kubelet` on the node")?;
+            if ctx.inv().kubelet_bootstraps(host) {
+                return serving_certificate(ctx, host, exec).await;
+            }
             Ok(vec![])
         })
     }
@@ -326,6 +486,77 @@ impl Phase for Kubelet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `kubelet.certificates: bootstrap`: the worker's kubelet requests and rotates both its
+    /// certificates (no pushed files named), kube-proxy runs on the kubelet's client
+    /// certificate; the control-plane node keeps its pushed ones.
+    #[test]
+    fn a_bootstrap_worker_runs_on_requested_and_rotated_certificates() {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::engine::guarded_fake::test_context(
+            "apiVersion: clusterctl.io/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  kubernetesVersion: v1.20.2
+  kubelet: {certificates: bootstrap}
+  hosts:
+    - {name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}
+    - {name: w1, address: 10.0.0.2, roles: [worker]}
+",
+            d.path(),
+            &[],
+            Default::default(),
+        );
+        let plan = |phase: &str| {
+            crate::phases::registry()
+                .into_iter()
+                .find(|p| p.name() == phase)
+                .unwrap()
+                .plan(&c)
+                .unwrap()
+        };
+        let file = |plan: &PhasePlan, host: &str, path: &str| -> Option<String> {
+            plan.hosts
+                .iter()
+                .filter(|h| h.host == host)
+                .flat_map(|h| &h.actions)
+                .find_map(|a| match a {
+                    Action::File {
+                        path: p,
+                        source: crate::engine::Source::Rendered { content, .. },
+                        ..
+                    } if p == path => Some(String::from_utf8_lossy(content).into_owned()),
+                    _ => None,
+                })
+        };
+        let k = plan("kubelet");
+        let cfg = |h: &str| file(&k, h, "/var/lib/kubelet/config.yaml").unwrap();
+        let unit = |h: &str| file(&k, h, "/etc/systemd/system/kubelet.service").unwrap();
+        assert!(
+            cfg("w1").contains("\nrotateCertificates: true\nserverTLSBootstrap: true\n")
+                && !cfg("w1").contains("tlsCertFile"),
+            "{}",
+            cfg("w1")
+        );
+        assert!(
+            unit("w1").contains("--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf")
+        );
+        assert!(
+            cfg("cp1").contains("tlsCertFile: /var/lib/kubelet/pki/kubelet.crt")
+                && cfg("cp1").contains("serverTLSBootstrap: false")
+        );
+        assert!(!unit("cp1").contains("bootstrap"));
+        let p = plan("kube-proxy");
+        let kc = file(&p, "w1", "/etc/kubernetes/kube-proxy.conf").unwrap();
+        let (host, port) = c.inv().apiserver_endpoint_for(c.inv().host("w1").unwrap());
+        assert!(
+            kc.contains("client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem")
+                && kc.contains(&crate::inventory::Inventory::url(host, port)),
+            "{kc}"
+        );
+        assert!(file(&p, "cp1", "/etc/kubernetes/kube-proxy.conf").is_none());
+    }
 
     #[test]
     fn patch_adds_only_what_is_missing_and_keeps_the_rest() {

@@ -55,6 +55,9 @@ pub struct User {
     pub client_certificate_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_data: Option<String>,
+    /// A bearer token (a bootstrap kubeconfig's `<id>.<secret>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Kubeconfig {
@@ -91,9 +94,20 @@ impl Kubeconfig {
                 user: User {
                     client_certificate_data: Some(STANDARD.encode(cert_pem)),
                     client_key_data: Some(STANDARD.encode(key_pem)),
+                    token: None,
                 },
             }],
         }
+    }
+
+    /// A kubelet's bootstrap kubeconfig: the cluster CA and a bootstrap token, no key.
+    pub fn bootstrap(cluster: &str, server: &str, ca_pem: &str, token: &str) -> Kubeconfig {
+        let mut k = Kubeconfig::new(cluster, server, ca_pem, "kubelet-bootstrap", "", "");
+        k.users[0].user = User {
+            token: Some(token.into()),
+            ..User::default()
+        };
+        k
     }
 
     pub fn to_yaml(&self) -> Result<String> {

@@ -414,7 +414,9 @@ pub fn cert_list(inv: &Inventory) -> Vec<CertSpec> {
             one,
         ));
     }
-    for h in inv.node_hosts() {
+    // A TLS-bootstrap worker gets no certificate from here: its kubelet requests its own
+    // from the cluster (and kube-proxy uses the kubelet's client certificate).
+    for h in inv.node_hosts().filter(|h| !inv.kubelet_bootstraps(h)) {
         let ep = inv.apiserver_endpoint_for(h);
         let dir = Path::new("nodes").join(h.name.as_str());
         let one = Deliver::Host(h.name.to_string());
@@ -637,6 +639,37 @@ spec:
             "/etc/kubernetes/pki/ca.crt".into(),
             0o644
         )));
+    }
+
+    #[test]
+    fn a_bootstrap_worker_gets_only_the_ca_certificate_and_control_planes_keep_theirs() {
+        let text = INV.replace(
+            "  ha: {mode: vip",
+            "  kubelet: {certificates: bootstrap}\n  ha: {mode: vip",
+        );
+        let inv = load_str(&text, Path::new("t.yaml"))
+            .unwrap_or_else(|d| panic!("{d}"))
+            .inventory;
+        let w1 = inv.host("w1").unwrap();
+        assert!(inv.kubelet_bootstraps(w1));
+        let remotes: Vec<String> = files_for_host(&inv, w1)
+            .into_iter()
+            .map(|f| f.remote.display().to_string())
+            .collect();
+        assert_eq!(remotes, ["/etc/kubernetes/pki/ca.crt"]);
+        assert!(
+            !cert_list(&inv)
+                .iter()
+                .any(|c| c.host.as_deref() == Some("w1"))
+        );
+        // A control-plane node's kubelet runs before any apiserver could sign for it.
+        let cp1 = inv.host("cp1").unwrap();
+        assert!(!inv.kubelet_bootstraps(cp1));
+        assert!(
+            files_for_host(&inv, cp1)
+                .iter()
+                .any(|f| f.remote == Path::new("/var/lib/kubelet/pki/kubelet.crt"))
+        );
     }
 
     #[test]

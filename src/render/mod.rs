@@ -152,6 +152,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../templates/kube-proxy/kube-proxy.service"),
     ),
     (
+        "kube-proxy/kube-proxy-node.conf",
+        include_str!("../../templates/kube-proxy/kube-proxy-node.conf"),
+    ),
+    (
         "network/10-clusterctl.conflist",
         include_str!("../../templates/network/10-clusterctl.conflist"),
     ),

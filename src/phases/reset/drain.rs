@@ -48,9 +48,14 @@ impl Phase for ResetDrain {
         let timeout = drain_timeout(ctx);
         for h in selected.iter().filter(|h| inv.runs_kubelet(h)) {
             plan.local.push(format!(
-                "node {}: cordon, drain (timeout {} s), delete",
+                "node {}: cordon, drain (timeout {} s), delete{}",
                 h.name,
-                timeout.as_secs()
+                timeout.as_secs(),
+                if inv.kubelet_bootstraps(h) {
+                    "; delete its bootstrap token(s)"
+                } else {
+                    ""
+                }
             ));
         }
         Ok(plan)
@@ -92,6 +97,17 @@ impl Phase for ResetDrain {
                         .map_err(|e| crate::diag::UserError::failed(format!("{e:#}")))?
                 };
                 lines.push(format!("{l} [{:.1}s]", t.elapsed().as_secs_f64()));
+                // A TLS-bootstrap worker's token (made by its join, labelled with the node)
+                // must not outlive it. Asked for every node: one that joined so before its
+                // cluster's kubelet.certificates changed has one too.
+                let tokens = api.bootstrap_tokens(node).await?;
+                if dry_run {
+                    if !tokens.is_empty() {
+                        lines.push(format!("{node}: would delete {}", tokens.join(", ")));
+                    }
+                } else if !api.delete_bootstrap_tokens(node).await?.is_empty() {
+                    lines.push(format!("{node}: deleted {}", tokens.join(", ")));
+                }
             }
             Ok(lines)
         })
