@@ -416,6 +416,17 @@ pub trait Phase: Send + Sync {
     fn summary(&self) -> &'static str;
     /// Desired state of every host this phase touches. Pure: reads the context only.
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan>;
+    /// Reads from the hosts, right before [`Phase::plan`] in a run, the facts the plan needs
+    /// that an earlier phase of the run would have read (`--only-phase` or `--skip-phases`
+    /// leaves that phase out), into `ctx.facts`. Read-only: dry runs call it too. Default:
+    /// nothing.
+    fn gather<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Work on the operator's machine that `plan.local` describes; runs before the hosts.
     fn apply_local(&self, _ctx: &Context) -> anyhow::Result<()> {
         Ok(())

@@ -125,6 +125,10 @@ impl Runner {
         }
         for (index, phase) in self.phases.iter().enumerate() {
             let started = Instant::now();
+            phase
+                .gather(ctx, exec)
+                .await
+                .with_context(|| format!("phase {}: reading the hosts' facts", phase.name()))?;
             let plan = phase
                 .plan(ctx)
                 .with_context(|| format!("planning phase {}", phase.name()))?;

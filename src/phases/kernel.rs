@@ -250,6 +250,21 @@ pub async fn read_into_facts(
     Ok(o.stdout)
 }
 
+/// [`read_into_facts`] for each of `hosts` this run has not read yet: for a phase that renders
+/// from these facts (the kubelet's unit) when preflight and prepare, which read them, are not
+/// part of the run. Taken as `Stage::Applied`: an earlier run's prepare applied the settings.
+pub async fn read_missing(
+    ctx: &crate::engine::Context,
+    exec: &dyn crate::engine::Executor,
+    hosts: &[&crate::inventory::Host],
+) -> anyhow::Result<()> {
+    let reads = hosts
+        .iter()
+        .filter(|h| ctx.facts.get(&h.name, FACT).is_none())
+        .map(|h| read_into_facts(ctx, exec, h, Stage::Applied));
+    futures::future::try_join_all(reads).await.map(|_| ())
+}
+
 /// Whether `host` is an EC2 instance, by the read-back of this run (None: not read).
 pub fn on_ec2(ctx: &crate::engine::Context, host: &str) -> Option<bool> {
     ctx.facts
@@ -614,6 +629,38 @@ spec:
                 .unwrap()
                 .contains("protectKernelDefaults")
         );
+    }
+
+    /// A run without preflight and prepare (`init --only-phase kubelet`): the kubelet phase
+    /// reads the kernel facts itself before it plans, so it renders the unit `init` renders
+    /// (off EC2: the metadata lookup off) instead of rewriting it and restarting the kubelet;
+    /// a host already read in the run is not read again.
+    #[test]
+    fn the_kubelet_phase_reads_the_facts_a_run_without_preflight_lacks() {
+        use crate::engine::Phase as _;
+        const OFF: &str = "\nEnvironment=AWS_EC2_METADATA_DISABLED=true\n";
+        let d = tempfile::tempdir().unwrap();
+        let c = ctx(d.path(), "auto");
+        let unit = |c: &crate::engine::Context, h: &str| {
+            file(
+                &plan(c, "kubelet"),
+                h,
+                "/etc/systemd/system/kubelet.service",
+            )
+            .unwrap()
+        };
+        assert!(!unit(&c, "w1").contains(OFF), "unread: the lookup stays");
+        let on_ec2 = KernelFacts::to_fact(Stage::Applied, &format!("cloud=aws\n{REAL}"));
+        c.facts.set("cp1", FACT, on_ec2.clone());
+        // The fake host answers the read-back with nothing: no EC2 firmware.
+        let exec = crate::engine::executor::fake::FakeHosts::default();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(crate::phases::kubelet::Kubelet.gather(&c, &exec))
+            .unwrap();
+        assert!(unit(&c, "w1").contains(OFF), "{}", unit(&c, "w1"));
+        assert_eq!(c.facts.get("cp1", FACT), Some(on_ec2), "cp1 read again");
+        assert!(!unit(&c, "cp1").contains(OFF));
     }
 
     /// `true` on hosts that cannot hold the settings: preflight refuses every such host, the

@@ -150,6 +150,18 @@ fn ec2_metadata_off(ctx: &Context, h: &Host) -> bool {
     ctx.inv().kube_version().minor < 27 && super::kernel::on_ec2(ctx, &h.name) == Some(false)
 }
 
+/// The facts [`host_actions`] renders from (the kernel read-back: EC2 or not, what
+/// `protectKernelDefaults: auto` decides) for `hosts` this run has not read: every phase that
+/// writes the kubelet's unit gathers them, so a run without preflight and prepare
+/// (`--only-phase kubelet`) renders the same unit as `init` and restarts nothing.
+pub fn gather_for<'a>(
+    ctx: &'a Context,
+    exec: &'a dyn Executor,
+    hosts: Vec<&'a Host>,
+) -> BoxFuture<'a, anyhow::Result<()>> {
+    Box::pin(async move { super::kernel::read_missing(ctx, exec, &hosts).await })
+}
+
 fn node_path(name: &str) -> String {
     format!("/api/v1/nodes/{name}")
 }
@@ -336,6 +348,13 @@ impl Phase for Kubelet {
     }
     fn summary(&self) -> &'static str {
         "kubelet on every node; gate: the node is Ready"
+    }
+    fn gather<'a>(
+        &'a self,
+        ctx: &'a Context,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        gather_for(ctx, exec, ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)))
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();

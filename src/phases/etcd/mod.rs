@@ -52,6 +52,19 @@ impl Phase for Etcd {
     fn summary(&self) -> &'static str {
         "TLS etcd members, started together, health-gated"
     }
+    /// Static pods: the kubelet's unit is written here first (its facts, see kubelet).
+    fn gather<'a>(
+        &'a self,
+        ctx: &'a Context,
+        exec: &'a dyn Executor,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        let hosts = if ctx.inv().static_pods() {
+            ctx.hosts_where(|h| h.has(Role::Etcd))
+        } else {
+            Vec::new()
+        };
+        super::kubelet::gather_for(ctx, exec, hosts)
+    }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
         // Members joining a running cluster go one at a time, in the order they are added.
