@@ -127,8 +127,17 @@ impl<'a> NodeProbe<'a> {
         .unwrap();
         lab.exec_ok(
             host,
-            "rm -f /root/probe.finished /root/probe.count; setsid bash /root/probe.sh >/dev/null 2>&1 < /dev/null & sleep 1; cat /root/probe.count",
+            "rm -f /root/probe.finished /root/probe.count; setsid bash /root/probe.sh >/dev/null 2>&1 < /dev/null &",
         );
+        // Running once its first request has come back (a fixed second was too short on a
+        // loaded machine: the first kubectl had not answered yet).
+        eventually(Duration::from_secs(30), || {
+            lab.exec(host, "test -s /root/probe.count")
+                .status
+                .success()
+                .then_some(())
+        })
+        .expect("the node probe answers its first request");
         NodeProbe {
             lab,
             host: host.to_string(),
