@@ -518,17 +518,7 @@ fn bootstrap_worker_certificates(
     let o = kubectl(admin, &["logs", "on-h6"]);
     assert!(o.status.success(), "kubectl logs on-h6: {}", text(&o));
     // Its token: a Secret of kube-system, labelled with the node, with a short TTL.
-    let tokens = kubectl_json(
-        admin,
-        &[
-            "-n",
-            "kube-system",
-            "get",
-            "secret",
-            "-l",
-            "clusterctl.io/bootstrap-node=h6",
-        ],
-    );
+    let tokens = bootstrap_tokens_of_h6(admin);
     assert_eq!(tokens["items"].as_array().unwrap().len(), 1, "{tokens}");
     // check-expiration reads them from h6 as cluster-rotated, issued by the cluster CA.
     let o = clusterctl(&[
@@ -599,17 +589,7 @@ fn reset_of_a_bootstrap_worker(lab: &Lab, inv_arg: &str, admin: &std::path::Path
         !kubectl(admin, &["get", "node", "h6"]).status.success(),
         "node h6 is still there"
     );
-    let tokens = kubectl_json(
-        admin,
-        &[
-            "-n",
-            "kube-system",
-            "get",
-            "secret",
-            "-l",
-            "clusterctl.io/bootstrap-node=h6",
-        ],
-    );
+    let tokens = bootstrap_tokens_of_h6(admin);
     assert_eq!(tokens["items"], serde_json::json!([]), "{tokens}");
     let left = lab.exec_ok(
         "h6",
@@ -738,4 +718,19 @@ fn served_sans(ip: &str) -> String {
     sh(&format!(
         "openssl s_client -connect {ip}:6443 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
     ))
+}
+
+/// h6's bootstrap tokens: the Secrets of kube-system labelled with the node.
+fn bootstrap_tokens_of_h6(admin: &std::path::Path) -> serde_json::Value {
+    kubectl_json(
+        admin,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "secret",
+            "-l",
+            "clusterctl.io/bootstrap-node=h6",
+        ],
+    )
 }

@@ -291,10 +291,11 @@ struct FarState {
 /// unchanged binary (it hashed ~400 MB per host, most of a re-run's time). The query only
 /// reads the cache: a dry run writes nothing.
 const STATE: &str = concat!(
+    crate::hash_cache_hit!(),
     r#"nf=$1 nd=$2 k=$3; shift 3
 while [ "$nf" -gt 0 ]; do f=$1 c=$2; shift 2; nf=$((nf - 1))
   [ -f "$f" ] || continue
-  if [ -f "$c" ] && read -r ck h <"$c" && [ "$ck" = "$(stat -c "$k" "$f")" ]; then echo "$h  $f"; else sha256sum "$f"; fi
+  if cache_hit "$(stat -c "$k" "$f")" "$c"; then echo "$h  $f"; else sha256sum "$f"; fi
 done
 while [ "$nd" -gt 0 ]; do [ -d "$1" ] && echo "dir $(stat -c %a "$1") $1"; shift; nd=$((nd - 1)); done
 for u in "$@"; do echo "unit $u $(systemctl is-enabled "$u" 2>/dev/null || true) $(systemctl is-active "$u" 2>/dev/null || true)"; done

@@ -44,18 +44,13 @@ impl Phase for ControlPlane {
     fn summary(&self) -> &'static str {
         "kube-apiserver, kube-controller-manager, kube-scheduler"
     }
-    /// Static pods: the kubelet's unit is written here too (its facts, see kubelet).
+    /// Static pods: the kubelet's unit is written here too.
     fn gather<'a>(
         &'a self,
         ctx: &'a Context,
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
-        let hosts = if ctx.inv().static_pods() {
-            ctx.hosts_where(|h| h.has(Role::ControlPlane))
-        } else {
-            Vec::new()
-        };
-        super::kubelet::gather_for(ctx, exec, hosts)
+        static_pods::gather_kubelet_facts(ctx, exec, Role::ControlPlane)
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();

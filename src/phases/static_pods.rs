@@ -19,9 +19,25 @@ use std::time::Duration;
 use crate::bundle::{Item, Kind};
 use crate::engine::MANIFESTS;
 use crate::engine::{Action, Context, Executor, Script, Shell};
-use crate::inventory::{Host, Inventory};
+use crate::inventory::{Host, Inventory, Role};
 use crate::render::component_vars;
 use crate::version::KubeVersion;
+
+/// `Phase::gather` of the etcd and control-plane phases: in static-pods mode they write the
+/// kubelet's unit on the hosts of `role` (the kubelet runs their pods), so they read the facts
+/// it renders from, as the kubelet phase does ([`super::kubelet::gather_for`]).
+pub fn gather_kubelet_facts<'a>(
+    ctx: &'a Context,
+    exec: &'a dyn Executor,
+    role: Role,
+) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+    let hosts = if ctx.inv().static_pods() {
+        ctx.hosts_where(|h| h.has(role))
+    } else {
+        Vec::new()
+    };
+    super::kubelet::gather_for(ctx, exec, hosts)
+}
 
 /// `/etc/kubernetes/manifests/<component>.yaml`
 pub fn manifest_path(component: &str) -> String {

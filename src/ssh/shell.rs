@@ -243,6 +243,16 @@ pub fn cache_entry(cache_dir: &str, path: &str) -> String {
     )
 }
 
+/// `cache_hit KEY ENTRY`: true, with the cached sha256 in `$h`, when the hash-cache entry
+/// ENTRY holds KEY (the file's [`STAT_KEY`] now). The one reader of the cache's format, for
+/// [`stat_script`] and the engine's state query.
+#[macro_export]
+macro_rules! hash_cache_hit {
+    () => {
+        "cache_hit() { [ -f \"$2\" ] && read -r ck h <\"$2\" && [ \"$ck\" = \"$1\" ]; }\n"
+    };
+}
+
 /// The far-side identity of a file's content version: size, mtime, ctime (ns) and inode.
 pub const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
 
@@ -250,16 +260,19 @@ pub const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
 /// The sha256 comes from the hash cache when the file's stat key still matches, else it is
 /// computed (and cached).
 pub fn stat_script(paths: &[&str], cache_dir: &str) -> Shell {
-    const STAT: &str = r#"k=$1 cd=$2; shift 2
+    const STAT: &str = concat!(
+        crate::hash_cache_hit!(),
+        r#"k=$1 cd=$2; shift 2
 while [ $# -gt 0 ]; do
   f=$1 c=$2 h=; shift 2
   if [ -f "$f" ]; then
     s=$(stat -c "$k %a %U:%G" "$f"); key=${s%% *}; r=${s#* }; m=${r%% *}; o=${r#* }
-    if [ -f "$c" ] && read -r ck h <"$c" && [ "$ck" = "$key" ]; then :
+    if cache_hit "$key" "$c"; then :
     else h=$(sha256sum <"$f") && h=${h%% *} && { mkdir -p "$cd" && echo "$key $h" >"$c"; } 2>/dev/null; fi
     echo "$h $m $o"
   else echo -; fi
-done"#;
+done"#
+    );
     let mut script = Script::new(STAT).arg(STAT_KEY).arg(cache_dir);
     for p in paths {
         script = script.arg(p).arg(cache_entry(cache_dir, p));

@@ -52,18 +52,13 @@ impl Phase for Etcd {
     fn summary(&self) -> &'static str {
         "TLS etcd members, started together, health-gated"
     }
-    /// Static pods: the kubelet's unit is written here first (its facts, see kubelet).
+    /// Static pods: the kubelet's unit is written here first.
     fn gather<'a>(
         &'a self,
         ctx: &'a Context,
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
-        let hosts = if ctx.inv().static_pods() {
-            ctx.hosts_where(|h| h.has(Role::Etcd))
-        } else {
-            Vec::new()
-        };
-        super::kubelet::gather_for(ctx, exec, hosts)
+        static_pods::gather_kubelet_facts(ctx, exec, Role::Etcd)
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
