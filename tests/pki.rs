@@ -819,6 +819,53 @@ fn expired_leaves_are_reissued_and_cas_kept() {
     assert_eq!(verify_all_chains(&f), 35);
 }
 
+/// A leaf that names the current CA as its issuer but was signed by another CA of the same
+/// name, without an authority key id (so names and key ids cannot tell): re-issued, because
+/// the current CA's key does not verify its signature.
+#[test]
+fn a_leaf_signed_by_another_ca_of_the_same_name_is_reissued() {
+    let f = Fixture::example("local-proxy.yaml");
+    f.generate();
+    let ca = f.cert("ca.crt");
+    let cn = ca.subject.trim_start_matches("CN=").to_string();
+    assert_eq!(ca.subject, format!("CN={cn}"), "a CN-only CA subject");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, &cn);
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let other = p.self_signed(&other_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_der(other.der(), other_key).unwrap();
+    let rel = "nodes/cp1/apiserver";
+    let old = f.cert(&format!("{rel}.crt"));
+    // The signature is checked first: names and usages need not match.
+    let mut l = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    l.distinguished_name
+        .push(rcgen::DnType::CommonName, &old.common_name);
+    l.use_authority_key_identifier_extension = false;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let forged = l.signed_by(&key, &issuer).unwrap();
+    assert_eq!(
+        inspect::from_pem(&forged.pem(), "x").unwrap().issuer_raw,
+        ca.subject_raw
+    );
+    std::fs::write(f.pki(&format!("{rel}.crt")), forged.pem()).unwrap();
+    std::fs::write(f.pki(&format!("{rel}.key")), key.serialize_pem()).unwrap();
+    let out = f.generate();
+    let item = out
+        .items
+        .iter()
+        .find(|i| i.action == Action::Reissued)
+        .unwrap_or_else(|| panic!("nothing re-issued: {:#?}", out.items));
+    assert_eq!(out.count(Action::Reissued), 1, "{:#?}", out.items);
+    assert!(
+        item.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("not signed by the current")),
+        "{item:#?}"
+    );
+    assert!(inspect::signed_by(&f.cert(&format!("{rel}.crt")), &ca));
+}
+
 /// Every certificate file under pki/ (recursively), parsed.
 fn all_certs(f: &Fixture) -> Vec<(PathBuf, CertInfo)> {
     let mut out = Vec::new();

@@ -133,6 +133,26 @@ fn cert_of(path: &str, text: &str) -> Result<CertInfo> {
     }
 }
 
+/// Every certificate a file holds, in order (DER): a PEM file's, or a kubeconfig's client
+/// certificate and CA data. What "the same as the local PKI's copy" compares: a trust bundle
+/// (old + new CA during a rotation) or a kubeconfig's CA data differs from its local copy even
+/// where the first certificate (or the client certificate) is the same. None: unreadable.
+fn certificates_of(path: &str, text: &str) -> Option<Vec<Vec<u8>>> {
+    if path.ends_with(".conf") {
+        let kc = Kubeconfig::from_yaml(text, path).ok()?;
+        let mut all = Vec::new();
+        for pem in [kc.client_cert_pem().ok()?, kc.ca_pem().ok()?]
+            .into_iter()
+            .flatten()
+        {
+            all.extend(crate::pki::rotation::certificates(&pem).ok()?);
+        }
+        Some(all)
+    } else {
+        crate::pki::rotation::certificates(text).ok()
+    }
+}
+
 /// A shell script printing each file under a `==> path` header (`==> path MISSING` when
 /// absent); kubeconfigs without their `client-key-data` line.
 fn read_script(paths: &[String]) -> crate::ssh::shell::Shell {
@@ -270,8 +290,11 @@ pub async fn inspect_hosts(
                         row.warning = left < threshold_secs;
                         row.residual = Some(crate::pki::expiry::human(left));
                         row.not_after = Some(crate::pki::generate::fmt_time(c.not_after));
-                        row.matches_local =
-                            local_cert.as_ref().is_some_and(|l| l.serial == c.serial);
+                        row.matches_local = local_cert.is_some()
+                            && std::fs::read_to_string(local).is_ok_and(|l| {
+                                certificates_of(remote, text)
+                                    == certificates_of(&local.to_string_lossy(), &l)
+                            });
                         on_host.insert((host.clone(), remote.clone()), c.serial.clone());
                         row.serial = Some(c.serial);
                     }
@@ -461,6 +484,39 @@ mod tests {
         assert!(
             !out.contains("PRIVATE KEY") && !out.contains("c2VjcmV0"),
             "{out}"
+        );
+    }
+
+    /// A trust bundle or a kubeconfig's CA data is "the local copy" only with every
+    /// certificate the same: a host still on the old CA alone differs from old + new.
+    #[test]
+    fn a_bundle_matches_its_local_copy_only_with_every_certificate() {
+        let (old, _) = ca_and_leaf(0, 2_000_000_000);
+        let (new, leaf) = ca_and_leaf(0, 2_000_000_000);
+        let both = format!("{old}{new}");
+        assert_eq!(
+            certificates_of("/etc/kubernetes/pki/ca.crt", &both),
+            certificates_of("ca.crt", &both)
+        );
+        assert_ne!(
+            certificates_of("/etc/kubernetes/pki/ca.crt", &old),
+            certificates_of("ca.crt", &both)
+        );
+        let conf = |ca: &str| {
+            Kubeconfig::new("c", "https://10.0.0.1:6443", ca, "u", &leaf, "key")
+                .to_yaml()
+                .unwrap()
+        };
+        let (on_host, local) = (conf(&old), conf(&both));
+        let client = |t: &str| cert_of("kubelet.conf", t).unwrap().serial;
+        assert_eq!(
+            client(&on_host),
+            client(&local),
+            "the same client certificate"
+        );
+        assert_ne!(
+            certificates_of("kubelet.conf", &on_host),
+            certificates_of("kubelet.conf", &local)
         );
     }
 

@@ -401,11 +401,9 @@ pub fn stale_reason(
     key_pem: &str,
     now: i64,
 ) -> Option<String> {
-    if cert.issuer_raw != ca.info.subject_raw
-        || (cert.authority_key_id.is_some()
-            && ca.info.subject_key_id.is_some()
-            && cert.authority_key_id != ca.info.subject_key_id)
-    {
+    // By signature, not by issuer name and key id: a CA rotation's old and new CAs share the
+    // name, and a CA made elsewhere may carry no subject key id.
+    if !inspect::signed_by(cert, &ca.info) {
         return Some(format!("not signed by the current {} CA", ca.ca.name()));
     }
     if cert.not_after <= now {
