@@ -34,7 +34,8 @@ use common::*;
 /// every 100 ms, counting requests and failures.
 struct VipProbe {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
+    /// (requests, failures with the Unix second they happened in).
+    handle: std::thread::JoinHandle<(usize, Vec<(u64, String)>)>,
 }
 
 impl VipProbe {
@@ -72,18 +73,21 @@ impl VipProbe {
                     let o = kubectl(kc, args);
                     if !o.status.success() {
                         // The time of day (UTC), to find the step in the run's log.
-                        let secs = std::time::SystemTime::now()
+                        let unix = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .unwrap()
-                            .as_secs()
-                            % 86400;
-                        failed.push(format!(
-                            "{:02}:{:02}:{:02} {}: {}",
-                            secs / 3600,
-                            secs / 60 % 60,
-                            secs % 60,
-                            args.join(" "),
-                            text(&o)
+                            .as_secs();
+                        let secs = unix % 86400;
+                        failed.push((
+                            unix,
+                            format!(
+                                "{:02}:{:02}:{:02} {}: {}",
+                                secs / 3600,
+                                secs / 60 % 60,
+                                secs % 60,
+                                args.join(" "),
+                                text(&o)
+                            ),
                         ));
                     }
                 }
@@ -98,9 +102,13 @@ impl VipProbe {
     /// leader hand-over the runs' `outputs` report (`without_leader_changes`): a roll that
     /// must restart the leading member hands its leadership over first, and etcd fails the
     /// reads pending at that instant; a roll that needs no leader change may cost none.
-    fn finish(self, outputs: &[&str]) -> (usize, Vec<String>) {
+    /// `/readyz` withholds why its etcd check failed: each such failure gets the reasons the
+    /// apiservers logged then ([`with_logged_etcd_reasons`]), so a hand-over's answer counts
+    /// as one whichever of the probe's requests met it, and any other cause is printed.
+    fn finish(self, lab: &Lab, outputs: &[&str]) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let (n, failed) = self.handle.join().unwrap();
+        let failed = with_logged_etcd_reasons(lab, &["h1", "h2", "h3"], failed);
         (n, without_leader_changes(failed, handovers(outputs)))
     }
 }
@@ -182,7 +190,7 @@ fn renew_all_certificates_without_dropping_a_request() {
     let took = t.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let (term_after, leader_after) = etcd_term_and_leader(&lab, &inv);
-    let (requests, failures) = probe.finish(&[&report.to_string()]);
+    let (requests, failures) = probe.finish(&lab, &[&report.to_string()]);
     eprintln!(
         "etcd: raft term {term_before} -> {term_after}, leader {leader_before} -> {leader_after}"
     );
@@ -679,7 +687,7 @@ fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) -> std
         !has("h2", "test -e /var/lib/clusterctl/run.lock"),
         "the run released its markers"
     );
-    let (requests, failures) = probe.finish(&[]);
+    let (requests, failures) = probe.finish(lab, &[]);
     eprintln!(
         "chaos: probe {requests} requests, {} failures",
         failures.len()
@@ -850,7 +858,7 @@ fn rotate_cas(
     }
     std::thread::sleep(Duration::from_secs(2));
     let (requests, failures) =
-        probe.finish(&outputs.iter().map(String::as_str).collect::<Vec<_>>());
+        probe.finish(lab, &outputs.iter().map(String::as_str).collect::<Vec<_>>());
     eprintln!(
         "CA rotation: {} ; probe: {requests} requests (a third with the pod's token), {} failures",
         took.iter()

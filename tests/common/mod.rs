@@ -442,9 +442,8 @@ pub fn handovers(outputs: &[&str]) -> usize {
 /// start) may cost one such answer per hand-over; a run that needs no leader change
 /// (renew-certs, flag rolls, joins) may cost none. Printed either way.
 pub fn without_leader_changes(failed: Vec<String>, handovers: usize) -> Vec<String> {
-    let (leader, other): (Vec<String>, Vec<String>) = failed
-        .into_iter()
-        .partition(|f| f.ends_with("Error from server: etcdserver: leader changed\n"));
+    let (leader, other): (Vec<String>, Vec<String>) =
+        failed.into_iter().partition(|f| is_leader_change(f));
     eprintln!(
         "probe: {} 'leader changed' answers ({handovers} hand-over(s) reported): {leader:?}",
         leader.len()
@@ -453,6 +452,66 @@ pub fn without_leader_changes(failed: Vec<String>, handovers: usize) -> Vec<Stri
         return leader.into_iter().chain(other).collect();
     }
     other
+}
+
+/// An answer etcd gave because its leader changed: a read's "etcdserver: leader changed", or
+/// a `/readyz` whose etcd check failed (reason withheld) while every reason the apiservers
+/// logged for it then ([`with_logged_etcd_reasons`]) was that one. A failure with any other
+/// logged reason, or none found, stays a failure.
+fn is_leader_change(f: &str) -> bool {
+    if f.ends_with("Error from server: etcdserver: leader changed\n") {
+        return true;
+    }
+    match f.split_once(LOGGED) {
+        Some((answer, logged)) => {
+            answer.contains("[-]etcd failed: reason withheld")
+                && logged.lines().count() > 0
+                && logged
+                    .lines()
+                    .all(|l| l.contains("etcdserver: leader changed"))
+        }
+        None => false,
+    }
+}
+
+const LOGGED: &str = "\nwhat the apiservers logged for their etcd check then:\n";
+
+/// `/readyz` answers "[-]etcd failed: reason withheld"; the apiserver (at `--v=2`) logs the
+/// reason. Each such failure (with the Unix second it happened in) gets the etcd check
+/// failures the apiservers on `hosts` logged from 3 s before to 2 s after, by host, so a
+/// failed check is told apart: a leader hand-over's answer ([`is_leader_change`]) or
+/// anything else (printed with the failure).
+pub fn with_logged_etcd_reasons(
+    lab: &Lab,
+    hosts: &[&str],
+    failed: Vec<(u64, String)>,
+) -> Vec<String> {
+    failed
+        .into_iter()
+        .map(|(at, f)| {
+            if !f.contains("[-]etcd failed: reason withheld") {
+                return f;
+            }
+            let logged: Vec<String> = hosts
+                .iter()
+                .flat_map(|h| {
+                    let o = lab.exec(
+                        h,
+                        &format!(
+                            "journalctl -q --no-pager -o cat -u kube-apiserver --since @{} --until @{} | grep -F 'etcd failed: ' | grep -vF 'reason withheld'; true",
+                            at - 3,
+                            at + 2
+                        ),
+                    );
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(|l| format!("{h}: {}", l.trim()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            format!("{f}{LOGGED}{}", logged.join("\n"))
+        })
+        .collect()
 }
 
 /// Per endpoint (`host:port what`): the serial it serves now over TLS and the serial of the
