@@ -63,23 +63,38 @@ if [ "$lab" = 1 ]; then
 		"$b" --ignored --test-threads=1 >"$logs/$n.log" 2>&1; rc=$?
 		echo "$rc" >"$logs/$n.rc"
 		printf "%s %-28s %s (%ss)\n" "$(date +%H:%M:%S)" "$n" "$( [ $rc = 0 ] && echo ok || echo FAILED)" "$(( $(date +%s) - t0 ))" >&2'
-	failed=0
+	# A CI view may show only the start and the end of this output: every failed test's
+	# reason comes first (the panic message, no backtrace) and again, one line each, last;
+	# the whole outputs in between.
+	failed=()
 	for b in "${ordered[@]}"; do
 		n=$(basename "$b")
-		if [ "$(cat "$logs/$n.rc")" != 0 ]; then
-			failed=1
-			# The panic messages first (a CI view may show only the start), then everything.
-			echo "---- $n FAILED; why:" >&2
-			grep -A 12 "panicked at" "$logs/$n.log" >&2 || tail -n 30 "$logs/$n.log" >&2
-			echo "---- $n: its whole output:" >&2
-			cat "$logs/$n.log" >&2
-		else
-			grep -h "^test result" "$logs/$n.log" | sed "s/^/$n: /" >&2
+		if [ "$(cat "$logs/$n.rc")" != 0 ]; then failed+=("$n"); fi
+	done
+	why() { # the panic message of a failed test's log, else its last lines
+		awk '/panicked at/ {p = 1} p && /^(stack backtrace:|note: run with)/ {p = 0; exit} p' "$logs/$1.log" |
+			head -n "$2" | cut -c1-600 | grep . || tail -n "$2" "$logs/$1.log"
+	}
+	for n in "${failed[@]}"; do
+		echo "---- $n FAILED; why:" >&2
+		why "$n" 12 >&2
+	done
+	for n in "${failed[@]}"; do
+		echo "---- $n: its whole output:" >&2
+		cat "$logs/$n.log" >&2
+	done
+	for b in "${ordered[@]}"; do
+		n=$(basename "$b")
+		if [ "$(cat "$logs/$n.rc")" = 0 ]; then
+			grep -h "^test result" "$logs/$n.log" | sed "s/^/$n: /" >&2 || true
 		fi
+	done
+	for n in "${failed[@]}"; do
+		echo "FAILED $n: $(why "$n" 2 | tail -n 1 | cut -c1-300)" >&2
 	done
 	rm -rf "$logs"
 	bash tests/lab/check-clean.sh
-	[ "$failed" = 0 ] || { echo "tests/run.sh: lab/build tests failed (above)" >&2; exit 1; }
+	[ "${#failed[@]}" = 0 ] || { echo "tests/run.sh: lab/build tests failed (above)" >&2; exit 1; }
 else
 	echo "== cargo test (unit tests only)" >&2
 	cargo test --no-fail-fast
