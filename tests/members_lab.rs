@@ -146,7 +146,7 @@ impl<'a> NodeProbe<'a> {
 
     /// Stops it: (requests answered, failures), up to `handovers` leader changes set aside
     /// as in ReadProbe.
-    fn finish(self, handovers: usize) -> (usize, Vec<String>) {
+    fn finish(self, handovers: usize, stops: usize) -> (usize, Vec<String>) {
         self.lab.exec_ok(&self.host, "touch /root/probe.stop");
         eventually(Duration::from_secs(15), || {
             (self
@@ -167,7 +167,7 @@ impl<'a> NodeProbe<'a> {
             .filter(|f| !f.trim().is_empty())
             .map(|f| format!("{}\n", f.trim_end()))
             .collect();
-        (ok, without_leader_changes(failed, handovers))
+        (ok, without_etcd_churn(failed, handovers, stops))
     }
 }
 
@@ -175,25 +175,30 @@ impl<'a> NodeProbe<'a> {
 struct Probes<'a> {
     read: ReadProbe,
     node: NodeProbe<'a>,
+    /// The etcd members running when the probes started.
+    etcd: EtcdProcesses,
     t: Instant,
 }
 
 impl<'a> Probes<'a> {
     fn start(lab: &'a Lab, admin: &Path, cluster: &str) -> Probes<'a> {
         Probes {
+            etcd: EtcdProcesses::read(lab, &["h1", "h2", "h3", "h4", "h5", "h6"]),
             read: ReadProbe::start(admin),
             node: NodeProbe::start(lab, "h2", cluster),
             t: Instant::now(),
         }
     }
 
-    /// Stops both and asserts that no request failed (but one "leader changed" answer per
-    /// etcd leader hand-over the runs' `outputs` report).
+    /// Stops both and asserts that no request failed but the answers etcd's churn accounts
+    /// for: one "leader changed" per etcd leader hand-over the runs' `outputs` report, one per
+    /// member stopped or removed since the start (`without_etcd_churn`).
     fn assert_no_failure(self, what: &str, lab: &Lab, balancers: &[&str], outputs: &[&str]) {
         std::thread::sleep(Duration::from_secs(1));
         let secs = self.t.elapsed().as_secs_f64();
-        let (ok, failed) = self.read.finish_after(outputs);
-        let (node_ok, node_failed) = self.node.finish(handovers(outputs));
+        let stops = self.etcd.stops(lab);
+        let (ok, failed) = self.read.finish_after(outputs, stops);
+        let (node_ok, node_failed) = self.node.finish(handovers(outputs), stops);
         eprintln!(
             "{what}: {secs:.1}s; probe with admin.conf: {ok} reads, {} failed; through h2's local proxy: {node_ok} reads ({:.1}/s), {} failed",
             failed.len(),

@@ -98,18 +98,22 @@ impl VipProbe {
         VipProbe { stop, handle }
     }
 
-    /// (requests, failures). A "leader changed" answer is a failure too, but one per etcd
-    /// leader hand-over the runs' `outputs` report (`without_leader_changes`): a roll that
+    /// (requests, failures), but the answers etcd's churn accounts for (`without_etcd_churn`):
+    /// one "leader changed" per etcd leader hand-over the runs' `outputs` report (a roll that
     /// must restart the leading member hands its leadership over first, and etcd fails the
-    /// reads pending at that instant; a roll that needs no leader change may cost none.
-    /// `/readyz` withholds why its etcd check failed: each such failure gets the reasons the
-    /// apiservers logged then ([`with_logged_etcd_reasons`]), so a hand-over's answer counts
-    /// as one whichever of the probe's requests met it, and any other cause is printed.
-    fn finish(self, lab: &Lab, outputs: &[&str]) -> (usize, Vec<String>) {
+    /// reads pending at that instant), and one per etcd member stopped since `etcd` was read
+    /// (a request in flight to a member that stops fails). `/readyz` withholds why its etcd
+    /// check failed: each such failure gets the reasons the apiservers logged then
+    /// ([`with_logged_etcd_reasons`]), so it counts whichever of the probe's requests met
+    /// the churn, and any other cause is printed.
+    fn finish(self, lab: &Lab, outputs: &[&str], etcd: &EtcdProcesses) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let (n, failed) = self.handle.join().unwrap();
         let failed = with_logged_etcd_reasons(lab, &["h1", "h2", "h3"], failed);
-        (n, without_leader_changes(failed, handovers(outputs)))
+        (
+            n,
+            without_etcd_churn(failed, handovers(outputs), etcd.stops(lab)),
+        )
     }
 }
 
@@ -182,6 +186,7 @@ fn renew_all_certificates_without_dropping_a_request() {
         .into_iter()
         .map(|h| (h, etcd_started(&lab, h)))
         .collect();
+    let etcd = EtcdProcesses::read(&lab, &["h1", "h2", "h3"]);
     let probe = VipProbe::start(&admin);
     std::thread::sleep(Duration::from_secs(2));
     let (term_before, leader_before) = etcd_term_and_leader(&lab, &inv);
@@ -190,7 +195,7 @@ fn renew_all_certificates_without_dropping_a_request() {
     let took = t.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let (term_after, leader_after) = etcd_term_and_leader(&lab, &inv);
-    let (requests, failures) = probe.finish(&lab, &[&report.to_string()]);
+    let (requests, failures) = probe.finish(&lab, &[&report.to_string()], &etcd);
     eprintln!(
         "etcd: raft term {term_before} -> {term_after}, leader {leader_before} -> {leader_after}"
     );
@@ -551,6 +556,7 @@ fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) -> std
         let left = lab.exec_ok(h, "ls -A /var/lib/clusterctl/pending 2>/dev/null; true");
         assert!(left.trim().is_empty(), "{h}: pending record left: {left}");
     }
+    let etcd = EtcdProcesses::read(lab, &["h1", "h2", "h3"]);
     let probe = VipProbe::start(admin);
     let pending = "/var/lib/clusterctl/pending/unit@kube-apiserver.service";
     let has = |h: &str, cmd: &str| lab.exec(h, cmd).status.success();
@@ -687,7 +693,7 @@ fn chaos(lab: &Lab, inv: &clusterctl::inventory::Inventory, state: &Path) -> std
         !has("h2", "test -e /var/lib/clusterctl/run.lock"),
         "the run released its markers"
     );
-    let (requests, failures) = probe.finish(lab, &[]);
+    let (requests, failures) = probe.finish(lab, &[], &etcd);
     eprintln!(
         "chaos: probe {requests} requests, {} failures",
         failures.len()
@@ -776,6 +782,7 @@ fn rotate_cas(
         ("h5", "/etc/kubernetes/kube-proxy.conf"),
     ];
 
+    let etcd = EtcdProcesses::read(lab, &["h1", "h2", "h3"]);
     let probe = VipProbe::with_token(admin, Some(&token_kc));
     let mut took = Vec::new();
     let mut outputs = Vec::new();
@@ -857,8 +864,11 @@ fn rotate_cas(
         }
     }
     std::thread::sleep(Duration::from_secs(2));
-    let (requests, failures) =
-        probe.finish(lab, &outputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let (requests, failures) = probe.finish(
+        lab,
+        &outputs.iter().map(String::as_str).collect::<Vec<_>>(),
+        &etcd,
+    );
     eprintln!(
         "CA rotation: {} ; probe: {requests} requests (a third with the pod's token), {} failures",
         took.iter()

@@ -392,12 +392,13 @@ fn static_pod_control_plane() {
         &lab.dir.join("clusters").join(up.name()).join("pki"),
     );
     let before = served(&eps);
+    let etcd = EtcdProcesses::read(&lab, &CONTROL_PLANE);
     let probe = ReadProbe::start(&admin);
     let t = Instant::now();
     let renewed = clusterctl(&["-i", up_arg, "-o", "json", "renew-certs", "--all"]);
     let secs = t.elapsed().as_secs_f64();
     // etcd's pods are replaced one at a time, the leading member last after a hand-over.
-    let (ok, failed) = probe.finish_after(&[&text(&renewed)]);
+    let (ok, failed) = probe.finish_after(&[&text(&renewed)], etcd.stops(&lab));
     assert!(renewed.status.success(), "{}", text(&renewed));
     no_failed_read(&lab, "renew-certs", &failed);
     let after = served(&eps);
@@ -418,12 +419,13 @@ fn static_pod_control_plane() {
     // the VIP moves too), then `join` brings it back: 3 -> 2 -> 3 etcd members, with reads
     // through the VIP answered all along.
     let gone = vip_holder(&lab).expect("a control-plane host holds the VIP");
+    let etcd = EtcdProcesses::read(&lab, &CONTROL_PLANE);
     let probe = ReadProbe::start(&admin);
     let t = Instant::now();
     let out = clusterctl(&["-i", up_arg, "reset", "--hosts", &gone, "--yes"]);
     let reset_secs = t.elapsed().as_secs_f64();
     // Its member leaves etcd: if it led, the leadership is handed over first.
-    let (ok, failed) = probe.finish_after(&[&text(&out)]);
+    let (ok, failed) = probe.finish_after(&[&text(&out)], etcd.stops(&lab));
     assert!(out.status.success(), "{}", text(&out));
     no_failed_read(&lab, &format!("the reset of {gone}"), &failed);
     let holder = vip_holder(&lab);

@@ -132,9 +132,11 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     let plan = clusterctl(&["-i", inv_arg, "upgrade", "plan"]);
     eprintln!("{}", text(&plan));
     assert!(plan.status.success(), "{}", text(&plan));
+    let etcd = EtcdProcesses::read(&lab, &["h1", "h2", "h3"]);
     let probe = ReadProbe::start(&admin);
     let (report, _) = upgrade_probed(
-        probe,
+        &lab,
+        (probe, etcd),
         &["-i", inv_arg, "-o", "json", "upgrade"],
         "etcd-only upgrade",
     );
@@ -181,6 +183,7 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "h2",
         "mv /usr/local/bin/kube-apiserver /usr/local/bin/kube-apiserver.moved-by-test && mkdir /usr/local/bin/kube-apiserver",
     );
+    let etcd = EtcdProcesses::read(&lab, &["h1", "h2", "h3"]);
     let probe = ReadProbe::start(&admin);
     let t = Instant::now();
     let failed = clusterctl(&["-i", inv_arg, "-o", "json", "upgrade", "--to", TARGET]);
@@ -251,7 +254,8 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
     assert_eq!(apiserver_version(&lab, &admin, "h2"), TARGET);
     // A plain re-run resumes and completes.
     let (done, ok) = upgrade_probed(
-        probe,
+        &lab,
+        (probe, etcd),
         &["-i", inv_arg, "-o", "json", "upgrade", "--to", TARGET],
         "re-run after the kill",
     );
@@ -392,13 +396,19 @@ fn drains(report: &serde_json::Value) -> Vec<(String, String)> {
 }
 
 /// An upgrade that must succeed while `probe` reads through the VIP: its report and the reads
-/// answered; no read may fail but one "leader changed" answer per etcd leader hand-over the
-/// report shows (etcd's own upgrade must restart the leading member).
-fn upgrade_probed(probe: ReadProbe, args: &[&str], what: &str) -> (serde_json::Value, usize) {
+/// answered; no read may fail but the answers etcd's churn accounts for (one "leader changed"
+/// per hand-over the report shows, one per etcd member stopped since `etcd` was read: etcd's
+/// own upgrade restarts every member; see `without_etcd_churn`).
+fn upgrade_probed(
+    lab: &Lab,
+    (probe, etcd): (ReadProbe, EtcdProcesses),
+    args: &[&str],
+    what: &str,
+) -> (serde_json::Value, usize) {
     let t = Instant::now();
     let report = run_report_upgrade(args);
     let secs = t.elapsed().as_secs_f64();
-    let (ok, failures) = probe.finish_after(&[&report.to_string()]);
+    let (ok, failures) = probe.finish_after(&[&report.to_string()], etcd.stops(lab));
     eprintln!(
         "{what} {secs:.1}s, stages {:?}; probe: {ok} answered, {} failed",
         stage_seconds(&report),
