@@ -6,9 +6,12 @@
 # reports sent, and bytes that left the machine onto the lab bridge during the init (the
 # bridge's tx counter: what the operator's link carried, SSH framing included).
 #
-# Usage: lab-slot bench/init.sh [--hosts 5] [--runs 3] [--label NAME] [--shape RATE]
+# Usage: lab-slot bench/init.sh [--hosts 5] [--runs 3] [--label NAME] [--shape RATE] [--join J]
 #   --shape RATE: the machine's link to the lab bridge (operator -> hosts) is shaped with tc
 #   (tbf, e.g. 200mbit), like an operator's uplink.
+#   --join J: `init` on the first N-J hosts only, then `join` of the last J workers into the
+#   running cluster, measured the same way.
+# clusterctl's peak memory (RSS) is reported for each measured command.
 # Env:   CLUSTERCTL=path to the clusterctl to measure (default: a release build of this tree),
 #        LAB=lab name (default "binit").
 # Results: bench/results/init-<UTC date>-<label>/runs.jsonl and summary.md (medians).
@@ -21,17 +24,20 @@ hosts=5
 runs=3
 label=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo tree)
 shape=
+join=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--hosts) hosts=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
 	--label) label=$2; shift 2 ;;
 	--shape) shape=$2; shift 2 ;;
-	*) sed -n '9,14p' "$0" >&2; exit 2 ;;
+	--join) join=$2; shift 2 ;;
+	*) sed -n '9,17p' "$0" >&2; exit 2 ;;
 	esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: must run as root (the lab)" >&2; exit 1; }
 [ "$hosts" -ge 3 ] || { echo "bench: need at least 3 hosts" >&2; exit 2; }
+[ "$join" -le $((hosts - 3)) ] || { echo "bench: --join takes workers only (at most N-3)" >&2; exit 2; }
 log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 if [ -z "${CLUSTERCTL:-}" ]; then
@@ -48,8 +54,28 @@ mkdir -p "$out"
 	nproc
 	"$CLUSTERCTL" --version 2>/dev/null || true
 	echo "bundle: $bundle"
-	echo "hosts: $hosts, runs: $runs, clusterctl: $CLUSTERCTL, link shaped: ${shape:-no}"
+	echo "hosts: $hosts (joined later: $join), runs: $runs, clusterctl: $CLUSTERCTL, link shaped: ${shape:-no}"
 } >"$out/env.txt"
+
+# measured BASE INVENTORY COMMAND: runs `clusterctl -i INVENTORY -o json COMMAND` (BASE.json,
+# BASE.log) under a wrapper that reads its peak resident memory (getrusage), and records in
+# BASE.measure its wall time, that memory and the bytes that left the machine onto the lab
+# bridge meanwhile (the bridge's tx counter: what the operator's link carried). Fails as the
+# command fails.
+measured() {
+	python3 - "$1" "$tx" "$CLUSTERCTL" -i "$2" -o json "$3" <<'PY'
+import json, resource, subprocess, sys, time
+base, tx = sys.argv[1], sys.argv[2]
+wire = lambda: int(open(tx).read())
+w0, t0 = wire(), time.monotonic()
+rc = subprocess.call(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=open(base + ".json", "w"),
+    stderr=open(base + ".log", "w"))
+json.dump({"seconds": round(time.monotonic() - t0, 2), "wire_tx_bytes": wire() - w0,
+    "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "exit": rc},
+    open(base + ".measure", "w"))
+sys.exit(rc)
+PY
+}
 
 d=/var/lib/clusterctl-lab/$lab
 trap 'bash "$root/tests/lab/lab.sh" down "$lab" >/dev/null 2>&1 || true' EXIT
@@ -74,32 +100,43 @@ YAML
 		tc qdisc replace dev "$LAB_BRIDGE" root tbf rate "$shape" burst 256kb latency 100ms
 	fi
 	tx=/sys/class/net/$LAB_BRIDGE/statistics/tx_bytes
+	# init on all hosts but the last $join (workers), which join afterwards.
+	init_inv=$inv
+	if [ "$join" -gt 0 ]; then
+		init_inv=$d/inventory-init.yaml
+		grep -vE "^    - \{ name: h($(seq -s '|' $((hosts - join + 1)) "$hosts")), " "$inv" >"$init_inv"
+	fi
 	load=$(cut -d' ' -f1 /proc/loadavg)
-	tx0=$(cat "$tx")
-	t0=$(date +%s.%N)
-	"$CLUSTERCTL" -i "$inv" -o json init >"$out/run$run-init.json" 2>"$out/run$run-init.log"
-	t1=$(date +%s.%N)
-	tx1=$(cat "$tx")
-	"$CLUSTERCTL" -i "$inv" -o json init >"$out/run$run-rerun.json" 2>"$out/run$run-rerun.log"
-	t2=$(date +%s.%N)
-	tx2=$(cat "$tx")
-	python3 - "$out" "$run" "$hosts" "$load" "$t0" "$t1" "$t2" "$tx0" "$tx1" "$tx2" "$shape" >>"$out/runs.jsonl" <<'PY'
+	measured "$out/run$run-init" "$init_inv" init
+	measured "$out/run$run-rerun" "$init_inv" init
+	if [ "$join" -gt 0 ]; then
+		measured "$out/run$run-join" "$inv" join
+	fi
+	python3 - "$out" "$run" "$hosts" "$join" "$load" "$shape" >>"$out/runs.jsonl" <<'PY'
 import json, sys
-out, run, hosts, load, t0, t1, t2, tx0, tx1, tx2 = sys.argv[1:11]
-def summary(path):
-    r = json.load(open(path))
+out, run, hosts, join, load, shape = sys.argv[1:7]
+def measured(name):
+    """(wall s, phases, clusterctl's bytes sent, bytes onto the bridge, peak RSS MiB) of a run."""
+    base = f"{out}/run{run}-{name}"
+    r = json.load(open(base + ".json"))
     phases, sent = {}, 0
     for p in r["phases"]:
         phases[p["phase"]] = round(p["seconds"], 2)
         for h in p["hosts"].values():
             sent += h.get("bytes_sent", 0)
-    return phases, sent
-phases, sent = summary(f"{out}/run{run}-init.json")
-_, resent = summary(f"{out}/run{run}-rerun.json")
-print(json.dumps({"run": int(run), "hosts": int(hosts), "load1": float(load), "shape": sys.argv[11] or None,
-    "init_s": round(float(t1) - float(t0), 2), "phases": phases, "bytes_sent": sent,
-    "wire_tx_bytes": int(tx1) - int(tx0), "rerun_s": round(float(t2) - float(t1), 2),
-    "rerun_bytes_sent": resent, "rerun_wire_tx_bytes": int(tx2) - int(tx1)}))
+    m = json.load(open(base + ".measure"))
+    return m["seconds"], phases, sent, m["wire_tx_bytes"], round(m["maxrss_kib"] / 1024, 1)
+init_s, phases, sent, wire, rss = measured("init")
+rerun_s, _, resent, rewire, _ = measured("rerun")
+row = {"run": int(run), "hosts": int(hosts) - int(join), "load1": float(load), "shape": shape or None,
+    "init_s": init_s, "phases": phases, "bytes_sent": sent, "wire_tx_bytes": wire,
+    "clusterctl_max_rss_mib": rss, "rerun_s": rerun_s, "rerun_bytes_sent": resent,
+    "rerun_wire_tx_bytes": rewire}
+if int(join) > 0:
+    s, ph, b, w, m = measured("join")
+    row.update({"joined": int(join), "join_s": s, "join_phases": ph, "join_bytes_sent": b,
+        "join_wire_tx_bytes": w, "join_max_rss_mib": m})
+print(json.dumps(row))
 PY
 	log "run $run: $(tail -1 "$out/runs.jsonl")"
 	bash "$root/tests/lab/lab.sh" down "$lab" >/dev/null
@@ -108,7 +145,7 @@ python3 - "$out/runs.jsonl" >"$out/summary.md" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 med = lambda xs: statistics.median(xs)
-print(f"{len(rows)} run(s) of init on {rows[0]['hosts']} fresh hosts; medians (single runs in brackets)\n")
+print(f"{len(rows)} run(s) of init on {rows[0]['hosts']} fresh hosts; medians (each run after the slash)\n")
 print("| measure | median | runs |\n|---|---:|---|")
 def row(name, xs, fmt):
     print(f"| {name} | {fmt(med(xs))} | {' / '.join(fmt(x) for x in xs)} |")
@@ -119,8 +156,16 @@ for p in rows[0]["phases"]:
     row(f"  {p}", [r["phases"].get(p, 0) for r in rows], s)
 row("bytes sent (clusterctl's count)", [r["bytes_sent"] for r in rows], mb)
 row("bytes onto the lab bridge", [r["wire_tx_bytes"] for r in rows], mb)
+row("clusterctl's peak memory (RSS)", [r["clusterctl_max_rss_mib"] for r in rows], lambda x: f"{x:.0f} MiB")
 row("re-run", [r["rerun_s"] for r in rows], s)
 row("re-run bytes sent", [r["rerun_bytes_sent"] for r in rows], mb)
+if "join_s" in rows[0]:
+    row(f"join of {rows[0]['joined']} workers", [r["join_s"] for r in rows], s)
+    for p in rows[0]["join_phases"]:
+        row(f"  {p}", [r["join_phases"].get(p, 0) for r in rows], s)
+    row("join: bytes sent (clusterctl's count)", [r["join_bytes_sent"] for r in rows], mb)
+    row("join: bytes onto the lab bridge", [r["join_wire_tx_bytes"] for r in rows], mb)
+    row("join: clusterctl's peak memory (RSS)", [r["join_max_rss_mib"] for r in rows], lambda x: f"{x:.0f} MiB")
 row("load average at start", [r["load1"] for r in rows], lambda x: f"{x:.1f}")
 PY
 cat "$out/summary.md"
