@@ -370,6 +370,22 @@ fn transient(e: &anyhow::Error) -> bool {
         || s.contains("no leader")
 }
 
+/// `endpoints` without those in `urls` (trailing slashes aside); all of them when that would
+/// leave none (a lone member is still asked: there is no other).
+fn endpoints_without(endpoints: &[String], urls: &[String]) -> Vec<String> {
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let rest: Vec<String> = endpoints
+        .iter()
+        .filter(|ep| !urls.iter().any(|u| same(u, ep)))
+        .cloned()
+        .collect();
+    if rest.is_empty() {
+        endpoints.to_vec()
+    } else {
+        rest
+    }
+}
+
 impl Etcd {
     /// A client for the recorded members (else the inventory's etcd hosts).
     pub fn new(ctx: &Context) -> anyhow::Result<Etcd> {
@@ -390,6 +406,15 @@ impl Etcd {
                 .map(|h| Inventory::url(h.address, 2379))
                 .collect(),
         })
+    }
+
+    /// The same client without the endpoints in `urls` (a member's client URLs): to ask the
+    /// other members about it ([`endpoints_without`]).
+    pub fn without(&self, urls: &[String]) -> Etcd {
+        Etcd {
+            http: self.http.clone(),
+            endpoints: endpoints_without(&self.endpoints, urls),
+        }
     }
 
     /// POST to one endpoint.
@@ -782,22 +807,35 @@ pub async fn remove_member(
         ))
     })?;
     let mut lines = move_leader_away(etcd, &target).await?;
-    let v = etcd
+    // Asked of the other members: the removed one stops itself as it applies its removal,
+    // and its own answer is then an error ("server stopped") although the removal was
+    // committed (seen in static_pods_lab, followed by a timeout from the next member and
+    // "member not found" from the last one).
+    let others = etcd.without(&target.client_urls);
+    let removed = others
         .call_retrying(
             &format!("etcd member remove {}", target.label()),
             "/v3/cluster/member/remove",
             &json!({"ID": target.id}),
             Duration::from_secs(60),
         )
-        .await
-        .map_err(|e| {
-            UserError::failed(format!(
-                "etcd member remove {} (ID {}): {e:#}",
-                target.label(),
-                target.id
-            ))
-        })?;
-    let left = parse_members(&v);
+        .await;
+    let left = match removed {
+        Ok(v) => parse_members(&v),
+        // An answer lost on the way (a member that stopped, a timeout) or a removal an
+        // earlier, killed run committed: the members of now tell whether it is gone.
+        Err(e) => match others.members().await {
+            Ok(now) if !now.iter().any(|m| m.id == target.id) => now,
+            _ => {
+                return Err(UserError::failed(format!(
+                    "etcd member remove {} (ID {}): {e:#}",
+                    target.label(),
+                    target.id
+                ))
+                .into());
+            }
+        },
+    };
     lines.push(format!(
         "etcd: member {} removed, {} left ({} voting)",
         target.label(),
@@ -979,6 +1017,33 @@ pub async fn settle_departed(ctx: &Context, dry_run: bool) -> anyhow::Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member's removal is asked of the other members: the removed member stops as it
+    /// applies it, and its answer is lost. A lone member is still asked (there is no other).
+    #[test]
+    fn a_removal_is_asked_of_the_other_members() {
+        let all = [
+            "https://10.0.0.1:2379",
+            "https://10.0.0.2:2379/",
+            "https://10.0.0.3:2379",
+        ]
+        .map(String::from);
+        let members = parse_members(&list());
+        assert_eq!(members[0].name, "h1");
+        assert_eq!(
+            endpoints_without(&all, &members[0].client_urls),
+            ["https://10.0.0.2:2379/", "https://10.0.0.3:2379"]
+        );
+        assert_eq!(
+            endpoints_without(&all, &members[1].client_urls),
+            ["https://10.0.0.1:2379", "https://10.0.0.3:2379"],
+            "a trailing slash is the same URL"
+        );
+        assert_eq!(
+            endpoints_without(&all[..1], &members[0].client_urls),
+            ["https://10.0.0.1:2379"]
+        );
+    }
 
     fn list() -> Value {
         json!({"members": [
