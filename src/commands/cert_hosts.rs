@@ -269,9 +269,11 @@ pub async fn inspect_hosts(
             Err(e) => anyhow::bail!("{host}: reading its certificates: {e}"),
         };
         for (remote, local) in files {
-            let local_cert = std::fs::read_to_string(local)
+            // The local copy, read once, when it holds a certificate.
+            let local_path = local.to_string_lossy();
+            let local_text = std::fs::read_to_string(local)
                 .ok()
-                .and_then(|t| cert_of(&local.to_string_lossy(), &t).ok());
+                .filter(|t| cert_of(&local_path, t).is_ok());
             let mut row = HostFileRow {
                 host: host.clone(),
                 path: remote.clone(),
@@ -290,11 +292,9 @@ pub async fn inspect_hosts(
                         row.warning = left < threshold_secs;
                         row.residual = Some(crate::pki::expiry::human(left));
                         row.not_after = Some(crate::pki::generate::fmt_time(c.not_after));
-                        row.matches_local = local_cert.is_some()
-                            && std::fs::read_to_string(local).is_ok_and(|l| {
-                                certificates_of(remote, text)
-                                    == certificates_of(&local.to_string_lossy(), &l)
-                            });
+                        row.matches_local = local_text.as_deref().is_some_and(|l| {
+                            certificates_of(remote, text) == certificates_of(&local_path, l)
+                        });
                         on_host.insert((host.clone(), remote.clone()), c.serial.clone());
                         row.serial = Some(c.serial);
                     }
