@@ -462,6 +462,7 @@ fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
         order,
         [
             "reset-drain",
+            "reset-vip",
             "reset-balancers",
             "reset-control-plane",
             "reset-etcd",
@@ -474,12 +475,24 @@ fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
         "{s}"
     );
     assert!(s.contains("local: etcd member remove cp3"), "{s}");
-    // The other balancers reload without cp3; cp3 leaves them before it stops.
-    let lb = s
-        .split("phase 2/5")
+    // cp3's keepalived stops first, while the other balancers still count it as a peer; they
+    // reload without cp3 next; its haproxy and apiserver stop after that.
+    let vip = s
+        .split("phase 2/6")
         .nth(1)
         .unwrap()
-        .split("phase 3/5")
+        .split("phase 3/6")
+        .next()
+        .unwrap();
+    assert!(
+        vip.contains("cp3 (") && !vip.contains("cp1 (") && vip.contains("stop keepalived.service"),
+        "{vip}"
+    );
+    let lb = s
+        .split("phase 3/6")
+        .nth(1)
+        .unwrap()
+        .split("phase 4/6")
         .next()
         .unwrap();
     assert!(
@@ -487,7 +500,7 @@ fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
         "{lb}"
     );
     assert!(lb.contains("haproxy.service enabled + running"), "{lb}");
-    let host = s.split("phase 5/5").nth(1).unwrap();
+    let host = s.split("phase 6/6").nth(1).unwrap();
     for step in [
         "run      stop the kubelet",
         "run      kill the pods' containers",
@@ -503,6 +516,7 @@ fn reset_plan_shows_cluster_steps_the_staying_balancers_and_each_host_step() {
     assert_eq!(hosts_of(&v, "reset-host"), ["w1"]);
     assert!(hosts_of(&v, "reset-control-plane").is_empty());
     assert!(hosts_of(&v, "reset-balancers").is_empty());
+    assert!(hosts_of(&v, "reset-vip").is_empty());
     let etcd = phase(&v, "reset-etcd");
     assert!(etcd.get("local").is_none(), "{etcd}");
 }

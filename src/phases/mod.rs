@@ -56,6 +56,7 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(upgrade::nodes::UpgradeNodes),
         Box::new(upgrade::rollback::UpgradeRollback),
         Box::new(reset::drain::ResetDrain),
+        Box::new(reset::vip::ResetVip),
         Box::new(reset::balancers::ResetBalancers),
         Box::new(reset::control_plane::ResetControlPlane),
         Box::new(reset::etcd::ResetEtcd),

@@ -726,6 +726,33 @@ pub fn balancer_events(lab: &Lab, hosts: &[&str]) -> String {
         .join("\n")
 }
 
+/// How long the VIP had no holder when `from`'s keepalived stopped after `since` (Unix
+/// seconds): from its "Stopping" to the first "Entering MASTER STATE" of one of `others`,
+/// read from their journals. Err says what the journals lack.
+pub fn vip_gap(lab: &Lab, from: &str, others: &[&str], since: f64) -> Result<f64, String> {
+    let first = |host: &str, needle: &str| -> Option<f64> {
+        let o = lab.exec(
+            host,
+            "journalctl -q --no-pager -o short-unix -t Keepalived -t Keepalived_vrrp",
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+            .find(|t| *t >= since)
+    };
+    let stopped = first(from, "Stopping").ok_or(format!("{from}: no keepalived stop logged"))?;
+    let taken = others
+        .iter()
+        .filter_map(|h| first(h, "Entering MASTER STATE"))
+        .filter(|t| *t >= stopped)
+        .min_by(f64::total_cmp)
+        .ok_or(format!(
+            "none of {others:?} took the VIP after {from} stopped"
+        ))?;
+    Ok(taken - stopped)
+}
+
 /// The workload checks of the nodes lab tests, on a cluster whose workers are h4 and h5 and
 /// whose admin kubeconfig points at the VIP (`addr(100)`:8443): a Deployment of 4 busybox web
 /// pods spread over the workers reaches Running; a pod on h4 reaches a pod on h5 by IP and the

@@ -1,6 +1,6 @@
-//! reset-control-plane: on each reset host, first out of the load balancing: keepalived stops
-//! (a VIP it holds moves to a balancer that stays, which already dropped this host) and
-//! haproxy stops; then the apiserver, controller-manager and scheduler stop (units, or in
+//! reset-control-plane: on each reset host, first out of the load balancing: haproxy stops
+//! (keepalived did in reset-vip, and the VIP moved to a balancer that stays, which has since
+//! dropped this host's backend); then the apiserver, controller-manager and scheduler stop (units, or in
 //! static-pods mode their manifests moved to `/etc/kubernetes/manifests.reset/`, which the
 //! host step backs up with /etc/kubernetes). etcd keeps running here: its member is removed
 //! next, while it still counts for the quorum.
@@ -16,20 +16,12 @@ pub struct ResetControlPlane;
 /// Where static-pods mode keeps the manifests of stopped components during a reset.
 pub const HOLD: &str = "/etc/kubernetes/manifests.reset";
 
-fn stop_unit(unit: &str, why: &str) -> Action {
-    Action::run(
-        &format!("stop {unit} ({why})"),
-        crate::ssh::shell::systemctl(&["stop"], [unit]),
-        Some(crate::ssh::shell::systemctl(&["is-active", "-q"], [unit]).negated()),
-    )
-}
-
 impl Phase for ResetControlPlane {
     fn name(&self) -> &'static str {
         "reset-control-plane"
     }
     fn summary(&self) -> &'static str {
-        "the reset hosts leave the load balancing (keepalived, haproxy), then their apiserver, controller-manager and scheduler stop"
+        "the reset hosts leave the load balancing (haproxy; keepalived if still running), then their apiserver, controller-manager and scheduler stop"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let inv = ctx.inv();
@@ -40,12 +32,17 @@ impl Phase for ResetControlPlane {
             let mut actions = Vec::new();
             if lbs.iter().any(|n| *n == h.name) {
                 if inv.spec.ha.mode == HaMode::Vip {
-                    actions.push(stop_unit(
+                    // Stopped by reset-vip already; kept here (skipped then) so that a playbook
+                    // copied before reset-vip existed still takes the host out of the VRRP.
+                    actions.push(super::stop_unit(
                         "keepalived.service",
                         "a VIP held here moves to a balancer that stays",
                     ));
                 }
-                actions.push(stop_unit("haproxy.service", "no more balancing here"));
+                actions.push(super::stop_unit(
+                    "haproxy.service",
+                    "no more balancing here",
+                ));
             }
             if h.has(Role::ControlPlane) {
                 let sp = inv.static_pods();

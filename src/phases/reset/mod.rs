@@ -4,9 +4,11 @@
 //!
 //! - [`drain`]: (cluster step) the etcd removal is checked (quorum), then each node is
 //!   cordoned, drained and deleted;
+//! - [`vip`]: with a VIP, the reset hosts' keepalived stops while the other balancers still
+//!   count them as peers, so a VIP held there moves at once (gate: it answers elsewhere);
 //! - [`balancers`]: the balancers that stay drop the reset hosts' apiserver backends (haproxy
 //!   and keepalived reload, no restart);
-//! - [`control_plane`]: the reset hosts' apiservers, controller-managers and schedulers stop;
+//! - [`control_plane`]: the reset hosts' haproxy, then their apiservers, controller-managers and schedulers stop;
 //! - [`etcd`]: (cluster step) leadership moves off the members to remove, then `member remove`
 //!   one at a time, each against the members left;
 //! - [`host`]: on each reset host, units stopped, pods killed, data backed up on the host,
@@ -21,12 +23,22 @@ pub mod control_plane;
 pub mod drain;
 pub mod etcd;
 pub mod host;
+pub mod vip;
 
 use std::collections::BTreeSet;
 
 use crate::diag::UserError;
 use crate::engine::Context;
 use crate::inventory::{Host, Inventory};
+
+/// `systemctl stop UNIT`, skipped when it is not running.
+pub(crate) fn stop_unit(unit: &str, why: &str) -> crate::engine::Action {
+    crate::engine::Action::run(
+        &format!("stop {unit} ({why})"),
+        crate::ssh::shell::systemctl(&["stop"], [unit]),
+        Some(crate::ssh::shell::systemctl(&["is-active", "-q"], [unit]).negated()),
+    )
+}
 
 /// The phase whose ok journal entry for a host says the host was reset.
 pub const DONE_PHASE: &str = "reset-host";
@@ -128,6 +140,7 @@ spec:
             names,
             [
                 "reset-drain",
+                "reset-vip",
                 "reset-balancers",
                 "reset-control-plane",
                 "reset-etcd",
@@ -142,9 +155,13 @@ spec:
         );
         assert!(plans[0].local.iter().any(|l| l.contains("quorum")));
         // The balancers that stay, without cp3's backend and peer; cp3 is not among them.
-        let lb: Vec<&str> = plans[1].hosts.iter().map(|h| h.host.as_str()).collect();
+        // cp3's keepalived stops first, while cp1 and cp2 still count it as a peer.
+        let vip: Vec<&str> = plans[1].hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(vip, ["cp3"]);
+        assert!(runs(&plans[1], "cp3")[0].starts_with("stop keepalived.service"));
+        let lb: Vec<&str> = plans[2].hosts.iter().map(|h| h.host.as_str()).collect();
         assert_eq!(lb, ["cp1", "cp2"]);
-        for hp in &plans[1].hosts {
+        for hp in &plans[2].hosts {
             for a in &hp.actions {
                 if let Action::File {
                     source: Source::Rendered { content, .. },
@@ -157,16 +174,16 @@ spec:
                 }
             }
         }
-        let cp = runs(&plans[2], "cp3");
+        let cp = runs(&plans[3], "cp3");
         assert!(cp[0].starts_with("stop keepalived.service"), "{cp:?}");
         assert!(cp[1].starts_with("stop haproxy.service"), "{cp:?}");
         assert!(cp[2].starts_with("stop kube-apiserver"), "{cp:?}");
         assert!(
-            plans[3].local[0].contains("member remove cp3"),
+            plans[4].local[0].contains("member remove cp3"),
             "{:?}",
-            plans[3].local
+            plans[4].local
         );
-        let host = runs(&plans[4], "cp3");
+        let host = runs(&plans[5], "cp3");
         assert!(
             host.iter().any(|s| s.contains("back up the etcd data")),
             "{host:?}"
@@ -176,7 +193,7 @@ spec:
                 .any(|s| s.contains("stop and disable") && s.contains("etcd.service")),
             "{host:?}"
         );
-        assert_eq!(plans[4].hosts.len(), 1, "only the reset host is cleaned");
+        assert_eq!(plans[5].hosts.len(), 1, "only the reset host is cleaned");
     }
 
     #[test]
