@@ -7,8 +7,11 @@
 # bridge's tx counter: what the operator's link carried, SSH framing included).
 #
 # Usage: lab-slot bench/init.sh [--hosts 5] [--runs 3] [--label NAME] [--shape RATE] [--join J]
+#                               [--peer-copy S]
 #   --shape RATE: the machine's link to the lab bridge (operator -> hosts) is shaped with tc
 #   (tbf, e.g. 200mbit), like an operator's uplink.
+#   --peer-copy S: the inventory sets spec.ssh.peerCopy.seeds: S (bundle items go from the
+#   operator to S hosts, the others fetch them from those); default: no peer copy.
 #   --join J: `init` on the first N-J hosts only, then `join` of the last J workers into the
 #   running cluster, measured the same way.
 # clusterctl's peak memory (RSS) is reported for each measured command.
@@ -25,6 +28,7 @@ runs=3
 label=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo tree)
 shape=
 join=0
+peer_copy=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--hosts) hosts=$2; shift 2 ;;
@@ -32,7 +36,8 @@ while [ $# -gt 0 ]; do
 	--label) label=$2; shift 2 ;;
 	--shape) shape=$2; shift 2 ;;
 	--join) join=$2; shift 2 ;;
-	*) sed -n '9,17p' "$0" >&2; exit 2 ;;
+	--peer-copy) peer_copy=$2; shift 2 ;;
+	*) sed -n '9,20p' "$0" >&2; exit 2 ;;
 	esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: must run as root (the lab)" >&2; exit 1; }
@@ -54,7 +59,7 @@ mkdir -p "$out"
 	nproc
 	"$CLUSTERCTL" --version 2>/dev/null || true
 	echo "bundle: $bundle"
-	echo "hosts: $hosts (joined later: $join), runs: $runs, clusterctl: $CLUSTERCTL, link shaped: ${shape:-no}"
+	echo "hosts: $hosts (joined later: $join), runs: $runs, clusterctl: $CLUSTERCTL, link shaped: ${shape:-no}, peer-copy seeds: $peer_copy"
 } >"$out/env.txt"
 
 # measured BASE INVENTORY COMMAND: runs `clusterctl -i INVENTORY -o json COMMAND` (BASE.json,
@@ -95,6 +100,10 @@ for run in $(seq 1 "$runs"); do
   etcd:
     version: "3.4.23"
 YAML
+	if [ "$peer_copy" -gt 0 ]; then
+		sed -i "s/^    knownHostsFile: .*/&\n    peerCopy: { seeds: $peer_copy }/" "$inv"
+		grep -q "peerCopy: { seeds: $peer_copy }" "$inv" || { echo "bench: no spec.ssh to set peerCopy in" >&2; exit 1; }
+	fi
 	if [ -n "$shape" ]; then
 		# Egress of the bridge device = what the machine (the operator) sends to the hosts.
 		tc qdisc replace dev "$LAB_BRIDGE" root tbf rate "$shape" burst 256kb latency 100ms
@@ -112,24 +121,29 @@ YAML
 	if [ "$join" -gt 0 ]; then
 		measured "$out/run$run-join" "$inv" join
 	fi
-	python3 - "$out" "$run" "$hosts" "$join" "$load" "$shape" >>"$out/runs.jsonl" <<'PY'
+	python3 - "$out" "$run" "$hosts" "$join" "$load" "$shape" "$peer_copy" >>"$out/runs.jsonl" <<'PY'
 import json, sys
-out, run, hosts, join, load, shape = sys.argv[1:7]
+out, run, hosts, join, load, shape, peer_copy = sys.argv[1:8]
 def measured(name):
     """(wall s, phases, clusterctl's bytes sent, bytes onto the bridge, peak RSS MiB) of a run."""
     base = f"{out}/run{run}-{name}"
     r = json.load(open(base + ".json"))
-    phases, sent = {}, 0
+    phases, sent, peers = {}, 0, 0
     for p in r["phases"]:
         phases[p["phase"]] = round(p["seconds"], 2)
         for h in p["hosts"].values():
             sent += h.get("bytes_sent", 0)
+            peers += h.get("bytes_from_peers", 0)
     m = json.load(open(base + ".measure"))
+    measured.peers = peers
     return m["seconds"], phases, sent, m["wire_tx_bytes"], round(m["maxrss_kib"] / 1024, 1)
 init_s, phases, sent, wire, rss = measured("init")
+from_peers = measured.peers
 rerun_s, _, resent, rewire, _ = measured("rerun")
 row = {"run": int(run), "hosts": int(hosts) - int(join), "load1": float(load), "shape": shape or None,
-    "init_s": init_s, "phases": phases, "bytes_sent": sent, "wire_tx_bytes": wire,
+    "peer_copy_seeds": int(peer_copy),
+    "init_s": init_s, "phases": phases, "bytes_sent": sent, "bytes_from_peers": from_peers,
+    "wire_tx_bytes": wire,
     "clusterctl_max_rss_mib": rss, "rerun_s": rerun_s, "rerun_bytes_sent": resent,
     "rerun_wire_tx_bytes": rewire}
 if int(join) > 0:
@@ -145,7 +159,7 @@ python3 - "$out/runs.jsonl" >"$out/summary.md" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 med = lambda xs: statistics.median(xs)
-print(f"{len(rows)} run(s) of init on {rows[0]['hosts']} fresh hosts; medians (each run after the slash)\n")
+print(f"{len(rows)} run(s) of init on {rows[0]['hosts']} fresh hosts, link shaped: {rows[0]['shape'] or 'no'}, peer-copy seeds: {rows[0].get('peer_copy_seeds', 0)}; medians (each run after the slash)\n")
 print("| measure | median | runs |\n|---|---:|---|")
 def row(name, xs, fmt):
     print(f"| {name} | {fmt(med(xs))} | {' / '.join(fmt(x) for x in xs)} |")
@@ -156,6 +170,7 @@ for p in rows[0]["phases"]:
     row(f"  {p}", [r["phases"].get(p, 0) for r in rows], s)
 row("bytes sent (clusterctl's count)", [r["bytes_sent"] for r in rows], mb)
 row("bytes onto the lab bridge", [r["wire_tx_bytes"] for r in rows], mb)
+row("bytes the hosts fetched from peers", [r.get("bytes_from_peers", 0) for r in rows], mb)
 row("clusterctl's peak memory (RSS)", [r["clusterctl_max_rss_mib"] for r in rows], lambda x: f"{x:.0f} MiB")
 row("re-run", [r["rerun_s"] for r in rows], s)
 row("re-run bytes sent", [r["rerun_bytes_sent"] for r in rows], mb)

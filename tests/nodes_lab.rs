@@ -5,7 +5,8 @@
 //! a pod, a NodePort from the machine, `kubectl logs`/`exec` through the VIP; then `join` of a
 //! worker by TLS bootstrap (`kubelet.certificates: bootstrap`: nothing else restarts, its
 //! certificates come from approved CSRs, and rotate: the controller-manager signs for 8 min
-//! here) and of a 4th control-plane host (SANs, VIP backends); `reset` of both.
+//! here) and of a 4th control-plane host (SANs, VIP backends); `reset` of both. Bundle items
+//! travel by peer copy (one seed per item).
 
 mod common;
 
@@ -34,6 +35,40 @@ fn unit_stamps(lab: &Lab, hosts: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// With one seed per item, `prepare` sent each bundle item from here once, and the other
+/// hosts that need it fetched it from that seed: what came from peers is several times what
+/// was sent from here (gzip streams from here; expanded bytes from peers). No peer-copy server
+/// is left running or listening anywhere.
+fn peer_copy_sent_each_item_once(lab: &Lab, report: &serde_json::Value) {
+    let prepare = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "prepare")
+        .expect("a prepare phase");
+    let sum = |field: &str| -> u64 {
+        prepare["hosts"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|h| h[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let (here, peers) = (sum("bytes_sent"), sum("bytes_from_peers"));
+    assert!(
+        here > 10_000_000 && peers > 2 * here,
+        "prepare: {here} B from here, {peers} B from peers: {}",
+        prepare["hosts"]
+    );
+    for h in ["h1", "h2", "h3", "h4", "h5"] {
+        lab.exec_ok(
+            h,
+            "! systemctl is-active -q clusterctl-peer-copy.service && ! ss -Hltn 'sport = :10200' | grep -q .",
+        );
+    }
+    eprintln!("peer copy: prepare sent {here} B from here, the hosts fetched {peers} B from peers");
+}
+
 #[test]
 #[ignore = "lab: run by tests/run.sh"]
 fn nodes_pods_services_and_join() {
@@ -51,6 +86,11 @@ fn nodes_pods_services_and_join() {
         "cluster-signing-duration".parse().unwrap(),
         "8m".parse().unwrap(),
     );
+    // Peer copy: each bundle item goes from here to one host, which serves it to the others.
+    inv.spec.ssh.peer_copy = clusterctl::inventory::PeerCopy {
+        seeds: 1,
+        port: 10200,
+    };
     let inv_path = lab.write_inventory("inventory.yaml", &inv);
     // The cluster is named after the lab, which CLUSTERCTL_LAB_PREFIX may rename.
     let cluster_dir = lab.dir.join("clusters").join(inv.name());
@@ -58,6 +98,7 @@ fn nodes_pods_services_and_join() {
     let inv_arg = inv_path.to_str().unwrap();
 
     let first = run_report(&["-i", inv_arg, "-o", "json", "init"]);
+    peer_copy_sent_each_item_once(&lab, &first);
     // Every node Ready right after init (the kubelet phase's gate), through the VIP.
     let nodes = kubectl_json(&admin, &["get", "nodes"]);
     let items = nodes["items"].as_array().unwrap();

@@ -506,10 +506,7 @@ pub(crate) fn execute(
         .collect();
     rt.block_on(async {
         let pool = crate::engine::ssh_exec::connect(ctx, &hosts).await?;
-        let ssh = SshExecutor {
-            pool: pool.clone(),
-            timeout: std::time::Duration::from_secs(600),
-        };
+        let ssh = SshExecutor::new(pool.clone(), ctx.inv());
         let dry = DryRun::new(&ssh);
         let exec: &dyn Executor = if dry_run { &dry } else { &ssh };
         let journal = if dry_run {

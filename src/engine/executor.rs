@@ -63,16 +63,21 @@ pub trait Executor: Send + Sync {
     fn is_dry_run(&self) -> bool {
         false
     }
-    /// Several files to one host; returns the bytes sent. Transports that can batch override it.
+    /// A phase's hosts are done: what the transport set up for the phase stops (the peer-copy
+    /// servers). Default: nothing.
+    fn phase_done<'a>(&'a self) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    /// Several files to one host; returns what they cost. Transports that can batch override it.
     fn put_many<'a>(
         &'a self,
         host: &'a Host,
         files: &'a [PutFile],
-    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+    ) -> BoxFuture<'a, anyhow::Result<Sent>> {
         Box::pin(async move {
-            let mut sent = 0;
+            let mut sent = Sent::default();
             for f in files {
-                sent += self
+                sent.from_here += self
                     .put(host, &f.path, &f.blob, &f.sha256, f.mode)
                     .await
                     .map_err(|e| e.context(format!("writing {}", f.path)))?;
@@ -80,6 +85,14 @@ pub trait Executor: Send + Sync {
             Ok(sent)
         })
     }
+}
+
+/// What writing files to a host cost: bytes sent from this machine, and bytes the host
+/// fetched from its peers instead (peer copy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub from_here: u64,
+    pub from_peers: u64,
 }
 
 /// One file of a batch for `put_many`.
@@ -95,11 +108,18 @@ pub struct PutFile {
 /// [`Cmd`] and [`Script`]).
 pub use crate::ssh::shell::quote as q;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What converging one host did: the counts a re-run must show as zero.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct HostChanges {
     pub files_written: usize,
     pub bytes_sent: u64,
+    /// Bytes of the files written that the host fetched from a peer, not from here.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bytes_from_peers: u64,
     pub dirs_made: usize,
     pub commands_run: usize,
     pub restarts: Vec<String>,
@@ -614,7 +634,9 @@ pub async fn converge_gated(
     }
     if !batch.is_empty() {
         crate::console::host_step(&host.name, &format!("writing {} file(s)", batch.len()));
-        ch.bytes_sent += exec.put_many(host, &batch).await?;
+        let sent = exec.put_many(host, &batch).await?;
+        ch.bytes_sent += sent.from_here;
+        ch.bytes_from_peers += sent.from_peers;
         ch.files_written += batch.len();
     }
     for a in &plan.actions[guards..] {

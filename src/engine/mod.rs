@@ -21,6 +21,7 @@ pub mod executor;
 #[cfg(test)]
 pub mod guarded_fake;
 pub mod lock;
+pub mod peers;
 pub mod rotation;
 pub mod runner;
 pub mod ssh_exec;

@@ -89,6 +89,8 @@ impl Runner {
         let r = self
             .apply_phases(ctx, exec, resolve, progress, journal)
             .await;
+        // A phase left by an error stops its transport's servers too.
+        exec.phase_done().await;
         // The live lines go before anything reports the run: its summary or its error.
         crate::console::end_phase();
         if marked {
@@ -213,6 +215,8 @@ impl Runner {
                     v
                 });
             }
+            // Nothing the transport started for this phase outlives it.
+            exec.phase_done().await;
             let hosts: BTreeMap<String, HostOutcome> = results.into_iter().collect();
             let failed: Vec<String> = hosts
                 .iter()
@@ -563,9 +567,14 @@ impl Progress for ConsoleProgress {
         let what = match outcome {
             HostOutcome::Done(c) if c.is_noop() => "unchanged".to_string(),
             HostOutcome::Done(c) => format!(
-                "{} file(s) written ({} B), {} started, {} restarted{}",
+                "{} file(s) written ({} B{}), {} started, {} restarted{}",
                 c.files_written,
                 c.bytes_sent,
+                if c.bytes_from_peers > 0 {
+                    format!(" + {} B from peers", c.bytes_from_peers)
+                } else {
+                    String::new()
+                },
                 c.started.len(),
                 c.restarts.len(),
                 if c.reloads.is_empty() {

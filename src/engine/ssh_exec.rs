@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::Shell;
-use super::executor::{Blob, CmdOutput, Executor, PutFile};
+use super::executor::{Blob, CmdOutput, Executor, PutFile, Sent};
+use super::peers::{self, Peers, Turn};
 use crate::inventory::Host;
 use crate::ssh::{ExecOpts, Pool, UploadItem, UploadSource};
 
@@ -16,9 +17,145 @@ pub struct SshExecutor {
     pub pool: Pool,
     /// Limit for one command (health gates poll with their own deadlines).
     pub timeout: Duration,
+    /// Bundle items copied host to host (`spec.ssh.peerCopy`), or every copy from here.
+    pub peers: Option<Peers>,
 }
 
 impl SshExecutor {
+    /// The executor of a run over `pool`, with peer copy as the inventory sets it.
+    pub fn new(pool: Pool, inv: &crate::inventory::Inventory) -> SshExecutor {
+        let pc = inv.spec.ssh.peer_copy;
+        SshExecutor {
+            pool,
+            timeout: Duration::from_secs(600),
+            peers: (!pc.is_off()).then(|| Peers::new(pc.seeds, pc.port)),
+        }
+    }
+
+    async fn upload(&self, host: &Host, files: &[&PutFile]) -> anyhow::Result<u64> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<UploadItem> = files
+            .iter()
+            .map(|f| UploadItem {
+                source: source(&f.blob),
+                dest: f.path.clone(),
+                mode: f.mode,
+                owner: Some("root:root".into()),
+            })
+            .collect();
+        let out = self
+            .pool
+            .upload_many(&host.name, &items)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(out.iter().map(|o| o.bytes_sent).sum())
+    }
+
+    /// One bundle item to `host` by peer copy, as `turn` says: fetched from a seed (from
+    /// here should that fail), or sent from here, after which this host serves it.
+    async fn copy_item(
+        &self,
+        peers: &Peers,
+        host: &Host,
+        f: &PutFile,
+        turn: Turn,
+    ) -> anyhow::Result<Sent> {
+        match turn {
+            Turn::Fetch(seed, addr) => {
+                let size = blob_size(&f.blob)?;
+                let cmd = peers::fetch(
+                    addr,
+                    peers.port,
+                    &f.path,
+                    &f.sha256,
+                    size,
+                    f.mode,
+                    Some("root:root"),
+                );
+                crate::console::host_step(&host.name, &format!("fetch {} from {seed}", f.path));
+                let o = self.exec(host, &cmd).await?;
+                if o.status == 0 {
+                    tracing::debug!(host = %host.name, dest = %f.path, seed, bytes = size, "fetched from a seed");
+                    return Ok(Sent {
+                        from_here: 0,
+                        from_peers: size,
+                    });
+                }
+                // The seed could not give it (a firewall, a seed gone): from here, as
+                // without peer copy.
+                eprintln!(
+                    "warning: {}: fetching {} from {seed} failed ({}); sending it from here",
+                    host.name,
+                    f.path,
+                    o.stderr.trim()
+                );
+                Ok(Sent {
+                    from_here: self.upload(host, &[f]).await?,
+                    from_peers: 0,
+                })
+            }
+            Turn::Seed => {
+                // The slot is given back however this ends (a dropped future included), so
+                // no host waits on a seed that will never be ready.
+                let slot = SeedSlot {
+                    peers,
+                    sha256: &f.sha256,
+                    pending: true,
+                };
+                let (from_here, serves) = self.seed(peers, host, f).await?;
+                if serves {
+                    slot.ready(&host.name, host.address);
+                }
+                Ok(Sent {
+                    from_here,
+                    from_peers: 0,
+                })
+            }
+            Turn::Wait => unreachable!("a waiting item is not copied"),
+        }
+    }
+
+    /// Sends `f` from here; then the host serves it (its server started with its first item)
+    /// unless that fails, which costs only the peer copy: the host has its file. Returns the
+    /// bytes sent and whether the host serves it.
+    async fn seed(&self, peers: &Peers, host: &Host, f: &PutFile) -> anyhow::Result<(u64, bool)> {
+        let sent = self.upload(host, &[f]).await?;
+        let serve = async {
+            {
+                let mut serving = peers.serving.lock().await;
+                if !serving.contains(host.name.as_str()) {
+                    self.pool
+                        .run(
+                            &host.name,
+                            peers::start_server(host.address, peers.port),
+                            ExecOpts::root(),
+                        )
+                        .await?;
+                    serving.insert(host.name.to_string());
+                }
+            }
+            self.pool
+                .run(
+                    &host.name,
+                    peers::serve(&f.sha256, &f.path),
+                    ExecOpts::root(),
+                )
+                .await
+        };
+        match serve.await {
+            Ok(_) => Ok((sent, true)),
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: cannot serve {} to its peers ({e}); they get it from here",
+                    host.name, f.path
+                );
+                Ok((sent, false))
+            }
+        }
+    }
+
     async fn exec(&self, host: &Host, cmd: &Shell) -> anyhow::Result<CmdOutput> {
         let o = self
             .pool
@@ -73,25 +210,108 @@ impl Executor for SshExecutor {
         &'a self,
         host: &'a Host,
         files: &'a [PutFile],
-    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+    ) -> BoxFuture<'a, anyhow::Result<Sent>> {
         Box::pin(async move {
-            let items: Vec<UploadItem> = files
+            let Some(peers) = &self.peers else {
+                let from_here = self.upload(host, &files.iter().collect::<Vec<_>>()).await?;
+                return Ok(Sent {
+                    from_here,
+                    from_peers: 0,
+                });
+            };
+            let (shared, direct): (Vec<&PutFile>, Vec<&PutFile>) = files
                 .iter()
-                .map(|f| UploadItem {
-                    source: source(&f.blob),
-                    dest: f.path.clone(),
-                    mode: f.mode,
-                    owner: Some("root:root".into()),
-                })
-                .collect();
-            let out = self
-                .pool
-                .upload_many(&host.name, &items)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(out.iter().map(|o| o.bytes_sent).sum())
+                .partition(|f| host.address.is_ipv4() && peer_item(f));
+            let mut sent = Sent {
+                from_here: self.upload(host, &direct).await?,
+                from_peers: 0,
+            };
+            // The runner puts only files whose far content differs. An item whose seeds are
+            // all still receiving it waits while this host takes the next one.
+            let mut todo: Vec<&PutFile> = shared;
+            while !todo.is_empty() {
+                let changed = peers.changed.notified();
+                let mut waiting = Vec::new();
+                for f in todo {
+                    match peers.turn(&f.sha256) {
+                        Turn::Wait => waiting.push(f),
+                        turn => {
+                            let s = self
+                                .copy_item(peers, host, f, turn)
+                                .await
+                                .map_err(|e| e.context(format!("writing {}", f.path)))?;
+                            sent.from_here += s.from_here;
+                            sent.from_peers += s.from_peers;
+                        }
+                    }
+                }
+                if !waiting.is_empty() {
+                    changed.await;
+                }
+                todo = waiting;
+            }
+            Ok(sent)
         })
     }
+    fn phase_done<'a>(&'a self) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(peers) = &self.peers else { return };
+            let serving = std::mem::take(&mut *peers.serving.lock().await);
+            for name in serving {
+                if let Err(e) = self
+                    .pool
+                    .run(&name, peers::stop_server(), ExecOpts::root())
+                    .await
+                {
+                    eprintln!(
+                        "warning: {name}: stopping the peer-copy server ({}): {e}",
+                        peers::UNIT
+                    );
+                }
+            }
+            peers.forget();
+        })
+    }
+}
+
+/// A seed slot [`Peers::turn`] reserved: ready, or given back when dropped before that.
+struct SeedSlot<'a> {
+    peers: &'a Peers,
+    sha256: &'a str,
+    pending: bool,
+}
+
+impl SeedSlot<'_> {
+    fn ready(mut self, host: &str, addr: std::net::IpAddr) {
+        self.pending = false;
+        self.peers.seeded(self.sha256, host, addr);
+    }
+}
+
+impl Drop for SeedSlot<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.peers.seed_failed(self.sha256);
+        }
+    }
+}
+
+/// A content-addressed bundle item worth a peer copy: its cached file is named by its sha256
+/// (the operator's cache, `clusters/<name>/cache/<sha256>`), never a secret of the PKI.
+fn peer_item(f: &PutFile) -> bool {
+    let path = match &f.blob {
+        Blob::Path(p) | Blob::Packed { path: p, .. } => p,
+        Blob::Bytes(_) => return false,
+    };
+    path.file_name().and_then(|n| n.to_str()) == Some(f.sha256.as_str())
+        && blob_size(&f.blob).is_ok_and(|n| n >= peers::MIN_SIZE)
+}
+
+fn blob_size(blob: &Blob) -> anyhow::Result<u64> {
+    Ok(match blob {
+        Blob::Bytes(b) => b.len() as u64,
+        Blob::Path(p) | Blob::Packed { path: p, .. } => std::fs::metadata(p)?.len(),
+    })
 }
 
 fn source(blob: &Blob) -> UploadSource {

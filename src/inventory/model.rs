@@ -298,6 +298,43 @@ pub struct SshDefaults {
         with = "crate::duration::serde_field"
     )]
     pub connect_timeout: std::time::Duration,
+    /// Bundle items copied host to host: the operator sends each to this many hosts (seeds)
+    /// only; the others fetch it from a seed over the hosts' own network (every byte checked
+    /// against the manifest's sha256; nothing listens after the phase). 0: the operator sends
+    /// every host its copy.
+    #[serde(default, skip_serializing_if = "PeerCopy::is_off")]
+    pub peer_copy: PeerCopy,
+}
+
+/// `spec.ssh.peerCopy`: how many seeds, and the TCP port a seed serves items on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerCopy {
+    #[serde(default)]
+    pub seeds: usize,
+    #[serde(default = "default_peer_port")]
+    pub port: u16,
+}
+
+impl PeerCopy {
+    pub fn is_off(&self) -> bool {
+        self.seeds == 0
+    }
+}
+
+impl Default for PeerCopy {
+    fn default() -> Self {
+        PeerCopy {
+            seeds: 0,
+            port: default_peer_port(),
+        }
+    }
+}
+
+/// Free of every port Kubernetes, etcd and the balancers use (kubelet 10248/10250, kube-proxy
+/// 10249/10256, controller-manager 10257, scheduler 10259).
+fn default_peer_port() -> u16 {
+    10200
 }
 
 impl Default for SshDefaults {
@@ -315,6 +352,7 @@ impl Default for SshDefaults {
             sudo: false,
             concurrency: default_concurrency(),
             connect_timeout: default_connect_timeout(),
+            peer_copy: PeerCopy::default(),
         }
     }
 }

@@ -485,6 +485,14 @@ impl Validator<'_> {
                 );
             }
         }
+        if !ssh.peer_copy.is_off() && ssh.peer_copy.port == 0 {
+            self.error(
+                "spec.ssh.peerCopy.port",
+                None,
+                "port 0 is not a port a seed can serve bundle items on".into(),
+                "leave it out (default 10200) or pick a free TCP port the hosts can reach each other on",
+            );
+        }
         if ssh.concurrency == 0 {
             self.error(
                 "spec.ssh.concurrency",

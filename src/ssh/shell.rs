@@ -99,6 +99,10 @@ impl Shell {
     pub fn then(self, next: impl Into<Shell>) -> Shell {
         Shell(format!("{}; {}", self.0, next.into().0))
     }
+    /// `self | next`: next reads what self writes (the pipeline's status is next's).
+    pub fn pipe(self, next: impl Into<Shell>) -> Shell {
+        Shell(format!("{} | {}", self.0, next.into().0))
+    }
     /// `! { self; }`: succeeds when the command fails.
     pub fn negated(self) -> Shell {
         Shell(format!("! {{ {}; }}", self.0))

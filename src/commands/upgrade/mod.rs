@@ -550,10 +550,7 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     rt.block_on(async {
         let pool = connect(&ctx).await?;
-        let ssh = SshExecutor {
-            pool: pool.clone(),
-            timeout: Duration::from_secs(600),
-        };
+        let ssh = SshExecutor::new(pool.clone(), ctx.inv());
         let r = async {
             let obs = observe(&ctx, &ssh).await?;
             let rows = plan_rows(&ctx, &obs)?;

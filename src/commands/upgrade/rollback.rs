@@ -6,7 +6,7 @@
 //! moved the cluster's data to 3.5; restore a backup taken before the upgrade instead.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Observations, record};
 use crate::commands::{Global, Output};
@@ -133,10 +133,7 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
     let runner = pb.runner(&Default::default())?;
     let rt = tokio::runtime::Runtime::new()?;
     let pool = rt.block_on(super::connect(&ctx))?;
-    let ssh = SshExecutor {
-        pool: pool.clone(),
-        timeout: Duration::from_secs(600),
-    };
+    let ssh = SshExecutor::new(pool.clone(), ctx.inv());
     let r = (|| {
         let backs = rt.block_on(async {
             let obs = super::observe(&ctx, &ssh).await?;
