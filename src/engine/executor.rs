@@ -95,6 +95,23 @@ pub struct Sent {
     pub from_peers: u64,
 }
 
+impl Sent {
+    /// `bytes` sent from this machine, none fetched from peers.
+    pub fn here(bytes: u64) -> Sent {
+        Sent {
+            from_here: bytes,
+            from_peers: 0,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Sent {
+    fn add_assign(&mut self, other: Sent) {
+        self.from_here += other.from_here;
+        self.from_peers += other.from_peers;
+    }
+}
+
 /// One file of a batch for `put_many`.
 #[derive(Debug, Clone)]
 pub struct PutFile {

@@ -91,10 +91,7 @@ impl SshExecutor {
                     f.path,
                     o.stderr.trim()
                 );
-                Ok(Sent {
-                    from_here: self.upload(host, &[f]).await?,
-                    from_peers: 0,
-                })
+                Ok(Sent::here(self.upload(host, &[f]).await?))
             }
             Turn::Seed => {
                 // The slot is given back however this ends (a dropped future included), so
@@ -108,10 +105,7 @@ impl SshExecutor {
                 if serves {
                     slot.ready(&host.name, host.address);
                 }
-                Ok(Sent {
-                    from_here,
-                    from_peers: 0,
-                })
+                Ok(Sent::here(from_here))
             }
             Turn::Wait => unreachable!("a waiting item is not copied"),
         }
@@ -213,19 +207,14 @@ impl Executor for SshExecutor {
     ) -> BoxFuture<'a, anyhow::Result<Sent>> {
         Box::pin(async move {
             let Some(peers) = &self.peers else {
-                let from_here = self.upload(host, &files.iter().collect::<Vec<_>>()).await?;
-                return Ok(Sent {
-                    from_here,
-                    from_peers: 0,
-                });
+                return Ok(Sent::here(
+                    self.upload(host, &files.iter().collect::<Vec<_>>()).await?,
+                ));
             };
             let (shared, direct): (Vec<&PutFile>, Vec<&PutFile>) = files
                 .iter()
                 .partition(|f| host.address.is_ipv4() && peer_item(f));
-            let mut sent = Sent {
-                from_here: self.upload(host, &direct).await?,
-                from_peers: 0,
-            };
+            let mut sent = Sent::here(self.upload(host, &direct).await?);
             // The runner puts only files whose far content differs. An item whose seeds are
             // all still receiving it waits while this host takes the next one.
             let mut todo: Vec<&PutFile> = shared;
@@ -236,12 +225,10 @@ impl Executor for SshExecutor {
                     match peers.turn(&f.sha256) {
                         Turn::Wait => waiting.push(f),
                         turn => {
-                            let s = self
+                            sent += self
                                 .copy_item(peers, host, f, turn)
                                 .await
                                 .map_err(|e| e.context(format!("writing {}", f.path)))?;
-                            sent.from_here += s.from_here;
-                            sent.from_peers += s.from_peers;
                         }
                     }
                 }

@@ -14,16 +14,19 @@ use futures::future::BoxFuture;
 
 use crate::engine::rotation::balancers;
 use crate::engine::{Context, Executor, Order, Phase, PhasePlan, Script, Shell};
-use crate::inventory::{HaMode, Host, Inventory};
+use crate::inventory::{HaMode, Host};
 
 pub struct ResetVip;
 
 /// The reset hosts whose keepalived may hold the VIP.
-fn vip_balancers<'a>(ctx: &'a Context, inv: &'a Inventory) -> Vec<&'a Host> {
-    if inv.spec.ha.mode != HaMode::Vip {
+fn vip_balancers(ctx: &Context) -> Vec<&Host> {
+    if ctx.inv().spec.ha.mode != HaMode::Vip {
         return Vec::new();
     }
-    let lbs: Vec<&str> = balancers(inv).iter().map(|h| h.name.as_str()).collect();
+    let lbs: Vec<&str> = balancers(ctx.inv())
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
     let (selected, _) = super::scope(ctx);
     selected
         .into_iter()
@@ -52,7 +55,7 @@ impl Phase for ResetVip {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         let mut plan = PhasePlan::new(self, Order::Parallel);
-        for h in vip_balancers(ctx, ctx.inv()) {
+        for h in vip_balancers(ctx) {
             plan.host(
                 h,
                 vec![super::stop_unit(
