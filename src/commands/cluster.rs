@@ -491,7 +491,7 @@ pub(crate) fn execute(
     dry_run: bool,
 ) -> anyhow::Result<(crate::engine::runner::RunReport, Vec<(String, String)>)> {
     let plans = runner.plan(ctx)?;
-    let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+    let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.item_cache())?;
     let planned: std::collections::BTreeSet<&str> = plans
         .iter()
         .flat_map(|p| p.hosts.iter().map(|h| h.host.as_str()))

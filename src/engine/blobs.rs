@@ -1,6 +1,7 @@
 //! Bytes for the files of a plan: rendered content, local files, and bundle items, which are
-//! streamed out of the bundle once into a content-addressed cache (`clusters/<name>/cache/`),
-//! each checked against its sha256 on the way.
+//! streamed out of the bundle once into the operator's content-addressed item cache
+//! (`StateDir::item_cache`, shared by every cluster on the machine), each checked against its
+//! sha256 on the way and again before each use.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -88,7 +89,7 @@ impl Blobs {
         if !missing.is_empty() {
             crate::bundle::stream_items(&b.path, &missing, |it, r| {
                 let sha = it.sha256.as_deref().unwrap_or_default();
-                let tmp = cache.join(format!(".{sha}.partial"));
+                let tmp = cache.join(partial_name(sha));
                 let mut f = std::fs::File::create(&tmp)?;
                 std::io::copy(r, &mut f)?;
                 f.flush()?;
@@ -98,7 +99,7 @@ impl Blobs {
             // stream_items checked every hash: only now are the files committed.
             for it in missing {
                 let sha = it.sha256.as_deref().unwrap_or_default();
-                std::fs::rename(cache.join(format!(".{sha}.partial")), cache.join(sha))?;
+                std::fs::rename(cache.join(partial_name(sha)), cache.join(sha))?;
             }
         }
         let packed = pack_all(&items, cache)?;
@@ -133,6 +134,12 @@ impl Blobs {
             }
         })
     }
+}
+
+/// A file being extracted into the cache: named by this process too, since two runs (two
+/// clusters) may fill the shared cache with the same item at once; `rename` commits it.
+fn partial_name(sha: &str) -> String {
+    format!(".{sha}.{}.partial", std::process::id())
 }
 
 /// The gzip stream of each item worth compressing, made once into the cache beside the item
@@ -200,7 +207,7 @@ fn pack_one(path: &Path) -> anyhow::Result<Option<PathBuf>> {
             gz.display()
         );
     }
-    let tmp = path.with_extension("gz.partial");
+    let tmp = path.with_extension(format!("gz.{}.partial", std::process::id()));
     {
         let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::fast());

@@ -284,7 +284,7 @@ impl Drop for SeedSlot<'_> {
 }
 
 /// A content-addressed bundle item worth a peer copy: its cached file is named by its sha256
-/// (the operator's cache, `clusters/<name>/cache/<sha256>`), never a secret of the PKI.
+/// (the operator's item cache, `<cache>/<sha256>`), never a secret of the PKI.
 fn peer_item(f: &PutFile) -> bool {
     let path = match &f.blob {
         Blob::Path(p) | Blob::Packed { path: p, .. } => p,

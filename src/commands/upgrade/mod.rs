@@ -545,7 +545,7 @@ pub fn run(g: &Global, a: &UpgradeArgs) -> anyhow::Result<()> {
     }
     let stages: Vec<String> = runner.phases.iter().map(|p| p.name().to_string()).collect();
     let plans = runner.plan(&ctx)?;
-    let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+    let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.item_cache())?;
     let rt = tokio::runtime::Runtime::new()?;
     let started = Instant::now();
     rt.block_on(async {

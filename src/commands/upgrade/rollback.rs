@@ -165,7 +165,7 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
             stamp,
         });
         let plans = runner.plan(&ctx)?;
-        let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.root.join("cache"))?;
+        let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.item_cache())?;
         let resolve = |s: &Source| blobs.resolve(s);
         let dry = DryRun::new(&ssh);
         let exec: &dyn Executor = if a.dry_run { &dry } else { &ssh };
