@@ -324,15 +324,16 @@ struct FarState {
 /// the stat key format, then each file with its hash-cache entry, dirs, units. A file's sha256
 /// comes from the hash cache the uploads write ([`crate::ssh::shell::HASH_CACHE_DIR`]) while
 /// its size, mtime, ctime and inode are those recorded (a write, chmod or rename changes the
-/// ctime, which only the kernel sets), else from `sha256sum`: a no-op run re-reads no
+/// ctime, which only the kernel sets), else it is hashed (`sha256_fn`): a no-op run re-reads no
 /// unchanged binary (it hashed ~400 MB per host, most of a re-run's time). The query only
 /// reads the cache: a dry run writes nothing.
 const STATE: &str = concat!(
     crate::hash_cache_hit!(),
+    crate::sha256_fn!(),
     r#"nf=$1 nd=$2 k=$3; shift 3
 while [ "$nf" -gt 0 ]; do f=$1 c=$2; shift 2; nf=$((nf - 1))
   [ -f "$f" ] || continue
-  if cache_hit "$(stat -c "$k" "$f")" "$c"; then echo "$h  $f"; else sha256sum "$f"; fi
+  if cache_hit "$(stat -c "$k" "$f")" "$c"; then :; else h=$(sha256 "$f") && h=${h%% *}; fi && echo "$h  $f"
 done
 while [ "$nd" -gt 0 ]; do [ -d "$1" ] && echo "dir $(stat -c %a "$1") $1"; shift; nd=$((nd - 1)); done
 for u in "$@"; do echo "unit $u $(systemctl is-enabled "$u" 2>/dev/null || true) $(systemctl is-active "$u" 2>/dev/null || true)"; done

@@ -666,7 +666,7 @@ impl Pool {
             .run(
                 host,
                 // From stdin: the output names no file, so no name can change its format.
-                shell::Script::new(r#"sha256sum <"$1""#).arg(remote),
+                shell::Script::new(concat!(crate::sha256_fn!(), r#"sha256 "$1""#)).arg(remote),
                 ExecOpts::root(),
             )
             .await

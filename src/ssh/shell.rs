@@ -257,6 +257,18 @@ macro_rules! hash_cache_hit {
     };
 }
 
+/// `sha256 FILE`: prints FILE's sha256 as the first word of its line. With `openssl` (on most
+/// hosts: Debian's ca-certificates depends on it), else coreutils' `sha256sum`: OpenSSL uses
+/// the CPU's SHA extensions, coreutils 9.1 does not (110 MB of kube-apiserver: 0.10 s against
+/// 0.40 s here), and every byte a host receives is hashed once. Reads stdin, so no file name
+/// can change the output's format.
+#[macro_export]
+macro_rules! sha256_fn {
+    () => {
+        "sha256() { openssl dgst -sha256 -r <\"$1\" 2>/dev/null || sha256sum <\"$1\"; }\n"
+    };
+}
+
 /// The far-side identity of a file's content version: size, mtime, ctime (ns) and inode.
 pub const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
 
@@ -266,13 +278,14 @@ pub const STAT_KEY: &str = "%s.%.9Y.%.9Z.%i";
 pub fn stat_script(paths: &[&str], cache_dir: &str) -> Shell {
     const STAT: &str = concat!(
         crate::hash_cache_hit!(),
+        crate::sha256_fn!(),
         r#"k=$1 cd=$2; shift 2
 while [ $# -gt 0 ]; do
   f=$1 c=$2 h=; shift 2
   if [ -f "$f" ]; then
     s=$(stat -c "$k %a %U:%G" "$f"); key=${s%% *}; r=${s#* }; m=${r%% *}; o=${r#* }
     if cache_hit "$key" "$c"; then :
-    else h=$(sha256sum <"$f") && h=${h%% *} && { mkdir -p "$cd" && echo "$key $h" >"$c"; } 2>/dev/null; fi
+    else h=$(sha256 "$f") && h=${h%% *} && { mkdir -p "$cd" && echo "$key $h" >"$c"; } 2>/dev/null; fi
     echo "$h $m $o"
   else echo -; fi
 done"#
@@ -324,17 +337,20 @@ fn upload_script_as(
     cache_dir: &str,
     gzip: bool,
 ) -> Shell {
-    const UPLOAD: &str = r#"set -e; d=$1 want=$2 size=$3 mode=$4 owner=$5 k=$6 cd=$7 c=$8 z=$9
+    const UPLOAD: &str = concat!(
+        crate::sha256_fn!(),
+        r#"set -e; d=$1 want=$2 size=$3 mode=$4 owner=$5 k=$6 cd=$7 c=$8 z=$9
 dir=$(dirname "$d"); mkdir -p "$dir"; t="$dir/.clusterctl-upload.$$.$(basename "$d")"
 trap 'rm -f "$t"' EXIT; rm -f "$t"; umask 077; set -C
 if [ "$z" = gzip ]; then gzip -dc >"$t" || { echo "the gzip stream did not expand" >&2; exit 3; }; else cat >"$t"; fi; set +C
-h=$(sha256sum "$t"); h=${h%% *}; n=$(stat -c %s "$t")
+h=$(sha256 "$t"); h=${h%% *}; n=$(stat -c %s "$t")
 if [ "$h" != "$want" ] || [ "$n" != "$size" ]; then
   echo "sha256 mismatch on the far side: got $h ($n bytes written), want $want ($size bytes)" >&2; exit 3
 fi
 if [ -n "$owner" ]; then chown "$owner" "$t"; fi
 chmod "$mode" "$t" && mv -f "$t" "$d"; trap - EXIT
-{ mkdir -p "$cd" && echo "$(stat -c "$k" "$d") $h" >"$c"; } 2>/dev/null || true"#;
+{ mkdir -p "$cd" && echo "$(stat -c "$k" "$d") $h" >"$c"; } 2>/dev/null || true"#
+    );
     Script::new(UPLOAD)
         .arg(dest)
         .arg(sha256)
@@ -360,6 +376,7 @@ pub fn fix_attrs_script(dest: &str, mode: u32, owner: Option<&str>) -> Shell {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::process::Command;
 
     fn sh(script: impl AsRef<str>) -> std::process::Output {
@@ -506,6 +523,50 @@ mod tests {
             std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    /// `sha256` gives the same word with OpenSSL and, on a host without it, with coreutils;
+    /// an unreadable file gives no hash and a failure.
+    #[test]
+    fn the_far_side_hash_is_the_same_with_or_without_openssl() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a \\ b\nc");
+        std::fs::write(&file, b"some bytes").unwrap();
+        let want = hex::encode(Sha256::digest(b"some bytes"));
+        // A PATH with coreutils' sha256sum and no openssl.
+        let bare = dir.path().join("bin");
+        std::fs::create_dir(&bare).unwrap();
+        let coreutils = which("sha256sum");
+        std::os::unix::fs::symlink(&coreutils, bare.join("sha256sum")).unwrap();
+        let script = concat!(
+            crate::sha256_fn!(),
+            r#"h=$(sha256 "$1") && echo "${h%% *}""#
+        );
+        let run = |path: &str, f: &Path| {
+            Command::new("/bin/sh")
+                .env("PATH", path)
+                .args(["-c", script, "sh"])
+                .arg(f)
+                .output()
+                .unwrap()
+        };
+        let have_openssl = run(&std::env::var("PATH").unwrap(), &file);
+        assert_eq!(String::from_utf8_lossy(&have_openssl.stdout).trim(), want);
+        let without = run(bare.to_str().unwrap(), &file);
+        assert_eq!(String::from_utf8_lossy(&without.stdout).trim(), want);
+        let missing = run(bare.to_str().unwrap(), &dir.path().join("none"));
+        assert!(!missing.status.success());
+        assert_eq!(String::from_utf8_lossy(&missing.stdout), "");
+    }
+
+    fn which(prog: &str) -> std::path::PathBuf {
+        std::env::var("PATH")
+            .unwrap()
+            .split(':')
+            .map(|d| Path::new(d).join(prog))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{prog} is not on PATH"))
     }
 
     /// A gzip stream lands expanded and hash-checked; a stream that does not expand, or
