@@ -15,9 +15,9 @@ use super::{Action, BundleRef, PhasePlan, Source};
 pub struct Blobs {
     /// Item label (`name version`) -> cached file.
     bundle: BTreeMap<String, PathBuf>,
-    /// Item label -> its gzip stream, for items that shrink by a tenth or more: those travel
-    /// compressed and are expanded (and hash-checked) on the host.
-    packed: BTreeMap<String, PathBuf>,
+    /// Item label -> its (gzip, zstd) streams, for items that shrink by a tenth or more:
+    /// those travel compressed and are expanded (and hash-checked) on the host.
+    packed: BTreeMap<String, (PathBuf, PathBuf)>,
 }
 
 /// Items smaller than this travel as they are: a channel's round trip costs more than the bytes.
@@ -125,9 +125,10 @@ impl Blobs {
                     .with_context(|| format!("bundle item {item} was not extracted"))?
                     .clone();
                 match self.packed.get(item) {
-                    Some(gz) => Blob::Packed {
+                    Some((gz, zst)) => Blob::Packed {
                         path,
                         gz: gz.clone(),
+                        zst: zst.clone(),
                     },
                     None => Blob::Path(path),
                 }
@@ -142,37 +143,40 @@ fn partial_name(sha: &str) -> String {
     format!(".{sha}.{}.partial", std::process::id())
 }
 
-/// The gzip stream of each item worth compressing, made once into the cache beside the item
-/// (`<sha>.gz`, with `<sha>.gz.sha256` holding the stream's own hash, checked before every
-/// use like the items themselves). Level 1: a Kubernetes binary shrinks to ~29 % (level 6:
-/// ~25 %, at 2.6x the time), and the hosts' `gzip -dc` expands it far faster than links carry
-/// it. Items already compressed (.debs, .tgz) do not shrink and travel as they are.
+/// The gzip and zstd streams of each item worth compressing, made once into the cache beside
+/// the item (`<sha>.gz`, `<sha>.zst`, each with `.sha256` beside it holding the stream's own
+/// hash, checked before every use like the items themselves). The host takes the zstd stream
+/// when it has `zstd` (it expands ~7x faster than gzip: 0.13 s against 0.99 s for the
+/// 110 MB kube-apiserver here), else the gzip one. gzip level 1: a Kubernetes binary shrinks
+/// to ~32 % (level 6: ~25 %, at 2.6x the time); zstd level 3: ~25 %, in less time than gzip's
+/// level 1. Items already compressed (.debs, .tgz) do not shrink and travel as they are.
 fn pack_all(
     items: &[&crate::bundle::Item],
     cache: &Path,
-) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let todo: Vec<(String, PathBuf)> = items
+) -> anyhow::Result<BTreeMap<String, (PathBuf, PathBuf)>> {
+    let todo: Vec<(String, PathBuf, Codec)> = items
         .iter()
         .filter(|it| it.size.unwrap_or(u64::MAX) >= PACK_MIN)
         .filter_map(|it| Some((it.label(), cache.join(it.sha256.as_deref()?))))
+        .flat_map(|(l, p)| [Codec::Gzip, Codec::Zstd].map(|c| (l.clone(), p.clone(), c)))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads =
         std::thread::available_parallelism().map_or(1, |n| n.get().min(todo.len().max(1)));
-    let results: Vec<anyhow::Result<Vec<(String, PathBuf)>>> = std::thread::scope(|s| {
+    let results: Vec<anyhow::Result<Vec<(String, Codec, PathBuf)>>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((label, path)) = todo.get(i) else {
+                        let Some((label, path, codec)) = todo.get(i) else {
                             return Ok(out);
                         };
-                        if let Some(gz) = pack_one(path)
+                        if let Some(stream) = pack_one(path, *codec)
                             .with_context(|| format!("compressing {label} ({})", path.display()))?
                         {
-                            out.push((label.clone(), gz));
+                            out.push((label.clone(), *codec, stream));
                         }
                     }
                 })
@@ -183,44 +187,88 @@ fn pack_all(
             .map(|w| w.join().expect("a compressing thread panicked"))
             .collect()
     });
-    let mut packed = BTreeMap::new();
+    let mut gz = BTreeMap::new();
+    let mut zst = BTreeMap::new();
     for r in results {
-        packed.extend(r?);
+        for (label, codec, stream) in r? {
+            match codec {
+                Codec::Gzip => gz.insert(label, stream),
+                Codec::Zstd => zst.insert(label, stream),
+            };
+        }
     }
-    Ok(packed)
+    // Packed only when both streams are worth it, so every host gets a compressed form.
+    Ok(gz
+        .into_iter()
+        .filter_map(|(label, g)| zst.remove(&label).map(|z| (label, (g, z))))
+        .collect())
 }
 
-/// `path`'s gzip stream (made unless a checked one is cached), or None when it saves less
-/// than a tenth.
-fn pack_one(path: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let gz = path.with_extension("gz");
-    let sum = path.with_extension("gz.sha256");
+#[derive(Debug, Clone, Copy)]
+enum Codec {
+    Gzip,
+    Zstd,
+}
+
+impl Codec {
+    fn ext(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gz",
+            Codec::Zstd => "zst",
+        }
+    }
+    fn compress(
+        self,
+        input: &mut impl std::io::Read,
+        out: impl std::io::Write,
+    ) -> std::io::Result<()> {
+        match self {
+            Codec::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+                std::io::copy(input, &mut e)?;
+                e.finish()?.flush()
+            }
+            Codec::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, 3)?;
+                // The host's `zstd -d` checks it: a stream cut or changed does not expand.
+                e.include_checksum(true)?;
+                std::io::copy(input, &mut e)?;
+                e.finish()?.flush()
+            }
+        }
+    }
+}
+
+/// `path`'s stream in `codec` (made unless a checked one is cached), or None when it saves
+/// less than a tenth.
+fn pack_one(path: &Path, codec: Codec) -> anyhow::Result<Option<PathBuf>> {
+    let ext = codec.ext();
+    let stream = path.with_extension(ext);
+    let sum = path.with_extension(format!("{ext}.sha256"));
     let size = std::fs::metadata(path)?.len();
-    let worth = |gz_len: u64| gz_len.saturating_mul(10) < size.saturating_mul(9);
-    if let (Ok(want), true) = (std::fs::read_to_string(&sum), gz.is_file()) {
-        let (have, len) = crate::hashing::hash_file(&gz)?;
+    let worth = |len: u64| len.saturating_mul(10) < size.saturating_mul(9);
+    if let (Ok(want), true) = (std::fs::read_to_string(&sum), stream.is_file()) {
+        let (have, len) = crate::hashing::hash_file(&stream)?;
         if have == want.trim() {
-            return Ok(worth(len).then_some(gz));
+            return Ok(worth(len).then_some(stream));
         }
         eprintln!(
-            "warning: {}: cached gzip stream no longer matches its sha256; compressing again",
-            gz.display()
+            "warning: {}: cached {ext} stream no longer matches its sha256; compressing again",
+            stream.display()
         );
     }
-    let tmp = path.with_extension(format!("gz.{}.partial", std::process::id()));
+    let tmp = path.with_extension(format!("{ext}.{}.partial", std::process::id()));
     {
         let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-        let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-        std::io::copy(
+        codec.compress(
             &mut std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?),
-            &mut e,
+            out,
         )?;
-        e.finish()?.flush()?;
     }
     let (h, len) = crate::hashing::hash_file(&tmp)?;
-    std::fs::rename(&tmp, &gz)?;
+    std::fs::rename(&tmp, &stream)?;
     std::fs::write(&sum, format!("{h}\n"))?;
-    Ok(worth(len).then_some(gz))
+    Ok(worth(len).then_some(stream))
 }
 
 #[cfg(test)]
@@ -228,36 +276,43 @@ mod tests {
     use super::*;
     use std::io::Read as _;
 
-    fn expand(gz: &Path) -> Vec<u8> {
+    fn expand(stream: &Path, codec: Codec) -> Vec<u8> {
+        let f = std::fs::File::open(stream).unwrap();
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap())
-            .read_to_end(&mut out)
-            .unwrap();
+        match codec {
+            Codec::Gzip => flate2::read::GzDecoder::new(f).read_to_end(&mut out),
+            Codec::Zstd => zstd::stream::read::Decoder::new(f)
+                .unwrap()
+                .read_to_end(&mut out),
+        }
+        .unwrap();
         out
     }
 
-    /// A compressible item gets a checked gzip stream that expands to its bytes; a changed
+    /// A compressible item gets checked gzip and zstd streams that expand to its bytes; a changed
     /// stream is made again; bytes that do not shrink travel as they are.
     #[test]
-    fn items_that_shrink_travel_as_gzip_and_a_changed_stream_is_remade() {
+    fn items_that_shrink_travel_packed_and_a_changed_stream_is_remade() {
         let d = tempfile::tempdir().unwrap();
         let text: Vec<u8> = (0..300_000u32)
             .flat_map(|i| format!("line {}\n", i % 1000).into_bytes())
             .collect();
         let item = d.path().join("aaaa");
         std::fs::write(&item, &text).unwrap();
-        let gz = pack_one(&item).unwrap().expect("text shrinks");
-        assert_eq!(gz, d.path().join("aaaa.gz"));
-        assert_eq!(expand(&gz), text);
-        assert!(std::fs::metadata(&gz).unwrap().len() < text.len() as u64 / 5);
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let stream = pack_one(&item, codec).unwrap().expect("text shrinks");
+            assert_eq!(stream, d.path().join(format!("aaaa.{}", codec.ext())));
+            assert_eq!(expand(&stream, codec), text);
+            assert!(std::fs::metadata(&stream).unwrap().len() < text.len() as u64 / 5);
 
-        std::fs::write(&gz, b"tampered").unwrap();
-        let again = pack_one(&item).unwrap().unwrap();
-        assert_eq!(
-            expand(&again),
-            text,
-            "a stream that fails its hash is made again"
-        );
+            std::fs::write(&stream, b"tampered").unwrap();
+            let again = pack_one(&item, codec).unwrap().unwrap();
+            assert_eq!(
+                expand(&again, codec),
+                text,
+                "a stream that fails its hash is made again"
+            );
+        }
 
         // Already compressed bytes (a .deb, a .tgz) do not shrink by a tenth.
         let mut noise = Vec::new();
@@ -270,6 +325,7 @@ mod tests {
         }
         let item = d.path().join("bbbb");
         std::fs::write(&item, &noise).unwrap();
-        assert_eq!(pack_one(&item).unwrap(), None);
+        assert_eq!(pack_one(&item, Codec::Gzip).unwrap(), None);
+        assert_eq!(pack_one(&item, Codec::Zstd).unwrap(), None);
     }
 }

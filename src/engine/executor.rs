@@ -28,10 +28,12 @@ pub struct CmdOutput {
 pub enum Blob {
     Bytes(Vec<u8>),
     Path(PathBuf),
-    /// The file at `path`, with its gzip stream at `gz` for transports that send it so.
+    /// The file at `path`, with its gzip stream at `gz` and its zstd stream at `zst` for
+    /// transports that send it so.
     Packed {
         path: PathBuf,
         gz: PathBuf,
+        zst: PathBuf,
     },
 }
 

@@ -305,9 +305,10 @@ fn source(blob: &Blob) -> UploadSource {
     match blob {
         Blob::Bytes(b) => UploadSource::Bytes(b.clone()),
         Blob::Path(p) => UploadSource::Path(p.clone()),
-        Blob::Packed { path, gz } => UploadSource::Gzip {
+        Blob::Packed { path, gz, zst } => UploadSource::Packed {
             path: path.clone(),
             gz: gz.clone(),
+            zst: zst.clone(),
         },
     }
 }

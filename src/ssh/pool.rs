@@ -94,19 +94,28 @@ impl ExecOutput {
 pub enum UploadSource {
     Bytes(Vec<u8>),
     Path(PathBuf),
-    /// The bytes of `path`, sent as `gz` (their gzip stream) and expanded on the host: the
-    /// far check is on the expanded bytes, against `path`'s sha256.
-    Gzip {
+    /// The bytes of `path`, sent as `zst` (their zstd stream) to a host that has `zstd`, else
+    /// as `gz` (their gzip stream), and expanded on the host: the far check is on the
+    /// expanded bytes, against `path`'s sha256.
+    Packed {
         path: PathBuf,
         gz: PathBuf,
+        zst: PathBuf,
     },
+}
+
+/// What a command's stdin gets: bytes, or a file's contents.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Bytes(&'a [u8]),
+    File(&'a std::path::Path),
 }
 
 impl UploadSource {
     fn describe(&self) -> String {
         match self {
             UploadSource::Bytes(b) => format!("{} bytes", b.len()),
-            UploadSource::Path(p) | UploadSource::Gzip { path: p, .. } => p.display().to_string(),
+            UploadSource::Path(p) | UploadSource::Packed { path: p, .. } => p.display().to_string(),
         }
     }
 }
@@ -134,6 +143,8 @@ struct HostConn {
     session: Mutex<Arc<Session>>,
     bastion: Option<Arc<Session>>,
     channels: Semaphore,
+    /// Whether the host has `zstd`, asked at its first packed upload.
+    has_zstd: tokio::sync::OnceCell<bool>,
 }
 
 struct Inner {
@@ -237,6 +248,7 @@ impl Pool {
                             session: Mutex::new(Arc::new(c.session)),
                             bastion: b,
                             channels: Semaphore::new(opts.max_channels.max(1)),
+                            has_zstd: tokio::sync::OnceCell::new(),
                         },
                     );
                 }
@@ -356,7 +368,7 @@ impl Pool {
         host: &str,
         cmd: &Shell,
         opts: &ExecOpts,
-        input: Option<&UploadSource>,
+        input: Option<Input<'_>>,
     ) -> Result<ExecOutput, HostError> {
         let c = self.conn(host, "exec")?;
         let full = if opts.sudo {
@@ -464,7 +476,7 @@ impl Pool {
     async fn local_hash(&self, src: &UploadSource) -> std::io::Result<(u64, String)> {
         match src {
             UploadSource::Bytes(b) => Ok((b.len() as u64, hex::encode(Sha256::digest(b)))),
-            UploadSource::Path(p) | UploadSource::Gzip { path: p, .. } => {
+            UploadSource::Path(p) | UploadSource::Packed { path: p, .. } => {
                 let meta = tokio::fs::metadata(p).await?;
                 let key = (meta.len(), meta.modified().ok());
                 let cell = {
@@ -582,52 +594,63 @@ impl Pool {
                 });
                 continue;
             }
-            // What travels: the file, or its gzip stream (expanded and checked on the host).
-            let (script, sent) = match &it.source {
-                UploadSource::Gzip { gz, .. } => {
-                    let sent = tokio::fs::metadata(gz)
-                        .await
-                        .map(|m| m.len())
-                        .map_err(|e| {
-                            self.err(
-                                c,
-                                &step,
-                                ErrorKind::Local,
-                                format!("cannot read {}: {e}", gz.display()),
-                            )
-                        })?;
-                    let script = shell::upload_gzip_script(
+            // What travels: the file, or its zstd or gzip stream (expanded and checked on
+            // the host).
+            let plain = || {
+                shell::upload_script(
+                    &it.dest,
+                    sha,
+                    *size,
+                    it.mode,
+                    it.owner.as_deref(),
+                    shell::HASH_CACHE_DIR,
+                )
+            };
+            let (script, stream, packing) = match &it.source {
+                UploadSource::Packed { gz, zst, .. } => {
+                    let packing = if self.has_zstd(host).await? {
+                        shell::Packing::Zstd
+                    } else {
+                        shell::Packing::Gzip
+                    };
+                    let script = shell::upload_packed_script(
                         &it.dest,
                         sha,
                         *size,
                         it.mode,
                         it.owner.as_deref(),
                         shell::HASH_CACHE_DIR,
+                        packing,
                     );
-                    (script, sent)
+                    let stream = match packing {
+                        shell::Packing::Zstd => zst,
+                        shell::Packing::Gzip => gz,
+                    };
+                    (script, Input::File(stream), Some(packing))
                 }
-                _ => {
-                    let script = shell::upload_script(
-                        &it.dest,
-                        sha,
-                        *size,
-                        it.mode,
-                        it.owner.as_deref(),
-                        shell::HASH_CACHE_DIR,
-                    );
-                    (script, *size)
-                }
+                UploadSource::Bytes(b) => (plain(), Input::Bytes(b), None),
+                UploadSource::Path(p) => (plain(), Input::File(p), None),
+            };
+            let sent = match stream {
+                Input::Bytes(b) => b.len() as u64,
+                Input::File(p) => tokio::fs::metadata(p).await.map(|m| m.len()).map_err(|e| {
+                    self.err(
+                        c,
+                        &step,
+                        ErrorKind::Local,
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?,
             };
             self.inner.progress.host(
                 host,
-                &if sent == *size {
-                    format!("{step} ({size} bytes)")
-                } else {
-                    format!("{step} ({size} bytes as {sent} gzip)")
+                &match packing {
+                    None => format!("{step} ({size} bytes)"),
+                    Some(p) => format!("{step} ({size} bytes as {sent} {})", p.program()),
                 },
             );
             let out = self
-                .exec_with_input(host, &script, &ExecOpts::root(), Some(&it.source))
+                .exec_with_input(host, &script, &ExecOpts::root(), Some(stream))
                 .await
                 .map_err(|e| e.with_step(&step))?;
             if !out.success() {
@@ -649,6 +672,21 @@ impl Pool {
             });
         }
         Ok(outcomes)
+    }
+
+    /// Whether `host` has `zstd` to expand a packed upload with: asked once per run.
+    async fn has_zstd(&self, host: &str) -> Result<bool, HostError> {
+        let c = self.conn(host, "upload")?;
+        c.has_zstd
+            .get_or_try_init(|| async {
+                let o = self
+                    .exec(host, "command -v zstd >/dev/null 2>&1", ExecOpts::default())
+                    .await
+                    .map_err(|e| e.with_step("upload: is zstd there to expand streams"))?;
+                Ok(o.success())
+            })
+            .await
+            .copied()
     }
 
     /// Copies the far file `remote` (read as root) to `local`, byte for byte: streamed into
@@ -886,7 +924,7 @@ const CHUNK: usize = 1 << 20;
 async fn run_channel(
     s: &Session,
     cmd: &str,
-    input: Option<&UploadSource>,
+    input: Option<Input<'_>>,
 ) -> Result<ExecOutput, ChanError> {
     let ch = s
         .channel_open_session()
@@ -902,35 +940,31 @@ async fn run_channel(
             // Whole chunks through `data_bytes`: russh cuts them into packets without copying.
             // (`data(reader)` goes through tokio::io::copy's 8 KiB buffer: 4x the packets of
             // OpenSSH's 32 KiB, half the throughput.)
-            Some(UploadSource::Bytes(b)) => {
-                wr.data_bytes(b.clone()).await.map_err(|e| e.to_string())
-            }
-            Some(UploadSource::Path(p) | UploadSource::Gzip { gz: p, .. }) => {
-                match tokio::fs::File::open(p).await {
-                    Ok(mut f) => {
-                        use tokio::io::AsyncReadExt;
-                        let mut r = Ok(());
-                        loop {
-                            let mut buf = Vec::with_capacity(CHUNK);
-                            match (&mut f).take(CHUNK as u64).read_to_end(&mut buf).await {
-                                Ok(0) => break,
-                                Ok(_) => {
-                                    if let Err(e) = wr.data_bytes(buf).await {
-                                        r = Err(e.to_string());
-                                        break;
-                                    }
-                                }
-                                Err(e) => {
-                                    r = Err(format!("cannot read {}: {e}", p.display()));
+            Some(Input::Bytes(b)) => wr.data_bytes(b.to_vec()).await.map_err(|e| e.to_string()),
+            Some(Input::File(p)) => match tokio::fs::File::open(p).await {
+                Ok(mut f) => {
+                    use tokio::io::AsyncReadExt;
+                    let mut r = Ok(());
+                    loop {
+                        let mut buf = Vec::with_capacity(CHUNK);
+                        match (&mut f).take(CHUNK as u64).read_to_end(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(_) => {
+                                if let Err(e) = wr.data_bytes(buf).await {
+                                    r = Err(e.to_string());
                                     break;
                                 }
                             }
+                            Err(e) => {
+                                r = Err(format!("cannot read {}: {e}", p.display()));
+                                break;
+                            }
                         }
-                        r
                     }
-                    Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+                    r
                 }
-            }
+                Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+            },
         };
         let _ = wr.eof().await;
         r

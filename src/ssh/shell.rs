@@ -311,21 +311,42 @@ pub fn upload_script(
     owner: Option<&str>,
     cache_dir: &str,
 ) -> Shell {
-    upload_script_as(dest, sha256, size, mode, owner, cache_dir, false)
+    upload_script_as(dest, sha256, size, mode, owner, cache_dir, None)
 }
 
-/// [`upload_script`] for a gzip stream: stdin is expanded with `gzip -dc` (gzip is on every
-/// Linux host; zstd is not) and the expanded bytes are checked against `sha256` and `size`.
-/// Exit 3 also when the stream does not expand.
-pub fn upload_gzip_script(
+/// How a compressed stream was packed: what the host expands it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// `gzip -dc`: on every Linux host.
+    Gzip,
+    /// `zstd -dc`: ~7x faster to expand than gzip, and smaller; on hosts that have it (a
+    /// Debian 12 or Ubuntu machine with a kernel: initramfs-tools wants it), not on a minbase.
+    Zstd,
+}
+
+impl Packing {
+    /// The program the host expands the stream with (also the upload script's argument).
+    pub fn program(self) -> &'static str {
+        match self {
+            Packing::Gzip => "gzip",
+            Packing::Zstd => "zstd",
+        }
+    }
+}
+
+/// [`upload_script`] for a compressed stream: stdin is expanded with `packing`'s program and
+/// the expanded bytes are checked against `sha256` and `size`. Exit 3 also when the stream
+/// does not expand.
+pub fn upload_packed_script(
     dest: &str,
     sha256: &str,
     size: u64,
     mode: u32,
     owner: Option<&str>,
     cache_dir: &str,
+    packing: Packing,
 ) -> Shell {
-    upload_script_as(dest, sha256, size, mode, owner, cache_dir, true)
+    upload_script_as(dest, sha256, size, mode, owner, cache_dir, Some(packing))
 }
 
 fn upload_script_as(
@@ -335,14 +356,14 @@ fn upload_script_as(
     mode: u32,
     owner: Option<&str>,
     cache_dir: &str,
-    gzip: bool,
+    packing: Option<Packing>,
 ) -> Shell {
     const UPLOAD: &str = concat!(
         crate::sha256_fn!(),
         r#"set -e; d=$1 want=$2 size=$3 mode=$4 owner=$5 k=$6 cd=$7 c=$8 z=$9
 dir=$(dirname "$d"); mkdir -p "$dir"; t="$dir/.clusterctl-upload.$$.$(basename "$d")"
 trap 'rm -f "$t"' EXIT; rm -f "$t"; umask 077; set -C
-if [ "$z" = gzip ]; then gzip -dc >"$t" || { echo "the gzip stream did not expand" >&2; exit 3; }; else cat >"$t"; fi; set +C
+case $z in gzip|zstd) "$z" -dcq >"$t" || { echo "the $z stream did not expand" >&2; exit 3; } ;; *) cat >"$t" ;; esac; set +C
 h=$(sha256 "$t"); h=${h%% *}; n=$(stat -c %s "$t")
 if [ "$h" != "$want" ] || [ "$n" != "$size" ]; then
   echo "sha256 mismatch on the far side: got $h ($n bytes written), want $want ($size bytes)" >&2; exit 3
@@ -360,7 +381,7 @@ chmod "$mode" "$t" && mv -f "$t" "$d"; trap - EXIT
         .arg(STAT_KEY)
         .arg(cache_dir)
         .arg(cache_entry(cache_dir, dest))
-        .arg(if gzip { "gzip" } else { "" })
+        .arg(packing.map_or("", Packing::program))
         .into()
 }
 
@@ -569,10 +590,16 @@ mod tests {
             .unwrap_or_else(|| panic!("{prog} is not on PATH"))
     }
 
-    /// A gzip stream lands expanded and hash-checked; a stream that does not expand, or
-    /// expands to other bytes, leaves the old file and no temp file (exit 3).
+    /// A gzip or zstd stream lands expanded and hash-checked; a stream that does not expand,
+    /// or expands to other bytes, leaves the old file and no temp file (exit 3).
     #[test]
-    fn a_gzip_upload_lands_expanded_and_checked() {
+    fn a_packed_upload_lands_expanded_and_checked() {
+        for packing in [Packing::Gzip, Packing::Zstd] {
+            packed_upload_lands_expanded_and_checked(packing);
+        }
+    }
+
+    fn packed_upload_lands_expanded_and_checked(packing: Packing) {
         use sha2::{Digest, Sha256};
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
@@ -583,22 +610,26 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         let sha = hex::encode(Sha256::digest(&data));
-        let gz = |d: &[u8]| {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(d).unwrap();
-            e.finish().unwrap()
+        let gz = |d: &[u8]| match packing {
+            Packing::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(d).unwrap();
+                e.finish().unwrap()
+            }
+            Packing::Zstd => zstd::encode_all(d, 3).unwrap(),
         };
         let put = |input: &[u8]| {
             let mut child = Command::new("sh")
                 .arg("-c")
                 .arg(
-                    upload_gzip_script(
+                    upload_packed_script(
                         dest_s,
                         &sha,
                         data.len() as u64,
                         0o755,
                         None,
                         cache.to_str().unwrap(),
+                        packing,
                     )
                     .as_str(),
                 )
@@ -620,7 +651,7 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), data);
         for (bad, why) in [
             (gz(b"other bytes"), "sha256 mismatch"),
-            (b"not gzip at all".to_vec(), "did not expand"),
+            (b"not packed at all".to_vec(), "did not expand"),
         ] {
             let out = put(&bad);
             assert_eq!(out.status.code(), Some(3));

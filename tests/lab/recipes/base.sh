@@ -7,8 +7,11 @@ root=${1:?usage: base.sh ROOTFS-DIR}
 suite=bookworm
 mirror=http://deb.debian.org/debian
 
+# zstd: a Debian 12 installed on a machine or VM has it (initramfs-tools-core recommends it),
+# and clusterctl sends bundle items as zstd streams to hosts that have it; minbase lacks it.
+# (A lab test removes it from one host to run the gzip fallback.)
 debootstrap --variant=minbase \
-	--include=systemd,systemd-sysv,dbus,openssh-server,iproute2,iputils-ping,ca-certificates,procps,sudo,less \
+	--include=systemd,systemd-sysv,dbus,openssh-server,iproute2,iputils-ping,ca-certificates,procps,sudo,less,zstd \
 	"$suite" "$root" "$mirror"
 
 # Identity is per host: lab.sh writes hostname, machine-id and host keys before each first boot.
