@@ -81,6 +81,14 @@ impl Inventory {
         }
     }
 
+    /// The port haproxy serves the API on: the VIP's in `vip` mode, else the local proxy's.
+    pub fn balancer_port(&self) -> u16 {
+        match (self.spec.ha.mode, &self.spec.ha.vip) {
+            (HaMode::Vip, Some(v)) => v.port,
+            _ => self.spec.ha.local_proxy_port,
+        }
+    }
+
     /// Parsed Kubernetes version (validated on load).
     pub fn kube_version(&self) -> KubeVersion {
         self.spec.kubernetes_version

@@ -4,7 +4,7 @@
 //! - `external`: the user's balancer; only checked for reachability.
 
 use crate::engine::rotation::balancers;
-use crate::engine::{Action, Cmd, Context, Order, Phase, PhasePlan};
+use crate::engine::{Action, Cmd, Context, Order, Phase, PhasePlan, Script};
 use crate::inventory::{HaMode, Host, Role};
 use crate::render::host_vars;
 
@@ -37,6 +37,22 @@ impl Phase for LoadBalancer {
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
         self.plan_for(ctx, ctx.inv(), &ctx.host_filter)
+    }
+    /// A balancer "runs" when haproxy serves the API port or keepalived is up. An active
+    /// haproxy alone does not count: the package starts it on install with its own empty
+    /// config, and fresh balancers (every node's, in local-proxy mode) then start together
+    /// instead of one at a time.
+    fn running_check(&self, ctx: &Context, _host: &Host) -> Option<crate::engine::Shell> {
+        if ctx.inv().spec.ha.mode == HaMode::External {
+            return None;
+        }
+        Some(
+            Script::new(
+                r#"systemctl is-active --quiet keepalived.service || [ -n "$(ss -Hltn "sport = :$1")" ]"#,
+            )
+            .arg(ctx.inv().balancer_port().to_string())
+            .into(),
+        )
     }
     fn join_concerns(&self, ctx: &Context, host: &Host) -> Option<String> {
         let inv = ctx.inv();

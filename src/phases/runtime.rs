@@ -104,8 +104,8 @@ impl Phase for Runtime {
         "containerd configured for the kubelet, images imported from the bundle"
     }
     fn plan(&self, ctx: &Context) -> anyhow::Result<PhasePlan> {
-        // A restart of containerd leaves running containers alone, but nodes that run it
-        // still go one at a time behind the gate.
+        // A restart of containerd leaves running containers alone, but nodes that serve
+        // workloads still go one at a time behind the gate (see `running_check`).
         let mut plan = PhasePlan::new(self, Order::Rolling);
         for h in ctx.hosts_where(|h| ctx.inv().runs_kubelet(h)) {
             plan.host(h, host_actions(ctx, h)?);
@@ -117,6 +117,15 @@ impl Phase for Runtime {
             );
         }
         Ok(plan)
+    }
+    /// A node "runs" what this phase manages when its kubelet is up or a container runs. An
+    /// active containerd alone does not count: its package starts it on install, and fresh
+    /// nodes, with nothing on them, then configure together instead of one at a time.
+    fn running_check(&self, _ctx: &Context, _host: &Host) -> Option<crate::engine::Shell> {
+        Some(
+            "systemctl is-active --quiet kubelet.service || [ -n \"$(ctr -n k8s.io tasks ls -q 2>/dev/null)\" ]"
+                .into(),
+        )
     }
 }
 

@@ -295,10 +295,7 @@ pub fn host_vars_etcd(inv: &Inventory, host: &Host, start: &EtcdStart) -> tera::
         } else {
             "0.0.0.0".to_string()
         };
-    let lb_port = match (spec.ha.mode, &spec.ha.vip) {
-        (HaMode::Vip, Some(v)) => v.port,
-        _ => spec.ha.local_proxy_port,
-    };
+    let lb_port = inv.balancer_port();
     let lb_hosts = inv.lb_hosts();
     let vip = match (spec.ha.mode, &spec.ha.vip) {
         (HaMode::Vip, Some(v))
