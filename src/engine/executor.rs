@@ -322,6 +322,18 @@ struct FarState {
     pending: Vec<Pending>,
 }
 
+/// Whether `actions` write `unit`'s own unit file (not a drop-in): then it is on disk once the
+/// step's files are written, and can be enabled before the daemon-reload.
+fn writes_unit_file(actions: &[Action], unit: &str) -> bool {
+    actions.iter().any(|a| match a {
+        Action::File { path, .. } => {
+            (path.starts_with("/etc/systemd/system/") || path.starts_with("/lib/systemd/system/"))
+                && std::path::Path::new(path).file_name() == Some(std::ffi::OsStr::new(unit))
+        }
+        _ => false,
+    })
+}
+
 /// The script of [`state_query`]. Arguments: the number of files, the number of directories,
 /// the stat key format, then each file with its hash-cache entry, dirs, units. A file's sha256
 /// comes from the hash cache the uploads write ([`crate::ssh::shell::HASH_CACHE_DIR`]) while
@@ -475,6 +487,8 @@ pub async fn converge_gated(
     let far = parse_state(&out.stdout);
     let mut dirty_units: BTreeSet<String> = BTreeSet::new();
     let mut unit_files_changed = false;
+    // Units enabled together before this step's daemon-reload (see `Action::Service`).
+    let mut enabled_early: BTreeSet<String> = BTreeSet::new();
     let mut failed_checks = Vec::new();
     // Checks that open the plan are guards: they run before anything changes, and a failed
     // one stops the host untouched (e.g. a component already running under the other
@@ -664,11 +678,34 @@ pub async fn converge_gated(
             Action::Directory { .. } | Action::File { .. } => {}
             Action::Service { unit, reload } => {
                 if unit_files_changed {
+                    // `systemctl enable` reloads the manager itself (0.2-1.1 s each on a busy
+                    // host): the plan's units whose files it wrote are enabled without that,
+                    // before the one daemon-reload, which loads their new links with them.
+                    let early: Vec<&String> = plan
+                        .actions
+                        .iter()
+                        .filter_map(|a| match a {
+                            Action::Service { unit, .. } => Some(unit),
+                            _ => None,
+                        })
+                        .filter(|u| far.units.get(*u).is_none_or(|(e, _)| e != "enabled"))
+                        .filter(|u| writes_unit_file(&plan.actions, u))
+                        .collect();
+                    if !early.is_empty() {
+                        run_change(
+                            exec,
+                            host,
+                            &systemctl(&["enable", "--no-reload"], &early).into(),
+                        )
+                        .await?;
+                        ch.commands_run += 1;
+                        enabled_early.extend(early.into_iter().cloned());
+                    }
                     run_change(exec, host, &"systemctl daemon-reload".into()).await?;
                     unit_files_changed = false;
                 }
                 let (enabled, active) = far.units.get(unit).cloned().unwrap_or_default();
-                if enabled != "enabled" {
+                if enabled != "enabled" && !enabled_early.contains(unit) {
                     run_change(exec, host, &systemctl(&["enable"], [unit]).into()).await?;
                     ch.commands_run += 1;
                 }
@@ -1349,6 +1386,60 @@ mod tests {
         assert!(
             reload < log.find("restart").unwrap(),
             "reload before restart:\n{log}"
+        );
+    }
+
+    /// Fresh units whose files the plan writes are enabled in one call without its own
+    /// reload, before the step's one daemon-reload; a unit whose file the plan does not write
+    /// (a package's) is enabled on its own, reload and all.
+    #[tokio::test]
+    async fn fresh_units_are_enabled_together_before_the_one_reload() {
+        let fake = FakeHosts::default();
+        let unit = |name: &str| {
+            Action::rendered(
+                &format!("/etc/systemd/system/{name}"),
+                0o644,
+                "demo",
+                format!("[Service]\nExecStart=/bin/{name}\n"),
+                &[name],
+            )
+        };
+        let plan = HostPlan {
+            host: "h1".into(),
+            address: "10.77.0.11".into(),
+            actions: vec![
+                unit("a.service"),
+                unit("b.service"),
+                Action::service("a.service"),
+                Action::service("pkg.service"),
+                Action::service("b.service"),
+            ],
+        };
+        let ch = converge(&fake, &host(), &plan, &resolve).await.unwrap();
+        assert_eq!(ch.started, ["a.service", "pkg.service", "b.service"]);
+        let log = fake.log.lock().unwrap().clone();
+        let at = |want: &str| {
+            log.iter()
+                .position(|l| l.ends_with(want))
+                .unwrap_or_else(|| panic!("no {want:?} in {log:#?}"))
+        };
+        let early = at("systemctl enable --no-reload a.service b.service");
+        let reload = at("systemctl daemon-reload");
+        assert!(early < reload, "{log:#?}");
+        assert!(reload < at("systemctl enable pkg.service"), "{log:#?}");
+        assert_eq!(
+            log.iter()
+                .filter(|l| *l == "h1: systemctl daemon-reload")
+                .count(),
+            1,
+            "{log:#?}"
+        );
+        assert_eq!(
+            log.iter()
+                .filter(|l| l.starts_with("h1: systemctl enable"))
+                .count(),
+            2,
+            "{log:#?}"
         );
     }
 
