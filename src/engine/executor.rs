@@ -1397,7 +1397,7 @@ mod tests {
         let fake = FakeHosts::default();
         let unit = |name: &str| {
             Action::rendered(
-                &format!("/etc/systemd/system/{name}"),
+                format!("/etc/systemd/system/{name}"),
                 0o644,
                 "demo",
                 format!("[Service]\nExecStart=/bin/{name}\n"),
