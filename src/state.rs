@@ -31,7 +31,7 @@ impl StateDir {
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.root.join("admin.conf")
     }
-    /// Where bundle items are extracted to (and gzipped) once, for every cluster and bundle of
+    /// Where bundle items are extracted to (and compressed) once, for every cluster and bundle of
     /// this user: [`item_cache`], or this cluster's `cache/` when there is no home to put it in.
     pub fn item_cache(&self) -> PathBuf {
         item_cache(|k| std::env::var_os(k)).unwrap_or_else(|| self.root.join("cache"))
@@ -41,7 +41,7 @@ impl StateDir {
 /// The shared item cache: `$CLUSTERCTL_CACHE_DIR`, else `$XDG_CACHE_HOME/clusterctl/items`,
 /// else `~/.cache/clusterctl/items` (k0sctl keeps its binaries in `~/.cache/k0sctl` the same
 /// way). Sharing it trusts nothing new: a file there is named by its sha256 and hashed against
-/// the signed manifest before each use. A per-cluster cache extracted and gzipped every item
+/// the signed manifest before each use. A per-cluster cache extracted and compressed every item
 /// again for each new cluster: ~3 s of every first `init` from an already built bundle.
 fn item_cache(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
     let set = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
