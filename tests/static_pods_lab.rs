@@ -431,17 +431,21 @@ fn static_pod_control_plane() {
     // Its member leaves etcd: if it led, the leadership is handed over first.
     let (ok, failed) = probe.finish_after(&[&text(&out)], etcd.stops(&lab));
     assert!(out.status.success(), "{}", text(&out));
+    // Handed over by gone's last advert while the others still counted it as a peer (a
+    // skew time, under a second), not left without a holder until their master-down timer
+    // (3 s and more: a client connecting then timed out in CI).
+    let staying: Vec<&str> = CONTROL_PLANE.into_iter().filter(|h| *h != gone).collect();
+    let handover = vip_handover(&lab, &gone, &staying, reset_at).unwrap_or_else(|e| panic!("{e}"));
+    let gap = handover.1 - handover.0;
+    // A request whose connection was open on gone's haproxy at that instant is reset by the
+    // new holder (seen once in CI): at most that one is set apart, every other failure counts.
+    let (moved, failed) = split_vip_move_reset(&failed, &lab.addr(100), handover);
     no_failed_read(&lab, &format!("the reset of {gone}"), &failed);
     let holder = vip_holder(&lab);
     assert!(
         holder.as_ref().is_some_and(|h| h != &gone),
         "the VIP left {gone}: {holder:?}"
     );
-    // Handed over by gone's last advert while the others still counted it as a peer (a
-    // skew time, under a second), not left without a holder until their master-down timer
-    // (3 s and more: a client connecting then timed out in CI).
-    let staying: Vec<&str> = CONTROL_PLANE.into_iter().filter(|h| *h != gone).collect();
-    let gap = vip_gap(&lab, &gone, &staying, reset_at).unwrap_or_else(|e| panic!("{e}"));
     assert!(gap < 2.0, "the VIP had no holder for {gap:.2} s");
     lab.exec_ok(
         &gone,
@@ -458,7 +462,7 @@ fn static_pod_control_plane() {
             .collect::<Vec<_>>()
     );
     eprintln!(
-        "TIMING static-pods reset of {gone} {reset_secs:.1}s, probe {ok} answered, the VIP on {holder:?} after {gap:.2} s without a holder"
+        "TIMING static-pods reset of {gone} {reset_secs:.1}s, probe {ok} answered, the VIP on {holder:?} after {gap:.2} s without a holder, reset by the move: {moved:?}"
     );
 
     let probe = ReadProbe::start(&admin);

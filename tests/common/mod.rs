@@ -730,6 +730,18 @@ pub fn balancer_events(lab: &Lab, hosts: &[&str]) -> String {
 /// seconds): from its "Stopping" to the first "Entering MASTER STATE" of one of `others`,
 /// read from their journals. Err says what the journals lack.
 pub fn vip_gap(lab: &Lab, from: &str, others: &[&str], since: f64) -> Result<f64, String> {
+    let (stopped, taken) = vip_handover(lab, from, others, since)?;
+    Ok(taken - stopped)
+}
+
+/// When `from`'s keepalived stopped after `since` and when one of `others` took the VIP
+/// (Unix seconds), read from their journals.
+pub fn vip_handover(
+    lab: &Lab,
+    from: &str,
+    others: &[&str],
+    since: f64,
+) -> Result<(f64, f64), String> {
     let first = |host: &str, needle: &str| -> Option<f64> {
         let o = lab.exec(
             host,
@@ -750,7 +762,33 @@ pub fn vip_gap(lab: &Lab, from: &str, others: &[&str], since: f64) -> Result<f64
         .ok_or(format!(
             "none of {others:?} took the VIP after {from} stopped"
         ))?;
-    Ok(taken - stopped)
+    Ok((stopped, taken))
+}
+
+/// Of a read probe's failures (`at <unix seconds>: <kubectl's words>`), the one a VIP move
+/// may cost, and the others. A TCP connection ends on the balancer that held the VIP: one
+/// still open when the new holder announces the address gets a reset from the new holder,
+/// which knows no such connection, and kubectl does not retry it. So at most one failure is
+/// set apart, and only a "connection reset by peer" from `vip` observed between the old
+/// holder's stop and a second after the new holder took over (`handover`, from
+/// [`vip_handover`]); every other failure stays.
+pub fn split_vip_move_reset(
+    failed: &[String],
+    vip: &str,
+    handover: (f64, f64),
+) -> (Option<String>, Vec<String>) {
+    let in_window = |f: &String| {
+        let at = f
+            .strip_prefix("at ")
+            .and_then(|r| r.split(':').next())
+            .and_then(|t| t.parse::<f64>().ok());
+        at.is_some_and(|t| t >= handover.0 && t <= handover.1 + 1.0)
+            && f.contains(&format!("->{vip}:"))
+            && f.contains("connection reset by peer")
+    };
+    let mut rest = failed.to_vec();
+    let moved = rest.iter().position(in_window).map(|i| rest.remove(i));
+    (moved, rest)
 }
 
 /// The workload checks of the nodes lab tests, on a cluster whose workers are h4 and h5 and
