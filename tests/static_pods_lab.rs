@@ -440,7 +440,14 @@ fn static_pod_control_plane() {
     // A request whose connection was open on gone's haproxy at that instant is reset by the
     // new holder (seen once in CI): at most that one is set apart, every other failure counts.
     let (moved, failed) = split_vip_move_reset(&failed, &lab.addr(100), handover);
-    no_failed_read(&lab, &format!("the reset of {gone}"), &failed);
+    no_failed_read(
+        &lab,
+        &format!(
+            "the reset of {gone} (its keepalived stopped at {:.3}, the VIP taken at {:.3})",
+            handover.0, handover.1
+        ),
+        &failed,
+    );
     let holder = vip_holder(&lab);
     assert!(
         holder.as_ref().is_some_and(|h| h != &gone),
