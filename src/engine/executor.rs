@@ -327,11 +327,17 @@ struct FarState {
 fn writes_unit_file(actions: &[Action], unit: &str) -> bool {
     actions.iter().any(|a| match a {
         Action::File { path, .. } => {
-            (path.starts_with("/etc/systemd/system/") || path.starts_with("/lib/systemd/system/"))
+            in_unit_dir(path)
                 && std::path::Path::new(path).file_name() == Some(std::ffi::OsStr::new(unit))
         }
         _ => false,
     })
+}
+
+/// Whether `path` is under a directory systemd loads units (and drop-ins) from: a change
+/// there needs a daemon-reload.
+fn in_unit_dir(path: &str) -> bool {
+    path.starts_with("/etc/systemd/system/") || path.starts_with("/lib/systemd/system/")
 }
 
 /// The script of [`state_query`]. Arguments: the number of files, the number of directories,
@@ -562,9 +568,7 @@ pub async fn converge_gated(
                     mode: mode.0,
                 });
                 dirty_units.extend(restarts.iter().cloned());
-                if path.starts_with("/etc/systemd/system/")
-                    || path.starts_with("/lib/systemd/system/")
-                {
+                if in_unit_dir(path) {
                     unit_files_changed = true;
                 }
             }
