@@ -662,17 +662,21 @@ impl ReadProbe {
         let (flag, admin) = (stop.clone(), admin.to_path_buf());
         let handle = std::thread::spawn(move || {
             let (mut ok, mut failed) = (0, Vec::new());
+            let now = || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+            };
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = now();
                 let o = kubectl(&admin, &["get", "--raw", "/api/v1/namespaces/kube-system"]);
                 if o.status.success() {
                     ok += 1;
                 } else {
-                    // When, to set beside the balancers' log (balancer_events).
-                    let at = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_secs_f64();
-                    failed.push(format!("at {at:.3}: {}", text(&o)));
+                    // When it failed, to set beside the balancers' log (balancer_events), and
+                    // when it was sent, to tell a request in flight across a VIP move.
+                    failed.push(format!("at {:.3} (sent {sent:.3}): {}", now(), text(&o)));
                 }
             }
             (ok, failed)
@@ -765,30 +769,67 @@ pub fn vip_handover(
     Ok((stopped, taken))
 }
 
-/// Of a read probe's failures (`at <unix seconds>: <kubectl's words>`), the one a VIP move
-/// may cost, and the others. A TCP connection ends on the balancer that held the VIP: one
-/// still open when the new holder announces the address gets a reset from the new holder,
-/// which knows no such connection, and kubectl does not retry it. So at most one failure is
-/// set apart, and only a "connection reset by peer" from `vip` observed between the old
-/// holder's stop and a second after the new holder took over (`handover`, from
-/// [`vip_handover`]); every other failure stays.
-pub fn split_vip_move_reset(
-    failed: &[String],
+/// Of a read probe's failures (`at <unix seconds> (sent <unix seconds>): <kubectl's words>`),
+/// the one a VIP move may cost, and the others. A TCP connection ends on the balancer that
+/// held the VIP, and that balancer loses the address when its keepalived stops: it can no
+/// longer send from it, so a response still owed on such a connection never comes (the client
+/// waits out its timeout), and a client packet reaching the new holder, which knows no such
+/// connection, gets a reset. No VIP without connection-state sync keeps that request, and
+/// kubectl does not retry it. So at most one failure is set apart: a request sent before the
+/// old holder stopped that failed after it, by a reset from `vip` or by the client's timeout
+/// (`handover`, from [`vip_handover`]). The probe sends one request at a time, so no second
+/// one can have been in flight; every other failure stays.
+pub fn split_vip_move_loss(
+    mut failed: Vec<String>,
     vip: &str,
     handover: (f64, f64),
 ) -> (Option<String>, Vec<String>) {
-    let in_window = |f: &String| {
-        let at = f
-            .strip_prefix("at ")
-            .and_then(|r| r.split(':').next())
-            .and_then(|t| t.parse::<f64>().ok());
-        at.is_some_and(|t| t >= handover.0 && t <= handover.1 + 1.0)
-            && f.contains(&format!("->{vip}:"))
-            && f.contains("connection reset by peer")
+    let times = |f: &String| -> Option<(f64, f64)> {
+        let rest = f.strip_prefix("at ")?;
+        let (at, rest) = rest.split_once(" (sent ")?;
+        let (sent, _) = rest.split_once("):")?;
+        Some((sent.parse().ok()?, at.parse().ok()?))
     };
-    let mut rest = failed.to_vec();
-    let moved = rest.iter().position(in_window).map(|i| rest.remove(i));
-    (moved, rest)
+    let across_the_move = |f: &String| {
+        let lost = (f.contains(&format!("->{vip}:")) && f.contains("connection reset by peer"))
+            || f.contains("Client.Timeout exceeded");
+        lost && times(f).is_some_and(|(sent, at)| sent < handover.0 && at > handover.0)
+    };
+    let moved = failed
+        .iter()
+        .position(across_the_move)
+        .map(|i| failed.remove(i));
+    (moved, failed)
+}
+
+/// The request a VIP move may cost is told apart by when it was sent and how it failed; one
+/// only, and nothing sent after the old holder stopped.
+#[test]
+fn only_one_request_in_flight_across_a_vip_move_is_set_apart() {
+    let vip = "10.77.1.100";
+    let handover = (100.0, 100.6);
+    let timeout = "at 105.9 (sent 99.9): Unable to connect to the server: context deadline exceeded (Client.Timeout exceeded while awaiting headers)\n".to_string();
+    let reset = "at 100.2 (sent 99.95): read tcp 10.77.1.1:33432->10.77.1.100:8443: read: connection reset by peer\n".to_string();
+    let (moved, rest) = split_vip_move_loss(vec![timeout.clone()], vip, handover);
+    assert_eq!((moved, rest.len()), (Some(timeout.clone()), 0));
+    let (moved, rest) = split_vip_move_loss(vec![reset.clone(), timeout.clone()], vip, handover);
+    assert_eq!((moved, rest), (Some(reset.clone()), vec![timeout]));
+    // Sent into the gap without a holder: its SYN is retried and must reach the new holder.
+    let late = "at 106.0 (sent 100.1): Unable to connect to the server: context deadline exceeded (Client.Timeout exceeded while awaiting headers)\n".to_string();
+    assert_eq!(
+        split_vip_move_loss(vec![late.clone()], vip, handover).1,
+        vec![late]
+    );
+    // Ended before the move, or another failure, or a reset from elsewhere: not the move's.
+    let before = "at 99.0 (sent 98.9): read tcp 10.77.1.1:1->10.77.1.100:8443: read: connection reset by peer\n".to_string();
+    let server = "at 101.0 (sent 99.9): Error from server (Timeout): the server was unable to return a response\n".to_string();
+    let other = "at 101.0 (sent 99.9): read tcp 10.77.1.1:1->10.77.1.12:6443: read: connection reset by peer\n".to_string();
+    for f in [before, server, other] {
+        assert_eq!(
+            split_vip_move_loss(vec![f.clone()], vip, handover).1,
+            vec![f]
+        );
+    }
 }
 
 /// The workload checks of the nodes lab tests, on a cluster whose workers are h4 and h5 and
