@@ -608,11 +608,18 @@ fn inv_arg_of(cluster_dir: &std::path::Path) -> String {
 /// `reset --hosts h6` of the TLS-bootstrap worker deletes its node and its bootstrap token.
 fn reset_of_a_bootstrap_worker(lab: &Lab, inv_arg: &str, admin: &std::path::Path) {
     // A bare pod stops a drain (no controller would recreate it).
+    // Gone once h6's kubelet has stopped it and said so: CI once saw that take over 30 s
+    // under load, right after the kubelet's client certificate rotated (short lifetimes).
     kubectl_ok(admin, &["delete", "pod", "on-h6", "--wait=false"]);
-    let gone = eventually(Duration::from_secs(30), || {
+    let gone = eventually(Duration::from_secs(90), || {
         (!kubectl(admin, &["get", "pod", "on-h6"]).status.success()).then_some(())
     });
-    assert!(gone.is_some(), "pod on-h6 is still there");
+    assert!(
+        gone.is_some(),
+        "pod on-h6 is still there: {}\nh6's kubelet: {}",
+        text(&kubectl(admin, &["get", "pod", "on-h6", "-o", "wide"])),
+        lab.exec_ok("h6", "journalctl -u kubelet --no-pager | tail -n 25")
+    );
     let t = std::time::Instant::now();
     let out = clusterctl(&["-i", inv_arg, "reset", "--hosts", "h6", "--yes"]);
     eprintln!(
