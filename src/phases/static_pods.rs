@@ -273,6 +273,25 @@ for i in $(seq "$n"); do stale=; now=$(date +%s)
         .into()
 }
 
+/// Where the kubelet writes its pods' container logs (`<namespace>_<pod>_<uid>/<container>/`).
+const POD_LOGS: &str = "/var/log/pods";
+
+/// The shell script behind a failed [`wait_replaced`]: for each component, the last lines of
+/// its newest container log (a crash says why here) and the kubelet's last lines naming it
+/// (an image it could not get, a pod it would not admit). Always succeeds.
+fn why_not_replaced_script(pod_logs: &str, components: &[&str]) -> Shell {
+    // Arguments: the pod log directory, the components (static pods are `<component>-<node>`
+    // in kube-system).
+    const WHY: &str = r#"dir=$1; shift
+for c in "$@"; do
+  f=$(ls -t "$dir"/kube-system_"$c"-*/"$c"/*.log 2>/dev/null | head -n 1)
+  if [ -n "$f" ]; then echo "$c's log ($f):"; tail -n 5 "$f" | cut -c1-300; fi
+  k=$(journalctl -u kubelet --no-pager -n 400 2>/dev/null | grep -F -- "$c" | tail -n 5 | cut -c1-300)
+  if [ -n "$k" ]; then echo "the kubelet about $c:"; echo "$k"; fi
+done; true"#;
+    Script::new(WHY).arg(pod_logs).args(components).into()
+}
+
 /// Waits until the kubelet runs every one of `components` that has a manifest on `host` from
 /// its current manifest: a process exists and none is older than the file. A health check
 /// right after a manifest change would otherwise still reach the old, healthy process.
@@ -286,12 +305,30 @@ pub async fn wait_replaced(
         .query(host, &replaced_script(MANIFESTS, components, within))
         .await?;
     if o.status != 0 {
+        // What the host says about it, so the error names the cause (best effort).
+        let why = exec
+            .query(host, &why_not_replaced_script(POD_LOGS, components))
+            .await
+            .map(|w| {
+                // Log text reaches the operator's terminal: no control characters.
+                w.stdout
+                    .trim_end()
+                    .chars()
+                    .filter(|c| *c == '\n' || !c.is_control())
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
         anyhow::bail!(
-            "the kubelet on {} did not (re)start {} from the current manifest within {} s (still:{}); see `journalctl -u kubelet` there",
+            "the kubelet on {} did not (re)start {} from the current manifest within {} s (still:{}); see `journalctl -u kubelet` there{}",
             host.name,
             components.join(", "),
             within.as_secs(),
-            o.stdout.trim_end()
+            o.stdout.trim_end(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!("\n{why}")
+            }
         );
     }
     Ok(())
@@ -1017,6 +1054,34 @@ spec:
         );
         assert!(e.ends_with("found etcd.service"), "{e}");
         assert!(exec.0.lock().unwrap().is_empty(), "nothing changed");
+    }
+
+    #[test]
+    fn a_pod_that_was_not_replaced_shows_its_last_log_lines() {
+        // Run for real, locally: the newest log of the component's container, only its own.
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("kube-system_etcd-h2_0a1b/etcd");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(
+            logs.join("0.log"),
+            "start\nmember 1 has already been removed\n",
+        )
+        .unwrap();
+        let other = dir
+            .path()
+            .join("kube-system_kube-apiserver-h2_0c/kube-apiserver");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("0.log"), "not this one\n").unwrap();
+        let script = why_not_replaced_script(dir.path().to_str().unwrap(), &["etcd"]);
+        let o = std::process::Command::new("sh")
+            .args(["-c", script.as_str()])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("etcd's log ("), "{out}");
+        assert!(out.contains("member 1 has already been removed"), "{out}");
+        assert!(!out.contains("not this one"), "{out}");
     }
 
     #[test]
