@@ -278,7 +278,8 @@ const POD_LOGS: &str = "/var/log/pods";
 
 /// The shell script behind a failed [`wait_replaced`]: for each component, the last lines of
 /// its newest container log (a crash says why here) and the kubelet's last lines naming it
-/// (an image it could not get, a pod it would not admit). Always succeeds.
+/// (an image it could not get, a pod it would not admit); then the kubelet's own state and
+/// last lines (a kubelet that does not run runs no pod). Always succeeds.
 fn why_not_replaced_script(pod_logs: &str, components: &[&str]) -> Shell {
     // Arguments: the pod log directory, the components (static pods are `<component>-<node>`
     // in kube-system).
@@ -288,7 +289,11 @@ for c in "$@"; do
   if [ -n "$f" ]; then echo "$c's log ($f):"; tail -n 5 "$f" | cut -c1-300; fi
   k=$(journalctl -u kubelet --no-pager -n 400 2>/dev/null | grep -F -- "$c" | tail -n 5 | cut -c1-300)
   if [ -n "$k" ]; then echo "the kubelet about $c:"; echo "$k"; fi
-done; true"#;
+done
+if command -v systemctl >/dev/null; then
+  echo "kubelet.service: $(systemctl is-active kubelet.service 2>/dev/null), its last lines:"
+  journalctl -u kubelet --no-pager -n 5 2>/dev/null | cut -c1-300
+fi; true"#;
     Script::new(WHY).arg(pod_logs).args(components).into()
 }
 
