@@ -470,7 +470,7 @@ fn static_pod_control_plane() {
             .collect::<Vec<_>>()
     );
     eprintln!(
-        "TIMING static-pods reset of {gone} {reset_secs:.1}s, probe {ok} answered, the VIP on {holder:?} after {gap:.2} s without a holder, reset by the move: {moved:?}"
+        "TIMING static-pods reset of {gone} {reset_secs:.1}s, probe {ok} answered, the VIP on {holder:?} after {gap:.2} s without a holder, lost in the move: {moved:?}"
     );
 
     let probe = ReadProbe::start(&admin);

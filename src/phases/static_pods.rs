@@ -283,16 +283,18 @@ const POD_LOGS: &str = "/var/log/pods";
 fn why_not_replaced_script(pod_logs: &str, components: &[&str]) -> Shell {
     // Arguments: the pod log directory, the components (static pods are `<component>-<node>`
     // in kube-system).
+    // The kubelet's journal is read once, for every component and its own last lines.
     const WHY: &str = r#"dir=$1; shift
+j=$(journalctl -u kubelet --no-pager -n 400 2>/dev/null)
 for c in "$@"; do
   f=$(ls -t "$dir"/kube-system_"$c"-*/"$c"/*.log 2>/dev/null | head -n 1)
   if [ -n "$f" ]; then echo "$c's log ($f):"; tail -n 5 "$f" | cut -c1-300; fi
-  k=$(journalctl -u kubelet --no-pager -n 400 2>/dev/null | grep -F -- "$c" | tail -n 5 | cut -c1-300)
+  k=$(printf '%s\n' "$j" | grep -F -- "$c" | tail -n 5 | cut -c1-300)
   if [ -n "$k" ]; then echo "the kubelet about $c:"; echo "$k"; fi
 done
 if command -v systemctl >/dev/null; then
   echo "kubelet.service: $(systemctl is-active kubelet.service 2>/dev/null), its last lines:"
-  journalctl -u kubelet --no-pager -n 5 2>/dev/null | cut -c1-300
+  printf '%s\n' "$j" | tail -n 5 | cut -c1-300
 fi; true"#;
     Script::new(WHY).arg(pod_logs).args(components).into()
 }
@@ -315,12 +317,13 @@ pub async fn wait_replaced(
             .query(host, &why_not_replaced_script(POD_LOGS, components))
             .await
             .map(|w| {
-                // Log text reaches the operator's terminal: no control characters.
+                // Log text reaches the operator's terminal: each line escaped.
                 w.stdout
                     .trim_end()
-                    .chars()
-                    .filter(|c| *c == '\n' || !c.is_control())
-                    .collect::<String>()
+                    .lines()
+                    .map(crate::diag::escape)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
             .unwrap_or_default();
         anyhow::bail!(

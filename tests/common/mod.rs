@@ -742,14 +742,6 @@ pub fn balancer_events(lab: &Lab, hosts: &[&str]) -> String {
         .join("\n")
 }
 
-/// How long the VIP had no holder when `from`'s keepalived stopped after `since` (Unix
-/// seconds): from its "Stopping" to the first "Entering MASTER STATE" of one of `others`,
-/// read from their journals. Err says what the journals lack.
-pub fn vip_gap(lab: &Lab, from: &str, others: &[&str], since: f64) -> Result<f64, String> {
-    let (stopped, taken) = vip_handover(lab, from, others, since)?;
-    Ok(taken - stopped)
-}
-
 /// When `from`'s keepalived stopped after `since` and when one of `others` took the VIP
 /// (Unix seconds), read from their journals.
 pub fn vip_handover(
