@@ -615,18 +615,21 @@ impl Phase for Certs {
         Box::pin(async move {
             match self.0 {
                 Step::Etcd => {
-                    super::etcd::Etcd.verify(ctx, host, exec).await?;
-                    wait_served(ctx, host, &["etcd client", "etcd peer"]).await
+                    let mut report = super::etcd::Etcd.verify(ctx, host, exec).await?;
+                    report.extend(wait_served(ctx, host, &["etcd client", "etcd peer"]).await?);
+                    Ok(report)
                 }
                 Step::Apiserver => {
-                    super::control_plane::ControlPlane
+                    let mut report = super::control_plane::ControlPlane
                         .verify(ctx, host, exec)
                         .await?;
-                    wait_served(ctx, host, &["kube-apiserver"]).await
+                    report.extend(wait_served(ctx, host, &["kube-apiserver"]).await?);
+                    Ok(report)
                 }
                 Step::ControllerManager => {
+                    let mut report = Vec::new();
                     if ctx.inv().static_pods() {
-                        static_pods::wait_replaced(
+                        report = static_pods::wait_replaced(
                             exec,
                             host,
                             &["kube-controller-manager"],
@@ -635,11 +638,12 @@ impl Phase for Certs {
                         .await?;
                     }
                     wait_port(exec, host, 10257, "kube-controller-manager").await?;
-                    Ok(vec![])
+                    Ok(report)
                 }
                 Step::Scheduler => {
+                    let mut report = Vec::new();
                     if ctx.inv().static_pods() {
-                        static_pods::wait_replaced(
+                        report = static_pods::wait_replaced(
                             exec,
                             host,
                             &["kube-scheduler"],
@@ -648,7 +652,7 @@ impl Phase for Certs {
                         .await?;
                     }
                     wait_port(exec, host, 10259, "kube-scheduler").await?;
-                    Ok(vec![])
+                    Ok(report)
                 }
                 Step::Nodes => {
                     // The restarted kubelet serves the new certificate, then its node is Ready

@@ -177,12 +177,14 @@ impl Phase for ControlPlane {
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
+            let mut report = Vec::new();
             if ctx.inv().static_pods() {
                 // The kubelet replaces a changed pod on its own time (after the old one's
                 // grace period): wait for the new processes, else the old apiserver would
                 // answer /readyz and the next host would go while this one restarts.
-                static_pods::wait_replaced(exec, host, &COMPONENTS, Duration::from_secs(120))
-                    .await?;
+                report =
+                    static_pods::wait_replaced(exec, host, &COMPONENTS, Duration::from_secs(120))
+                        .await?;
             }
             let client = ctx.admin_http()?;
             crate::kube::http::wait_ok(
@@ -208,7 +210,7 @@ impl Phase for ControlPlane {
             )
             .await
             .context("through the cluster endpoint")?;
-            Ok(vec![])
+            Ok(report)
         })
     }
 }

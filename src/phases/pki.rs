@@ -201,15 +201,18 @@ impl Phase for Pki {
                 )
                 .await?;
             let runs = |c: &str| o.stdout.lines().any(|l| l == format!("{c} runs"));
+            let mut report = Vec::new();
             if runs("etcd") {
-                super::etcd::Etcd.verify(ctx, host, exec).await?;
+                report.extend(super::etcd::Etcd.verify(ctx, host, exec).await?);
             }
             if runs("kube-apiserver") {
-                super::control_plane::ControlPlane
-                    .verify(ctx, host, exec)
-                    .await?;
+                report.extend(
+                    super::control_plane::ControlPlane
+                        .verify(ctx, host, exec)
+                        .await?,
+                );
             }
-            Ok(vec![])
+            Ok(report)
         })
     }
 }

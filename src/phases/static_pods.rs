@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::bundle::{Item, Kind};
 use crate::engine::MANIFESTS;
-use crate::engine::{Action, Context, Executor, Script, Shell};
+use crate::engine::{Action, Cmd, Context, Executor, Script, Shell};
 use crate::inventory::{Host, Inventory, Role};
 use crate::render::component_vars;
 use crate::version::KubeVersion;
@@ -256,13 +256,26 @@ pub fn running_check(components: &[&str]) -> Shell {
 
 /// The shell script behind [`wait_replaced`]: succeeds once every component with a manifest
 /// has a process (its command line starts with the program's name, as the manifests run it)
-/// and every such process started no earlier than the manifest's last change.
+/// and every such process started no earlier than the manifest's last change. Exits 3 at once,
+/// printing `<component>:rejected: <the kubelet's line>`, when the running kubelet rejected the
+/// component's pod at admission since its manifest changed: a kubelet never retries a static
+/// pod it rejected (kubernetes/kubernetes#116484), so waiting longer cannot help.
 fn replaced_script(manifests: &str, components: &[&str], within: Duration) -> Shell {
-    // Arguments: seconds to wait, the manifest directory, the components.
+    // Arguments: seconds to wait, the manifest directory, the components. Static pods are
+    // named `<component>-<node>`: kubelet 1.20 logs `Failed to admit pod etcd-h1_kube-system(…)`,
+    // later ones `"Pod admission denied" … pod="kube-system/etcd-h1"`. Only the lines of the
+    // kubelet running now count: a restarted kubelet admits every static pod again.
     const REPLACED: &str = r#"n=$1 dir=$2; shift 2
+rejected() { k=$(systemctl show -p MainPID --value kubelet.service 2>/dev/null)
+  [ -n "$k" ] && [ "$k" != 0 ] || return 1
+  journalctl -u kubelet.service _PID="$k" --since "@$2" -o cat --no-pager 2>/dev/null |
+    grep -E -m 1 "(Failed to admit pod|Pod admission denied).*[ /]$1-" | cut -c1-400; }
 for i in $(seq "$n"); do stale=; now=$(date +%s)
   for c in "$@"; do m="$dir/$c.yaml"; [ -e "$m" ] || continue; mt=$(stat -c %Y "$m")
-    pids=$(pgrep -f "^$c( |$)"); [ -n "$pids" ] || { stale="$stale $c:not-running"; continue; }
+    pids=$(pgrep -f "^$c( |$)")
+    if [ -z "$pids" ]; then r=$(rejected "$c" "$mt")
+      [ -n "$r" ] && { echo "$c:rejected: $r"; exit 3; }
+      stale="$stale $c:not-running"; continue; fi
     for p in $pids; do e=$(ps -o etimes= -p "$p" | tr -d ' ')
       [ -n "$e" ] && [ $((now - e)) -lt "$mt" ] && stale="$stale $c:pid-$p-older-than-its-manifest"; done
   done; [ -z "$stale" ] && exit 0; sleep 1; done; echo "$stale"; exit 1"#;
@@ -272,6 +285,9 @@ for i in $(seq "$n"); do stale=; now=$(date +%s)
         .args(components)
         .into()
 }
+
+/// What the script above exits with when the kubelet rejected a pod.
+const REJECTED: i32 = 3;
 
 /// Where the kubelet writes its pods' container logs (`<namespace>_<pod>_<uid>/<container>/`).
 const POD_LOGS: &str = "/var/log/pods";
@@ -302,15 +318,47 @@ fi; true"#;
 /// Waits until the kubelet runs every one of `components` that has a manifest on `host` from
 /// its current manifest: a process exists and none is older than the file. A health check
 /// right after a manifest change would otherwise still reach the old, healthy process.
+///
+/// A pod the kubelet rejected at admission (e.g. a kubelet seconds old, whose node status
+/// lacks a resource the pod requests) is never retried by that kubelet, and a re-run would
+/// wait on it forever: the kubelet is restarted once, which admits every static pod again
+/// (running containers keep running), and said in the returned lines.
 pub async fn wait_replaced(
     exec: &dyn Executor,
     host: &Host,
     components: &[&str],
     within: Duration,
-) -> anyhow::Result<()> {
-    let o = exec
-        .query(host, &replaced_script(MANIFESTS, components, within))
-        .await?;
+) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let wait = replaced_script(MANIFESTS, components, within);
+    let mut o = exec.query(host, &wait).await?;
+    if o.status == REJECTED {
+        let rejected = crate::diag::escape(o.stdout.trim());
+        crate::console::host_step(
+            &host.name,
+            "restart kubelet.service (a rejected static pod)",
+        );
+        let restart = exec
+            .change(
+                host,
+                &Cmd::new("systemctl")
+                    .args(["restart", "kubelet.service"])
+                    .into(),
+            )
+            .await?;
+        if restart.status != 0 {
+            anyhow::bail!(
+                "the kubelet on {} rejected a static pod ({rejected}), and `systemctl restart kubelet.service` failed: {}",
+                host.name,
+                restart.stderr.trim()
+            );
+        }
+        lines.push(format!(
+            "{}: the kubelet had rejected a static pod, which it never retries ({rejected}): restarted the kubelet",
+            host.name
+        ));
+        o = exec.query(host, &wait).await?;
+    }
     if o.status != 0 {
         // What the host says about it, so the error names the cause (best effort).
         let why = exec
@@ -327,11 +375,11 @@ pub async fn wait_replaced(
             })
             .unwrap_or_default();
         anyhow::bail!(
-            "the kubelet on {} did not (re)start {} from the current manifest within {} s (still:{}); see `journalctl -u kubelet` there{}",
+            "the kubelet on {} did not (re)start {} from the current manifest within {} s (still: {}); see `journalctl -u kubelet` there{}",
             host.name,
             components.join(", "),
             within.as_secs(),
-            o.stdout.trim_end(),
+            crate::diag::escape(o.stdout.trim()),
             if why.is_empty() {
                 String::new()
             } else {
@@ -339,7 +387,7 @@ pub async fn wait_replaced(
             }
         );
     }
-    Ok(())
+    Ok(lines)
 }
 
 /// Plan notes: which image each static pod runs.
@@ -635,6 +683,14 @@ spec:
             assert_eq!(ctr["imagePullPolicy"], "IfNotPresent");
             assert!(ctr["livenessProbe"]["httpGet"].is_object(), "{comp}");
             assert!(ctr["startupProbe"]["httpGet"].is_object(), "{comp}");
+            // A just-registered kubelet knows no ephemeral-storage yet and rejects, for good,
+            // a static pod that requests some (kubernetes/kubernetes#99305).
+            let requests = &ctr["resources"]["requests"];
+            assert!(requests["cpu"].is_string(), "{comp}: {requests}");
+            assert!(
+                requests["ephemeral-storage"].is_null(),
+                "{comp}: {requests}"
+            );
             let inputs = pod["metadata"]["annotations"]["clusterctl.io/inputs"]
                 .as_str()
                 .unwrap();
@@ -1090,6 +1146,82 @@ spec:
         assert!(out.contains("etcd's log ("), "{out}");
         assert!(out.contains("member 1 has already been removed"), "{out}");
         assert!(!out.contains("not this one"), "{out}");
+    }
+
+    #[test]
+    fn a_pod_the_running_kubelet_rejected_ends_the_wait_at_once() {
+        // Run for real, locally, with `systemctl` and `journalctl` stand-ins on PATH: the
+        // kubelet (pid 4242) logged the given lines since the manifest's mtime.
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&manifests).unwrap();
+        let stub = |name: &str, body: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = bin.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        stub("systemctl", "echo 4242");
+        let log = dir.path().join("kubelet.log");
+        let args = dir.path().join("journalctl.args");
+        stub(
+            "journalctl",
+            &format!("echo \"$*\" > {}; cat {}", args.display(), log.display()),
+        );
+        std::fs::write(manifests.join("no-such-program-x.yaml"), "").unwrap();
+        let mtime = std::fs::metadata(manifests.join("no-such-program-x.yaml"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let run = |kubelet_said: &str, within: u64| {
+            std::fs::write(&log, kubelet_said).unwrap();
+            let script = replaced_script(
+                manifests.to_str().unwrap(),
+                &["no-such-program-x"],
+                Duration::from_secs(within),
+            );
+            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+            let t = std::time::Instant::now();
+            let o = std::process::Command::new("sh")
+                .args(["-c", script.as_str()])
+                .env("PATH", path)
+                .output()
+                .unwrap();
+            (o, t.elapsed())
+        };
+        // kubelet 1.20's words, then a later kubelet's: the wait ends at once, naming them.
+        for line in [
+            "W1206 05:31:35.987095 5713 predicate.go:113] Failed to admit pod no-such-program-x-h3_kube-system(bac0) - Unexpected error while attempting to recover from admission failure: preemption: error finding a set of pods to preempt: no set of running pods found to reclaim resources: [(res: ephemeral-storage, q: 104857600), ]",
+            r#"I0414 16:35:50.929430 12113 allocation_manager.go:706] "Pod admission denied" podUID="7183" pod="kube-system/no-such-program-x-master1" reason="UnexpectedAdmissionError""#,
+        ] {
+            let (o, took) = run(&format!("I0000 unrelated\n{line}\n"), 30);
+            assert_eq!(o.status.code(), Some(REJECTED), "{o:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                format!("no-such-program-x:rejected: {line}")
+            );
+            assert!(took < Duration::from_secs(5), "{took:?}");
+            let asked = std::fs::read_to_string(&args).unwrap();
+            assert!(asked.contains("_PID=4242"), "{asked}");
+            assert!(asked.contains(&format!("--since @{mtime}")), "{asked}");
+        }
+        // Another pod rejected, or this one only named: still waiting (here until the bound).
+        for said in [
+            "predicate.go:113] Failed to admit pod kube-apiserver-h3_kube-system(1) - x\n",
+            "kubelet.go:1888] SyncLoop (ADD, \"file\"): \"no-such-program-x-h3_kube-system(1)\"\n",
+        ] {
+            let (o, _) = run(said, 1);
+            assert_eq!(o.status.code(), Some(1), "{said}: {o:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                "no-such-program-x:not-running"
+            );
+        }
     }
 
     #[test]

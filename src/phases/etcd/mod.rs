@@ -197,16 +197,18 @@ impl Phase for Etcd {
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
+            let mut report = Vec::new();
             if ctx.inv().static_pods() {
                 // The kubelet starts (or replaces) the pod on its own time: wait for the new
                 // process before asking the member, else the old one would answer.
-                static_pods::wait_replaced(exec, host, &["etcd"], Duration::from_secs(120)).await?;
+                report =
+                    static_pods::wait_replaced(exec, host, &["etcd"], Duration::from_secs(120))
+                        .await?;
             }
             // A joining member: started, caught up, promoted (its health check reads through
             // the quorum, which a learner does not serve).
-            let mut report = Vec::new();
             if joins_running_cluster(ctx, host)? {
-                report = promote_when_ready(ctx, host).await?;
+                report.extend(promote_when_ready(ctx, host).await?);
             }
             wait_healthy(exec, host, Duration::from_secs(30)).await?;
             Ok(report)

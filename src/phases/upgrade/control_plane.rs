@@ -55,7 +55,7 @@ impl Phase for UpgradeControlPlane {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             binaries::wait_targets(ctx, exec, host, &CONTROL_PLANE).await?;
-            crate::phases::control_plane::ControlPlane
+            let mut report = crate::phases::control_plane::ControlPlane
                 .verify(ctx, host, exec)
                 .await?;
             let v = apiserver_version(ctx, host).await?;
@@ -63,7 +63,8 @@ impl Phase for UpgradeControlPlane {
             if !super::same_version(&v, &t) {
                 anyhow::bail!("kube-apiserver on {} reports {v}, not {t}", host.name);
             }
-            Ok(vec![format!("kube-apiserver on {} serves {v}", host.name)])
+            report.push(format!("kube-apiserver on {} serves {v}", host.name));
+            Ok(report)
         })
     }
 }
