@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::bundle::{Item, Kind};
 use crate::engine::MANIFESTS;
-use crate::engine::{Action, Cmd, Context, Executor, Script, Shell};
+use crate::engine::{Action, Context, Executor, Script, Shell};
 use crate::inventory::{Host, Inventory, Role};
 use crate::render::component_vars;
 use crate::version::KubeVersion;
@@ -341,9 +341,7 @@ pub async fn wait_replaced(
         let restart = exec
             .change(
                 host,
-                &Cmd::new("systemctl")
-                    .args(["restart", "kubelet.service"])
-                    .into(),
+                &crate::ssh::shell::systemctl(&["restart"], ["kubelet.service"]).into(),
             )
             .await?;
         if restart.status != 0 {
