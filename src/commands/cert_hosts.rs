@@ -475,10 +475,7 @@ mod tests {
         .unwrap();
         let path = f.to_str().unwrap();
         let script = read_certs_only_script(&[path]);
-        let o = std::process::Command::new("sh")
-            .args(["-c", script.as_str()])
-            .output()
-            .unwrap();
+        let o = script.local().output().unwrap();
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(out.contains("BEGIN CERTIFICATE"), "{out}");
         assert!(
@@ -550,10 +547,7 @@ mod tests {
             "/nonexistent/x.conf".to_string(),
         ];
         let s = read_script(&paths);
-        let o = std::process::Command::new("sh")
-            .args(["-c", s.as_str()])
-            .output()
-            .unwrap();
+        let o = s.local().output().unwrap();
         let out = String::from_utf8(o.stdout).unwrap();
         assert!(out.contains("client-certificate-data: Q0VSVA=="), "{out}");
         assert!(

@@ -1135,10 +1135,7 @@ spec:
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("0.log"), "not this one\n").unwrap();
         let script = why_not_replaced_script(dir.path().to_str().unwrap(), &["etcd"]);
-        let o = std::process::Command::new("sh")
-            .args(["-c", script.as_str()])
-            .output()
-            .unwrap();
+        let o = script.local().output().unwrap();
         assert!(o.status.success());
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(out.contains("etcd's log ("), "{out}");
@@ -1185,11 +1182,7 @@ spec:
             );
             let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
             let t = std::time::Instant::now();
-            let o = std::process::Command::new("sh")
-                .args(["-c", script.as_str()])
-                .env("PATH", path)
-                .output()
-                .unwrap();
+            let o = script.local().env("PATH", path).output().unwrap();
             (o, t.elapsed())
         };
         // kubelet 1.20's words, then a later kubelet's: the wait ends at once, naming them.
@@ -1233,10 +1226,7 @@ spec:
                 components,
                 Duration::from_secs(1),
             );
-            std::process::Command::new("sh")
-                .args(["-c", script.as_str()])
-                .output()
-                .unwrap()
+            script.local().output().unwrap()
         };
         assert!(run(&["etcd", "kube-apiserver"]).status.success());
         std::fs::write(dir.path().join("no-such-program-x.yaml"), "").unwrap();

@@ -91,6 +91,14 @@ impl Shell {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// The command running this on the local machine with `sh -c`: unit tests run the
+    /// project's host scripts for real against temporary files.
+    #[cfg(test)]
+    pub fn local(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &self.0]);
+        c
+    }
     /// `self && next`
     pub fn and(self, next: impl Into<Shell>) -> Shell {
         Shell(format!("{} && {}", self.0, next.into().0))
