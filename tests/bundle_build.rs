@@ -165,6 +165,7 @@ fn item(name: &str, url: &str, sha: &str, kind: Kind, roles: &[Need]) -> Item {
         roles: roles.to_vec(),
         hash_source: "computed by the test".into(),
         hash_missing: None,
+        published: None,
         image: None,
         note: None,
     }
@@ -193,7 +194,43 @@ fn opts(work: &Path, manifest: PathBuf) -> BuildOptions {
         attempts: 4,
         quiet: false,
         pin_on_first_download: false,
+        debs_as_published: false,
     }
+}
+
+/// A .deb (as ar writes it: debian-binary, control.tar.gz, data.tar.xz) holding `data` as its
+/// data.tar, xz-compressed.
+fn deb_with_xz_data(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut xz = Vec::new();
+    liblzma::read::XzEncoder::new(data, 6)
+        .read_to_end(&mut xz)
+        .unwrap();
+    let mut w = ar::Builder::new(Vec::new());
+    for (name, bytes) in [
+        ("debian-binary", &b"2.0\n"[..]),
+        ("control.tar.gz", &b"control"[..]),
+        ("data.tar.xz", &xz[..]),
+    ] {
+        w.append(&ar::Header::new(name.into(), bytes.len() as u64), bytes)
+            .unwrap();
+    }
+    w.into_inner().unwrap()
+}
+
+/// The bytes of the ar member `name`.
+fn ar_member(archive: &[u8], name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut a = ar::Archive::new(archive);
+    while let Some(e) = a.next_entry() {
+        let mut e = e.unwrap();
+        if e.header().identifier() == name.as_bytes() {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            return v;
+        }
+    }
+    panic!("no member {name}")
 }
 
 /// Nothing but the finished bundle may ever appear in the output directory.
@@ -212,7 +249,9 @@ async fn downloads_resumes_and_uses_the_cache() {
     let work = tempfile::tempdir().unwrap();
     let big = data(3 << 20, 7);
     let (u1, s1) = srv.put("kubelet", &big);
-    let (u2, s2) = srv.put("haproxy.deb", &data(100_000, 9));
+    let haproxy_data = data(100_000, 9);
+    let haproxy_deb = deb_with_xz_data(&haproxy_data);
+    let (u2, s2) = srv.put("haproxy.deb", &haproxy_deb);
     // A local item, as the lab uses.
     let local = work.path().join("local.yaml");
     std::fs::write(&local, b"kind: ConfigMap\n").unwrap();
@@ -286,6 +325,20 @@ async fn downloads_resumes_and_uses_the_cache() {
     );
     let got = clusterctl::bundle::read_item(&o.out, &head.manifest.items[0]).unwrap();
     assert!(got == big);
+    // The .deb is stored with data.tar.xz expanded; its published hash stays on record.
+    let deb = &head.manifest.items[1];
+    let published = deb
+        .published
+        .as_ref()
+        .expect("the published .deb on record");
+    assert_eq!(published.sha256, s2);
+    assert_eq!(published.size, haproxy_deb.len() as u64);
+    assert_eq!(published.expanded, ["data.tar.xz"]);
+    let stored = clusterctl::bundle::read_item(&o.out, deb).unwrap();
+    assert_eq!(deb.size, Some(stored.len() as u64));
+    assert_ne!(deb.sha256.as_deref(), Some(s2.as_str()));
+    assert!(ar_member(&stored, "data.tar") == haproxy_data);
+    assert!(ar_member(&haproxy_deb, "control.tar.gz") == ar_member(&stored, "control.tar.gz"));
     assert_eq!(out_dir_entries(work.path()), ["b.tar.zst"]);
 
     // A re-run downloads nothing: verified downloads are cached by hash.
@@ -508,4 +561,31 @@ async fn a_damaged_cache_entry_is_downloaded_again() {
     assert_eq!(r.items[0].origin, Origin::Downloaded);
     assert_eq!(srv.requests("kubectl").len(), 2);
     assert!(clusterctl::bundle::verify(&o.out, None).unwrap().ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debs_as_published_are_stored_byte_for_byte() {
+    let work = tempfile::tempdir().unwrap();
+    let deb = deb_with_xz_data(&data(50_000, 3));
+    let path = work.path().join("p.deb");
+    std::fs::write(&path, &deb).unwrap();
+    let sha = hex::encode(Sha256::digest(&deb));
+    let m = write_manifest(
+        work.path(),
+        vec![item(
+            "p",
+            &format!("file://{}", path.display()),
+            &sha,
+            Kind::Deb,
+            &[Need::All],
+        )],
+    );
+    let mut o = opts(work.path(), m);
+    o.debs_as_published = true;
+    build(&o).await.expect("build");
+    let head = clusterctl::bundle::read_head(&o.out).unwrap();
+    let it = &head.manifest.items[0];
+    assert_eq!(it.published, None);
+    assert_eq!(it.sha256.as_deref(), Some(sha.as_str()));
+    assert!(clusterctl::bundle::read_item(&o.out, it).unwrap() == deb);
 }

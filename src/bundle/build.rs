@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::archive;
-use super::manifest::{Item, Manifest, Stage};
+use super::manifest::{Item, Kind, Manifest, Published, Stage};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -31,6 +31,9 @@ pub struct BuildOptions {
     /// computed and written into the packed manifest with `hashSource: pinned on first
     /// download ...`. Trust-on-first-use, so it is never the default.
     pub pin_on_first_download: bool,
+    /// Store .debs as published, with their xz members compressed. By default they are
+    /// stored expanded (`bundle::deb`), which saves each host most of `dpkg -i`'s CPU.
+    pub debs_as_published: bool,
 }
 
 impl BuildOptions {
@@ -203,6 +206,37 @@ pub async fn build(o: &BuildOptions) -> anyhow::Result<BuildReport> {
                 f.1.size,
                 &sha[..16]
             );
+        }
+        if it.kind == Kind::Deb && !o.debs_as_published {
+            let (src, dir) = (f.0.clone(), blobs_dir.clone());
+            let expanded =
+                tokio::task::spawn_blocking(move || super::deb::expand_xz_members(&src, &dir))
+                    .await?
+                    .with_context(|| format!("item `{}`", it.label()))?;
+            if let Some(e) = expanded {
+                it.published = Some(Published {
+                    sha256: sha,
+                    size: f.1.size,
+                    expanded: e.members,
+                });
+                it.sha256 = Some(e.sha256.clone());
+                it.size = Some(e.size);
+                if !o.quiet {
+                    eprintln!(
+                        "     {:32} {:>12} bytes  sha256 {}…  (stored with {} expanded)",
+                        "",
+                        e.size,
+                        &e.sha256[..16],
+                        it.published
+                            .as_ref()
+                            .map(|p| p.expanded.join(", "))
+                            .unwrap_or_default()
+                    );
+                }
+                sources.insert(e.sha256, e.path);
+                fetched.push(f.1);
+                continue;
+            }
         }
         sources.insert(sha, f.0);
         fetched.push(f.1);

@@ -85,6 +85,7 @@ pub fn from_tsv(
             hash_source: cols[7].trim().to_string(),
             hash_missing: None,
             note: field(&cols, 8).map(str::to_string),
+            published: None,
         });
     }
     let m = Manifest {

@@ -134,6 +134,23 @@ pub struct Item {
     /// Anything a reader must know, e.g. that a build is re-stamped with another version string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Written by `bundle build` only, for a .deb it stored with its xz members expanded
+    /// (`bundle::deb`): the .deb as published, which the download was checked against.
+    /// `sha256` and `size` then describe the stored bytes, what hosts get and check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Published>,
+}
+
+/// A .deb as published, before `bundle build` expanded its xz members.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Published {
+    /// The sha256 the input manifest gave (e.g. from Debian's Packages index).
+    pub sha256: String,
+    pub size: u64,
+    /// The members stored expanded, by their published names (`data.tar.xz`): each stored
+    /// member (`data.tar`) is what `xz -d` makes of it; every other byte is the published one.
+    pub expanded: Vec<String>,
 }
 
 impl Item {
@@ -343,6 +360,20 @@ impl Manifest {
             if stage == Stage::Packed && it.size.is_none() {
                 p.push(format!("{at}: no size in a packed manifest"));
             }
+            match (&it.published, stage) {
+                (None, _) => {}
+                (Some(_), Stage::Input) => p.push(format!(
+                    "{at}: `published` is written by `bundle build`; an input manifest gives the published sha256 as `sha256`"
+                )),
+                (Some(_), Stage::Packed) if it.kind != Kind::Deb => {
+                    p.push(format!("{at}: `published` on a {} item", it.kind.as_str()))
+                }
+                (Some(pb), Stage::Packed) if !is_sha256_hex(&pb.sha256) => p.push(format!(
+                    "{at}: published.sha256 `{}` is not 64 lowercase hex digits",
+                    crate::diag::escape(&pb.sha256)
+                )),
+                (Some(_), Stage::Packed) => {}
+            }
             if let Some(inst) = &it.install {
                 if let Err(e) = check_host_path(&inst.path) {
                     p.push(format!(
@@ -429,6 +460,33 @@ items:
     install: {path: /usr/local/bin/runc, mode: "0755"}
 "#;
         Manifest::from_yaml(y).unwrap()
+    }
+
+    #[test]
+    fn only_a_packed_deb_may_record_its_published_form() {
+        let published = Published {
+            sha256: "0".repeat(64),
+            size: 4,
+            expanded: vec!["data.tar.xz".into()],
+        };
+        let mut m = sample();
+        m.items.truncate(2);
+        m.items[1].published = Some(published.clone());
+        assert!(m.check(Stage::Packed).is_ok());
+        let e = m.check(Stage::Input).unwrap_err().to_string();
+        assert!(
+            e.contains("`published` is written by `bundle build`"),
+            "{e}"
+        );
+        // Round trip through YAML.
+        assert_eq!(Manifest::from_yaml(&m.to_yaml().unwrap()).unwrap(), m);
+        m.items[0].published = Some(published);
+        let e = m.check(Stage::Packed).unwrap_err().to_string();
+        assert!(e.contains("`published` on a binary item"), "{e}");
+        m.items[0].published = None;
+        m.items[1].published.as_mut().unwrap().sha256 = "XY".into();
+        let e = m.check(Stage::Packed).unwrap_err().to_string();
+        assert!(e.contains("published.sha256 `XY`"), "{e}");
     }
 
     #[test]

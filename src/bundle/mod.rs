@@ -2,6 +2,7 @@
 //! per-host selection used by `init` to send each host only what its roles need.
 pub mod archive;
 pub mod build;
+pub mod deb;
 pub mod diff;
 pub mod genmanifest;
 pub mod keys;

@@ -36,6 +36,11 @@ pub enum BundleCmd {
         /// and record the hash that arrived as "pinned on first download" in the manifest.
         #[arg(long)]
         pin_on_first_download: bool,
+        /// Store .debs byte for byte as published. By default their xz-compressed members are
+        /// stored expanded (contents unchanged; the published sha256 is kept in the manifest as
+        /// `published`): hosts then skip xz, most of what `dpkg -i` costs them.
+        #[arg(long)]
+        debs_as_published: bool,
     },
     /// Verify every hash and the signature of a bundle. Exit 0: intact and the signature verifies
     /// against --key; 1: a hash, a blob or the signature is wrong; 3: intact but unsigned, or
@@ -94,6 +99,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
             key,
             attempts,
             pin_on_first_download,
+            debs_as_published,
         } => {
             let o = BuildOptions {
                 manifest,
@@ -103,6 +109,7 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                 attempts,
                 quiet: json,
                 pin_on_first_download,
+                debs_as_published,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

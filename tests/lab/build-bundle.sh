@@ -134,6 +134,8 @@ key=$( {
 	for k in $(printf '%s\n' "${!V[@]}" | sort); do echo "$k=${V[$k]}"; done
 	cat "$work/lb.txt" "$work/node.txt" "$kbin/../BUILD-INFO"
 	[ -z "$kbin_re" ] || cat "$kbin_re/../BUILD-INFO"
+	# What `bundle build` does to items shapes the bundle's bytes too: a change here rebuilds.
+	echo "bundle build: .debs stored with their xz members expanded (src/bundle/deb.rs)"
 } | sha256sum | cut -c1-16)
 out="$LAB_CACHE/bundles/lab-$key${restamp:+-restamped-$restamp}.tar.zst"
 # The lab signs its bundles like a publisher would: clusterctl installs only a bundle whose
