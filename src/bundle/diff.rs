@@ -108,6 +108,18 @@ fn fields(a: &Item, b: &Item) -> Vec<FieldChange> {
     cmp("roles", roles(a), roles(b));
     cmp("hashSource", a.hash_source.clone(), b.hash_source.clone());
     cmp("note", opt(&a.note), opt(&b.note));
+    // A .deb stored expanded: its published hash says whether Debian's package itself changed
+    // (the stored sha256 changes when a bundle built before the expansion meets one after).
+    let published = |i: &Item| {
+        opt(&i.published.as_ref().map(|p| {
+            format!(
+                "sha256 {}, {} stored expanded",
+                p.sha256,
+                p.expanded.join(", ")
+            )
+        }))
+    };
+    cmp("published", published(a), published(b));
     out
 }
 
@@ -239,6 +251,26 @@ mod tests {
         );
         assert_eq!(d.len(), 5);
         assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn a_deb_stored_expanded_shows_its_published_hash() {
+        let a = m(&[("haproxy", "2.6.12", 2)]);
+        let mut b = m(&[("haproxy", "2.6.12", 5)]);
+        b.items[0].published = Some(crate::bundle::manifest::Published {
+            sha256: format!("{:064x}", 2),
+            size: 1,
+            expanded: vec!["data.tar.xz".into()],
+        });
+        let text: Vec<String> = diff(&a, &b).iter().map(|c| c.to_string()).collect();
+        assert_eq!(text.len(), 1, "{text:#?}");
+        assert!(
+            text[0].ends_with(&format!(
+                "published: - -> sha256 {:064x}, data.tar.xz stored expanded",
+                2
+            )),
+            "{text:#?}"
+        );
     }
 
     #[test]

@@ -317,12 +317,21 @@ where
     Fut: Future<Output = anyhow::Result<Wait<T>>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = String::new();
     loop {
         let last = match check().await {
-            Ok(Wait::Done(t)) => return Ok(t),
+            Ok(Wait::Done(t)) => {
+                tracing::debug!(gate = what, "done");
+                return Ok(t);
+            }
             Ok(Wait::Pending(s)) => s,
             Err(e) => format!("{e:#}"),
         };
+        // Each new state once (`-vv`): when a gate's condition turned, and through what.
+        if last != seen {
+            tracing::debug!(gate = what, state = %last, "pending");
+            seen.clone_from(&last);
+        }
         if tokio::time::Instant::now() + poll > deadline {
             anyhow::bail!("{what}: not done after {} s: {last}", timeout.as_secs());
         }

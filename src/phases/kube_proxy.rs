@@ -75,8 +75,11 @@ impl Phase for KubeProxy {
         exec: &'a dyn Executor,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            // kube-proxy answers /healthz once it has synced its rules with the API.
-            let script = "for i in $(seq 60); do \
+            // kube-proxy answers /healthz once it has synced its rules with the API. 90 s: at
+            // 50 lab hosts on 2 cores, kube-proxies took up to 28 s to get there and one took
+            // over 30 s, the old bound, failing an `init` that only had to wait. Only a broken
+            // kube-proxy waits it out; a healthy one ends the wait as soon as it has synced.
+            let script = "for i in $(seq 180); do \
                    if exec 3<>/dev/tcp/127.0.0.1/10256; then \
                      printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3; head -1 <&3 | grep -q ' 200 ' && exit 0; \
                      exec 3<&- 3>&-; fi 2>/dev/null; sleep 0.5; done; \
@@ -84,7 +87,7 @@ impl Phase for KubeProxy {
             let o = exec.query(host, &Script::bash(script).into()).await?;
             if o.status != 0 {
                 anyhow::bail!(
-                    "kube-proxy on {} not healthy after 30 s: {}",
+                    "kube-proxy on {} not healthy after 90 s: {}",
                     host.name,
                     o.stdout.trim()
                 );

@@ -138,6 +138,11 @@ async fn early_pod_cidr(
     api.merge_patch(&node_path(name), &patch)
         .await
         .with_context(|| format!("setting the pod CIDR of node {name}"))?;
+    tracing::debug!(
+        node = name,
+        cidr,
+        "pod CIDR set: the kubelet posts its status now"
+    );
     Ok(true)
 }
 
