@@ -69,6 +69,29 @@ fn lab_bundle_builds_from_debian_packages_and_verifies() {
         "{:?}",
         lb.iter().map(|i| i.label()).collect::<Vec<_>>()
     );
+    // Every .deb is stored with its xz members expanded (hosts skip xz in dpkg -i), and the
+    // packed manifest keeps the hash of the .deb as Debian published it.
+    for d in m.items.iter().filter(|i| i.kind == Kind::Deb) {
+        let p = d
+            .published
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no published form on record", d.label()));
+        assert!(p.expanded.iter().any(|x| x == "data.tar.xz"), "{p:?}");
+        assert_ne!(d.sha256.as_deref(), Some(p.sha256.as_str()));
+    }
+    let haproxy = m.items.iter().find(|i| i.name == "haproxy").unwrap();
+    let published = std::fs::read(haproxy.url.strip_prefix("file://").unwrap()).unwrap();
+    assert_eq!(
+        clusterctl::hashing::sha256_hex(&published),
+        haproxy.published.as_ref().unwrap().sha256,
+        "the published hash is that of Debian's .deb"
+    );
+    let stored = read_item(&path, haproxy).unwrap();
+    assert_eq!(&stored[..8], b"!<arch>\n");
+    assert!(
+        stored.windows(9).any(|w| w == b"data.tar "),
+        "an uncompressed data.tar member"
+    );
     // etcd hosts must choose between the two etcd versions.
     assert!(items_for_roles(&m, &[Role::Etcd], &none).is_err());
     let pins = BTreeMap::from([
