@@ -3,6 +3,8 @@
 //! `allowUnsigned: true` (and say it in the plan when allowed), and a manifest whose names or
 //! versions could reach a shell or escape a path — before any host is contacted (exit 2).
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,31 +23,6 @@ fn ok(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A small .deb as Debian builds them (ar: debian-binary, control.tar.xz, data.tar.xz): `bundle
-/// build` refuses a `kind: deb` item that is not one.
-fn tiny_deb() -> Vec<u8> {
-    let xz = |bytes: &[u8]| {
-        let mut v = Vec::new();
-        liblzma::read::XzEncoder::new(bytes, 6)
-            .read_to_end(&mut v)
-            .unwrap();
-        v
-    };
-    let mut w = ar::Builder::new(Vec::new());
-    for (name, bytes) in [
-        ("debian-binary", b"2.0\n".to_vec()),
-        ("control.tar.xz", xz(b"control")),
-        ("data.tar.xz", xz(b"data")),
-    ] {
-        w.append(
-            &ar::Header::new(name.into(), bytes.len() as u64),
-            &bytes[..],
-        )
-        .unwrap();
-    }
-    w.into_inner().unwrap()
 }
 
 struct Fx {
@@ -69,7 +46,7 @@ impl Fx {
         let etcd = self.p("etcd.bin");
         let deb = self.p("haproxy.deb");
         std::fs::write(&etcd, b"etcd bytes").unwrap();
-        std::fs::write(&deb, tiny_deb()).unwrap();
+        std::fs::write(&deb, common::deb_with_xz_data(b"data")).unwrap();
         let tsv = format!(
             "etcd\t3.4.23\tbinary\tetcd\tfile://{}\t/usr/local/bin/etcd\t0755\tcomputed by the test\t-\n\
              haproxy\t2.6.12-1\tdeb\tlb\tfile://{}\t-\t-\tcomputed by the test\t-\n",

@@ -941,3 +941,30 @@ pub fn totals(report: &serde_json::Value) -> (u64, u64, u64) {
         t["restarts"].as_u64().unwrap(),
     )
 }
+
+/// A .deb as Debian builds them (ar: debian-binary, control.tar.xz, data.tar.xz) whose
+/// data.tar is `data`: `bundle build` refuses a `kind: deb` item that is not one, and stores
+/// the xz members expanded.
+pub fn deb_with_xz_data(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let xz = |bytes: &[u8]| {
+        let mut v = Vec::new();
+        liblzma::read::XzEncoder::new(bytes, 6)
+            .read_to_end(&mut v)
+            .unwrap();
+        v
+    };
+    let mut w = ar::Builder::new(Vec::new());
+    for (name, bytes) in [
+        ("debian-binary", b"2.0\n".to_vec()),
+        ("control.tar.xz", xz(b"control")),
+        ("data.tar.xz", xz(data)),
+    ] {
+        w.append(
+            &ar::Header::new(name.into(), bytes.len() as u64),
+            &bytes[..],
+        )
+        .unwrap();
+    }
+    w.into_inner().unwrap()
+}
