@@ -207,38 +207,35 @@ pub async fn build(o: &BuildOptions) -> anyhow::Result<BuildReport> {
                 &sha[..16]
             );
         }
+        // What the bundle stores: the verified download, or a .deb with its xz members expanded.
+        let mut blob = (sha, f.0);
         if it.kind == Kind::Deb && !o.debs_as_published {
-            let (src, dir) = (f.0.clone(), blobs_dir.clone());
+            let (src, dir) = (blob.1.clone(), blobs_dir.clone());
             let expanded =
                 tokio::task::spawn_blocking(move || super::deb::expand_xz_members(&src, &dir))
                     .await?
                     .with_context(|| format!("item `{}`", it.label()))?;
             if let Some(e) = expanded {
-                it.published = Some(Published {
-                    sha256: sha,
-                    size: f.1.size,
-                    expanded: e.members,
-                });
-                it.sha256 = Some(e.sha256.clone());
-                it.size = Some(e.size);
                 if !o.quiet {
                     eprintln!(
                         "     {:32} {:>12} bytes  sha256 {}…  (stored with {} expanded)",
                         "",
                         e.size,
                         &e.sha256[..16],
-                        it.published
-                            .as_ref()
-                            .map(|p| p.expanded.join(", "))
-                            .unwrap_or_default()
+                        e.members.join(", ")
                     );
                 }
-                sources.insert(e.sha256, e.path);
-                fetched.push(f.1);
-                continue;
+                it.published = Some(Published {
+                    sha256: blob.0,
+                    size: f.1.size,
+                    expanded: e.members,
+                });
+                it.sha256 = Some(e.sha256.clone());
+                it.size = Some(e.size);
+                blob = (e.sha256, e.path);
             }
         }
-        sources.insert(sha, f.0);
+        sources.insert(blob.0, blob.1);
         fetched.push(f.1);
     }
     let yaml = m.to_yaml()?;

@@ -111,12 +111,12 @@ pub fn expand_xz_members(src: &Path, dir: &Path) -> anyhow::Result<Option<Expand
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// A minimal .deb: debian-binary, then each `(name, bytes)` member (xz-compressed when the
     /// name ends in `.xz`, from the bytes given).
-    pub(crate) fn deb(members: &[(&str, &[u8])]) -> Vec<u8> {
+    fn deb(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut w = ar::Builder::new(Vec::new());
         let mut add = |name: &str, data: &[u8]| {
             let mut h = ar::Header::new(name.as_bytes().to_vec(), data.len() as u64);

@@ -316,7 +316,6 @@ mod tests {
         assert!(clock_skew(100.0, 105.0, 104.0).is_ok());
         assert!(clock_skew(100.0, 104.0, 100.1).is_err());
     }
-    use std::process::Command;
 
     /// Runs the check against a fake `ss` that prints `listeners`; true when the port is free.
     fn free(listeners: &str, addr: &str, port: u16, owner: &str) -> (bool, String) {
@@ -330,9 +329,8 @@ mod tests {
             dir.path().display(),
             std::env::var("PATH").unwrap()
         );
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(port_check(addr, port, owner).as_str())
+        let out = port_check(addr, port, owner)
+            .local()
             .env("PATH", path)
             .output()
             .unwrap();
