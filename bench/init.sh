@@ -67,16 +67,63 @@ mkdir -p "$out"
 # BASE.measure its wall time, that memory and the bytes that left the machine onto the lab
 # bridge meanwhile (the bridge's tx counter: what the operator's link carried). Fails as the
 # command fails.
+# Every 0.5 s it also samples where the machine's CPU time goes (BASE.cpu, one JSON line per
+# sample, cumulative CPU-seconds since the start): the whole machine (/proc/stat, all but idle
+# and iowait), each lab host (its cpuacct cgroup, which holds the host and everything in it)
+# and clusterctl itself (/proc/PID/stat). On a 2-core machine, a phase whose busy time is ~2
+# CPU-s per second is bound by the CPU, not by waiting.
 measured() {
-	python3 - "$1" "$tx" "$CLUSTERCTL" -i "$2" -o json "$3" <<'PY'
-import json, resource, subprocess, sys, time
-base, tx = sys.argv[1], sys.argv[2]
+	python3 - "$1" "$tx" "$lab" "$CLUSTERCTL" -i "$2" -o json "$3" <<'PY'
+import glob, json, os, resource, subprocess, sys, threading, time
+base, tx, lab = sys.argv[1], sys.argv[2], sys.argv[3]
 wire = lambda: int(open(tx).read())
-w0, t0 = wire(), time.monotonic()
-rc = subprocess.call(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=open(base + ".json", "w"),
+hz = os.sysconf("SC_CLK_TCK")
+def busy():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return (sum(f) - f[3] - f[4]) / hz
+cgs = {p.rsplit("-", 1)[1]: p for p in glob.glob(f"/sys/fs/cgroup/cpuacct/clusterctl-lab/{lab}-h*")}
+def hosts():
+    out = {}
+    for h, p in cgs.items():
+        try:
+            out[h] = int(open(p + "/cpuacct.usage").read()) / 1e9
+        except OSError:
+            pass
+    return out
+def own(pid):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / hz
+    except (OSError, IndexError):
+        return None
+w0, t0, b0, h0 = wire(), time.monotonic(), busy(), hosts()
+child = subprocess.Popen(sys.argv[4:], stdin=subprocess.DEVNULL, stdout=open(base + ".json", "w"),
     stderr=open(base + ".log", "w"))
+def sample(cpu):
+    h = hosts()
+    row = {"t": round(time.monotonic() - t0, 2), "machine": round(busy() - b0, 2),
+        "hosts": {k: round(v - h0.get(k, 0), 2) for k, v in h.items()}}
+    c = own(child.pid)
+    if c is not None:  # once it has exited, its last reading stands
+        sample.clusterctl = round(c, 2)
+    row["clusterctl"] = sample.clusterctl
+    cpu.write(json.dumps(row) + "\n")
+sample.clusterctl = 0.0
+done = threading.Event()
+def sampler():
+    with open(base + ".cpu", "w") as cpu:
+        while not done.wait(0.5):
+            sample(cpu)
+        sample(cpu)
+th = threading.Thread(target=sampler)
+th.start()
+rc = child.wait()
+done.set()
+th.join()
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 json.dump({"seconds": round(time.monotonic() - t0, 2), "wire_tx_bytes": wire() - w0,
-    "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "exit": rc},
+    "maxrss_kib": ru.ru_maxrss, "clusterctl_cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+    "machine_busy_cpu_s": round(busy() - b0, 2), "exit": rc},
     open(base + ".measure", "w"))
 sys.exit(rc)
 PY
@@ -97,6 +144,20 @@ settle() {
 		if [ "$busy" -lt 15 ] || [ $((SECONDS - t0)) -ge 90 ]; then break; fi
 	done
 	log "machine settled: ${busy}% busy after $((SECONDS - t0)) s"
+}
+
+# idle_busy: how many of the machine's cores the cluster keeps busy when nothing is being done
+# to it (CPU-seconds per second over 20 s, right after the re-run): what the running kubelets,
+# kube-proxies, containerds and control plane cost while an `init` waits on them.
+idle_busy() {
+	local a b
+	read -ra a < <(head -1 /proc/stat)
+	sleep 20
+	read -ra b < <(head -1 /proc/stat)
+	python3 -c 'import os, sys
+a, b = (list(map(int, x.split()[1:9])) for x in sys.argv[1:3])
+d = [y - x for x, y in zip(a, b)]
+print(round((sum(d) - d[3] - d[4]) / os.sysconf("SC_CLK_TCK") / 20, 2))' "${a[*]}" "${b[*]}"
 }
 
 d=/var/lib/clusterctl-lab/$lab
@@ -136,12 +197,39 @@ YAML
 	load=$(cut -d' ' -f1 /proc/loadavg)
 	measured "$out/run$run-init" "$init_inv" init
 	measured "$out/run$run-rerun" "$init_inv" init
+	idle_cores=$(idle_busy)
 	if [ "$join" -gt 0 ]; then
 		measured "$out/run$run-join" "$inv" join
 	fi
-	python3 - "$out" "$run" "$hosts" "$join" "$load" "$shape" "$peer_copy" >>"$out/runs.jsonl" <<'PY'
+	python3 - "$out" "$run" "$hosts" "$join" "$load" "$shape" "$peer_copy" "$idle_cores" >>"$out/runs.jsonl" <<'PY'
 import json, sys
-out, run, hosts, join, load, shape, peer_copy = sys.argv[1:8]
+out, run, hosts, join, load, shape, peer_copy, idle_cores = sys.argv[1:9]
+CONTROL_PLANE = {"h1", "h2", "h3"}
+def cpu_by_phase(name, phases, wall):
+    """CPU-seconds spent during each phase (windows from the phases' durations, laid end to end
+    so that they end when the run ends: the start of a run, before its first phase, is left
+    out): the whole machine, the control-plane hosts, the workers and clusterctl itself."""
+    samples = [json.loads(l) for l in open(f"{out}/run{run}-{name}.cpu") if l.strip()]
+    if not samples:
+        return {}
+    def at(t):  # the last sample at or before t (the first one when t is before it)
+        best = samples[0]
+        for s in samples:
+            if s["t"] <= t:
+                best = s
+        return best
+    def parts(s):
+        cp = sum(v for h, v in s["hosts"].items() if h in CONTROL_PLANE)
+        workers = sum(v for h, v in s["hosts"].items() if h not in CONTROL_PLANE)
+        return {"machine": s["machine"], "control_plane_hosts": cp, "workers": workers,
+            "clusterctl": s.get("clusterctl", 0)}
+    t = wall - sum(phases.values())
+    out_ = {}
+    for p, secs in phases.items():
+        a, b = parts(at(t)), parts(at(t + secs))
+        out_[p] = {k: round(b[k] - a[k], 1) for k in a}
+        t += secs
+    return out_
 def measured(name):
     """(wall s, phases, clusterctl's bytes sent, bytes onto the bridge, peak RSS MiB) of a run."""
     base = f"{out}/run{run}-{name}"
@@ -157,13 +245,16 @@ def measured(name):
     return m["seconds"], phases, sent, m["wire_tx_bytes"], round(m["maxrss_kib"] / 1024, 1)
 init_s, phases, sent, wire, rss = measured("init")
 from_peers = measured.peers
+m = json.load(open(f"{out}/run{run}-init.measure"))
+cpu = {"machine_busy_cpu_s": m.get("machine_busy_cpu_s"), "clusterctl_cpu_s": m.get("clusterctl_cpu_s"),
+    "phases": cpu_by_phase("init", phases, init_s), "idle_cluster_busy_cores": float(idle_cores)}
 rerun_s, _, resent, rewire, _ = measured("rerun")
 row = {"run": int(run), "hosts": int(hosts) - int(join), "load1": float(load), "shape": shape or None,
     "peer_copy_seeds": int(peer_copy),
     "init_s": init_s, "phases": phases, "bytes_sent": sent, "bytes_from_peers": from_peers,
     "wire_tx_bytes": wire,
     "clusterctl_max_rss_mib": rss, "rerun_s": rerun_s, "rerun_bytes_sent": resent,
-    "rerun_wire_tx_bytes": rewire}
+    "rerun_wire_tx_bytes": rewire, "cpu": cpu}
 if int(join) > 0:
     s, ph, b, w, m = measured("join")
     row.update({"joined": int(join), "join_s": s, "join_phases": ph, "join_bytes_sent": b,
@@ -174,7 +265,7 @@ PY
 	bash "$root/tests/lab/lab.sh" down "$lab" >/dev/null
 done
 python3 - "$out/runs.jsonl" >"$out/summary.md" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 med = lambda xs: statistics.median(xs)
 print(f"{len(rows)} run(s) of init on {rows[0]['hosts']} fresh hosts, link shaped: {rows[0]['shape'] or 'no'}, peer-copy seeds: {rows[0].get('peer_copy_seeds', 0)}; medians (each run after the slash)\n")
@@ -200,6 +291,22 @@ if "join_s" in rows[0]:
     row("join: bytes onto the lab bridge", [r["join_wire_tx_bytes"] for r in rows], mb)
     row("join: clusterctl's peak memory (RSS)", [r["join_max_rss_mib"] for r in rows], lambda x: f"{x:.0f} MiB")
 row("load average at start", [r["load1"] for r in rows], lambda x: f"{x:.1f}")
+if all("cpu" in r for r in rows):
+    ncpu = os.cpu_count()
+    print(f"\nWhere the CPU went during init (CPU-seconds, medians; this machine has {ncpu} cores, so a "
+        f"phase that keeps them all busy shows {ncpu}.0 busy cores: it waits on the CPU, not on the hosts)\n")
+    print("| phase | busy cores | machine | control-plane hosts | workers | clusterctl |\n|---|---:|---:|---:|---:|---:|")
+    c = lambda x: f"{x:.1f}"
+    for p in rows[0]["cpu"]["phases"]:
+        get = lambda k: med([r["cpu"]["phases"].get(p, {}).get(k, 0) for r in rows])
+        secs = med([r["phases"].get(p, 0) for r in rows])
+        print(f"| {p} | {c(get('machine') / secs) if secs >= 0.5 else '–'} | {c(get('machine'))} | "
+            f"{c(get('control_plane_hosts'))} | {c(get('workers'))} | {c(get('clusterctl'))} |")
+    tot = med([r["cpu"]["machine_busy_cpu_s"] for r in rows])
+    print(f"| **init** | {c(tot / med([r['init_s'] for r in rows]))} | {c(tot)} | | | "
+        f"{c(med([r['cpu']['clusterctl_cpu_s'] for r in rows]))} |")
+    print(f"\nThe cluster left alone after the re-run keeps {c(med([r['cpu']['idle_cluster_busy_cores'] for r in rows]))} "
+        f"core(s) busy ({' / '.join(str(r['cpu']['idle_cluster_busy_cores']) for r in rows)}).")
 PY
 cat "$out/summary.md"
 log "results: $out"
