@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::engine::{Action, Cmd, Context, Executor, Order, Phase, PhasePlan, Shell};
+use crate::engine::{Action, Cmd, Context, Executor, Order, Phase, PhasePlan, Script, Shell};
 use crate::inventory::{Cni, Host, Inventory, Role};
 use crate::render::{host_vars, node_taints};
 
@@ -117,8 +117,9 @@ fn protect_line(host: &str, d: &super::kernel::Decision) -> String {
 /// until a pod CIDR appears, then syncs its runtime state and posts its status once: a pod
 /// CIDR set after the CSINode exists makes that post Ready. Set earlier (e.g. by the
 /// controller-manager at registration), the post still says NotReady and the node waits for
-/// the tick; so the CIDR waits for the CSINode. The steady state is untouched: the status
-/// frequency stays 10 s and the node gets the same CIDR the cluster step would give it.
+/// the tick; so the CIDR waits for the CSINode, and for the kubelet's sync loop
+/// ([`SYNC_LOOP_SEEN`]). The steady state is untouched: the status frequency stays 10 s and
+/// the node gets the same CIDR the cluster step would give it.
 async fn early_pod_cidr(
     api: &crate::kube::Client,
     name: &str,
@@ -145,6 +146,25 @@ async fn early_pod_cidr(
     );
     Ok(true)
 }
+
+/// Exits 0 once the running kubelet has logged `Starting kubelet main sync loop` (waiting up
+/// to 5 s for it), 1 when it has not yet, 3 when its journal cannot tell (no invocation, or
+/// nothing logged by it: its log goes elsewhere).
+///
+/// Why: the kubelet registers its node, then sets up its iptables chains, then starts PLEG and
+/// its sync loop. Until PLEG's first relist its Ready condition says "PLEG is not healthy:
+/// pleg has yet to be successful". Seen in the lab (5 hosts, 1 run in 3 lately): the pod CIDR
+/// set 5 ms before h3's sync loop started, so the one fast status post said NotReady and the
+/// node waited 10 s more for its next tick. PLEG relists as the loop starts, and the post
+/// comes at least one 100 ms poll of the kubelet after the CIDR: set after this line, the post
+/// finds PLEG healthy. One `journalctl -f` per call, on the host (no polling of the journal).
+const SYNC_LOOP_SEEN: &str = r#"inv=$(systemctl show -p InvocationID --value kubelet.service)
+[ -n "$inv" ] || exit 3
+[ -n "$(journalctl -q -n 1 -o cat _SYSTEMD_INVOCATION_ID="$inv")" ] || exit 3
+coproc J { exec timeout 5 journalctl -q -f -n all -o cat _SYSTEMD_INVOCATION_ID="$inv"; }
+grep -q -m1 -F 'Starting kubelet main sync loop' <&"${J[0]}"; rc=$?
+kill "$J_PID" 2>/dev/null; wait "$J_PID" 2>/dev/null
+exit $rc"#;
 
 /// Whether `h`'s kubelet starts with the EC2 metadata lookup off: kubelets before 1.27 carry
 /// an ECR credential provider that asks 169.254.169.254 at start; off EC2 nothing answers
@@ -427,24 +447,51 @@ impl Phase for Kubelet {
             } else {
                 None
             };
-            let pending_cidr = std::sync::atomic::AtomicBool::new(cidr.is_some());
+            use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+            let pending_cidr = AtomicBool::new(cidr.is_some());
+            let sync_loop = AtomicBool::new(false);
             crate::kube::wait_until(
                 &format!("node {} Ready", host.name),
                 Duration::from_secs(120),
                 Duration::from_millis(200),
                 || async {
                     let node = api.get(&path).await?;
+                    let Some(why) = crate::kube::nodes::Node::from_json(&node)?.not_ready_because
+                    else {
+                        return Ok(crate::kube::Wait::Done(()));
+                    };
+                    if pending_cidr.load(Relaxed)
+                        && node_patch(&node, &BTreeMap::new(), &[], cidr.as_deref()).is_none()
+                    {
+                        pending_cidr.store(false, Relaxed); // it has its pod CIDR already
+                    }
+                    // Only a node still waiting for its CIDR: a Ready one (a re-run) needs
+                    // nothing of the journal, which may no longer hold a long-running
+                    // kubelet's line.
+                    if pending_cidr.load(Relaxed) && !sync_loop.load(Relaxed) {
+                        let o = exec.query(host, &Script::bash(SYNC_LOOP_SEEN).into()).await?;
+                        match o.status {
+                            0 => sync_loop.store(true, Relaxed),
+                            1 => return Ok(crate::kube::Wait::Pending(
+                                "kubelet not yet in its sync loop".into(),
+                            )),
+                            _ => {
+                                tracing::debug!(
+                                    node = host.name.as_str(),
+                                    "the kubelet's journal does not say when its sync loop starts: the pod CIDR waits for the CSINode only"
+                                );
+                                sync_loop.store(true, Relaxed);
+                            }
+                        }
+                    }
                     if let Some(c) = cidr.as_deref()
-                        && pending_cidr.load(std::sync::atomic::Ordering::Relaxed)
+                        && pending_cidr.load(Relaxed)
+                        && sync_loop.load(Relaxed)
                         && early_pod_cidr(&api, &host.name, &node, c).await?
                     {
-                        pending_cidr.store(false, std::sync::atomic::Ordering::Relaxed);
+                        pending_cidr.store(false, Relaxed);
                     }
-                    let n = crate::kube::nodes::Node::from_json(&node)?;
-                    Ok(match n.not_ready_because {
-                        None => crate::kube::Wait::Done(()),
-                        Some(why) => crate::kube::Wait::Pending(format!("not Ready ({why})")),
-                    })
+                    Ok(crate::kube::Wait::Pending(format!("not Ready ({why})")))
                 },
             )
             .await
