@@ -76,10 +76,12 @@ pub fn expand_xz_members(src: &Path, dir: &Path) -> anyhow::Result<Option<Expand
             staged.set_len(0)?;
             staged.rewind()?;
             let mut sw = BufWriter::new(&staged);
-            let size = io::copy(&mut liblzma::read::XzDecoder::new(&mut entry), &mut sw)
-                .with_context(|| {
-                    format!("{}: member {name} does not expand as xz", src.display())
-                })?;
+            // Every stream of the member, as `xz -d` reads it: xz(1) may write a file as
+            // concatenated streams, and a single-stream decoder would stop after the first.
+            let mut xz = liblzma::read::XzDecoder::new_multi_decoder(&mut entry);
+            let size = io::copy(&mut xz, &mut sw).with_context(|| {
+                format!("{}: member {name} does not expand as xz", src.display())
+            })?;
             sw.flush()?;
             drop(sw);
             staged.rewind()?;
@@ -192,6 +194,47 @@ mod tests {
         let mut want = vec!["p.deb".to_string(), e.sha256.clone()];
         want.sort();
         assert_eq!(left, want);
+    }
+
+    /// A member made of concatenated xz streams expands whole, as `xz -d` expands it; bytes
+    /// after the last stream that are not xz are refused, as `xz -d` refuses them.
+    #[test]
+    fn concatenated_xz_streams_expand_whole() {
+        let xz = |b: &[u8]| {
+            let mut v = Vec::new();
+            liblzma::read::XzEncoder::new(b, 6)
+                .read_to_end(&mut v)
+                .unwrap();
+            v
+        };
+        let deb_with = |member: &[u8]| {
+            let mut w = ar::Builder::new(Vec::new());
+            w.append(
+                &ar::Header::new(b"debian-binary".to_vec(), 4),
+                &b"2.0\n"[..],
+            )
+            .unwrap();
+            w.append(
+                &ar::Header::new(b"data.tar.xz".to_vec(), member.len() as u64),
+                member,
+            )
+            .unwrap();
+            w.into_inner().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("p.deb");
+        let mut member = xz(b"first stream|");
+        member.extend(xz(b"second stream"));
+        std::fs::write(&src, deb_with(&member)).unwrap();
+        let e = expand_xz_members(&src, dir.path()).unwrap().unwrap();
+        let m = members(&std::fs::read(&e.path).unwrap());
+        assert_eq!(m[1].0, "data.tar");
+        assert_eq!(m[1].2, b"first stream|second stream");
+
+        member.extend(b"not xz");
+        std::fs::write(&src, deb_with(&member)).unwrap();
+        let e = expand_xz_members(&src, dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("does not expand as xz"), "{e:#}");
     }
 
     #[test]
