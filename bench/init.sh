@@ -81,12 +81,24 @@ hz = os.sysconf("SC_CLK_TCK")
 def busy():
     f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
     return (sum(f) - f[3] - f[4]) / hz
+# Each host's cgroup (tests/lab/lab.sh): cgroup v1's cpuacct hierarchy, or the unified one.
 cgs = {p.rsplit("-", 1)[1]: p for p in glob.glob(f"/sys/fs/cgroup/cpuacct/clusterctl-lab/{lab}-h*")}
+v2 = not cgs
+if v2:
+    cgs = {p.rsplit("-", 1)[1]: p for p in glob.glob(f"/sys/fs/cgroup/clusterctl-lab/{lab}-h*")}
+def usage(p):  # CPU-seconds
+    if not v2:
+        return int(open(p + "/cpuacct.usage").read()) / 1e9
+    for line in open(p + "/cpu.stat"):
+        k, v = line.split()
+        if k == "usage_usec":
+            return int(v) / 1e6
+    raise OSError("no usage_usec")
 def hosts():
     out = {}
     for h, p in cgs.items():
         try:
-            out[h] = int(open(p + "/cpuacct.usage").read()) / 1e9
+            out[h] = usage(p)
         except OSError:
             pass
     return out
