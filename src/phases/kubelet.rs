@@ -107,8 +107,8 @@ fn protect_line(host: &str, d: &super::kernel::Decision) -> String {
     )
 }
 
-/// Sets `name`'s pod CIDR to `cidr` once its kubelet can post Ready; true when done (or the
-/// node has one already), false when it is too early.
+/// Applies `patch` (the node's missing pod CIDR, from [`node_patch`]) once `name`'s CSINode
+/// exists; does nothing while it does not yet.
 ///
 /// Measured in the lab (v1.20.2): a fresh kubelet registers its node with Ready=False
 /// ("CSINode is not yet initialized": it creates its CSINode object right after the Node),
@@ -123,28 +123,24 @@ fn protect_line(host: &str, d: &super::kernel::Decision) -> String {
 async fn early_pod_cidr(
     api: &crate::kube::Client,
     name: &str,
-    node: &Value,
-    cidr: &str,
-) -> anyhow::Result<bool> {
-    let Some(patch) = node_patch(node, &BTreeMap::new(), &[], Some(cidr)) else {
-        return Ok(true);
-    };
+    patch: &Value,
+) -> anyhow::Result<()> {
     if api
         .get_opt(&format!("/apis/storage.k8s.io/v1/csinodes/{name}"))
         .await?
         .is_none()
     {
-        return Ok(false);
+        return Ok(());
     }
-    api.merge_patch(&node_path(name), &patch)
+    api.merge_patch(&node_path(name), patch)
         .await
         .with_context(|| format!("setting the pod CIDR of node {name}"))?;
     tracing::debug!(
         node = name,
-        cidr,
+        %patch,
         "pod CIDR set: the kubelet posts its status now"
     );
-    Ok(true)
+    Ok(())
 }
 
 /// Exits 0 once the running kubelet has logged `Starting kubelet main sync loop` (waiting up
@@ -448,7 +444,6 @@ impl Phase for Kubelet {
                 None
             };
             use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-            let pending_cidr = AtomicBool::new(cidr.is_some());
             let sync_loop = AtomicBool::new(false);
             crate::kube::wait_until(
                 &format!("node {} Ready", host.name),
@@ -460,15 +455,16 @@ impl Phase for Kubelet {
                     else {
                         return Ok(crate::kube::Wait::Done(()));
                     };
-                    if pending_cidr.load(Relaxed)
-                        && node_patch(&node, &BTreeMap::new(), &[], cidr.as_deref()).is_none()
-                    {
-                        pending_cidr.store(false, Relaxed); // it has its pod CIDR already
-                    }
-                    // Only a node still waiting for its CIDR: a Ready one (a re-run) needs
-                    // nothing of the journal, which may no longer hold a long-running
-                    // kubelet's line.
-                    if pending_cidr.load(Relaxed) && !sync_loop.load(Relaxed) {
+                    // The CIDR still to set: none once the node has it (a re-run, or this
+                    // gate set it at an earlier poll), so a node that needs nothing reads no
+                    // journal, which may no longer hold a long-running kubelet's line.
+                    let Some(patch) = cidr
+                        .as_deref()
+                        .and_then(|c| node_patch(&node, &BTreeMap::new(), &[], Some(c)))
+                    else {
+                        return Ok(crate::kube::Wait::Pending(format!("not Ready ({why})")));
+                    };
+                    if !sync_loop.load(Relaxed) {
                         let o = exec.query(host, &Script::bash(SYNC_LOOP_SEEN).into()).await?;
                         match o.status {
                             0 => sync_loop.store(true, Relaxed),
@@ -484,13 +480,7 @@ impl Phase for Kubelet {
                             }
                         }
                     }
-                    if let Some(c) = cidr.as_deref()
-                        && pending_cidr.load(Relaxed)
-                        && sync_loop.load(Relaxed)
-                        && early_pod_cidr(&api, &host.name, &node, c).await?
-                    {
-                        pending_cidr.store(false, Relaxed);
-                    }
+                    early_pod_cidr(&api, &host.name, &patch).await?;
                     Ok(crate::kube::Wait::Pending(format!("not Ready ({why})")))
                 },
             )
