@@ -65,6 +65,7 @@ impl Blobs {
             })
             .collect::<anyhow::Result<_>>()?;
         std::fs::create_dir_all(cache)?;
+        remove_dead_partials(cache)?;
         let mut missing = Vec::new();
         for it in &items {
             let sha = it
@@ -181,6 +182,38 @@ fn still_hashes_to(path: &Path, sha: &str) -> anyhow::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Removes what killed runs left in the cache: every `<name>.<pid>.partial` (an item being
+/// extracted, a stream being compressed, a stamp being written) whose process is gone. Such a
+/// file is never read, but an item's is up to ~110 MB and nothing else would remove it. A
+/// file of a live process is left alone: another run may be filling the shared cache now.
+fn remove_dead_partials(cache: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(cache)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".partial"))
+            .and_then(|n| n.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !super::lock::alive(pid) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                // Another run swept it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("removing {}, left by a killed run", entry.path().display())
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A file being extracted into the cache: named by this process too, since two runs (two
@@ -373,6 +406,40 @@ mod tests {
         std::fs::write(&item, &noise).unwrap();
         assert_eq!(pack_one(&item, Codec::Gzip).unwrap(), None);
         assert_eq!(pack_one(&item, Codec::Zstd).unwrap(), None);
+    }
+
+    /// A killed run's partial files go (an item, a stream, a stamp); a live run's stay, and so
+    /// do the cache's own files.
+    #[test]
+    fn partial_files_of_killed_runs_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        let gone = [
+            format!(".aaaa.{dead}.partial"),
+            format!("aaaa.zst.{dead}.partial"),
+            format!("aaaa.verified.{dead}.partial"),
+        ];
+        let kept = [
+            format!(".bbbb.{live}.partial"),
+            "aaaa".to_string(),
+            "aaaa.zst".to_string(),
+            "aaaa.zst.sha256".to_string(),
+            "aaaa.verified".to_string(),
+            "notapid.partial".to_string(),
+        ];
+        for n in gone.iter().chain(&kept) {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        remove_dead_partials(d.path()).unwrap();
+        for n in &gone {
+            assert!(!d.path().join(n).exists(), "{n} was left");
+        }
+        for n in &kept {
+            assert!(d.path().join(n).exists(), "{n} was removed");
+        }
     }
 
     /// A checked file is not hashed again while it is unchanged; any change to it (even one

@@ -201,7 +201,7 @@ printf '%s\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1""#;
 }
 
 /// Whether a process with this pid runs on this machine.
-fn alive(pid: u32) -> bool {
+pub(super) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
