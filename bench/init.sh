@@ -173,9 +173,9 @@ print(round((sum(d) - d[3] - d[4]) / os.sysconf("SC_CLK_TCK") / 20, 2))' "${a[*]
 }
 
 # A host far slower than the others in the kubelet or kube-proxy phase (its time > the
-# phase's median + 5 s, from the init log's per-host "[N.Ns]") is a wait to explain, not CPU:
+# phase's median + 5 s, from the init log's per-host "[N.Ns]") may be waiting on something:
 # its unit's journal is kept beside the results (run<R>-slow-<phase>-<host>.journal) before
-# the lab goes. At 50 hosts one kube-proxy in ~6 runs took ~20 s longer than the rest.
+# the lab goes. In 3 of 18 50-host runs one kube-proxy took 20-27 s longer than the median host.
 keep_slow_journals() { # keep_slow_journals RUN
 	local phase host
 	python3 - "$out/run$1-init.log" <<'PY' |
