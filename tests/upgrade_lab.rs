@@ -347,12 +347,49 @@ fn upgrade_etcd_and_kubernetes_with_a_failure_and_a_resume() {
         "re-run drained: {:?}",
         drains(&again)
     );
-    // Rollback of a worker to the binaries kept on it, then forward again.
+    // Rollback of a worker to the binaries kept on it, then forward again. A dry run first:
+    // its report (-o json: nothing else on stdout) says what would change, and nothing does.
+    let rollback_h5 = |extra: &[&str]| {
+        let mut args = vec![
+            "-i",
+            inv_arg,
+            "-o",
+            "json",
+            "upgrade",
+            "--rollback",
+            "--hosts",
+            "h5",
+        ];
+        args.extend_from_slice(extra);
+        run_report_upgrade(&args)
+    };
+    let dry = rollback_h5(&["--dry-run"]);
+    assert!(
+        dry["wouldChange"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|c| c["host"] == "h5")),
+        "{dry}"
+    );
+    for (u, v) in running_versions(&lab, "h5", &["kubelet", "kube-proxy"]) {
+        assert_eq!(
+            v,
+            format!("Kubernetes {TARGET}"),
+            "h5 {u} after the dry run"
+        );
+    }
     let t = Instant::now();
-    let rb = clusterctl(&["-i", inv_arg, "upgrade", "--rollback", "--hosts", "h5"]);
-    eprintln!("{}", String::from_utf8_lossy(&rb.stderr));
-    assert!(rb.status.success(), "{}", text(&rb));
-    eprintln!("rollback of h5: {:.1}s", t.elapsed().as_secs_f64());
+    let rb = rollback_h5(&[]);
+    eprintln!(
+        "rollback of h5: {:.1}s, stages {:?}",
+        t.elapsed().as_secs_f64(),
+        stage_seconds(&rb)
+    );
+    assert!(
+        rb["hosts"].as_array().is_some_and(|h| h
+            .iter()
+            .any(|h| h.as_str().is_some_and(|h| h.starts_with("h5 (")))),
+        "{rb}"
+    );
     for (u, v) in running_versions(&lab, "h5", &["kubelet", "kube-proxy"]) {
         assert_eq!(v, "Kubernetes v1.20.2", "h5 {u}");
     }

@@ -458,8 +458,8 @@ fn run_with(
                 },
                 started.elapsed().as_secs_f64()
             );
-            for p in &report.phases {
-                println!("  {:<14} {:>6.1}s", p.phase, p.seconds);
+            for l in report.phase_lines() {
+                println!("{l}");
             }
             // Which add-ons run and which do not (and why): a cluster without DNS or a metrics
             // API must not end with a bare "done".
@@ -507,21 +507,35 @@ pub(crate) fn execute(
     rt.block_on(async {
         let pool = crate::engine::ssh_exec::connect(ctx, &hosts).await?;
         let ssh = SshExecutor::new(pool.clone(), ctx.inv());
-        let dry = DryRun::new(&ssh);
-        let exec: &dyn Executor = if dry_run { &dry } else { &ssh };
-        let journal = if dry_run {
-            Journal::disabled()
-        } else {
-            Journal::at(ctx.state.journal())
-        };
-        let resolve = |s: &Source| blobs.resolve(s);
-        let r = runner
-            .apply(ctx, exec, &resolve, &ConsoleProgress, &journal)
-            .await;
+        let r = apply_on(ctx, &ssh, runner, &blobs, dry_run).await;
         pool.close().await;
-        let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());
-        r.map(|r| (r, recorded))
+        r
     })
+}
+
+/// Applies `runner` on hosts already connected through `ssh`, as every command that changes
+/// hosts does: a dry run records each change instead of making it (returned beside the
+/// report), a real run keeps the journal a killed run resumes from.
+pub(crate) async fn apply_on(
+    ctx: &Context,
+    ssh: &SshExecutor,
+    runner: &Runner,
+    blobs: &Blobs,
+    dry_run: bool,
+) -> anyhow::Result<(crate::engine::runner::RunReport, Vec<(String, String)>)> {
+    let dry = DryRun::new(ssh);
+    let exec: &dyn Executor = if dry_run { &dry } else { ssh };
+    let journal = if dry_run {
+        Journal::disabled()
+    } else {
+        Journal::at(ctx.state.journal())
+    };
+    let resolve = |s: &Source| blobs.resolve(s);
+    let report = runner
+        .apply(ctx, exec, &resolve, &ConsoleProgress, &journal)
+        .await?;
+    let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());
+    Ok((report, recorded))
 }
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {

@@ -521,6 +521,15 @@ impl RunReport {
         }
         t
     }
+
+    /// One line per phase with its wall time, names aligned: what a command prints last.
+    pub fn phase_lines(&self) -> Vec<String> {
+        let width = self.phases.iter().map(|p| p.phase.len()).max().unwrap_or(0);
+        self.phases
+            .iter()
+            .map(|p| format!("  {:<width$} {:>6.1}s", p.phase, p.seconds))
+            .collect()
+    }
 }
 
 /// Per-host progress. `ConsoleProgress` prints timestamped lines (above the live per-host lines

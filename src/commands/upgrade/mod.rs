@@ -38,11 +38,11 @@ use serde::Serialize;
 use crate::commands::cluster::Scope;
 use crate::commands::{Global, Output};
 use crate::diag::UserError;
+use crate::engine::Context;
 use crate::engine::blobs::Blobs;
-use crate::engine::executor::{DryRun, Executor};
-use crate::engine::runner::{ConsoleProgress, HostOutcome, Journal, RunReport, Runner};
+use crate::engine::executor::Executor;
+use crate::engine::runner::{HostOutcome, RunReport, Runner};
 use crate::engine::ssh_exec::SshExecutor;
-use crate::engine::{Context, Source};
 use crate::inventory::{Host, Role};
 use crate::phases::upgrade::binaries::{self, Component, Running};
 use crate::phases::upgrade::skew;
@@ -602,14 +602,6 @@ async fn upgrade(
     g: &Global,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let dry = DryRun::new(ssh);
-    let exec: &dyn Executor = if a.dry_run { &dry } else { ssh };
-    let journal = if a.dry_run {
-        Journal::disabled()
-    } else {
-        Journal::at(ctx.state.journal())
-    };
-    let resolve = |s: &Source| blobs.resolve(s);
     let t = targets(ctx);
     let mut rec = record::load(ctx)?.unwrap_or_else(|| record::Record {
         kubernetes_version: String::new(),
@@ -636,9 +628,10 @@ async fn upgrade(
     }
     // The stages are the playbook's phases on the one runner: its ordering, gates, balancer
     // rotation, host run markers, pending records and journal.
-    let report = match runner
-        .apply(ctx, exec, &resolve, &ConsoleProgress, &journal)
-        .await
+    let (report, recorded) = match crate::commands::cluster::apply_on(
+        ctx, ssh, runner, blobs, a.dry_run,
+    )
+    .await
     {
         Ok(r) => r,
         Err(e) => {
@@ -689,12 +682,12 @@ async fn upgrade(
             &serde_json::json!({
                 "command": "upgrade", "ok": true, "dryRun": a.dry_run, "targets": t,
                 "stages": stages, "seconds": started.elapsed().as_secs_f64(),
-                "wouldChange": dry.recorded.lock().unwrap().iter()
+                "wouldChange": recorded.iter()
                     .map(|(h, w)| serde_json::json!({"host": h, "change": w})).collect::<Vec<_>>(),
             }),
         )?,
         Output::Text => {
-            for (h, w) in dry.recorded.lock().unwrap().iter() {
+            for (h, w) in &recorded {
                 println!("{h}: {w}");
             }
             println!(
@@ -711,8 +704,8 @@ async fn upgrade(
                     .unwrap_or_default(),
                 started.elapsed().as_secs_f64()
             );
-            for p in &report.phases {
-                println!("  {:<22} {:>6.1}s", p.phase, p.seconds);
+            for l in report.phase_lines() {
+                println!("{l}");
             }
             if !a.scope.hosts.is_empty() {
                 println!(

@@ -12,10 +12,10 @@ use super::{Observations, record};
 use crate::commands::{Global, Output};
 use crate::diag::UserError;
 use crate::engine::blobs::Blobs;
-use crate::engine::executor::{DryRun, Executor};
-use crate::engine::runner::{ConsoleProgress, HostOutcome, Journal};
+use crate::engine::executor::Executor;
+use crate::engine::runner::HostOutcome;
 use crate::engine::ssh_exec::SshExecutor;
-use crate::engine::{Context, Script, Source};
+use crate::engine::{Context, Script};
 use crate::inventory::{Host, Role};
 use crate::phases::upgrade::binaries::{self, PREVIOUS_DIR};
 use crate::phases::upgrade::rollback::{Back, RollbackInputs};
@@ -166,15 +166,9 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
         });
         let plans = runner.plan(&ctx)?;
         let blobs = Blobs::prepare(&plans, ctx.bundle.as_ref(), &ctx.state.item_cache())?;
-        let resolve = |s: &Source| blobs.resolve(s);
-        let dry = DryRun::new(&ssh);
-        let exec: &dyn Executor = if a.dry_run { &dry } else { &ssh };
-        let journal = if a.dry_run {
-            Journal::disabled()
-        } else {
-            Journal::at(ctx.state.journal())
-        };
-        let report = rt.block_on(runner.apply(&ctx, exec, &resolve, &ConsoleProgress, &journal))?;
+        let (report, recorded) = rt.block_on(crate::commands::cluster::apply_on(
+            &ctx, &ssh, &runner, &blobs, a.dry_run,
+        ))?;
         if !a.dry_run {
             let mut rec = record::load(&ctx)?.unwrap_or_default();
             for (h, bs) in &backs {
@@ -192,9 +186,6 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
                 }
             }
             record::save(&ctx, &rec)?;
-        }
-        for (h, w) in dry.recorded.lock().unwrap().iter() {
-            println!("{h}: {w}");
         }
         let summary: Vec<String> = backs
             .iter()
@@ -215,18 +206,30 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
                 &serde_json::json!({
                     "command": "upgrade --rollback", "dryRun": a.dry_run,
                     "hosts": summary, "seconds": started.elapsed().as_secs_f64(),
+                    "stages": super::stages_json(&report),
+                    "wouldChange": recorded.iter()
+                        .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
+                        .collect::<Vec<_>>(),
                 }),
             )?,
-            Output::Text => println!(
-                "rollback{}: {} in {:.1}s",
-                if a.dry_run { " (dry run)" } else { "" },
-                if summary.is_empty() {
-                    "nothing to return".to_string()
-                } else {
-                    summary.join(", ")
-                },
-                started.elapsed().as_secs_f64()
-            ),
+            Output::Text => {
+                for (h, w) in &recorded {
+                    println!("{h}: {w}");
+                }
+                println!(
+                    "rollback{}: {} in {:.1}s",
+                    if a.dry_run { " (dry run)" } else { "" },
+                    if summary.is_empty() {
+                        "nothing to return".to_string()
+                    } else {
+                        summary.join(", ")
+                    },
+                    started.elapsed().as_secs_f64()
+                );
+                for l in report.phase_lines() {
+                    println!("{l}");
+                }
+            }
         }
         anyhow::Ok(())
     })();
