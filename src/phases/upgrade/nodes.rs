@@ -134,10 +134,11 @@ impl Phase for UpgradeNodes {
                 },
             )
             .await?;
-            crate::phases::kube_proxy::KubeProxy
+            let mut report = crate::phases::kube_proxy::KubeProxy
                 .verify(ctx, host, exec)
                 .await?;
-            Ok(vec![format!("node {} Ready, kubelet {target}", host.name)])
+            report.push(format!("node {} Ready, kubelet {target}", host.name));
+            Ok(report)
         })
     }
 }

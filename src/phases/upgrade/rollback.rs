@@ -150,13 +150,18 @@ impl Phase for UpgradeRollback {
                 .filter_map(|b| b.comp.unit.map(|u| (u.to_string(), b.sha.clone())))
                 .collect();
             binaries::wait_running(exec, host, &want, Duration::from_secs(60)).await?;
+            // What the gates it reuses report (e.g. a static pod the kubelet was restarted
+            // to admit) is this step's report too.
+            let mut report = Vec::new();
             if backs
                 .iter()
                 .any(|b| binaries::CONTROL_PLANE.contains(&b.comp))
             {
-                crate::phases::control_plane::ControlPlane
-                    .verify(ctx, host, exec)
-                    .await?;
+                report.extend(
+                    crate::phases::control_plane::ControlPlane
+                        .verify(ctx, host, exec)
+                        .await?,
+                );
             }
             if has_node(backs) {
                 let kubelet = backs.iter().find(|b| b.comp.name == "kubelet");
@@ -185,11 +190,13 @@ impl Phase for UpgradeRollback {
                     },
                 )
                 .await?;
-                crate::phases::kube_proxy::KubeProxy
-                    .verify(ctx, host, exec)
-                    .await?;
+                report.extend(
+                    crate::phases::kube_proxy::KubeProxy
+                        .verify(ctx, host, exec)
+                        .await?,
+                );
             }
-            Ok(vec![format!(
+            report.push(format!(
                 "{}: {}",
                 host.name,
                 backs
@@ -197,7 +204,8 @@ impl Phase for UpgradeRollback {
                     .map(|b| format!("{} {}", b.comp.name, b.version))
                     .collect::<Vec<_>>()
                     .join(", ")
-            )])
+            ));
+            Ok(report)
         })
     }
     fn after_host<'a>(
