@@ -184,10 +184,16 @@ fn still_hashes_to(path: &Path, sha: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// How long a partial file must have been left unwritten before a run may remove it.
+const PARTIAL_STALE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Removes what killed runs left in the cache: every `<name>.<pid>.partial` (an item being
-/// extracted, a stream being compressed, a stamp being written) whose process is gone. Such a
-/// file is never read, but an item's is up to ~110 MB and nothing else would remove it. A
-/// file of a live process is left alone: another run may be filling the shared cache now.
+/// extracted, a stream being compressed, a stamp being written) whose process is gone from
+/// this machine and which nothing has written for [`PARTIAL_STALE`]. Such a file is never
+/// read, but an item's is up to ~110 MB and nothing else would remove it. A live run's file
+/// is left alone (another cluster may be filling the shared cache now), and so is a recent
+/// one: `$CLUSTERCTL_CACHE_DIR` may be shared with other machines, whose pids mean nothing
+/// here, while their runs keep writing.
 fn remove_dead_partials(cache: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(cache)? {
         let entry = entry?;
@@ -200,16 +206,22 @@ fn remove_dead_partials(cache: &Path) -> anyhow::Result<()> {
         else {
             continue;
         };
-        if !super::lock::alive(pid) {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {}
-                // Another run swept it first.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("removing {}, left by a killed run", entry.path().display())
-                    });
-                }
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if super::lock::alive(pid) || idle.is_none_or(|i| i < PARTIAL_STALE) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {}
+            // Another run removed it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("removing {}, left by a killed run", entry.path().display())
+                });
             }
         }
     }
@@ -408,8 +420,8 @@ mod tests {
         assert_eq!(pack_one(&item, Codec::Zstd).unwrap(), None);
     }
 
-    /// A killed run's partial files go (an item, a stream, a stamp); a live run's stay, and so
-    /// do the cache's own files.
+    /// A killed run's partial files go (an item, a stream, a stamp) once stale; a live run's
+    /// stay, a recent one stays (another machine's, maybe), and so do the cache's own files.
     #[test]
     fn partial_files_of_killed_runs_are_removed() {
         let d = tempfile::tempdir().unwrap();
@@ -422,7 +434,7 @@ mod tests {
             format!("aaaa.zst.{dead}.partial"),
             format!("aaaa.verified.{dead}.partial"),
         ];
-        let kept = [
+        let kept_stale = [
             format!(".bbbb.{live}.partial"),
             "aaaa".to_string(),
             "aaaa.zst".to_string(),
@@ -430,14 +442,20 @@ mod tests {
             "aaaa.verified".to_string(),
             "notapid.partial".to_string(),
         ];
-        for n in gone.iter().chain(&kept) {
-            std::fs::write(d.path().join(n), b"x").unwrap();
+        let kept_recent = format!(".cccc.{dead}.partial");
+        let stale =
+            std::time::SystemTime::now() - PARTIAL_STALE - std::time::Duration::from_secs(60);
+        for n in gone.iter().chain(&kept_stale) {
+            let f = std::fs::File::create(d.path().join(n)).unwrap();
+            f.set_modified(stale).unwrap();
         }
+        std::fs::write(d.path().join(&kept_recent), b"x").unwrap();
+        let kept = kept_stale.iter().chain([&kept_recent]);
         remove_dead_partials(d.path()).unwrap();
         for n in &gone {
             assert!(!d.path().join(n).exists(), "{n} was left");
         }
-        for n in &kept {
+        for n in kept {
             assert!(d.path().join(n).exists(), "{n} was removed");
         }
     }
