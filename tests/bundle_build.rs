@@ -316,6 +316,19 @@ async fn downloads_resumes_and_uses_the_cache() {
     assert_eq!(published.sha256, s2);
     assert_eq!(published.size, haproxy_deb.len() as u64);
     assert_eq!(published.expanded, ["control.tar.xz", "data.tar.xz"]);
+    let ls = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(["bundle", "ls"])
+        .arg(&o.out)
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{ls:?}");
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.contains(&format!(
+            "    published: sha256 {s2}, control.tar.xz, data.tar.xz stored expanded\n"
+        )),
+        "bundle ls shows the published .deb: {ls}"
+    );
     let stored = clusterctl::bundle::read_item(&o.out, deb).unwrap();
     assert_eq!(deb.size, Some(stored.len() as u64));
     assert_ne!(deb.sha256.as_deref(), Some(s2.as_str()));

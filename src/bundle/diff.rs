@@ -110,15 +110,7 @@ fn fields(a: &Item, b: &Item) -> Vec<FieldChange> {
     cmp("note", opt(&a.note), opt(&b.note));
     // A .deb stored expanded: its published hash says whether Debian's package itself changed
     // (the stored sha256 changes when a bundle built before the expansion meets one after).
-    let published = |i: &Item| {
-        opt(&i.published.as_ref().map(|p| {
-            format!(
-                "sha256 {}, {} stored expanded",
-                p.sha256,
-                p.expanded.join(", ")
-            )
-        }))
-    };
+    let published = |i: &Item| opt(&i.published.as_ref().map(|p| p.to_string()));
     cmp("published", published(a), published(b));
     out
 }

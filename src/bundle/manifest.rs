@@ -153,6 +153,18 @@ pub struct Published {
     pub expanded: Vec<String>,
 }
 
+/// `sha256 <hex>, data.tar.xz stored expanded`: how `bundle ls` and `bundle diff` show it.
+impl std::fmt::Display for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sha256 {}, {} stored expanded",
+            self.sha256,
+            self.expanded.join(", ")
+        )
+    }
+}
+
 impl Item {
     /// `name version` as shown in messages.
     pub fn label(&self) -> String {

@@ -267,6 +267,9 @@ pub fn run(g: &Global, c: BundleCmd) -> anyhow::Result<()> {
                         .and_then(|i| i.mode.as_deref())
                         .unwrap_or("-"),
                 );
+                if let Some(p) = &it.published {
+                    println!("    published: {p}");
+                }
                 if let Some(n) = &it.note {
                     println!("    note: {n}");
                 }
