@@ -89,9 +89,11 @@ impl Blobs {
             }
         }
         if !missing.is_empty() {
+            // Extracted as a hidden `.<sha>` partial file first, committed once all are checked.
+            let extracting = |sha: &str| partial_of(&cache.join(format!(".{sha}")));
             crate::bundle::stream_items(&b.path, &missing, |it, r| {
                 let sha = it.sha256.as_deref().unwrap_or_default();
-                let tmp = cache.join(partial_name(sha));
+                let tmp = extracting(sha);
                 let mut f = std::fs::File::create(&tmp)?;
                 std::io::copy(r, &mut f)?;
                 f.flush()?;
@@ -101,7 +103,7 @@ impl Blobs {
             // stream_items checked every hash: only now are the files committed.
             for it in missing {
                 let sha = it.sha256.as_deref().unwrap_or_default();
-                std::fs::rename(cache.join(partial_name(sha)), cache.join(sha))?;
+                std::fs::rename(extracting(sha), cache.join(sha))?;
             }
         }
         let packed = pack_all(&items, cache)?;
@@ -176,7 +178,7 @@ fn still_hashes_to(path: &Path, sha: &str) -> anyhow::Result<bool> {
     // Recorded only if the file did not change while it was hashed. A stamp that cannot be
     // written only costs the next run a hash.
     if key(&std::fs::metadata(path)?) == before {
-        let tmp = stamp.with_extension(format!("verified.{}.partial", std::process::id()));
+        let tmp = partial_of(&stamp);
         if std::fs::write(&tmp, &before).is_ok() && std::fs::rename(&tmp, &stamp).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -187,7 +189,7 @@ fn still_hashes_to(path: &Path, sha: &str) -> anyhow::Result<bool> {
 /// How long a partial file must have been left unwritten before a run may remove it.
 const PARTIAL_STALE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Removes what killed runs left in the cache: every `<name>.<pid>.partial` (an item being
+/// Removes what killed runs left in the cache: every [`partial_of`] file (an item being
 /// extracted, a stream being compressed, a stamp being written) whose process is gone from
 /// this machine and which nothing has written for [`PARTIAL_STALE`]. Such a file is never
 /// read, but an item's is up to ~110 MB and nothing else would remove it. A live run's file
@@ -228,10 +230,13 @@ fn remove_dead_partials(cache: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A file being extracted into the cache: named by this process too, since two runs (two
-/// clusters) may fill the shared cache with the same item at once; `rename` commits it.
-fn partial_name(sha: &str) -> String {
-    format!(".{sha}.{}.partial", std::process::id())
+/// Where this process writes `path` before `rename` commits it: `<path>.<pid>.partial`, named
+/// by the process because two runs (two clusters) may fill the shared cache with the same file
+/// at once; [`remove_dead_partials`] reads the pid back.
+fn partial_of(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{}.partial", std::process::id()));
+    PathBuf::from(p)
 }
 
 /// The gzip and zstd streams of each item worth compressing, made once into the cache beside
@@ -348,7 +353,7 @@ fn pack_one(path: &Path, codec: Codec) -> anyhow::Result<Option<PathBuf>> {
             stream.display()
         );
     }
-    let tmp = path.with_extension(format!("{ext}.{}.partial", std::process::id()));
+    let tmp = partial_of(&stream);
     {
         let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         codec.compress(
