@@ -387,7 +387,7 @@ fn schedule(g: &Global, calendar: &str, keep: u32, dry_run: bool) -> anyhow::Res
             g.output,
             &serde_json::json!({
                 "schedule": calendar, "keep": keep, "dryRun": dry_run, "hosts": lines,
-                "wouldChange": recorded.iter().map(|(h, w)| serde_json::json!({"host": h, "change": w})).collect::<Vec<_>>(),
+                "wouldChange": crate::commands::cluster::would_change(&recorded),
                 "phases": report.phases,
             }),
         )?,

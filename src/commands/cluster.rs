@@ -433,10 +433,7 @@ fn run_with(
             let v = serde_json::json!({
                 "command": command,
                 "dryRun": a.dry_run,
-                "wouldChange": recorded
-                    .iter()
-                    .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
-                    .collect::<Vec<_>>(),
+                "wouldChange": would_change(&recorded),
                 "seconds": started.elapsed().as_secs_f64(),
                 "totals": {"filesWritten": files, "bytesSent": bytes, "restarts": restarts},
                 "phases": report.phases,
@@ -536,6 +533,15 @@ pub(crate) async fn apply_on(
         .await?;
     let recorded = std::mem::take(&mut *dry.recorded.lock().unwrap());
     Ok((report, recorded))
+}
+
+/// A dry run's recorded changes as every command's `-o json` report gives them
+/// (`wouldChange`): `{"host": ..., "change": ...}` each.
+pub(crate) fn would_change(recorded: &[(String, String)]) -> Vec<serde_json::Value> {
+    recorded
+        .iter()
+        .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
+        .collect()
 }
 
 pub fn plan(g: &Global, a: &PlanArgs) -> anyhow::Result<()> {

@@ -114,10 +114,7 @@ pub fn run(g: &Global, a: &ResetArgs) -> anyhow::Result<()> {
                 "command": "reset",
                 "dryRun": a.dry_run,
                 "seconds": secs,
-                "wouldChange": recorded
-                    .iter()
-                    .map(|(h, w)| json!({"host": h, "change": w}))
-                    .collect::<Vec<_>>(),
+                "wouldChange": crate::commands::cluster::would_change(&recorded),
                 "phases": report.phases,
                 "notes": notes,
             }),

@@ -169,10 +169,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
                 "oldDataDirs": inv.etcd_hosts().map(|h| (h.name.to_string(), aside.clone())).collect::<Vec<_>>(),
                 "seconds": secs,
                 "steps": report.phases.iter().map(|p| (p.phase.clone(), p.seconds)).collect::<Vec<_>>(),
-                "wouldChange": recorded
-                    .iter()
-                    .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
-                    .collect::<Vec<_>>(),
+                "wouldChange": crate::commands::cluster::would_change(&recorded),
                 "phases": report.phases,
             }),
         )?,
@@ -198,8 +195,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> anyhow::Result<()> {
                         .map_or(0, |f| f.size)
                 ),
             );
-            for p in &report.phases {
-                println!("  {:<22} {:>6.1}s", p.phase, p.seconds);
+            for (line, p) in report.phase_lines().iter().zip(&report.phases) {
+                println!("{line}");
                 for l in &p.cluster {
                     println!("  ok {l}");
                 }

@@ -682,8 +682,7 @@ async fn upgrade(
             &serde_json::json!({
                 "command": "upgrade", "ok": true, "dryRun": a.dry_run, "targets": t,
                 "stages": stages, "seconds": started.elapsed().as_secs_f64(),
-                "wouldChange": recorded.iter()
-                    .map(|(h, w)| serde_json::json!({"host": h, "change": w})).collect::<Vec<_>>(),
+                "wouldChange": crate::commands::cluster::would_change(&recorded),
             }),
         )?,
         Output::Text => {

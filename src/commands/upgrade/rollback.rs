@@ -207,9 +207,7 @@ pub(super) fn run(mut ctx: Context, a: &super::UpgradeArgs, g: &Global) -> anyho
                     "command": "upgrade --rollback", "dryRun": a.dry_run,
                     "hosts": summary, "seconds": started.elapsed().as_secs_f64(),
                     "stages": super::stages_json(&report),
-                    "wouldChange": recorded.iter()
-                        .map(|(h, w)| serde_json::json!({"host": h, "change": w}))
-                        .collect::<Vec<_>>(),
+                    "wouldChange": crate::commands::cluster::would_change(&recorded),
                 }),
             )?,
             Output::Text => {
